@@ -23,14 +23,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Bytes one [chunk, V] float32 buffer may take when chunk_size is left to auto.
-_AUTO_CHUNK_BYTES = 48 * 2**20
+# Bytes one [chunk, V] float32 buffer may take when chunk_size is left to auto: small on CPU,
+# where matmuls are already efficient at 32 rows; larger on GPUs, which need rows to fill the chip.
+_AUTO_CHUNK_BYTES = {"cpu": 48 * 2**20, "cuda": 320 * 2**20}
 
 
-def auto_chunk_size(vocab_size: int, n_rows: int) -> int:
-    """A power-of-two chunk so that one [chunk, V] float32 buffer is about 48 MiB (64 at V=151,936)."""
-    chunk = 16
-    while chunk * 2 * vocab_size * 4 <= _AUTO_CHUNK_BYTES and chunk < 4096:
+def auto_chunk_size(vocab_size: int, n_rows: int, device: str | torch.device = "cpu") -> int:
+    """The largest power-of-two chunk whose [chunk, V] float32 buffer fits the device's budget
+    (CPU 48 MiB: 64 rows at V=151,936; CUDA 320 MiB: 512 rows)."""
+    budget = _AUTO_CHUNK_BYTES.get(torch.device(device).type, _AUTO_CHUNK_BYTES["cuda"])
+    chunk = 8
+    while (chunk * 2) * vocab_size * 4 <= budget and chunk < 8192:
         chunk *= 2
     return max(1, min(chunk, n_rows))
 
@@ -58,10 +61,12 @@ def _chunk_kl(
     """KL(p || q) per row [c] and, if ``row_grad`` [c] is given, row_grad * dKL/dlogits [c, V].
 
     dKL_t/dz_t = p_t * (log p_t - log q_t - KL_t) / temperature, z being the raw logits.
-    Two [c, V] float32 buffers are live at the peak.
+    Student and teacher rows share one matmul, so the head [V, H] is read once per chunk.
+    One [2c, V] float32 buffer (plus logsumexp's temporary) is live at the peak.
     """
-    logp = _chunk_logprobs(hs, weight, bias, temperature)  # [c, V]
-    diff = _chunk_logprobs(ht, weight, bias, temperature)  # [c, V] log q
+    c = hs.shape[0]
+    both = _chunk_logprobs(torch.cat([hs, ht]), weight, bias, temperature)  # [2c, V]
+    logp, diff = both[:c], both[c:]  # [c, V] log p, [c, V] log q
     torch.sub(logp, diff, out=diff)  # [c, V] log p - log q
     p = logp.exp_()  # [c, V]
     kl = torch.bmm(p.unsqueeze(1), diff.unsqueeze(2)).view(-1)  # [c]
@@ -81,14 +86,12 @@ def _accumulate_grads(
     grad_bias: Tensor | None,
 ) -> Tensor:
     """Backpropagate a chunk's logit gradient dz [c, V]: returns dL/dh [c, H]; adds into the
-    float32 accumulators for the head's weight [V, H] and bias [V]."""
+    accumulators of the head's weight [V, H] (in the weight's dtype, in place: no [V, H] temporary;
+    in bf16 the GEMM sums in float32 and rounds once per chunk) and bias [V] (float32)."""
     dz_in = dz.to(weight.dtype)  # [c, V]
     grad_h = dz_in @ weight  # [c, H]
     if grad_weight is not None:
-        if weight.dtype == torch.float32:
-            grad_weight.addmm_(dz_in.T, hs)  # [V, H]
-        else:
-            grad_weight += dz_in.T @ hs  # [V, H] low-precision product, float32 sum
+        grad_weight.addmm_(dz_in.T, hs)  # [V, H]
     if grad_bias is not None:
         grad_bias += dz.sum(dim=0)  # [V]
     return grad_h
@@ -123,7 +126,7 @@ class _RecomputeKL(torch.autograd.Function):
         T, c = ctx.temperature, ctx.chunk_size
         need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[2], bias is not None and ctx.needs_input_grad[3]
         grad_hs = torch.zeros_like(hs) if need_h else None  # [N, H]
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None  # [V, H]
+        grad_w = torch.zeros_like(weight) if need_w else None  # [V, H]
         grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None  # [V]
         rows = grad_kl.nonzero().view(-1)  # [n] rows whose gradient is not 0
         with torch.no_grad():
@@ -137,7 +140,7 @@ class _RecomputeKL(torch.autograd.Function):
         return (
             grad_hs,
             None,
-            grad_w.to(weight.dtype) if grad_w is not None else None,
+            grad_w,
             grad_b.to(bias.dtype) if grad_b is not None else None,
             None,
             None,
@@ -154,7 +157,7 @@ class _WeightedKL(torch.autograd.Function):
         need_b = bias is not None and bias.requires_grad
         kl = hs.new_zeros(N, dtype=torch.float32)  # [N]
         grad_hs = torch.zeros_like(hs) if need_h else None  # [N, H]
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None  # [V, H]
+        grad_w = torch.zeros_like(weight) if need_w else None  # [V, H]
         grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None  # [V]
         rows = row_weights.nonzero().view(-1)  # [n] rows that enter the loss
         with torch.no_grad():
@@ -169,7 +172,7 @@ class _WeightedKL(torch.autograd.Function):
         loss = (kl * row_weights.float()).sum()  # []
         ctx.grads = (
             grad_hs,
-            grad_w.to(weight.dtype) if grad_w is not None else None,
+            grad_w,
             grad_b.to(bias.dtype) if grad_b is not None else None,
         )
         ctx.mark_non_differentiable(kl)
@@ -202,7 +205,7 @@ def fused_full_vocab_kl(
     upstream gradient, without a [B, T, V] tensor. Backward recomputes logits chunk by chunk.
     """
     hs, ht = _flatten(student_hidden, teacher_hidden)  # [N, H] each
-    c = chunk_size or auto_chunk_size(lm_head_weight.shape[0], hs.shape[0])
+    c = chunk_size or auto_chunk_size(lm_head_weight.shape[0], hs.shape[0], hs.device)
     kl = _RecomputeKL.apply(hs, ht, lm_head_weight, lm_head_bias, float(temperature), int(c))  # [N]
     return kl.view(student_hidden.shape[:-1])  # [B, T]
 
@@ -226,6 +229,6 @@ def fused_weighted_full_vocab_kl(
     w = weights.detach().reshape(-1)  # [N]
     if w.shape[0] != hs.shape[0]:
         raise ValueError(f"weights {tuple(weights.shape)} do not match hidden states {tuple(student_hidden.shape[:-1])}")
-    c = chunk_size or auto_chunk_size(lm_head_weight.shape[0], hs.shape[0])
+    c = chunk_size or auto_chunk_size(lm_head_weight.shape[0], hs.shape[0], hs.device)
     loss, kl = _WeightedKL.apply(hs, ht, lm_head_weight, lm_head_bias, w, float(temperature), int(c))
     return loss, kl.view(student_hidden.shape[:-1])  # [], [B, T]
