@@ -10,8 +10,38 @@ def _not_yet(name: str) -> int:
     return 2
 
 
+def _fail(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
 def train_main(argv: list[str] | None = None) -> int:
-    return _not_yet("sdpg-train")
+    """sdpg-train [CONFIG.yaml] [key.path=value ...]: one training run."""
+    import argparse
+
+    from sdpg.config import ConfigError, load_config
+
+    p = argparse.ArgumentParser(prog="sdpg-train", description="Train one SDPG / baseline run from a YAML config "
+                                "(default: the built-in embedded task) with dotted overrides.")
+    p.add_argument("args", nargs="*", help="CONFIG.yaml first (optional), then key.path=value overrides")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    a = p.parse_args(argv)
+    path = a.args[0] if a.args and "=" not in a.args[0] else None
+    overrides = [x for x in a.args if x is not path]
+    try:
+        cfg = load_config(path, overrides)
+    except ConfigError as e:
+        return _fail(str(e))
+    if a.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.resolved(), sort_keys=False))
+        return 0
+    from sdpg.trainer import train
+
+    result = train(cfg)
+    print(f"[sdpg] {result['status']} at step {result['step']}; outputs in {result['output_dir']}", file=sys.stderr)
+    return 0 if result["status"] in ("finished", "interrupted") else 1
 
 
 def ablate_main(argv: list[str] | None = None) -> int:

@@ -61,6 +61,8 @@ def sdpg_loss(
     clip_high: float = 0.28,
     clip_c: float = 10.0,
     loss_agg_mode: LossAggMode = "token-mean",
+    token_weights: Tensor | None = None,
+    opd_token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """SDPG loss on one (micro-)batch and its statistics.
 
@@ -79,13 +81,16 @@ def sdpg_loss(
             "gated" normalises over the gated tokens only.
         pg_coef: weight of L_out (0 for OPCD).
         loss_agg_mode: token-mean (default), seq-mean-token-sum or seq-mean-token-mean.
+        token_weights, opd_token_weights: aggregation weights [B, T] of this micro-batch computed over
+            the whole (mini)batch it belongs to, so that micro-batching leaves the loss unchanged;
+            default: computed from ``mask`` as if this were the whole batch.
 
     Returns (loss [], stats) with pg_loss, pg_clipfrac, pg_clipfrac_lower, ppo_kl, opd_kl (mean
     over gated tokens), opd_loss, gate_fraction (share of sequences with A > 0), beta, ref_kl
     (k3 estimate of KL(pi_theta || pi_ref), whatever kl_mode) and ref_kl_surrogate.
     """
     m = mask.float()  # [B, T]
-    w = agg_weights(m, loss_agg_mode)  # [B, T]
+    w = agg_weights(m, loss_agg_mode) if token_weights is None else token_weights  # [B, T]
     adv_t = advantages if token_advantages is None else token_advantages  # [B] or [B, T]
     zero = logp.new_zeros(())
     stats: dict[str, Tensor] = {}
@@ -101,7 +106,10 @@ def sdpg_loss(
     stats["gate_fraction"] = (advantages > 0).float().mean() if gate else logp.new_ones(())
     stats["beta"] = torch.tensor(float(beta))
     if opd is not None:
-        opd_w = w * g if opd_norm == "all" else agg_weights(g, loss_agg_mode)  # [B, T]
+        if opd_token_weights is not None:
+            opd_w = opd_token_weights  # [B, T]
+        else:
+            opd_w = w * g if opd_norm == "all" else agg_weights(g, loss_agg_mode)  # [B, T]
         if isinstance(opd, FusedKLInputs):
             opd_loss, kl_tok = fused_weighted_full_vocab_kl(
                 opd.student_hidden, opd.teacher_hidden, opd.lm_head_weight, opd_w,

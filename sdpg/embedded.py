@@ -1,0 +1,226 @@
+"""The built-in verifiable task and tiny model: what runs with no downloads.
+
+Task: add three numbers with a worked solution, one running sum per step:
+    problem   ``47+18+36``
+    solution  ``47+18=65;65+36=101;#101``
+Any order of the additions is a valid path (``18+36=54;54+47=101;#101`` is also correct), and the
+verifier reads only the final ``#answer``. The privileged teacher sees the reference solution (one
+path, left to right) and/or the answer, so its distribution differs from the student's at every
+intermediate sum and at the choice of path, not only at the final answer.
+
+Model: a Qwen3 architecture from a config (about 0.8 M parameters), a character tokenizer built
+locally, pre-trained deterministically on worked solutions (student prompts in random orders of
+addition, teacher prompts with each kind of privileged context) and cached under
+``$SDPG_CACHE`` (default ``~/.cache/sdpg``) by a hash of its recipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_CONFIG_PATH = Path(__file__).parent / "configs" / "embedded.yaml"
+RECIPE_VERSION = 1
+
+ALPHABET = list("0123456789+=;#:QASH\n")
+SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+
+# Prompt templates of the embedded task (the same strings as configs/embedded.yaml).
+STUDENT_TEMPLATE = "Q:{problem}\nA:"
+TEACHER_TEMPLATE = "Q:{problem}\n{context}\nA:"
+CONTEXT_TEMPLATES = {"answer": "H:{answer}", "solution": "S:{solution}", "answer_solution": "S:{solution}\nH:{answer}"}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SDPG_CACHE", Path.home() / ".cache" / "sdpg"))
+
+
+# --------------------------------------------------------------------------------------------
+# The task
+# --------------------------------------------------------------------------------------------
+
+
+def solve(operands: list[int]) -> str:
+    """Worked solution adding ``operands`` in the given order."""
+    steps, acc = [], operands[0]
+    for x in operands[1:]:
+        steps.append(f"{acc}+{x}={acc + x}")
+        acc += x
+    return ";".join(steps) + f";#{acc}"
+
+
+def make_row(rng: random.Random) -> dict:
+    ops = [rng.randint(10, 99) for _ in range(3)]
+    return {"problem": "+".join(map(str, ops)), "answer": str(sum(ops)), "solution": solve(ops)}
+
+
+def make_rows(n: int, split: str) -> list[dict]:
+    """``n`` problems of a split; the train and test splits share no problem."""
+    rng = random.Random({"train": 11, "test": 22, "pretrain": 33}[split])
+    test = set()
+    if split != "test":
+        r2 = random.Random(22)
+        test = {make_row(r2)["problem"] for _ in range(500)}
+    rows, seen = [], set()
+    while len(rows) < n:
+        row = make_row(rng)
+        if row["problem"] in test or (split == "test" and row["problem"] in seen):
+            continue
+        seen.add(row["problem"])
+        rows.append(row)
+    return rows
+
+
+def train_rows(n: int = 20000) -> list[dict]:
+    return make_rows(n, "train")
+
+
+def test_rows(n: int = 200) -> list[dict]:
+    return make_rows(n, "test")
+
+
+def exact_answer(response: str) -> str | None:
+    """The text after the last ``#``, or None."""
+    if "#" not in response:
+        return None
+    return response.rsplit("#", 1)[1].strip()
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer and model
+# --------------------------------------------------------------------------------------------
+
+
+def build_tokenizer():
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIALS + ALPHABET)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+        padding_side="left", clean_up_tokenization_spaces=False,
+    )
+
+
+def build_model(recipe, tokenizer):
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    cfg = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=recipe.hidden_size, intermediate_size=3 * recipe.hidden_size,
+        num_hidden_layers=recipe.num_layers, num_attention_heads=recipe.num_heads, num_key_value_heads=max(1, recipe.num_heads // 2),
+        head_dim=recipe.hidden_size // recipe.num_heads, max_position_embeddings=256, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        rope_theta=10000.0,
+    )
+    torch.manual_seed(recipe.seed)
+    return Qwen3ForCausalLM(cfg)
+
+
+def recipe_hash(recipe) -> str:
+    blob = json.dumps({"v": RECIPE_VERSION, **recipe.model_dump()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def pretrain_examples(rng: random.Random, row: dict) -> list[tuple[str, str]]:
+    """(prompt, response) pairs for one problem: the student in a random order of addition, and the
+    teacher with each kind of context, answering with the reference solution."""
+    ops = [int(x) for x in row["problem"].split("+")]
+    shuffled = ops[:]
+    rng.shuffle(shuffled)
+    out = [(STUDENT_TEMPLATE.format(problem=row["problem"]), solve(shuffled))]
+    kind = rng.choice(list(CONTEXT_TEMPLATES))
+    ctx = CONTEXT_TEMPLATES[kind].format(**row)
+    out.append((TEACHER_TEMPLATE.format(problem=row["problem"], context=ctx), row["solution"]))
+    return out
+
+
+def _pretrain(model, tokenizer, recipe, log=print) -> dict:
+    import torch
+
+    g = torch.Generator().manual_seed(recipe.seed)
+    rng = random.Random(recipe.seed)
+    rows = make_rows(max(4096, recipe.pretrain_steps * recipe.pretrain_batch // 2), "pretrain")
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.pretrain_lr, weight_decay=0.01, betas=(0.9, 0.98))
+    steps = recipe.pretrain_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps)))))
+    eos = tokenizer.eos_token_id
+    model.train()
+    t0, last = time.time(), 0.0
+    for step in range(steps):
+        pairs = []
+        while len(pairs) < recipe.pretrain_batch:
+            pairs += pretrain_examples(rng, rows[int(torch.randint(len(rows), (1,), generator=g))])
+        ids, labels = [], []
+        for prompt, resp in pairs[: recipe.pretrain_batch]:
+            p = tokenizer.encode(prompt, add_special_tokens=False)
+            r = tokenizer.encode(resp, add_special_tokens=False) + [eos]
+            ids.append(p + r)
+            labels.append([-100] * len(p) + r)
+        L = max(map(len, ids))
+        input_ids = torch.tensor([x + [tokenizer.pad_token_id] * (L - len(x)) for x in ids])  # [b, L]
+        lab = torch.tensor([y + [-100] * (L - len(y)) for y in labels])  # [b, L]
+        attn = (torch.arange(L)[None] < torch.tensor([len(x) for x in ids])[:, None]).long()  # [b, L]
+        loss = model(input_ids=input_ids, attention_mask=attn, labels=lab).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        last = float(loss)
+        if step % 250 == 0 or step == steps - 1:
+            log(f"[embedded] pre-training step {step + 1}/{steps} loss {last:.4f} ({time.time() - t0:.0f}s)")
+    model.eval()
+    return {"pretrain_loss": last, "pretrain_seconds": time.time() - t0}
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_embedded_model(recipe, log=None) -> Path:
+    """The folder of the built-in model for ``recipe``, built on first use (one builder at a time
+    across processes: a file lock; the folder appears atomically when complete)."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    root = cache_root()
+    target = root / f"embedded-{recipe_hash(recipe)}"
+    if (target / "sdpg_recipe.json").is_file():
+        return target
+    with _file_lock(root / f".embedded-{recipe_hash(recipe)}.lock"):
+        if (target / "sdpg_recipe.json").is_file():
+            return target
+        import torch
+
+        log(f"[embedded] building the tiny base model into {target} (once; cached)")
+        threads = torch.get_num_threads()
+        tokenizer = build_tokenizer()
+        model = build_model(recipe, tokenizer)
+        stats = _pretrain(model, tokenizer, recipe, log)
+        torch.set_num_threads(threads)
+        tmp = root / f".tmp-{target.name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "sdpg_recipe.json").write_text(json.dumps({"version": RECIPE_VERSION, **recipe.model_dump(), **stats}, indent=1))
+        os.replace(tmp, target)
+        log(f"[embedded] base model ready ({stats['pretrain_seconds']:.0f}s)")
+    return target

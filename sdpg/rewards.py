@@ -1,0 +1,147 @@
+"""Verifiers: R in {0, 1} per response.
+
+``exact`` reads the text after the last ``#`` (the embedded task). ``math`` takes the last
+``\\boxed{...}`` of the response and checks it against the gold answer with HF math-verify (gold
+parsed first). math-verify runs in a child process with a hard per-response deadline, so a
+pathological response cannot hang a training step, whichever process or thread calls it (its own
+timeouts rely on SIGALRM, which works only in a main thread).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from typing import Sequence
+
+from sdpg.embedded import exact_answer
+
+# A boxed answer longer than this is not an answer: scored 0 without parsing.
+MAX_BOXED_CHARS = 2000
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces matched; None if absent
+    or unbalanced. Linear in the text's length."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    i = text.find("{", start)
+    if i < 0:
+        return None
+    depth = 0
+    for j in range(i, len(text)):
+        c = text[j]
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j]
+    return None
+
+
+def exact_reward(response: str, answer: str) -> float:
+    got = exact_answer(response)
+    return 1.0 if got is not None and got == str(answer).strip() else 0.0
+
+
+def _math_worker(conn) -> None:  # runs in the child process
+    from math_verify import parse, verify
+
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        boxed, gold = msg
+        try:
+            g = parse("\\boxed{" + gold + "}", parsing_timeout=None)
+            a = parse("\\boxed{" + boxed + "}", parsing_timeout=None)
+            ok = bool(g) and bool(a) and verify(g, a, timeout_seconds=None)
+        except Exception:
+            ok = False
+        conn.send(1.0 if ok else 0.0)
+
+
+class MathVerifier:
+    """math-verify behind a child process; each response gets ``timeout_s`` seconds at most."""
+
+    def __init__(self, timeout_s: float = 5.0):
+        self.timeout_s = timeout_s
+        self._proc = None
+        self._conn = None
+        self.timeouts = 0
+
+    def _start(self) -> None:
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_math_worker, args=(child,), daemon=True)
+        self._proc.start()
+        self._conn = parent
+
+    def _restart(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.join(5)
+        self._proc = None
+        self._start()
+
+    def score(self, response: str, gold: str, first_call_slack: float = 30.0) -> float:
+        boxed = last_boxed(response)
+        if boxed is None or len(boxed) > MAX_BOXED_CHARS:
+            return 0.0
+        if self._proc is None or not self._proc.is_alive():
+            self._start()
+            deadline = self.timeout_s + first_call_slack  # the child imports sympy first
+        else:
+            deadline = self.timeout_s
+        self._conn.send((boxed, str(gold)))
+        if self._conn.poll(deadline):
+            return float(self._conn.recv())
+        self.timeouts += 1
+        self._restart()
+        return 0.0
+
+    def score_batch(self, responses: Sequence[str], golds: Sequence[str]) -> list[float]:
+        return [self.score(r, g) for r, g in zip(responses, golds)]
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            try:
+                self._conn.send(None)
+                self._proc.join(2)
+            finally:
+                if self._proc.is_alive():
+                    self._proc.kill()
+        self._proc = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Verifier:
+    """The configured verifier, plus DAPO's soft overlong punishment."""
+
+    def __init__(self, kind: str, timeout_s: float = 5.0, overlong_buffer: int = 0, overlong_penalty: float = 1.0,
+                 max_new_tokens: int = 0):
+        self.kind = kind
+        self.math = MathVerifier(timeout_s) if kind == "math" else None
+        self.overlong_buffer, self.overlong_penalty, self.max_new_tokens = overlong_buffer, overlong_penalty, max_new_tokens
+
+    def correctness(self, responses: Sequence[str], answers: Sequence[str]) -> list[float]:
+        if self.kind == "exact":
+            return [exact_reward(r, a) for r, a in zip(responses, answers)]
+        return self.math.score_batch(responses, answers)
+
+    def overlong(self, lengths: Sequence[int]) -> list[float]:
+        """DAPO (arXiv 2503.14476) eq. 13: 0 up to L_max - buffer, then linear down to -penalty."""
+        if self.overlong_buffer <= 0:
+            return [0.0] * len(lengths)
+        start = self.max_new_tokens - self.overlong_buffer
+        return [-self.overlong_penalty * min(1.0, max(0, n - start) / self.overlong_buffer) for n in lengths]
+
+    def close(self) -> None:
+        if self.math is not None:
+            self.math.close()
+

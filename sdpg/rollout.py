@@ -1,0 +1,72 @@
+"""Rollout backends: G sampled responses per prompt.
+
+A backend takes token-id prompts and returns right-padded response tokens and a mask that covers
+each response up to and including its end-of-sequence token. ``hf`` is transformers' ``generate``
+(the CPU default); a vLLM backend implements the same ``generate`` signature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Rollouts:
+    responses: Tensor  # [N, T] token ids, pad after the end
+    mask: Tensor  # [N, T] 1.0 on response tokens (eos included)
+    truncated: Tensor  # [N] bool: hit max_new_tokens without eos
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Token lists -> (ids [N, P], attention mask [N, P]) padded on the left."""
+    P = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), P), pad_id, dtype=torch.long)  # [N, P]
+    attn = torch.zeros((len(seqs), P), dtype=torch.long)  # [N, P]
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, P - len(s) :] = torch.tensor(s)
+            attn[i, P - len(s) :] = 1
+    return ids, attn
+
+
+def response_mask(responses: Tensor, eos_id: int) -> tuple[Tensor, Tensor]:
+    """Mask [N, T] up to and including the first eos, and whether each response was truncated [N]."""
+    is_eos = responses == eos_id  # [N, T]
+    seen_before = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # [N, T] an eos strictly earlier
+    mask = (~seen_before).float()  # [N, T]
+    return mask, ~is_eos.any(-1)
+
+
+class HFRollout:
+    """Sampling with ``model.generate`` in batches of ``batch_size`` sequences."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 256):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], n: int, temperature: float = 1.0, top_p: float = 1.0,
+                 top_k: int = 0, max_new_tokens: int = 256, greedy: bool = False) -> Rollouts:
+        tok = self.tokenizer
+        expanded = [p for p in prompts for _ in range(n)]  # each prompt n times, consecutively
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        chunks = []
+        for s in range(0, len(expanded), self.batch_size):
+            ids, attn = left_pad(expanded[s : s + self.batch_size], tok.pad_token_id)  # [b, P]
+            out = self.model.generate(
+                input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=not greedy,
+                temperature=temperature if not greedy else None, top_p=top_p if not greedy else None,
+                top_k=top_k if not greedy else None, max_new_tokens=max_new_tokens,
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            )  # [b, P + T']
+            chunks.append(out[:, ids.shape[1] :].cpu())  # [b, T']
+        self.model.train(was_training)
+        T = max(c.shape[1] for c in chunks)
+        responses = torch.cat([torch.nn.functional.pad(c, (0, T - c.shape[1]), value=tok.pad_token_id) for c in chunks])  # [N, T]
+        mask, truncated = response_mask(responses, tok.eos_token_id)  # [N, T], [N]
+        responses = torch.where(mask.bool(), responses, torch.full_like(responses, tok.pad_token_id))  # [N, T]
+        return Rollouts(responses=responses, mask=mask, truncated=truncated)

@@ -1,0 +1,515 @@
+"""The SDPG trainer: one RL loop, top to bottom.
+
+    for each step k:
+        sample prompts x, G responses y ~ pi_theta(.|x)           (rollout backend)
+        R = verifier(y), A = group advantages                      (eq. 2.1)
+        for each epoch, minibatch, micro-batch:
+            student forward on (x, y)   -> hidden, log pi_theta(y_t)
+            teacher forward on (c, x, y), same weights, no grad -> hidden
+            L = L_out + beta(k) L_OPD+ + alpha L_K                  (eq. 3.5, sdpg.objective)
+        AdamW step; metrics to the sinks; eval every N; checkpoint every N
+
+Every method (GRPO, DAPO, Dr.GRPO, SDPG, RLSD, OPSD, OPCD) is a configuration of this loop.
+Metrics leave through ``MetricSink`` objects (JSONL and console by default); orchestration
+(MLflow, SLURM, Optuna) wraps ``train`` and passes its own sinks and ``should_stop``; this module
+imports none of it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor
+
+from sdpg.config import TrainConfig, build_config, load_config
+from sdpg.data import PromptSampler, build_prompts, read_source
+from sdpg.objective import (
+    FusedKLInputs,
+    agg_weights,
+    beta_at,
+    full_vocab_kl,
+    gate_mask,
+    group_advantages,
+    masked_mean,
+    opsd_token_weights,
+    rlsd_advantages,
+    sdpg_loss,
+    token_entropy,
+    token_logprobs,
+)
+from sdpg.rewards import Verifier
+from sdpg.rollout import HFRollout, left_pad
+
+# --------------------------------------------------------------------------------------------
+# Metric sinks
+# --------------------------------------------------------------------------------------------
+
+
+class MetricSink(Protocol):
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    """One JSON object per step in ``path``. On resume from step k, rows after k are dropped first,
+    so a resumed run never holds a step twice."""
+
+    def __init__(self, path: str | Path, resume_step: int = 0):
+        self.path = Path(path)
+        if self.path.exists():
+            keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            self.path.write_text("".join(ln + "\n" for ln in keep))
+        self._f = open(self.path, "a")
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self._f.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class ConsoleSink:
+    """A progress line per step; eval results when there are any."""
+
+    def __init__(self, total_steps: int, stream=sys.stderr):
+        self.total, self.stream, self.t0 = total_steps, stream, time.time()
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        def f(k, fmt="{:.3f}"):
+            return fmt.format(metrics[k]) if k in metrics else "-"
+
+        if "train/reward" in metrics:
+            print(
+                f"[sdpg] step {step}/{self.total} reward {f('train/reward')} acc {f('train/accuracy')} "
+                f"entropy {f('train/entropy')} len {f('train/response_length', '{:.1f}')} opd_kl {f('train/opd_kl', '{:.4f}')} "
+                f"gate {f('train/gate_fraction', '{:.2f}')} beta {f('train/beta', '{:.2g}')} "
+                f"{f('timing/step', '{:.1f}')}s (elapsed {time.time() - self.t0:.0f}s)",
+                file=self.stream, flush=True,
+            )
+        evals = {k: v for k, v in metrics.items() if k.startswith("eval/")}
+        if evals:
+            print(f"[sdpg] eval @ {step}: " + " ".join(f"{k}={v:.3f}" for k, v in sorted(evals.items())), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------------------------
+# Model helpers
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_policy(cfg: TrainConfig, device: torch.device, log=print):
+    """Tokenizer and model from ``model.path``: the embedded model, a local folder or a hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = cfg.model.path
+    if path == "embedded":
+        from sdpg.embedded import ensure_embedded_model
+
+        path = str(ensure_embedded_model(cfg.model.embedded, log=log))
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, cfg.model.dtype), "trust_remote_code": cfg.model.trust_remote_code}
+    if cfg.model.attn_implementation:
+        kwargs["attn_implementation"] = cfg.model.attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    return tokenizer, model
+
+
+def response_hidden(model, ids: Tensor, attn: Tensor, prompt_len: int, n_resp: int) -> Tensor:
+    """Last hidden states that predict the response tokens: positions P-1 .. P+T-2 -> [b, T, H]."""
+    backbone = getattr(model, model.base_model_prefix)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)  # [b, L]
+    h = backbone(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state  # [b, L, H]
+    return h[:, prompt_len - 1 : prompt_len - 1 + n_resp]  # [b, T, H]
+
+
+def head_of(model) -> tuple[Tensor, Tensor | None]:
+    head = model.get_output_embeddings()
+    return head.weight, getattr(head, "bias", None)  # [V, H], [V] | None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted((out / "checkpoints").glob("step_*.pt"))
+    return ckpts[-1] if ckpts else None
+
+
+def save_checkpoint(out: Path, step: int, state: dict, keep: int) -> Path:
+    d = out / "checkpoints"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"step_{step:07d}.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    for old in sorted(d.glob("step_*.pt"))[:-keep]:
+        old.unlink()
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of Chen et al. (2021): 1 - C(n-c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+@torch.no_grad()
+def evaluate(rollout: HFRollout, tokenizer, verifier: Verifier, eval_sets: dict, cfg: TrainConfig) -> dict[str, float]:
+    ec = cfg.eval
+    max_new = ec.max_new_tokens or cfg.rollout.max_new_tokens
+    metrics: dict[str, float] = {}
+    for name, (rows, prompt_ids) in eval_sets.items():
+        k = ec.n_samples
+        ro = rollout.generate(prompt_ids, k, temperature=ec.temperature, top_p=ec.top_p, max_new_tokens=max_new)
+        texts = tokenizer.batch_decode(ro.responses, skip_special_tokens=True)
+        answers = [r["answer"] for r in rows for _ in range(k)]
+        correct = torch.tensor(verifier.correctness(texts, answers)).view(len(rows), k)  # [n, k]
+        metrics[f"eval/{name}/mean@{k}"] = float(correct.mean())
+        metrics[f"eval/{name}/response_length"] = float(ro.mask.sum(-1).mean())
+        for kk in ec.pass_k:
+            metrics[f"eval/{name}/pass@{kk}"] = float(np.mean([pass_at_k(k, int(c), kk) for c in correct.sum(-1)]))
+        if ec.greedy:
+            g = rollout.generate(prompt_ids, 1, greedy=True, max_new_tokens=max_new)
+            gt = tokenizer.batch_decode(g.responses, skip_special_tokens=True)
+            metrics[f"eval/{name}/greedy"] = float(np.mean(verifier.correctness(gt, [r["answer"] for r in rows])))
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+def _as_config(config: TrainConfig | dict | str | Path) -> TrainConfig:
+    if isinstance(config, TrainConfig):
+        return config
+    if isinstance(config, dict):
+        return build_config(config)
+    return load_config(config)
+
+
+def train(
+    config: TrainConfig | dict | str | Path,
+    sinks: list[MetricSink] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    stop_after_step: int | None = None,
+) -> dict[str, Any]:
+    """Train one run. Resumes from the newest checkpoint in ``run.output_dir`` when ``run.resume``.
+
+    ``sinks`` replace the default JSONL + console sinks (pass ``default_sinks(...) + [yours]`` to
+    add one). ``should_stop`` is polled after every step: when it returns True the run saves a
+    checkpoint and returns with status ``interrupted`` (preemption). ``stop_after_step`` does the
+    same at a given step (tests). Returns {status, step, output_dir, metrics}.
+    """
+    cfg = _as_config(config)
+    rc, ac, oc = cfg.run, cfg.algo, cfg.optim
+    out = Path(rc.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.resolved(), sort_keys=False))
+    if rc.threads:
+        torch.set_num_threads(rc.threads)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    seed_everything(rc.seed)
+    device = resolve_device(cfg.model.device)
+
+    # ---- policy (also the teacher: same weights), frozen reference when L_K is on
+    tokenizer, policy = load_policy(cfg, device, log)
+    seed_everything(rc.seed)  # model loading may draw random numbers
+    reference = copy.deepcopy(policy).eval().requires_grad_(False) if ac.needs_reference else None
+    W_head, b_head = head_of(policy)
+
+    # ---- data: prompts tokenised once
+    def tokenize(rows: list[dict]) -> tuple[list[list[int]], list[list[int]]]:
+        s_ids, t_ids = [], []
+        for r in rows:
+            s, t = build_prompts(r, cfg.data, tokenizer)
+            s_ids.append(tokenizer.encode(s, add_special_tokens=False)[-cfg.data.max_prompt_tokens :])
+            t_ids.append(tokenizer.encode(t, add_special_tokens=False)[-cfg.data.max_prompt_tokens :])
+        return s_ids, t_ids
+
+    rows = read_source(cfg.data.train, cfg.data, "train")[: cfg.data.train_limit]
+    student_prompts, teacher_prompts = tokenize(rows)
+    eval_sets = {}
+    for name, src in cfg.data.eval.items():
+        erows = read_source(src, cfg.data, "test")[: cfg.data.eval_limit]
+        eval_sets[name] = (erows, tokenize(erows)[0])
+    sampler = PromptSampler(len(rows), rc.seed, cfg.data.shuffle)
+    verifier_kind = cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if cfg.data.train == "embedded" else "math")
+    verifier = Verifier(verifier_kind, cfg.reward.timeout_s, cfg.reward.overlong_buffer, cfg.reward.overlong_penalty,
+                        cfg.rollout.max_new_tokens)
+    rollout = HFRollout(policy, tokenizer, cfg.rollout.batch_size)
+
+    # ---- optimizer: AdamW, linear warm-up then constant
+    opt = torch.optim.AdamW(policy.parameters(), lr=oc.lr, weight_decay=oc.weight_decay, betas=oc.betas)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, oc.warmup_steps)) if oc.warmup_steps else 1.0)
+
+    # ---- resume
+    start = 0
+    ckpt_path = latest_checkpoint(out) if rc.resume else None
+    if ckpt_path is not None:
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ck["config_hash"] != cfg.config_hash():
+            raise RuntimeError(f"{ckpt_path} was written by another config (hash {ck['config_hash']} != {cfg.config_hash()}); "
+                               f"use a new run.output_dir or run.resume=false")
+        policy.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        sampler.load_state_dict(ck["sampler"])
+        set_rng_state(ck["rng"])
+        start = ck["step"]
+        log(f"[sdpg] resumed from {ckpt_path} at step {start}")
+    sinks = sinks if sinks is not None else default_sinks(out, start, rc.total_steps)
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(out, step, {
+            "step": step, "model": policy.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "sampler": sampler.state_dict(), "rng": rng_state(), "config_hash": cfg.config_hash(),
+        }, rc.keep_checkpoints)
+
+    G, P_step = cfg.rollout.group_size, cfg.rollout.prompts_per_step
+    temp = cfg.rollout.temperature
+    need_teacher_fwd = ac.needs_distillation
+    last_metrics: dict[str, float] = {}
+    status = "finished"
+
+    if start == 0 and cfg.eval.every > 0 and eval_sets:
+        t0 = time.perf_counter()
+        m0 = evaluate(rollout, tokenizer, verifier, eval_sets, cfg)
+        m0["timing/eval"] = time.perf_counter() - t0
+        for s in sinks:
+            s.log(m0, 0)
+
+    step = start
+    for step in range(start + 1, rc.total_steps + 1):
+        t_step = time.perf_counter()
+        m: dict[str, float] = {}
+
+        # ---- 1. rollouts: G responses per prompt
+        idx = sampler.next(P_step)
+        t0 = time.perf_counter()
+        ro = rollout.generate([student_prompts[i] for i in idx], G, temperature=temp, top_p=cfg.rollout.top_p,
+                              top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens)
+        m["timing/rollout"] = time.perf_counter() - t0
+        responses, mask = ro.responses.to(device), ro.mask.to(device)  # [N, T], [N, T]
+        N, T = responses.shape
+
+        # ---- 2. rewards and group advantages
+        t0 = time.perf_counter()
+        texts = tokenizer.batch_decode(ro.responses, skip_special_tokens=True)
+        answers = [rows[i]["answer"] for i in idx for _ in range(G)]
+        correct = torch.tensor(verifier.correctness(texts, answers))  # [N]
+        lengths = mask.sum(-1)  # [N]
+        rewards = correct + torch.tensor(verifier.overlong(lengths.long().tolist()))  # [N]
+        adv = group_advantages(rewards, G, std_norm=ac.std_norm).to(device)  # [N]
+        m["timing/reward"] = time.perf_counter() - t0
+        m.update({
+            "train/reward": float(rewards.mean()), "train/accuracy": float(correct.mean()),
+            "train/response_length": float(lengths.float().mean()), "train/truncated": float(ro.truncated.float().mean()),
+            "train/solve_all": float((correct.view(-1, G).min(-1).values == 1).float().mean()),
+            "train/solve_none": float((correct.view(-1, G).max(-1).values == 0).float().mean()),
+        })
+        keep = torch.arange(N)
+        if ac.filter_groups:  # DAPO dynamic sampling: only groups with a learning signal
+            r = rewards.view(-1, G)  # [N/G, G]
+            informative = (r.max(-1).values != r.min(-1).values).repeat_interleave(G)  # [N]
+            keep = informative.nonzero().view(-1)
+            m["train/kept_fraction"] = float(informative.float().mean())
+
+        # ---- 3. sequences: [left-padded prompt | response]; teacher prompts carry the context c
+        s_ids, s_attn = left_pad([student_prompts[i] for i in idx for _ in range(G)], tokenizer.pad_token_id)  # [N, P]
+        s_seq = torch.cat([s_ids.to(device), responses], 1)  # [N, P+T]
+        s_att = torch.cat([s_attn.to(device), mask.long()], 1)  # [N, P+T]
+        Ps = s_ids.shape[1]
+        t_ids, t_attn = left_pad([teacher_prompts[i] for i in idx for _ in range(G)], tokenizer.pad_token_id)  # [N, Pt]
+        t_seq = torch.cat([t_ids.to(device), responses], 1)  # [N, Pt+T]
+        t_att = torch.cat([t_attn.to(device), mask.long()], 1)  # [N, Pt+T]
+        Pt = t_ids.shape[1]
+        mb = oc.micro_batch_size
+
+        # ---- 4. log-probs before the update (no grad): old policy, reference, teacher on y_t
+        t0 = time.perf_counter()
+        minibatch = oc.minibatch_size or len(keep)
+        on_policy = oc.ppo_epochs == 1 and minibatch >= len(keep)
+        old_logp = torch.zeros(N, T, device=device)  # [N, T]
+        ref_logp = torch.zeros(N, T, device=device) if reference is not None else None  # [N, T]
+        teacher_logp = torch.zeros(N, T, device=device) if ac.needs_teacher_logprobs else None  # [N, T]
+        entropy = torch.zeros(N, T, device=device)  # [N, T]
+        with torch.no_grad():
+            for s in range(0, N, mb):
+                sl = slice(s, s + mb)
+                if not on_policy:
+                    h = response_hidden(policy, s_seq[sl], s_att[sl], Ps, T)  # [b, T, H]
+                    logits = torch.nn.functional.linear(h, W_head, b_head)  # [b, T, V]
+                    old_logp[sl] = token_logprobs(logits, responses[sl], temp)
+                    entropy[sl] = token_entropy(logits, temp)
+                if reference is not None:
+                    h = response_hidden(reference, s_seq[sl], s_att[sl], Ps, T)  # [b, T, H]
+                    ref_logp[sl] = token_logprobs(reference.get_output_embeddings()(h), responses[sl], temp)
+                if teacher_logp is not None:
+                    h = response_hidden(policy, t_seq[sl], t_att[sl], Pt, T)  # [b, T, H]
+                    teacher_logp[sl] = token_logprobs(torch.nn.functional.linear(h, W_head, b_head), responses[sl], temp)
+        m["timing/logprobs"] = time.perf_counter() - t0
+
+        # per-token advantages of L_out for RLSD / OPSD
+        token_adv = None
+        if ac.advantage == "rlsd" or ac.advantage == "opsd":
+            base_logp = old_logp if not on_policy else _current_logp(policy, s_seq, s_att, Ps, responses, temp, mb, W_head, b_head)
+            if ac.advantage == "rlsd":
+                token_adv = rlsd_advantages(adv, teacher_logp, base_logp, ac.rlsd_eps_w, ac.rlsd_lambda)  # [N, T]
+            else:
+                token_adv = opsd_token_weights(teacher_logp, base_logp, adv, ac.opsd_max_weight)  # [N, T]
+
+        # ---- 5. update: epochs x minibatches x micro-batches
+        t0 = time.perf_counter()
+        beta_k = beta_at(step, rc.total_steps, ac.beta, ac.beta_warmup_steps, ac.beta_decay_steps)
+        policy.train()
+        sums: dict[str, float] = {}
+        n_micro = 0
+        grad_norm = torch.zeros(())
+        for epoch in range(oc.ppo_epochs):
+            order = keep[torch.randperm(len(keep))] if (oc.ppo_epochs > 1 or minibatch < len(keep)) else keep
+            for ms in range(0, len(order), minibatch):
+                rows_mb = order[ms : ms + minibatch].to(device)  # [M]
+                # aggregation weights over the whole minibatch, so micro-batching changes nothing
+                w_mb = agg_weights(mask[rows_mb], ac.loss_agg_mode)  # [M, T]
+                g_mb = gate_mask(adv[rows_mb], mask[rows_mb], ac.gate)  # [M, T]
+                opd_w_mb = w_mb * g_mb if ac.opd_norm == "all" else agg_weights(g_mb, ac.loss_agg_mode)  # [M, T]
+                opt.zero_grad(set_to_none=True)
+                for us in range(0, len(rows_mb), mb):
+                    r = rows_mb[us : us + mb]  # [b]
+                    u = slice(us, us + mb)
+                    h = response_hidden(policy, s_seq[r], s_att[r], Ps, T)  # [b, T, H]
+                    logits = torch.nn.functional.linear(h, W_head, b_head)  # [b, T, V]
+                    logp = token_logprobs(logits, responses[r], temp)  # [b, T]
+                    if on_policy:
+                        entropy[r] = token_entropy(logits.detach(), temp)
+                    opd = None
+                    if need_teacher_fwd and bool(opd_w_mb[u].any()):
+                        with torch.no_grad():
+                            ht = response_hidden(policy, t_seq[r], t_att[r], Pt, T)  # [b, T, H]
+                        if ac.opd_impl == "fused":
+                            opd = FusedKLInputs(h, ht, W_head, b_head, temperature=ac.distill_temperature)
+                        else:
+                            opd = full_vocab_kl(logits, torch.nn.functional.linear(ht, W_head, b_head), ac.distill_temperature)  # [b, T]
+                    loss, st = sdpg_loss(
+                        logp, old_logp[r] if not on_policy else logp.detach(), adv[r], mask[r],
+                        token_advantages=token_adv[r] if token_adv is not None else None,
+                        opd=opd, ref_logp=ref_logp[r] if ref_logp is not None else None,
+                        beta=beta_k, alpha=ac.alpha, kl_mode=ac.kl_mode, gate=ac.gate, opd_norm=ac.opd_norm,
+                        pg_coef=ac.pg_coef, policy_mode=ac.policy_loss, clip_low=ac.clip_low, clip_high=ac.clip_high,
+                        clip_c=ac.clip_c, loss_agg_mode=ac.loss_agg_mode,
+                        token_weights=w_mb[u], opd_token_weights=opd_w_mb[u],
+                    )
+                    loss.backward()
+                    if epoch == 0:
+                        for k, v in st.items():
+                            sums[k] = sums.get(k, 0.0) + float(v) * len(r)
+                        n_micro += len(r)
+                grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), oc.grad_clip if oc.grad_clip > 0 else float("inf"))
+                opt.step()
+                sched.step()
+        policy.eval()
+        m["timing/update"] = time.perf_counter() - t0
+        for k, v in sums.items():
+            m[f"train/{k}"] = v / max(1, n_micro)
+        # opd_kl over gated tokens of the whole batch is better read from the gated token count:
+        m["train/beta"] = beta_k
+        m["train/gate_fraction"] = float((adv > 0).float().mean()) if ac.gate else 1.0
+        m["train/entropy"] = float(masked_mean(entropy, mask))
+        m["train/grad_norm"] = float(grad_norm)
+        m["train/lr"] = sched.get_last_lr()[0]
+
+        # ---- 6. evaluation, logging, checkpoint
+        if cfg.eval.every > 0 and eval_sets and (step % cfg.eval.every == 0 or step == rc.total_steps):
+            t0 = time.perf_counter()
+            m.update(evaluate(rollout, tokenizer, verifier, eval_sets, cfg))
+            m["timing/eval"] = time.perf_counter() - t0
+            for t in texts[: rc.log_samples]:
+                log(f"[sdpg] sample @ {step}: {t[:200]!r}")
+        m["timing/step"] = time.perf_counter() - t_step
+        for s in sinks:
+            s.log(m, step)
+        last_metrics = m
+        interrupted = (should_stop is not None and should_stop()) or (stop_after_step is not None and step >= stop_after_step)
+        if step == rc.total_steps or interrupted or (rc.checkpoint_every and step % rc.checkpoint_every == 0):
+            checkpoint(step)
+        if interrupted and step < rc.total_steps:
+            status = "interrupted"
+            break
+
+    verifier.close()
+    if sinks is not None:
+        for s in sinks:
+            s.close()
+    result = {"status": status, "step": step, "output_dir": str(out), "metrics": last_metrics}
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _current_logp(policy, seq, att, P, responses, temp, mb, W, b) -> Tensor:
+    """log pi_theta(y_t) [N, T] without gradient (the on-policy p_old)."""
+    out = []
+    with torch.no_grad():
+        for s in range(0, seq.shape[0], mb):
+            h = response_hidden(policy, seq[s : s + mb], att[s : s + mb], P, responses.shape[1])  # [b, T, H]
+            out.append(token_logprobs(torch.nn.functional.linear(h, W, b), responses[s : s + mb], temp))  # [b, T]
+    return torch.cat(out)  # [N, T]
+
+
+def default_sinks(out: Path, resume_step: int, total_steps: int) -> list[MetricSink]:
+    return [JsonlSink(out / "metrics.jsonl", resume_step), ConsoleSink(total_steps)]
