@@ -179,7 +179,7 @@ def _pretrain(model, tokenizer, recipe, log=print) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        last = float(loss)
+        last = float(loss.detach())
         if step % 250 == 0 or step == steps - 1:
             log(f"[embedded] pre-training step {step + 1}/{steps} loss {last:.4f} ({time.time() - t0:.0f}s)")
     model.eval()

@@ -45,6 +45,9 @@ def exact_reward(response: str, answer: str) -> float:
 
 
 def _math_worker(conn) -> None:  # runs in the child process
+    import logging
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns that we time it out ourselves
     from math_verify import parse, verify
 
     while True:
@@ -88,6 +91,8 @@ class MathVerifier:
         boxed = last_boxed(response)
         if boxed is None or len(boxed) > MAX_BOXED_CHARS:
             return 0.0
+        if "".join(boxed.split()) == "".join(str(gold).split()):
+            return 1.0  # the same string: no parser needed
         if self._proc is None or not self._proc.is_alive():
             self._start()
             deadline = self.timeout_s + first_call_slack  # the child imports sympy first

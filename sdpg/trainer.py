@@ -383,15 +383,20 @@ def train(
 
         # ---- 4. log-probs before the update (no grad): old policy, reference, teacher on y_t
         t0 = time.perf_counter()
-        minibatch = oc.minibatch_size or len(keep)
+        minibatch = oc.minibatch_size or max(1, len(keep))
         on_policy = oc.ppo_epochs == 1 and minibatch >= len(keep)
         old_logp = torch.zeros(N, T, device=device)  # [N, T]
         ref_logp = torch.zeros(N, T, device=device) if reference is not None else None  # [N, T]
         teacher_logp = torch.zeros(N, T, device=device) if ac.needs_teacher_logprobs else None  # [N, T]
         entropy = torch.zeros(N, T, device=device)  # [N, T]
+        unseen = torch.ones(N, dtype=torch.bool)
+        unseen[keep] = False  # rows the update skips (filter_groups): entropy from this pass
         with torch.no_grad():
             for s in range(0, N, mb):
                 sl = slice(s, s + mb)
+                if on_policy and unseen[sl].any():
+                    h = response_hidden(policy, s_seq[sl], s_att[sl], Ps, T)  # [b, T, H]
+                    entropy[sl] = token_entropy(torch.nn.functional.linear(h, W_head, b_head), temp)
                 if not on_policy:
                     h = response_hidden(policy, s_seq[sl], s_att[sl], Ps, T)  # [b, T, H]
                     logits = torch.nn.functional.linear(h, W_head, b_head)  # [b, T, V]
@@ -418,10 +423,11 @@ def train(
         t0 = time.perf_counter()
         beta_k = beta_at(step, rc.total_steps, ac.beta, ac.beta_warmup_steps, ac.beta_decay_steps)
         policy.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, float] = dict.fromkeys(LOSS_STATS, 0.0)
         n_micro = 0
         grad_norm = torch.zeros(())
-        for epoch in range(oc.ppo_epochs):
+        m["train/skipped_update"] = float(len(keep) == 0)  # every group uninformative (filter_groups)
+        for epoch in range(oc.ppo_epochs if len(keep) else 0):
             order = keep[torch.randperm(len(keep))] if (oc.ppo_epochs > 1 or minibatch < len(keep)) else keep
             for ms in range(0, len(order), minibatch):
                 rows_mb = order[ms : ms + minibatch].to(device)  # [M]
@@ -456,7 +462,10 @@ def train(
                         token_weights=w_mb[u], opd_token_weights=opd_w_mb[u],
                     )
                     loss.backward()
-                    if epoch == 0:
+                    if epoch == 0:  # statistics of the first pass, weighted by sequences (opd_kl: by gated tokens)
+                        n_opd = float(st.pop("opd_tokens"))
+                        sums["opd_kl"] = sums.get("opd_kl", 0.0) + float(st.pop("opd_kl")) * n_opd
+                        sums["_opd_tokens"] = sums.get("_opd_tokens", 0.0) + n_opd
                         for k, v in st.items():
                             sums[k] = sums.get(k, 0.0) + float(v) * len(r)
                         n_micro += len(r)
@@ -465,9 +474,9 @@ def train(
                 sched.step()
         policy.eval()
         m["timing/update"] = time.perf_counter() - t0
+        opd_tokens = sums.pop("_opd_tokens", 0.0)
         for k, v in sums.items():
-            m[f"train/{k}"] = v / max(1, n_micro)
-        # opd_kl over gated tokens of the whole batch is better read from the gated token count:
+            m[f"train/{k}"] = v / max(1, n_micro) if k != "opd_kl" else v / max(1.0, opd_tokens)
         m["train/beta"] = beta_k
         m["train/gate_fraction"] = float((adv > 0).float().mean()) if ac.gate else 1.0
         m["train/entropy"] = float(masked_mean(entropy, mask))
@@ -499,6 +508,9 @@ def train(
     result = {"status": status, "step": step, "output_dir": str(out), "metrics": last_metrics}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+LOSS_STATS = ("pg_loss", "pg_clipfrac", "pg_clipfrac_lower", "ppo_kl", "opd_loss", "opd_kl", "ref_kl", "ref_kl_surrogate")
 
 
 def _current_logp(policy, seq, att, P, responses, temp, mb, W, b) -> Tensor:

@@ -86,7 +86,7 @@ def sdpg_loss(
             default: computed from ``mask`` as if this were the whole batch.
 
     Returns (loss [], stats) with pg_loss, pg_clipfrac, pg_clipfrac_lower, ppo_kl, opd_kl (mean
-    over gated tokens), opd_loss, gate_fraction (share of sequences with A > 0), beta, ref_kl
+    over gated tokens) and opd_tokens (their number), opd_loss, gate_fraction (share of sequences with A > 0), beta, ref_kl
     (k3 estimate of KL(pi_theta || pi_ref), whatever kl_mode) and ref_kl_surrogate.
     """
     m = mask.float()  # [B, T]
@@ -121,9 +121,11 @@ def sdpg_loss(
         loss = loss + beta * opd_loss
         stats["opd_loss"] = opd_loss.detach()
         stats["opd_kl"] = masked_mean(kl_tok.detach(), g)
+        stats["opd_tokens"] = g.sum().detach()
     else:
         stats["opd_loss"] = zero
         stats["opd_kl"] = zero
+        stats["opd_tokens"] = zero
 
     # L_K
     if ref_logp is not None:

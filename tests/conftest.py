@@ -1,0 +1,27 @@
+"""Shared fixtures: a small embedded-model recipe, built once per machine and cached."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# A small recipe of the built-in model: tests exercise the real build, at a size that takes seconds.
+TINY = [
+    "model.embedded.pretrain_steps=60", "model.embedded.hidden_size=64", "model.embedded.num_layers=2",
+    "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=24",
+    "eval.n_samples=2", "eval.every=2", "data.eval_limit=6", "optim.micro_batch_size=8",
+    "run.threads=1", "run.checkpoint_every=0", "run.log_samples=0",
+]
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    from sdpg.config import load_config
+
+    def make(*overrides: str, out: str = "run"):
+        return load_config(None, TINY + [f"run.output_dir={tmp_path / out}"] + list(overrides))
+
+    return make
