@@ -45,7 +45,9 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def ablate_main(argv: list[str] | None = None) -> int:
-    return _not_yet("sdpg-ablate")
+    from sdpg.ablate import main
+
+    return main(argv)
 
 
 def sweep_main(argv: list[str] | None = None) -> int:

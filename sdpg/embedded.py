@@ -20,7 +20,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import math
 import os
 import random
 import shutil
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 
 DEFAULT_CONFIG_PATH = Path(__file__).parent / "configs" / "embedded.yaml"
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 ALPHABET = list("0123456789+=;#:QASH\n")
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -155,7 +154,7 @@ def _pretrain(model, tokenizer, recipe, log=print) -> dict:
     rows = make_rows(max(4096, recipe.pretrain_steps * recipe.pretrain_batch // 2), "pretrain")
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.pretrain_lr, weight_decay=0.01, betas=(0.9, 0.98))
     steps = recipe.pretrain_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps)))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
     eos = tokenizer.eos_token_id
     model.train()
     t0, last = time.time(), 0.0
@@ -180,10 +179,34 @@ def _pretrain(model, tokenizer, recipe, log=print) -> dict:
         opt.step()
         sched.step()
         last = float(loss.detach())
-        if step % 250 == 0 or step == steps - 1:
-            log(f"[embedded] pre-training step {step + 1}/{steps} loss {last:.4f} ({time.time() - t0:.0f}s)")
+        if (step + 1) % 50 == 0 and step + 1 >= 100:
+            acc = student_accuracy(model, tokenizer)
+            model.train()
+            log(f"[embedded] pre-training step {step + 1}/{steps} loss {last:.4f} student pass@1 {acc:.3f} ({time.time() - t0:.0f}s)")
+            if acc >= recipe.target_accuracy:
+                break
     model.eval()
-    return {"pretrain_loss": last, "pretrain_seconds": time.time() - t0}
+    acc = student_accuracy(model, tokenizer)
+    return {"pretrain_loss": last, "pretrain_seconds": time.time() - t0, "pretrain_steps_done": step + 1,
+            "student_accuracy": acc}
+
+
+def student_accuracy(model, tokenizer, n_problems: int = 64, samples: int = 4) -> float:
+    """Sampled (temperature 1) pass@1 of the student prompt on held-out problems, with its own
+    seeded generator state so that checking does not perturb the build."""
+    import torch
+
+    from sdpg.rollout import HFRollout
+
+    state = torch.get_rng_state()
+    torch.manual_seed(0)
+    rows = test_rows(n_problems)
+    prompts = [tokenizer.encode(STUDENT_TEMPLATE.format(**r), add_special_tokens=False) for r in rows]
+    ro = HFRollout(model, tokenizer, batch_size=512).generate(prompts, samples, temperature=1.0, max_new_tokens=32)
+    texts = tokenizer.batch_decode(ro.responses, skip_special_tokens=True)
+    ok = [exact_answer(t) == r["answer"] for t, r in zip(texts, [r for r in rows for _ in range(samples)])]
+    torch.set_rng_state(state)
+    return sum(ok) / len(ok)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,156 @@
+"""MLflow tracking for orchestrated runs: one experiment per spec, a parent run per spec, a child
+run per resolved config (found again by its hash, never created twice), metrics in batches.
+
+The trainer knows none of this: ``MlflowSink`` is a ``MetricSink`` handed to ``sdpg.trainer.train``.
+Credentials never leave the URI: what is logged goes through ``redact``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL)", re.I)
+URI_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<cred>[^/@\s]+@)", re.I)
+
+
+def redact(text: str) -> str:
+    """``postgresql://user:pw@host/db`` -> ``postgresql://***@host/db``; values of secret-looking
+    environment variables replaced by ***."""
+    text = URI_CREDENTIALS.sub(lambda m: m.group("scheme") + "***@", str(text))
+    for k, v in os.environ.items():
+        if SECRET_ENV.search(k) and v and len(v) >= 6 and v in text:
+            text = text.replace(v, "***")
+    return text
+
+
+def to_mlflow_key(name: str) -> str:
+    """MLflow forbids '@' in metric names: ``eval/aime24/mean@32`` is stored as
+    ``eval/aime24/mean_at_32``; ``from_mlflow_key`` maps it back."""
+    return name.replace("@", "_at_")
+
+
+def from_mlflow_key(name: str) -> str:
+    return name.replace("_at_", "@")
+
+
+def default_uri(output_dir: str | Path) -> str:
+    return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def retry(fn: Callable, *args, attempts: int = 12, **kwargs):
+    """Call ``fn``, retrying with jittered back-off: SQLite answers 'database is locked' to
+    concurrent writers, a tracking server may blink."""
+    delay = 0.05
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            if i == attempts - 1:
+                raise
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def get_or_create_experiment(c, name: str) -> str:
+    exp = retry(c.get_experiment_by_name, name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return retry(c.create_experiment, name)
+    except Exception:
+        return retry(c.get_experiment_by_name, name).experiment_id  # created by a concurrent writer
+
+
+def find_run(c, experiment_id: str, **tags: str):
+    flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = retry(c.search_runs, [experiment_id], filter_string=flt, max_results=2)
+    return runs[0] if runs else None
+
+
+def ensure_parent_run(c, experiment_id: str, spec_name: str, kind: str, tags: dict[str, str]) -> str:
+    run = find_run(c, experiment_id, **{"sdpg.parent": kind, "sdpg.spec": spec_name})
+    if run is not None:
+        return run.info.run_id
+    run = retry(c.create_run, experiment_id, run_name=spec_name,
+                tags={"sdpg.parent": kind, "sdpg.spec": spec_name, **tags})
+    return run.info.run_id
+
+
+def ensure_child_run(c, experiment_id: str, parent_id: str, run_hash: str, name: str, tags: dict[str, str],
+                     params: dict[str, Any], config_yaml: str) -> tuple[str, bool]:
+    """(run id, created). The run of ``run_hash`` is reused whenever it exists."""
+    run = find_run(c, experiment_id, **{"sdpg.run_hash": run_hash})
+    if run is not None:
+        return run.info.run_id, False
+    from mlflow.entities import Param, RunStatus
+
+    run = retry(c.create_run, experiment_id, run_name=name,
+                tags={"mlflow.parentRunId": parent_id, "sdpg.run_hash": run_hash, **{k: redact(str(v)) for k, v in tags.items()}})
+    rid = run.info.run_id
+    ps = [Param(k[:250], redact(str(v))[:6000]) for k, v in params.items()]
+    for i in range(0, len(ps), 100):
+        retry(c.log_batch, rid, params=ps[i : i + 100])
+    retry(c.log_text, rid, redact(config_yaml), "config.yaml")
+    retry(c.update_run, rid, status=RunStatus.to_string(RunStatus.SCHEDULED))
+    return rid, True
+
+
+class MlflowSink:
+    """A trainer ``MetricSink`` writing to an existing run; steps already in the run (a requeued job
+    replaying the steps after its last checkpoint) are not logged again."""
+
+    def __init__(self, uri: str, run_id: str, probe_key: str = "train/reward"):
+        from mlflow.entities import RunStatus
+
+        self.c, self.run_id = client(uri), run_id
+        history = retry(self.c.get_metric_history, run_id, probe_key)
+        self.last_step = max((m.step for m in history), default=-1)
+        retry(self.c.update_run, run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if step <= self.last_step:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        ms = [Metric(to_mlflow_key(k), float(v), ts, step) for k, v in metrics.items()]
+        for i in range(0, len(ms), 500):
+            retry(self.c.log_batch, self.run_id, metrics=ms[i : i + 500])
+        self.last_step = step
+
+    def finish(self, status: str) -> None:
+        retry(self.c.set_terminated, self.run_id, status=status)
+
+    def close(self) -> None:
+        pass
