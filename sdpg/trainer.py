@@ -67,6 +67,7 @@ class JsonlSink:
 
     def __init__(self, path: str | Path, resume_step: int = 0):
         self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
             self.path.write_text("".join(ln + "\n" for ln in keep))

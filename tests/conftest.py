@@ -25,3 +25,35 @@ def tiny_config(tmp_path):
         return load_config(None, TINY + [f"run.output_dir={tmp_path / out}"] + list(overrides))
 
     return make
+
+
+def tiny_overrides_dict() -> dict:
+    from sdpg.config import parse_value
+
+    return {k: parse_value(v) for k, v in (x.split("=", 1) for x in TINY)}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_built():
+    """Build the small embedded model once, before jobs on several processes need it."""
+    from sdpg.config import load_config
+    from sdpg.embedded import ensure_embedded_model
+
+    return ensure_embedded_model(load_config(None, TINY).model.embedded)
+
+
+@pytest.fixture(scope="session")
+def dev_cluster():
+    """A real single-node SLURM (Debian's slurmctld + slurmd), started for the session."""
+    from sdpg import devcluster
+
+    env = devcluster.start()
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    devcluster.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
