@@ -290,6 +290,8 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
         f"view with: mlflow ui --backend-store-uri {tracking.redact(plan.tracking_uri)}")
     if wait if wait is not None else plan.executor in ("local", "debug"):
         watch(plan, jobs, log=log)
+        log(status(plan))
+        log(f"[sdpg-ablate] done; open the runs with: mlflow ui --backend-store-uri {tracking.redact(plan.tracking_uri)}")
     return {"submitted": [r.hash for r in todo], "jobs": jobs, "experiment_id": exp_id, "parent_run_id": parent}
 
 

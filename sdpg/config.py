@@ -66,15 +66,15 @@ class EmbeddedModelConfig(Strict):
     """Transformer blocks."""
     num_heads: int = Field(4, gt=0)
     """Attention heads (2 key/value heads)."""
-    pretrain_steps: int = Field(2000, ge=0)
-    """Most supervised steps on worked solutions before RL."""
+    pretrain_steps: int = Field(1500, ge=0)
+    """Most supervised steps on worked solutions before RL (the cosine schedule's length)."""
     target_accuracy: float = Field(0.3, gt=0, le=1)
     """Pre-training stops at the first check (every 50 steps) where the student's sampled pass@1
     on held-out problems reaches this: RL starts from a model that is neither hopeless nor done."""
     pretrain_batch: int = Field(64, gt=0)
     """Sequences per pre-training step."""
     pretrain_lr: float = Field(2e-3, gt=0)
-    """Pre-training learning rate (AdamW, 50 warm-up steps, then constant)."""
+    """Pre-training learning rate (AdamW, 50 warm-up steps, cosine over ``pretrain_steps``)."""
     seed: int = 1234
     """Seed of the pre-training run; the build is deterministic for a given seed and recipe."""
 

@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 
 DEFAULT_CONFIG_PATH = Path(__file__).parent / "configs" / "embedded.yaml"
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 ALPHABET = list("0123456789+=;#:QASH\n")
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -154,7 +155,8 @@ def _pretrain(model, tokenizer, recipe, log=print) -> dict:
     rows = make_rows(max(4096, recipe.pretrain_steps * recipe.pretrain_batch // 2), "pretrain")
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.pretrain_lr, weight_decay=0.01, betas=(0.9, 0.98))
     steps = recipe.pretrain_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps)))))
     eos = tokenizer.eos_token_id
     model.train()
     t0, last = time.time(), 0.0

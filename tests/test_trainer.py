@@ -30,12 +30,13 @@ def test_every_method_runs_two_steps(tiny_config, method):
         assert key in last, key
     assert all(v == v for v in last.values()), "NaN in metrics"  # no NaN
     ac = cfg.algo
+    first = rows[1]  # beta(k) decays to 0 at the last step by design; step 1 has it on
     if ac.beta > 0:
-        assert last["train/beta"] > 0
-        if last["train/gate_fraction"] > 0:
-            assert last["train/opd_kl"] > 0
+        assert first["train/beta"] > 0
+        if first["train/gate_fraction"] > 0:
+            assert first["train/opd_kl"] > 0
     else:
-        assert last["train/opd_kl"] == 0
+        assert first["train/opd_kl"] == 0 and last["train/opd_kl"] == 0
     if ac.alpha > 0:
         assert last["train/ref_kl"] >= 0
 
@@ -62,18 +63,21 @@ def test_resume_refuses_another_config(tiny_config):
 
 
 def test_micro_batching_does_not_change_the_update(tiny_config):
-    """Same rollouts, one update: micro-batches of 3 vs 16 sequences give the same weights."""
-    from transformers import AutoModelForCausalLM
+    """Same rollouts, one update: micro-batches of 3 vs 16 sequences give the same gradient (read
+    from Adam's first moment, 0.1 * grad after one step; the weights alone would hide a scale error,
+    Adam being scale-invariant)."""
+    from pathlib import Path
 
-    outs = []
+    moments = []
     for mb in (3, 16):
         cfg = tiny_config("run.total_steps=1", "eval.every=0", f"optim.micro_batch_size={mb}", "algo.opd_impl=materialised",
-                          "optim.lr=1e-2", "run.checkpoint_every=1", out=f"mb{mb}")
+                          "algo.beta=1.0", "run.checkpoint_every=1", out=f"mb{mb}")
         train(cfg)
-        ck = torch.load(sorted((cfg.run.output_dir and __import__("pathlib").Path(cfg.run.output_dir) / "checkpoints").glob("*.pt"))[-1], weights_only=False)
-        outs.append(ck["model"])
-    for k in outs[0]:
-        torch.testing.assert_close(outs[0][k], outs[1][k], rtol=1e-4, atol=1e-6)
+        ck = torch.load(sorted((Path(cfg.run.output_dir) / "checkpoints").glob("*.pt"))[-1], weights_only=False)
+        moments.append([st["exp_avg"] for st in ck["optimizer"]["state"].values()])
+    for a, b in zip(*moments):
+        scale = max(a.abs().max().item(), 1e-12)
+        assert (a - b).abs().max().item() <= 1e-4 * scale
 
 
 def test_fused_and_materialised_training_agree(tiny_config):
