@@ -289,7 +289,7 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
     log(f"[sdpg-ablate] MLflow: experiment {plan.experiment!r} (id {exp_id}) at {tracking.redact(plan.tracking_uri)}; "
         f"view with: mlflow ui --backend-store-uri {tracking.redact(plan.tracking_uri)}")
     if wait if wait is not None else plan.executor in ("local", "debug"):
-        watch(plan, jobs, log=log)
+        watch(plan, jobs, todo, log=log)
         log(status(plan))
         log(f"[sdpg-ablate] done; open the runs with: mlflow ui --backend-store-uri {tracking.redact(plan.tracking_uri)}")
     return {"submitted": [r.hash for r in todo], "jobs": jobs, "experiment_id": exp_id, "parent_run_id": parent}
@@ -310,18 +310,32 @@ def _submit_local(ex, fns, max_parallel: int):
     return jobs
 
 
-def watch(plan: Plan, jobs: list, log=print, every_s: float = 10.0) -> None:
-    """Progress lines until every job is done; raises if any failed."""
+def _last_log_line(job) -> str:
+    try:
+        lines = [ln.strip() for ln in Path(job.paths.stderr).read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "queued"
+    useful = [ln for ln in lines if ln.startswith("[")]
+    return (useful or lines or ["starting"])[-1][:90]
+
+
+def watch(plan: Plan, jobs: list, runs: list[Run] | None = None, log=print, every_s: float = 10.0) -> None:
+    """Progress lines until every job is done: each run's step and accuracy, or, before its first
+    step, the last line its job logged (e.g. the base model's build). Raises if any failed."""
+    runs = runs or plan.runs
     last_print = 0.0
     while True:
         done = [j.done() for j in jobs]
         if time.time() - last_print >= every_s or all(done):
             parts = []
-            for r in plan.runs:
+            for r, j in zip(runs, jobs):
                 state, step, m = run_state(r)
                 acc = m.get("train/accuracy")
-                parts.append(f"{r.name}:{step}/{r.config.run.total_steps}" + (f"(acc {acc:.2f})" if acc is not None else ""))
-            log("[sdpg-ablate] " + "  ".join(parts))
+                if step == 0 and not done[runs.index(r)]:
+                    parts.append(f"{r.name}: {_last_log_line(j)}")
+                else:
+                    parts.append(f"{r.name}: {step}/{r.config.run.total_steps}" + (f" acc {acc:.2f}" if acc is not None else ""))
+            log("[sdpg-ablate] " + " | ".join(parts))
             last_print = time.time()
         if all(done):
             break

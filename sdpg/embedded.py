@@ -237,6 +237,7 @@ def ensure_embedded_model(recipe, log=None) -> Path:
 
         log(f"[embedded] building the tiny base model into {target} (once; cached)")
         threads = torch.get_num_threads()
+        torch.set_num_threads(max(threads, len(os.sched_getaffinity(0))))  # other builders wait on the lock
         tokenizer = build_tokenizer()
         model = build_model(recipe, tokenizer)
         stats = _pretrain(model, tokenizer, recipe, log)
