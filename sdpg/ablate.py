@@ -275,7 +275,8 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
                        max_parallel or plan.spec.max_parallel)
     fns = [TrainJob(r.config.resolved(), plan.tracking_uri, run_ids[r.hash]) for r in todo]
     if plan.executor == "local":
-        jobs = _submit_local(ex, fns, max_parallel or plan.spec.max_parallel)
+        jobs = _submit_local(ex, fns, max_parallel or plan.spec.max_parallel,
+                             lambda js: log("[sdpg-ablate] " + _progress(todo, js)))
     else:
         with ex.batch():
             jobs = [ex.submit(f) for f in fns]
@@ -295,10 +296,12 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
     return {"submitted": [r.hash for r in todo], "jobs": jobs, "experiment_id": exp_id, "parent_run_id": parent}
 
 
-def _submit_local(ex, fns, max_parallel: int):
-    """submitit's local executor starts every job at once; start them max_parallel at a time."""
+def _submit_local(ex, fns, max_parallel: int, progress=None, every_s: float = 10.0):
+    """submitit's local executor starts every job at once; start them max_parallel at a time,
+    reporting progress meanwhile."""
     jobs, pending = [], list(fns)
     running: list = []
+    last = time.time()
     while pending:
         running = [j for j in running if not j.done()]
         while pending and len(running) < max_parallel:
@@ -307,6 +310,9 @@ def _submit_local(ex, fns, max_parallel: int):
             running.append(j)
         if pending:
             time.sleep(1.0)
+            if progress is not None and time.time() - last >= every_s:
+                progress(jobs)
+                last = time.time()
     return jobs
 
 
@@ -319,6 +325,22 @@ def _last_log_line(job) -> str:
     return (useful or lines or ["starting"])[-1][:90]
 
 
+def _progress(runs: list[Run], jobs: list) -> str:
+    """One line: each run's step and accuracy; before its first step, its job's last log line;
+    ``queued`` for runs not started yet."""
+    parts = []
+    for i, r in enumerate(runs):
+        _, step, m = run_state(r)
+        acc = m.get("train/accuracy")
+        if i >= len(jobs):
+            parts.append(f"{r.name}: queued")
+        elif step == 0 and not jobs[i].done():
+            parts.append(f"{r.name}: {_last_log_line(jobs[i])}")
+        else:
+            parts.append(f"{r.name}: {step}/{r.config.run.total_steps}" + (f" acc {acc:.2f}" if acc is not None else ""))
+    return " | ".join(parts)
+
+
 def watch(plan: Plan, jobs: list, runs: list[Run] | None = None, log=print, every_s: float = 10.0) -> None:
     """Progress lines until every job is done: each run's step and accuracy, or, before its first
     step, the last line its job logged (e.g. the base model's build). Raises if any failed."""
@@ -327,15 +349,7 @@ def watch(plan: Plan, jobs: list, runs: list[Run] | None = None, log=print, ever
     while True:
         done = [j.done() for j in jobs]
         if time.time() - last_print >= every_s or all(done):
-            parts = []
-            for r, j in zip(runs, jobs):
-                state, step, m = run_state(r)
-                acc = m.get("train/accuracy")
-                if step == 0 and not done[runs.index(r)]:
-                    parts.append(f"{r.name}: {_last_log_line(j)}")
-                else:
-                    parts.append(f"{r.name}: {step}/{r.config.run.total_steps}" + (f" acc {acc:.2f}" if acc is not None else ""))
-            log("[sdpg-ablate] " + " | ".join(parts))
+            log("[sdpg-ablate] " + _progress(runs, jobs))
             last_print = time.time()
         if all(done):
             break

@@ -51,7 +51,9 @@ def ablate_main(argv: list[str] | None = None) -> int:
 
 
 def sweep_main(argv: list[str] | None = None) -> int:
-    return _not_yet("sdpg-sweep")
+    from sdpg.sweep import main
+
+    return main(argv)
 
 
 def report_main(argv: list[str] | None = None) -> int:
