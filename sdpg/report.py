@@ -90,8 +90,8 @@ def plot_curves(df, metrics: list[str], out: str | Path, titles: dict[str, str] 
     for ax, metric in zip(axes.flat, metrics):
         curves = seed_curves(df, metric, ema)
         for v in variants:
-            if v not in curves:
-                continue
+            if v not in curves or not np.any(curves[v]["per_seed"]):
+                continue  # absent, or identically 0: a term this method does not compute
             c = curves[v]
             n = len(c["seeds"])
             ax.plot(c["step"], c["mean"], color=colours[v], lw=1.6, label=f"{v} (n={n})")
