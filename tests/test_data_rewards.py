@@ -12,9 +12,8 @@ from sdpg.config import ConfigError, DataConfig, load_config
 from sdpg.data import PromptSampler, build_prompts, read_source
 from sdpg.rewards import MathVerifier, Verifier, exact_reward, last_boxed
 
+# the benchmark files live in shared/ beside the repository (as in CI's clone)
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
-if not BENCH.is_dir():  # CI clones the repo with shared/ beside it
-    BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "benchmarks"
 
 
 class CharTok:
