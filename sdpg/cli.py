@@ -5,11 +5,6 @@ from __future__ import annotations
 import sys
 
 
-def _not_yet(name: str) -> int:
-    print(f"{name}: not yet available in this version of sdpg", file=sys.stderr)
-    return 2
-
-
 def _fail(msg: str) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return 2
@@ -57,4 +52,6 @@ def sweep_main(argv: list[str] | None = None) -> int:
 
 
 def report_main(argv: list[str] | None = None) -> int:
-    return _not_yet("sdpg-report")
+    from sdpg.report_build import main
+
+    return main(argv)

@@ -1,12 +1,23 @@
-"""Turning MLflow runs into tidy frames, curves with seed spread, and Last/Best numbers.
+"""From MLflow runs to paper-style figures and tables.
 
-``load_runs`` reads every child run of an experiment (optionally filtered by tags) with full metric
-histories into one long frame: one row per (run, metric, step), with the run's variant, method and
-seed, metric names mapped back to the paper's (``mean@32``).
+* ``load_runs``: every child run of an experiment (optionally filtered by tags) with full metric
+  histories, as one long frame [run_id, run_name, variant, method, seed, metric, step, value], fetched
+  with a thread pool and cached per finished run.
+* ``plot_curves`` / ``paper_grid``: metric-vs-step panels, one colour per variant across every figure,
+  mean over seeds with a 95% bootstrap band, optional EMA.
+* ``last_best``: Last and Best per benchmark, mean and 95% CI over seeds; ``render_table`` writes it
+  as Markdown, LaTeX (booktabs) or CSV with the best cell bold and the second underlined.
+* ``stability``: entropy collapse, response-length collapse, reward drawdown, late variance, steps to a
+  threshold, per run and per variant.
+* ``improvement``: IQM and probability of improvement over a baseline, stratified bootstrap over
+  seeds within each benchmark (the method of rliable, Agarwal et al. 2021, in numpy).
 """
 
 from __future__ import annotations
 
+import json
+import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
@@ -14,36 +25,101 @@ import numpy as np
 
 from sdpg import tracking
 
-# One colour per method / variant across every figure (Okabe-Ito, colour-blind safe).
+# One colour per variant across every figure (Okabe-Ito, colour-blind safe).
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+COLUMNS = ["run_id", "run_name", "variant", "method", "seed", "metric", "step", "value"]
 
 
-def load_runs(uri: str, experiment: str, metrics: Iterable[str] | None = None, tags: dict[str, str] | None = None):
-    """Long frame [run_id, run_name, variant, method, seed, metric, step, value] of every child run."""
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def load_runs(uri: str, experiment: str, metrics: Iterable[str] | None = None, tags: dict[str, str] | None = None,
+              cache_dir: str | Path | None = None, workers: int = 8):
+    """Long frame of every child run's metric histories (paper metric names, ``@`` restored).
+
+    Finished runs are cached in ``cache_dir`` (one parquet per run), so a report over a large
+    experiment fetches each finished run once."""
     import pandas as pd
 
     c = tracking.client(uri)
-    exp = c.get_experiment_by_name(experiment)
+    exp = tracking.retry(c.get_experiment_by_name, experiment)
     if exp is None:
         raise ValueError(f"no MLflow experiment {experiment!r} at {tracking.redact(uri)}")
-    flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()) or ""
-    runs = tracking.retry(c.search_runs, [exp.experiment_id], filter_string=flt, max_results=5000)
-    rows = []
-    for r in runs:
-        if "sdpg.run_hash" not in r.data.tags:
-            continue  # parent runs
-        keys = [tracking.to_mlflow_key(m) for m in metrics] if metrics else list(r.data.metrics)
+    flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items())
+    runs = [r for r in tracking.retry(c.search_runs, [exp.experiment_id], filter_string=flt, max_results=50000,
+                                      order_by=["attributes.start_time ASC"])
+            if "sdpg.run_hash" in r.data.tags]  # creation order: the spec's variant order
+    wanted = [tracking.to_mlflow_key(m) for m in metrics] if metrics else None
+    cache = Path(cache_dir) if cache_dir else None
+
+    def fetch(r):
+        keys = wanted if wanted is not None else sorted(r.data.metrics)
+        cfile = cache / f"{r.info.run_id}.parquet" if cache else None
+        if cfile is not None and cfile.is_file() and r.info.status == "FINISHED":
+            df = pd.read_parquet(cfile)
+            if wanted is None or set(tracking.from_mlflow_key(k) for k in keys) <= set(df.metric):
+                return df[df.metric.isin([tracking.from_mlflow_key(k) for k in keys])]
+        rows = []
         for key in keys:
+            if key not in r.data.metrics:
+                continue
             for m in tracking.retry(c.get_metric_history, r.info.run_id, key):
                 rows.append((r.info.run_id, r.info.run_name, r.data.tags.get("variant", r.info.run_name),
                              r.data.tags.get("method", ""), int(r.data.tags.get("seed", 0)),
                              tracking.from_mlflow_key(key), int(m.step), float(m.value)))
-    return pd.DataFrame(rows, columns=["run_id", "run_name", "variant", "method", "seed", "metric", "step", "value"])
+        df = pd.DataFrame(rows, columns=COLUMNS).drop_duplicates(["metric", "step"], keep="last")
+        if cfile is not None and r.info.status == "FINISHED" and wanted is None:
+            cfile.parent.mkdir(parents=True, exist_ok=True)
+            df.to_parquet(cfile)
+        return df
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        frames = list(pool.map(fetch, runs))
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
 
 
-def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean over seeds (rows of ``values``)."""
+def resolve_source(source: str) -> tuple[str, str]:
+    """(tracking uri, experiment) of an ablation spec, a sweep spec, an output folder holding
+    ``mlflow.db``, or ``URI#EXPERIMENT``."""
+    if "#" in source:
+        uri, exp = source.rsplit("#", 1)
+        return uri, exp
+    p = Path(source)
+    if p.is_dir():
+        db = p / "mlflow.db"
+        if not db.is_file():
+            raise ValueError(f"{p}: no mlflow.db in this folder")
+        return tracking.default_uri(p), p.name
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        import yaml
+
+        data = yaml.safe_load(p.read_text()) or {}
+        if "space" in data:
+            from sdpg.sweep import Sweep
+
+            s = Sweep(p)
+            return s.tracking_uri, s.experiment
+        from sdpg.ablate import load_plan
+
+        plan = load_plan(p)
+        return plan.tracking_uri, plan.experiment
+    raise ValueError(f"{source!r}: expected an ablation or sweep spec, an output folder, or URI#EXPERIMENT")
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------
+
+
+def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (one value per seed)."""
     v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v) == 0:
+        return float("nan"), float("nan")
     if len(v) < 2:
         return float(v.mean()), float(v.mean())
     rng = np.random.default_rng(seed)
@@ -53,7 +129,7 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, level: float = 0.95, se
 
 
 def seed_curves(df, metric: str, ema: float = 0.0):
-    """Per variant: steps, mean over seeds, and the 95% bootstrap band, from the long frame."""
+    """Per variant: steps, mean over seeds, 95% bootstrap band, and the per-seed matrix."""
     out = {}
     sub = df[df.metric == metric]
     for variant, g in sub.groupby("variant", sort=False):
@@ -62,52 +138,300 @@ def seed_curves(df, metric: str, ema: float = 0.0):
             table = table.ewm(alpha=1 - ema).mean()
         table = table.dropna()
         vals = table.to_numpy()
-        lo_hi = np.array([bootstrap_ci(row) for row in vals]) if len(vals) else np.zeros((0, 2))
-        out[variant] = {"step": table.index.to_numpy(), "mean": vals.mean(axis=1), "lo": lo_hi[:, 0] if len(vals) else [],
-                        "hi": lo_hi[:, 1] if len(vals) else [], "per_seed": vals, "seeds": list(table.columns)}
+        bands = np.array([bootstrap_ci(row) for row in vals]) if len(vals) else np.zeros((0, 2))
+        out[variant] = {"step": table.index.to_numpy(), "mean": vals.mean(axis=1) if len(vals) else np.array([]),
+                        "lo": bands[:, 0], "hi": bands[:, 1], "per_seed": vals, "seeds": list(table.columns)}
     return out
 
 
-def steps_to_threshold(steps: np.ndarray, values: np.ndarray, threshold: float) -> float:
+def steps_to_threshold(steps, values, threshold: float) -> float:
     """First step at which ``values`` reaches ``threshold``; NaN if never."""
     hit = np.nonzero(np.asarray(values) >= threshold)[0]
-    return float(steps[hit[0]]) if len(hit) else float("nan")
+    return float(np.asarray(steps)[hit[0]]) if len(hit) else float("nan")
 
 
-def plot_curves(df, metrics: list[str], out: str | Path, titles: dict[str, str] | None = None, ncols: int = 3,
-                ema: float = 0.0, order: list[str] | None = None) -> Path:
-    """A grid of metric-vs-step panels, one line per variant (mean over seeds) with its 95% band.
-    Writes PNG and PDF; returns the PNG path."""
+def last_best(df, metrics: list[str]):
+    """Frame [variant, metric, kind (Last|Best), mean, lo, hi, n, per_seed] over seeds; Last is the value at
+    each run's last logged step, Best its maximum."""
+    import pandas as pd
+
+    rows = []
+    sub = df[df.metric.isin(metrics)]
+    for (variant, metric), g in sub.groupby(["variant", "metric"], sort=False):
+        per_run = g.sort_values("step").groupby("seed")["value"]
+        for kind, vals in (("Last", per_run.last()), ("Best", per_run.max())):
+            lo, hi = bootstrap_ci(vals.to_numpy())
+            rows.append((variant, metric, kind, float(vals.mean()), lo, hi, len(vals), vals.tolist()))
+    return pd.DataFrame(rows, columns=["variant", "metric", "kind", "mean", "lo", "hi", "n", "per_seed"])
+
+
+def ranks(values: list[float], higher_is_better: bool = True) -> list[int]:
+    """Dense rank per value (1 = best); ties share a rank, so two equal best values are both bold and
+    the next distinct value is underlined."""
+    distinct = sorted({round(v, 12) for v in values if not math.isnan(v)}, reverse=higher_is_better)
+    return [distinct.index(round(v, 12)) + 1 if not math.isnan(v) else 0 for v in values]
+
+
+def stability(df, eval_metric: str | None = None, entropy_frac: float = 0.25, length_frac: float = 0.5,
+              late_frac: float = 0.25, threshold: float | None = None):
+    """Per run: entropy collapse (first step below ``entropy_frac`` x its first value), response-length
+    collapse (first step below ``length_frac`` x its first value), largest reward drawdown from its running
+    maximum, variance of ``eval_metric`` over the last ``late_frac`` of evaluations, steps to ``threshold``."""
+    import pandas as pd
+
+    rows = []
+    for (rid, variant, seed), g in df.groupby(["run_id", "variant", "seed"], sort=False):
+        def series(name):
+            s = g[g.metric == name].sort_values("step")
+            return s.step.to_numpy(), s.value.to_numpy()
+
+        row = {"run_id": rid, "variant": variant, "seed": seed}
+        st, ent = series("train/entropy")
+        row["entropy_collapse_step"] = (steps_to_threshold(st, -ent, -entropy_frac * ent[0])
+                                        if len(ent) and ent[0] > 0 else float("nan"))
+        st, ln = series("train/response_length")
+        row["length_collapse_step"] = (steps_to_threshold(st, -ln, -length_frac * ln[0])
+                                       if len(ln) and ln[0] > 0 else float("nan"))
+        st, rw = series("train/reward")
+        row["max_reward_drawdown"] = float(np.max(np.maximum.accumulate(rw) - rw)) if len(rw) else float("nan")
+        if eval_metric:
+            st, ev = series(eval_metric)
+            k = max(1, int(round(late_frac * len(ev)))) if len(ev) else 0
+            row["late_variance"] = float(np.var(ev[-k:])) if k else float("nan")
+            row["steps_to_threshold"] = steps_to_threshold(st, ev, threshold) if threshold is not None and len(ev) else float("nan")
+        rows.append(row)
+    per_run = pd.DataFrame(rows)
+    summary = []
+    for variant, g in per_run.groupby("variant", sort=False):
+        s = {"variant": variant, "seeds": len(g)}
+        for col in [c for c in per_run.columns if c not in ("run_id", "variant", "seed")]:
+            v = g[col].to_numpy(dtype=float)
+            s[col] = float(np.nanmean(v)) if not np.all(np.isnan(v)) else float("nan")
+            s[f"{col}_never"] = int(np.isnan(v).sum())
+        summary.append(s)
+    return per_run, pd.DataFrame(summary)
+
+
+def _iqm(x: np.ndarray) -> float:
+    x = np.sort(x.ravel())
+    n = len(x)
+    lo, hi = int(np.floor(0.25 * n)), int(np.ceil(0.75 * n))
+    return float(x[lo:hi].mean()) if hi > lo else float(x.mean())
+
+
+def _prob_improvement(x: np.ndarray, y: np.ndarray) -> float:
+    """P(X > Y) averaged over benchmarks; x, y are [seeds, benchmarks]; ties count one half."""
+    ps = []
+    for j in range(x.shape[1]):
+        a, b = x[:, j][:, None], y[:, j][None, :]
+        ps.append(float(((a > b) + 0.5 * (a == b)).mean()))
+    return float(np.mean(ps))
+
+
+def improvement(scores: dict[str, np.ndarray], baseline: str, n_boot: int = 2000, seed: int = 0):
+    """IQM of each variant and its probability of improvement over ``baseline``, with 95% stratified
+    bootstrap intervals (seeds resampled within each benchmark). ``scores[v]`` is [seeds, benchmarks]."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+
+    def resample(m):
+        idx = rng.integers(0, m.shape[0], size=m.shape)  # per benchmark column, independently
+        return np.take_along_axis(m, idx, axis=0)
+
+    rows = []
+    base = scores[baseline]
+    for v, m in scores.items():
+        iqms = [_iqm(resample(m)) for _ in range(n_boot)]
+        row = {"variant": v, "iqm": _iqm(m), "iqm_lo": float(np.quantile(iqms, 0.025)), "iqm_hi": float(np.quantile(iqms, 0.975))}
+        if v != baseline:
+            pis = [_prob_improvement(resample(m), resample(base)) for _ in range(n_boot)]
+            row.update(p_improve=_prob_improvement(m, base), p_lo=float(np.quantile(pis, 0.025)), p_hi=float(np.quantile(pis, 0.975)))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+
+def table_matrix(lb, metrics: list[str], order: list[str] | None = None, labels: dict[str, str] | None = None):
+    """(row labels, column labels, cells) with cells[i][j] = (mean, lo, hi, n): the paper's layout,
+    one row per variant, Last and Best per benchmark."""
+    variants = order or list(dict.fromkeys(lb.variant))
+    cols = [(m, k) for m in metrics for k in ("Last", "Best")]
+    cells = []
+    for v in variants:
+        row = []
+        for m, k in cols:
+            hit = lb[(lb.variant == v) & (lb.metric == m) & (lb.kind == k)]
+            row.append(tuple(hit.iloc[0][["mean", "lo", "hi", "n"]]) if len(hit) else (float("nan"),) * 3 + (0,))
+        cells.append(row)
+    col_labels = [((labels or {}).get(m, m), k) for m, k in cols]
+    return variants, col_labels, cells
+
+
+def render_table(variants, col_labels, cells, fmt: str = "markdown", digits: int = 3, higher_is_better: bool = True) -> str:
+    """Best cell per column bold, second underlined; mean ± half-width of the 95% CI when n > 1."""
+    marks = [[0] * len(col_labels) for _ in variants]
+    for j in range(len(col_labels)):
+        rk = ranks([cells[i][j][0] for i in range(len(variants))], higher_is_better)
+        for i in range(len(variants)):
+            marks[i][j] = rk[i]
+
+    def cell(i, j):
+        mean, lo, hi, n = cells[i][j]
+        if math.isnan(mean):
+            return "–"
+        s = f"{mean:.{digits}f}"
+        if n and n > 1 and not math.isnan(lo):
+            pm = (hi - lo) / 2
+            s += f" ± {pm:.{digits}f}" if fmt != "latex" else f" $\\pm$ {pm:.{digits}f}"
+        if fmt == "csv":
+            return s
+        if marks[i][j] == 1:
+            return f"**{s}**" if fmt == "markdown" else f"\\textbf{{{s}}}"
+        if marks[i][j] == 2:
+            return f"<u>{s}</u>" if fmt == "markdown" else f"\\underline{{{s}}}"
+        return s
+
+    if fmt == "csv":
+        head = "variant," + ",".join(f"{b} {k}" for b, k in col_labels)
+        lines = [head]
+        for i, v in enumerate(variants):
+            lines.append(v + "," + ",".join(f"{cells[i][j][0]:.6f}" for j in range(len(col_labels))))
+        return "\n".join(lines) + "\n"
+    if fmt == "markdown":
+        head = "| Method | " + " | ".join(f"{b} {k}" for b, k in col_labels) + " |"
+        lines = [head, "|---" * (len(col_labels) + 1) + "|"]
+        for i, v in enumerate(variants):
+            lines.append(f"| {v} | " + " | ".join(cell(i, j) for j in range(len(col_labels))) + " |")
+        return "\n".join(lines) + "\n"
+    if fmt == "latex":
+        benches = list(dict.fromkeys(b for b, _ in col_labels))
+        lines = ["\\begin{tabular}{l" + "cc" * len(benches) + "}", "\\toprule",
+                 "Method & " + " & ".join(f"\\multicolumn{{2}}{{c}}{{{b}}}" for b in benches) + " \\\\",
+                 "".join(f"\\cmidrule(lr){{{2 + 2 * k}-{3 + 2 * k}}}" for k in range(len(benches))),
+                 " & " + " & ".join("Last & Best" for _ in benches) + " \\\\", "\\midrule"]
+        for i, v in enumerate(variants):
+            lines.append(v.replace("_", "\\_") + " & " + " & ".join(cell(i, j) for j in range(len(col_labels))) + " \\\\")
+        lines += ["\\bottomrule", "\\end{tabular}"]
+        return "\n".join(lines) + "\n"
+    raise ValueError(f"unknown table format {fmt!r}")
+
+
+def delta_table(lb, metrics: list[str], reference: str, digits: int = 3) -> str:
+    """Markdown table of each variant's Last / Best minus the reference variant's, per benchmark."""
+    variants = [v for v in dict.fromkeys(lb.variant)]
+    if reference not in variants:
+        raise ValueError(f"reference variant {reference!r} not among {variants}")
+    head = "| Variant | " + " | ".join(f"{m} {k}" for m in metrics for k in ("Last", "Best")) + " |"
+    lines = [head, "|---" * (2 * len(metrics) + 1) + "|"]
+
+    def get(v, m, k):
+        hit = lb[(lb.variant == v) & (lb.metric == m) & (lb.kind == k)]
+        return float(hit.iloc[0]["mean"]) if len(hit) else float("nan")
+
+    for v in variants:
+        cells = []
+        for m in metrics:
+            for k in ("Last", "Best"):
+                val = get(v, m, k)
+                cells.append(f"{val:.{digits}f}" if v == reference else f"{val - get(reference, m, k):+.{digits}f}")
+        lines.append(f"| {v}{' (reference)' if v == reference else ''} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table_from_csv(path: str | Path, digits: int = 3) -> tuple[list[str], list[tuple[str, str]], list[list[tuple]]]:
+    """A table given as CSV (``method, <bench> Last, <bench> Best, ...``) in the matrix form of
+    ``table_matrix``, e.g. the paper's Table 1 (analysis/paper_table1.csv)."""
+    import csv
+
+    with open(path) as f:
+        rows = list(csv.reader(f))
+    head, body = rows[0], rows[1:]
+    col_labels = [tuple(h.rsplit(" ", 1)) for h in head[1:]]
+    variants = [r[0] for r in body]
+    cells = [[(float(x), float("nan"), float("nan"), 1) for x in r[1:]] for r in body]
+    return variants, col_labels, cells
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+
+def colours_for(variants: list[str]) -> dict[str, str]:
+    return {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(variants)}
+
+
+def plot_curves(df, metrics: list[str | None], out: str | Path, titles: dict[str, str] | None = None, ncols: int = 3,
+                ema: float = 0.0, order: list[str] | None = None, panel_w: float = 2.3, panel_h: float = 1.9,
+                keep_figure: bool = False):
+    """Metric-vs-step panels, one line per variant (mean over seeds, 95% band). A variant whose values
+    are identically 0 for a metric (a term it does not compute) is left out of that panel. PNG + PDF."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     variants = order or list(dict.fromkeys(df.variant))
-    colours = {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(variants)}
+    colours = colours_for(variants)
     nrows = int(np.ceil(len(metrics) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.6 * nrows), squeeze=False)
+    plt.rcParams.update({"font.size": 7})
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_w * ncols, panel_h * nrows + 0.35), squeeze=False)
     for ax, metric in zip(axes.flat, metrics):
+        if metric is None:  # a blank cell of the grid
+            ax.axis("off")
+            continue
         curves = seed_curves(df, metric, ema)
+        drawn = 0
         for v in variants:
             if v not in curves or not np.any(curves[v]["per_seed"]):
-                continue  # absent, or identically 0: a term this method does not compute
+                continue
             c = curves[v]
-            n = len(c["seeds"])
-            ax.plot(c["step"], c["mean"], color=colours[v], lw=1.6, label=f"{v} (n={n})")
-            ax.fill_between(c["step"], c["lo"], c["hi"], color=colours[v], alpha=0.18, lw=0)
-        ax.set_title((titles or {}).get(metric, metric), fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
+            ax.plot(c["step"], c["mean"], color=colours[v], lw=1.3, label=f"{v} (n={len(c['seeds'])})")
+            ax.fill_between(c["step"], c["lo"], c["hi"], color=colours[v], alpha=0.2, lw=0)
+            drawn += 1
+        if not drawn:
+            ax.text(0.5, 0.5, "0 for every variant" if metric in set(df.metric) else "not logged",
+                    ha="center", va="center", transform=ax.transAxes, fontsize=7, color="0.4")
+        ax.set_title((titles or {}).get(metric, metric), fontsize=7.5)
+        ax.set_xlabel("step", fontsize=7)
+        ax.tick_params(labelsize=6.5)
+        ax.grid(alpha=0.3, lw=0.5)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.08 if nrows == 1 else 0.05, 1, 1))
+    handles, labels = [], []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.35 / (panel_h * nrows + 0.35) + 0.02, 1, 1))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out.with_suffix(".png"), dpi=160)
+    fig.savefig(out.with_suffix(".png"), dpi=200)
     fig.savefig(out.with_suffix(".pdf"))
+    if keep_figure:
+        return out.with_suffix(".png"), fig
     plt.close(fig)
     return out.with_suffix(".png")
+
+
+def benchmark_metrics(df) -> list[str]:
+    """``eval/<bench>/mean@<k>`` keys present, in order of first appearance."""
+    return [m for m in dict.fromkeys(df.metric) if m.startswith("eval/") and "/mean@" in m]
+
+
+def paper_grid(df, out: str | Path, ema: float = 0.0, order: list[str] | None = None, keep_figure: bool = False):
+    """The paper's figure: top row each benchmark's mean@k, bottom row reward, entropy, response length."""
+    benches = benchmark_metrics(df)
+    bottom = ["train/reward", "train/entropy", "train/response_length"]
+    ncols = max(len(benches), 3)
+    metrics = benches + [None] * (ncols - len(benches)) + bottom + [None] * (ncols - 3)
+    titles = {m: f"{m.split('/')[1]} {m.split('/')[2]}" for m in benches}
+    titles.update({"train/reward": "reward", "train/entropy": "entropy", "train/response_length": "response length"})
+    return plot_curves(df, metrics, out, titles, ncols=ncols, ema=ema, order=order, keep_figure=keep_figure)
