@@ -357,7 +357,7 @@ def watch(plan: Plan, jobs: list, runs: list[Run] | None = None, log=print, ever
     failed = []
     for j in jobs:
         try:
-            j.result()
+            j.results()[0]
         except Exception as e:
             failed.append(f"job {j.job_id}: {str(e).strip().splitlines()[-1] if str(e).strip() else e!r}")
     if failed:

@@ -35,7 +35,8 @@ def train_main(argv: list[str] | None = None) -> int:
     from sdpg.trainer import train
 
     result = train(cfg)
-    print(f"[sdpg] {result['status']} at step {result['step']}; outputs in {result['output_dir']}", file=sys.stderr)
+    if result.get("rank", 0) == 0:
+        print(f"[sdpg] {result['status']} at step {result['step']}; outputs in {result['output_dir']}", file=sys.stderr)
     return 0 if result["status"] in ("finished", "interrupted") else 1
 
 

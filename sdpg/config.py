@@ -154,6 +154,9 @@ class RolloutConfig(Strict):
     """Response length cap (the paper: 4096)."""
     batch_size: int = Field(256, gt=0)
     """Sequences generated at once."""
+    seed_per_prompt: bool = False
+    """Seed each prompt's group of G samples from (run seed, step, prompt): results then do not depend
+    on the number of ranks or the generation batch (smaller generate calls; HF backend)."""
 
 
 class RewardConfig(Strict):

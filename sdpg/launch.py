@@ -31,8 +31,10 @@ class TrainJob:
         from sdpg.trainer import default_sinks, latest_checkpoint, train
 
         cfg = build_config(self.config)
-        if int(os.environ.get("SLURM_NTASKS", "1")) > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "RANK" not in os.environ:
             _export_distributed_env()
+        if int(os.environ.get("RANK", "0")) != 0:  # other ranks train; rank 0 logs and checkpoints
+            return train(cfg, sinks=[], should_stop=_usr2_flag())
         stop = threading.Event()
         previous = signal.getsignal(signal.SIGUSR2)
         signal.signal(signal.SIGUSR2, lambda signum, frame: stop.set())
@@ -73,6 +75,13 @@ class TrainJob:
         import submitit
 
         return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.tracking_uri, self.run_id))
+
+
+def _usr2_flag():
+    """A should_stop for non-zero ranks: set by SIGUSR2 (the trainer ORs it over ranks)."""
+    stop = threading.Event()
+    signal.signal(signal.SIGUSR2, lambda signum, frame: stop.set())
+    return stop.is_set
 
 
 def _export_distributed_env() -> None:

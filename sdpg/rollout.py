@@ -48,21 +48,31 @@ class HFRollout:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: int, temperature: float = 1.0, top_p: float = 1.0,
-                 top_k: int = 0, max_new_tokens: int = 256, greedy: bool = False) -> Rollouts:
+                 top_k: int = 0, max_new_tokens: int = 256, greedy: bool = False,
+                 seeds: list[int] | None = None) -> Rollouts:
+        """``n`` samples per prompt, consecutively. With ``seeds`` (one per prompt), each prompt's group is
+        sampled from its own seeded generator state, leaving the global RNG untouched."""
         tok = self.tokenizer
-        expanded = [p for p in prompts for _ in range(n)]  # each prompt n times, consecutively
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
+        if seeds is not None:
+            batches = [([p] * n, sd) for p, sd in zip(prompts, seeds)]
+        else:
+            expanded = [p for p in prompts for _ in range(n)]
+            batches = [(expanded[s : s + self.batch_size], None) for s in range(0, len(expanded), self.batch_size)]
         chunks = []
-        for s in range(0, len(expanded), self.batch_size):
-            ids, attn = left_pad(expanded[s : s + self.batch_size], tok.pad_token_id)  # [b, P]
-            out = self.model.generate(
-                input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=not greedy,
-                temperature=temperature if not greedy else None, top_p=top_p if not greedy else None,
-                top_k=top_k if not greedy else None, max_new_tokens=max_new_tokens,
-                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-            )  # [b, P + T']
+        for batch, sd in batches:
+            ids, attn = left_pad(batch, tok.pad_token_id)  # [b, P]
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=sd is not None):
+                if sd is not None:
+                    torch.manual_seed(sd)
+                out = self.model.generate(
+                    input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=not greedy,
+                    temperature=temperature if not greedy else None, top_p=top_p if not greedy else None,
+                    top_k=top_k if not greedy else None, max_new_tokens=max_new_tokens,
+                    eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                )  # [b, P + T']
             chunks.append(out[:, ids.shape[1] :].cpu())  # [b, T']
         self.model.train(was_training)
         T = max(c.shape[1] for c in chunks)

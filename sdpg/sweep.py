@@ -527,7 +527,7 @@ def launch(sweep: Sweep, workers: int | None = None, wait: bool | None = None, l
                 last = k
             time.sleep(2)
         for j in jobs:
-            j.result()
+            j.results()[0]
         log(status(sweep))
     return {"jobs": jobs}
 

@@ -32,6 +32,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from sdpg import distributed as dist
 from sdpg.config import TrainConfig, build_config, load_config
 from sdpg.data import PromptSampler, build_prompts, read_source
 from sdpg.objective import (
@@ -41,7 +42,6 @@ from sdpg.objective import (
     full_vocab_kl,
     gate_mask,
     group_advantages,
-    masked_mean,
     opsd_token_weights,
     rlsd_advantages,
     sdpg_loss,
@@ -154,6 +154,13 @@ def head_of(model) -> tuple[Tensor, Tensor | None]:
     return head.weight, getattr(head, "bias", None)  # [V, H], [V] | None
 
 
+def derived_seed(*parts) -> int:
+    """A 31-bit seed from (run seed, step, kind, index): the same on every rank and world size."""
+    import hashlib
+
+    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -210,24 +217,35 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(rollout: HFRollout, tokenizer, verifier: Verifier, eval_sets: dict, cfg: TrainConfig) -> dict[str, float]:
+def evaluate(rollout: HFRollout, tokenizer, verifier: Verifier, eval_sets: dict, cfg: TrainConfig, step: int = 0,
+             rank: int = 0, world: int = 1) -> dict[str, float]:
+    """mean@k, unbiased pass@k and greedy accuracy per benchmark. Problems are split across ranks and
+    the per-problem results gathered; with ``rollout.seed_per_prompt`` each problem's samples are
+    seeded, so the numbers do not depend on the number of ranks."""
     ec = cfg.eval
     max_new = ec.max_new_tokens or cfg.rollout.max_new_tokens
     metrics: dict[str, float] = {}
+    device = next(rollout.model.parameters()).device
     for name, (rows, prompt_ids) in eval_sets.items():
         k = ec.n_samples
-        ro = rollout.generate(prompt_ids, k, temperature=ec.temperature, top_p=ec.top_p, max_new_tokens=max_new)
+        mine = list(range(rank, len(rows), world))
+        seeds = [derived_seed(cfg.run.seed, step, "eval", name, i) for i in mine] if cfg.rollout.seed_per_prompt else None
+        ro = rollout.generate([prompt_ids[i] for i in mine], k, temperature=ec.temperature, top_p=ec.top_p,
+                              max_new_tokens=max_new, seeds=seeds)
         texts = tokenizer.batch_decode(ro.responses, skip_special_tokens=True)
-        answers = [r["answer"] for r in rows for _ in range(k)]
-        correct = torch.tensor(verifier.correctness(texts, answers)).view(len(rows), k)  # [n, k]
+        answers = [rows[i]["answer"] for i in mine for _ in range(k)]
+        correct = torch.tensor(verifier.correctness(texts, answers), device=device).view(len(mine), k)  # [n_local, k]
+        lengths = ro.mask.sum(-1).to(device).view(len(mine), k)  # [n_local, k]
+        correct, lengths = dist.all_gather_cat(correct), dist.all_gather_cat(lengths)  # [n, k]
         metrics[f"eval/{name}/mean@{k}"] = float(correct.mean())
-        metrics[f"eval/{name}/response_length"] = float(ro.mask.sum(-1).mean())
+        metrics[f"eval/{name}/response_length"] = float(lengths.float().mean())
         for kk in ec.pass_k:
             metrics[f"eval/{name}/pass@{kk}"] = float(np.mean([pass_at_k(k, int(c), kk) for c in correct.sum(-1)]))
         if ec.greedy:
-            g = rollout.generate(prompt_ids, 1, greedy=True, max_new_tokens=max_new)
+            g = rollout.generate([prompt_ids[i] for i in mine], 1, greedy=True, max_new_tokens=max_new)
             gt = tokenizer.batch_decode(g.responses, skip_special_tokens=True)
-            metrics[f"eval/{name}/greedy"] = float(np.mean(verifier.correctness(gt, [r["answer"] for r in rows])))
+            ok = torch.tensor(verifier.correctness(gt, [rows[i]["answer"] for i in mine]), device=device)  # [n_local]
+            metrics[f"eval/{name}/greedy"] = float(dist.all_gather_cat(ok).mean())
     return metrics
 
 
@@ -260,17 +278,30 @@ def train(
     cfg = _as_config(config)
     rc, ac, oc = cfg.run, cfg.algo, cfg.optim
     out = Path(rc.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.resolved(), sort_keys=False))
     if rc.threads:
         torch.set_num_threads(rc.threads)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    seed_everything(rc.seed)
     device = resolve_device(cfg.model.device)
+    own_group = not dist.active()
+    rank, world = dist.init(device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", dist.local_rank())
+        torch.cuda.set_device(device)
+    main_rank = rank == 0
+    if cfg.rollout.prompts_per_step % world:
+        raise ValueError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the {world} ranks")
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.resolved(), sort_keys=False))
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if main_rank else (lambda msg: None)  # noqa: E731
+    seed_everything(rc.seed)
 
     # ---- policy (also the teacher: same weights), frozen reference when L_K is on
-    tokenizer, policy = load_policy(cfg, device, log)
-    seed_everything(rc.seed)  # model loading may draw random numbers
+    if main_rank:  # one rank builds the embedded model; the others find it in the cache
+        tokenizer, policy = load_policy(cfg, device, log)
+    dist.barrier()
+    if not main_rank:
+        tokenizer, policy = load_policy(cfg, device, log)
+    seed_everything(rc.seed + 1_000_003 * rank)  # model loading may draw random numbers; ranks sample differently
     reference = copy.deepcopy(policy).eval().requires_grad_(False) if ac.needs_reference else None
     W_head, b_head = head_of(policy)
 
@@ -311,16 +342,28 @@ def train(
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         sampler.load_state_dict(ck["sampler"])
-        set_rng_state(ck["rng"])
+        rngs = ck["rng"] if isinstance(ck["rng"], list) else [ck["rng"]]
+        if len(rngs) == world:
+            set_rng_state(rngs[rank])
+        else:  # another world size: every rank starts a fresh stream derived from the step
+            seed_everything(derived_seed(rc.seed, ck["step"], "resume", rank))
         start = ck["step"]
         log(f"[sdpg] resumed from {ckpt_path} at step {start}")
+    if not main_rank:
+        sinks = []  # rank 0 logs for all
     sinks = sinks if sinks is not None else default_sinks(out, start, rc.total_steps)
 
     def checkpoint(step: int) -> None:
-        save_checkpoint(out, step, {
-            "step": step, "model": policy.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "sampler": sampler.state_dict(), "rng": rng_state(), "config_hash": cfg.config_hash(),
-        }, rc.keep_checkpoints)
+        rngs = [rng_state()]
+        if dist.active():
+            rngs = [None] * world
+            torch.distributed.all_gather_object(rngs, rng_state())
+        if main_rank:
+            save_checkpoint(out, step, {
+                "step": step, "model": policy.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "sampler": sampler.state_dict(), "rng": rngs if world > 1 else rngs[0], "config_hash": cfg.config_hash(),
+            }, rc.keep_checkpoints)
+        dist.barrier()
 
     G, P_step = cfg.rollout.group_size, cfg.rollout.prompts_per_step
     temp = cfg.rollout.temperature
@@ -330,7 +373,7 @@ def train(
 
     if start == 0 and cfg.eval.every > 0 and eval_sets:
         t0 = time.perf_counter()
-        m0 = evaluate(rollout, tokenizer, verifier, eval_sets, cfg)
+        m0 = evaluate(rollout, tokenizer, verifier, eval_sets, cfg, 0, rank, world)
         m0["timing/eval"] = time.perf_counter() - t0
         for s in sinks:
             s.log(m0, 0)
@@ -341,10 +384,12 @@ def train(
         m: dict[str, float] = {}
 
         # ---- 1. rollouts: G responses per prompt
-        idx = sampler.next(P_step)
+        idx_all = sampler.next(P_step)  # the same global draw on every rank
+        idx = idx_all[rank::world]  # this rank's prompts
         t0 = time.perf_counter()
+        seeds = [derived_seed(rc.seed, step, "rollout", i) for i in idx] if cfg.rollout.seed_per_prompt else None
         ro = rollout.generate([student_prompts[i] for i in idx], G, temperature=temp, top_p=cfg.rollout.top_p,
-                              top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens)
+                              top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens, seeds=seeds)
         m["timing/rollout"] = time.perf_counter() - t0
         responses, mask = ro.responses.to(device), ro.mask.to(device)  # [N, T], [N, T]
         N, T = responses.shape
@@ -358,18 +403,21 @@ def train(
         rewards = correct + torch.tensor(verifier.overlong(lengths.long().tolist()))  # [N]
         adv = group_advantages(rewards, G, std_norm=ac.std_norm).to(device)  # [N]
         m["timing/reward"] = time.perf_counter() - t0
+        g_rewards, g_correct = dist.all_gather_cat(rewards.to(device)), dist.all_gather_cat(correct.to(device))  # [N_all]
+        g_lengths, g_trunc = dist.all_gather_cat(lengths.float()), dist.all_gather_cat(ro.truncated.to(device).float())
+        g_adv = dist.all_gather_cat(adv)  # [N_all]
         m.update({
-            "train/reward": float(rewards.mean()), "train/accuracy": float(correct.mean()),
-            "train/response_length": float(lengths.float().mean()), "train/truncated": float(ro.truncated.float().mean()),
-            "train/solve_all": float((correct.view(-1, G).min(-1).values == 1).float().mean()),
-            "train/solve_none": float((correct.view(-1, G).max(-1).values == 0).float().mean()),
+            "train/reward": float(g_rewards.mean()), "train/accuracy": float(g_correct.mean()),
+            "train/response_length": float(g_lengths.mean()), "train/truncated": float(g_trunc.mean()),
+            "train/solve_all": float((g_correct.view(-1, G).min(-1).values == 1).float().mean()),
+            "train/solve_none": float((g_correct.view(-1, G).max(-1).values == 0).float().mean()),
         })
         keep = torch.arange(N)
         if ac.filter_groups:  # DAPO dynamic sampling: only groups with a learning signal
             r = rewards.view(-1, G)  # [N/G, G]
             informative = (r.max(-1).values != r.min(-1).values).repeat_interleave(G)  # [N]
             keep = informative.nonzero().view(-1)
-            m["train/kept_fraction"] = float(informative.float().mean())
+            m["train/kept_fraction"] = float(dist.all_sum(informative.float().sum()) / (N * world))
 
         # ---- 3. sequences: [left-padded prompt | response]; teacher prompts carry the context c
         s_ids, s_attn = left_pad([student_prompts[i] for i in idx for _ in range(G)], tokenizer.pad_token_id)  # [N, P]
@@ -384,8 +432,10 @@ def train(
 
         # ---- 4. log-probs before the update (no grad): old policy, reference, teacher on y_t
         t0 = time.perf_counter()
-        minibatch = oc.minibatch_size or max(1, len(keep))
-        on_policy = oc.ppo_epochs == 1 and minibatch >= len(keep)
+        n_keep_all = int(dist.all_sum(torch.tensor(float(len(keep)))).item())  # kept sequences over all ranks
+        minibatch = oc.minibatch_size or max(1, n_keep_all)  # global sequences per optimizer step
+        n_minibatches = max(1, math.ceil(n_keep_all / minibatch)) if n_keep_all else 0
+        on_policy = oc.ppo_epochs == 1 and n_minibatches == 1
         old_logp = torch.zeros(N, T, device=device)  # [N, T]
         ref_logp = torch.zeros(N, T, device=device) if reference is not None else None  # [N, T]
         teacher_logp = torch.zeros(N, T, device=device) if ac.needs_teacher_logprobs else None  # [N, T]
@@ -424,18 +474,20 @@ def train(
         t0 = time.perf_counter()
         beta_k = beta_at(step, rc.total_steps, ac.beta, ac.beta_warmup_steps, ac.beta_decay_steps)
         policy.train()
-        sums: dict[str, float] = dict.fromkeys(LOSS_STATS, 0.0)
-        n_micro = 0
+        sums: dict[str, float] = dict.fromkeys(LOSS_STATS + ("_opd_tokens", "_tokens"), 0.0)  # same keys on every rank
         grad_norm = torch.zeros(())
-        m["train/skipped_update"] = float(len(keep) == 0)  # every group uninformative (filter_groups)
-        for epoch in range(oc.ppo_epochs if len(keep) else 0):
-            order = keep[torch.randperm(len(keep))] if (oc.ppo_epochs > 1 or minibatch < len(keep)) else keep
-            for ms in range(0, len(order), minibatch):
-                rows_mb = order[ms : ms + minibatch].to(device)  # [M]
-                # aggregation weights over the whole minibatch, so micro-batching changes nothing
-                w_mb = agg_weights(mask[rows_mb], ac.loss_agg_mode)  # [M, T]
-                g_mb = gate_mask(adv[rows_mb], mask[rows_mb], ac.gate)  # [M, T]
-                opd_w_mb = w_mb * g_mb if ac.opd_norm == "all" else agg_weights(g_mb, ac.loss_agg_mode)  # [M, T]
+        m["train/skipped_update"] = float(n_keep_all == 0)  # every group uninformative (filter_groups)
+        for epoch in range(oc.ppo_epochs if n_keep_all else 0):
+            order = keep[torch.randperm(len(keep))] if n_minibatches > 1 or oc.ppo_epochs > 1 else keep
+            for rows_mb in torch.tensor_split(order, n_minibatches):  # the same number of minibatches on every rank
+                rows_mb = rows_mb.to(device)  # [M]
+                # aggregation weights normalised over the whole minibatch on all ranks, so neither
+                # micro-batching nor the number of ranks changes the update
+                mk, gk = mask[rows_mb], gate_mask(adv[rows_mb], mask[rows_mb], ac.gate)  # [M, T] each
+                counts = dist.all_sum(torch.stack([mk.sum(), torch.tensor(float(len(rows_mb)), device=device), gk.sum()]))
+                w_mb = agg_weights(mk, ac.loss_agg_mode, n_tokens=counts[0], n_seqs=counts[1])  # [M, T]
+                opd_w_mb = (w_mb * gk if ac.opd_norm == "all"
+                            else agg_weights(gk, ac.loss_agg_mode, n_tokens=counts[2], n_seqs=counts[1]))  # [M, T]
                 opt.zero_grad(set_to_none=True)
                 for us in range(0, len(rows_mb), mb):
                     r = rows_mb[us : us + mb]  # [b]
@@ -463,31 +515,45 @@ def train(
                         token_weights=w_mb[u], opd_token_weights=opd_w_mb[u],
                     )
                     loss.backward()
-                    if epoch == 0:  # statistics of the first pass, weighted by sequences (opd_kl: by gated tokens)
+                    if epoch == 0:  # statistics of the first pass, exact whatever the micro-batching / ranks
+                        n_tok = float(mask[r].sum())
                         n_opd = float(st.pop("opd_tokens"))
-                        sums["opd_kl"] = sums.get("opd_kl", 0.0) + float(st.pop("opd_kl")) * n_opd
-                        sums["_opd_tokens"] = sums.get("_opd_tokens", 0.0) + n_opd
                         for k, v in st.items():
-                            sums[k] = sums.get(k, 0.0) + float(v) * len(r)
-                        n_micro += len(r)
+                            if k in ADDITIVE_STATS:  # already globally weighted: sum; averaged over minibatches below
+                                sums[k] = sums.get(k, 0.0) + float(v)
+                            elif k == "opd_kl":
+                                sums[k] = sums.get(k, 0.0) + float(v) * n_opd
+                            elif k != "beta" and k != "gate_fraction":
+                                sums[k] = sums.get(k, 0.0) + float(v) * n_tok
+                        sums["_opd_tokens"] = sums.get("_opd_tokens", 0.0) + n_opd
+                        sums["_tokens"] = sums.get("_tokens", 0.0) + n_tok
+                dist.all_reduce_grads(list(policy.parameters()))
                 grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), oc.grad_clip if oc.grad_clip > 0 else float("inf"))
                 opt.step()
                 sched.step()
         policy.eval()
         m["timing/update"] = time.perf_counter() - t0
-        opd_tokens = sums.pop("_opd_tokens", 0.0)
+        if dist.active():  # sums over ranks
+            keys = sorted(sums)
+            red = dist.all_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=device))
+            sums = {k: float(v) for k, v in zip(keys, red)}
+        opd_tokens, tokens = sums.pop("_opd_tokens", 0.0), sums.pop("_tokens", 0.0)
         for k, v in sums.items():
-            m[f"train/{k}"] = v / max(1, n_micro) if k != "opd_kl" else v / max(1.0, opd_tokens)
+            if k in ADDITIVE_STATS:
+                m[f"train/{k}"] = v / max(1, n_minibatches)
+            else:
+                m[f"train/{k}"] = v / max(1.0, opd_tokens if k == "opd_kl" else tokens)
         m["train/beta"] = beta_k
-        m["train/gate_fraction"] = float((adv > 0).float().mean()) if ac.gate else 1.0
-        m["train/entropy"] = float(masked_mean(entropy, mask))
+        m["train/gate_fraction"] = float((g_adv > 0).float().mean()) if ac.gate else 1.0
+        ent = dist.all_sum(torch.stack([(entropy * mask).sum(), mask.sum()]))
+        m["train/entropy"] = float(ent[0] / ent[1].clamp(min=1.0))
         m["train/grad_norm"] = float(grad_norm)
         m["train/lr"] = sched.get_last_lr()[0]
 
         # ---- 6. evaluation, logging, checkpoint
         if cfg.eval.every > 0 and eval_sets and (step % cfg.eval.every == 0 or step == rc.total_steps):
             t0 = time.perf_counter()
-            m.update(evaluate(rollout, tokenizer, verifier, eval_sets, cfg))
+            m.update(evaluate(rollout, tokenizer, verifier, eval_sets, cfg, step, rank, world))
             m["timing/eval"] = time.perf_counter() - t0
             for t in texts[: rc.log_samples]:
                 log(f"[sdpg] sample @ {step}: {t[:200]!r}")
@@ -495,7 +561,8 @@ def train(
         for s in sinks:
             s.log(m, step)
         last_metrics = m
-        interrupted = (should_stop is not None and should_stop()) or (stop_after_step is not None and step >= stop_after_step)
+        interrupted = dist.any_true((should_stop is not None and should_stop()) or
+                                    (stop_after_step is not None and step >= stop_after_step), device)
         if step == rc.total_steps or interrupted or (rc.checkpoint_every and step % rc.checkpoint_every == 0):
             checkpoint(step)
         if interrupted and step < rc.total_steps:
@@ -506,12 +573,16 @@ def train(
     if sinks is not None:
         for s in sinks:
             s.close()
-    result = {"status": status, "step": step, "output_dir": str(out), "metrics": last_metrics}
-    (out / "result.json").write_text(json.dumps(result, indent=1))
+    result = {"status": status, "step": step, "output_dir": str(out), "metrics": last_metrics, "rank": rank, "world_size": world}
+    if main_rank:
+        (out / "result.json").write_text(json.dumps(result, indent=1))
+    if own_group:
+        dist.shutdown()
     return result
 
 
 LOSS_STATS = ("pg_loss", "pg_clipfrac", "pg_clipfrac_lower", "ppo_kl", "opd_loss", "opd_kl", "ref_kl", "ref_kl_surrogate")
+ADDITIVE_STATS = ("pg_loss", "opd_loss")  # terms of the loss: micro-batch parts add up
 
 
 def _current_logp(policy, seq, att, P, responses, temp, mb, W, b) -> Tensor:

@@ -61,18 +61,20 @@ def beta_at(step: int, total_steps: int, beta: float, warmup_steps: int = 0, dec
 # --------------------------------------------------------------------------------------------
 
 
-def agg_weights(mask: Tensor, mode: LossAggMode = "token-mean") -> Tensor:
+def agg_weights(mask: Tensor, mode: LossAggMode = "token-mean", n_tokens: float | None = None,
+                n_seqs: float | None = None) -> Tensor:
     """Per-token weights [B, T] such that ``(x * agg_weights(mask, mode)).sum()`` aggregates x.
 
     token-mean: sum over all tokens / number of tokens (DAPO).
     seq-mean-token-sum: per-sequence sum, mean over sequences (Dr.GRPO).
     seq-mean-token-mean: per-sequence mean, mean over sequences (GRPO).
-    Empty masks give all-zero weights instead of NaN.
+    ``n_tokens`` / ``n_seqs`` replace this batch's counts when it is one shard of a larger batch (data
+    parallelism); then summing the shards' aggregates gives the whole batch's. Empty masks give zeros.
     """
     m = mask.float()  # [B, T]
     if mode == "token-mean":
-        return m / m.sum().clamp(min=1.0)  # [B, T]
-    n_seq = max(1, m.shape[0])
+        return m / max(1.0, float(n_tokens)) if n_tokens is not None else m / m.sum().clamp(min=1.0)  # [B, T]
+    n_seq = max(1.0, float(n_seqs)) if n_seqs is not None else max(1, m.shape[0])
     if mode == "seq-mean-token-sum":
         return m / n_seq  # [B, T]
     if mode == "seq-mean-token-mean":
