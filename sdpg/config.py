@@ -154,6 +154,11 @@ class RolloutConfig(Strict):
     """Response length cap (the paper: 4096)."""
     batch_size: int = Field(256, gt=0)
     """Sequences generated at once."""
+    vllm_gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    """Share of GPU memory the colocated vLLM engine may take (its KV cache is freed while training)."""
+    tis_cap: float | None = Field(None, gt=0)
+    """Truncated importance sampling: weight each token's policy-gradient term by
+    min(pi_trainer / pi_rollout, cap) to correct for rollout-engine mismatch (vLLM); None: off."""
     seed_per_prompt: bool = False
     """Seed each prompt's group of G samples from (run seed, step, prompt): results then do not depend
     on the number of ranks or the generation batch (smaller generate calls; HF backend)."""

@@ -7,6 +7,7 @@ each response up to and including its end-of-sequence token. ``hf`` is transform
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,7 @@ class Rollouts:
     responses: Tensor  # [N, T] token ids, pad after the end
     mask: Tensor  # [N, T] 1.0 on response tokens (eos included)
     truncated: Tensor  # [N] bool: hit max_new_tokens without eos
+    logprobs: Tensor | None = None  # [N, T] sampled tokens' log-probabilities under the rollout engine
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -80,3 +82,80 @@ class HFRollout:
         mask, truncated = response_mask(responses, tok.eos_token_id)  # [N, T], [N]
         responses = torch.where(mask.bool(), responses, torch.full_like(responses, tok.pad_token_id))  # [N, T]
         return Rollouts(responses=responses, mask=mask, truncated=truncated)
+
+
+class VLLMRollout:
+    """A vLLM engine colocated in the trainer process (``vllm.LLM``).
+
+    Weights go from the policy into the engine in memory after every optimizer step
+    (``collective_rpc("reload_weights", weights_iterator=...)``, the full state dict including a tied
+    ``lm_head.weight``), never through a checkpoint on disk. On GPUs the engine sleeps (KV cache freed)
+    while the trainer trains. Responses come with the sampled tokens' log-probabilities under the
+    engine, for the trainer/rollout importance ratio.
+    """
+
+    def __init__(self, model_path: str, tokenizer, dtype: str = "float32", max_model_len: int = 4096,
+                 gpu_memory_utilization: float = 0.5, seed: int = 0, enforce_eager: bool = True):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: in-memory weight updates
+        from vllm import LLM
+
+        self.tokenizer = tokenizer
+        self.cuda = torch.cuda.is_available()
+        kwargs = dict(model=model_path, dtype=dtype, max_model_len=max_model_len, enforce_eager=enforce_eager, seed=seed)
+        if self.cuda:
+            kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=True)
+        self.llm = LLM(**kwargs)
+        self.sleeping = False
+
+    def sync_weights(self, model) -> float:
+        """Copy the policy's weights into the engine; returns seconds taken."""
+        import time
+
+        t0 = time.perf_counter()
+        self.wake()
+        weights = [(name, t.detach()) for name, t in model.state_dict().items()]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        return time.perf_counter() - t0
+
+    def sleep(self) -> None:
+        if self.cuda and not self.sleeping:
+            self.llm.sleep(level=1)
+            self.sleeping = True
+
+    def wake(self) -> None:
+        if self.sleeping:
+            self.llm.wake_up()
+            self.sleeping = False
+
+    def generate(self, prompts: list[list[int]], n: int, temperature: float = 1.0, top_p: float = 1.0,
+                 top_k: int = 0, max_new_tokens: int = 256, greedy: bool = False,
+                 seeds: list[int] | None = None) -> Rollouts:
+        from vllm import SamplingParams
+
+        self.wake()
+        tok = self.tokenizer
+        params = [
+            SamplingParams(n=n, temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
+                           top_k=-1 if (greedy or top_k == 0) else top_k, max_tokens=max_new_tokens, logprobs=0,
+                           seed=(seeds[i] if seeds is not None else None), stop_token_ids=[tok.eos_token_id])
+            for i in range(len(prompts))
+        ]
+        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        seqs, lps = [], []
+        for o in outs:
+            for c in o.outputs:
+                ids = list(c.token_ids)
+                # logprobs=0: each position's dict holds the sampled token's entry
+                lp = [float(d[t].logprob) if d and t in d else 0.0 for d, t in zip(c.logprobs or [], ids)]
+                seqs.append(ids)
+                lps.append(lp)
+        T = max(1, max(len(s) for s in seqs))
+        responses = torch.full((len(seqs), T), tok.pad_token_id, dtype=torch.long)  # [N, T]
+        logp = torch.zeros((len(seqs), T))  # [N, T]
+        for i, (s, lp) in enumerate(zip(seqs, lps)):
+            if s:
+                responses[i, : len(s)] = torch.tensor(s)
+                logp[i, : len(lp)] = torch.tensor(lp)
+        mask, truncated = response_mask(responses, tok.eos_token_id)  # [N, T], [N]
+        responses = torch.where(mask.bool(), responses, torch.full_like(responses, tok.pad_token_id))  # [N, T]
+        return Rollouts(responses=responses, mask=mask, truncated=truncated, logprobs=logp * mask)

@@ -49,7 +49,7 @@ from sdpg.objective import (
     token_logprobs,
 )
 from sdpg.rewards import Verifier
-from sdpg.rollout import HFRollout, left_pad
+from sdpg.rollout import HFRollout, VLLMRollout, left_pad
 
 # --------------------------------------------------------------------------------------------
 # Metric sinks
@@ -138,6 +138,7 @@ def load_policy(cfg: TrainConfig, device: torch.device, log=print):
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
+    model.sdpg_source_path = path  # where the weights came from (the vLLM engine loads the same)
     return tokenizer, model
 
 
@@ -217,15 +218,14 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(rollout: HFRollout, tokenizer, verifier: Verifier, eval_sets: dict, cfg: TrainConfig, step: int = 0,
-             rank: int = 0, world: int = 1) -> dict[str, float]:
+def evaluate(rollout, tokenizer, verifier: Verifier, eval_sets: dict, cfg: TrainConfig, step: int = 0,
+             rank: int = 0, world: int = 1, device: torch.device | str = "cpu") -> dict[str, float]:
     """mean@k, unbiased pass@k and greedy accuracy per benchmark. Problems are split across ranks and
     the per-problem results gathered; with ``rollout.seed_per_prompt`` each problem's samples are
     seeded, so the numbers do not depend on the number of ranks."""
     ec = cfg.eval
     max_new = ec.max_new_tokens or cfg.rollout.max_new_tokens
     metrics: dict[str, float] = {}
-    device = next(rollout.model.parameters()).device
     for name, (rows, prompt_ids) in eval_sets.items():
         k = ec.n_samples
         mine = list(range(rank, len(rows), world))
@@ -324,7 +324,12 @@ def train(
     verifier_kind = cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if cfg.data.train == "embedded" else "math")
     verifier = Verifier(verifier_kind, cfg.reward.timeout_s, cfg.reward.overlong_buffer, cfg.reward.overlong_penalty,
                         cfg.rollout.max_new_tokens)
-    rollout = HFRollout(policy, tokenizer, cfg.rollout.batch_size)
+    if cfg.rollout.backend == "vllm":
+        rollout = VLLMRollout(policy.sdpg_source_path, tokenizer, dtype=cfg.model.dtype,
+                              max_model_len=cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0),
+                              gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization, seed=rc.seed + rank)
+    else:
+        rollout = HFRollout(policy, tokenizer, cfg.rollout.batch_size)
 
     # ---- optimizer: AdamW, linear warm-up then constant
     opt = torch.optim.AdamW(policy.parameters(), lr=oc.lr, weight_decay=oc.weight_decay, betas=oc.betas)
@@ -352,6 +357,8 @@ def train(
     if not main_rank:
         sinks = []  # rank 0 logs for all
     sinks = sinks if sinks is not None else default_sinks(out, start, rc.total_steps)
+    if isinstance(rollout, VLLMRollout) and start > 0:
+        rollout.sync_weights(policy)  # resumed weights differ from the folder the engine loaded
 
     def checkpoint(step: int) -> None:
         rngs = [rng_state()]
@@ -373,7 +380,7 @@ def train(
 
     if start == 0 and cfg.eval.every > 0 and eval_sets:
         t0 = time.perf_counter()
-        m0 = evaluate(rollout, tokenizer, verifier, eval_sets, cfg, 0, rank, world)
+        m0 = evaluate(rollout, tokenizer, verifier, eval_sets, cfg, 0, rank, world, device)
         m0["timing/eval"] = time.perf_counter() - t0
         for s in sinks:
             s.log(m0, 0)
@@ -392,6 +399,7 @@ def train(
                               top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens, seeds=seeds)
         m["timing/rollout"] = time.perf_counter() - t0
         responses, mask = ro.responses.to(device), ro.mask.to(device)  # [N, T], [N, T]
+        ro_logp = ro.logprobs.to(device) if ro.logprobs is not None else None  # [N, T] under the rollout engine
         N, T = responses.shape
 
         # ---- 2. rewards and group advantages
@@ -471,6 +479,8 @@ def train(
                 token_adv = opsd_token_weights(teacher_logp, base_logp, adv, ac.opsd_max_weight)  # [N, T]
 
         # ---- 5. update: epochs x minibatches x micro-batches
+        if isinstance(rollout, VLLMRollout):
+            rollout.sleep()  # GPU: free the engine's KV cache while training
         t0 = time.perf_counter()
         beta_k = beta_at(step, rc.total_steps, ac.beta, ac.beta_warmup_steps, ac.beta_decay_steps)
         policy.train()
@@ -497,6 +507,13 @@ def train(
                     logp = token_logprobs(logits, responses[r], temp)  # [b, T]
                     if on_policy:
                         entropy[r] = token_entropy(logits.detach(), temp)
+                        if epoch == 0:
+                            old_logp[r] = logp.detach()
+                    adv_r = token_adv[r] if token_adv is not None else None
+                    if ro_logp is not None and cfg.rollout.tis_cap is not None:  # truncated importance sampling
+                        behaviour = (old_logp[r] if not on_policy else logp.detach()) - ro_logp[r]  # [b, T]
+                        tis = torch.exp(behaviour.clamp(max=20.0)).clamp(max=cfg.rollout.tis_cap) * mask[r]  # [b, T]
+                        adv_r = (adv_r if adv_r is not None else adv[r][:, None]) * tis  # [b, T]
                     opd = None
                     if need_teacher_fwd and bool(opd_w_mb[u].any()):
                         with torch.no_grad():
@@ -507,7 +524,7 @@ def train(
                             opd = full_vocab_kl(logits, torch.nn.functional.linear(ht, W_head, b_head), ac.distill_temperature)  # [b, T]
                     loss, st = sdpg_loss(
                         logp, old_logp[r] if not on_policy else logp.detach(), adv[r], mask[r],
-                        token_advantages=token_adv[r] if token_adv is not None else None,
+                        token_advantages=adv_r,
                         opd=opd, ref_logp=ref_logp[r] if ref_logp is not None else None,
                         beta=beta_k, alpha=ac.alpha, kl_mode=ac.kl_mode, gate=ac.gate, opd_norm=ac.opd_norm,
                         pg_coef=ac.pg_coef, policy_mode=ac.policy_loss, clip_low=ac.clip_low, clip_high=ac.clip_high,
@@ -533,6 +550,13 @@ def train(
                 sched.step()
         policy.eval()
         m["timing/update"] = time.perf_counter() - t0
+        if isinstance(rollout, VLLMRollout):
+            m["timing/weight_sync"] = rollout.sync_weights(policy)
+        if ro_logp is not None:  # trainer vs rollout engine on the sampled tokens (before this update)
+            d = dist.all_sum(torch.stack([((old_logp - ro_logp) * mask).sum(), ((old_logp - ro_logp).abs() * mask).sum(),
+                                          (torch.exp((old_logp - ro_logp).clamp(-20, 20)) * mask).sum(), mask.sum()]))
+            m["train/rollout_logprob_diff"] = float(d[1] / d[3].clamp(min=1))
+            m["train/rollout_is_ratio"] = float(d[2] / d[3].clamp(min=1))
         if dist.active():  # sums over ranks
             keys = sorted(sums)
             red = dist.all_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=device))
@@ -553,7 +577,7 @@ def train(
         # ---- 6. evaluation, logging, checkpoint
         if cfg.eval.every > 0 and eval_sets and (step % cfg.eval.every == 0 or step == rc.total_steps):
             t0 = time.perf_counter()
-            m.update(evaluate(rollout, tokenizer, verifier, eval_sets, cfg, step, rank, world))
+            m.update(evaluate(rollout, tokenizer, verifier, eval_sets, cfg, step, rank, world, device))
             m["timing/eval"] = time.perf_counter() - t0
             for t in texts[: rc.log_samples]:
                 log(f"[sdpg] sample @ {step}: {t[:200]!r}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -172,7 +174,11 @@ def test_killed_worker_and_rerun_complete_the_study(tmp_path, dev_cluster, tiny_
         time.sleep(0.5)
     else:
         pytest.fail("the first trial never checkpointed")
-    subprocess.run(["scancel", "--signal=KILL", "--full", job.job_id], check=True)  # the worker dies hard
+    # the worker dies hard: SIGKILL to the process that holds the trial (recorded as host:pid:job)
+    running = [t for t in load_study(sweep).get_trials() if t.state.name == "RUNNING"]
+    pid = int(running[0].user_attrs["sdpg.worker"].split(":")[1])
+    os.kill(pid, signal.SIGKILL)
+    subprocess.run(["scancel", job.job_id], check=False)
     time.sleep(4)  # its trial's heartbeat goes stale (3 x 1 s)
     assert [t.state.name for t in load_study(sweep).get_trials()] == ["RUNNING"]
     res = launch(Sweep(p), wait=False)  # rerun the sweep: reaps, re-enqueues, continues
