@@ -57,7 +57,7 @@ def main() -> None:
     prompts = [tok.encode(STUDENT_TEMPLATE.format(**r), add_special_tokens=False) for r in test_rows(a.prompts)]
     hf = HFRollout(AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, a.dtype)).to(a.device), tok,
                    batch_size=a.prompts * a.n)
-    vl = VLLMRollout(path, tok, dtype=a.dtype, max_model_len=256 + a.max_new_tokens, seed=0)
+    vl = VLLMRollout(path, tok, dtype=a.dtype, max_model_len=min(256, 64 + a.max_new_tokens), seed=0)
     results = {}
     for name, backend in (("transformers", hf), ("vllm", vl)):
         backend.generate(prompts[:4], a.n, max_new_tokens=a.max_new_tokens)  # warm-up

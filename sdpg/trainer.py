@@ -325,7 +325,8 @@ def train(
                         cfg.rollout.max_new_tokens)
     if cfg.rollout.backend == "vllm":
         rollout = VLLMRollout(policy.sdpg_source_path, tokenizer, dtype=cfg.model.dtype,
-                              max_model_len=cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0),
+                              max_model_len=min(getattr(policy.config, "max_position_embeddings", 1 << 30),
+                                                cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)),
                               gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization, seed=rc.seed + rank,
                               cpu_memory_gb=cfg.rollout.vllm_cpu_memory_gb)
     else:
