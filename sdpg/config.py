@@ -40,10 +40,12 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
                       alpha=1e-3, kl_mode="ufkl", advantage="group", pg_coef=1.0, filter_groups=False),
     # RLSD (arXiv 2604.03128): evidence-weighted per-token advantages from the privileged teacher.
     "rlsd": dict(policy_loss="dapo", clip_high=0.28, std_norm=True, loss_agg_mode="token-mean",
-                 beta=0.0, alpha=0.0, kl_mode="k3", advantage="rlsd", pg_coef=1.0, gate=True, filter_groups=False),
+                 beta=0.0, alpha=0.0, kl_mode="k3", advantage="rlsd", pg_coef=1.0, gate=True, filter_groups=False,
+                 rlsd_lambda=0.5, rlsd_lambda_decay_steps=50, teacher="current"),
     # OPSD (arXiv 2601.18734): clamped teacher log-ratio weights on correct sequences, PPO-clipped.
     "opsd": dict(policy_loss="dapo", clip_high=0.28, std_norm=True, loss_agg_mode="token-mean",
-                 beta=0.0, alpha=0.0, kl_mode="k3", advantage="opsd", pg_coef=1.0, gate=True, filter_groups=False),
+                 beta=0.0, alpha=0.0, kl_mode="k3", advantage="opsd", pg_coef=1.0, gate=True, filter_groups=False,
+                 teacher="frozen"),
     # OPCD (arXiv 2602.12275): pure full-vocabulary self-distillation, no verifier term, no gate.
     "opcd": dict(policy_loss="dapo", clip_high=0.28, std_norm=True, loss_agg_mode="token-mean",
                  beta=1.0, beta_warmup_steps=0, beta_decay_steps=0, gate=False,
@@ -209,6 +211,9 @@ class AlgoConfig(Strict):
     """Distil only sequences with A > 0 (SDPG's OPD+ gate, sec. 3.3)."""
     opd_norm: Literal["all", "gated"] = "all"
     """Normaliser of L_OPD+: all response tokens (as L_out) or the gated tokens only."""
+    opd_exclude_stop: bool = True
+    """Leave positions whose sampled token is the end-of-sequence token out of L_OPD+ (as the SDPG
+    reference code does: the privileged teacher's view of when to stop is not distilled)."""
     opd_impl: Literal["fused", "materialised"] = "fused"
     """Full-vocabulary KL from hidden states chunk by chunk, or from materialised logits."""
     distill_temperature: float = Field(1.0, gt=0)
@@ -220,7 +225,12 @@ class AlgoConfig(Strict):
     rlsd_eps_w: float = Field(0.2, ge=0)
     """RLSD weight clip epsilon_w."""
     rlsd_lambda: float = Field(1.0, ge=0, le=1)
-    """RLSD mixing lambda."""
+    """RLSD mixing lambda (its initial value when decayed)."""
+    rlsd_lambda_decay_steps: int = Field(0, ge=0)
+    """RLSD: lambda decays linearly to 0 over this many steps, after which RLSD is GRPO; 0: constant."""
+    teacher: Literal["current", "frozen"] = "current"
+    """Weights of the privileged teacher for RLSD / OPSD log-ratios: the current policy (SDPG, RLSD) or the
+    frozen initial model (OPSD's reference implementation). The OPD term always uses the current policy."""
     opsd_max_weight: float = Field(20.0, gt=0)
     """OPSD weight clamp."""
     filter_groups: bool = False
@@ -246,7 +256,7 @@ class AlgoConfig(Strict):
 
     @property
     def needs_reference(self) -> bool:
-        return self.alpha > 0
+        return self.alpha > 0 or (self.teacher == "frozen" and self.needs_teacher_logprobs)
 
 
 class OptimConfig(Strict):

@@ -446,7 +446,7 @@ def train(
         n_minibatches = max(1, math.ceil(n_keep_all / minibatch)) if n_keep_all else 0
         on_policy = oc.ppo_epochs == 1 and n_minibatches == 1
         old_logp = torch.zeros(N, T, device=device)  # [N, T]
-        ref_logp = torch.zeros(N, T, device=device) if reference is not None else None  # [N, T]
+        ref_logp = torch.zeros(N, T, device=device) if ac.alpha > 0 else None  # [N, T]
         teacher_logp = torch.zeros(N, T, device=device) if ac.needs_teacher_logprobs else None  # [N, T]
         entropy = torch.zeros(N, T, device=device)  # [N, T]
         unseen = torch.ones(N, dtype=torch.bool)
@@ -462,12 +462,13 @@ def train(
                     logits = torch.nn.functional.linear(h, W_head, b_head)  # [b, T, V]
                     old_logp[sl] = token_logprobs(logits, responses[sl], temp)
                     entropy[sl] = token_entropy(logits, temp)
-                if reference is not None:
+                if ref_logp is not None:
                     h = response_hidden(reference, s_seq[sl], s_att[sl], Ps, T)  # [b, T, H]
                     ref_logp[sl] = token_logprobs(reference.get_output_embeddings()(h), responses[sl], temp)
-                if teacher_logp is not None:
-                    h = response_hidden(policy, t_seq[sl], t_att[sl], Pt, T)  # [b, T, H]
-                    teacher_logp[sl] = token_logprobs(torch.nn.functional.linear(h, W_head, b_head), responses[sl], temp)
+                if teacher_logp is not None:  # the privileged view: current policy, or the frozen initial model
+                    tm = reference if ac.teacher == "frozen" else policy
+                    h = response_hidden(tm, t_seq[sl], t_att[sl], Pt, T)  # [b, T, H]
+                    teacher_logp[sl] = token_logprobs(tm.get_output_embeddings()(h), responses[sl], temp)
         m["timing/logprobs"] = time.perf_counter() - t0
 
         # per-token advantages of L_out for RLSD / OPSD
@@ -475,7 +476,9 @@ def train(
         if ac.advantage == "rlsd" or ac.advantage == "opsd":
             base_logp = old_logp if not on_policy else _current_logp(policy, s_seq, s_att, Ps, responses, temp, mb, W_head, b_head)
             if ac.advantage == "rlsd":
-                token_adv = rlsd_advantages(adv, teacher_logp, base_logp, ac.rlsd_eps_w, ac.rlsd_lambda)  # [N, T]
+                lam = ac.rlsd_lambda * (max(0.0, 1.0 - (step - 1) / ac.rlsd_lambda_decay_steps) if ac.rlsd_lambda_decay_steps else 1.0)
+                m["train/rlsd_lambda"] = lam
+                token_adv = rlsd_advantages(adv, teacher_logp, base_logp, ac.rlsd_eps_w, lam)  # [N, T]
             else:
                 token_adv = opsd_token_weights(teacher_logp, base_logp, adv, ac.opsd_max_weight)  # [N, T]
 
@@ -495,6 +498,8 @@ def train(
                 # aggregation weights normalised over the whole minibatch on all ranks, so neither
                 # micro-batching nor the number of ranks changes the update
                 mk, gk = mask[rows_mb], gate_mask(adv[rows_mb], mask[rows_mb], ac.gate)  # [M, T] each
+                if ac.opd_exclude_stop:  # no distillation at the end-of-sequence position
+                    gk = gk * (responses[rows_mb] != tokenizer.eos_token_id).float()  # [M, T]
                 counts = dist.all_sum(torch.stack([mk.sum(), torch.tensor(float(len(rows_mb)), device=device), gk.sum()]))
                 w_mb = agg_weights(mk, ac.loss_agg_mode, n_tokens=counts[0], n_seqs=counts[1])  # [M, T]
                 opd_w_mb = (w_mb * gk if ac.opd_norm == "all"

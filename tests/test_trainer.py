@@ -96,3 +96,17 @@ def test_pass_at_k_hand_values():
     assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
     assert pass_at_k(4, 1, 2) == pytest.approx(1 - (3 * 2) / (4 * 3))  # 0.5
     assert pass_at_k(4, 3, 2) == 1.0
+
+
+def test_stop_token_is_left_out_of_distillation(tiny_config):
+    """Same rollouts (same seed): excluding the EOS position changes only the OPD term's tokens."""
+    runs = {}
+    for flag in ("true", "false"):
+        cfg = tiny_config("run.total_steps=1", "eval.every=0", "algo.beta=1.0", f"algo.opd_exclude_stop={flag}",
+                          "algo.opd_norm=gated", out=f"stop_{flag}")
+        train(cfg)
+        runs[flag] = _metrics(cfg.run.output_dir)[-1]
+    assert runs["true"]["train/accuracy"] == runs["false"]["train/accuracy"]
+    assert runs["true"]["train/gate_fraction"] > 0
+    assert runs["true"]["train/opd_loss"] != pytest.approx(runs["false"]["train/opd_loss"], rel=1e-4)
+    assert runs["true"]["train/opd_kl"] != pytest.approx(runs["false"]["train/opd_kl"], rel=1e-4)

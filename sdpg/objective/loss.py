@@ -119,9 +119,10 @@ def sdpg_loss(
             kl_tok = opd  # [B, T]
             opd_loss = (kl_tok * opd_w).sum()  # []
         loss = loss + beta * opd_loss
+        distilled = g if opd_token_weights is None else (opd_w > 0).float()  # [B, T] positions in the term
         stats["opd_loss"] = opd_loss.detach()
-        stats["opd_kl"] = masked_mean(kl_tok.detach(), g)
-        stats["opd_tokens"] = g.sum().detach()
+        stats["opd_kl"] = masked_mean(kl_tok.detach(), distilled)
+        stats["opd_tokens"] = distilled.sum().detach()
     else:
         stats["opd_loss"] = zero
         stats["opd_kl"] = zero
