@@ -276,6 +276,9 @@ class OptimConfig(Strict):
     """Sequences per optimizer step; None: the whole step's batch (one update per epoch)."""
     micro_batch_size: int = Field(8, gt=0)
     """Sequences per forward/backward (gradient accumulation)."""
+    micro_batch_tokens: int | None = Field(None, gt=0)
+    """Pack micro-batches by a token budget instead: sequences sorted by length, each micro-batch holding
+    as many as fit rows x (prompt + its longest response) <= budget, trimmed to its longest response."""
 
 
 class EvalConfig(Strict):

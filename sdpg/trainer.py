@@ -505,41 +505,43 @@ def train(
                 opd_w_mb = (w_mb * gk if ac.opd_norm == "all"
                             else agg_weights(gk, ac.loss_agg_mode, n_tokens=counts[2], n_seqs=counts[1]))  # [M, T]
                 opt.zero_grad(set_to_none=True)
-                for us in range(0, len(rows_mb), mb):
-                    r = rows_mb[us : us + mb]  # [b]
-                    u = slice(us, us + mb)
-                    h = response_hidden(policy, s_seq[r], s_att[r], Ps, T)  # [b, T, H]
-                    logits = torch.nn.functional.linear(h, W_head, b_head)  # [b, T, V]
-                    logp = token_logprobs(logits, responses[r], temp)  # [b, T]
+                for u in micro_batches(mk.sum(-1), mb, oc.micro_batch_tokens, Ps):
+                    r = rows_mb[u]  # [b]
+                    tb = max(1, int(mask[r].sum(-1).max()))  # the longest response here; beyond it, padding
+                    y, mr = responses[r, :tb], mask[r, :tb]  # [b, tb]
+                    h = response_hidden(policy, s_seq[r, : Ps + tb], s_att[r, : Ps + tb], Ps, tb)  # [b, tb, H]
+                    logits = torch.nn.functional.linear(h, W_head, b_head)  # [b, tb, V]
+                    logp = token_logprobs(logits, y, temp)  # [b, tb]
                     if on_policy:
-                        entropy[r] = token_entropy(logits.detach(), temp)
+                        entropy[r, :tb] = token_entropy(logits.detach(), temp)
                         if epoch == 0:
-                            old_logp[r] = logp.detach()
-                    adv_r = token_adv[r] if token_adv is not None else None
+                            old_logp[r, :tb] = logp.detach()
+                    old_r = logp.detach() if on_policy else old_logp[r, :tb]  # [b, tb]
+                    adv_r = token_adv[r, :tb] if token_adv is not None else None  # [b, tb]
                     if ro_logp is not None and cfg.rollout.tis_cap is not None:  # truncated importance sampling
-                        behaviour = (old_logp[r] if not on_policy else logp.detach()) - ro_logp[r]  # [b, T]
-                        tis = torch.exp(behaviour.clamp(max=20.0)).clamp(max=cfg.rollout.tis_cap) * mask[r]  # [b, T]
-                        adv_r = (adv_r if adv_r is not None else adv[r][:, None]) * tis  # [b, T]
+                        behaviour = old_r - ro_logp[r, :tb]  # [b, tb]
+                        tis = torch.exp(behaviour.clamp(max=20.0)).clamp(max=cfg.rollout.tis_cap) * mr  # [b, tb]
+                        adv_r = (adv_r if adv_r is not None else adv[r][:, None]) * tis  # [b, tb]
                     opd = None
                     if need_teacher_fwd and bool(opd_w_mb[u].any()):
                         with torch.no_grad():
-                            ht = response_hidden(policy, t_seq[r], t_att[r], Pt, T)  # [b, T, H]
+                            ht = response_hidden(policy, t_seq[r, : Pt + tb], t_att[r, : Pt + tb], Pt, tb)  # [b, tb, H]
                         if ac.opd_impl == "fused":
                             opd = FusedKLInputs(h, ht, W_head, b_head, temperature=ac.distill_temperature)
                         else:
-                            opd = full_vocab_kl(logits, torch.nn.functional.linear(ht, W_head, b_head), ac.distill_temperature)  # [b, T]
+                            opd = full_vocab_kl(logits, torch.nn.functional.linear(ht, W_head, b_head), ac.distill_temperature)  # [b, tb]
                     loss, st = sdpg_loss(
-                        logp, old_logp[r] if not on_policy else logp.detach(), adv[r], mask[r],
+                        logp, old_r, adv[r], mr,
                         token_advantages=adv_r,
-                        opd=opd, ref_logp=ref_logp[r] if ref_logp is not None else None,
+                        opd=opd, ref_logp=ref_logp[r, :tb] if ref_logp is not None else None,
                         beta=beta_k, alpha=ac.alpha, kl_mode=ac.kl_mode, gate=ac.gate, opd_norm=ac.opd_norm,
                         pg_coef=ac.pg_coef, policy_mode=ac.policy_loss, clip_low=ac.clip_low, clip_high=ac.clip_high,
                         clip_c=ac.clip_c, loss_agg_mode=ac.loss_agg_mode,
-                        token_weights=w_mb[u], opd_token_weights=opd_w_mb[u],
+                        token_weights=w_mb[u, :tb], opd_token_weights=opd_w_mb[u, :tb],
                     )
                     loss.backward()
                     if epoch == 0:  # statistics of the first pass, exact whatever the micro-batching / ranks
-                        n_tok = float(mask[r].sum())
+                        n_tok = float(mr.sum())
                         n_opd = float(st.pop("opd_tokens"))
                         for k, v in st.items():
                             if k in ADDITIVE_STATS:  # already globally weighted: sum; averaged over minibatches below
@@ -609,6 +611,26 @@ def train(
     if own_group:
         dist.shutdown()
     return result
+
+
+def micro_batches(lengths: Tensor, size: int, token_budget: int | None, prompt_len: int) -> list[Tensor]:
+    """Positions of each micro-batch within a minibatch of sequences with response ``lengths`` [M]:
+    consecutive groups of ``size``, or, with a token budget, sequences sorted by length and packed while
+    rows x (prompt_len + the group's longest response) stays within the budget (one row at least)."""
+    M = len(lengths)
+    if not token_budget:
+        return [torch.arange(s, min(s + size, M)) for s in range(0, M, size)]
+    out, cur, cur_max = [], [], 0
+    for i in torch.argsort(lengths, descending=True, stable=True).tolist():
+        need = int(lengths[i]) + prompt_len
+        if cur and (len(cur) + 1) * max(cur_max, need) > token_budget:
+            out.append(torch.tensor(cur))
+            cur, cur_max = [], 0
+        cur.append(i)
+        cur_max = max(cur_max, need)
+    if cur:
+        out.append(torch.tensor(cur))
+    return out
 
 
 LOSS_STATS = ("pg_loss", "pg_clipfrac", "pg_clipfrac_lower", "ppo_kl", "opd_loss", "opd_kl", "ref_kl", "ref_kl_surrogate")

@@ -63,21 +63,24 @@ def test_resume_refuses_another_config(tiny_config):
 
 
 def test_micro_batching_does_not_change_the_update(tiny_config):
-    """Same rollouts, one update: micro-batches of 3 vs 16 sequences give the same gradient (read
+    """Same rollouts, one update: micro-batches of 3 or 16 sequences, or packed by a token budget, give the
+    same gradient (read
     from Adam's first moment, 0.1 * grad after one step; the weights alone would hide a scale error,
     Adam being scale-invariant)."""
     from pathlib import Path
 
     moments = []
-    for mb in (3, 16):
-        cfg = tiny_config("run.total_steps=1", "eval.every=0", f"optim.micro_batch_size={mb}", "algo.opd_impl=materialised",
-                          "algo.beta=1.0", "run.checkpoint_every=1", out=f"mb{mb}")
+    for name, over in (("mb3", "optim.micro_batch_size=3"), ("mb16", "optim.micro_batch_size=16"),
+                       ("tok90", "optim.micro_batch_tokens=90")):  # packed by length, trimmed padding
+        cfg = tiny_config("run.total_steps=1", "eval.every=0", over, "algo.opd_impl=materialised",
+                          "algo.beta=1.0", "run.checkpoint_every=1", out=name)
         train(cfg)
         ck = torch.load(sorted((Path(cfg.run.output_dir) / "checkpoints").glob("*.pt"))[-1], weights_only=False)
         moments.append([st["exp_avg"] for st in ck["optimizer"]["state"].values()])
-    for a, b in zip(*moments):
-        scale = max(a.abs().max().item(), 1e-12)
-        assert (a - b).abs().max().item() <= 1e-4 * scale
+    for other in moments[1:]:
+        for a, b in zip(moments[0], other):
+            scale = max(a.abs().max().item(), 1e-12)
+            assert (a - b).abs().max().item() <= 1e-4 * scale
 
 
 def test_fused_and_materialised_training_agree(tiny_config):
@@ -110,3 +113,15 @@ def test_stop_token_is_left_out_of_distillation(tiny_config):
     assert runs["true"]["train/gate_fraction"] > 0
     assert runs["true"]["train/opd_loss"] != pytest.approx(runs["false"]["train/opd_loss"], rel=1e-4)
     assert runs["true"]["train/opd_kl"] != pytest.approx(runs["false"]["train/opd_kl"], rel=1e-4)
+
+
+def test_micro_batches_by_token_budget():
+    from sdpg.trainer import micro_batches
+
+    lengths = torch.tensor([5, 20, 3, 12, 20])
+    groups = micro_batches(lengths, 2, None, 10)
+    assert [g.tolist() for g in groups] == [[0, 1], [2, 3], [4]]
+    groups = micro_batches(lengths, 2, 60, 10)  # (10 + longest) x rows <= 60
+    # sorted by length: 1 (30 with the prompt), 4 (30), 3 (22), 0 (15), 2 (13)
+    assert [g.tolist() for g in groups] == [[1, 4], [3, 0], [2]]  # 2x30 = 60, 2x22 = 44 (3x22 = 66 > 60), 13
+    assert [g.tolist() for g in micro_batches(lengths, 2, 5, 10)] == [[1], [4], [3], [0], [2]]  # one row at least
