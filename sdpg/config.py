@@ -93,6 +93,9 @@ class ModelConfig(Strict):
     """``auto`` (cuda if available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (large models)."""
+    fsdp: bool | Literal["auto"] = "auto"
+    """Shard parameters, gradients and optimizer states over the data-parallel ranks with FSDP2
+    (``fully_shard`` per decoder layer and at the root): true, false, or auto (on GPUs with several ranks)."""
     trust_remote_code: bool = False
     """Passed to transformers when loading from a path or the hub."""
     attn_implementation: str | None = None

@@ -69,6 +69,15 @@ def all_sum(x: Tensor) -> Tensor:
     return y
 
 
+def all_max(x: Tensor) -> Tensor:
+    """Elementwise maximum of ``x`` over ranks (a copy)."""
+    if not active():
+        return x
+    y = x.clone()
+    dist.all_reduce(y, op=dist.ReduceOp.MAX)
+    return y
+
+
 def all_gather_cat(x: Tensor) -> Tensor:
     """Concatenate ``x`` [n, ...] of every rank in rank order (n may differ per rank)."""
     if not active():

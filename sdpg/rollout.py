@@ -115,13 +115,14 @@ class VLLMRollout:
         self.llm = LLM(**kwargs)
         self.sleeping = False
 
-    def sync_weights(self, model) -> float:
-        """Copy the policy's weights into the engine; returns seconds taken."""
+    def sync_weights(self, model_or_state) -> float:
+        """Copy the policy's weights (a model or a full state dict) into the engine; returns seconds taken."""
         import time
 
         t0 = time.perf_counter()
         self.wake()
-        weights = [(name, t.detach()) for name, t in model.state_dict().items()]
+        sd = model_or_state if isinstance(model_or_state, dict) else model_or_state.state_dict()
+        weights = [(name, t.detach()) for name, t in sd.items()]
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         return time.perf_counter() - t0
 

@@ -143,11 +143,65 @@ def load_policy(cfg: TrainConfig, device: torch.device, log=print):
 
 
 def response_hidden(model, ids: Tensor, attn: Tensor, prompt_len: int, n_resp: int) -> Tensor:
-    """Last hidden states that predict the response tokens: positions P-1 .. P+T-2 -> [b, T, H]."""
+    """Last hidden states that predict the response tokens: positions P-1 .. P+T-2 -> [b, T, H].
+
+    The backbone's output is taken without the full logits. Under FSDP2 the root module's forward must
+    run (its hooks gather and later reduce-scatter the root's parameters), so it is called with
+    ``logits_to_keep=1`` and the backbone's output is caught by a hook."""
     backbone = getattr(model, model.base_model_prefix)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)  # [b, L]
-    h = backbone(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state  # [b, L, H]
+    if getattr(model, "sdpg_fsdp", False):
+        box = {}
+        def grab(mod, args, out):
+            h = out if isinstance(out, Tensor) else getattr(out, "last_hidden_state", None)
+            box.setdefault("h", h if h is not None else out[0])
+
+        handle = backbone.register_forward_hook(grab)
+        try:
+            model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, logits_to_keep=1)
+        finally:
+            handle.remove()
+        h = box["h"]  # [b, L, H]
+    else:
+        h = backbone(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state  # [b, L, H]
     return h[:, prompt_len - 1 : prompt_len - 1 + n_resp]  # [b, T, H]
+
+
+def shard_fsdp(model) -> None:
+    """FSDP2: each decoder layer its own unit, the root (embeddings, final norm, tied head) kept gathered
+    from its forward to its backward so the fused KL can use the head. FSDP averages gradients over ranks;
+    the trainer scales each loss by the world size, since its weights already carry the global normaliser."""
+    from torch.distributed.fsdp import fully_shard
+
+    backbone = getattr(model, model.base_model_prefix)
+    for layer in backbone.layers:
+        fully_shard(layer)
+    fully_shard(model, reshard_after_forward=False)
+    model.sdpg_fsdp = True
+
+
+def full_state(model, optimizer=None, all_ranks: bool = False) -> tuple[dict, dict | None]:
+    """Unsharded model (and optimizer) state dicts: on rank 0 only (CPU) or on every rank."""
+    if not getattr(model, "sdpg_fsdp", False):
+        return model.state_dict(), (optimizer.state_dict() if optimizer is not None else None)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=not all_ranks)
+    msd = get_model_state_dict(model, options=opts)
+    osd = get_optimizer_state_dict(model, optimizer, options=opts) if optimizer is not None else None
+    return msd, osd
+
+
+def load_full_state(model, optimizer, msd: dict, osd: dict) -> None:
+    if not getattr(model, "sdpg_fsdp", False):
+        model.load_state_dict(msd)
+        optimizer.load_state_dict(osd)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    opts = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, msd, options=opts)
+    set_optimizer_state_dict(model, optimizer, osd, options=opts)
 
 
 def head_of(model) -> tuple[Tensor, Tensor | None]:
@@ -302,7 +356,12 @@ def train(
         tokenizer, policy = load_policy(cfg, device, log)
     seed_everything(rc.seed + 1_000_003 * rank)  # model loading may draw random numbers; ranks sample differently
     reference = copy.deepcopy(policy).eval().requires_grad_(False) if ac.needs_reference else None
-    W_head, b_head = head_of(policy)
+    use_fsdp = world > 1 and (cfg.model.fsdp is True or (cfg.model.fsdp == "auto" and device.type == "cuda"))
+    generator_model = None
+    if use_fsdp:
+        if cfg.rollout.backend == "hf":  # sampling runs on an unsharded copy: ranks stop generating at different times
+            generator_model = copy.deepcopy(policy).eval().requires_grad_(False)
+        shard_fsdp(policy)
 
     # ---- data: prompts tokenised once
     def tokenize(rows: list[dict]) -> tuple[list[list[int]], list[list[int]]]:
@@ -330,7 +389,18 @@ def train(
                               gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization, seed=rc.seed + rank,
                               cpu_memory_gb=cfg.rollout.vllm_cpu_memory_gb)
     else:
-        rollout = HFRollout(policy, tokenizer, cfg.rollout.batch_size)
+        rollout = HFRollout(generator_model if generator_model is not None else policy, tokenizer, cfg.rollout.batch_size)
+
+    def sync_rollout_weights() -> float:
+        """The rollout engine (vLLM, or the unsharded copy under FSDP) takes the policy's new weights."""
+        t0 = time.perf_counter()
+        if isinstance(rollout, VLLMRollout) or generator_model is not None:
+            sd, _ = full_state(policy, all_ranks=True)
+            if isinstance(rollout, VLLMRollout):
+                rollout.sync_weights(sd)
+            else:
+                generator_model.load_state_dict(sd)
+        return time.perf_counter() - t0
 
     # ---- optimizer: AdamW, linear warm-up then constant
     opt = torch.optim.AdamW(policy.parameters(), lr=oc.lr, weight_decay=oc.weight_decay, betas=oc.betas)
@@ -344,8 +414,7 @@ def train(
         if ck["config_hash"] != cfg.config_hash():
             raise RuntimeError(f"{ckpt_path} was written by another config (hash {ck['config_hash']} != {cfg.config_hash()}); "
                                f"use a new run.output_dir or run.resume=false")
-        policy.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
+        load_full_state(policy, opt, ck["model"], ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         sampler.load_state_dict(ck["sampler"])
         rngs = ck["rng"] if isinstance(ck["rng"], list) else [ck["rng"]]
@@ -358,17 +427,18 @@ def train(
     if not main_rank:
         sinks = []  # rank 0 logs for all
     sinks = sinks if sinks is not None else default_sinks(out, start, rc.total_steps)
-    if isinstance(rollout, VLLMRollout) and start > 0:
-        rollout.sync_weights(policy)  # resumed weights differ from the folder the engine loaded
+    if start > 0:
+        sync_rollout_weights()  # resumed weights differ from the folder the engine loaded
 
     def checkpoint(step: int) -> None:
         rngs = [rng_state()]
         if dist.active():
             rngs = [None] * world
             torch.distributed.all_gather_object(rngs, rng_state())
+        msd, osd = full_state(policy, opt)  # a collective under FSDP: every rank takes part
         if main_rank:
             save_checkpoint(out, step, {
-                "step": step, "model": policy.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "step": step, "model": msd, "optimizer": osd, "scheduler": sched.state_dict(),
                 "sampler": sampler.state_dict(), "rng": rngs if world > 1 else rngs[0], "config_hash": cfg.config_hash(),
             }, rc.keep_checkpoints)
         dist.barrier()
@@ -454,12 +524,12 @@ def train(
         with torch.no_grad():
             for s in range(0, N, mb):
                 sl = slice(s, s + mb)
-                if on_policy and unseen[sl].any():
+                if on_policy and (unseen[sl].any() or use_fsdp):  # FSDP: every rank runs the same forwards
                     h = response_hidden(policy, s_seq[sl], s_att[sl], Ps, T)  # [b, T, H]
-                    entropy[sl] = token_entropy(torch.nn.functional.linear(h, W_head, b_head), temp)
+                    entropy[sl] = token_entropy(torch.nn.functional.linear(h, *head_of(policy)), temp)
                 if not on_policy:
                     h = response_hidden(policy, s_seq[sl], s_att[sl], Ps, T)  # [b, T, H]
-                    logits = torch.nn.functional.linear(h, W_head, b_head)  # [b, T, V]
+                    logits = torch.nn.functional.linear(h, *head_of(policy))  # [b, T, V]
                     old_logp[sl] = token_logprobs(logits, responses[sl], temp)
                     entropy[sl] = token_entropy(logits, temp)
                 if ref_logp is not None:
@@ -474,7 +544,7 @@ def train(
         # per-token advantages of L_out for RLSD / OPSD
         token_adv = None
         if ac.advantage == "rlsd" or ac.advantage == "opsd":
-            base_logp = old_logp if not on_policy else _current_logp(policy, s_seq, s_att, Ps, responses, temp, mb, W_head, b_head)
+            base_logp = old_logp if not on_policy else _current_logp(policy, s_seq, s_att, Ps, responses, temp, mb)
             if ac.advantage == "rlsd":
                 lam = ac.rlsd_lambda * (max(0.0, 1.0 - (step - 1) / ac.rlsd_lambda_decay_steps) if ac.rlsd_lambda_decay_steps else 1.0)
                 m["train/rlsd_lambda"] = lam
@@ -505,11 +575,19 @@ def train(
                 opd_w_mb = (w_mb * gk if ac.opd_norm == "all"
                             else agg_weights(gk, ac.loss_agg_mode, n_tokens=counts[2], n_seqs=counts[1]))  # [M, T]
                 opt.zero_grad(set_to_none=True)
-                for u in micro_batches(mk.sum(-1), mb, oc.micro_batch_tokens, Ps):
-                    r = rows_mb[u]  # [b]
+                groups = micro_batches(mk.sum(-1), mb, oc.micro_batch_tokens, Ps)
+                if use_fsdp:  # every rank must run as many forwards: pad with zero-weight micro-batches
+                    n_max = int(dist.all_max(torch.tensor(float(len(groups)), device=device)).item())
+                    groups += [None] * (n_max - len(groups))
+                for u in groups:
+                    dummy = u is None
+                    if dummy:
+                        u = torch.tensor([0])
+                    r = rows_mb[u] if len(rows_mb) else torch.tensor([0], device=device)  # [b]
                     tb = max(1, int(mask[r].sum(-1).max()))  # the longest response here; beyond it, padding
                     y, mr = responses[r, :tb], mask[r, :tb]  # [b, tb]
                     h = response_hidden(policy, s_seq[r, : Ps + tb], s_att[r, : Ps + tb], Ps, tb)  # [b, tb, H]
+                    W_head, b_head = head_of(policy)  # after the forward: under FSDP the gathered head
                     logits = torch.nn.functional.linear(h, W_head, b_head)  # [b, tb, V]
                     logp = token_logprobs(logits, y, temp)  # [b, tb]
                     if on_policy:
@@ -523,7 +601,7 @@ def train(
                         tis = torch.exp(behaviour.clamp(max=20.0)).clamp(max=cfg.rollout.tis_cap) * mr  # [b, tb]
                         adv_r = (adv_r if adv_r is not None else adv[r][:, None]) * tis  # [b, tb]
                     opd = None
-                    if need_teacher_fwd and bool(opd_w_mb[u].any()):
+                    if need_teacher_fwd and (use_fsdp or bool(opd_w_mb[u].any())):
                         with torch.no_grad():
                             ht = response_hidden(policy, t_seq[r, : Pt + tb], t_att[r, : Pt + tb], Pt, tb)  # [b, tb, H]
                         if ac.opd_impl == "fused":
@@ -537,10 +615,15 @@ def train(
                         beta=beta_k, alpha=ac.alpha, kl_mode=ac.kl_mode, gate=ac.gate, opd_norm=ac.opd_norm,
                         pg_coef=ac.pg_coef, policy_mode=ac.policy_loss, clip_low=ac.clip_low, clip_high=ac.clip_high,
                         clip_c=ac.clip_c, loss_agg_mode=ac.loss_agg_mode,
-                        token_weights=w_mb[u, :tb], opd_token_weights=opd_w_mb[u, :tb],
+                        token_weights=w_mb[u, :tb] if not dummy else torch.zeros_like(mr),
+                        opd_token_weights=opd_w_mb[u, :tb] if not dummy else torch.zeros_like(mr),
                     )
+                    if dummy:
+                        loss = loss * 0.0  # a forward/backward for FSDP's collectives only
+                    elif use_fsdp:
+                        loss = loss * world  # FSDP averages over ranks; the weights are already global
                     loss.backward()
-                    if epoch == 0:  # statistics of the first pass, exact whatever the micro-batching / ranks
+                    if epoch == 0 and not dummy:  # statistics of the first pass, exact whatever the micro-batching / ranks
                         n_tok = float(mr.sum())
                         n_opd = float(st.pop("opd_tokens"))
                         for k, v in st.items():
@@ -552,14 +635,17 @@ def train(
                                 sums[k] = sums.get(k, 0.0) + float(v) * n_tok
                         sums["_opd_tokens"] = sums.get("_opd_tokens", 0.0) + n_opd
                         sums["_tokens"] = sums.get("_tokens", 0.0) + n_tok
-                dist.all_reduce_grads(list(policy.parameters()))
+                if not use_fsdp:  # FSDP has reduce-scattered the gradients already
+                    dist.all_reduce_grads(list(policy.parameters()))
                 grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), oc.grad_clip if oc.grad_clip > 0 else float("inf"))
+                if hasattr(grad_norm, "full_tensor"):
+                    grad_norm = grad_norm.full_tensor()
                 opt.step()
                 sched.step()
         policy.eval()
         m["timing/update"] = time.perf_counter() - t0
-        if isinstance(rollout, VLLMRollout):
-            m["timing/weight_sync"] = rollout.sync_weights(policy)
+        if isinstance(rollout, VLLMRollout) or generator_model is not None:
+            m["timing/weight_sync"] = sync_rollout_weights()
         if ro_logp is not None:  # trainer vs rollout engine on the sampled tokens (before this update)
             d = dist.all_sum(torch.stack([((old_logp - ro_logp) * mask).sum(), ((old_logp - ro_logp).abs() * mask).sum(),
                                           (torch.exp((old_logp - ro_logp).clamp(-20, 20)) * mask).sum(), mask.sum()]))
@@ -637,13 +723,13 @@ LOSS_STATS = ("pg_loss", "pg_clipfrac", "pg_clipfrac_lower", "ppo_kl", "opd_loss
 ADDITIVE_STATS = ("pg_loss", "opd_loss")  # terms of the loss: micro-batch parts add up
 
 
-def _current_logp(policy, seq, att, P, responses, temp, mb, W, b) -> Tensor:
+def _current_logp(policy, seq, att, P, responses, temp, mb) -> Tensor:
     """log pi_theta(y_t) [N, T] without gradient (the on-policy p_old)."""
     out = []
     with torch.no_grad():
         for s in range(0, seq.shape[0], mb):
             h = response_hidden(policy, seq[s : s + mb], att[s : s + mb], P, responses.shape[1])  # [b, T, H]
-            out.append(token_logprobs(torch.nn.functional.linear(h, W, b), responses[s : s + mb], temp))  # [b, T]
+            out.append(token_logprobs(torch.nn.functional.linear(h, *head_of(policy)), responses[s : s + mb], temp))  # [b, T]
     return torch.cat(out)  # [N, T]
 
 

@@ -1,5 +1,5 @@
 """Data-parallel training on torch.distributed (gloo on CPU): N ranks give the update of one process
-with the same global batch, launched by torchrun and as a 2-task SLURM job."""
+with the same global batch, replicated or sharded with FSDP2, launched by torchrun and as a 2-task SLURM job."""
 
 from __future__ import annotations
 
@@ -51,11 +51,12 @@ def one_process(tmp_path_factory, tiny_model_built):
     return out
 
 
-def test_torchrun_two_ranks_match_one_process(one_process, tmp_path):
+@pytest.mark.parametrize("fsdp", ["false", "true"], ids=["replicated", "fsdp2"])
+def test_torchrun_two_ranks_match_one_process(one_process, tmp_path, fsdp):
     out = tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "sdpg", "train", *TINY, *DP, f"run.output_dir={out}"]
+           "-m", "sdpg", "train", *TINY, *DP, f"model.fsdp={fsdp}", f"run.output_dir={out}"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((out / "result.json").read_text())["world_size"] == 2
