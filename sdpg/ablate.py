@@ -32,7 +32,7 @@ from pydantic import Field, field_validator
 from sdpg.config import ConfigError, TrainConfig, apply_layer, build_config, load_yaml
 from sdpg.embedded import DEFAULT_CONFIG_PATH
 from sdpg.launch import EXECUTORS, TrainJob, make_executor
-from sdpg.specs import SlurmProfile, Strict, load_profile, read_yaml, validate
+from sdpg.specs import SlurmProfile, Strict, load_profile, read_yaml, subcommand_parser, validate
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -418,15 +418,9 @@ def cancel(plan: Plan, log=print) -> int:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    sub = argv[0] if argv and argv[0] in ("status", "cancel") else "run"
-    if sub != "run":
-        argv = argv[1:]
-    p = argparse.ArgumentParser(prog=f"sdpg-ablate{'' if sub == 'run' else ' ' + sub}",
-                                description="Submit, inspect or cancel a grid of runs from an ablation spec.")
-    p.add_argument("spec")
+    sub, argv, p = subcommand_parser("sdpg-ablate", ("status", "cancel"),
+                                     "Submit, inspect or cancel a grid of runs from an ablation spec.", argv)
     p.add_argument("--executor", choices=EXECUTORS)
-    p.add_argument("--profile")
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="keep runs whose variant / seed / resolved config key equals VALUE")
     if sub == "run":

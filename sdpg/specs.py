@@ -88,6 +88,22 @@ class SlurmProfile(Strict):
     """Other sbatch options, passed through (e.g. {constraint: h100})."""
 
 
+def subcommand_parser(prog: str, subcommands: tuple[str, ...], description: str, argv: list[str] | None):
+    """(subcommand, remaining argv, parser with SPEC and --profile) for ``prog [SUB] SPEC ...``;
+    the subcommand is ``run`` when the first word is none of ``subcommands``."""
+    import argparse
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sub = argv[0] if argv and argv[0] in subcommands else "run"
+    if sub != "run":
+        argv = argv[1:]
+    p = argparse.ArgumentParser(prog=f"{prog}{'' if sub == 'run' else ' ' + sub}", description=description)
+    p.add_argument("spec")
+    p.add_argument("--profile")
+    return sub, argv, p
+
+
 def profile_dirs() -> list[Path]:
     import os
 

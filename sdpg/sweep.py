@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 from sdpg.config import ConfigError, apply_layer, build_config, load_yaml
 from sdpg.embedded import DEFAULT_CONFIG_PATH
 from sdpg.launch import EXECUTORS, make_executor
-from sdpg.specs import SlurmProfile, Strict, load_profile, read_yaml, validate
+from sdpg.specs import SlurmProfile, Strict, load_profile, read_yaml, subcommand_parser, validate
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -536,9 +536,19 @@ def _dashboard_arg(url: str) -> str:
     return url[len("journal:"):] if url.startswith("journal:") else url
 
 
+def _storage_exists(url: str) -> bool:
+    if url.startswith("journal:"):
+        return Path(url[len("journal:"):]).is_file()
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):]).is_file()
+    return True  # a database server: ask it
+
+
 def status(sweep: Sweep) -> str:
     from optuna.trial import TrialState
 
+    if not _storage_exists(sweep.storage_url):
+        return f"{sweep.spec.name}: no study yet (nothing at {_dashboard_arg(sweep.storage_url)}); start it with sdpg-sweep {sweep.path}"
     study = load_study(sweep)
     trials = study.get_trials(deepcopy=False)
     keys = list(sweep.spec.space)
@@ -584,15 +594,9 @@ def export(sweep: Sweep, out: str | Path | None = None, seeds: list[int] | None 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    sub = argv[0] if argv and argv[0] in ("status", "export") else "run"
-    if sub != "run":
-        argv = argv[1:]
-    p = argparse.ArgumentParser(prog=f"sdpg-sweep{'' if sub == 'run' else ' ' + sub}",
-                                description="Optuna coefficient sweeps over SDPG trainer configs.")
-    p.add_argument("spec")
+    sub, argv, p = subcommand_parser("sdpg-sweep", ("status", "export"),
+                                     "Optuna coefficient sweeps over SDPG trainer configs.", argv)
     p.add_argument("--executor", choices=("local", "slurm"))
-    p.add_argument("--profile")
     if sub == "run":
         p.add_argument("--workers", type=int)
         p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None)
