@@ -364,20 +364,24 @@ def train(
         shard_fsdp(policy)
 
     # ---- data: prompts tokenised once
-    def tokenize(rows: list[dict]) -> tuple[list[list[int]], list[list[int]]]:
-        s_ids, t_ids = [], []
+    def tokenize(rows: list[dict], what: str) -> tuple[list[list[int]], list[list[int]]]:
+        s_ids, t_ids, cut = [], [], 0
+        limit = cfg.data.max_prompt_tokens
         for r in rows:
-            s, t = build_prompts(r, cfg.data, tokenizer)
-            s_ids.append(tokenizer.encode(s, add_special_tokens=False)[-cfg.data.max_prompt_tokens :])
-            t_ids.append(tokenizer.encode(t, add_special_tokens=False)[-cfg.data.max_prompt_tokens :])
+            s, t = (tokenizer.encode(x, add_special_tokens=False) for x in build_prompts(r, cfg.data, tokenizer))
+            cut += (len(s) > limit) + (len(t) > limit)
+            s_ids.append(s[-limit:])
+            t_ids.append(t[-limit:])
+        if cut:
+            log(f"[sdpg] warning: {cut} {what} prompts (student and teacher views) longer than data.max_prompt_tokens={limit} were cut from the left")
         return s_ids, t_ids
 
     rows = read_source(cfg.data.train, cfg.data, "train")[: cfg.data.train_limit]
-    student_prompts, teacher_prompts = tokenize(rows)
+    student_prompts, teacher_prompts = tokenize(rows, "training")
     eval_sets = {}
     for name, src in cfg.data.eval.items():
         erows = read_source(src, cfg.data, "test")[: cfg.data.eval_limit]
-        eval_sets[name] = (erows, tokenize(erows)[0])
+        eval_sets[name] = (erows, tokenize(erows, name)[0])
     sampler = PromptSampler(len(rows), rc.seed, cfg.data.shuffle)
     verifier_kind = cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if cfg.data.train == "embedded" else "math")
     verifier = Verifier(verifier_kind, cfg.reward.timeout_s, cfg.reward.overlong_buffer, cfg.reward.overlong_penalty,
