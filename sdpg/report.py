@@ -321,9 +321,9 @@ def render_table(variants, col_labels, cells, fmt: str = "markdown", digits: int
     raise ValueError(f"unknown table format {fmt!r}")
 
 
-def delta_table(lb, metrics: list[str], reference: str, digits: int = 3) -> str:
+def delta_table(lb, metrics: list[str], reference: str, digits: int = 3, order: list[str] | None = None) -> str:
     """Markdown table of each variant's Last / Best minus the reference variant's, per benchmark."""
-    variants = [v for v in dict.fromkeys(lb.variant)]
+    variants = order or [v for v in dict.fromkeys(lb.variant)]
     if reference not in variants:
         raise ValueError(f"reference variant {reference!r} not among {variants}")
     head = "| Variant | " + " | ".join(f"{m} {k}" for m in metrics for k in ("Last", "Best")) + " |"

@@ -53,7 +53,7 @@ def build_report(source: str, out: str | Path, tags: dict[str, str] | None = Non
                          report.render_table(v, cols, cells, "markdown") + "\n[LaTeX](tables/last_best.tex) · [CSV](tables/last_best.csv)"))
         ref = reference or variants[0]
         if ref in variants and len(variants) > 1:
-            d = report.delta_table(lb, benches, ref)
+            d = report.delta_table(lb, benches, ref, order=variants)
             (out / "tables" / "ablation_delta.md").write_text(d)
             sections.append((f"Differences to {ref}", d))
         base = baseline or next((x for x in variants if x in ("grpo", "dapo", "dr_grpo")), variants[0])
