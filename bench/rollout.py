@@ -69,7 +69,7 @@ def main() -> None:
     print(json.dumps({"model": a.model, "device": a.device, "dtype": a.dtype, "threads": torch.get_num_threads(),
                       "prompts": a.prompts, "n": a.n, "max_new_tokens": a.max_new_tokens, "results": results}, indent=1))
     h, v = results["transformers"], results["vllm"]
-    print(f"\n| backend | tokens | seconds | tokens/s |\n|---|---|---|---|")
+    print("\n| backend | tokens | seconds | tokens/s |\n|---|---|---|---|")
     print(f"| transformers generate | {h['tokens']} | {h['seconds']:.2f} | {h['tokens_per_s']:.0f} |")
     print(f"| vLLM | {v['tokens']} | {v['seconds']:.2f} | {v['tokens_per_s']:.0f} |")
     print(f"\nvLLM / transformers: {v['tokens_per_s'] / h['tokens_per_s']:.2f}x")

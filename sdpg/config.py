@@ -439,7 +439,7 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
-def format_validation_error(err: ValidationError, source: str, data: dict | None = None) -> str:
+def format_validation_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(x) for x in e["loc"])
@@ -458,7 +458,7 @@ def build_config(data: dict, source: str = "<config>") -> TrainConfig:
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source, data)) from None
+        raise ConfigError(format_validation_error(e, source)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -343,7 +342,7 @@ def delta_table(lb, metrics: list[str], reference: str, digits: int = 3, order: 
     return "\n".join(lines) + "\n"
 
 
-def table_from_csv(path: str | Path, digits: int = 3) -> tuple[list[str], list[tuple[str, str]], list[list[tuple]]]:
+def table_from_csv(path: str | Path) -> tuple[list[str], list[tuple[str, str]], list[list[tuple]]]:
     """A table given as CSV (``method, <bench> Last, <bench> Best, ...``) in the matrix form of
     ``table_matrix``, e.g. the paper's Table 1 (analysis/paper_table1.csv)."""
     import csv

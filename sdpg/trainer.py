@@ -525,10 +525,12 @@ def train(
         entropy = torch.zeros(N, T, device=device)  # [N, T]
         unseen = torch.ones(N, dtype=torch.bool)
         unseen[keep] = False  # rows the update skips (filter_groups): entropy from this pass
+        # one decision for all ranks (under FSDP every rank must run the same forwards)
+        entropy_pass = on_policy and dist.any_true(bool(unseen.any()), device)
         with torch.no_grad():
             for s in range(0, N, mb):
                 sl = slice(s, s + mb)
-                if on_policy and (unseen[sl].any() or use_fsdp):  # FSDP: every rank runs the same forwards
+                if entropy_pass and (use_fsdp or unseen[sl].any()):
                     h = response_hidden(policy, s_seq[sl], s_att[sl], Ps, T)  # [b, T, H]
                     entropy[sl] = token_entropy(torch.nn.functional.linear(h, *head_of(policy)), temp)
                 if not on_policy:

@@ -12,7 +12,6 @@ import yaml
 
 from sdpg import report
 from sdpg.ablate import load_plan, submit
-from sdpg.report_build import build_report
 
 from conftest import tiny_overrides_dict
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 
-import pytest
 
 from sdpg import tracking
 
