@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from sdpg import report
+from sdpg.reporting import report
 
 
 def main() -> None:

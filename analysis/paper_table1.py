@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sdpg import report
+from sdpg.reporting import report
 
 HERE = Path(__file__).parent
 ORDER = ["grpo", "rlsd", "sdpg_urkl", "sdpg_ufkl"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdpg.report import load_runs, plot_curves, seed_curves, steps_to_threshold
+from sdpg.reporting.report import load_runs, plot_curves, seed_curves, steps_to_threshold
 
 
 def main() -> None:

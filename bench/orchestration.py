@@ -58,7 +58,7 @@ class Steps:
 
 
 def bench_dry_run() -> float:
-    from sdpg.ablate import main
+    from sdpg.orchestration.ablate import main
 
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "bench100.yaml"
@@ -72,9 +72,9 @@ def bench_dry_run() -> float:
 
 
 def bench_tracking(steps: int = 8) -> tuple[float, float, int]:
-    from sdpg import tracking
-    from sdpg.config import load_config
-    from sdpg.trainer import train
+    from sdpg.orchestration import tracking
+    from sdpg.training.config import load_config
+    from sdpg.training.trainer import train
 
     with tempfile.TemporaryDirectory() as d:
         uri = tracking.default_uri(d)

@@ -19,8 +19,8 @@ import torch
 
 
 def build_model_dir(kind: str, dtype: str) -> str:
-    from sdpg.config import EmbeddedModelConfig
-    from sdpg.embedded import build_tokenizer, ensure_embedded_model
+    from sdpg.training.config import EmbeddedModelConfig
+    from sdpg.training.embedded import build_tokenizer, ensure_embedded_model
 
     if kind == "embedded":
         return str(ensure_embedded_model(EmbeddedModelConfig()))
@@ -48,8 +48,8 @@ def main() -> None:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sdpg.embedded import STUDENT_TEMPLATE, test_rows
-    from sdpg.rollout import HFRollout, VLLMRollout
+    from sdpg.training.embedded import STUDENT_TEMPLATE, test_rows
+    from sdpg.training.rollout import HFRollout, VLLMRollout
 
     path = build_model_dir(a.model, a.dtype)
     tok = AutoTokenizer.from_pretrained(path)

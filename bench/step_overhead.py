@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from sdpg.config import load_config
-from sdpg.trainer import train
+from sdpg.training.config import load_config
+from sdpg.training.trainer import train
 
 
 class Collect:

@@ -14,7 +14,7 @@ def train_main(argv: list[str] | None = None) -> int:
     """sdpg-train [CONFIG.yaml] [key.path=value ...]: one training run."""
     import argparse
 
-    from sdpg.config import ConfigError, load_config
+    from sdpg.training.config import ConfigError, load_config
 
     p = argparse.ArgumentParser(prog="sdpg-train", description="Train one SDPG / baseline run from a YAML config "
                                 "(default: the built-in embedded task) with dotted overrides.")
@@ -32,7 +32,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
         print(yaml.safe_dump(cfg.resolved(), sort_keys=False))
         return 0
-    from sdpg.trainer import train
+    from sdpg.training.trainer import train
 
     result = train(cfg)
     if result.get("rank", 0) == 0:
@@ -41,18 +41,18 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def ablate_main(argv: list[str] | None = None) -> int:
-    from sdpg.ablate import main
+    from sdpg.orchestration.ablate import main
 
     return main(argv)
 
 
 def sweep_main(argv: list[str] | None = None) -> int:
-    from sdpg.sweep import main
+    from sdpg.orchestration.sweep import main
 
     return main(argv)
 
 
 def report_main(argv: list[str] | None = None) -> int:
-    from sdpg.report_build import main
+    from sdpg.reporting.build import main
 
     return main(argv)

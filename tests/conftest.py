@@ -18,7 +18,7 @@ TINY = [
 
 @pytest.fixture
 def tiny_config(tmp_path):
-    from sdpg.config import load_config
+    from sdpg.training.config import load_config
 
     def make(*overrides: str, out: str = "run"):
         return load_config(None, TINY + [f"run.output_dir={tmp_path / out}"] + list(overrides))
@@ -27,7 +27,7 @@ def tiny_config(tmp_path):
 
 
 def tiny_overrides_dict() -> dict:
-    from sdpg.config import parse_value
+    from sdpg.training.config import parse_value
 
     return {k: parse_value(v) for k, v in (x.split("=", 1) for x in TINY)}
 
@@ -35,8 +35,8 @@ def tiny_overrides_dict() -> dict:
 @pytest.fixture(scope="session")
 def tiny_model_built():
     """Build the small embedded model once, before jobs on several processes need it."""
-    from sdpg.config import load_config
-    from sdpg.embedded import ensure_embedded_model
+    from sdpg.training.config import load_config
+    from sdpg.training.embedded import ensure_embedded_model
 
     return ensure_embedded_model(load_config(None, TINY).model.embedded)
 
@@ -44,7 +44,7 @@ def tiny_model_built():
 @pytest.fixture(scope="session")
 def dev_cluster():
     """A real single-node SLURM (Debian's slurmctld + slurmd), started for the session."""
-    from sdpg import devcluster
+    from sdpg.orchestration import devcluster
 
     env = devcluster.start()
     old = {k: os.environ.get(k) for k in env}

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sdpg import tracking
-from sdpg.ablate import load_plan, run_state, submit
+from sdpg.orchestration import tracking
+from sdpg.orchestration.ablate import load_plan, run_state, submit
 
 from conftest import tiny_overrides_dict
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sdpg.ablate import load_plan, main
-from sdpg.config import ConfigError
+from sdpg.orchestration.ablate import load_plan, main
+from sdpg.training.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

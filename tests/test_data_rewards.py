@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sdpg.config import ConfigError, DataConfig, load_config
-from sdpg.data import PromptSampler, build_prompts, read_source
-from sdpg.rewards import MathVerifier, Verifier, exact_reward, last_boxed
+from sdpg.training.config import ConfigError, DataConfig, load_config
+from sdpg.training.data import PromptSampler, build_prompts, read_source
+from sdpg.training.rewards import MathVerifier, Verifier, exact_reward, last_boxed
 
 # the benchmark files live in shared/ beside the repository (as in CI's clone)
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
@@ -64,7 +64,7 @@ def test_missing_fields_name_the_file_and_key(tmp_path):
 
 
 def test_chat_template_is_applied_when_present():
-    from sdpg.embedded import build_tokenizer
+    from sdpg.training.embedded import build_tokenizer
 
     tok = build_tokenizer()
     tok.chat_template = "{% for m in messages %}<<{{ m['content'] }}>>{% endfor %}"

@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from sdpg.ablate import load_plan, submit
-from sdpg.trainer import train
+from sdpg.orchestration.ablate import load_plan, submit
+from sdpg.training.trainer import train
 
 from conftest import TINY, tiny_overrides_dict
 
@@ -44,7 +44,7 @@ def assert_same_run(a, b):
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory, tiny_model_built):
-    from sdpg.config import load_config
+    from sdpg.training.config import load_config
 
     out = tmp_path_factory.mktemp("dp") / "one"
     train(load_config(None, TINY + DP + [f"run.output_dir={out}"]))

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from sdpg import report
-from sdpg.ablate import load_plan, submit
+from sdpg.reporting import report
+from sdpg.orchestration.ablate import load_plan, submit
 
 from conftest import tiny_overrides_dict
 

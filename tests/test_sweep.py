@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sdpg.config import ConfigError
-from sdpg.sweep import Sweep, export, finished_count, launch, load_study, main, status
+from sdpg.training.config import ConfigError
+from sdpg.orchestration.sweep import Sweep, export, finished_count, launch, load_study, main, status
 
 from conftest import tiny_overrides_dict
 
@@ -124,7 +124,7 @@ def slurm_spec(tmp_path, name, n_trials, workers, extra=None):
 
 
 def mlflow_trial_runs(sweep):
-    from sdpg import tracking
+    from sdpg.orchestration import tracking
 
     c = tracking.client(sweep.tracking_uri)
     exp = c.get_experiment_by_name(sweep.experiment)
@@ -150,7 +150,7 @@ def test_two_slurm_workers_share_a_journal_and_prune(tmp_path, dev_cluster, tiny
     assert {r.data.tags["sdpg.trial_state"] for r in runs} == {"pruned", "complete"}
     assert "best: trial" in status(sweep)
     out = export(sweep, tmp_path / "best.yaml")
-    from sdpg.ablate import load_plan
+    from sdpg.orchestration.ablate import load_plan
 
     plan = load_plan(out)
     best = study.best_trial.params

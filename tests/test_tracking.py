@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 
 
-from sdpg import tracking
+from sdpg.orchestration import tracking
 
 STEPS, KEYS = 25, ("train/reward", "train/entropy", "train/opd_kl", "eval/aime24/mean@32", "timing/step", "train/beta")
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from sdpg.config import METHOD_PRESETS
-from sdpg.trainer import pass_at_k, train
+from sdpg.training.config import METHOD_PRESETS
+from sdpg.training.trainer import pass_at_k, train
 
 
 def _metrics(out_dir):
@@ -116,7 +116,7 @@ def test_stop_token_is_left_out_of_distillation(tiny_config):
 
 
 def test_micro_batches_by_token_budget():
-    from sdpg.trainer import micro_batches
+    from sdpg.training.trainer import micro_batches
 
     lengths = torch.tensor([5, 20, 3, 12, 20])
     groups = micro_batches(lengths, 2, None, 10)

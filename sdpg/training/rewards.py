@@ -12,7 +12,7 @@ from __future__ import annotations
 import multiprocessing as mp
 from typing import Sequence
 
-from sdpg.embedded import exact_answer
+from sdpg.training.embedded import exact_answer
 
 # A boxed answer longer than this is not an answer: scored 0 without parsing.
 MAX_BOXED_CHARS = 2000

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdpg import report
+from sdpg.reporting import report
 
 TRAIN_PANELS = ["train/accuracy", "train/opd_kl", "train/gate_fraction", "train/beta", "train/ref_kl", "train/pg_clipfrac",
                 "train/grad_norm", "timing/step"]

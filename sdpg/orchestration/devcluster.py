@@ -1,8 +1,8 @@
 """A real single-node SLURM cluster on this machine, for tests and first tries.
 
-    python -m sdpg.devcluster start      # installs Debian's slurmctld/slurmd if missing, starts them
-    eval $(python -m sdpg.devcluster env)  # SLURM_CONF for sbatch/squeue/submitit in this shell
-    python -m sdpg.devcluster stop
+    python -m sdpg.orchestration.devcluster start      # installs Debian's slurmctld/slurmd if missing, starts them
+    eval $(python -m sdpg.orchestration.devcluster env)  # SLURM_CONF for sbatch/squeue/submitit in this shell
+    python -m sdpg.orchestration.devcluster stop
 
 No systemd, no munge (``AuthType=auth/none``), everything under one folder (``$SDPG_SLURM_DIR``,
 default ``/tmp/sdpg-slurm``). ``CPUs`` is declared larger than the machine's count so several small
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     elif cmd == "status":
         print("running" if running() else "stopped")
     else:
-        print("usage: python -m sdpg.devcluster start|stop|env|status", file=sys.stderr)
+        print("usage: python -m sdpg.orchestration.devcluster start|stop|env|status", file=sys.stderr)
         return 2
     return 0
 

@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from sdpg.config import ConfigError, DataConfig
+from sdpg.training.config import ConfigError, DataConfig
 
 TEACHER_SENTINEL = "[TEACHER_CONTEXT_TOKEN]"
 
@@ -65,7 +65,7 @@ def normalise_row(raw: dict, cfg: DataConfig, source: str, index: int) -> dict:
 
 def read_source(source: str, cfg: DataConfig, split: str = "train") -> list[dict]:
     """Rows of ``embedded``, a .jsonl / .json / .parquet file, or ``hf:NAME[:SPLIT]``."""
-    from sdpg import embedded
+    from sdpg.training import embedded
 
     if source == "embedded":
         return embedded.train_rows() if split == "train" else embedded.test_rows()

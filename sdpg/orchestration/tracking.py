@@ -1,7 +1,7 @@
 """MLflow tracking for orchestrated runs: one experiment per spec, a parent run per spec, a child
 run per resolved config (found again by its hash, never created twice), metrics in batches.
 
-The trainer knows none of this: ``MlflowSink`` is a ``MetricSink`` handed to ``sdpg.trainer.train``.
+The trainer knows none of this: ``MlflowSink`` is a ``MetricSink`` handed to ``sdpg.training.trainer.train``.
 Credentials never leave the URI: what is logged goes through ``redact``.
 """
 

@@ -9,9 +9,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sdpg.config import ConfigError, format_validation_error
+from sdpg.training.config import ConfigError, format_validation_error
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

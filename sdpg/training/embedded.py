@@ -28,7 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_CONFIG_PATH = Path(__file__).parent / "configs" / "embedded.yaml"
+from sdpg.paths import cache_root
+
 RECIPE_VERSION = 3
 
 ALPHABET = list("0123456789+=;#:QASH\n")
@@ -38,10 +39,6 @@ SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 STUDENT_TEMPLATE = "Q:{problem}\nA:"
 TEACHER_TEMPLATE = "Q:{problem}\n{context}\nA:"
 CONTEXT_TEMPLATES = {"answer": "H:{answer}", "solution": "S:{solution}", "answer_solution": "S:{solution}\nH:{answer}"}
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SDPG_CACHE", Path.home() / ".cache" / "sdpg"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,7 +195,7 @@ def student_accuracy(model, tokenizer, n_problems: int = 64, samples: int = 4) -
     seeded generator state so that checking does not perturb the build."""
     import torch
 
-    from sdpg.rollout import HFRollout
+    from sdpg.training.rollout import HFRollout
 
     state = torch.get_rng_state()
     torch.manual_seed(0)

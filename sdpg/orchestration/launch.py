@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sdpg.specs import SlurmProfile
+from sdpg.orchestration.specs import SlurmProfile
 
 EXECUTORS = ("local", "debug", "slurm")
 
@@ -27,8 +27,8 @@ class TrainJob:
         self.config, self.tracking_uri, self.run_id = config, tracking_uri, run_id
 
     def __call__(self) -> dict:
-        from sdpg.config import build_config
-        from sdpg.trainer import default_sinks, latest_checkpoint, train
+        from sdpg.training.config import build_config
+        from sdpg.training.trainer import default_sinks, latest_checkpoint, train
 
         cfg = build_config(self.config)
         if int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # SLURM's tasks are the ranks, whatever was inherited
@@ -44,7 +44,7 @@ class TrainJob:
         sinks = default_sinks(out, start, cfg.run.total_steps)
         mlflow_sink = None
         if self.tracking_uri and self.run_id:
-            from sdpg.tracking import MlflowSink
+            from sdpg.orchestration.tracking import MlflowSink
 
             mlflow_sink = MlflowSink(self.tracking_uri, self.run_id)
             sinks.append(mlflow_sink)
@@ -59,7 +59,7 @@ class TrainJob:
         if result["status"] == "interrupted":
             if mlflow_sink is not None:
                 from mlflow.entities import RunStatus
-                from sdpg.tracking import retry
+                from sdpg.orchestration.tracking import retry
 
                 retry(mlflow_sink.c.update_run, mlflow_sink.run_id, status=RunStatus.to_string(RunStatus.SCHEDULED))
             if callable(previous):  # submitit's handler: checkpoint() below, requeue, exit

@@ -119,7 +119,7 @@ class DataConfig(Strict):
     both with the paper's hint instruction, or ``custom`` (``context_templates.custom``)."""
     context_templates: dict[Literal["answer", "solution", "answer_solution", "custom"], str] = Field(default_factory=dict)
     """Per context type, a template with ``{problem}``, ``{answer}``, ``{solution}`` replacing the
-    built-in one (sdpg.data.DEFAULT_CONTEXT_TEMPLATES)."""
+    built-in one (sdpg.training.data.DEFAULT_CONTEXT_TEMPLATES)."""
     student_template: str = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
     """Student prompt x; ``{problem}`` is replaced."""
     teacher_template: str = "{problem}\n\n{context}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
@@ -463,7 +463,7 @@ def build_config(data: dict, source: str = "<config>") -> TrainConfig:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """YAML file (or the built-in embedded default when None) plus ``key.path=value`` overrides."""
-    from sdpg.embedded import DEFAULT_CONFIG_PATH
+    from sdpg.paths import DEFAULT_CONFIG_PATH
 
     src = str(path) if path else str(DEFAULT_CONFIG_PATH)
     data = load_yaml(src)

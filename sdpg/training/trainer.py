@@ -32,9 +32,9 @@ import torch
 import yaml
 from torch import Tensor
 
-from sdpg import distributed as dist
-from sdpg.config import TrainConfig, build_config, load_config
-from sdpg.data import PromptSampler, build_prompts, read_source
+from sdpg.training import distributed as dist
+from sdpg.training.config import TrainConfig, build_config, load_config
+from sdpg.training.data import PromptSampler, build_prompts, read_source
 from sdpg.objective import (
     FusedKLInputs,
     agg_weights,
@@ -48,8 +48,8 @@ from sdpg.objective import (
     token_entropy,
     token_logprobs,
 )
-from sdpg.rewards import Verifier
-from sdpg.rollout import HFRollout, VLLMRollout, left_pad
+from sdpg.training.rewards import Verifier
+from sdpg.training.rollout import HFRollout, VLLMRollout, left_pad
 
 # --------------------------------------------------------------------------------------------
 # Metric sinks
@@ -124,7 +124,7 @@ def load_policy(cfg: TrainConfig, device: torch.device, log=print):
 
     path = cfg.model.path
     if path == "embedded":
-        from sdpg.embedded import ensure_embedded_model
+        from sdpg.training.embedded import ensure_embedded_model
 
         path = str(ensure_embedded_model(cfg.model.embedded, log=log))
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)

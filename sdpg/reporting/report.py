@@ -22,7 +22,7 @@ from typing import Iterable
 
 import numpy as np
 
-from sdpg import tracking
+from sdpg.orchestration import tracking
 
 # One colour per variant across every figure (Okabe-Ito, colour-blind safe).
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
@@ -97,11 +97,11 @@ def resolve_source(source: str) -> tuple[str, str]:
 
         data = yaml.safe_load(p.read_text()) or {}
         if "space" in data:
-            from sdpg.sweep import Sweep
+            from sdpg.orchestration.sweep import Sweep
 
             s = Sweep(p)
             return s.tracking_uri, s.experiment
-        from sdpg.ablate import load_plan
+        from sdpg.orchestration.ablate import load_plan
 
         plan = load_plan(p)
         return plan.tracking_uri, plan.experiment

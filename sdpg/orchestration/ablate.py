@@ -3,7 +3,7 @@
 A spec (``ablations/*.yaml``) is a diff against a base trainer config:
 
     name: std_norm
-    base: ../sdpg/configs/embedded.yaml       # path relative to the spec, ``embedded``, or a mapping
+    base: ../sdpg/training/configs/embedded.yaml       # path relative to the spec, ``embedded``, or a mapping
     overrides: {run.total_steps: 60}          # applied to every run
     variants: {full: {}, no_std_norm: {algo.std_norm: false}}
     grid: {algo.kl_mode: [urkl, ufkl]}        # optional axes whose values multiply
@@ -29,10 +29,10 @@ from typing import Any
 import yaml
 from pydantic import Field, field_validator
 
-from sdpg.config import ConfigError, TrainConfig, apply_layer, build_config, load_yaml
-from sdpg.embedded import DEFAULT_CONFIG_PATH
-from sdpg.launch import EXECUTORS, TrainJob, make_executor
-from sdpg.specs import SlurmProfile, Strict, load_profile, read_yaml, subcommand_parser, validate
+from sdpg.training.config import ConfigError, TrainConfig, apply_layer, build_config, load_yaml
+from sdpg.paths import DEFAULT_CONFIG_PATH
+from sdpg.orchestration.launch import EXECUTORS, TrainJob, make_executor
+from sdpg.orchestration.specs import SlurmProfile, Strict, load_profile, read_yaml, subcommand_parser, validate
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -183,7 +183,7 @@ def load_plan(path: str | Path, executor: str | None = None, profile: str | None
                 if all(_matches(run, k, v) for k, v in filters.items()):
                     runs.append(run)
     uri = spec.tracking.uri or None
-    from sdpg.tracking import default_uri
+    from sdpg.orchestration.tracking import default_uri
 
     return Plan(spec=spec, path=path, output_dir=out, runs=runs, executor=kind, profile=prof,
                 tracking_uri=uri or default_uri(out), experiment=spec.tracking.experiment or spec.name)
@@ -247,7 +247,7 @@ def table(plan: Plan, extra: dict[str, str] | None = None) -> str:
 def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None, log=print) -> dict:
     """Create the MLflow experiment, parent and child runs, submit the unfinished runs as one job
     array, record job ids in ``<output_dir>/jobs.json``; wait for local runs."""
-    from sdpg import tracking
+    from sdpg.orchestration import tracking
 
     todo = [r for r in plan.runs if run_state(r)[0] != "finished"]
     plan.output_dir.mkdir(parents=True, exist_ok=True)

@@ -28,10 +28,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from sdpg.config import ConfigError, apply_layer, build_config, load_yaml
-from sdpg.embedded import DEFAULT_CONFIG_PATH
-from sdpg.launch import EXECUTORS, make_executor
-from sdpg.specs import SlurmProfile, Strict, load_profile, read_yaml, subcommand_parser, validate
+from sdpg.training.config import ConfigError, apply_layer, build_config, load_yaml
+from sdpg.paths import DEFAULT_CONFIG_PATH
+from sdpg.orchestration.launch import EXECUTORS, make_executor
+from sdpg.orchestration.specs import SlurmProfile, Strict, load_profile, read_yaml, subcommand_parser, validate
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -156,7 +156,7 @@ class Sweep:
         self.spec = spec
         src = str(path)
         if spec.ablation:
-            from sdpg.ablate import load_plan
+            from sdpg.orchestration.ablate import load_plan
 
             plan = load_plan(path.parent / spec.ablation)
             runs = [r for r in plan.runs if r.variant == spec.variant]
@@ -196,7 +196,7 @@ class Sweep:
         if kind == "slurm" and self.profile is None:
             self.profile = load_profile("dev", f"{src}: key 'profile'")
         self.storage_url = self._storage_url()
-        from sdpg.tracking import default_uri
+        from sdpg.orchestration.tracking import default_uri
 
         self.tracking_uri = spec.tracking.get("uri") or default_uri(self.output_dir)
         self.experiment = spec.tracking.get("experiment") or spec.name
@@ -396,8 +396,8 @@ class SweepWorker:
     def __call__(self) -> dict:
         import optuna
 
-        from sdpg import tracking
-        from sdpg.trainer import default_sinks, latest_checkpoint, train
+        from sdpg.orchestration import tracking
+        from sdpg.training.trainer import default_sinks, latest_checkpoint, train
 
         sw, spec = self.sweep, self.sweep.spec
         study = load_study(sw)
@@ -501,7 +501,7 @@ def launch(sweep: Sweep, workers: int | None = None, wait: bool | None = None, l
     if finished_count(study) >= sweep.spec.n_trials:
         log(f"[sdpg-sweep] {sweep.spec.name}: {finished_count(study)}/{sweep.spec.n_trials} trials finished; nothing to do")
         return {"jobs": []}
-    from sdpg import tracking
+    from sdpg.orchestration import tracking
 
     c = tracking.client(sweep.tracking_uri)  # create the store, experiment and parent run once, here
     exp_id = tracking.get_or_create_experiment(c, sweep.experiment)

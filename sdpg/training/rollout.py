@@ -98,7 +98,7 @@ class VLLMRollout:
                  gpu_memory_utilization: float = 0.5, seed: int = 0, enforce_eager: bool = True,
                  cpu_memory_gb: float = 2.0):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: in-memory weight updates
-        from sdpg.embedded import cache_root
+        from sdpg.paths import cache_root
 
         for var, sub in (("VLLM_CACHE_ROOT", "vllm"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("VLLM_RPC_BASE_PATH", "vllm-rpc")):
             os.environ.setdefault(var, str(cache_root() / sub))  # not the home folder or /tmp

@@ -1,0 +1,14 @@
+"""Where built-in files live and where the cache goes: one place for every module that needs a path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_ROOT = Path(__file__).parent
+DEFAULT_CONFIG_PATH = PACKAGE_ROOT / "training" / "configs" / "embedded.yaml"
+
+
+def cache_root() -> Path:
+    """The cache for built models and vLLM-ready copies: ``$SDPG_CACHE`` or ``~/.cache/sdpg``."""
+    return Path(os.environ.get("SDPG_CACHE", Path.home() / ".cache" / "sdpg"))
