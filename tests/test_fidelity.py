@@ -367,3 +367,25 @@ def test_missing_vllm_is_a_validation_error(monkeypatch):
 def test_bf16_parameters_only_on_request():
     cfg = load_config(None, ["model.dtype=bfloat16"])
     assert cfg.model.param_dtype == "float32"
+
+
+def test_ablate_dry_run_shows_the_faithful_settings_per_variant(tmp_path):
+    import subprocess
+
+    out = subprocess.run(["sdpg-ablate", str(ROOT / "ablations" / "paper_table1.yaml"), "--dry-run"],
+                         capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+    table = out.split("settings per variant:")[1].splitlines()
+    rows = {line.split("  ")[0]: line.split() for line in table if line.strip() and not line.startswith("-")}
+    assert rows["setting"][1:] == ["grpo", "rlsd", "sdpg_urkl", "sdpg_ufkl"]
+    assert "clip low/high/c" in out
+    clip = [line for line in table if line.startswith("clip low/high/c")][0].split()[2:]
+    assert clip == ["0.2/0.2/off", "0.2/0.2/3", "0.2/0.28/10", "0.2/0.28/10"]
+    kl = [line for line in table if line.startswith("KL to reference")][0]
+    assert "reward k1 0.001" in kl and "loss urkl 0.001" in kl and "loss ufkl 0.001" in kl
+    for name, expected in [("minibatch x epochs", "16 prompts x 1"), ("params/compute dtype", "float32/bfloat16"),
+                           ("reward", "boxed 1/-1"), ("lr (warm-up unit)", "1e-06 (10 rl_step)"),
+                           ("rollouts", "vllm 128x8")]:
+        line = [x for x in table if x.startswith(name)][0]
+        assert line.count(expected) == 4, (name, line)
+    assert "rlsd lam 0.5->0@50" in out and "A>0, 20" in out and "student, distilled" in out
+    assert not (tmp_path / "outputs").exists()  # nothing created

@@ -266,6 +266,14 @@ def rlsd_advantages(
     return adv * ((1.0 - lam) + lam * u)  # [B, T]
 
 
+def rlsd_lambda_at(step: int, lam: float, decay_steps: int) -> float:
+    """RLSD's mixing weight at RL step ``step`` (counted from 1): lam * max(0, 1 - step / decay_steps),
+    reaching 0 at step = decay_steps (the authors' schedule); ``decay_steps`` 0: constant lam."""
+    if decay_steps <= 0:
+        return float(lam)
+    return float(lam * max(0.0, 1.0 - step / decay_steps))
+
+
 def opsd_token_weights(
     teacher_logp: Tensor, old_logp: Tensor, advantages: Tensor, max_weight: float = 20.0
 ) -> Tensor:

@@ -468,30 +468,33 @@ def method_settings(cfg: TrainConfig) -> dict[str, str]:
     a, o, m, r = cfg.algo, cfg.optim, cfg.model, cfg.reward
     kl = []
     if a.alpha > 0:
-        kl.append(f"loss {a.kl_mode} alpha={a.alpha:g}")
+        kl.append(f"loss {a.kl_mode} {a.alpha:g}")
     if a.reward_kl_coef > 0:
-        kl.append(f"reward {a.reward_kl_estimator} coef={a.reward_kl_coef:g}")
-    rlsd = (f"lambda={a.rlsd_lambda:g} to 0 at k={a.rlsd_lambda_decay_steps}" if a.rlsd_lambda_decay_steps
-            else f"lambda={a.rlsd_lambda:g}") + f" eps_w={a.rlsd_eps_w:g}"
-    distil = (f"beta={a.beta:g} warm {a.beta_warmup_steps} decay {a.beta_decay_steps}, gate {'A>0' if a.gate else 'off'}, "
-              f"clamp {'off' if a.opd_kl_clamp is None else f'{a.opd_kl_clamp:g}'}, "
-              f"T on {a.distill_temperature_on}, EOS {'excluded' if a.opd_exclude_stop else 'distilled'}"
-              if a.beta > 0 else "off")
+        kl.append(f"reward {a.reward_kl_estimator} {a.reward_kl_coef:g}")
+    adv = a.advantage
+    if a.advantage == "rlsd":
+        adv += f" lam {a.rlsd_lambda:g}" + (f"->0@{a.rlsd_lambda_decay_steps}" if a.rlsd_lambda_decay_steps else "")
+    if a.needs_teacher_logprobs:
+        adv += f", {a.teacher} teacher"
+    on = a.beta > 0
     mb = (f"{o.minibatch_prompts} prompts" if o.minibatch_prompts else
-          f"{o.minibatch_size} sequences" if o.minibatch_size else "whole step")
+          f"{o.minibatch_size} seqs" if o.minibatch_size else "whole step")
     return {
         "method": a.method,
         "clip low/high/c": f"{a.clip_low:g}/{a.clip_high:g}/{'off' if a.clip_c is None else f'{a.clip_c:g}'}",
-        "loss aggregation": a.loss_agg_mode + (", L_out over gated tokens" if a.pg_norm == "gated" else ""),
-        "advantage": a.advantage + (f" ({rlsd})" if a.advantage == "rlsd" else "")
-        + (f" (teacher {a.teacher})" if a.needs_teacher_logprobs else ""),
+        "aggregation": a.loss_agg_mode + (" (gated)" if a.pg_norm == "gated" else ""),
+        "advantage": adv,
         "KL to reference": ", ".join(kl) or "none",
-        "self-distillation": distil,
+        "OPD+ beta (warm/decay)": f"{a.beta:g} ({a.beta_warmup_steps}/{a.beta_decay_steps})" if on else "off",
+        "OPD+ gate, clamp": (f"{'A>0' if a.gate else 'none'}, {'off' if a.opd_kl_clamp is None else f'{a.opd_kl_clamp:g}'}"
+                             if on else "-"),
+        "OPD+ temperature, EOS": (f"{a.distill_temperature_on}, {'excluded' if a.opd_exclude_stop else 'distilled'}"
+                                  if on else "-"),
         "entropy bonus": f"{a.entropy_coef:g}",
-        "reward": f"{r.verifier} +1/{r.incorrect_reward:g}" + (f", overlong {r.overlong_buffer}" if r.overlong_buffer else ""),
-        "lr (schedule unit, warm-up)": f"{o.lr:g} ({o.lr_schedule_unit}, {o.warmup_steps})",
-        "minibatch": f"{mb} x {o.ppo_epochs} epoch(s)",
-        "precision (params/compute)": f"{m.param_dtype}/{m.dtype}",
+        "reward": f"{r.verifier} 1/{r.incorrect_reward:g}" + (f", overlong {r.overlong_buffer}" if r.overlong_buffer else ""),
+        "lr (warm-up unit)": f"{o.lr:g} ({o.warmup_steps} {o.lr_schedule_unit})",
+        "minibatch x epochs": f"{mb} x {o.ppo_epochs}",
+        "params/compute dtype": f"{m.param_dtype}/{m.dtype}",
         "rollouts": f"{cfg.rollout.backend} {cfg.rollout.prompts_per_step}x{cfg.rollout.group_size}",
     }
 
