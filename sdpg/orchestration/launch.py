@@ -23,8 +23,10 @@ EXECUTORS = ("local", "debug", "slurm")
 class TrainJob:
     """A picklable training job: a resolved config dict, its MLflow run, nothing else."""
 
-    def __init__(self, config: dict, tracking_uri: str | None = None, run_id: str | None = None):
+    def __init__(self, config: dict, tracking_uri: str | None = None, run_id: str | None = None,
+                 stop_after_step: int | None = None):
         self.config, self.tracking_uri, self.run_id = config, tracking_uri, run_id
+        self.stop_after_step = stop_after_step  # rehearsals: stop as a preemption would, then requeue
 
     def __call__(self) -> dict:
         from sdpg.training.config import build_config
@@ -49,7 +51,7 @@ class TrainJob:
             mlflow_sink = MlflowSink(self.tracking_uri, self.run_id)
             sinks.append(mlflow_sink)
         try:
-            result = train(cfg, sinks=sinks, should_stop=stop.is_set)
+            result = train(cfg, sinks=sinks, should_stop=stop.is_set, stop_after_step=self.stop_after_step)
         except BaseException:
             if mlflow_sink is not None:
                 mlflow_sink.finish("FAILED")
@@ -62,7 +64,7 @@ class TrainJob:
                 from sdpg.orchestration.tracking import retry
 
                 retry(mlflow_sink.c.update_run, mlflow_sink.run_id, status=RunStatus.to_string(RunStatus.SCHEDULED))
-            if callable(previous):  # submitit's handler: checkpoint() below, requeue, exit
+            if callable(previous) and stop.is_set():  # submitit's handler: checkpoint() below, requeue, exit
                 previous(signal.SIGUSR2, None)
             return result
         if mlflow_sink is not None:
