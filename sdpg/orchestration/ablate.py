@@ -431,22 +431,28 @@ def _base_model_pending(run: Run) -> bool:
 
 
 def _progress(runs: list[Run], jobs: list) -> str:
-    """One line per run: its step and accuracy; before its first step, the last line its job
-    logged, or that it waits for the base model's build; ``queued`` for runs not started yet."""
-    parts = []
+    """Counts of done / running / queued runs, then one line per running run: its step and accuracy;
+    before its first step, the last line its job logged (whole), or that it waits for the base
+    model's build."""
+    done, running, queued = 0, [], 0
     for i, r in enumerate(runs):
+        if i >= len(jobs):
+            queued += 1
+            continue
+        if jobs[i].done():
+            done += 1
+            continue
         _, step, m = run_state(r)
         acc = m.get("train/accuracy")
-        if i >= len(jobs):
-            parts.append(f"{r.name}: queued")
-        elif step == 0 and not jobs[i].done():
+        if step == 0:
             line = _last_log_line(jobs[i])
             if not line.startswith("[embedded]") and line != "queued" and _base_model_pending(r):
                 line = "waiting for the base model's build (once per machine; another run is building it)"
-            parts.append(f"{r.name}: {line}")
         else:
-            parts.append(f"{r.name}: {step}/{r.config.run.total_steps}" + (f" acc {acc:.2f}" if acc is not None else ""))
-    return "\n  ".join(["", *parts]) if len(parts) > 1 else (parts[0] if parts else "")
+            line = f"step {step}/{r.config.run.total_steps}" + (f" acc {acc:.2f}" if acc is not None else "")
+        running.append(f"{r.name}: {line}")
+    head = f"{done}/{len(runs)} runs done, {len(running)} running, {queued} queued"
+    return "\n  ".join([head, *running])
 
 
 def watch(plan: Plan, jobs: list, runs: list[Run] | None = None, log=print, every_s: float = 10.0) -> None:
