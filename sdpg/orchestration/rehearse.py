@@ -31,6 +31,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -72,6 +73,7 @@ class Context:
     """Where the runs would go: what the rehearsal cannot reproduce here."""
 
     tool: str  # sdpg-ablate | sdpg-sweep
+    kind: str  # ablation | sweep
     spec_path: Path
     spec_name: str
     executor: str
@@ -427,6 +429,28 @@ class RehearsalWorker:
         return len(self.jobs)
 
 
+class PreemptAfter:
+    """A ``TrialHook`` that preempts its job after a step the way SLURM does before a time limit: SIGUSR2
+    to this process. The job's own handler sees it, the trainer checkpoints, the job reports itself
+    preempted (its MLflow run SCHEDULED) and is requeued."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if step == self.step and "train/reward" in metrics:
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+    def close(self) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+    def end_status(self, result: dict) -> tuple[str, dict[str, str]]:
+        return "FINISHED", {}
+
+
 def rehearse_run(job: dict) -> dict:
     """Two steps of one run through the submitted job type; a dict with pass/fail, the first error in
     one sentence and the measurements."""
@@ -437,15 +461,16 @@ def rehearse_run(job: dict) -> dict:
     t0 = time.perf_counter()
     phase = "the submitted job (step 1)"
     try:
-        first = TrainJob(job["config"], job["tracking_uri"], job["run_id"], stop_after_step=1)()
-        if first["status"] != "interrupted" or first["step"] != 1:
-            raise RehearsalError(f"the submitted job did not stop for its requeue after step 1 "
+        submitted = TrainJob(job["config"], job["tracking_uri"], job["run_id"], job["parent_run_id"])
+        first = submitted.run(trial=PreemptAfter(1), requeue=False)
+        if not first.get("preempted") or first["step"] != 1:
+            raise RehearsalError(f"the submitted job did not stop for its requeue when preempted after step 1 "
                                  f"(status {first['status']} at step {first['step']})")
         ck = latest_checkpoint(out)
         if ck is None or not ck.stem.endswith("0000001"):
-            raise RehearsalError(f"no checkpoint of step 1 in {out / 'checkpoints'} after the stop")
+            raise RehearsalError(f"no checkpoint of step 1 in {out / 'checkpoints'} after the preemption")
         phase = "the requeued job (resume, step 2)"
-        requeued = TrainJob(job["config"], job["tracking_uri"], job["run_id"], stop_after_step=1).checkpoint()
+        requeued = submitted.checkpoint()  # what submitit calls on preemption
         second = requeued.function(*requeued.args, **requeued.kwargs)
         if second["status"] != "finished" or second["step"] != STEPS:
             raise RehearsalError(f"the requeued job ended {second['status']} at step {second['step']}, not finished at {STEPS}")
@@ -612,25 +637,18 @@ def rehearse(items: list[RunItem], ctx: Context, folder: str | Path | None = Non
 
 def _run_all(runnable: list[tuple[RunItem, TrainConfig]], outcomes: dict[str, Outcome], ctx: Context, folder: Path,
              log) -> None:
-    import yaml
-
     from sdpg.orchestration import tracking
+    from sdpg.orchestration.core import Experiment
     from sdpg.orchestration.launch import make_executor
 
     tag = f"[{ctx.tool}]"
     uri = tracking.default_uri(folder)
-    c = tracking.client(uri)
-    exp_id = tracking.get_or_create_experiment(c, ctx.spec_name)
-    parent = tracking.ensure_parent_run(c, exp_id, ctx.spec_name, "rehearsal", {"sdpg.spec_file": str(ctx.spec_path)})
-    tracking.retry(c.log_text, parent, ctx.spec_path.read_text(), "spec.yaml")
+    exp = Experiment(uri, ctx.spec_name, folder, ctx.kind, ctx.spec_name, ctx.spec_path).open()
     jobs = []
     for it, small in runnable:
-        rid, _ = tracking.ensure_child_run(
-            c, exp_id, parent, it.hash, it.name,
-            tags={"method": small.algo.method, "run_hash": it.hash, "spec": ctx.spec_name, "rehearsal": "true"},
-            params=tracking.flatten(small.resolved()), config_yaml=yaml.safe_dump(small.resolved(), sort_keys=False))
+        rid = exp.child(it.hash, it.name, small, {"method": small.algo.method, "run_hash": it.hash, "rehearsal": "true"})
         jobs.append({"name": it.name, "config": small.resolved(), "tracking_uri": uri, "run_id": rid,
-                     "objective": _scaled_objective(ctx.objective, small)})
+                     "parent_run_id": exp.parent_id, "objective": _scaled_objective(ctx.objective, small)})
     results_dir = folder / "results"
     results_dir.mkdir(exist_ok=True)
     ex = make_executor("local", folder / "submitit", None, f"{ctx.spec_name}-rehearsal", 1)
@@ -678,12 +696,15 @@ def _run_all(runnable: list[tuple[RunItem, TrainConfig]], outcomes: dict[str, Ou
         o.metrics = r.get("metrics", {})
         if r.get("error"):
             o.errors.append(r["error"])
+        rid = next(j["run_id"] for j in jobs if j["name"] == it.name)
         if o.status == "pass":
-            err = _tracking_check(c, next(j["run_id"] for j in jobs if j["name"] == it.name))
+            err = _tracking_check(exp.client, rid)
             if err:
                 o.status = "fail"
                 o.errors.append(err)
-    tracking.retry(c.set_terminated, parent, status="FINISHED")
+        elif tracking.retry(exp.client.get_run, rid).info.status not in tracking.TERMINAL:  # never started
+            tracking.finish_run(exp.client, rid, "FAILED")
+    exp.end_if_done()
 
 
 def _scaled_objective(objective: str | None, small: TrainConfig) -> str | None:
@@ -835,8 +856,11 @@ def exit_code(outcomes: list[Outcome]) -> int:
 def rehearse_plan(plan, stand_in: str | None = None, folder: str | None = None, log=None) -> int:
     """``sdpg-ablate SPEC --rehearse``: every run of the plan."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    items = [RunItem(r.name, r.hash, r.config) for r in plan.runs]
-    ctx = Context("sdpg-ablate", Path(plan.path), plan.spec.name, plan.executor, plan.profile,
+    items = [RunItem(r.name, r.hash, r.config) for r in plan.distinct]
+    if plan.duplicates:
+        log(f"[sdpg-ablate] {len(plan.duplicates)} duplicate runs are trained once: "
+            + ", ".join(f"{r.name} = {r.same_as}" for r in plan.duplicates))
+    ctx = Context("sdpg-ablate", "ablation", Path(plan.path), plan.spec.name, plan.executor, plan.profile,
                   plan.spec.profile if plan.executor == "slurm" else None, plan.tracking_uri)
     return exit_code(rehearse(items, ctx, folder, stand_in, log))
 
@@ -853,9 +877,8 @@ def sweep_items(sweep) -> list[RunItem]:
     items, seen = [], set()
     for name, params in sets:
         for seed in spec.seeds:
-            data = apply_layer(apply_layer(sweep.base, _typed(params, spec.space)), {"run.seed": seed})
-            cfg = build_config(data, f"{sweep.path}: {name}")
-            h = cfg.config_hash()
+            cfg = sweep.trial_config(_typed(params, spec.space), seed, 0, f"{sweep.path}: {name}")
+            h = cfg.effective().config_hash()
             if h in seen:
                 continue
             seen.add(h)
@@ -875,6 +898,6 @@ def rehearse_sweep(sweep, stand_in: str | None = None, folder: str | None = None
     except Exception as e:
         log(f"[sdpg-sweep] the sampler or pruner cannot be built here: {one_sentence(e)}")
         return 1
-    ctx = Context("sdpg-sweep", Path(sweep.path), sweep.spec.name, sweep.executor, sweep.profile, sweep.spec.profile,
+    ctx = Context("sdpg-sweep", "sweep", Path(sweep.path), sweep.spec.name, sweep.executor, sweep.profile, sweep.spec.profile,
                   sweep.tracking_uri, objective=sweep.spec.objective.metric)
     return exit_code(rehearse(sweep_items(sweep), ctx, folder, stand_in, log))
