@@ -35,9 +35,10 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sdpg.training.config import ConfigError, TrainConfig, apply_layer, build_config
 
@@ -308,7 +309,11 @@ def check_source(key: str, source: str, cfg: TrainConfig, out_dir: Path, n_keep:
 
 def template_error(row: dict, cfg: TrainConfig, tokenizer, where: str) -> str | None:
     """None when the row's student and teacher prompts render; otherwise one sentence naming the template."""
-    from sdpg.training.data import DEFAULT_CONTEXT_TEMPLATES, build_prompts, render_context
+    from sdpg.training.data import (
+        DEFAULT_CONTEXT_TEMPLATES,
+        build_prompts,
+        render_context,
+    )
 
     d = cfg.data
     checks: list[tuple[str, Callable[[], Any]]] = []
@@ -489,7 +494,7 @@ def rehearse_run(job: dict) -> dict:
                                  f"{', '.join(sorted(k for k in merged if k.startswith('eval/'))) or 'no eval metric'})")
         return {"status": "pass", "steps_per_s": len(step_s) / sum(step_s) if step_s else None,
                 "wall_s": time.perf_counter() - t0, "metrics": merged}
-    except BaseException as e:  # noqa: BLE001 - any failure of the run is the finding
+    except BaseException as e:
         if isinstance(e, KeyboardInterrupt):
             raise
         out.mkdir(parents=True, exist_ok=True)
