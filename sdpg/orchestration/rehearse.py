@@ -317,19 +317,23 @@ def template_error(row: dict, cfg: TrainConfig, tokenizer, where: str) -> str | 
 
     d = cfg.data
     checks: list[tuple[str, Callable[[], Any]]] = []
+    custom = d.prompt_template == "custom"  # a named template (sdpg_fig4) fills its own text
     if "student_prompt" not in row:
-        checks.append(("data.student_template", lambda: d.student_template.format(problem=row["problem"])))
+        if custom:
+            checks.append(("data.student_template", lambda: d.student_template.format(problem=row["problem"])))
         ctx_key = f"data.context_templates.{d.context}" if d.context in d.context_templates else f"the built-in {d.context!r} context template"
         if d.context != "none":
             checks.append((ctx_key, lambda: render_context(row, d)))
-            checks.append(("data.teacher_template", lambda: d.teacher_template.format(problem=row["problem"], context="c")))
+            if custom:
+                checks.append(("data.teacher_template",
+                               lambda: d.teacher_template.format(student="s", problem=row["problem"], context="c")))
     for key, fn in checks:
         try:
             fn()
         except (KeyError, IndexError, ValueError, AttributeError) as e:
             tmpl = {"data.student_template": d.student_template, "data.teacher_template": d.teacher_template}.get(
                 key, d.context_templates.get(d.context) or DEFAULT_CONTEXT_TEMPLATES.get(d.context, ""))
-            allowed = {"data.student_template": "{problem}", "data.teacher_template": "{problem} and {context}"}.get(
+            allowed = {"data.student_template": "{problem}", "data.teacher_template": "{student}, {problem} and {context}"}.get(
                 key, "{problem}, {answer} and {solution}")
             what = f"placeholder {{{e.args[0]}}} is not one it fills" if isinstance(e, KeyError) else f"does not format ({e})"
             return f"{key} {_clip(tmpl, 80)!r}: {what} (it fills {allowed}; literal braces are written {{{{ }}}}), rendering {where}"

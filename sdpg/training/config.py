@@ -478,11 +478,17 @@ class TrainConfig(Strict):
             reset("algo", AlgoConfig, "kl_mode")
         if a.beta == 0:
             reset("algo", AlgoConfig, "beta_warmup_steps", "beta_decay_steps", "gate", "opd_norm", "opd_exclude_stop",
-                  "opd_impl", "distill_temperature")
+                  "opd_impl", "distill_temperature", "opd_kl_clamp", "distill_temperature_on")
             if not a.needs_teacher_logprobs:
                 reset("data", DataConfig, "context", "context_templates", "teacher_template")
         if not a.needs_teacher_logprobs:
             reset("algo", AlgoConfig, "teacher")
+        if a.reward_kl_coef == 0:
+            reset("algo", AlgoConfig, "reward_kl_estimator")
+        if self.data.prompt_template != "custom":
+            reset("data", DataConfig, "student_template", "teacher_template")
+        if self.reward.verifier != "boxed" and "boxed" not in self.eval.extra_scorers:
+            reset("reward", RewardConfig, "boxed_tail_chars")
         if a.advantage != "rlsd":
             reset("algo", AlgoConfig, "rlsd_eps_w", "rlsd_lambda", "rlsd_lambda_decay_steps")
         if a.advantage != "opsd":
@@ -496,7 +502,7 @@ class TrainConfig(Strict):
         if self.reward.overlong_buffer == 0:
             reset("reward", RewardConfig, "overlong_penalty")
         if self.eval.every == 0:
-            reset("eval", EvalConfig, "n_samples", "pass_k", "temperature", "top_p", "greedy")
+            reset("eval", EvalConfig, "n_samples", "pass_k", "temperature", "top_p", "greedy", "extra_scorers")
             if self.rollout.backend == "hf":  # vLLM sizes its engine by the longest generation
                 reset("eval", EvalConfig, "max_new_tokens")
         if self.model.path != "embedded":
