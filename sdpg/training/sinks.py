@@ -39,23 +39,35 @@ class JsonlSink:
 
 
 class ConsoleSink:
-    """A progress line per step; eval results when there are any."""
+    """A progress line per step with the fields that apply to the run; eval results when there are any.
+
+    Distillation fields (``opd_kl``, ``gate``, ``beta``) appear once the run has distilled (beta(k) > 0 at
+    some step), so a GRPO or DAPO line carries none of them; any field missing from a step is left out."""
+
+    FIELDS = (  # (label, metric, format, only for a distilling run)
+        ("reward", "train/reward", "{:.3f}", False),
+        ("acc", "train/accuracy", "{:.3f}", False),
+        ("entropy", "train/entropy", "{:.3f}", False),
+        ("len", "train/response_length", "{:.1f}", False),
+        ("opd_kl", "train/opd_kl", "{:.4f}", True),
+        ("gate", "train/gate_fraction", "{:.2f}", True),
+        ("beta", "train/beta", "{:.2g}", True),
+        ("lambda", "train/rlsd_lambda", "{:.2g}", False),
+        ("skipped", "train/nonfinite_skipped", "{:.0f}", False),
+    )
 
     def __init__(self, total_steps: int, stream=sys.stderr):
         self.total, self.stream, self.t0 = total_steps, stream, time.time()
+        self.distilling = False
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        def f(k, fmt="{:.3f}"):
-            return fmt.format(metrics[k]) if k in metrics else "-"
-
         if "train/reward" in metrics:
-            print(
-                f"[sdpg] step {step}/{self.total} reward {f('train/reward')} acc {f('train/accuracy')} "
-                f"entropy {f('train/entropy')} len {f('train/response_length', '{:.1f}')} opd_kl {f('train/opd_kl', '{:.4f}')} "
-                f"gate {f('train/gate_fraction', '{:.2f}')} beta {f('train/beta', '{:.2g}')} "
-                f"{f('timing/step', '{:.1f}')}s (elapsed {time.time() - self.t0:.0f}s)",
-                file=self.stream, flush=True,
-            )
+            self.distilling = self.distilling or metrics.get("train/beta", 0.0) > 0
+            fields = [f"{label} {fmt.format(metrics[key])}" for label, key, fmt, distil in self.FIELDS
+                      if key in metrics and (self.distilling or not distil)]
+            timing = f"{metrics['timing/step']:.1f}s " if "timing/step" in metrics else ""
+            print(f"[sdpg] step {step}/{self.total} " + " ".join(fields) + f" {timing}(elapsed {time.time() - self.t0:.0f}s)",
+                  file=self.stream, flush=True)
         evals = {k: v for k, v in metrics.items() if k.startswith("eval/")}
         if evals:
             print(f"[sdpg] eval @ {step}: " + " ".join(f"{k}={v:.3f}" for k, v in sorted(evals.items())), file=self.stream, flush=True)
