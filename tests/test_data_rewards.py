@@ -143,6 +143,22 @@ def test_verifier_timeout_kills_and_recovers():
         v.close()
 
 
+def test_restarted_verifier_scores_within_a_small_deadline():
+    """Issue 12 item 7: after a timeout at reward.timeout_s=0.5 the new worker must not spend the next
+    answer's deadline importing its parser; equivalent forms that need the parser still score 1."""
+    v = MathVerifier(timeout_s=0.5)
+    try:
+        assert v.score("\\boxed{\\frac{1}{2}}", "0.5") == 1.0
+        assert v.score("\\boxed{9^{9^{9^{9}}}}", "1") == 0.0  # sympy would evaluate the power for ever
+        assert v.timeouts == 1
+        assert v.score("so \\boxed{\\frac{1}{2}}", "0.5") == 1.0
+        assert v.score("so \\boxed{2+2}", "4") == 1.0
+        assert v.score("so \\boxed{2+3}", "4") == 0.0
+        assert v.timeouts == 1
+    finally:
+        v.close()
+
+
 def test_overlong_penalty():
     v = Verifier("exact", overlong_buffer=4, overlong_penalty=1.0, max_new_tokens=10)
     assert v.overlong([5, 6, 8, 10]) == [0.0, 0.0, -0.5, -1.0]

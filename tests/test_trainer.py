@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,3 +126,43 @@ def test_micro_batches_by_token_budget():
     # sorted by length: 1 (30 with the prompt), 4 (30), 3 (22), 0 (15), 2 (13)
     assert [g.tolist() for g in groups] == [[1, 4], [3, 0], [2]]  # 2x30 = 60, 2x22 = 44 (3x22 = 66 > 60), 13
     assert [g.tolist() for g in micro_batches(lengths, 2, 5, 10)] == [[1], [4], [3], [0], [2]]  # one row at least
+
+
+class _RecordingSink:
+    def __init__(self):
+        self.steps, self.closed = [], False
+
+    def log(self, metrics, step):
+        self.steps.append(step)
+
+    def close(self):
+        self.closed = True
+
+
+def _open_files():
+    import os
+
+    return {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
+
+
+def test_a_run_that_raises_closes_its_resources(tiny_config):
+    """An exception inside the loop (here from ``should_stop``, polled after step 1) leaves no sink open, no
+    metrics file handle and no verifier process behind."""
+    import multiprocessing as mp
+
+    def boom():
+        raise KeyboardInterrupt("stop")
+
+    given = tiny_config("run.total_steps=3", "eval.every=0", "reward.verifier=math", out="given")
+    sink = _RecordingSink()
+    with pytest.raises(KeyboardInterrupt):
+        train(given, sinks=[sink], should_stop=boom)
+    assert sink.steps == [1] and sink.closed
+    assert not mp.active_children()
+
+    default = tiny_config("run.total_steps=3", "eval.every=0", out="default")
+    with pytest.raises(KeyboardInterrupt):
+        train(default, should_stop=boom)
+    metrics_file = Path(default.run.output_dir).resolve() / "metrics.jsonl"
+    assert metrics_file.exists() and str(metrics_file) not in _open_files()
+    assert not mp.active_children()

@@ -213,3 +213,15 @@ class VLLMRollout:
         mask, truncated = response_mask(responses, tok.eos_token_id)  # [N, T], [N]
         responses = torch.where(mask.bool(), responses, torch.full_like(responses, tok.pad_token_id))  # [N, T]
         return Rollouts(responses=responses, mask=mask, truncated=truncated, logprobs=logp * mask)
+
+    def close(self) -> None:
+        """Shut the engine down (its executor and KV cache); the trainer calls this on every exit path."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del llm
+        if self.cuda:
+            torch.cuda.empty_cache()
