@@ -36,9 +36,23 @@ def _rollout_batch(run, step=1):
     return batch
 
 
-def _train_on(run, batch, step=1):
+def _informative_first(run, batch):
+    """Reorder the kept rows so that the first minibatch holds a group with a learning signal (rewards not all
+    equal): the tests compare gradients, which a group of equal rewards would leave at zero."""
+    G = run.cfg.rollout.group_size
+    groups = batch.keep.view(-1, G)  # [P, G]
+    spread = batch.advantages.view(-1, G).abs().sum(-1)  # [P]
+    first = int(torch.argmax((spread > 0).float()))
+    assert spread[first] > 0, "no group with a learning signal in this batch"
+    order = [first] + [i for i in range(len(groups)) if i != first]
+    batch.keep = groups[order].reshape(-1)
+
+
+def _train_on(run, batch, step=1, informative_first=False):
     metrics: dict = {}
     tr.score(run, batch, metrics)
+    if informative_first:
+        _informative_first(run, batch)
     tr.logprobs(run, batch, step, metrics)
     stats, beta_k, grad_norm = tr.update(run, batch, step, metrics)
     tr.reduce_metrics(run, batch, stats, beta_k, grad_norm, metrics)
@@ -59,7 +73,9 @@ class _StepRecorder:
             self.grads.append([p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
                                for p in group["params"]])
 
-        self.handle = torch.optim.optimizer.register_optimizer_step_pre_hook(hook)
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+        self.handle = register_optimizer_step_pre_hook(hook)
         return self
 
     def __exit__(self, *exc):
@@ -79,7 +95,7 @@ def test_bf16_compute_keeps_fp32_master_weights(tiny_config):
             before = _params(run.policy)
             if batch is None:
                 batch = _rollout_batch(run)
-            _train_on(run, copy.deepcopy(batch))
+            _train_on(run, copy.deepcopy(batch), informative_first=True)
             after = _params(run.policy)
             state = run.optimizer.state_dict()["state"]
         assert all(s["exp_avg"].dtype == torch.float32 for s in state.values())  # AdamW state in fp32
@@ -105,7 +121,7 @@ def test_first_minibatch_gradient_is_the_on_policy_gradient(tiny_config):
     cfg = tiny_config(*PAPER_SHAPE, "optim.grad_clip=0", out="mb4")
     with _phases(cfg) as run, _StepRecorder() as rec:
         batch = _rollout_batch(run)
-        _train_on(run, copy.deepcopy(batch))
+        _train_on(run, copy.deepcopy(batch), informative_first=True)
     first = rec.grads[0]
     assert len(rec.grads) == 4
     cfg1 = tiny_config(*PAPER_SHAPE, "optim.grad_clip=0", "optim.minibatch_prompts=4", out="onpolicy")
@@ -113,7 +129,8 @@ def test_first_minibatch_gradient_is_the_on_policy_gradient(tiny_config):
         b = copy.deepcopy(batch)
         metrics: dict = {}
         tr.score(run, b, metrics)
-        b.keep = b.keep[: cfg.rollout.group_size]  # the first prompt's group: what the first minibatch held
+        _informative_first(run, b)
+        b.keep = b.keep[: cfg.rollout.group_size]  # the first group alone: what the first minibatch held
         tr.logprobs(run, b, 1, metrics)
         assert b.on_policy  # one minibatch, one epoch: pi_old is the update's own forward
         tr.update(run, b, 1, metrics)
@@ -185,18 +202,17 @@ def test_rlsd_lambda_reaches_zero_at_step_50():
 
 
 def test_opsd_normalises_over_gated_tokens():
-    from sdpg.training.trainer import minibatch_weights
     from sdpg.training.config import AlgoConfig
+    from sdpg.training.trainer import minibatch_weights
 
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     adv = torch.tensor([1.0, -1.0, 0.5])
     tokens = torch.tensor([[5, 6, 2], [5, 2, 0], [2, 0, 0]])
-    counts = torch.tensor([6.0, 3.0])
-    pg, opd, ent = minibatch_weights(mask, adv, tokens, 2, AlgoConfig(method="opsd"), counts)
+    pg, opd, ent = minibatch_weights(mask, adv, tokens, 2, AlgoConfig(method="opsd"))
     gated = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
     torch.testing.assert_close(pg, gated / 4)  # 4 gated tokens
     torch.testing.assert_close(ent, mask / 6)  # the entropy bonus: every response token
-    pg, opd, ent = minibatch_weights(mask, adv, tokens, 2, AlgoConfig(method="grpo"), counts)
+    pg, opd, ent = minibatch_weights(mask, adv, tokens, 2, AlgoConfig(method="grpo"))
     torch.testing.assert_close(pg, mask / 6)
 
 

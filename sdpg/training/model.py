@@ -32,7 +32,8 @@ def load_policy(cfg: TrainConfig, device: torch.device, log=print):
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    kwargs: dict[str, Any] = {"dtype": getattr(torch, cfg.model.dtype), "trust_remote_code": cfg.model.trust_remote_code}
+    # parameters (and so AdamW's state and the checkpoints) in param_dtype; compute in model.dtype (``compute``)
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, cfg.model.param_dtype), "trust_remote_code": cfg.model.trust_remote_code}
     if cfg.model.attn_implementation:
         kwargs["attn_implementation"] = cfg.model.attn_implementation
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
@@ -43,21 +44,38 @@ def load_policy(cfg: TrainConfig, device: torch.device, log=print):
     return tokenizer, model
 
 
+def compute(cfg: TrainConfig, device: torch.device, sharded: bool = False):
+    """The context the forwards run in: ``torch.autocast`` to ``model.dtype`` when it differs from the
+    parameters' dtype on one device (CPU bf16 included); nothing when they agree, or when FSDP2's
+    mixed-precision policy already casts (``shard_fsdp``)."""
+    import contextlib
+
+    if sharded or cfg.model.dtype == cfg.model.param_dtype:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, cfg.model.dtype))
+
+
 def is_sharded(model) -> bool:
     """Whether ``shard_fsdp`` was applied to ``model``."""
     return getattr(model, "sdpg_fsdp", False)
 
 
-def shard_fsdp(model) -> None:
+def shard_fsdp(model, compute_dtype: torch.dtype | None = None) -> None:
     """FSDP2: each decoder layer its own unit, the root (embeddings, final norm, tied head) kept gathered
     from its forward to its backward so the fused KL can use the head. FSDP averages gradients over ranks;
-    the trainer scales each loss by the world size, since its weights already carry the global normaliser."""
-    from torch.distributed.fsdp import fully_shard
+    the trainer scales each loss by the world size, since its weights already carry the global normaliser.
+    ``compute_dtype`` different from the parameters': FSDP2's mixed precision (parameters gathered in it for
+    compute, gradients reduced in float32 into the float32 shards), as the authors' FSDP runs."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    param_dtype = next(model.parameters()).dtype
+    kw = {}
+    if compute_dtype is not None and compute_dtype != param_dtype:
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
     backbone = getattr(model, model.base_model_prefix)
     for layer in backbone.layers:
-        fully_shard(layer)
-    fully_shard(model, reshard_after_forward=False)
+        fully_shard(layer, **kw)
+    fully_shard(model, reshard_after_forward=False, **kw)
     model.sdpg_fsdp = True
 
 

@@ -17,29 +17,21 @@ the loss are pure functions in ``sdpg.objective``. Metrics leave through ``Metri
 console by default); orchestration (MLflow, SLURM, Optuna) wraps ``train`` and passes its own sinks and
 ``should_stop``; this module imports none of it.
 
-Where this loop departs from the paper's formulas (SDPG, arXiv 2606.04036; the settings of its authors'
-scripts in reference-settings), each either a setting or a choice stated here:
+Where this loop departs from the paper's setup (SDPG, arXiv 2606.04036; the settings of its authors' scripts in
+reference-settings, mapped setting by setting in docs/fidelity.md), each either a setting or a choice stated here:
 
- 1. KL(p || q) divides both the student's and the teacher's logits by ``algo.distill_temperature``; the paper
-    divides only the student's, by the rollout temperature (identical at temperature 1, the paper's value).
- 2. The per-token distillation KL is not clamped at 20 as in the reference code.
- 3. ``algo.opd_exclude_stop`` (default on) leaves the end-of-sequence position out of L_OPD+; the paper
-    distils it like any other response token.
- 4. ``algo.opd_norm="all"`` normalises L_OPD+ like L_out (gated tokens over all response tokens under
-    token-mean); ``"gated"`` divides by the gated tokens only.
- 5. GRPO's reference KL is a loss term (``alpha`` with k3) rather than the paper's per-token penalty
-    inside the reward.
- 6. Log-ratios log(pi/pi_old) and log(pi/pi_ref) are clamped to [-20, 20] inside the objective.
- 7. A group of one response gets A = 0 (its standard deviation is undefined).
- 8. The learning-rate warm-up counts optimizer steps, (s + 1) / warmup at optimizer step s; the paper's
-    scheduler counts RL steps, (k - 1) / 10 at RL step k.
- 9. No entropy bonus (OPSD's reference uses 0.02).
-10. With ``rollout.tis_cap`` the advantages are multiplied by truncated importance weights
+ 1. Log-ratios log(pi/pi_old), log(pi/pi_ref) and the reward's KL estimate are clamped to [-20, 20].
+ 2. A group of one response gets A = 0 (its standard deviation is undefined).
+ 3. With ``rollout.tis_cap`` the advantages are multiplied by truncated importance weights
     min(exp(log pi_old - log pi_engine), cap) between the trainer and the rollout engine (not in the paper).
-11. Rewards are 1 / 0 (correct / not) from the configured verifier plus DAPO's overlong penalty when set;
-    the paper's scorer gives +1 / -1 (the same advantages under std normalisation).
-12. The L_OPD+ teacher is always the current policy on the privileged prompt; ``algo.teacher=frozen``
+ 4. The L_OPD+ teacher is always the current policy on the privileged prompt; ``algo.teacher=frozen``
     changes only the RLSD / OPSD log-ratios.
+ 5. The entropy bonus (OPSD) is aggregated over all response tokens, whatever ``algo.pg_norm``.
+The authors' behaviour is the default elsewhere: fp32 parameters with ``model.dtype`` compute (autocast, or
+FSDP2 mixed precision), minibatches of ``optim.minibatch_prompts`` prompts clipped against the log-probs
+taken before the first update, the lr warm-up counted in RL steps with multiplier (k - 1)/W at RL step k,
+the KL clamp at 20 (``algo.opd_kl_clamp``), the distillation temperature on the student's logits only, the
+end-of-sequence position distilled, GRPO's KL in the reward (``algo.reward_kl_coef``).
 """
 
 from __future__ import annotations
@@ -65,16 +57,22 @@ from sdpg.objective import (
     full_vocab_kl,
     gate_mask,
     group_advantages,
+    kl_penalised_rewards,
     opsd_token_weights,
+    reward_kl_penalty,
     rlsd_advantages,
+    rlsd_lambda_at,
     sdpg_loss,
+    token_entropy,
 )
 from sdpg.training import distributed as dist
 from sdpg.training.checkpoint import latest_checkpoint, save_checkpoint
-from sdpg.training.config import TrainConfig, build_config, load_config
-from sdpg.training.data import PromptSampler, build_prompts, read_source
+from sdpg.training.config import SCORER_METRIC_NAMES, AlgoConfig, TrainConfig, build_config, load_config
+from sdpg.training.data import PromptSampler, read_source
+from sdpg.training.data import tokenize_prompts as tokenize_prompt_rows
 from sdpg.training.evaluate import evaluate, pass_at_k
 from sdpg.training.model import (
+    compute,
     full_state,
     load_full_state,
     load_policy,
@@ -125,6 +123,12 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     sinks: list[MetricSink] = field(default_factory=list)
     start_step: int = 0
+    eval_scorers: dict[str, Verifier] = field(default_factory=dict)  # eval.extra_scorers: metric name -> scorer
+
+    def compute(self):
+        """The context forwards run in: autocast to ``model.dtype`` over fp32 parameters (not under FSDP,
+        whose mixed-precision policy casts)."""
+        return compute(self.cfg, self.device, self.use_fsdp)
 
     @property
     def main_rank(self) -> bool:
@@ -154,6 +158,7 @@ class Batch:
     teacher_attn: Tensor  # [N, Pt+T]
     teacher_prompt_len: int  # Pt
     # score
+    scores: Tensor | None = None  # [N] verifier score (1 or reward.incorrect_reward) plus the overlong penalty
     advantages: Tensor | None = None  # [N]
     all_advantages: Tensor | None = None  # [N_all] every rank's, for global statistics
     keep: Tensor | None = None  # [K] rows the update trains on (all, or DAPO's informative groups)
@@ -168,8 +173,9 @@ class Batch:
     token_advantages: Tensor | None = None  # [N, T] RLSD / OPSD
 
 
-LOSS_STATS = ("pg_loss", "pg_clipfrac", "pg_clipfrac_lower", "ppo_kl", "opd_loss", "opd_kl", "ref_kl", "ref_kl_surrogate")
-ADDITIVE_STATS = ("pg_loss", "opd_loss")  # terms of the loss: micro-batch parts add up
+LOSS_STATS = ("pg_loss", "pg_clipfrac", "pg_clipfrac_lower", "ppo_kl", "opd_loss", "opd_kl", "ref_kl", "ref_kl_surrogate",
+              "entropy_bonus")
+ADDITIVE_STATS = ("pg_loss", "opd_loss", "entropy_bonus")  # terms of the loss: micro-batch parts add up
 
 
 class LossStats:
@@ -311,13 +317,15 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
     if not main_rank:
         tokenizer, policy = load_policy(cfg, device, log)
     seed_everything(cfg.run.seed + 1_000_003 * rank)  # model loading may draw random numbers; ranks sample differently
-    reference = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.algo.needs_reference else None
+    compute_dtype = getattr(torch, cfg.model.dtype)
+    # frozen copies need no master weights: they hold the compute dtype
+    reference = copy.deepcopy(policy).to(compute_dtype).eval().requires_grad_(False) if cfg.algo.needs_reference else None
     use_fsdp = world > 1 and (cfg.model.fsdp is True or (cfg.model.fsdp == "auto" and device.type == "cuda"))
     generator = None
     if use_fsdp:
         if cfg.rollout.backend == "hf":  # sampling runs on an unsharded copy: ranks stop generating at different times
-            generator = copy.deepcopy(policy).eval().requires_grad_(False)
-        shard_fsdp(policy)
+            generator = copy.deepcopy(policy).to(compute_dtype).eval().requires_grad_(False)
+        shard_fsdp(policy, compute_dtype)
 
     # data: prompts tokenised once
     train_rows = read_source(cfg.data.train, cfg.data, "train")[: cfg.data.train_limit]
@@ -330,8 +338,12 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
 
     verifier_kind = cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if cfg.data.train == "embedded" else "math")
     verifier = Verifier(verifier_kind, cfg.reward.timeout_s, cfg.reward.overlong_buffer, cfg.reward.overlong_penalty,
-                        cfg.rollout.max_new_tokens)
+                        cfg.rollout.max_new_tokens, cfg.reward.boxed_tail_chars)
     resources.callback(verifier.close)
+    eval_scorers = {}
+    for kind in dict.fromkeys(cfg.eval.extra_scorers if cfg.eval.every > 0 else []):
+        eval_scorers[SCORER_METRIC_NAMES[kind]] = Verifier(kind, cfg.reward.timeout_s, boxed_tail_chars=cfg.reward.boxed_tail_chars)
+        resources.callback(eval_scorers[SCORER_METRIC_NAMES[kind]].close)
     if cfg.rollout.backend == "vllm":
         max_len = cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
         engine: HFRollout | VLLMRollout = VLLMRollout(
@@ -343,16 +355,17 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
     else:
         engine = HFRollout(generator if generator is not None else policy, tokenizer, cfg.rollout.batch_size)
 
-    # optimizer: AdamW, linear warm-up then constant
+    # optimizer: AdamW on the (fp32) parameters, linear warm-up then constant. The scheduler steps once per
+    # optim.lr_schedule_unit; the k-th unit (from 1) runs at min(1, (k - 1) / warmup) x lr, as the authors'.
     optim = cfg.optim
     optimizer = torch.optim.AdamW(policy.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(1, optim.warmup_steps)) if optim.warmup_steps else 1.0)
+        optimizer, lambda s: min(1.0, s / optim.warmup_steps) if optim.warmup_steps else 1.0)
 
     run = Run(cfg=cfg, out=out, device=device, rank=rank, world=world, log=log, tokenizer=tokenizer, policy=policy,
               reference=reference, generator=generator, use_fsdp=use_fsdp, train_rows=train_rows,
               student_prompts=student_prompts, teacher_prompts=teacher_prompts, eval_sets=eval_sets, sampler=sampler,
-              verifier=verifier, rollout=engine, optimizer=optimizer, scheduler=scheduler)
+              verifier=verifier, rollout=engine, optimizer=optimizer, scheduler=scheduler, eval_scorers=eval_scorers)
     run.start_step = resume(run) if cfg.run.resume else 0
     if not main_rank:
         run.sinks = []  # rank 0 logs for all
@@ -377,17 +390,12 @@ def _no_log(msg: str) -> None:
 
 def tokenize_prompts(rows: list[dict], cfg: TrainConfig, tokenizer, what: str,
                      log: Callable[[str], None]) -> tuple[list[list[int]], list[list[int]]]:
-    """Student and teacher prompt ids of every row, cut from the left to ``data.max_prompt_tokens``."""
-    student_ids, teacher_ids, n_cut = [], [], 0
-    limit = cfg.data.max_prompt_tokens
-    for row in rows:
-        student, teacher = (tokenizer.encode(text, add_special_tokens=False) for text in build_prompts(row, cfg.data, tokenizer))
-        n_cut += (len(student) > limit) + (len(teacher) > limit)
-        student_ids.append(student[-limit:])
-        teacher_ids.append(teacher[-limit:])
+    """Student and teacher prompt ids of every row, cut to ``data.max_prompt_tokens``: the student's from the
+    left, the teacher's from the right (as the authors)."""
+    student_ids, teacher_ids, n_cut = tokenize_prompt_rows(rows, cfg.data, tokenizer)
     if n_cut:
         log(f"[sdpg] warning: {n_cut} {what} prompts (student and teacher views) longer than "
-            f"data.max_prompt_tokens={limit} were cut from the left")
+            f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} were cut (student from the left, teacher from the right)")
     return student_ids, teacher_ids
 
 
@@ -436,9 +444,10 @@ def rollout(run: Run, step: int, metrics: dict[str, float]) -> Batch:
     prompt_ids = run.sampler.next(cfg.rollout.prompts_per_step)[run.rank :: run.world]  # one global draw, split
     started = time.perf_counter()
     seeds = [derived_seed(cfg.run.seed, step, "rollout", i) for i in prompt_ids] if cfg.rollout.seed_per_prompt else None
-    samples = run.rollout.generate([run.student_prompts[i] for i in prompt_ids], G, temperature=cfg.rollout.temperature,
-                                   top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
-                                   max_new_tokens=cfg.rollout.max_new_tokens, seeds=seeds)
+    with run.compute() if isinstance(run.rollout, HFRollout) else contextlib.nullcontext():
+        samples = run.rollout.generate([run.student_prompts[i] for i in prompt_ids], G, temperature=cfg.rollout.temperature,
+                                       top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
+                                       max_new_tokens=cfg.rollout.max_new_tokens, seeds=seeds)
     metrics["timing/rollout"] = time.perf_counter() - started
     responses, mask = samples.responses.to(device), samples.mask.to(device)  # [N, T], [N, T]
     pad = run.tokenizer.pad_token_id
@@ -466,13 +475,17 @@ def rollout(run: Run, step: int, metrics: dict[str, float]) -> Batch:
 
 
 def score(run: Run, batch: Batch, metrics: dict[str, float]) -> None:
-    """Rewards, group advantages, reward statistics over all ranks; DAPO's filter of uninformative groups."""
+    """Scores (1 correct, ``reward.incorrect_reward`` otherwise, plus DAPO's overlong penalty), group
+    advantages, reward statistics over all ranks; DAPO's filter of uninformative groups. With the KL in the
+    reward (``algo.reward_kl_coef``) the advantages wait for the log-probs (``logprobs``)."""
     algo, device, G = run.cfg.algo, run.device, run.cfg.rollout.group_size
     started = time.perf_counter()
     answers = [run.train_rows[i]["answer"] for i in batch.prompt_ids for _ in range(G)]
     correct = torch.tensor(run.verifier.correctness(batch.texts, answers))  # [N]
     lengths = batch.mask.sum(-1)  # [N]
-    rewards = correct + torch.tensor(run.verifier.overlong(lengths.long().tolist()))  # [N]
+    wrong = run.cfg.reward.incorrect_reward
+    rewards = correct + wrong * (1.0 - correct) + torch.tensor(run.verifier.overlong(lengths.long().tolist()))  # [N]
+    batch.scores = rewards.to(device)  # [N]
     batch.advantages = group_advantages(rewards, G, std_norm=algo.std_norm).to(device)  # [N]
     metrics["timing/reward"] = time.perf_counter() - started
     all_rewards, all_correct = dist.all_gather_cat(rewards.to(device)), dist.all_gather_cat(correct.to(device))  # [N_all]
@@ -507,11 +520,18 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
     N, T = batch.responses.shape
     started = time.perf_counter()
     batch.n_kept_all = int(dist.all_sum(torch.tensor(float(len(batch.keep)))).item())
-    minibatch = optim.minibatch_size or max(1, batch.n_kept_all)  # global sequences per optimizer step
-    batch.n_minibatches = max(1, math.ceil(batch.n_kept_all / minibatch)) if batch.n_kept_all else 0
-    batch.on_policy = optim.ppo_epochs == 1 and batch.n_minibatches == 1
+    if optim.minibatch_prompts:  # global prompts per optimizer step, their groups kept whole
+        n_groups = batch.n_kept_all // cfg.rollout.group_size
+        batch.n_minibatches = max(1, math.ceil(n_groups / optim.minibatch_prompts)) if n_groups else 0
+    else:
+        minibatch = optim.minibatch_size or max(1, batch.n_kept_all)  # global sequences per optimizer step
+        batch.n_minibatches = max(1, math.ceil(batch.n_kept_all / minibatch)) if batch.n_kept_all else 0
+    # on-policy: pi_old is read from the update's own forward. Not when the KL enters the reward: the
+    # advantages need pi_old before the update
+    batch.on_policy = optim.ppo_epochs == 1 and batch.n_minibatches <= 1 and algo.reward_kl_coef == 0
     batch.old_logp = torch.zeros(N, T, device=device)  # [N, T]
-    batch.ref_logp = torch.zeros(N, T, device=device) if algo.alpha > 0 else None  # [N, T]
+    need_ref = algo.alpha > 0 or algo.reward_kl_coef > 0
+    batch.ref_logp = torch.zeros(N, T, device=device) if need_ref else None  # [N, T]
     batch.teacher_logp = torch.zeros(N, T, device=device) if algo.needs_teacher_logprobs else None  # [N, T]
     batch.entropy = torch.zeros(N, T, device=device)  # [N, T]
     skipped = torch.ones(N, dtype=torch.bool)
@@ -520,7 +540,7 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
     entropy_pass = batch.on_policy and dist.any_true(bool(skipped.any()), device)
     teacher = run.reference if algo.teacher == "frozen" else run.policy  # the privileged view's weights
     student_view = (batch.student_seq, batch.student_attn, batch.student_prompt_len)
-    with torch.no_grad():
+    with torch.no_grad(), run.compute():
         for first in range(0, N, size):
             rows = slice(first, first + size)
             tokens = batch.responses[rows]  # [b, T]
@@ -537,11 +557,20 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
                 batch.teacher_logp[rows] = sampled_token_stats(
                     teacher, batch.teacher_seq[rows], batch.teacher_attn[rows], batch.teacher_prompt_len, tokens,
                     temperature).logp
+        if algo.reward_kl_coef > 0:  # the KL in the reward (GRPO as Table 1): score - coef * sum_t k_t
+            G = cfg.rollout.group_size
+            rewards = kl_penalised_rewards(batch.scores, batch.old_logp, batch.ref_logp, batch.mask, algo.reward_kl_coef,
+                                           algo.reward_kl_estimator)  # [N]
+            batch.advantages = group_advantages(rewards, G, std_norm=algo.std_norm)  # [N]
+            batch.all_advantages = dist.all_gather_cat(batch.advantages)  # [N_all]
+            penalty = reward_kl_penalty(batch.old_logp, batch.ref_logp, batch.mask, algo.reward_kl_estimator)  # [N]
+            metrics["train/reward_kl"] = float(dist.all_gather_cat(penalty).mean())
+            metrics["train/score"] = metrics["train/reward"]
+            metrics["train/reward"] = float(dist.all_gather_cat(rewards).mean())
         if algo.advantage in ("rlsd", "opsd"):
             behaviour_logp = batch.old_logp if not batch.on_policy else _policy_logp(run, batch, *student_view)  # [N, T]
             if algo.advantage == "rlsd":
-                decay = max(0.0, 1.0 - (step - 1) / algo.rlsd_lambda_decay_steps) if algo.rlsd_lambda_decay_steps else 1.0
-                lam = algo.rlsd_lambda * decay
+                lam = rlsd_lambda_at(step, algo.rlsd_lambda, algo.rlsd_lambda_decay_steps)  # k from 1: 0 at k = decay
                 metrics["train/rlsd_lambda"] = lam
                 batch.token_advantages = rlsd_advantages(batch.advantages, batch.teacher_logp, behaviour_logp,
                                                          algo.rlsd_eps_w, lam)  # [N, T]
@@ -554,9 +583,10 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
 def _policy_logp(run: Run, batch: Batch, seq: Tensor, attn: Tensor, prompt_len: int) -> Tensor:
     """log pi_theta(y_t) [N, T] of every row, in micro-batches (the on-policy pi_old, before the update)."""
     size, temperature = run.cfg.optim.micro_batch_size, run.cfg.rollout.temperature
-    parts = [sampled_token_stats(run.policy, seq[s : s + size], attn[s : s + size], prompt_len,
-                                 batch.responses[s : s + size], temperature).logp
-             for s in range(0, seq.shape[0], size)]  # [b, T] each
+    with run.compute():
+        parts = [sampled_token_stats(run.policy, seq[s : s + size], attn[s : s + size], prompt_len,
+                                     batch.responses[s : s + size], temperature).logp
+                 for s in range(0, seq.shape[0], size)]  # [b, T] each
     return torch.cat(parts)  # [N, T]
 
 
@@ -566,8 +596,10 @@ def _policy_logp(run: Run, batch: Batch, seq: Tensor, attn: Tensor, prompt_len: 
 
 
 def update(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> tuple[LossStats, float, Tensor]:
-    """ppo_epochs passes over the kept rows, one optimizer step per minibatch; then the rollout engine takes
-    the new weights. Returns the first epoch's loss statistics, beta(k) and the last gradient norm."""
+    """ppo_epochs passes over the kept rows, one optimizer step per minibatch (``optim.minibatch_prompts``:
+    whole groups, in order, as the authors; ``optim.minibatch_size``: sequences drawn at random); the lr
+    schedule steps per optimizer step or once per RL step (``optim.lr_schedule_unit``); then the rollout
+    engine takes the new weights. Returns the first epoch's loss statistics, beta(k) and the last gradient norm."""
     cfg, optim = run.cfg, run.cfg.optim
     if isinstance(run.rollout, VLLMRollout):
         run.rollout.sleep()  # GPU: free the engine's KV cache while training
@@ -576,12 +608,22 @@ def update(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> tupl
     loss_stats = LossStats()
     grad_norm = torch.zeros(())
     metrics["train/skipped_update"] = float(batch.n_kept_all == 0)  # every group uninformative (filter_groups)
+    metrics["train/lr"] = run.scheduler.get_last_lr()[0]  # the lr of this step's (first) update
+    per_update = optim.lr_schedule_unit == "optimizer_step"
     run.policy.train()
     for epoch in range(optim.ppo_epochs if batch.n_kept_all else 0):
-        shuffle = batch.n_minibatches > 1 or optim.ppo_epochs > 1
-        order = batch.keep[torch.randperm(len(batch.keep))] if shuffle else batch.keep
-        for rows in torch.tensor_split(order, batch.n_minibatches):  # the same number of minibatches on every rank
+        if optim.minibatch_prompts:  # consecutive whole groups, the same number of minibatches on every rank
+            parts = [p.reshape(-1) for p in torch.tensor_split(batch.keep.view(-1, cfg.rollout.group_size), batch.n_minibatches)]
+        else:
+            shuffle = batch.n_minibatches > 1 or optim.ppo_epochs > 1
+            order = batch.keep[torch.randperm(len(batch.keep))] if shuffle else batch.keep
+            parts = list(torch.tensor_split(order, batch.n_minibatches))  # the same number of minibatches on every rank
+        for rows in parts:
             grad_norm = optimizer_step(run, batch, rows.to(run.device), beta_k, loss_stats if epoch == 0 else None)
+            if per_update:
+                run.scheduler.step()
+    if not per_update:
+        run.scheduler.step()
     run.policy.eval()
     metrics["timing/update"] = time.perf_counter() - started
     if run.separate_engine:
@@ -596,13 +638,8 @@ def optimizer_step(run: Run, batch: Batch, rows: Tensor, beta_k: float, loss_sta
     nor the number of ranks changes the update."""
     algo, optim, device = run.cfg.algo, run.cfg.optim, run.device
     mask = batch.mask[rows]  # [M, T]
-    distil = gate_mask(batch.advantages[rows], mask, algo.gate)  # [M, T] tokens L_OPD+ may use
-    if algo.opd_exclude_stop:  # no distillation at the end-of-sequence position
-        distil = distil * (batch.responses[rows] != run.tokenizer.eos_token_id).float()  # [M, T]
-    counts = dist.all_sum(torch.stack([mask.sum(), torch.tensor(float(len(rows)), device=device), distil.sum()]))
-    weights = agg_weights(mask, algo.loss_agg_mode, n_tokens=counts[0], n_seqs=counts[1])  # [M, T]
-    opd_weights = (weights * distil if algo.opd_norm == "all"
-                   else agg_weights(distil, algo.loss_agg_mode, n_tokens=counts[2], n_seqs=counts[1]))  # [M, T]
+    weights, opd_weights, entropy_weights = minibatch_weights(
+        mask, batch.advantages[rows], batch.responses[rows], run.tokenizer.eos_token_id, algo, dist.all_sum)  # [M, T] each
     run.optimizer.zero_grad(set_to_none=True)
     groups: list[Tensor | None] = list(micro_batches(mask.sum(-1), optim.micro_batch_size, optim.micro_batch_tokens,
                                                      batch.student_prompt_len))
@@ -610,19 +647,43 @@ def optimizer_step(run: Run, batch: Batch, rows: Tensor, beta_k: float, loss_sta
         n_most = int(dist.all_max(torch.tensor(float(len(groups)), device=device)).item())
         groups += [None] * (n_most - len(groups))
     for positions in groups:
-        micro_batch_backward(run, batch, rows, positions, weights, opd_weights, beta_k, loss_stats)
+        micro_batch_backward(run, batch, rows, positions, weights, opd_weights, entropy_weights, beta_k, loss_stats)
     if not run.use_fsdp:  # FSDP has reduce-scattered the gradients already
         dist.all_reduce_grads(list(run.policy.parameters()))
     grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), optim.grad_clip if optim.grad_clip > 0 else float("inf"))
     if hasattr(grad_norm, "full_tensor"):
         grad_norm = grad_norm.full_tensor()
     run.optimizer.step()
-    run.scheduler.step()
     return grad_norm
 
 
+def minibatch_weights(mask: Tensor, advantages: Tensor, tokens: Tensor, eos_id: int | None, algo: AlgoConfig,
+                      all_sum: Callable[[Tensor], Tensor] = lambda t: t) -> tuple[Tensor, Tensor, Tensor]:
+    """Aggregation weights [M, T] of a minibatch's L_out (and L_K), L_OPD+ and entropy bonus, normalised over
+    the whole minibatch on all ranks (``all_sum`` sums the counts over ranks), so neither micro-batching nor
+    the number of ranks changes the update. ``mask`` [M, T], ``advantages`` [M], ``tokens`` [M, T].
+
+    L_out: over all response tokens, or (``algo.pg_norm`` gated, OPSD) over the tokens of sequences with A > 0.
+    L_OPD+: the gated (and, with ``opd_exclude_stop``, non-EOS) tokens under L_out's all-token weights, or
+    normalised over themselves (``opd_norm`` gated). Entropy bonus: over all response tokens."""
+    gated = gate_mask(advantages, mask, True)  # [M, T] tokens of sequences with A > 0
+    distil = gate_mask(advantages, mask, algo.gate)  # [M, T] tokens L_OPD+ may use
+    if algo.opd_exclude_stop and eos_id is not None:  # no distillation at the end-of-sequence position
+        distil = distil * (tokens != eos_id).float()  # [M, T]
+    n_seq = torch.tensor(float(mask.shape[0]), device=mask.device)
+    n_gated_seq = (advantages > 0).float().sum()
+    counts = all_sum(torch.stack([mask.sum(), n_seq, distil.sum(), gated.sum(), n_gated_seq]))  # [5]
+    everything = agg_weights(mask, algo.loss_agg_mode, n_tokens=counts[0], n_seqs=counts[1])  # [M, T]
+    pg = (everything if algo.pg_norm == "all"
+          else agg_weights(gated, algo.loss_agg_mode, n_tokens=counts[3], n_seqs=counts[4]))  # [M, T]
+    opd = (everything * distil if algo.opd_norm == "all"
+           else agg_weights(distil, algo.loss_agg_mode, n_tokens=counts[2], n_seqs=counts[1]))  # [M, T]
+    return pg, opd, everything
+
+
 def micro_batch_backward(run: Run, batch: Batch, rows: Tensor, positions: Tensor | None, weights: Tensor,
-                         opd_weights: Tensor, beta_k: float, loss_stats: LossStats | None) -> None:
+                         opd_weights: Tensor, entropy_weights: Tensor, beta_k: float,
+                         loss_stats: LossStats | None) -> None:
     """Forward and backward of the micro-batch at ``positions`` of the minibatch ``rows``. ``positions`` None:
     a zero-weight forward/backward that only keeps FSDP's collectives in step across ranks."""
     cfg, algo = run.cfg, run.cfg.algo
@@ -634,39 +695,46 @@ def micro_batch_backward(run: Run, batch: Batch, rows: Tensor, positions: Tensor
     tokens, mask = batch.responses[seqs, :n_resp], batch.mask[seqs, :n_resp]  # [b, tb]
     Ps, Pt = batch.student_prompt_len, batch.teacher_prompt_len
     materialised_kl = algo.needs_distillation and algo.opd_impl != "fused"
-    student = sampled_token_stats(run.policy, batch.student_seq[seqs, : Ps + n_resp], batch.student_attn[seqs, : Ps + n_resp],
-                                  Ps, tokens, cfg.rollout.temperature, entropy=batch.on_policy, keep_logits=materialised_kl)
-    logp = student.logp  # [b, tb]
-    if batch.on_policy and not padding:  # pi_old is this forward's pi_theta (one epoch, one minibatch)
-        batch.entropy[seqs, :n_resp] = student.entropy
-        batch.old_logp[seqs, :n_resp] = logp.detach()
-    old_logp = logp.detach() if batch.on_policy else batch.old_logp[seqs, :n_resp]  # [b, tb]
-    token_adv = batch.token_advantages[seqs, :n_resp] if batch.token_advantages is not None else None  # [b, tb]
-    if batch.engine_logp is not None and cfg.rollout.tis_cap is not None:  # truncated importance sampling
-        log_ratio = old_logp - batch.engine_logp[seqs, :n_resp]  # [b, tb]
-        tis = torch.exp(log_ratio.clamp(max=20.0)).clamp(max=cfg.rollout.tis_cap) * mask  # [b, tb]
-        token_adv = (token_adv if token_adv is not None else batch.advantages[seqs][:, None]) * tis  # [b, tb]
-    opd = None
-    if algo.needs_distillation and (run.use_fsdp or bool(opd_weights[positions].any())):
-        with torch.no_grad():  # the teacher: the current policy on the privileged prompt (c, x)
-            teacher_hidden = response_hidden(run.policy, batch.teacher_seq[seqs, : Pt + n_resp],
-                                             batch.teacher_attn[seqs, : Pt + n_resp], Pt, n_resp)  # [b, tb, H]
-        if algo.opd_impl == "fused":
-            opd = FusedKLInputs(student.hidden, teacher_hidden, student.head_weight, student.head_bias,
-                                temperature=algo.distill_temperature)
-        else:
-            teacher_logits = torch.nn.functional.linear(teacher_hidden, student.head_weight, student.head_bias)  # [b, tb, V]
-            opd = full_vocab_kl(student.logits, teacher_logits, algo.distill_temperature)  # [b, tb]
-    loss, stats = sdpg_loss(
-        logp, old_logp, batch.advantages[seqs], mask,
-        token_advantages=token_adv,
-        opd=opd, ref_logp=batch.ref_logp[seqs, :n_resp] if batch.ref_logp is not None else None,
-        beta=beta_k, alpha=algo.alpha, kl_mode=algo.kl_mode, gate=algo.gate, opd_norm=algo.opd_norm,
-        pg_coef=algo.pg_coef, policy_mode=algo.policy_loss, clip_low=algo.clip_low, clip_high=algo.clip_high,
-        clip_c=algo.clip_c, loss_agg_mode=algo.loss_agg_mode,
-        token_weights=weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
-        opd_token_weights=opd_weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
-    )
+    bonus = algo.entropy_coef > 0
+    with run.compute():  # autocast to the compute dtype over the fp32 parameters; the backward runs outside
+        student = sampled_token_stats(run.policy, batch.student_seq[seqs, : Ps + n_resp], batch.student_attn[seqs, : Ps + n_resp],
+                                      Ps, tokens, cfg.rollout.temperature, entropy=batch.on_policy,
+                                      keep_logits=materialised_kl or bonus)
+        logp = student.logp  # [b, tb]
+        entropy = token_entropy(student.logits, cfg.rollout.temperature) if bonus else None  # [b, tb] with gradient
+        if batch.on_policy and not padding:  # pi_old is this forward's pi_theta (one epoch, one minibatch)
+            batch.entropy[seqs, :n_resp] = student.entropy
+            batch.old_logp[seqs, :n_resp] = logp.detach()
+        old_logp = logp.detach() if batch.on_policy else batch.old_logp[seqs, :n_resp]  # [b, tb]
+        token_adv = batch.token_advantages[seqs, :n_resp] if batch.token_advantages is not None else None  # [b, tb]
+        if batch.engine_logp is not None and cfg.rollout.tis_cap is not None:  # truncated importance sampling
+            log_ratio = old_logp - batch.engine_logp[seqs, :n_resp]  # [b, tb]
+            tis = torch.exp(log_ratio.clamp(max=20.0)).clamp(max=cfg.rollout.tis_cap) * mask  # [b, tb]
+            token_adv = (token_adv if token_adv is not None else batch.advantages[seqs][:, None]) * tis  # [b, tb]
+        opd = None
+        teacher_temperature = 1.0 if algo.distill_temperature_on == "student" else None  # the authors: q undivided
+        if algo.needs_distillation and (run.use_fsdp or bool(opd_weights[positions].any())):
+            with torch.no_grad():  # the teacher: the current policy on the privileged prompt (c, x)
+                teacher_hidden = response_hidden(run.policy, batch.teacher_seq[seqs, : Pt + n_resp],
+                                                 batch.teacher_attn[seqs, : Pt + n_resp], Pt, n_resp)  # [b, tb, H]
+            if algo.opd_impl == "fused":
+                opd = FusedKLInputs(student.hidden, teacher_hidden, student.head_weight, student.head_bias,
+                                    temperature=algo.distill_temperature, teacher_temperature=teacher_temperature)
+            else:
+                teacher_logits = torch.nn.functional.linear(teacher_hidden, student.head_weight, student.head_bias)  # [b, tb, V]
+                opd = full_vocab_kl(student.logits, teacher_logits, algo.distill_temperature, teacher_temperature)  # [b, tb]
+        loss, stats = sdpg_loss(
+            logp, old_logp, batch.advantages[seqs], mask,
+            token_advantages=token_adv,
+            opd=opd, ref_logp=batch.ref_logp[seqs, :n_resp] if batch.ref_logp is not None else None,
+            beta=beta_k, alpha=algo.alpha, kl_mode=algo.kl_mode, gate=algo.gate, opd_norm=algo.opd_norm,
+            pg_coef=algo.pg_coef, policy_mode=algo.policy_loss, clip_low=algo.clip_low, clip_high=algo.clip_high,
+            clip_c=algo.clip_c, loss_agg_mode=algo.loss_agg_mode,
+            token_weights=weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
+            opd_token_weights=opd_weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
+            opd_kl_clamp=algo.opd_kl_clamp, entropy=entropy, entropy_coef=algo.entropy_coef,
+            entropy_token_weights=entropy_weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
+        )
     if padding:
         loss = loss * 0.0
     elif run.use_fsdp:
@@ -718,7 +786,6 @@ def reduce_metrics(run: Run, batch: Batch, loss_stats: LossStats, beta_k: float,
     entropy = dist.all_sum(torch.stack([(batch.entropy * mask).sum(), mask.sum()]))
     metrics["train/entropy"] = float(entropy[0] / entropy[1].clamp(min=1.0))
     metrics["train/grad_norm"] = float(grad_norm)
-    metrics["train/lr"] = run.scheduler.get_last_lr()[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -733,8 +800,9 @@ def evaluation_due(run: Run, step: int) -> bool:
 
 def run_evaluation(run: Run, step: int) -> dict[str, float]:
     started = time.perf_counter()
-    metrics = evaluate(run.rollout, run.tokenizer, run.verifier, run.eval_sets, run.cfg, step, run.rank, run.world,
-                       run.device)
+    with run.compute() if isinstance(run.rollout, HFRollout) else contextlib.nullcontext():
+        metrics = evaluate(run.rollout, run.tokenizer, run.verifier, run.eval_sets, run.cfg, step, run.rank, run.world,
+                           run.device, extra_scorers=run.eval_scorers)
     metrics["timing/eval"] = time.perf_counter() - started
     return metrics
 
