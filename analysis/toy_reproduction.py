@@ -21,12 +21,13 @@ def main() -> None:
     p.add_argument("--uri", default=f"sqlite:///{Path('outputs/toy_reproduction/mlflow.db').resolve()}")
     p.add_argument("--experiment", default="toy_reproduction")
     p.add_argument("--out", default="docs/figures")
+    p.add_argument("--name", default="toy_reproduction", help="file name of the figure (without .png)")
     a = p.parse_args()
     eval_key = "eval/embedded/mean@4"
     metrics = [eval_key, "train/accuracy", "train/opd_kl", "train/entropy", "train/response_length", "train/ref_kl"]
     df = load_runs(a.uri, a.experiment, metrics)
     order = [v for v in ("grpo", "sdpg_urkl", "sdpg_ufkl") if v in set(df.variant)]
-    png = plot_curves(df, metrics, Path(a.out) / "toy_reproduction", order=order, titles={
+    png = plot_curves(df, metrics, Path(a.out) / a.name, order=order, titles={
         eval_key: "held-out accuracy (mean@4)", "train/accuracy": "training accuracy",
         "train/opd_kl": "KL(p || q) on gated tokens", "train/entropy": "entropy",
         "train/response_length": "response length", "train/ref_kl": "KL to reference (k3)"})

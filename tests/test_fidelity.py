@@ -291,7 +291,7 @@ def test_entropy_bonus_is_its_own_term():
     ent = token_entropy(logits)
     loss, st = sdpg_loss(logp, logp, adv, mask, entropy=ent, entropy_coef=0.02)
     expected = -(0.02 * (ent * mask).sum() / mask.sum())
-    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-6)
     assert float(st["entropy_bonus"]) == pytest.approx(float((ent * mask).sum() / mask.sum()), rel=1e-6)
     with pytest.raises(ValueError, match="entropy"):
         sdpg_loss(logp, logp, adv, mask, entropy_coef=0.02)

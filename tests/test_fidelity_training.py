@@ -224,3 +224,26 @@ def test_eval_reports_both_scorers(tiny_config):
         assert "eval/embedded/exact/mean@2" in r and "eval/embedded/boxed/mean@2" in r
         assert r["eval/embedded/exact/mean@2"] == r["eval/embedded/mean@2"]  # the same scorer as reward.verifier
         assert r["eval/embedded/boxed/mean@2"] == 0.0  # the embedded task writes no \boxed{}
+
+
+def test_fsdp2_mixed_precision_keeps_fp32_shards(tmp_path, tiny_model_built):
+    """Two gloo ranks with FSDP2 and bf16 compute (MixedPrecisionPolicy, float32 reduction): the run trains, and
+    the checkpoint holds float32 weights and AdamW state."""
+    import glob
+    import os
+    import subprocess
+    import sys
+
+    from conftest import TINY
+
+    out = tmp_path / "fsdp_bf16"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "sdpg", "train",
+           *TINY, "rollout.seed_per_prompt=true", "run.total_steps=1", "eval.every=0", "model.fsdp=true",
+           "model.dtype=bfloat16", "optim.minibatch_prompts=2", "optim.warmup_steps=0", f"run.output_dir={out}"]
+    r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    state = torch.load(sorted(glob.glob(f"{out}/checkpoints/*.pt"))[-1], weights_only=False)
+    assert {v.dtype for v in state["model"].values()} == {torch.float32}
+    assert {s["exp_avg"].dtype for s in state["optimizer"]["state"].values()} == {torch.float32}
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["train/grad_norm"] == row["train/grad_norm"] and row["train/grad_norm"] > 0
