@@ -25,9 +25,19 @@ def test_every_method_runs_two_steps(tiny_config, method):
     rows = _metrics(cfg.run.output_dir)
     assert [r["step"] for r in rows] == [0, 1, 2]
     last = rows[-1]
-    for key in ("train/reward", "train/accuracy", "train/entropy", "train/response_length", "train/opd_kl",
-                "train/gate_fraction", "train/beta", "train/ref_kl", "train/pg_clipfrac", "train/grad_norm",
-                "eval/embedded/mean@2"):
+    for key in (
+        "train/reward",
+        "train/accuracy",
+        "train/entropy",
+        "train/response_length",
+        "train/opd_kl",
+        "train/gate_fraction",
+        "train/beta",
+        "train/ref_kl",
+        "train/pg_clipfrac",
+        "train/grad_norm",
+        "eval/embedded/mean@2",
+    ):
         assert key in last, key
     assert all(v == v for v in last.values()), "NaN in metrics"  # no NaN
     ac = cfg.algo
@@ -71,10 +81,20 @@ def test_micro_batching_does_not_change_the_update(tiny_config):
     from pathlib import Path
 
     moments = []
-    for name, over in (("mb3", "optim.micro_batch_size=3"), ("mb16", "optim.micro_batch_size=16"),
-                       ("tok90", "optim.micro_batch_tokens=90")):  # packed by length, trimmed padding
-        cfg = tiny_config("run.total_steps=1", "eval.every=0", over, "algo.opd_impl=materialised",
-                          "algo.beta=1.0", "run.checkpoint_every=1", out=name)
+    for name, over in (
+        ("mb3", "optim.micro_batch_size=3"),
+        ("mb16", "optim.micro_batch_size=16"),
+        ("tok90", "optim.micro_batch_tokens=90"),
+    ):  # packed by length, trimmed padding
+        cfg = tiny_config(
+            "run.total_steps=1",
+            "eval.every=0",
+            over,
+            "algo.opd_impl=materialised",
+            "algo.beta=1.0",
+            "run.checkpoint_every=1",
+            out=name,
+        )
         train(cfg)
         ck = torch.load(sorted((Path(cfg.run.output_dir) / "checkpoints").glob("*.pt"))[-1], weights_only=False)
         moments.append([st["exp_avg"] for st in ck["optimizer"]["state"].values()])
@@ -106,8 +126,14 @@ def test_stop_token_is_left_out_of_distillation(tiny_config):
     """Same rollouts (same seed): excluding the EOS position changes only the OPD term's tokens."""
     runs = {}
     for flag in ("true", "false"):
-        cfg = tiny_config("run.total_steps=1", "eval.every=0", "algo.beta=1.0", f"algo.opd_exclude_stop={flag}",
-                          "algo.opd_norm=gated", out=f"stop_{flag}")
+        cfg = tiny_config(
+            "run.total_steps=1",
+            "eval.every=0",
+            "algo.beta=1.0",
+            f"algo.opd_exclude_stop={flag}",
+            "algo.opd_norm=gated",
+            out=f"stop_{flag}",
+        )
         train(cfg)
         runs[flag] = _metrics(cfg.run.output_dir)[-1]
     assert runs["true"]["train/accuracy"] == runs["false"]["train/accuracy"]

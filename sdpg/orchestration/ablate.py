@@ -43,8 +43,21 @@ from sdpg.orchestration.launch import TrainJob, make_executor
 from sdpg.orchestration.specs import SlurmProfile, read_yaml, subcommand_parser, validate
 from sdpg.training.config import ConfigError, Strict, TrainConfig, apply_layer, build_config
 
-__all__ = ["NAME_PATTERN", "AblationSpec", "Plan", "Run", "TrackingSpec", "cancel", "load_plan", "main", "run_state",
-           "status", "submit", "table", "watch"]
+__all__ = [
+    "NAME_PATTERN",
+    "AblationSpec",
+    "Plan",
+    "Run",
+    "TrackingSpec",
+    "cancel",
+    "load_plan",
+    "main",
+    "run_state",
+    "status",
+    "submit",
+    "table",
+    "watch",
+]
 
 
 class AblationSpec(Strict):
@@ -159,8 +172,7 @@ def _differing(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def load_plan(path: str | Path, executor: str | None = None, profile: str | None = None,
-              only: list[str] | None = None) -> Plan:
+def load_plan(path: str | Path, executor: str | None = None, profile: str | None = None, only: list[str] | None = None) -> Plan:
     """Read, resolve and validate a spec into a plan; raises ConfigError naming file and key."""
     path = Path(path)
     spec = validate(AblationSpec, read_yaml(path, "ablation spec"), str(path))
@@ -190,8 +202,9 @@ def load_plan(path: str | Path, executor: str | None = None, profile: str | None
                 name = f"{vname}{'-' + gname if gname else ''}-s{seed}"
                 raw = cfg.config_hash()
                 if raw in written:
-                    raise ConfigError(f"{src}: runs {written[raw]!r} and {name!r} resolve to the same config (hash {raw}); "
-                                      f"variants must differ")
+                    raise ConfigError(
+                        f"{src}: runs {written[raw]!r} and {name!r} resolve to the same config (hash {raw}); variants must differ"
+                    )
                 written[raw] = name
                 h = cfg.effective().config_hash()
                 first = canonical.get(h)
@@ -216,8 +229,9 @@ def load_plan(path: str | Path, executor: str | None = None, profile: str | None
                     other.same_as = r.name
             r.same_as, r.inert = None, []
     uri, experiment = tracking_target(spec.tracking, out, spec.name)
-    return Plan(spec=spec, path=path, output_dir=out, runs=runs, executor=kind, profile=prof,
-                tracking_uri=uri, experiment=experiment)
+    return Plan(
+        spec=spec, path=path, output_dir=out, runs=runs, executor=kind, profile=prof, tracking_uri=uri, experiment=experiment
+    )
 
 
 def duplicates_note(plan: Plan) -> str:
@@ -225,8 +239,10 @@ def duplicates_note(plan: Plan) -> str:
     dups = plan.duplicates
     if not dups:
         return ""
-    lines = [f"{len(plan.distinct)} distinct runs; {len(dups)} duplicate{'s' if len(dups) > 1 else ''} "
-             f"(same effective config: trained once, reported under both names):"]
+    lines = [
+        f"{len(plan.distinct)} distinct runs; {len(dups)} duplicate{'s' if len(dups) > 1 else ''} "
+        f"(same effective config: trained once, reported under both names):"
+    ]
     for r in dups:
         why = ", ".join(r.inert) or "nothing"
         lines.append(f"  {r.name} = {r.same_as}  ({why}: no effect here)")
@@ -300,11 +316,17 @@ def _child_runs(plan: Plan, exp: Experiment) -> dict[str, str]:
     run_ids = {}
     for r in plan.distinct:
         aliases = plan.aliases(r)
-        tags = {"variant": r.variant, "seed": r.seed, "method": r.config.algo.method, "run_hash": r.hash,
-                "grid": json.dumps(r.grid)}
+        tags = {
+            "variant": r.variant,
+            "seed": r.seed,
+            "method": r.config.algo.method,
+            "run_hash": r.hash,
+            "grid": json.dumps(r.grid),
+        }
         if aliases:  # the same run under other names: a report lists it under each
-            tags["sdpg.aliases"] = json.dumps([{"name": a.name, "variant": a.variant, "seed": a.seed, "grid": a.grid}
-                                               for a in aliases])
+            tags["sdpg.aliases"] = json.dumps(
+                [{"name": a.name, "variant": a.variant, "seed": a.seed, "grid": a.grid} for a in aliases]
+            )
         run_ids[r.hash] = exp.child(r.hash, r.name, r.config, tags)
     return run_ids
 
@@ -334,24 +356,35 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
         exp.end_if_done()
         log(f"[sdpg-ablate] all {len(distinct)} runs of {plan.spec.name} are finished; nothing submitted")
         return {"submitted": [], "experiment_id": exp.experiment_id, "parent_run_id": exp.parent_id}
-    ex = make_executor(plan.executor, plan.output_dir / "submitit", plan.profile, plan.spec.name,
-                       max_parallel or plan.spec.max_parallel)
+    ex = make_executor(
+        plan.executor, plan.output_dir / "submitit", plan.profile, plan.spec.name, max_parallel or plan.spec.max_parallel
+    )
     fns = [TrainJob(r.config.resolved(), plan.tracking_uri, run_ids[r.hash], exp.parent_id) for r in todo]
     if plan.executor == "local":
-        jobs = _submit_local(ex, fns, max_parallel or plan.spec.max_parallel,
-                             lambda js: log("[sdpg-ablate] " + _progress(todo, js)))
+        jobs = _submit_local(
+            ex, fns, max_parallel or plan.spec.max_parallel, lambda js: log("[sdpg-ablate] " + _progress(todo, js))
+        )
     else:
         with ex.batch():
             jobs = [ex.submit(f) for f in fns]
     for r, j in zip(todo, jobs):
-        jobs_state[r.hash] = {"name": r.name, "job_id": str(j.job_id), "executor": plan.executor,
-                              "mlflow_run_id": run_ids[r.hash], "submitted_at": time.time()}
+        jobs_state[r.hash] = {
+            "name": r.name,
+            "job_id": str(j.job_id),
+            "executor": plan.executor,
+            "mlflow_run_id": run_ids[r.hash],
+            "submitted_at": time.time(),
+        }
     state_file.write_text(json.dumps(jobs_state, indent=1))
-    log(f"[sdpg-ablate] submitted {len(todo)} of {len(distinct)} runs ({len(distinct) - len(todo)} finished) "
-        f"with the {plan.executor} executor: job ids {', '.join(str(j.job_id) for j in jobs)}")
+    log(
+        f"[sdpg-ablate] submitted {len(todo)} of {len(distinct)} runs ({len(distinct) - len(todo)} finished) "
+        f"with the {plan.executor} executor: job ids {', '.join(str(j.job_id) for j in jobs)}"
+    )
     log(f"[sdpg-ablate] logs: {plan.output_dir / 'submitit'}")
-    log(f"[sdpg-ablate] MLflow: experiment {plan.experiment!r} (id {exp.experiment_id}) at {tracking.redact(plan.tracking_uri)}; "
-        f"view with: mlflow ui --backend-store-uri {tracking.redact(plan.tracking_uri)}")
+    log(
+        f"[sdpg-ablate] MLflow: experiment {plan.experiment!r} (id {exp.experiment_id}) at {tracking.redact(plan.tracking_uri)}; "
+        f"view with: mlflow ui --backend-store-uri {tracking.redact(plan.tracking_uri)}"
+    )
     if wait if wait is not None else plan.executor in ("local", "debug"):
         try:
             watch(plan, jobs, todo, log=log)
@@ -359,8 +392,7 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
             _settle(exp, jobs, [run_ids[r.hash] for r in todo])
         log(status(plan))
         log(f"[sdpg-ablate] done; open the runs with: mlflow ui --backend-store-uri {tracking.redact(plan.tracking_uri)}")
-    return {"submitted": [r.hash for r in todo], "jobs": jobs, "experiment_id": exp.experiment_id,
-            "parent_run_id": exp.parent_id}
+    return {"submitted": [r.hash for r in todo], "jobs": jobs, "experiment_id": exp.experiment_id, "parent_run_id": exp.parent_id}
 
 
 def _settle(exp: Experiment, jobs: list, run_ids: list[str]) -> None:
@@ -504,8 +536,9 @@ def _scheduler_states(job_ids: list[str]) -> dict[str, str]:
     if not job_ids:
         return {}
     try:
-        out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True, text=True,
-                             timeout=20, check=False)
+        out = subprocess.run(
+            ["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True, text=True, timeout=20, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return {}
     res = {}
@@ -552,25 +585,52 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     sub, argv, p = subcommand_parser(
-        "sdpg-ablate", {"status": "each run's state, step and last metrics",
-                        "cancel": "cancel the spec's SLURM jobs (their MLflow runs end KILLED)"},
-        "Submit, inspect or cancel a grid of runs from an ablation spec.", argv,
-        run_help="print the runs, then train the unfinished ones (--dry-run: print only)")
-    p.add_argument("--executor", choices=EXECUTORS,
-                   help="where runs execute: local (processes here), debug (this process), slurm (default: the spec's)")
-    p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
-                   help="keep runs whose variant / seed / resolved config key equals VALUE")
+        "sdpg-ablate",
+        {
+            "status": "each run's state, step and last metrics",
+            "cancel": "cancel the spec's SLURM jobs (their MLflow runs end KILLED)",
+        },
+        "Submit, inspect or cancel a grid of runs from an ablation spec.",
+        argv,
+        run_help="print the runs, then train the unfinished ones (--dry-run: print only)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        help="where runs execute: local (processes here), debug (this process), slurm (default: the spec's)",
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keep runs whose variant / seed / resolved config key equals VALUE",
+    )
     if sub == "run":
         p.add_argument("--dry-run", action="store_true", help="print the runs; submit nothing")
-        p.add_argument("--max-parallel", type=int, metavar="N",
-                       help="runs at a time (SLURM array parallelism; default: the spec's max_parallel)")
-        p.add_argument("--rehearse", action="store_true",
-                       help="run every run here for 2 steps on a shrunk model with its own MLflow store; submit nothing")
-        p.add_argument("--rehearse-model", metavar="PATH",
-                       help="with --rehearse: a local folder (config.json and tokenizer) standing in for model.path")
+        p.add_argument(
+            "--max-parallel",
+            type=int,
+            metavar="N",
+            help="runs at a time (SLURM array parallelism; default: the spec's max_parallel)",
+        )
+        p.add_argument(
+            "--rehearse",
+            action="store_true",
+            help="run every run here for 2 steps on a shrunk model with its own MLflow store; submit nothing",
+        )
+        p.add_argument(
+            "--rehearse-model",
+            metavar="PATH",
+            help="with --rehearse: a local folder (config.json and tokenizer) standing in for model.path",
+        )
         p.add_argument("--rehearse-dir", metavar="DIR", help="with --rehearse: its folder (default rehearsals/NAME)")
-        p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
-                       help="wait for the runs (default: yes for local/debug, no for slurm)")
+        p.add_argument(
+            "--wait",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="wait for the runs (default: yes for local/debug, no for slurm)",
+        )
     a = p.parse_args(argv)
     try:
         for f in a.only:
@@ -589,8 +649,10 @@ def main(argv: list[str] | None = None) -> int:
         cancel(plan)
         return 0
     n, k = len(plan.runs), len(plan.distinct)
-    print(f"{plan.spec.name}: {n} runs{f' ({k} distinct)' if k != n else ''}, executor {plan.executor}"
-          f"{' (profile ' + plan.spec.profile + ')' if plan.spec.profile else ''}, output {plan.output_dir}")
+    print(
+        f"{plan.spec.name}: {n} runs{f' ({k} distinct)' if k != n else ''}, executor {plan.executor}"
+        f"{' (profile ' + plan.spec.profile + ')' if plan.spec.profile else ''}, output {plan.output_dir}"
+    )
     print(table(plan))
     if a.dry_run:
         return 0

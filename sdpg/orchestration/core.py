@@ -103,9 +103,12 @@ class Experiment:
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
         c = self.client
-        self.experiment_id = tracking.get_or_create_experiment(c, self.name, tracking.artifact_location(self.uri, self.output_dir))
-        self.parent_id = tracking.ensure_parent_run(c, self.experiment_id, self.spec_name, self.kind,
-                                                    {"sdpg.spec_file": str(self.spec_path)})
+        self.experiment_id = tracking.get_or_create_experiment(
+            c, self.name, tracking.artifact_location(self.uri, self.output_dir)
+        )
+        self.parent_id = tracking.ensure_parent_run(
+            c, self.experiment_id, self.spec_name, self.kind, {"sdpg.spec_file": str(self.spec_path)}
+        )
         if log_spec:
             tracking.retry(c.log_text, self.parent_id, tracking.redact(self.spec_path.read_text()), f"{self.kind}_spec.yaml")
         return self
@@ -119,9 +122,14 @@ class Experiment:
 
         resolved = config.resolved()
         rid, _ = tracking.ensure_child_run(
-            self.client, self.experiment_id, self.parent_id, key, name,
+            self.client,
+            self.experiment_id,
+            self.parent_id,
+            key,
+            name,
             tags={"git_commit": tracking.git_commit(), "spec": self.spec_name, **tags},
-            params=tracking.flatten(resolved), config_yaml=yaml.safe_dump(resolved, sort_keys=False),
+            params=tracking.flatten(resolved),
+            config_yaml=yaml.safe_dump(resolved, sort_keys=False),
         )
         return rid
 

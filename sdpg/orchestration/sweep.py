@@ -168,8 +168,7 @@ class Sweep:
     """A resolved, validated sweep: everything a worker needs, picklable. ``n_trials`` replaces the
     spec's budget (``--n-trials``)."""
 
-    def __init__(self, path: str | Path, executor: str | None = None, profile: str | None = None,
-                 n_trials: int | None = None):
+    def __init__(self, path: str | Path, executor: str | None = None, profile: str | None = None, n_trials: int | None = None):
         path = Path(path)
         self.path = path
         spec = validate(SweepSpec, read_yaml(path, "sweep spec"), str(path))
@@ -192,8 +191,10 @@ class Sweep:
         self.base = apply_layer(base, spec.overrides)
         self.output_dir = output_folder(spec.output_dir, spec.name)
         # every corner of the space must be a valid config, and the objective must be produced
-        corners = [{k: (p.choices[0] if p.type == "categorical" else p.low) for k, p in spec.space.items()},
-                   {k: (p.choices[-1] if p.type == "categorical" else p.high) for k, p in spec.space.items()}]
+        corners = [
+            {k: (p.choices[0] if p.type == "categorical" else p.low) for k, p in spec.space.items()},
+            {k: (p.choices[-1] if p.type == "categorical" else p.high) for k, p in spec.space.items()},
+        ]
         for i, corner in enumerate(corners + [dict(e) for e in spec.enqueue]):
             where = f"{src}: " + ("space" if i < 2 else f"enqueue[{i - 2}]")
             unknown = set(corner) - set(spec.space) if i >= 2 else set()
@@ -222,12 +223,15 @@ class Sweep:
 
     def metric_ok(self, cfg, src: str) -> None:
         m = self.spec.objective.metric
-        ok_eval = [f"eval/{b}/mean@{cfg.eval.n_samples}" for b in cfg.data.eval] + \
-                  [f"eval/{b}/{x}" for b in cfg.data.eval for x in ["response_length", "greedy"] + [f"pass@{k}" for k in cfg.eval.pass_k]]
+        ok_eval = [f"eval/{b}/mean@{cfg.eval.n_samples}" for b in cfg.data.eval] + [
+            f"eval/{b}/{x}" for b in cfg.data.eval for x in ["response_length", "greedy"] + [f"pass@{k}" for k in cfg.eval.pass_k]
+        ]
         if m.startswith("eval/"):
             if m not in ok_eval:
-                raise ConfigError(f"{src}: key 'objective.metric' has bad value {m!r}: this config evaluates "
-                                  f"{', '.join(ok_eval[: len(cfg.data.eval)])}")
+                raise ConfigError(
+                    f"{src}: key 'objective.metric' has bad value {m!r}: this config evaluates "
+                    f"{', '.join(ok_eval[: len(cfg.data.eval)])}"
+                )
             if cfg.eval.every <= 0:
                 raise ConfigError(f"{src}: key 'objective.metric' is an eval metric but eval.every is 0")
         elif not (m.startswith("train/") or m.startswith("timing/")):
@@ -259,13 +263,15 @@ def open_storage(url: str, heartbeat_s: float):
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        path = url[len("journal:"):]
+        path = url[len("journal:") :]
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(path))
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.RDBStorage(
-        url, heartbeat_interval=int(max(1, heartbeat_s)), grace_period=int(max(3, 3 * heartbeat_s)),
+        url,
+        heartbeat_interval=int(max(1, heartbeat_s)),
+        grace_period=int(max(3, 3 * heartbeat_s)),
         failed_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
     )
 
@@ -320,9 +326,14 @@ def load_study(sweep: Sweep, sampler_seed: int | None = None):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(sweep.storage_url, sweep.spec.heartbeat_s)
-    return optuna.create_study(study_name=sweep.spec.name, storage=storage, load_if_exists=True,
-                               direction=sweep.spec.objective.direction, sampler=make_sampler(sweep.spec, sampler_seed),
-                               pruner=make_pruner(sweep.spec))
+    return optuna.create_study(
+        study_name=sweep.spec.name,
+        storage=storage,
+        load_if_exists=True,
+        direction=sweep.spec.objective.direction,
+        sampler=make_sampler(sweep.spec, sampler_seed),
+        pruner=make_pruner(sweep.spec),
+    )
 
 
 FINISHED = ("COMPLETE", "PRUNED")
@@ -356,7 +367,8 @@ def progress_line(study, n_trials: int) -> str:
     if c["duplicate"]:
         parts.append(f"{c['duplicate']} duplicate proposals skipped")
     return f"{min(done, n_trials)}/{n_trials} trials finished ({', '.join(parts)})" + (
-        f"; {done - n_trials} more finished past the budget by workers already running them" if done > n_trials else "")
+        f"; {done - n_trials} more finished past the budget by workers already running them" if done > n_trials else ""
+    )
 
 
 def reap_stale_trials(study, heartbeat_s: float, log=print) -> list[int]:
@@ -542,8 +554,9 @@ class SweepWorker:
     def _lead(self, ranks: _Ranks | None) -> dict:
         sw, spec = self.sweep, self.sweep.spec
         study = load_study(sw)
-        study.sampler = make_sampler(spec, worker_seed(spec.sampler.seed, self.worker_index,
-                                                       len(study.get_trials(deepcopy=False))))
+        study.sampler = make_sampler(
+            spec, worker_seed(spec.sampler.seed, self.worker_index, len(study.get_trials(deepcopy=False)))
+        )
         journal = sw.storage_url.startswith("journal:")
         exp = sw.experiment_tracker().open(log_spec=False)
         handler = signal.getsignal(signal.SIGUSR2)  # submitit's: requeue this worker
@@ -558,8 +571,10 @@ class SweepWorker:
                 if dup_of is not None:
                     dropped += 1
                     if dropped >= 50:
-                        self._log("the sampler proposed 50 points in a row that other trials already hold: "
-                                  "the space looks exhausted; stopping")
+                        self._log(
+                            "the sampler proposed 50 points in a row that other trials already hold: "
+                            "the space looks exhausted; stopping"
+                        )
                         break
                     continue
                 dropped = 0
@@ -572,8 +587,10 @@ class SweepWorker:
                         handler(signal.SIGUSR2, None)
                     return {"worker": self.worker_index, "trials_run": done_here, "preempted": True}
                 done_here += state in FINISHED
-                self._log(f"trial {trial.number} {state.lower()} {'' if value is None else f'value {value:.4f} '}"
-                          f"params {params}; {progress_line(study, spec.n_trials)}")
+                self._log(
+                    f"trial {trial.number} {state.lower()} {'' if value is None else f'value {value:.4f} '}"
+                    f"params {params}; {progress_line(study, spec.n_trials)}"
+                )
         finally:
             if ranks is not None:
                 ranks.send(None)
@@ -598,9 +615,11 @@ class SweepWorker:
                 else:
                     params[k] = trial.suggest_float(k, p.low, p.high, step=p.step, log=p.log)
             key = sw.point_key(params)
-            holders = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE,
-                                                                                    TrialState.PRUNED))
-                       if t.number != trial.number and t.user_attrs.get("sdpg.point") == key]
+            holders = [
+                t.number
+                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED))
+                if t.number != trial.number and t.user_attrs.get("sdpg.point") == key
+            ]
             if holders:
                 trial.set_user_attr("sdpg.duplicate_of", holders[0])
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -624,10 +643,19 @@ class SweepWorker:
             per_seed, pruned_at = [], None
             for si, seed in enumerate(spec.seeds):
                 cfg = sw.trial_config(params, seed, origin, f"{sw.path}: trial {trial.number}")
-                rid = exp.child(f"{spec.name}/trial{origin}/s{seed}", f"trial{trial.number}-s{seed}", cfg, tags={
-                    "sdpg.trial": trial.number, "seed": seed, "method": cfg.algo.method,
-                    "run_hash": cfg.effective().config_hash(), "variant": f"trial{trial.number}",
-                    "sdpg.trial_params": json.dumps(params)})
+                rid = exp.child(
+                    f"{spec.name}/trial{origin}/s{seed}",
+                    f"trial{trial.number}-s{seed}",
+                    cfg,
+                    tags={
+                        "sdpg.trial": trial.number,
+                        "seed": seed,
+                        "method": cfg.algo.method,
+                        "run_hash": cfg.effective().config_hash(),
+                        "variant": f"trial{trial.number}",
+                        "sdpg.trial_params": json.dumps(params),
+                    },
+                )
                 if trial.number != origin:
                     tracking.retry(exp.client.set_tag, rid, "sdpg.trial", trial.number)
                 hook = OptunaTrial(trial, spec.objective.metric, prune=(si == 0 and spec.pruner.type != "none"))
@@ -675,7 +703,9 @@ class SweepWorker:
         """The budget is spent and no trial runs any more: the sweep's parent run is FINISHED."""
         from optuna.trial import TrialState
 
-        if finished_count(study) >= self.sweep.spec.n_trials and not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if finished_count(study) >= self.sweep.spec.n_trials and not study.get_trials(
+            deepcopy=False, states=(TrialState.RUNNING,)
+        ):
             exp.end("FINISHED")
 
     def checkpoint(self, *args, **kwargs):
@@ -711,10 +741,14 @@ def launch(sweep: Sweep, workers: int | None = None, wait: bool | None = None, l
     else:
         with ex.batch():
             jobs = [ex.submit(w) for w in workers_]
-    log(f"[sdpg-sweep] {sweep.spec.name}: {n} workers ({sweep.executor}): jobs {', '.join(str(j.job_id) for j in jobs)}; "
-        f"storage {tracking.redact(sweep.storage_url)}; MLflow {tracking.redact(sweep.tracking_uri)}")
-    log(f"[sdpg-sweep] watch: optuna-dashboard {_dashboard_arg(sweep.storage_url)}   |   "
-        f"mlflow ui --backend-store-uri {tracking.redact(sweep.tracking_uri)}")
+    log(
+        f"[sdpg-sweep] {sweep.spec.name}: {n} workers ({sweep.executor}): jobs {', '.join(str(j.job_id) for j in jobs)}; "
+        f"storage {tracking.redact(sweep.storage_url)}; MLflow {tracking.redact(sweep.tracking_uri)}"
+    )
+    log(
+        f"[sdpg-sweep] watch: optuna-dashboard {_dashboard_arg(sweep.storage_url)}   |   "
+        f"mlflow ui --backend-store-uri {tracking.redact(sweep.tracking_uri)}"
+    )
     if wait if wait is not None else sweep.executor == "local":
         last = ""
         try:
@@ -756,14 +790,14 @@ def _settle(sweep: Sweep, exp: Experiment, jobs: list) -> None:
 
 
 def _dashboard_arg(url: str) -> str:
-    return url[len("journal:"):] if url.startswith("journal:") else url
+    return url[len("journal:") :] if url.startswith("journal:") else url
 
 
 def _storage_exists(url: str) -> bool:
     if url.startswith("journal:"):
-        return Path(url[len("journal:"):]).is_file()
+        return Path(url[len("journal:") :]).is_file()
     if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):]).is_file()
+        return Path(url[len("sqlite:///") :]).is_file()
     return True  # a database server: ask it
 
 
@@ -773,7 +807,8 @@ def status(sweep: Sweep) -> str:
     from optuna.trial import TrialState
 
     if not _storage_exists(sweep.storage_url):
-        return f"{sweep.spec.name}: no study yet (nothing at {_dashboard_arg(sweep.storage_url)}); start it with sdpg-sweep {sweep.path}"
+        where = _dashboard_arg(sweep.storage_url)
+        return f"{sweep.spec.name}: no study yet (nothing at {where}); start it with sdpg-sweep {sweep.path}"
     study = load_study(sweep)
     trials = [t for t in study.get_trials(deepcopy=False) if not is_duplicate(t)]
     keys = list(sweep.spec.space)
@@ -816,7 +851,10 @@ def export(sweep: Sweep, out: str | Path | None = None, seeds: list[int] | None 
         raise ConfigError(f"{sweep.path}: no complete trial yet; nothing to export") from None
     out = Path(out) if out else Path("ablations") / f"{sweep.spec.name}_best.yaml"
     base = sweep.base
-    same = build_config(apply_layer(base, dict(best.params))).effective().config_hash() == build_config(base).effective().config_hash()
+    same = (
+        build_config(apply_layer(base, dict(best.params))).effective().config_hash()
+        == build_config(base).effective().config_hash()
+    )
     variants = {"best": dict(best.params)} if same else {"base": {}, "best": dict(best.params)}
     spec = {
         "name": f"{sweep.spec.name}_best",
@@ -827,8 +865,10 @@ def export(sweep: Sweep, out: str | Path | None = None, seeds: list[int] | None 
         **({"profile": sweep.spec.profile} if sweep.spec.profile else {}),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    header = (f"# Exported by sdpg-sweep from {sweep.path}: best trial {best.number}, "
-              f"{sweep.spec.objective.metric} ({sweep.spec.objective.reduce}) = {best.value:.4f}\n")
+    header = (
+        f"# Exported by sdpg-sweep from {sweep.path}: best trial {best.number}, "
+        f"{sweep.spec.objective.metric} ({sweep.spec.objective.reduce}) = {best.value:.4f}\n"
+    )
     out.write_text(header + yaml.safe_dump(spec, sort_keys=False))
     return out
 
@@ -837,26 +877,42 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     sub, argv, p = subcommand_parser(
-        "sdpg-sweep", {"status": "the trials: state (pruned ones with their step), value, parameters; the best",
-                       "export": "write an ablation spec with the best trial beside the base"},
-        "Optuna coefficient sweeps over SDPG trainer configs.", argv,
-        run_help="start the workers (they pull trials until n_trials have finished)")
-    p.add_argument("--executor", choices=("local", "slurm"),
-                   help="where workers run: local processes or a SLURM array (default: the spec's)")
-    p.add_argument("--n-trials", type=int, metavar="N",
-                   help="finished (complete or pruned) trials to collect, replacing the spec's n_trials")
+        "sdpg-sweep",
+        {
+            "status": "the trials: state (pruned ones with their step), value, parameters; the best",
+            "export": "write an ablation spec with the best trial beside the base",
+        },
+        "Optuna coefficient sweeps over SDPG trainer configs.",
+        argv,
+        run_help="start the workers (they pull trials until n_trials have finished)",
+    )
+    p.add_argument(
+        "--executor", choices=("local", "slurm"), help="where workers run: local processes or a SLURM array (default: the spec's)"
+    )
+    p.add_argument(
+        "--n-trials", type=int, metavar="N", help="finished (complete or pruned) trials to collect, replacing the spec's n_trials"
+    )
     if sub == "run":
         p.add_argument("--workers", type=int, metavar="N", help="workers pulling trials at once (default: the spec's)")
-        p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
-                       help="wait for the workers and print the trials (default: yes for local, no for slurm)")
-        p.add_argument("--rehearse", action="store_true",
-                       help="run the enqueued trials and the corners of the space here for 2 steps on a shrunk model; start nothing")
-        p.add_argument("--rehearse-model", metavar="PATH",
-                       help="with --rehearse: a local folder (config.json and tokenizer) standing in for model.path")
+        p.add_argument(
+            "--wait",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="wait for the workers and print the trials (default: yes for local, no for slurm)",
+        )
+        p.add_argument(
+            "--rehearse",
+            action="store_true",
+            help="run the enqueued trials and the corners of the space here for 2 steps on a shrunk model; start nothing",
+        )
+        p.add_argument(
+            "--rehearse-model",
+            metavar="PATH",
+            help="with --rehearse: a local folder (config.json and tokenizer) standing in for model.path",
+        )
         p.add_argument("--rehearse-dir", metavar="DIR", help="with --rehearse: its folder (default rehearsals/NAME)")
     if sub == "export":
-        p.add_argument("--out", metavar="PATH",
-                       help="where to write the ablation spec (default: ablations/<name>_best.yaml)")
+        p.add_argument("--out", metavar="PATH", help="where to write the ablation spec (default: ablations/<name>_best.yaml)")
     a = p.parse_args(argv)
     try:
         sweep = Sweep(a.spec, a.executor, a.profile, a.n_trials)

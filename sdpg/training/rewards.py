@@ -10,7 +10,7 @@ timeouts rely on SIGALRM, which works only in a main thread).
 from __future__ import annotations
 
 import multiprocessing as mp
-from typing import Sequence
+from collections.abc import Sequence
 
 from sdpg.training.embedded import exact_answer
 
@@ -51,8 +51,9 @@ def _math_worker(conn) -> None:  # runs in the child process
     from math_verify import parse, verify
 
     # the parser's and sympy's lazy imports happen now, before any answer is timed
-    verify(parse("\\boxed{\\frac{1}{2}}", parsing_timeout=None), parse("\\boxed{0.5}", parsing_timeout=None),
-           timeout_seconds=None)
+    verify(
+        parse("\\boxed{\\frac{1}{2}}", parsing_timeout=None), parse("\\boxed{0.5}", parsing_timeout=None), timeout_seconds=None
+    )
     conn.send("ready")
     while True:
         msg = conn.recv()
@@ -155,8 +156,9 @@ class MathVerifier:
 class Verifier:
     """The configured verifier, plus DAPO's soft overlong punishment."""
 
-    def __init__(self, kind: str, timeout_s: float = 5.0, overlong_buffer: int = 0, overlong_penalty: float = 1.0,
-                 max_new_tokens: int = 0):
+    def __init__(
+        self, kind: str, timeout_s: float = 5.0, overlong_buffer: int = 0, overlong_penalty: float = 1.0, max_new_tokens: int = 0
+    ):
         self.kind = kind
         self.math = MathVerifier(timeout_s) if kind == "math" else None
         if self.math is not None:
@@ -178,4 +180,3 @@ class Verifier:
     def close(self) -> None:
         if self.math is not None:
             self.math.close()
-

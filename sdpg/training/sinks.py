@@ -63,14 +63,24 @@ class ConsoleSink:
     def log(self, metrics: dict[str, float], step: int) -> None:
         if "train/reward" in metrics:
             self.distilling = self.distilling or metrics.get("train/beta", 0.0) > 0
-            fields = [f"{label} {fmt.format(metrics[key])}" for label, key, fmt, distil in self.FIELDS
-                      if key in metrics and (self.distilling or not distil)]
+            fields = [
+                f"{label} {fmt.format(metrics[key])}"
+                for label, key, fmt, distil in self.FIELDS
+                if key in metrics and (self.distilling or not distil)
+            ]
             timing = f"{metrics['timing/step']:.1f}s " if "timing/step" in metrics else ""
-            print(f"[sdpg] step {step}/{self.total} " + " ".join(fields) + f" {timing}(elapsed {time.time() - self.t0:.0f}s)",
-                  file=self.stream, flush=True)
+            print(
+                f"[sdpg] step {step}/{self.total} " + " ".join(fields) + f" {timing}(elapsed {time.time() - self.t0:.0f}s)",
+                file=self.stream,
+                flush=True,
+            )
         evals = {k: v for k, v in metrics.items() if k.startswith("eval/")}
         if evals:
-            print(f"[sdpg] eval @ {step}: " + " ".join(f"{k}={v:.3f}" for k, v in sorted(evals.items())), file=self.stream, flush=True)
+            print(
+                f"[sdpg] eval @ {step}: " + " ".join(f"{k}={v:.3f}" for k, v in sorted(evals.items())),
+                file=self.stream,
+                flush=True,
+            )
 
     def close(self) -> None:
         pass

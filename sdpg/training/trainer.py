@@ -50,9 +50,10 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import yaml
@@ -89,8 +90,17 @@ from sdpg.training.rollout import HFRollout, VLLMRollout, left_pad
 from sdpg.training.sinks import ConsoleSink, JsonlSink, MetricSink, default_sinks
 
 __all__ = [
-    "ConsoleSink", "JsonlSink", "MetricSink", "default_sinks", "latest_checkpoint", "load_policy",
-    "micro_batches", "pass_at_k", "response_hidden", "sampled_token_stats", "train",
+    "ConsoleSink",
+    "JsonlSink",
+    "MetricSink",
+    "default_sinks",
+    "latest_checkpoint",
+    "load_policy",
+    "micro_batches",
+    "pass_at_k",
+    "response_hidden",
+    "sampled_token_stats",
+    "train",
 ]
 
 
@@ -197,8 +207,9 @@ class LossStats:
         if not dist.active():
             return
         names = sorted(self.sums)
-        summed = dist.all_sum(torch.tensor([self.sums[n] for n in names] + [self.tokens, self.opd_tokens],
-                                           dtype=torch.float64, device=device))
+        summed = dist.all_sum(
+            torch.tensor([self.sums[n] for n in names] + [self.tokens, self.opd_tokens], dtype=torch.float64, device=device)
+        )
         self.sums = {n: float(v) for n, v in zip(names, summed)}
         self.tokens, self.opd_tokens = float(summed[-2]), float(summed[-1])
 
@@ -253,15 +264,23 @@ def train(
                     run.log(f"[sdpg] sample @ {step}: {text[:200]!r}")
             metrics["timing/step"] = time.perf_counter() - started
             log_metrics(run, metrics, step)
-            stop = dist.any_true((should_stop is not None and should_stop())
-                                 or (stop_after_step is not None and step >= stop_after_step), run.device)
+            stop = dist.any_true(
+                (should_stop is not None and should_stop()) or (stop_after_step is not None and step >= stop_after_step),
+                run.device,
+            )
             if step == total or stop or (cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0):
                 save_run_state(run, step)
             if stop and step < total:
                 status = "interrupted"
                 break
-        result = {"status": status, "step": step, "output_dir": str(run.out), "metrics": metrics,
-                  "rank": run.rank, "world_size": run.world}
+        result = {
+            "status": status,
+            "step": step,
+            "output_dir": str(run.out),
+            "metrics": metrics,
+            "rank": run.rank,
+            "world_size": run.world,
+        }
         if run.main_rank:
             (run.out / "result.json").write_text(json.dumps(result, indent=1))
     return result
@@ -328,17 +347,24 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
         eval_sets[name] = (eval_rows, tokenize_prompts(eval_rows, cfg, tokenizer, name, log)[0])
     sampler = PromptSampler(len(train_rows), cfg.run.seed, cfg.data.shuffle)
 
-    verifier_kind = cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if cfg.data.train == "embedded" else "math")
-    verifier = Verifier(verifier_kind, cfg.reward.timeout_s, cfg.reward.overlong_buffer, cfg.reward.overlong_penalty,
-                        cfg.rollout.max_new_tokens)
+    verifier_kind = (
+        cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if cfg.data.train == "embedded" else "math")
+    )
+    verifier = Verifier(
+        verifier_kind, cfg.reward.timeout_s, cfg.reward.overlong_buffer, cfg.reward.overlong_penalty, cfg.rollout.max_new_tokens
+    )
     resources.callback(verifier.close)
     if cfg.rollout.backend == "vllm":
         max_len = cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
         engine: HFRollout | VLLMRollout = VLLMRollout(
-            policy.sdpg_source_path, tokenizer, dtype=cfg.model.dtype,
+            policy.sdpg_source_path,
+            tokenizer,
+            dtype=cfg.model.dtype,
             max_model_len=min(getattr(policy.config, "max_position_embeddings", 1 << 30), max_len),
-            gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization, seed=cfg.run.seed + rank,
-            cpu_memory_gb=cfg.rollout.vllm_cpu_memory_gb)
+            gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
+            seed=cfg.run.seed + rank,
+            cpu_memory_gb=cfg.rollout.vllm_cpu_memory_gb,
+        )
         resources.callback(engine.close)
     else:
         engine = HFRollout(generator if generator is not None else policy, tokenizer, cfg.rollout.batch_size)
@@ -347,12 +373,31 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
     optim = cfg.optim
     optimizer = torch.optim.AdamW(policy.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(1, optim.warmup_steps)) if optim.warmup_steps else 1.0)
+        optimizer, lambda s: min(1.0, (s + 1) / max(1, optim.warmup_steps)) if optim.warmup_steps else 1.0
+    )
 
-    run = Run(cfg=cfg, out=out, device=device, rank=rank, world=world, log=log, tokenizer=tokenizer, policy=policy,
-              reference=reference, generator=generator, use_fsdp=use_fsdp, train_rows=train_rows,
-              student_prompts=student_prompts, teacher_prompts=teacher_prompts, eval_sets=eval_sets, sampler=sampler,
-              verifier=verifier, rollout=engine, optimizer=optimizer, scheduler=scheduler)
+    run = Run(
+        cfg=cfg,
+        out=out,
+        device=device,
+        rank=rank,
+        world=world,
+        log=log,
+        tokenizer=tokenizer,
+        policy=policy,
+        reference=reference,
+        generator=generator,
+        use_fsdp=use_fsdp,
+        train_rows=train_rows,
+        student_prompts=student_prompts,
+        teacher_prompts=teacher_prompts,
+        eval_sets=eval_sets,
+        sampler=sampler,
+        verifier=verifier,
+        rollout=engine,
+        optimizer=optimizer,
+        scheduler=scheduler,
+    )
     run.start_step = resume(run) if cfg.run.resume else 0
     if not main_rank:
         run.sinks = []  # rank 0 logs for all
@@ -375,8 +420,9 @@ def _no_log(msg: str) -> None:
     pass
 
 
-def tokenize_prompts(rows: list[dict], cfg: TrainConfig, tokenizer, what: str,
-                     log: Callable[[str], None]) -> tuple[list[list[int]], list[list[int]]]:
+def tokenize_prompts(
+    rows: list[dict], cfg: TrainConfig, tokenizer, what: str, log: Callable[[str], None]
+) -> tuple[list[list[int]], list[list[int]]]:
     """Student and teacher prompt ids of every row, cut from the left to ``data.max_prompt_tokens``."""
     student_ids, teacher_ids, n_cut = [], [], 0
     limit = cfg.data.max_prompt_tokens
@@ -386,8 +432,10 @@ def tokenize_prompts(rows: list[dict], cfg: TrainConfig, tokenizer, what: str,
         student_ids.append(student[-limit:])
         teacher_ids.append(teacher[-limit:])
     if n_cut:
-        log(f"[sdpg] warning: {n_cut} {what} prompts (student and teacher views) longer than "
-            f"data.max_prompt_tokens={limit} were cut from the left")
+        log(
+            f"[sdpg] warning: {n_cut} {what} prompts (student and teacher views) longer than "
+            f"data.max_prompt_tokens={limit} were cut from the left"
+        )
     return student_ids, teacher_ids
 
 
@@ -399,8 +447,10 @@ def resume(run: Run) -> int:
     cfg = run.cfg
     state = torch.load(path, map_location=run.device, weights_only=False)
     if state["config_hash"] != cfg.config_hash():
-        raise RuntimeError(f"{path} was written by another config (hash {state['config_hash']} != {cfg.config_hash()}); "
-                           f"use a new run.output_dir or run.resume=false")
+        raise RuntimeError(
+            f"{path} was written by another config (hash {state['config_hash']} != {cfg.config_hash()}); "
+            f"use a new run.output_dir or run.resume=false"
+        )
     load_full_state(run.policy, run.optimizer, state["model"], state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.sampler.load_state_dict(state["sampler"])
@@ -436,9 +486,15 @@ def rollout(run: Run, step: int, metrics: dict[str, float]) -> Batch:
     prompt_ids = run.sampler.next(cfg.rollout.prompts_per_step)[run.rank :: run.world]  # one global draw, split
     started = time.perf_counter()
     seeds = [derived_seed(cfg.run.seed, step, "rollout", i) for i in prompt_ids] if cfg.rollout.seed_per_prompt else None
-    samples = run.rollout.generate([run.student_prompts[i] for i in prompt_ids], G, temperature=cfg.rollout.temperature,
-                                   top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
-                                   max_new_tokens=cfg.rollout.max_new_tokens, seeds=seeds)
+    samples = run.rollout.generate(
+        [run.student_prompts[i] for i in prompt_ids],
+        G,
+        temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p,
+        top_k=cfg.rollout.top_k,
+        max_new_tokens=cfg.rollout.max_new_tokens,
+        seeds=seeds,
+    )
     metrics["timing/rollout"] = time.perf_counter() - started
     responses, mask = samples.responses.to(device), samples.mask.to(device)  # [N, T], [N, T]
     pad = run.tokenizer.pad_token_id
@@ -478,12 +534,16 @@ def score(run: Run, batch: Batch, metrics: dict[str, float]) -> None:
     all_rewards, all_correct = dist.all_gather_cat(rewards.to(device)), dist.all_gather_cat(correct.to(device))  # [N_all]
     all_lengths, all_truncated = dist.all_gather_cat(lengths.float()), dist.all_gather_cat(batch.truncated.float())
     batch.all_advantages = dist.all_gather_cat(batch.advantages)  # [N_all]
-    metrics.update({
-        "train/reward": float(all_rewards.mean()), "train/accuracy": float(all_correct.mean()),
-        "train/response_length": float(all_lengths.mean()), "train/truncated": float(all_truncated.mean()),
-        "train/solve_all": float((all_correct.view(-1, G).min(-1).values == 1).float().mean()),
-        "train/solve_none": float((all_correct.view(-1, G).max(-1).values == 0).float().mean()),
-    })
+    metrics.update(
+        {
+            "train/reward": float(all_rewards.mean()),
+            "train/accuracy": float(all_correct.mean()),
+            "train/response_length": float(all_lengths.mean()),
+            "train/truncated": float(all_truncated.mean()),
+            "train/solve_all": float((all_correct.view(-1, G).min(-1).values == 1).float().mean()),
+            "train/solve_none": float((all_correct.view(-1, G).max(-1).values == 0).float().mean()),
+        }
+    )
     N = len(rewards)
     batch.keep = torch.arange(N)
     if algo.filter_groups:  # DAPO dynamic sampling: only groups with a learning signal
@@ -526,8 +586,9 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
             tokens = batch.responses[rows]  # [b, T]
             seq, attn, prompt_len = batch.student_seq[rows], batch.student_attn[rows], batch.student_prompt_len
             if entropy_pass and (run.use_fsdp or skipped[rows].any()):
-                batch.entropy[rows] = sampled_token_stats(run.policy, seq, attn, prompt_len, tokens, temperature,
-                                                          logprobs=False, entropy=True).entropy
+                batch.entropy[rows] = sampled_token_stats(
+                    run.policy, seq, attn, prompt_len, tokens, temperature, logprobs=False, entropy=True
+                ).entropy
             if not batch.on_policy:
                 stats = sampled_token_stats(run.policy, seq, attn, prompt_len, tokens, temperature, entropy=True)
                 batch.old_logp[rows], batch.entropy[rows] = stats.logp, stats.entropy
@@ -535,28 +596,33 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
                 batch.ref_logp[rows] = sampled_token_stats(run.reference, seq, attn, prompt_len, tokens, temperature).logp
             if batch.teacher_logp is not None:
                 batch.teacher_logp[rows] = sampled_token_stats(
-                    teacher, batch.teacher_seq[rows], batch.teacher_attn[rows], batch.teacher_prompt_len, tokens,
-                    temperature).logp
+                    teacher, batch.teacher_seq[rows], batch.teacher_attn[rows], batch.teacher_prompt_len, tokens, temperature
+                ).logp
         if algo.advantage in ("rlsd", "opsd"):
             behaviour_logp = batch.old_logp if not batch.on_policy else _policy_logp(run, batch, *student_view)  # [N, T]
             if algo.advantage == "rlsd":
                 decay = max(0.0, 1.0 - (step - 1) / algo.rlsd_lambda_decay_steps) if algo.rlsd_lambda_decay_steps else 1.0
                 lam = algo.rlsd_lambda * decay
                 metrics["train/rlsd_lambda"] = lam
-                batch.token_advantages = rlsd_advantages(batch.advantages, batch.teacher_logp, behaviour_logp,
-                                                         algo.rlsd_eps_w, lam)  # [N, T]
+                batch.token_advantages = rlsd_advantages(
+                    batch.advantages, batch.teacher_logp, behaviour_logp, algo.rlsd_eps_w, lam
+                )  # [N, T]
             else:
-                batch.token_advantages = opsd_token_weights(batch.teacher_logp, behaviour_logp, batch.advantages,
-                                                            algo.opsd_max_weight)  # [N, T]
+                batch.token_advantages = opsd_token_weights(
+                    batch.teacher_logp, behaviour_logp, batch.advantages, algo.opsd_max_weight
+                )  # [N, T]
     metrics["timing/logprobs"] = time.perf_counter() - started
 
 
 def _policy_logp(run: Run, batch: Batch, seq: Tensor, attn: Tensor, prompt_len: int) -> Tensor:
     """log pi_theta(y_t) [N, T] of every row, in micro-batches (the on-policy pi_old, before the update)."""
     size, temperature = run.cfg.optim.micro_batch_size, run.cfg.rollout.temperature
-    parts = [sampled_token_stats(run.policy, seq[s : s + size], attn[s : s + size], prompt_len,
-                                 batch.responses[s : s + size], temperature).logp
-             for s in range(0, seq.shape[0], size)]  # [b, T] each
+    parts = [
+        sampled_token_stats(
+            run.policy, seq[s : s + size], attn[s : s + size], prompt_len, batch.responses[s : s + size], temperature
+        ).logp
+        for s in range(0, seq.shape[0], size)
+    ]  # [b, T] each
     return torch.cat(parts)  # [N, T]
 
 
@@ -601,11 +667,15 @@ def optimizer_step(run: Run, batch: Batch, rows: Tensor, beta_k: float, loss_sta
         distil = distil * (batch.responses[rows] != run.tokenizer.eos_token_id).float()  # [M, T]
     counts = dist.all_sum(torch.stack([mask.sum(), torch.tensor(float(len(rows)), device=device), distil.sum()]))
     weights = agg_weights(mask, algo.loss_agg_mode, n_tokens=counts[0], n_seqs=counts[1])  # [M, T]
-    opd_weights = (weights * distil if algo.opd_norm == "all"
-                   else agg_weights(distil, algo.loss_agg_mode, n_tokens=counts[2], n_seqs=counts[1]))  # [M, T]
+    opd_weights = (
+        weights * distil
+        if algo.opd_norm == "all"
+        else agg_weights(distil, algo.loss_agg_mode, n_tokens=counts[2], n_seqs=counts[1])
+    )  # [M, T]
     run.optimizer.zero_grad(set_to_none=True)
-    groups: list[Tensor | None] = list(micro_batches(mask.sum(-1), optim.micro_batch_size, optim.micro_batch_tokens,
-                                                     batch.student_prompt_len))
+    groups: list[Tensor | None] = list(
+        micro_batches(mask.sum(-1), optim.micro_batch_size, optim.micro_batch_tokens, batch.student_prompt_len)
+    )
     if run.use_fsdp:  # every rank must run as many forwards: pad with zero-weight micro-batches
         n_most = int(dist.all_max(torch.tensor(float(len(groups)), device=device)).item())
         groups += [None] * (n_most - len(groups))
@@ -621,8 +691,16 @@ def optimizer_step(run: Run, batch: Batch, rows: Tensor, beta_k: float, loss_sta
     return grad_norm
 
 
-def micro_batch_backward(run: Run, batch: Batch, rows: Tensor, positions: Tensor | None, weights: Tensor,
-                         opd_weights: Tensor, beta_k: float, loss_stats: LossStats | None) -> None:
+def micro_batch_backward(
+    run: Run,
+    batch: Batch,
+    rows: Tensor,
+    positions: Tensor | None,
+    weights: Tensor,
+    opd_weights: Tensor,
+    beta_k: float,
+    loss_stats: LossStats | None,
+) -> None:
     """Forward and backward of the micro-batch at ``positions`` of the minibatch ``rows``. ``positions`` None:
     a zero-weight forward/backward that only keeps FSDP's collectives in step across ranks."""
     cfg, algo = run.cfg, run.cfg.algo
@@ -634,8 +712,16 @@ def micro_batch_backward(run: Run, batch: Batch, rows: Tensor, positions: Tensor
     tokens, mask = batch.responses[seqs, :n_resp], batch.mask[seqs, :n_resp]  # [b, tb]
     Ps, Pt = batch.student_prompt_len, batch.teacher_prompt_len
     materialised_kl = algo.needs_distillation and algo.opd_impl != "fused"
-    student = sampled_token_stats(run.policy, batch.student_seq[seqs, : Ps + n_resp], batch.student_attn[seqs, : Ps + n_resp],
-                                  Ps, tokens, cfg.rollout.temperature, entropy=batch.on_policy, keep_logits=materialised_kl)
+    student = sampled_token_stats(
+        run.policy,
+        batch.student_seq[seqs, : Ps + n_resp],
+        batch.student_attn[seqs, : Ps + n_resp],
+        Ps,
+        tokens,
+        cfg.rollout.temperature,
+        entropy=batch.on_policy,
+        keep_logits=materialised_kl,
+    )
     logp = student.logp  # [b, tb]
     if batch.on_policy and not padding:  # pi_old is this forward's pi_theta (one epoch, one minibatch)
         batch.entropy[seqs, :n_resp] = student.entropy
@@ -649,21 +735,35 @@ def micro_batch_backward(run: Run, batch: Batch, rows: Tensor, positions: Tensor
     opd = None
     if algo.needs_distillation and (run.use_fsdp or bool(opd_weights[positions].any())):
         with torch.no_grad():  # the teacher: the current policy on the privileged prompt (c, x)
-            teacher_hidden = response_hidden(run.policy, batch.teacher_seq[seqs, : Pt + n_resp],
-                                             batch.teacher_attn[seqs, : Pt + n_resp], Pt, n_resp)  # [b, tb, H]
+            teacher_hidden = response_hidden(
+                run.policy, batch.teacher_seq[seqs, : Pt + n_resp], batch.teacher_attn[seqs, : Pt + n_resp], Pt, n_resp
+            )  # [b, tb, H]
         if algo.opd_impl == "fused":
-            opd = FusedKLInputs(student.hidden, teacher_hidden, student.head_weight, student.head_bias,
-                                temperature=algo.distill_temperature)
+            opd = FusedKLInputs(
+                student.hidden, teacher_hidden, student.head_weight, student.head_bias, temperature=algo.distill_temperature
+            )
         else:
             teacher_logits = torch.nn.functional.linear(teacher_hidden, student.head_weight, student.head_bias)  # [b, tb, V]
             opd = full_vocab_kl(student.logits, teacher_logits, algo.distill_temperature)  # [b, tb]
     loss, stats = sdpg_loss(
-        logp, old_logp, batch.advantages[seqs], mask,
+        logp,
+        old_logp,
+        batch.advantages[seqs],
+        mask,
         token_advantages=token_adv,
-        opd=opd, ref_logp=batch.ref_logp[seqs, :n_resp] if batch.ref_logp is not None else None,
-        beta=beta_k, alpha=algo.alpha, kl_mode=algo.kl_mode, gate=algo.gate, opd_norm=algo.opd_norm,
-        pg_coef=algo.pg_coef, policy_mode=algo.policy_loss, clip_low=algo.clip_low, clip_high=algo.clip_high,
-        clip_c=algo.clip_c, loss_agg_mode=algo.loss_agg_mode,
+        opd=opd,
+        ref_logp=batch.ref_logp[seqs, :n_resp] if batch.ref_logp is not None else None,
+        beta=beta_k,
+        alpha=algo.alpha,
+        kl_mode=algo.kl_mode,
+        gate=algo.gate,
+        opd_norm=algo.opd_norm,
+        pg_coef=algo.pg_coef,
+        policy_mode=algo.policy_loss,
+        clip_low=algo.clip_low,
+        clip_high=algo.clip_high,
+        clip_c=algo.clip_c,
+        loss_agg_mode=algo.loss_agg_mode,
         token_weights=weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
         opd_token_weights=opd_weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
     )
@@ -701,14 +801,16 @@ def micro_batches(lengths: Tensor, size: int, token_budget: int | None, prompt_l
 # --------------------------------------------------------------------------------------------
 
 
-def reduce_metrics(run: Run, batch: Batch, loss_stats: LossStats, beta_k: float, grad_norm: Tensor,
-                   metrics: dict[str, float]) -> None:
+def reduce_metrics(
+    run: Run, batch: Batch, loss_stats: LossStats, beta_k: float, grad_norm: Tensor, metrics: dict[str, float]
+) -> None:
     """train/* metrics of the step, over all ranks."""
     mask = batch.mask
     if batch.engine_logp is not None:  # trainer vs rollout engine on the sampled tokens (before this update)
         gap = batch.old_logp - batch.engine_logp  # [N, T]
-        sums = dist.all_sum(torch.stack([(gap * mask).sum(), (gap.abs() * mask).sum(),
-                                         (torch.exp(gap.clamp(-20, 20)) * mask).sum(), mask.sum()]))
+        sums = dist.all_sum(
+            torch.stack([(gap * mask).sum(), (gap.abs() * mask).sum(), (torch.exp(gap.clamp(-20, 20)) * mask).sum(), mask.sum()])
+        )
         metrics["train/rollout_logprob_diff"] = float(sums[1] / sums[3].clamp(min=1))
         metrics["train/rollout_is_ratio"] = float(sums[2] / sums[3].clamp(min=1))
     loss_stats.all_reduce(run.device)
@@ -733,8 +835,7 @@ def evaluation_due(run: Run, step: int) -> bool:
 
 def run_evaluation(run: Run, step: int) -> dict[str, float]:
     started = time.perf_counter()
-    metrics = evaluate(run.rollout, run.tokenizer, run.verifier, run.eval_sets, run.cfg, step, run.rank, run.world,
-                       run.device)
+    metrics = evaluate(run.rollout, run.tokenizer, run.verifier, run.eval_sets, run.cfg, step, run.rank, run.world, run.device)
     metrics["timing/eval"] = time.perf_counter() - started
     return metrics
 
@@ -752,9 +853,18 @@ def save_run_state(run: Run, step: int) -> None:
         torch.distributed.all_gather_object(rngs, rng_state())
     model_state, optim_state = full_state(run.policy, run.optimizer)  # a collective under FSDP
     if run.main_rank:
-        save_checkpoint(run.out, step, {
-            "step": step, "model": model_state, "optimizer": optim_state, "scheduler": run.scheduler.state_dict(),
-            "sampler": run.sampler.state_dict(), "rng": rngs if run.world > 1 else rngs[0],
-            "config_hash": run.cfg.config_hash(),
-        }, run.cfg.run.keep_checkpoints)
+        save_checkpoint(
+            run.out,
+            step,
+            {
+                "step": step,
+                "model": model_state,
+                "optimizer": optim_state,
+                "scheduler": run.scheduler.state_dict(),
+                "sampler": run.sampler.state_dict(),
+                "rng": rngs if run.world > 1 else rngs[0],
+                "config_hash": run.cfg.config_hash(),
+            },
+            run.cfg.run.keep_checkpoints,
+        )
     dist.barrier()
