@@ -35,9 +35,13 @@ def train_main(argv: list[str] | None = None) -> int:
 
         print(yaml.safe_dump(cfg.resolved(), sort_keys=False))
         return 0
-    from sdpg.training.trainer import train
+    from sdpg.training.trainer import TrainingFailed, train
 
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except TrainingFailed as e:
+        print(f"error: {e.reason}", file=sys.stderr)
+        return 1
     if result.get("rank", 0) == 0:
         print(f"[sdpg] {result['status']} at step {result['step']}; outputs in {result['output_dir']}", file=sys.stderr)
     return 0 if result["status"] in ("finished", "interrupted") else 1
