@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     SHIPPED_DIR.mkdir(parents=True)
     for name in sorted(os.listdir(src)):
         if name != "sdpg_recipe.json" and (src / name).is_file():
-            shutil.copy2(src / name, SHIPPED_DIR / name)
+            shutil.copyfile(src / name, SHIPPED_DIR / name)
     (SHIPPED_DIR / "sdpg_recipe.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(f"shipped recipe {h} from {src} into {SHIPPED_DIR}")
     return 0
