@@ -57,7 +57,7 @@ def _script(tool: str) -> list[str]:
 
 
 def run_cli(tool: str, args: list[str], cwd: Path, env: dict | None = None, timeout: float = 300):
-    return subprocess.run(_script(tool) + [str(a) for a in args], cwd=cwd, env=_env(env), capture_output=True,
+    return subprocess.run(_script(tool) + [str(a) for a in args], check=False, cwd=cwd, env=_env(env), capture_output=True,
                           text=True, errors="replace", timeout=timeout)
 
 
