@@ -492,11 +492,16 @@ def _short_value(value: Any, limit: int = 80) -> str:
 
 def format_validation_error(err: ValidationError, source: str) -> str:
     """The first error as one sentence (the others are counted): source, key, value, reason."""
-    errors = err.errors()
+    import difflib
+
+    errors = sorted(err.errors(), key=lambda x: x["type"] != "extra_forbidden")  # a misspelling names the cause
     e = errors[0]
     key = ".".join(str(x) for x in e["loc"])
     if e["type"] == "extra_forbidden":
-        msg = f"{source}: unknown key '{key}' (value {_short_value(e.get('input'))})"
+        missing = [".".join(str(x) for x in m["loc"]) for m in errors if m["type"] == "missing"]
+        close = difflib.get_close_matches(key, missing, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        msg = f"{source}: unknown key '{key}' (value {_short_value(e.get('input'))}){hint}"
     elif e["type"] == "missing":
         msg = f"{source}: missing required key '{key}'"
     else:
