@@ -187,7 +187,7 @@ def _differing(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 def load_plan(path: str | Path, executor: str | None = None, profile: str | None = None,
               only: list[str] | None = None, max_runs: int | None = None, profile_file: str | None = None,
-              check_world: bool = True) -> Plan:
+              check_world: bool = False) -> Plan:
     """Read, resolve and validate a spec into a plan; raises ConfigError naming file and key.
 
     Everything is checked before anything exists: the grid's size (from the axis lengths, before any run

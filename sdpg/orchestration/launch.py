@@ -80,14 +80,21 @@ class TrainJob:
         from sdpg.training.locks import RUN_LOCK, LockBusy, file_lock
 
         out_dir = Path(cfg.run.output_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
         run_lock = file_lock(out_dir / RUN_LOCK, timeout=self.lock_wait_s, info={"mlflow_run": self.run_id or ""})
         try:
+            out_dir.mkdir(parents=True, exist_ok=True)
             run_lock.__enter__()
         except LockBusy as e:
             signal.signal(signal.SIGUSR2, previous if previous is not None else signal.SIG_DFL)
             print(f"[sdpg] {e}; this job leaves the run to it", file=sys.stderr, flush=True)
             return {"status": "busy", "step": 0, "output_dir": str(out_dir), "preempted": False, "holder": e.holder}
+        except BaseException as e:  # the folder cannot be made: the run fails with that reason
+            signal.signal(signal.SIGUSR2, previous if previous is not None else signal.SIG_DFL)
+            if tracked:
+                from sdpg.orchestration.tracking import client
+
+                self._end(client(self.tracking_uri), "FAILED", error=e, tb=traceback.format_exc())
+            raise
         try:
             return self._run_locked(cfg, trial, requeue, preempted, previous, should_stop, tracked)
         finally:

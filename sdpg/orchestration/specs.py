@@ -111,7 +111,7 @@ def load_profile(name: str, source: str) -> SlurmProfile:
         if p.is_file():
             return validate(SlurmProfile, read_yaml(p, "profile"), str(p))
     known = sorted({p.stem for d in profile_dirs() if d.is_dir() for p in d.glob("*.yaml")})
-    raise ConfigError(f"{source} has bad value {short_repr(name)}: unknown SLURM profile (known: {', '.join(known) or 'none'})")
+    raise ConfigError(f"{source}: unknown SLURM profile {short_repr(name)} (known: {', '.join(known) or 'none'})")
 
 
 def load_profile_file(path: str | Path) -> SlurmProfile:

@@ -238,7 +238,7 @@ class Sweep:
     spec's budget (``--n-trials``)."""
 
     def __init__(self, path: str | Path, executor: str | None = None, profile: str | None = None,
-                 n_trials: int | None = None, profile_file: str | None = None, check_world: bool = True):
+                 n_trials: int | None = None, profile_file: str | None = None, check_world: bool = False):
         path = Path(path)
         self.path = path
         spec = validate(SweepSpec, read_yaml(path, "sweep spec"), str(path))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,25 +50,28 @@ TOKEN_SHAPES = re.compile(
 )
 BEARER = re.compile(r"(?P<pre>\b(?:Bearer|Basic|token)\s+)[A-Za-z0-9._~+/=-]{12,}", re.IGNORECASE)
 
-_lock = threading.Lock()
-_snapshot: dict[str, str] | None = None
-
-
-def env_snapshot(refresh: bool = False) -> dict[str, str]:
-    """A copy of the environment, taken once (``dict(os.environ)`` is one C-level copy, safe against a thread
-    that sets a variable meanwhile); ``refresh`` takes a new one."""
-    global _snapshot
-    with _lock:
-        if _snapshot is None or refresh:
-            for _ in range(5):
-                try:
-                    _snapshot = dict(os.environ)
-                    break
-                except RuntimeError:  # "dictionary changed size during iteration" on a concurrent setenv
-                    continue
-            else:
-                _snapshot = {}
-        return _snapshot
+def env_snapshot() -> dict[str, str]:
+    """A copy of the environment taken now, safely: ``dict(os.environ)`` iterates keys and then reads each,
+    so a variable removed meanwhile by another thread (MLflow's telemetry) raised ``KeyError``; the copy
+    of the underlying dict is one C-level operation under the GIL."""
+    data = getattr(os.environ, "_data", None)
+    if isinstance(data, dict):
+        raw = dict(data)
+        decode = getattr(os.environ, "decodevalue", None) or (lambda b: b.decode() if isinstance(b, bytes) else b)
+        decodek = getattr(os.environ, "decodekey", None) or decode
+        out = {}
+        for k, v in raw.items():
+            try:
+                out[decodek(k)] = decode(v)
+            except (UnicodeDecodeError, AttributeError):
+                continue
+        return out
+    for _ in range(10):
+        try:
+            return dict(os.environ)
+        except (KeyError, RuntimeError):
+            continue
+    return {}
 
 
 def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
