@@ -52,8 +52,11 @@ def _train(argv: list[str] | None) -> int:
 
     from sdpg.training.config import load_config
 
-    p = argparse.ArgumentParser(prog="sdpg-train", description="Train one SDPG / baseline run from a YAML config "
-                                "(default: the built-in embedded task) with dotted overrides.")
+    p = argparse.ArgumentParser(
+        prog="sdpg-train",
+        description="Train one SDPG / baseline run from a YAML config "
+        "(default: the built-in embedded task) with dotted overrides.",
+    )
     p.add_argument("args", nargs="*", help="CONFIG.yaml first (optional), then key.path=value overrides")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     a = p.parse_args(argv)

@@ -51,13 +51,18 @@ def _spec(tmp_path: Path, name: str, executor: str = "local", **extra) -> Path:
 def _create_store(out: Path) -> None:
     """An MLflow store with its schema created, as an earlier submission leaves it."""
     code = "import sys; from mlflow.tracking import MlflowClient; MlflowClient(sys.argv[1]).search_experiments()"
-    subprocess.run([sys.executable, "-c", code, f"sqlite:///{out / 'mlflow.db'}"], check=True, capture_output=True,
-                   env=_env())
+    subprocess.run([sys.executable, "-c", code, f"sqlite:///{out / 'mlflow.db'}"], check=True, capture_output=True, env=_env())
 
 
 def _start(p: Path, cwd: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sdpg", "ablate", str(p), *args], cwd=cwd, env=env or _env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "sdpg", "ablate", str(p), *args],
+        cwd=cwd,
+        env=env or _env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _check_once(out: Path, n_runs: int) -> None:
@@ -66,8 +71,9 @@ def _check_once(out: Path, n_runs: int) -> None:
     try:
         parents = db.execute("select count(*) from tags where key = 'sdpg.parent'").fetchone()[0]
         children = db.execute("select count(distinct run_uuid) from tags where key = 'sdpg.run_hash'").fetchone()[0]
-        dup = db.execute("select run_uuid, key, step, count(*) from metrics group by run_uuid, key, step "
-                         "having count(*) > 1").fetchall()
+        dup = db.execute(
+            "select run_uuid, key, step, count(*) from metrics group by run_uuid, key, step having count(*) > 1"
+        ).fetchall()
         n_rows = db.execute("select count(*) from metrics").fetchone()[0]
     finally:
         db.close()
@@ -95,7 +101,7 @@ def test_two_local_submissions_at_once_train_each_run_once(tmp_path, tiny_model_
         _create_store(out)
     first, second = _start(p, tmp_path), _start(p, tmp_path)
     outs = [proc.communicate(timeout=900) for proc in (first, second)]
-    for proc, (so, se) in zip((first, second), outs):
+    for proc, (_, se) in zip((first, second), outs):
         assert proc.returncode == 0, se[-3000:]
         assert "Traceback" not in se, se[-3000:]
     console = "".join(so + se for so, se in outs)
@@ -122,26 +128,42 @@ def test_secrets_appear_nowhere(tmp_path, tiny_model_built):
         "name": "secrets",
         "base": "embedded",
         # a URI with credentials and a query-string secret, as a user may leave them in a spec comment
-        "overrides": {**tiny_overrides_dict(), "run.total_steps": 1, "eval.every": 0,
-                      # config values holding secrets: a token shape, an environment secret's value
-                      "data.student_template": f"Q:{{problem}} {s['hf_token']} {s['env_plain']}\nA:"},
+        "overrides": {
+            **tiny_overrides_dict(),
+            "run.total_steps": 1,
+            "eval.every": 0,
+            # config values holding secrets: a token shape, an environment secret's value
+            "data.student_template": f"Q:{{problem}} {s['hf_token']} {s['env_plain']}\nA:",
+        },
         "variants": {"a": {}},
         "seeds": [0],
         "executor": "local",
     }
-    text = (f"# mirror: postgresql://alice:{s['uri_password']}@db.example:5432/mlflow\n"
-            f"# bucket: s3://AKIAIOSFODNN7EXAMPLE:{s['s3_secret']}@bucket/x\n"
-            f"# api: https://api.example/v1?password={s['query_secret']}&x=1\n"
-            f"# github: {s['env_token']}\n") + yaml.safe_dump(spec, sort_keys=False)
+    text = (
+        f"# mirror: postgresql://alice:{s['uri_password']}@db.example:5432/mlflow\n"
+        f"# bucket: s3://AKIAIOSFODNN7EXAMPLE:{s['s3_secret']}@bucket/x\n"
+        f"# api: https://api.example/v1?password={s['query_secret']}&x=1\n"
+        f"# github: {s['env_token']}\n"
+    ) + yaml.safe_dump(spec, sort_keys=False)
     p = tmp_path / "secrets.yaml"
     p.write_text(text)
     env = _env(GITHUB_PAT=s["env_token"], DEPLOY_PASSWORD=s["env_plain"], HF_TOKEN=s["hf_token"])
-    r = subprocess.run([sys.executable, "-m", "sdpg", "ablate", str(p)], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=900, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "sdpg", "ablate", str(p)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "outputs" / "secrets"
-    places = [out / "mlflow.db", *(f for f in (out / "mlartifacts").rglob("*") if f.is_file()),
-              *(f for f in (out / "submitit").rglob("*") if f.suffix in (".out", ".err", ".log"))]
+    places = [
+        out / "mlflow.db",
+        *(f for f in (out / "mlartifacts").rglob("*") if f.is_file()),
+        *(f for f in (out / "submitit").rglob("*") if f.suffix in (".out", ".err", ".log")),
+    ]
     assert (out / "mlflow.db").is_file() and any(f.name == "ablation_spec.yaml" for f in places), places
     leaks = []
     for f in places:
@@ -155,8 +177,9 @@ def test_secrets_appear_nowhere(tmp_path, tiny_model_built):
 
 
 def _squeue_empty(job_ids: list[str]) -> bool:
-    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "--jobs", ",".join(job_ids)], capture_output=True,
-                         text=True, check=False)
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-o", "%i", "--jobs", ",".join(job_ids)], capture_output=True, text=True, check=False
+    )
     return not out.stdout.strip()
 
 

@@ -57,8 +57,21 @@ from sdpg.training.config import (
     build_config,
 )
 
-__all__ = ["NAME_PATTERN", "AblationSpec", "Plan", "Run", "TrackingSpec", "cancel", "load_plan", "main", "run_state",
-           "status", "submit", "table", "watch"]
+__all__ = [
+    "NAME_PATTERN",
+    "AblationSpec",
+    "Plan",
+    "Run",
+    "TrackingSpec",
+    "cancel",
+    "load_plan",
+    "main",
+    "run_state",
+    "status",
+    "submit",
+    "table",
+    "watch",
+]
 
 
 class AblationSpec(Strict):
@@ -185,9 +198,15 @@ def _differing(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def load_plan(path: str | Path, executor: str | None = None, profile: str | None = None,
-              only: list[str] | None = None, max_runs: int | None = None, profile_file: str | None = None,
-              check_world: bool = False) -> Plan:
+def load_plan(
+    path: str | Path,
+    executor: str | None = None,
+    profile: str | None = None,
+    only: list[str] | None = None,
+    max_runs: int | None = None,
+    profile_file: str | None = None,
+    check_world: bool = False,
+) -> Plan:
     """Read, resolve and validate a spec into a plan; raises ConfigError naming file and key.
 
     Everything is checked before anything exists: the grid's size (from the axis lengths, before any run
@@ -202,18 +221,25 @@ def load_plan(path: str | Path, executor: str | None = None, profile: str | None
     limit = MAX_RUNS if max_runs is None else max_runs
     n_planned = grid_size([len(spec.variants), *(len(v) for v in spec.grid.values()), len(spec.seeds)])
     if n_planned > limit:
-        raise ConfigError(f"{src}: the spec plans {n_planned} runs ({len(spec.variants)} variants x "
-                          f"{' x '.join(str(len(v)) for v in spec.grid.values()) or '1'} grid points x {len(spec.seeds)} seeds), "
-                          f"more than the limit of {limit}; pass --max-runs {n_planned} to go beyond")
+        raise ConfigError(
+            f"{src}: the spec plans {n_planned} runs ({len(spec.variants)} variants x "
+            f"{' x '.join(str(len(v)) for v in spec.grid.values()) or '1'} grid points x {len(spec.seeds)} seeds), "
+            f"more than the limit of {limit}; pass --max-runs {n_planned} to go beyond"
+        )
     raw_base = resolve_base(spec.base, path)
     if isinstance(spec.base, dict):  # errors in an inline base are the base's, not the first variant's
         build_config(raw_base, f"{src}: base")
     if spec.overrides:
         build_config(apply_layer(raw_base, spec.overrides), f"{src}: overrides")
     base = apply_layer(raw_base, spec.overrides)
-    kind, prof = resolve_executor(executor or spec.executor, profile or spec.profile, src,
-                                  kind_from="--executor" if executor else None,
-                                  profile_from="--profile" if profile else None, profile_file=profile_file)
+    kind, prof = resolve_executor(
+        executor or spec.executor,
+        profile or spec.profile,
+        src,
+        kind_from="--executor" if executor else None,
+        profile_from="--profile" if profile else None,
+        profile_file=profile_file,
+    )
     check_tracking_uri(spec.tracking.uri, src)
     check_experiment_name(spec.tracking.experiment, src)
     out = output_folder(spec.output_dir, spec.name)
@@ -241,8 +267,9 @@ def load_plan(path: str | Path, executor: str | None = None, profile: str | None
                 name = f"{vname}{'-' + gname if gname else ''}-s{seed}"
                 raw = cfg.config_hash()
                 if raw in written:
-                    raise ConfigError(f"{src}: runs {written[raw]!r} and {name!r} resolve to the same config (hash {raw}); "
-                                      f"variants must differ")
+                    raise ConfigError(
+                        f"{src}: runs {written[raw]!r} and {name!r} resolve to the same config (hash {raw}); variants must differ"
+                    )
                 written[raw] = name
                 h = cfg.effective().config_hash()
                 first = canonical.get(h)
@@ -274,8 +301,9 @@ def load_plan(path: str | Path, executor: str | None = None, profile: str | None
     if filters and not runs:
         raise ConfigError(f"--only {' --only '.join(only or [])}: matches no run of {src}")
     uri, experiment = tracking_target(spec.tracking, out, spec.name)
-    return Plan(spec=spec, path=path, output_dir=out, runs=runs, executor=kind, profile=prof,
-                tracking_uri=uri, experiment=experiment)
+    return Plan(
+        spec=spec, path=path, output_dir=out, runs=runs, executor=kind, profile=prof, tracking_uri=uri, experiment=experiment
+    )
 
 
 def duplicates_note(plan: Plan) -> str:
@@ -283,8 +311,10 @@ def duplicates_note(plan: Plan) -> str:
     dups = plan.duplicates
     if not dups:
         return ""
-    lines = [f"{len(plan.distinct)} distinct runs; {len(dups)} duplicate{'s' if len(dups) > 1 else ''} "
-             f"(same effective config: trained once, reported under both names):"]
+    lines = [
+        f"{len(plan.distinct)} distinct runs; {len(dups)} duplicate{'s' if len(dups) > 1 else ''} "
+        f"(same effective config: trained once, reported under both names):"
+    ]
     for r in dups:
         why = ", ".join(r.inert) or "nothing"
         lines.append(f"  {r.name} = {r.same_as}  ({why}: no effect here)")
@@ -358,17 +388,35 @@ def _child_runs(plan: Plan, exp: Experiment) -> dict[str, str]:
     run_ids = {}
     for r in plan.distinct:
         aliases = plan.aliases(r)
-        tags = {"variant": r.variant, "seed": r.seed, "method": r.config.algo.method, "run_hash": r.hash,
-                "grid": json.dumps(r.grid)}
+        tags = {
+            "variant": r.variant,
+            "seed": r.seed,
+            "method": r.config.algo.method,
+            "run_hash": r.hash,
+            "grid": json.dumps(r.grid),
+        }
         if aliases:  # the same run under other names: a report lists it under each
-            tags["sdpg.aliases"] = json.dumps([{"name": a.name, "variant": a.variant, "seed": a.seed, "grid": a.grid}
-                                               for a in aliases])
+            tags["sdpg.aliases"] = json.dumps(
+                [{"name": a.name, "variant": a.variant, "seed": a.seed, "grid": a.grid} for a in aliases]
+            )
         run_ids[r.hash] = exp.child(r.hash, r.name, r.config, tags)
     return run_ids
 
 
-ACTIVE_SLURM_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
-                       "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}
+ACTIVE_SLURM_STATES = {
+    "PENDING",
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SUSPENDED",
+    "STOPPED",
+    "SIGNALING",
+    "STAGE_OUT",
+}
 
 
 def _job_history(entry: dict) -> list[dict]:
@@ -404,8 +452,13 @@ def _slurm_active(job_ids: list[str]) -> set[str]:
     if not job_ids:
         return set()
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "--jobs", ",".join(job_ids)], capture_output=True,
-                             text=True, timeout=60, check=False)
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i %T", "--jobs", ",".join(job_ids)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise RuntimeError(f"cannot ask SLURM about jobs {', '.join(job_ids[:5])}: {e}") from None
     if out.returncode != 0 and "Invalid job id" not in out.stderr:
@@ -420,15 +473,15 @@ def _slurm_active(job_ids: list[str]) -> set[str]:
 
 def active_jobs(jobs_state: dict, hashes: list[str]) -> dict[str, str]:
     """Run hash -> id of a job of it that is still queued or running (any job ever submitted for it)."""
-    slurm_ids = [str(j["job_id"]) for h in hashes for j in _job_history(jobs_state.get(h, {}))
-                 if j.get("executor") == "slurm"]
+    slurm_ids = [str(j["job_id"]) for h in hashes for j in _job_history(jobs_state.get(h, {})) if j.get("executor") == "slurm"]
     live_slurm = _slurm_active(slurm_ids)
     out = {}
     for h in hashes:
         for j in reversed(_job_history(jobs_state.get(h, {}))):
             jid = str(j.get("job_id"))
             if (j.get("executor") == "slurm" and jid in live_slurm) or (
-                    j.get("executor") == "local" and _local_alive(jid, j.get("host"))):
+                j.get("executor") == "local" and _local_alive(jid, j.get("host"))
+            ):
                 out[h] = jid
                 break
     return out
@@ -466,8 +519,10 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
         try:
             stack.enter_context(file_lock(lock_path, wait=False))
         except LockBusy as e:
-            log(f"[sdpg-ablate] {plan.spec.name} is being submitted by another sdpg-ablate "
-                f"({', '.join(f'{k} {v}' for k, v in e.holder.items())}); waiting for it")
+            log(
+                f"[sdpg-ablate] {plan.spec.name} is being submitted by another sdpg-ablate "
+                f"({', '.join(f'{k} {v}' for k, v in e.holder.items())}); waiting for it"
+            )
             stack.enter_context(file_lock(lock_path, wait=True))
         state_file = plan.output_dir / "jobs.json"
         jobs_state = json.loads(state_file.read_text()) if state_file.is_file() else {}
@@ -485,8 +540,10 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
                 tracking.finish_run(c, run_ids[r.hash], "FINISHED")
         if attached:
             names = [r.name for r in unfinished if r.hash in attached]
-            log(f"[sdpg-ablate] {len(attached)} runs already have a job queued or running; attached, not resubmitted: "
-                + ", ".join(f"{n} (job {attached[r.hash]})" for n, r in zip(names, [r for r in unfinished if r.hash in attached])))
+            log(
+                f"[sdpg-ablate] {len(attached)} runs already have a job queued or running; attached, not resubmitted: "
+                + ", ".join(f"{n} (job {attached[r.hash]})" for n, r in zip(names, [r for r in unfinished if r.hash in attached]))
+            )
         if not todo:
             if not attached:
                 exp.end_if_done()
@@ -494,12 +551,14 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
                 return {"submitted": [], "attached": {}, "experiment_id": exp.experiment_id, "parent_run_id": exp.parent_id}
             jobs = []
         else:
-            ex = make_executor(plan.executor, plan.output_dir / "submitit", plan.profile, plan.spec.name,
-                               max_parallel or plan.spec.max_parallel)
+            ex = make_executor(
+                plan.executor, plan.output_dir / "submitit", plan.profile, plan.spec.name, max_parallel or plan.spec.max_parallel
+            )
             fns = [TrainJob(r.config.resolved(), plan.tracking_uri, run_ids[r.hash], exp.parent_id) for r in todo]
             if plan.executor == "local":
-                jobs = _submit_local(ex, fns, max_parallel or plan.spec.max_parallel,
-                                     lambda js: log("[sdpg-ablate] " + _progress(todo, js)))
+                jobs = _submit_local(
+                    ex, fns, max_parallel or plan.spec.max_parallel, lambda js: log("[sdpg-ablate] " + _progress(todo, js))
+                )
             else:
                 with ex.batch():
                     jobs = [ex.submit(f) for f in fns]
@@ -507,16 +566,27 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
             for r, j in zip(todo, jobs):
                 prev = _job_history(jobs_state.get(r.hash, {}))
                 rec = {"job_id": str(j.job_id), "executor": plan.executor, "host": host, "submitted_at": now}
-                jobs_state[r.hash] = {"name": r.name, "job_id": str(j.job_id), "executor": plan.executor, "host": host,
-                                      "mlflow_run_id": run_ids[r.hash], "submitted_at": now, "jobs": [*prev, rec]}
+                jobs_state[r.hash] = {
+                    "name": r.name,
+                    "job_id": str(j.job_id),
+                    "executor": plan.executor,
+                    "host": host,
+                    "mlflow_run_id": run_ids[r.hash],
+                    "submitted_at": now,
+                    "jobs": [*prev, rec],
+                }
             _write_jobs(state_file, jobs_state)
     if todo:
-        log(f"[sdpg-ablate] submitted {len(todo)} of {len(distinct)} runs ({len(distinct) - len(unfinished)} finished"
+        log(
+            f"[sdpg-ablate] submitted {len(todo)} of {len(distinct)} runs ({len(distinct) - len(unfinished)} finished"
             f"{f', {len(attached)} attached' if attached else ''}) with the {plan.executor} executor: "
-            f"job ids {', '.join(str(j.job_id) for j in jobs)}")
+            f"job ids {', '.join(str(j.job_id) for j in jobs)}"
+        )
         log(f"[sdpg-ablate] logs: {plan.output_dir / 'submitit'}")
-    log(f"[sdpg-ablate] MLflow: experiment {plan.experiment!r} (id {exp.experiment_id}) at {tracking.redact(plan.tracking_uri)}; "
-        f"view with: mlflow ui --backend-store-uri {tracking.redact(plan.tracking_uri)}")
+    log(
+        f"[sdpg-ablate] MLflow: experiment {plan.experiment!r} (id {exp.experiment_id}) at {tracking.redact(plan.tracking_uri)}; "
+        f"view with: mlflow ui --backend-store-uri {tracking.redact(plan.tracking_uri)}"
+    )
     if wait if wait is not None else plan.executor in ("local", "debug"):
         try:
             if jobs:
@@ -527,8 +597,13 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
         _wait_attached(plan, jobs_state, attached, log)
         log(status(plan))
         log(f"[sdpg-ablate] done; open the runs with: mlflow ui --backend-store-uri {tracking.redact(plan.tracking_uri)}")
-    return {"submitted": [r.hash for r in todo], "attached": attached, "jobs": jobs, "experiment_id": exp.experiment_id,
-            "parent_run_id": exp.parent_id}
+    return {
+        "submitted": [r.hash for r in todo],
+        "attached": attached,
+        "jobs": jobs,
+        "experiment_id": exp.experiment_id,
+        "parent_run_id": exp.parent_id,
+    }
 
 
 def _wait_attached(plan: Plan, jobs_state: dict, attached: dict[str, str], log, every_s: float = 10.0) -> None:
@@ -693,8 +768,9 @@ def _scheduler_states(job_ids: list[str]) -> dict[str, str]:
     if not job_ids:
         return {}
     try:
-        out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True, text=True,
-                             timeout=20, check=False)
+        out = subprocess.run(
+            ["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True, text=True, timeout=20, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return {}
     res = {}
@@ -741,27 +817,58 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     sub, argv, p = subcommand_parser(
-        "sdpg-ablate", {"status": "each run's state, step and last metrics",
-                        "cancel": "cancel the spec's SLURM jobs (their MLflow runs end KILLED)"},
-        "Submit, inspect or cancel a grid of runs from an ablation spec.", argv,
-        run_help="print the runs, then train the unfinished ones (--dry-run: print only)")
-    p.add_argument("--executor", choices=EXECUTORS,
-                   help="where runs execute: local (processes here), debug (this process), slurm (default: the spec's)")
-    p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
-                   help="keep runs whose variant / seed / resolved config key equals VALUE")
-    p.add_argument("--max-runs", type=int, metavar="N",
-                   help="plan up to N runs (default 10000: a larger grid is refused before it is expanded)")
+        "sdpg-ablate",
+        {
+            "status": "each run's state, step and last metrics",
+            "cancel": "cancel the spec's SLURM jobs (their MLflow runs end KILLED)",
+        },
+        "Submit, inspect or cancel a grid of runs from an ablation spec.",
+        argv,
+        run_help="print the runs, then train the unfinished ones (--dry-run: print only)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        help="where runs execute: local (processes here), debug (this process), slurm (default: the spec's)",
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keep runs whose variant / seed / resolved config key equals VALUE",
+    )
+    p.add_argument(
+        "--max-runs",
+        type=int,
+        metavar="N",
+        help="plan up to N runs (default 10000: a larger grid is refused before it is expanded)",
+    )
     if sub == "run":
         p.add_argument("--dry-run", action="store_true", help="print the runs; submit nothing")
-        p.add_argument("--max-parallel", type=int, metavar="N",
-                       help="runs at a time (SLURM array parallelism; default: the spec's max_parallel)")
-        p.add_argument("--rehearse", action="store_true",
-                       help="run every run here for 2 steps on a shrunk model with its own MLflow store; submit nothing")
-        p.add_argument("--rehearse-model", metavar="PATH",
-                       help="with --rehearse: a local folder (config.json and tokenizer) standing in for model.path")
+        p.add_argument(
+            "--max-parallel",
+            type=int,
+            metavar="N",
+            help="runs at a time (SLURM array parallelism; default: the spec's max_parallel)",
+        )
+        p.add_argument(
+            "--rehearse",
+            action="store_true",
+            help="run every run here for 2 steps on a shrunk model with its own MLflow store; submit nothing",
+        )
+        p.add_argument(
+            "--rehearse-model",
+            metavar="PATH",
+            help="with --rehearse: a local folder (config.json and tokenizer) standing in for model.path",
+        )
         p.add_argument("--rehearse-dir", metavar="DIR", help="with --rehearse: its folder (default rehearsals/NAME)")
-        p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
-                       help="wait for the runs (default: yes for local/debug, no for slurm)")
+        p.add_argument(
+            "--wait",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="wait for the runs (default: yes for local/debug, no for slurm)",
+        )
     a = p.parse_args(argv)
     try:
         for f in a.only:
@@ -771,8 +878,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--max-parallel {a.max_parallel}: must be at least 1")
         if a.max_runs is not None and a.max_runs < 1:
             raise ConfigError(f"--max-runs {a.max_runs}: must be at least 1")
-        plan = load_plan(a.spec, a.executor, a.profile, a.only, max_runs=a.max_runs, profile_file=a.profile_file,
-                         check_world=sub == "run")
+        plan = load_plan(
+            a.spec, a.executor, a.profile, a.only, max_runs=a.max_runs, profile_file=a.profile_file, check_world=sub == "run"
+        )
     except ConfigError as e:
         from sdpg.orchestration.tracking import redact
 
@@ -785,8 +893,10 @@ def main(argv: list[str] | None = None) -> int:
         cancel(plan)
         return 0
     n, k = len(plan.runs), len(plan.distinct)
-    print(f"{plan.spec.name}: {n} runs{f' ({k} distinct)' if k != n else ''}, executor {plan.executor}"
-          f"{' (profile ' + plan.spec.profile + ')' if plan.spec.profile else ''}, output {plan.output_dir}")
+    print(
+        f"{plan.spec.name}: {n} runs{f' ({k} distinct)' if k != n else ''}, executor {plan.executor}"
+        f"{' (profile ' + plan.spec.profile + ')' if plan.spec.profile else ''}, output {plan.output_dir}"
+    )
     print(table(plan))
     if a.dry_run:
         return 0

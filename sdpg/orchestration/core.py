@@ -53,8 +53,15 @@ def resolve_base(base: str | dict[str, Any], spec_path: Path) -> dict:
     return load_yaml(bp)
 
 
-def resolve_executor(kind: str, profile: str | None, src: str, *, kind_from: str | None = None,
-                     profile_from: str | None = None, profile_file: str | None = None) -> tuple[str, SlurmProfile | None]:
+def resolve_executor(
+    kind: str,
+    profile: str | None,
+    src: str,
+    *,
+    kind_from: str | None = None,
+    profile_from: str | None = None,
+    profile_file: str | None = None,
+) -> tuple[str, SlurmProfile | None]:
     """(executor kind, SLURM profile). ``kind`` may be a profile name (then the executor is slurm);
     slurm without a profile uses ``slurm/dev.yaml``. Profiles are loaded by name from the profile
     folders only; ``profile_file`` (``--profile-file``) is the one way to name a file. ``kind_from`` /
@@ -109,18 +116,21 @@ def check_tracking_uri(uri: str | None, where: str) -> None:
     m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", uri)
     scheme = m.group(1).split("+")[0].lower() if m else ""
     if scheme not in TRACKING_SCHEMES:
-        raise ConfigError(f"{where}: key 'tracking.uri' has bad value {short_repr(redact(uri))}: unknown scheme "
-                          f"{scheme or '(none)'!r} (expected one of {', '.join(TRACKING_SCHEMES)})")
+        raise ConfigError(
+            f"{where}: key 'tracking.uri' has bad value {short_repr(redact(uri))}: unknown scheme "
+            f"{scheme or '(none)'!r} (expected one of {', '.join(TRACKING_SCHEMES)})"
+        )
     if scheme == "sqlite":
         if not uri.startswith("sqlite:///"):
-            raise ConfigError(f"{where}: key 'tracking.uri' has bad value {short_repr(redact(uri))}: "
-                              f"expected sqlite:///PATH (three slashes, then the path)")
-        db = Path(uri[len("sqlite:///"):])
+            raise ConfigError(
+                f"{where}: key 'tracking.uri' has bad value {short_repr(redact(uri))}: "
+                f"expected sqlite:///PATH (three slashes, then the path)"
+            )
+        db = Path(uri[len("sqlite:///") :])
         if db.is_dir():
             raise ConfigError(f"{where}: key 'tracking.uri' has bad value {short_repr(uri)}: {db} is a folder")
         if not db.parent.is_dir():
-            raise ConfigError(f"{where}: key 'tracking.uri' has bad value {short_repr(uri)}: "
-                              f"no folder {db.parent} for the store")
+            raise ConfigError(f"{where}: key 'tracking.uri' has bad value {short_repr(uri)}: no folder {db.parent} for the store")
 
 
 def check_experiment_name(name: str | None, where: str) -> None:
@@ -129,8 +139,10 @@ def check_experiment_name(name: str | None, where: str) -> None:
     if name is None:
         return
     if not name.strip() or len(name) > 200 or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
-        raise ConfigError(f"{where}: key 'tracking.experiment' has bad value {short_repr(name)}: an experiment name "
-                          f"is one line of at most 200 printable characters")
+        raise ConfigError(
+            f"{where}: key 'tracking.experiment' has bad value {short_repr(name)}: an experiment name "
+            f"is one line of at most 200 printable characters"
+        )
 
 
 def output_folder(output_dir: str | None, name: str) -> Path:
@@ -178,9 +190,12 @@ class Experiment:
         # migration (one died in alembic, leaving _alembic_tmp_runs) and could both create the parent run.
         with file_lock(self.output_dir / ".sdpg-store.lock", timeout=600):
             c = self.client
-            self.experiment_id = tracking.get_or_create_experiment(c, self.name, tracking.artifact_location(self.uri, self.output_dir))
-            self.parent_id = tracking.ensure_parent_run(c, self.experiment_id, self.spec_name, self.kind,
-                                                        {"sdpg.spec_file": str(self.spec_path)})
+            self.experiment_id = tracking.get_or_create_experiment(
+                c, self.name, tracking.artifact_location(self.uri, self.output_dir)
+            )
+            self.parent_id = tracking.ensure_parent_run(
+                c, self.experiment_id, self.spec_name, self.kind, {"sdpg.spec_file": str(self.spec_path)}
+            )
         if log_spec:
             tracking.retry(c.log_text, self.parent_id, tracking.redact(self.spec_path.read_text()), f"{self.kind}_spec.yaml")
         return self
@@ -194,9 +209,14 @@ class Experiment:
 
         resolved = config.resolved()
         rid, _ = tracking.ensure_child_run(
-            self.client, self.experiment_id, self.parent_id, key, name,
+            self.client,
+            self.experiment_id,
+            self.parent_id,
+            key,
+            name,
             tags={"git_commit": tracking.git_commit(), "spec": self.spec_name, **tags},
-            params=tracking.flatten(resolved), config_yaml=yaml.safe_dump(resolved, sort_keys=False),
+            params=tracking.flatten(resolved),
+            config_yaml=yaml.safe_dump(resolved, sort_keys=False),
         )
         return rid
 

@@ -46,8 +46,9 @@ class TrainJob:
     lock_wait_s: float = 120.0
     """How long a job waits for its run folder's lock before leaving the run to the holder."""
 
-    def __init__(self, config: dict, tracking_uri: str | None = None, run_id: str | None = None,
-                 parent_run_id: str | None = None):
+    def __init__(
+        self, config: dict, tracking_uri: str | None = None, run_id: str | None = None, parent_run_id: str | None = None
+    ):
         self.config, self.tracking_uri, self.run_id, self.parent_run_id = config, tracking_uri, run_id, parent_run_id
 
     def __call__(self) -> dict:
@@ -122,8 +123,7 @@ class TrainJob:
             result = train(cfg, sinks=sinks, should_stop=should_stop)
         except BaseException as e:
             if c is not None:
-                self._end(c, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", error=e,
-                          tb=traceback.format_exc())
+                self._end(c, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", error=e, tb=traceback.format_exc())
             raise
         finally:
             signal.signal(signal.SIGUSR2, previous if previous is not None else signal.SIG_DFL)
@@ -159,8 +159,11 @@ class TrainJob:
             if self.parent_run_id:
                 tracking.end_parent_if_done(c, self.parent_run_id)
         except Exception as e:  # tracking must not hide the run's own outcome
-            print(f"[sdpg] could not record the end of MLflow run {self.run_id}: {tracking.redact(repr(e))}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[sdpg] could not record the end of MLflow run {self.run_id}: {tracking.redact(repr(e))}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         """Called by submitit when the job is signalled; the trainer has already saved its state,
@@ -208,8 +211,13 @@ def make_executor(kind: str, folder: str | Path, profile: SlurmProfile | None, n
     p = profile or SlurmProfile()
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=p.max_num_timeout)
     params: dict[str, Any] = dict(
-        name=name, timeout_min=p.timeout_min, nodes=p.nodes, tasks_per_node=p.tasks_per_node,
-        cpus_per_task=p.cpus_per_task, mem_gb=p.mem_gb, slurm_array_parallelism=max_parallel,
+        name=name,
+        timeout_min=p.timeout_min,
+        nodes=p.nodes,
+        tasks_per_node=p.tasks_per_node,
+        cpus_per_task=p.cpus_per_task,
+        mem_gb=p.mem_gb,
+        slurm_array_parallelism=max_parallel,
         slurm_signal_delay_s=p.signal_delay_s,
     )
     if p.gpus_per_node:

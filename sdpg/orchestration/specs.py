@@ -62,8 +62,13 @@ class SlurmProfile(Strict):
     """Other sbatch options, passed through (e.g. {constraint: h100})."""
 
 
-def subcommand_parser(prog: str, subcommands: dict[str, str] | tuple[str, ...], description: str,
-                      argv: list[str] | None, run_help: str = "submit the spec's runs"):
+def subcommand_parser(
+    prog: str,
+    subcommands: dict[str, str] | tuple[str, ...],
+    description: str,
+    argv: list[str] | None,
+    run_help: str = "submit the spec's runs",
+):
     """(subcommand, remaining argv, parser with SPEC and --profile) for ``prog [SUB] SPEC ...``;
     the subcommand is ``run`` when the first word is none of ``subcommands`` (name -> one line of
     help, listed in ``--help``)."""
@@ -76,16 +81,26 @@ def subcommand_parser(prog: str, subcommands: dict[str, str] | tuple[str, ...], 
     if sub != "run":
         argv = argv[1:]
     width = max(len(k) for k in ("run", *helps))
-    epilog = "commands:\n" + "\n".join(
-        f"  {prog} {k.ljust(width)} SPEC  {h}" for k, h in {"[run]": run_help, **helps}.items()
-    ) + f"\n\n{prog} SUBCOMMAND --help shows the options of each."
-    p = argparse.ArgumentParser(prog=f"{prog}{'' if sub == 'run' else ' ' + sub}", description=description,
-                                epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    epilog = (
+        "commands:\n"
+        + "\n".join(f"  {prog} {k.ljust(width)} SPEC  {h}" for k, h in {"[run]": run_help, **helps}.items())
+        + f"\n\n{prog} SUBCOMMAND --help shows the options of each."
+    )
+    p = argparse.ArgumentParser(
+        prog=f"{prog}{'' if sub == 'run' else ' ' + sub}",
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("spec", help="the spec file (YAML)")
-    p.add_argument("--profile", metavar="NAME",
-                   help="SLURM profile slurm/NAME.yaml (or in $SDPG_SLURM_PROFILES), replacing the spec's")
-    p.add_argument("--profile-file", metavar="PATH",
-                   help="a SLURM profile outside the profile folders, by path (replaces --profile and the spec's)")
+    p.add_argument(
+        "--profile", metavar="NAME", help="SLURM profile slurm/NAME.yaml (or in $SDPG_SLURM_PROFILES), replacing the spec's"
+    )
+    p.add_argument(
+        "--profile-file",
+        metavar="PATH",
+        help="a SLURM profile outside the profile folders, by path (replaces --profile and the spec's)",
+    )
     return sub, argv, p
 
 
@@ -104,8 +119,10 @@ def load_profile(name: str, source: str) -> SlurmProfile:
 
     why = name_problem(name)
     if why is not None:
-        raise ConfigError(f"{source} has bad value {short_repr(name)}: a profile is named, not a path ({why}); "
-                          f"use --profile-file PATH for a profile outside the profile folders")
+        raise ConfigError(
+            f"{source} has bad value {short_repr(name)}: a profile is named, not a path ({why}); "
+            f"use --profile-file PATH for a profile outside the profile folders"
+        )
     for d in profile_dirs():
         p = d / f"{name}.yaml"
         if p.is_file():

@@ -13,8 +13,9 @@ from __future__ import annotations
 import random
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def redact(text: Any) -> str:
@@ -53,8 +54,12 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+            ).stdout.strip()
+            or "unknown"
+        )
     except Exception:
         return "unknown"
 
@@ -85,7 +90,7 @@ def artifact_location(uri: str, output_dir: str | Path) -> str | None:
     if uri.startswith(("http://", "https://", "databricks")):
         return None
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+        return (Path(uri[len("sqlite:///") :]).resolve().parent / "mlartifacts").as_uri()
     return (Path(output_dir).resolve() / "mlartifacts").as_uri()
 
 
@@ -114,21 +119,32 @@ def ensure_parent_run(c, experiment_id: str, spec_name: str, kind: str, tags: di
 
             retry(c.update_run, run.info.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return run.info.run_id
-    run = retry(c.create_run, experiment_id, run_name=spec_name,
-                tags={"sdpg.parent": kind, "sdpg.spec": spec_name, **tags})
+    run = retry(c.create_run, experiment_id, run_name=spec_name, tags={"sdpg.parent": kind, "sdpg.spec": spec_name, **tags})
     return run.info.run_id
 
 
-def ensure_child_run(c, experiment_id: str, parent_id: str, run_hash: str, name: str, tags: dict[str, str],
-                     params: dict[str, Any], config_yaml: str) -> tuple[str, bool]:
+def ensure_child_run(
+    c,
+    experiment_id: str,
+    parent_id: str,
+    run_hash: str,
+    name: str,
+    tags: dict[str, str],
+    params: dict[str, Any],
+    config_yaml: str,
+) -> tuple[str, bool]:
     """(run id, created). The run of ``run_hash`` is reused whenever it exists."""
     run = find_run(c, experiment_id, **{"sdpg.run_hash": run_hash})
     if run is not None:
         return run.info.run_id, False
     from mlflow.entities import Param, RunStatus
 
-    run = retry(c.create_run, experiment_id, run_name=name,
-                tags={"mlflow.parentRunId": parent_id, "sdpg.run_hash": run_hash, **{k: redact(str(v)) for k, v in tags.items()}})
+    run = retry(
+        c.create_run,
+        experiment_id,
+        run_name=name,
+        tags={"mlflow.parentRunId": parent_id, "sdpg.run_hash": run_hash, **{k: redact(str(v)) for k, v in tags.items()}},
+    )
     rid = run.info.run_id
     ps = [Param(k[:250], redact(str(v))[:6000]) for k, v in params.items()]
     for i in range(0, len(ps), 100):
@@ -157,8 +173,9 @@ def fail_run(c, run_id: str, error: BaseException | str, traceback_text: str = "
 
 def child_runs(c, parent_id: str) -> list:
     parent = retry(c.get_run, parent_id)
-    return retry(c.search_runs, [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
-                 max_results=50000)
+    return retry(
+        c.search_runs, [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=50000
+    )
 
 
 def end_parent_if_done(c, parent_id: str) -> str | None:

@@ -22,33 +22,126 @@ ContextType = Literal["none", "answer", "solution", "answer_solution", "custom"]
 # Algorithm presets. Each is a set of AlgoConfig fields; see docs/methods.md for the sources.
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
     # GRPO (arXiv 2402.03300): symmetric clip, std-normalised advantages, k3 KL to the reference.
-    "grpo": dict(policy_loss="dapo", clip_high=0.2, std_norm=True, loss_agg_mode="seq-mean-token-mean",
-                 beta=0.0, alpha=1e-3, kl_mode="k3", advantage="group", pg_coef=1.0, gate=True, filter_groups=False),
+    "grpo": dict(
+        policy_loss="dapo",
+        clip_high=0.2,
+        std_norm=True,
+        loss_agg_mode="seq-mean-token-mean",
+        beta=0.0,
+        alpha=1e-3,
+        kl_mode="k3",
+        advantage="group",
+        pg_coef=1.0,
+        gate=True,
+        filter_groups=False,
+    ),
     # DAPO (arXiv 2503.14476): clip-higher, token-mean, no KL, dynamic sampling of informative groups.
-    "dapo": dict(policy_loss="dapo", clip_high=0.28, std_norm=True, loss_agg_mode="token-mean",
-                 beta=0.0, alpha=0.0, kl_mode="k3", advantage="group", pg_coef=1.0, gate=True, filter_groups=True),
+    "dapo": dict(
+        policy_loss="dapo",
+        clip_high=0.28,
+        std_norm=True,
+        loss_agg_mode="token-mean",
+        beta=0.0,
+        alpha=0.0,
+        kl_mode="k3",
+        advantage="group",
+        pg_coef=1.0,
+        gate=True,
+        filter_groups=True,
+    ),
     # Dr.GRPO (arXiv 2503.20783): no std normalisation, no length normalisation.
-    "dr_grpo": dict(policy_loss="dapo", clip_high=0.2, std_norm=False, loss_agg_mode="seq-mean-token-sum",
-                    beta=0.0, alpha=0.0, kl_mode="k3", advantage="group", pg_coef=1.0, gate=True, filter_groups=False),
+    "dr_grpo": dict(
+        policy_loss="dapo",
+        clip_high=0.2,
+        std_norm=False,
+        loss_agg_mode="seq-mean-token-sum",
+        beta=0.0,
+        alpha=0.0,
+        kl_mode="k3",
+        advantage="group",
+        pg_coef=1.0,
+        gate=True,
+        filter_groups=False,
+    ),
     # SDPG (arXiv 2606.04036) with the URKL / UFKL reference surrogate; paper coefficients.
-    "sdpg_urkl": dict(policy_loss="dapo", clip_high=0.28, std_norm=True, loss_agg_mode="token-mean",
-                      beta=1e-3, beta_warmup_steps=50, beta_decay_steps=350, gate=True,
-                      alpha=1e-3, kl_mode="urkl", advantage="group", pg_coef=1.0, filter_groups=False),
-    "sdpg_ufkl": dict(policy_loss="dapo", clip_high=0.28, std_norm=True, loss_agg_mode="token-mean",
-                      beta=1e-3, beta_warmup_steps=50, beta_decay_steps=350, gate=True,
-                      alpha=1e-3, kl_mode="ufkl", advantage="group", pg_coef=1.0, filter_groups=False),
+    "sdpg_urkl": dict(
+        policy_loss="dapo",
+        clip_high=0.28,
+        std_norm=True,
+        loss_agg_mode="token-mean",
+        beta=1e-3,
+        beta_warmup_steps=50,
+        beta_decay_steps=350,
+        gate=True,
+        alpha=1e-3,
+        kl_mode="urkl",
+        advantage="group",
+        pg_coef=1.0,
+        filter_groups=False,
+    ),
+    "sdpg_ufkl": dict(
+        policy_loss="dapo",
+        clip_high=0.28,
+        std_norm=True,
+        loss_agg_mode="token-mean",
+        beta=1e-3,
+        beta_warmup_steps=50,
+        beta_decay_steps=350,
+        gate=True,
+        alpha=1e-3,
+        kl_mode="ufkl",
+        advantage="group",
+        pg_coef=1.0,
+        filter_groups=False,
+    ),
     # RLSD (arXiv 2604.03128): evidence-weighted per-token advantages from the privileged teacher.
-    "rlsd": dict(policy_loss="dapo", clip_high=0.28, std_norm=True, loss_agg_mode="token-mean",
-                 beta=0.0, alpha=0.0, kl_mode="k3", advantage="rlsd", pg_coef=1.0, gate=True, filter_groups=False,
-                 rlsd_lambda=0.5, rlsd_lambda_decay_steps=50, teacher="current"),
+    "rlsd": dict(
+        policy_loss="dapo",
+        clip_high=0.28,
+        std_norm=True,
+        loss_agg_mode="token-mean",
+        beta=0.0,
+        alpha=0.0,
+        kl_mode="k3",
+        advantage="rlsd",
+        pg_coef=1.0,
+        gate=True,
+        filter_groups=False,
+        rlsd_lambda=0.5,
+        rlsd_lambda_decay_steps=50,
+        teacher="current",
+    ),
     # OPSD (arXiv 2601.18734): clamped teacher log-ratio weights on correct sequences, PPO-clipped.
-    "opsd": dict(policy_loss="dapo", clip_high=0.28, std_norm=True, loss_agg_mode="token-mean",
-                 beta=0.0, alpha=0.0, kl_mode="k3", advantage="opsd", pg_coef=1.0, gate=True, filter_groups=False,
-                 teacher="frozen"),
+    "opsd": dict(
+        policy_loss="dapo",
+        clip_high=0.28,
+        std_norm=True,
+        loss_agg_mode="token-mean",
+        beta=0.0,
+        alpha=0.0,
+        kl_mode="k3",
+        advantage="opsd",
+        pg_coef=1.0,
+        gate=True,
+        filter_groups=False,
+        teacher="frozen",
+    ),
     # OPCD (arXiv 2602.12275): pure full-vocabulary self-distillation, no verifier term, no gate.
-    "opcd": dict(policy_loss="dapo", clip_high=0.28, std_norm=True, loss_agg_mode="token-mean",
-                 beta=1.0, beta_warmup_steps=0, beta_decay_steps=0, gate=False,
-                 alpha=0.0, kl_mode="k3", advantage="group", pg_coef=0.0, filter_groups=False),
+    "opcd": dict(
+        policy_loss="dapo",
+        clip_high=0.28,
+        std_norm=True,
+        loss_agg_mode="token-mean",
+        beta=1.0,
+        beta_warmup_steps=0,
+        beta_decay_steps=0,
+        gate=False,
+        alpha=0.0,
+        kl_mode="k3",
+        advantage="group",
+        pg_coef=0.0,
+        filter_groups=False,
+    ),
 }
 
 ADVANTAGES_NEEDING_TEACHER = ("rlsd", "opsd")
@@ -370,8 +463,17 @@ class TrainConfig(Strict):
         if a.alpha == 0:
             reset("algo", AlgoConfig, "kl_mode")
         if a.beta == 0:
-            reset("algo", AlgoConfig, "beta_warmup_steps", "beta_decay_steps", "gate", "opd_norm", "opd_exclude_stop",
-                  "opd_impl", "distill_temperature")
+            reset(
+                "algo",
+                AlgoConfig,
+                "beta_warmup_steps",
+                "beta_decay_steps",
+                "gate",
+                "opd_norm",
+                "opd_exclude_stop",
+                "opd_impl",
+                "distill_temperature",
+            )
             if not a.needs_teacher_logprobs:
                 reset("data", DataConfig, "context", "context_templates", "teacher_template")
         if not a.needs_teacher_logprobs:
@@ -516,7 +618,9 @@ def build_config(data: dict, source: str = "<config>") -> TrainConfig:
     """Validate a raw dict into a TrainConfig; errors name ``source``, each bad key and its value."""
     method = (data.get("algo") or {}).get("method") if isinstance(data.get("algo"), dict) else None
     if method is not None and method not in METHOD_PRESETS:
-        raise ConfigError(f"{source}: key 'algo.method' has bad value {_short_value(method)}: expected one of {', '.join(METHOD_PRESETS)}")
+        raise ConfigError(
+            f"{source}: key 'algo.method' has bad value {_short_value(method)}: expected one of {', '.join(METHOD_PRESETS)}"
+        )
     try:
         cfg = TrainConfig.model_validate(data)
     except ValidationError as e:

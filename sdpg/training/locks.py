@@ -50,8 +50,9 @@ def read_holder(path: str | Path) -> dict:
 
 
 @contextlib.contextmanager
-def file_lock(path: str | Path, *, wait: bool = True, timeout: float | None = None, shared: bool = False,
-              info: dict | None = None) -> Iterator[Path]:
+def file_lock(
+    path: str | Path, *, wait: bool = True, timeout: float | None = None, shared: bool = False, info: dict | None = None
+) -> Iterator[Path]:
     """Hold an exclusive (or shared) lock on ``path`` (created if absent; its folder must exist) for the
     ``with`` block. ``wait=False`` raises ``LockBusy`` at once when another process holds it; ``timeout``
     raises it after that many seconds of waiting."""

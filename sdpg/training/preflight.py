@@ -68,8 +68,14 @@ def _check_template(source: str, key: str, template: str, allowed: set[str]) -> 
         raise _bad(source, key, template, msg) from None
     unknown = sorted(set(fields) - allowed)
     if unknown:
-        raise _bad(source, key, template, f"unknown placeholder {{{unknown[0]}}} (known: "
-                   + ", ".join("{" + a + "}" for a in sorted(allowed)) + "; write {{ }} for literal braces)")
+        raise _bad(
+            source,
+            key,
+            template,
+            f"unknown placeholder {{{unknown[0]}}} (known: "
+            + ", ".join("{" + a + "}" for a in sorted(allowed))
+            + "; write {{ }} for literal braces)",
+        )
 
 
 def _walk_floats(d: Any, prefix: str = "") -> Iterable[tuple[str, float]]:
@@ -99,8 +105,12 @@ def check_config(cfg: TrainConfig, source: str = "<config>") -> None:
             raise _bad(source, "optim.betas", list(cfg.optim.betas), f"betas[{i}]={b} must lie in [0, 1) (Adam's moment decays)")
     a = cfg.algo
     if a.pg_coef == 0 and a.beta == 0:
-        raise _bad(source, "algo.beta", a.beta,
-                   f"with algo.method={a.method} (algo.pg_coef=0) a zero distillation coefficient leaves no training signal")
+        raise _bad(
+            source,
+            "algo.beta",
+            a.beta,
+            f"with algo.method={a.method} (algo.pg_coef=0) a zero distillation coefficient leaves no training signal",
+        )
 
 
 # ------------------------------------------------------------------------------------------------ world checks
@@ -171,8 +181,9 @@ def _check_row(file: str, line: int, raw: Any, cfg: TrainConfig, what: str) -> b
     """Check one raw row; returns whether it carries a worked solution."""
     d = cfg.data
     if not isinstance(raw, dict):
-        kind = {list: "an array", int: "a number", float: "a number", str: "a string", bool: "a boolean",
-                type(None): "null"}.get(type(raw), type(raw).__name__)
+        kind = {list: "an array", int: "a number", float: "a number", str: "a string", bool: "a boolean", type(None): "null"}.get(
+            type(raw), type(raw).__name__
+        )
         raise _row_error(file, line, f"is {kind}, expected a JSON object with '{d.problem_key}' and '{d.answer_key}'")
     if "prompt" in raw and "reward_model" in raw:  # verl format
         gt = (raw.get("reward_model") or {}).get("ground_truth") if isinstance(raw.get("reward_model"), dict) else None
@@ -213,7 +224,9 @@ def check_data_file(cfg: TrainConfig, key: str, src: str, source: str, what: str
 
             rows = pq.read_table(p).to_pylist()
         except Exception as e:  # noqa: BLE001 - any reader failure is the file's fault here
-            raise ConfigError(f"{p}: not a readable parquet file ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+            raise ConfigError(
+                f"{p}: not a readable parquet file ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+            ) from None
         for i, r in enumerate(rows[:MAX_ROWS_CHECKED]):
             rows_with_solution += _check_row(str(p), i + 1, r, cfg, what)
             n += 1
@@ -247,8 +260,10 @@ def check_data_file(cfg: TrainConfig, key: str, src: str, source: str, what: str
     if n == 0:
         raise ConfigError(f"{p}: is empty (no rows), named by {key}")
     if what == "train" and cfg.data.context in ("solution",) and rows_with_solution == 0:
-        raise ConfigError(f"{p}: no row has a '{cfg.data.solution_key}' field, but data.context is "
-                          f"'{cfg.data.context}'; set data.context or data.solution_key")
+        raise ConfigError(
+            f"{p}: no row has a '{cfg.data.solution_key}' field, but data.context is "
+            f"'{cfg.data.context}'; set data.context or data.solution_key"
+        )
 
 
 def check_world(cfg: TrainConfig, source: str = "<config>", local: bool = True) -> None:

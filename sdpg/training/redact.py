@@ -50,6 +50,7 @@ TOKEN_SHAPES = re.compile(
 )
 BEARER = re.compile(r"(?P<pre>\b(?:Bearer|Basic|token)\s+)[A-Za-z0-9._~+/=-]{12,}", re.IGNORECASE)
 
+
 def env_snapshot() -> dict[str, str]:
     """A copy of the environment taken now, safely: ``dict(os.environ)`` iterates keys and then reads each,
     so a variable removed meanwhile by another thread (MLflow's telemetry) raised ``KeyError``; the copy
@@ -77,8 +78,11 @@ def env_snapshot() -> dict[str, str]:
 def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
     """Values of secret-named variables, longest first (so a value containing another is masked whole)."""
     env = env_snapshot() if env is None else env
-    vals = {v for k, v in list(env.items()) if k not in _SAFE_ENV_NAMES and SECRET_NAME.search(k)
-            and isinstance(v, str) and len(v) >= MIN_SECRET_LEN}
+    vals = {
+        v
+        for k, v in list(env.items())
+        if k not in _SAFE_ENV_NAMES and SECRET_NAME.search(k) and isinstance(v, str) and len(v) >= MIN_SECRET_LEN
+    }
     return sorted(vals, key=len, reverse=True)
 
 

@@ -69,12 +69,14 @@ def _construct_mapping(loader: _SafeLoader, node: yaml.MappingNode, deep: bool =
         try:
             hash(key)
         except TypeError:
-            raise yaml.constructor.ConstructorError(None, None, "a mapping key must be a plain value",
-                                                    key_node.start_mark) from None
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping key must be a plain value", key_node.start_mark
+            ) from None
         if key in seen:
             first = seen[key]
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {_short(key)} (first on line {first.line + 1})", key_node.start_mark)
+                None, None, f"duplicate key {_short(key)} (first on line {first.line + 1})", key_node.start_mark
+            )
         seen[key] = key_node.start_mark
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
@@ -86,8 +88,7 @@ _SafeLoader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_SafeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                                  list("tTfF"))
+_SafeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 # YAML 1.2 floats: ``1e-3`` is a number (YAML 1.1 wants a dot in the mantissa and reads it as a string).
 _SafeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
@@ -152,8 +153,10 @@ def loads(text: str, source: str = "<string>") -> Any:
             return None
         n = _expanded_size(node, MAX_NODES)
         if n > MAX_NODES:
-            raise YamlInputError(f"{source}: expands to more than {MAX_NODES:,} values through its aliases "
-                                 f"({loader._aliases} alias references); write the values out or use fewer aliases")
+            raise YamlInputError(
+                f"{source}: expands to more than {MAX_NODES:,} values through its aliases "
+                f"({loader._aliases} alias references); write the values out or use fewer aliases"
+            )
         return loader.construct_document(node)
     except yaml.YAMLError as e:
         raise YamlInputError(f"{source}: not valid YAML: {_where(e)}{_problem(e)}") from None
