@@ -60,29 +60,41 @@ def test_shipped_specs_resolve():
 
 BAD = [
     ("unknown top-level key", GOOD + "colour: red\n", "unknown key 'colour'"),
-    ("typo of a trainer key in a variant", GOOD.replace("algo.std_norm: false", "algo.std_nrom: false"),
-     ["variants.no_std_norm", "unknown key 'algo.std_nrom'"]),
-    ("wrong type in a variant", GOOD.replace("algo.std_norm: false", "algo.std_norm: maybe"),
-     "key 'algo.std_norm' has bad value 'maybe'"),
+    (
+        "typo of a trainer key in a variant",
+        GOOD.replace("algo.std_norm: false", "algo.std_nrom: false"),
+        ["variants.no_std_norm", "unknown key 'algo.std_nrom'"],
+    ),
+    (
+        "wrong type in a variant",
+        GOOD.replace("algo.std_norm: false", "algo.std_norm: maybe"),
+        "key 'algo.std_norm' has bad value 'maybe'",
+    ),
     ("negative coefficient", GOOD.replace("algo.std_norm: false", "algo.beta: -0.5"), "key 'algo.beta' has bad value -0.5"),
     ("empty grid axis", GOOD.replace("[urkl, ufkl]", "[]"), "grid axis 'algo.kl_mode' has no values"),
     ("bad grid value", GOOD.replace("[urkl, ufkl]", "[urkl, klx]"), "key 'algo.kl_mode' has bad value 'klx'"),
     ("grid on an unknown key", GOOD.replace("algo.kl_mode:", "algo.kl_mod:"), "unknown key 'algo.kl_mod'"),
-    ("duplicate variant names", GOOD.replace("  no_std_norm: {algo.std_norm: false}", "  full: {algo.std_norm: false}"),
-     "duplicate key 'full'"),
+    (
+        "duplicate variant names",
+        GOOD.replace("  no_std_norm: {algo.std_norm: false}", "  full: {algo.std_norm: false}"),
+        "duplicate key 'full'",
+    ),
     ("missing base file", GOOD.replace("base: embedded", "base: nowhere.yaml"), "key 'base' has bad value 'nowhere.yaml'"),
     ("unknown profile", GOOD + "executor: slurm\nprofile: moon\n", "unknown SLURM profile 'moon'"),
     ("unknown method", GOOD.replace("algo.std_norm: false", "algo.method: ppo"), "key 'algo.method' has bad value 'ppo'"),
     ("no variants", GOOD.split("variants:")[0] + "variants: {}\nseeds: [0]\n", "key 'variants'"),
     ("repeated seeds", GOOD.replace("seeds: [0, 1]", "seeds: [1, 1]"), "seeds repeat"),
     ("bad name", GOOD.replace("name: t", "name: 'my spec!'"), "key 'name' has bad value 'my spec!'"),
-    ("variants that are the same run", GOOD.replace("algo.std_norm: false", "algo.std_norm: true"),
-     "resolve to the same config"),
+    ("variants that are the same run", GOOD.replace("algo.std_norm: false", "algo.std_norm: true"), "resolve to the same config"),
     ("max_parallel zero", GOOD + "max_parallel: 0\n", "key 'max_parallel' has bad value 0"),
     ("unknown tracking key", GOOD + "tracking: {url: x}\n", "unknown key 'tracking.url'"),
     ("bad override value", GOOD.replace("run.total_steps: 3", "run.total_steps: -3"), "key 'run.total_steps' has bad value -3"),
     ("not YAML", "name: [unclosed\n", "not valid YAML"),
-    ("override through a value", GOOD.replace("algo.std_norm: false", "algo.beta.x: 1"), "key 'algo.beta' has bad value {'x': 1}"),
+    (
+        "override through a value",
+        GOOD.replace("algo.std_norm: false", "algo.beta.x: 1"),
+        "key 'algo.beta' has bad value {'x': 1}",
+    ),
 ]
 
 
@@ -101,3 +113,54 @@ def test_bad_spec_is_refused_with_file_key_and_value(tmp_path, capsys, monkeypat
     assert err and err[0].startswith("error: ") and str(p) in err[0]
     assert not (tmp_path / "outputs").exists()  # nothing submitted, no MLflow store created
     assert not list(tmp_path.rglob("*.db"))
+
+
+def test_effective_config_drops_only_settings_that_cannot_matter():
+    from sdpg.training.config import load_config
+
+    def h(*ov):
+        return load_config(None, list(ov)).effective().config_hash()
+
+    # alpha = 0: no L_K, so its surrogate is inert; with alpha > 0 it is not
+    assert h("algo.alpha=0", "algo.kl_mode=urkl") == h("algo.alpha=0", "algo.kl_mode=ufkl")
+    assert h("algo.kl_mode=urkl") != h("algo.kl_mode=ufkl")
+    # beta = 0: no L_OPD+, so neither its schedule, its gate nor the teacher's context matters
+    assert h("algo.beta=0", "algo.beta_warmup_steps=3", "algo.gate=true", "data.context=answer") == h(
+        "algo.beta=0", "algo.beta_warmup_steps=20", "algo.gate=false", "data.context=solution"
+    )
+    assert h("algo.beta_warmup_steps=3") != h("algo.beta_warmup_steps=20")
+    assert h("data.context=answer") != h("data.context=solution")
+    # RLSD's teacher is used even at beta = 0; its knobs matter only under RLSD
+    assert h("algo.method=rlsd", "data.context=answer") != h("algo.method=rlsd", "data.context=solution")
+    assert h("algo.rlsd_lambda=0.3") == h("algo.rlsd_lambda=0.7")
+    assert h("algo.method=rlsd", "algo.rlsd_lambda=0.3") != h("algo.method=rlsd", "algo.rlsd_lambda=0.7")
+    # evaluation sampling when nothing is evaluated; the seed always matters
+    assert h("eval.every=0", "eval.n_samples=2") == h("eval.every=0", "eval.n_samples=8")
+    assert h("eval.n_samples=2") != h("eval.n_samples=8")
+    assert h("run.seed=0") != h("run.seed=1")
+    # the effective config is a valid config, and what the run trains is untouched
+    cfg = load_config(None, ["algo.alpha=0", "algo.kl_mode=ufkl"])
+    assert cfg.effective().algo.kl_mode != "ufkl" and cfg.algo.kl_mode == "ufkl"
+
+
+def test_std_norm_dry_run_names_the_runs_that_repeat_others(capsys, monkeypatch, tmp_path):
+    # std_norm crosses alpha0 with kl_mode [urkl, ufkl]: kl_mode is inert when alpha = 0, so for each
+    # seed the ufkl run is the urkl run again; it is trained once and listed under both names
+    monkeypatch.chdir(tmp_path)
+    spec = ROOT / "ablations" / "std_norm.yaml"
+    plan = load_plan(spec)
+    assert len(plan.runs) == 20
+    dups = {r.name: r.same_as for r in plan.duplicates}
+    assert dups == {"alpha0-kl_mode=ufkl-s0": "alpha0-kl_mode=urkl-s0", "alpha0-kl_mode=ufkl-s1": "alpha0-kl_mode=urkl-s1"}
+    assert len(plan.distinct) == 18 == len({r.hash for r in plan.runs})
+    by_name = {r.name: r for r in plan.runs}
+    for dup, first in dups.items():  # one folder, one hash: one run
+        assert by_name[dup].hash == by_name[first].hash
+        assert by_name[dup].config.run.output_dir == by_name[first].config.run.output_dir
+    assert main([str(spec), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "20 runs (18 distinct)" in out
+    assert "18 distinct runs; 2 duplicates" in out
+    for dup, first in dups.items():
+        assert f"{dup} = {first}  (algo.kl_mode=ufkl: no effect here)" in out
+    assert not (tmp_path / "outputs").exists()

@@ -27,7 +27,8 @@ def test_the_default_recipe_is_the_shipped_one():
     assert meta is not None, f"no model in {embedded.SHIPPED_DIR}"
     recipe = EmbeddedModelConfig()
     assert meta["recipe_hash"] == embedded.recipe_hash(recipe), (
-        "the default recipe changed without shipping its model: python -m sdpg.training.embedded ship")
+        "the default recipe changed without shipping its model: python -m sdpg.training.embedded ship"
+    )
     assert {k: meta[k] for k in recipe.model_dump()} == recipe.model_dump()
     assert meta["student_accuracy"] >= recipe.target_accuracy * 0.5  # what the build measured at its end
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
@@ -62,9 +63,11 @@ def test_another_recipe_is_built_once_while_other_processes_wait(tmp_path, monke
     recipe = EmbeddedModelConfig(hidden_size=16, num_layers=1, num_heads=2, pretrain_steps=3, pretrain_batch=8)
     h = embedded.recipe_hash(recipe)
     assert h != embedded.shipped_recipe()["recipe_hash"]
-    code = ("import sys; from sdpg.training.config import EmbeddedModelConfig as C; "
-            "from sdpg.training.embedded import ensure_embedded_model as e; "
-            f"print(e(C(**{recipe.model_dump()!r})))")
+    code = (
+        "import sys; from sdpg.training.config import EmbeddedModelConfig as C; "
+        "from sdpg.training.embedded import ensure_embedded_model as e; "
+        f"print(e(C(**{recipe.model_dump()!r})))"
+    )
     env = {**os.environ, "SDPG_CACHE": str(cache), "PYTHONPATH": str(REPO)}
     cache.mkdir()
     with open(cache / f".embedded-{h}.lock", "w") as held:
@@ -125,8 +128,13 @@ def test_a_wheel_of_the_package_carries_the_shipped_model(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, src / name)
     shutil.copytree(REPO / "sdpg", src / "sdpg", ignore=shutil.ignore_patterns("__pycache__"))
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                        "-w", str(tmp_path / "dist"), str(src)], check=False, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     (wheel,) = (tmp_path / "dist").glob("sdpg-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
