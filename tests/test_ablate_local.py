@@ -71,21 +71,24 @@ def test_quickstart_shaped_grid_ends_its_parent_and_keeps_artifacts_in_its_folde
 
 
 def test_a_run_that_fails_is_failed_in_mlflow_and_so_is_its_parent(tmp_path):
-    """Its job raises before training (its folder is taken by a file): no base model needed."""
+    """Its job raises before training: its model folder passes every check made at submission (it exists
+    and holds a config.json) but is not a model, so loading it fails in the job. No base model needed.
+    (A run folder taken by a file, this test's former trigger, is now refused before anything exists.)"""
+    model = tmp_path / "not_a_model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "no_such_architecture"}\n')
     spec = {
         "name": "bad",
         "base": "embedded",
         "variants": {"a": {}},
         "seeds": [0],
         "executor": "local",
-        "overrides": {"run.total_steps": 1},
+        "overrides": {"run.total_steps": 1, "model.path": str(model)},
         "output_dir": str(tmp_path / "bad"),
     }
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(spec))
     plan = load_plan(p)
-    Path(plan.runs[0].config.run.output_dir).parent.mkdir(parents=True)
-    Path(plan.runs[0].config.run.output_dir).write_text("not a folder\n")
     r = subprocess.run(
         [sys.executable, "-m", "sdpg", "ablate", str(p)],
         capture_output=True,
@@ -94,12 +97,13 @@ def test_a_run_that_fails_is_failed_in_mlflow_and_so_is_its_parent(tmp_path):
         cwd=tmp_path,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    assert r.returncode == 1 and "some runs failed" in r.stderr and "FileExistsError" in r.stderr, r.stderr[-2000:]
+    assert r.returncode == 1 and "some runs failed" in r.stderr, r.stderr[-2000:]
     c = tracking.client(plan.tracking_uri)
     exp = c.get_experiment_by_name(plan.experiment)
     runs = c.search_runs([exp.experiment_id])
     (parent,) = [x for x in runs if x.data.tags.get("sdpg.parent") == "ablation"]
     (child,) = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert child.info.status == "FAILED" and child.data.tags["sdpg.error"].startswith("FileExistsError")
+    error = child.data.tags["sdpg.error"]
+    assert child.info.status == "FAILED" and error.startswith("ValueError"), error
     assert "Traceback" in (Path(child.info.artifact_uri.removeprefix("file://")) / "error.txt").read_text()
     assert parent.info.status == "FAILED" and parent.info.end_time

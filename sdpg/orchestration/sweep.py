@@ -37,12 +37,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from sdpg.orchestration.core import (
     NAME_PATTERN,
     Experiment,
     TrackingSpec,
+    check_experiment_name,
+    check_tracking_uri,
+    check_writable_folder,
     job_error,
     output_folder,
     resolve_base,
@@ -78,11 +81,49 @@ class Param(Strict):
             return self
         if self.low is None or self.high is None:
             raise ValueError(f"{self.type} parameter needs 'low' and 'high'")
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError(f"low {self.low} and high {self.high} must be finite")
         if self.low > self.high:
             raise ValueError(f"low {self.low} > high {self.high}")
         if self.log and self.low <= 0:
             raise ValueError(f"a log range must be positive, got low {self.low}")
+        if self.type == "int":
+            for bound, v in (("low", self.low), ("high", self.high)):
+                if v != int(v):
+                    raise ValueError(f"an int parameter needs whole bounds, got {bound} {v} (Optuna would silently truncate it)")
+            if self.step is not None and self.step != int(self.step):
+                raise ValueError(f"an int parameter needs a whole step, got {self.step}")
+        if self.step is not None:
+            if not (math.isfinite(self.step) and self.step > 0):
+                raise ValueError(f"step must be a positive number, got {self.step}")
+            if self.log:
+                raise ValueError("log: true and step cannot be combined (Optuna refuses it); drop one")
+        if self.choices is not None:
+            raise ValueError(f"'choices' is for categorical parameters, not {self.type}")
         return self
+
+    def grid_points(self) -> int:
+        """Points this dimension holds on a grid, computed without listing them."""
+        if self.type == "categorical":
+            return len(self.choices or [])
+        step = self.step or 1
+        return int(math.floor((self.high - self.low) / step + 1e-9)) + 1
+
+    def contains(self, v: Any) -> str | None:
+        """Why ``v`` is outside this dimension, or None when it is inside."""
+        if self.type == "categorical":
+            return None if v in (self.choices or []) else f"not one of the choices {self.choices}"
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return f"not a number (a {self.type} dimension from {self.low} to {self.high})"
+        if not self.low <= v <= self.high:
+            return f"outside the space [{self.low}, {self.high}]"
+        if self.type == "int" and v != int(v):
+            return "not a whole number (an int dimension)"
+        if self.step is not None:
+            k = (v - self.low) / self.step
+            if abs(k - round(k)) > 1e-6:
+                return f"not on the grid {self.low} + k x {self.step}"
+        return None
 
 
 class Objective(Strict):
@@ -113,10 +154,17 @@ class PrunerSpec(Strict):
     upper: float | None = None
     """threshold: prune above this (minimize)."""
 
+    @model_validator(mode="after")
+    def _threshold_bounds(self):
+        if self.type == "threshold" and self.lower is None and self.upper is None:
+            raise ValueError("the threshold pruner needs 'lower' (maximize) or 'upper' (minimize)")
+        return self
+
 
 class SweepSpec(Strict):
-    name: str = Field(pattern=NAME_PATTERN)
-    """Study name, MLflow experiment and output folder (``outputs/<name>``)."""
+    name: str
+    """Study name, MLflow experiment and output folder (``outputs/<name>``): ``[A-Za-z0-9._-]``, at most 100
+    characters, no leading dot."""
     base: str | dict[str, Any] = "embedded"
     """Trainer config (YAML path relative to this file, ``embedded``, or a mapping)."""
     ablation: str | None = None
@@ -155,12 +203,34 @@ class SweepSpec(Strict):
     tracking: TrackingSpec = TrackingSpec()
     """``uri`` and ``experiment`` for MLflow (defaults: SQLite in the output folder, the sweep name)."""
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v):
+        from sdpg.orchestration.names import name_problem
+
+        why = name_problem(v)
+        if why is not None:
+            raise ValueError(f"a name {why}")
+        return v
+
     @model_validator(mode="after")
     def _check(self):
+        from sdpg.orchestration.names import MAX_SWEEP_GRID
+
         if self.ablation and not self.variant:
             raise ValueError("'ablation' needs 'variant'")
-        if self.sampler.type == "grid" and any(p.type == "float" and p.step is None for p in self.space.values()):
-            raise ValueError("the grid sampler needs 'step' on float parameters")
+        if self.sampler.type == "grid":
+            no_step = [k for k, p in self.space.items() if p.type == "float" and p.step is None]
+            if no_step:
+                raise ValueError(f"the grid sampler needs 'step' on float parameters: space.{no_step[0]} has none")
+            sizes = {k: p.grid_points() for k, p in self.space.items()}
+            total = math.prod(sizes.values())  # from the bounds: nothing is listed before it is known to fit
+            if total > MAX_SWEEP_GRID:
+                big = max(sizes, key=sizes.get)
+                raise ValueError(
+                    f"the grid sampler's space holds {total:.3g} points (space.{big}: {sizes[big]:.3g} "
+                    f"with its step), more than {MAX_SWEEP_GRID}; use a coarser step or another sampler"
+                )
         return self
 
 
@@ -168,7 +238,15 @@ class Sweep:
     """A resolved, validated sweep: everything a worker needs, picklable. ``n_trials`` replaces the
     spec's budget (``--n-trials``)."""
 
-    def __init__(self, path: str | Path, executor: str | None = None, profile: str | None = None, n_trials: int | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        executor: str | None = None,
+        profile: str | None = None,
+        n_trials: int | None = None,
+        profile_file: str | None = None,
+        check_world: bool = False,
+    ):
         path = Path(path)
         self.path = path
         spec = validate(SweepSpec, read_yaml(path, "sweep spec"), str(path))
@@ -189,7 +267,21 @@ class Sweep:
         else:
             base = resolve_base(spec.base, path)
         self.base = apply_layer(base, spec.overrides)
+        if spec.overrides:  # errors in the overrides are the overrides', not the space's
+            build_config(self.base, f"{src}: overrides")
         self.output_dir = output_folder(spec.output_dir, spec.name)
+        check_tracking_uri(spec.tracking.uri, src)
+        check_experiment_name(spec.tracking.experiment, src)
+        check_writable_folder(self.output_dir, src)
+        for i, e in enumerate(spec.enqueue):  # every enqueued point inside the space, before any study exists
+            for k, v in e.items():
+                if k not in spec.space:
+                    raise ConfigError(
+                        f"{src}: key 'enqueue[{i}].{k}' has bad value {v!r}: {k} is not in 'space' ({', '.join(spec.space)})"
+                    )
+                why = spec.space[k].contains(v)
+                if why is not None:
+                    raise ConfigError(f"{src}: key 'enqueue[{i}].{k}' has bad value {v!r}: {why}")
         # every corner of the space must be a valid config, and the objective must be produced
         corners = [
             {k: (p.choices[0] if p.type == "categorical" else p.low) for k, p in spec.space.items()},
@@ -201,8 +293,24 @@ class Sweep:
             if unknown:
                 raise ConfigError(f"{where}: keys {sorted(unknown)} are not in 'space'")
             cfg = build_config(apply_layer(self.base, _typed(corner, spec.space)), where)
-        self.metric_ok(cfg, src)
-        kind, prof = resolve_executor(executor or spec.executor, profile or spec.profile, src)
+            self.metric_ok(cfg, src)
+        kind, prof = resolve_executor(
+            executor or spec.executor,
+            profile or spec.profile,
+            src,
+            kind_from="--executor" if executor else None,
+            profile_from="--profile" if profile else None,
+            profile_file=profile_file,
+        )
+        if check_world:
+            from sdpg.training.preflight import check_world as _check_world
+
+            probe = apply_layer(self.base, {"run.output_dir": str(self.output_dir / "trials" / "probe")})
+            _check_world(
+                build_config(apply_layer(probe, _typed(corners[0], spec.space)), f"{src}: space"),
+                f"{src}: space",
+                local=kind in ("local", "debug"),
+            )
         self.executor = "local" if kind == "debug" else kind
         self.profile: SlurmProfile | None = prof
         self.storage_url = self._storage_url()
@@ -233,9 +341,22 @@ class Sweep:
                     f"{', '.join(ok_eval[: len(cfg.data.eval)])}"
                 )
             if cfg.eval.every <= 0:
-                raise ConfigError(f"{src}: key 'objective.metric' is an eval metric but eval.every is 0")
+                raise ConfigError(
+                    f"{src}: key 'objective.metric' has bad value {m!r}: an eval metric, but eval.every is 0 "
+                    f"(the config never evaluates)"
+                )
         elif not (m.startswith("train/") or m.startswith("timing/")):
             raise ConfigError(f"{src}: key 'objective.metric' has bad value {m!r}: expected eval/..., train/... or timing/...")
+        else:
+            from sdpg.training.preflight import produced_metric_names
+
+            known = produced_metric_names()
+            if known and m not in known:
+                same = sorted(k for k in known if k.split("/")[0] == m.split("/")[0])
+                raise ConfigError(
+                    f"{src}: key 'objective.metric' has bad value {m!r}: the trainer never logs it "
+                    f"(it logs {', '.join(same[:12])}{', ...' if len(same) > 12 else ''})"
+                )
 
     def _storage_url(self) -> str:
         s = self.spec.storage
@@ -244,8 +365,35 @@ class Sweep:
         if s == "sqlite":
             return f"sqlite:///{self.output_dir / 'optuna.db'}"
         if "://" in s:
+            import re
+
+            from sdpg.orchestration.names import short_repr
+            from sdpg.training.redact import redact
+
+            scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", s)
+            dialect = scheme.group(1).split("+")[0].lower() if scheme else ""
+            if dialect not in RDB_DIALECTS:
+                raise ConfigError(
+                    f"{self.path}: key 'storage' has bad value {short_repr(redact(s))}: unknown database "
+                    f"scheme {dialect or '(none)'!r} (expected journal, sqlite, or a URL of "
+                    f"{', '.join(RDB_DIALECTS)})"
+                )
+            if dialect == "sqlite":
+                db = Path(s.split(":///", 1)[-1])
+                if not s.startswith("sqlite:///") or not db.parent.is_dir():
+                    raise ConfigError(f"{self.path}: key 'storage' has bad value {short_repr(s)}: no folder {db.parent}")
             return s
-        raise ConfigError(f"{self.path}: key 'storage' has bad value {s!r}: expected journal, sqlite or an RDB URL")
+        from sdpg.orchestration.names import short_repr
+        from sdpg.training.redact import redact
+
+        raise ConfigError(
+            f"{self.path}: key 'storage' has bad value {short_repr(redact(s))}: expected journal, sqlite "
+            f"or a database URL ({', '.join(RDB_DIALECTS)})"
+        )
+
+
+RDB_DIALECTS = ("postgresql", "mysql", "sqlite", "oracle", "mssql", "mariadb", "cockroachdb")
+"""SQLAlchemy dialects an Optuna RDB storage URL may name."""
 
 
 def _typed(params: dict[str, Any], space: dict[str, Param]) -> dict[str, Any]:
@@ -662,6 +810,10 @@ class SweepWorker:
                 if ranks is not None:
                     ranks.send({"config": cfg.resolved()})
                 result = TrainJob(cfg.resolved(), sw.tracking_uri, rid).run(trial=hook, requeue=False)
+                if result.get("status") == "busy":
+                    raise RuntimeError(
+                        f"trial folder {result['output_dir']} is being trained by another process ({result.get('holder')})"
+                    )
                 if result.get("preempted"):
                     _requeue_trial(study, study._storage.get_trial(trial._trial_id))
                     self._log(f"trial {trial.number} preempted at step {result['step']}: re-enqueued; requeueing")
@@ -720,27 +872,45 @@ class SweepWorker:
 
 
 def launch(sweep: Sweep, workers: int | None = None, wait: bool | None = None, log=print) -> dict:
-    study = load_study(sweep)
-    if not study.get_trials(deepcopy=False):
-        for e in sweep.spec.enqueue:
-            study.enqueue_trial(_typed(e, sweep.spec.space))
-    if sweep.storage_url.startswith("journal:"):
-        reap_stale_trials(study, sweep.spec.heartbeat_s, log=log)
-    n = workers or sweep.spec.workers
-    exp = sweep.experiment_tracker()
-    if finished_count(study) >= sweep.spec.n_trials:
-        log(f"[sdpg-sweep] {sweep.spec.name}: {progress_line(study, sweep.spec.n_trials)}; nothing to do")
-        return {"jobs": []}
     from sdpg.orchestration import tracking
+    from sdpg.training.locks import LockBusy, file_lock
 
-    exp.open()  # the store, experiment and parent run, once, here
-    ex = make_executor(sweep.executor, sweep.output_dir / "submitit", sweep.profile, sweep.spec.name, n)
-    workers_ = [SweepWorker(sweep, i) for i in range(n)]
-    if sweep.executor == "local":
-        jobs = [ex.submit(w) for w in workers_]
-    else:
-        with ex.batch():
+    check_writable_folder(sweep.output_dir, str(sweep.path))
+    sweep.output_dir.mkdir(parents=True, exist_ok=True)
+    # One launcher at a time per spec: two launches at once both saw an empty study and enqueued the
+    # spec's points twice, and both opened a new store.
+    lock = file_lock(sweep.output_dir / ".sdpg-submit.lock", wait=False)
+    try:
+        lock.__enter__()
+    except LockBusy as e:
+        log(
+            f"[sdpg-sweep] {sweep.spec.name} is being launched by another sdpg-sweep "
+            f"({', '.join(f'{k} {v}' for k, v in e.holder.items())}); waiting for it"
+        )
+        lock = file_lock(sweep.output_dir / ".sdpg-submit.lock", wait=True)
+        lock.__enter__()
+    try:
+        study = load_study(sweep)
+        if not study.get_trials(deepcopy=False):
+            for e in sweep.spec.enqueue:
+                study.enqueue_trial(_typed(e, sweep.spec.space))
+        if sweep.storage_url.startswith("journal:"):
+            reap_stale_trials(study, sweep.spec.heartbeat_s, log=log)
+        n = workers or sweep.spec.workers
+        exp = sweep.experiment_tracker()
+        if finished_count(study) >= sweep.spec.n_trials:
+            log(f"[sdpg-sweep] {sweep.spec.name}: {progress_line(study, sweep.spec.n_trials)}; nothing to do")
+            return {"jobs": []}
+        exp.open()  # the store, experiment and parent run, once, here
+        ex = make_executor(sweep.executor, sweep.output_dir / "submitit", sweep.profile, sweep.spec.name, n)
+        workers_ = [SweepWorker(sweep, i) for i in range(n)]
+        if sweep.executor == "local":
             jobs = [ex.submit(w) for w in workers_]
+        else:
+            with ex.batch():
+                jobs = [ex.submit(w) for w in workers_]
+    finally:
+        lock.__exit__(None, None, None)
     log(
         f"[sdpg-sweep] {sweep.spec.name}: {n} workers ({sweep.executor}): jobs {', '.join(str(j.job_id) for j in jobs)}; "
         f"storage {tracking.redact(sweep.storage_url)}; MLflow {tracking.redact(sweep.tracking_uri)}"
@@ -915,11 +1085,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--out", metavar="PATH", help="where to write the ablation spec (default: ablations/<name>_best.yaml)")
     a = p.parse_args(argv)
     try:
-        sweep = Sweep(a.spec, a.executor, a.profile, a.n_trials)
+        sweep = Sweep(a.spec, a.executor, a.profile, a.n_trials, profile_file=a.profile_file, check_world=sub == "run")
         if sub == "run" and a.workers is not None and a.workers < 1:
             raise ConfigError(f"--workers {a.workers}: must be at least 1")
         if sub == "status":
-            print(status(sweep))
+            from sdpg.orchestration.tracking import redact as _redact
+
+            print(_redact(status(sweep)))
         elif sub == "export":
             print(f"wrote {export(sweep, a.out)}")
         elif a.rehearse:
@@ -929,9 +1101,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             launch(sweep, a.workers, a.wait, log=lambda m: print(m, file=sys.stderr, flush=True))
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        from sdpg.orchestration.tracking import redact
+
+        print(f"error: {' '.join(redact(str(e)).split())}", file=sys.stderr)
         return 2
     except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
+        from sdpg.orchestration.tracking import redact
+
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return 1
     return 0

@@ -10,44 +10,21 @@ Credentials never leave the URI: what is logged goes through ``redact``.
 
 from __future__ import annotations
 
-import os
 import random
-import re
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL)", re.I)
-URI_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<cred>[^/@\s]+@)", re.I)
 
+def redact(text: Any) -> str:
+    """Secrets out of a string (``sdpg.training.redact.redact``): URI credentials, secret query / key=value
+    parameters, known token shapes, and every value of a secret-named environment variable, read from a
+    snapshot of the environment (iterating the live ``os.environ`` raced with MLflow's telemetry thread)."""
+    from sdpg.training.redact import redact as _redact
 
-def environ_snapshot() -> dict[str, str]:
-    """A copy of the environment that another thread cannot change under the reader: MLflow's
-    telemetry thread sets and pops variables while runs are logged, and ``dict(os.environ)`` (which
-    iterates keys, then looks each one up) then fails with a KeyError. The copy of the underlying
-    dict is one C-level operation, atomic under the GIL."""
-    env = os.environ
-    data = getattr(env, "_data", None)
-    if isinstance(data, dict) and hasattr(env, "decodekey") and hasattr(env, "decodevalue"):
-        return {env.decodekey(k): env.decodevalue(v) for k, v in data.copy().items()}
-    for _ in range(100):  # another Python: retry until a copy completes
-        try:
-            return dict(env)
-        except (KeyError, RuntimeError):
-            continue
-    return {}
-
-
-def redact(text: str) -> str:
-    """``postgresql://user:pw@host/db`` -> ``postgresql://***@host/db``; values of secret-looking
-    environment variables replaced by ***."""
-    text = URI_CREDENTIALS.sub(lambda m: m.group("scheme") + "***@", str(text))
-    for k, v in environ_snapshot().items():
-        if SECRET_ENV.search(k) and v and len(v) >= 6 and v in text:
-            text = text.replace(v, "***")
-    return text
+    return _redact(text)
 
 
 def to_mlflow_key(name: str) -> str:
