@@ -92,9 +92,15 @@ def test_verl_sentinel_split_keeps_every_character(tmp_path, qwen3_like_tokenize
 
     student = "  Solve: 3*3?\nPut it in \\boxed{}.\n"
     ctx = "\n[Hint] The correct answer is 9.  "
-    rows = [{"prompt": [{"role": "system", "content": "Be brief."},
-                        {"role": "user", "content": student + "[TEACHER_CONTEXT_TOKEN]" + ctx}],
-             "reward_model": {"ground_truth": "9"}}]
+    rows = [
+        {
+            "prompt": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": student + "[TEACHER_CONTEXT_TOKEN]" + ctx},
+            ],
+            "reward_model": {"ground_truth": "9"},
+        }
+    ]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet")
     cfg = DataConfig(chat_template="on", chat_template_kwargs={"enable_thinking": True})
     (row,) = read_source(str(tmp_path / "t.parquet"), cfg)
@@ -108,8 +114,9 @@ def test_student_cut_from_the_left_teacher_from_the_right(qwen3_like_tokenizer):
     cfg = DataConfig(chat_template="off", context="answer", student_template="{problem}", max_prompt_tokens=8)
     rows = [{"problem": "a b c d e f g h i j k l", "answer": "z"}]
     (s,), (t,), cut = tokenize_prompts(rows, cfg, qwen3_like_tokenizer)
-    s_full, t_full = (qwen3_like_tokenizer.encode(x, add_special_tokens=False)
-                      for x in build_prompts(rows[0], cfg, qwen3_like_tokenizer))
+    s_full, t_full = (
+        qwen3_like_tokenizer.encode(x, add_special_tokens=False) for x in build_prompts(rows[0], cfg, qwen3_like_tokenizer)
+    )
     assert len(s_full) > 8 and len(t_full) > 8 and cut == 2
     assert s == s_full[-8:] and t == t_full[:8]
 
@@ -301,29 +308,104 @@ def test_entropy_bonus_is_its_own_term():
 
 # (method, expected resolved values), from ../shared/notes/reference-settings.md "Per method"
 NOTE_TABLE = {
-    "grpo": dict(clip_low=0.2, clip_high=0.2, clip_c=None, loss_agg_mode="token-mean", std_norm=True, alpha=0.0,
-                 beta=0.0, reward_kl_coef=1e-3, reward_kl_estimator="k1", entropy_coef=0.0, filter_groups=False,
-                 advantage="group"),
-    "sdpg_urkl": dict(clip_low=0.2, clip_high=0.28, clip_c=10.0, alpha=1e-3, kl_mode="urkl", beta=1e-3,
-                      beta_warmup_steps=50, beta_decay_steps=350, gate=True, reward_kl_coef=0.0, entropy_coef=0.0,
-                      loss_agg_mode="token-mean", opd_norm="all", filter_groups=False),
-    "sdpg_ufkl": dict(clip_low=0.2, clip_high=0.28, clip_c=10.0, alpha=1e-3, kl_mode="ufkl", beta=1e-3,
-                      beta_warmup_steps=50, beta_decay_steps=350, gate=True, reward_kl_coef=0.0, entropy_coef=0.0),
-    "rlsd": dict(clip_low=0.2, clip_high=0.2, clip_c=3.0, alpha=0.0, beta=0.0, reward_kl_coef=0.0, advantage="rlsd",
-                 rlsd_lambda=0.5, rlsd_lambda_decay_steps=50, rlsd_eps_w=0.2, entropy_coef=0.0, teacher="current"),
-    "opsd": dict(clip_low=0.2, clip_high=0.2, alpha=0.0, beta=0.0, reward_kl_coef=0.0, advantage="opsd",
-                 teacher="frozen", pg_norm="gated", entropy_coef=0.02),
+    "grpo": dict(
+        clip_low=0.2,
+        clip_high=0.2,
+        clip_c=None,
+        loss_agg_mode="token-mean",
+        std_norm=True,
+        alpha=0.0,
+        beta=0.0,
+        reward_kl_coef=1e-3,
+        reward_kl_estimator="k1",
+        entropy_coef=0.0,
+        filter_groups=False,
+        advantage="group",
+    ),
+    "sdpg_urkl": dict(
+        clip_low=0.2,
+        clip_high=0.28,
+        clip_c=10.0,
+        alpha=1e-3,
+        kl_mode="urkl",
+        beta=1e-3,
+        beta_warmup_steps=50,
+        beta_decay_steps=350,
+        gate=True,
+        reward_kl_coef=0.0,
+        entropy_coef=0.0,
+        loss_agg_mode="token-mean",
+        opd_norm="all",
+        filter_groups=False,
+    ),
+    "sdpg_ufkl": dict(
+        clip_low=0.2,
+        clip_high=0.28,
+        clip_c=10.0,
+        alpha=1e-3,
+        kl_mode="ufkl",
+        beta=1e-3,
+        beta_warmup_steps=50,
+        beta_decay_steps=350,
+        gate=True,
+        reward_kl_coef=0.0,
+        entropy_coef=0.0,
+    ),
+    "rlsd": dict(
+        clip_low=0.2,
+        clip_high=0.2,
+        clip_c=3.0,
+        alpha=0.0,
+        beta=0.0,
+        reward_kl_coef=0.0,
+        advantage="rlsd",
+        rlsd_lambda=0.5,
+        rlsd_lambda_decay_steps=50,
+        rlsd_eps_w=0.2,
+        entropy_coef=0.0,
+        teacher="current",
+    ),
+    "opsd": dict(
+        clip_low=0.2,
+        clip_high=0.2,
+        alpha=0.0,
+        beta=0.0,
+        reward_kl_coef=0.0,
+        advantage="opsd",
+        teacher="frozen",
+        pg_norm="gated",
+        entropy_coef=0.02,
+    ),
 }
 # "Distillation details" of the note: the defaults every preset inherits
 DISTILL_DEFAULTS = dict(opd_kl_clamp=20.0, distill_temperature_on="student", opd_exclude_stop=False)
 # "Common to every method"
-COMMON = {"optim.lr": 1e-6, "optim.weight_decay": 0.1, "optim.betas": (0.9, 0.999), "optim.grad_clip": 1.0,
-          "optim.warmup_steps": 10, "optim.lr_schedule_unit": "rl_step", "optim.minibatch_prompts": 16,
-          "optim.ppo_epochs": 1, "rollout.prompts_per_step": 128, "rollout.group_size": 8,
-          "rollout.temperature": 1.0, "rollout.top_p": 1.0, "rollout.top_k": 0, "rollout.backend": "vllm",
-          "rollout.max_new_tokens": 4096, "data.max_prompt_tokens": 2048, "model.dtype": "bfloat16",
-          "model.param_dtype": "float32", "eval.n_samples": 32, "eval.temperature": 1.0, "eval.every": 10,
-          "run.total_steps": 400, "reward.overlong_buffer": 0, "data.chat_template_kwargs": {"enable_thinking": True}}
+COMMON = {
+    "optim.lr": 1e-6,
+    "optim.weight_decay": 0.1,
+    "optim.betas": (0.9, 0.999),
+    "optim.grad_clip": 1.0,
+    "optim.warmup_steps": 10,
+    "optim.lr_schedule_unit": "rl_step",
+    "optim.minibatch_prompts": 16,
+    "optim.ppo_epochs": 1,
+    "rollout.prompts_per_step": 128,
+    "rollout.group_size": 8,
+    "rollout.temperature": 1.0,
+    "rollout.top_p": 1.0,
+    "rollout.top_k": 0,
+    "rollout.backend": "vllm",
+    "rollout.max_new_tokens": 4096,
+    "data.max_prompt_tokens": 2048,
+    "model.dtype": "bfloat16",
+    "model.param_dtype": "float32",
+    "eval.n_samples": 32,
+    "eval.temperature": 1.0,
+    "eval.every": 10,
+    "run.total_steps": 400,
+    "reward.overlong_buffer": 0,
+    "data.chat_template_kwargs": {"enable_thinking": True},
+}
 
 
 def _get(cfg, dotted):
@@ -372,8 +454,13 @@ def test_bf16_parameters_only_on_request():
 def test_ablate_dry_run_shows_the_faithful_settings_per_variant(tmp_path):
     import subprocess
 
-    out = subprocess.run(["sdpg-ablate", str(ROOT / "ablations" / "paper_table1.yaml"), "--dry-run"],
-                         capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+    out = subprocess.run(
+        ["sdpg-ablate", str(ROOT / "ablations" / "paper_table1.yaml"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    ).stdout
     table = out.split("settings per variant:")[1].splitlines()
     rows = {line.split("  ")[0]: line.split() for line in table if line.strip() and not line.startswith("-")}
     assert rows["setting"][1:] == ["grpo", "rlsd", "sdpg_urkl", "sdpg_ufkl"]
@@ -382,9 +469,13 @@ def test_ablate_dry_run_shows_the_faithful_settings_per_variant(tmp_path):
     assert clip == ["0.2/0.2/off", "0.2/0.2/3", "0.2/0.28/10", "0.2/0.28/10"]
     kl = [line for line in table if line.startswith("KL to reference")][0]
     assert "reward k1 0.001" in kl and "loss urkl 0.001" in kl and "loss ufkl 0.001" in kl
-    for name, expected in [("minibatch x epochs", "16 prompts x 1"), ("params/compute dtype", "float32/bfloat16"),
-                           ("reward", "boxed 1/-1"), ("lr (warm-up unit)", "1e-06 (10 rl_step)"),
-                           ("rollouts", "vllm 128x8")]:
+    for name, expected in [
+        ("minibatch x epochs", "16 prompts x 1"),
+        ("params/compute dtype", "float32/bfloat16"),
+        ("reward", "boxed 1/-1"),
+        ("lr (warm-up unit)", "1e-06 (10 rl_step)"),
+        ("rollouts", "vllm 128x8"),
+    ]:
         line = [x for x in table if x.startswith(name)][0]
         assert line.count(expected) == 4, (name, line)
     assert "rlsd lam 0.5->0@50" in out and "A>0, 20" in out and "student, distilled" in out

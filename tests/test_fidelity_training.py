@@ -16,8 +16,13 @@ from sdpg.objective import group_advantages, kl_penalised_rewards
 from sdpg.training import trainer as tr
 
 # the paper config's shape at tiny size: 4 prompts x 4 responses, minibatches of 1 prompt (4 optimizer steps)
-PAPER_SHAPE = ["optim.minibatch_prompts=1", "optim.lr_schedule_unit=rl_step", "rollout.seed_per_prompt=true",
-               "eval.every=0", "run.total_steps=1"]
+PAPER_SHAPE = [
+    "optim.minibatch_prompts=1",
+    "optim.lr_schedule_unit=rl_step",
+    "rollout.seed_per_prompt=true",
+    "eval.every=0",
+    "run.total_steps=1",
+]
 
 
 def _params(model) -> dict[str, torch.Tensor]:
@@ -70,8 +75,7 @@ class _StepRecorder:
         def hook(optimizer, args, kwargs):
             group = optimizer.param_groups[0]
             self.lrs.append(group["lr"])
-            self.grads.append([p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
-                               for p in group["params"]])
+            self.grads.append([p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in group["params"]])
 
         from torch.optim.optimizer import register_optimizer_step_pre_hook
 
@@ -154,13 +158,17 @@ def test_later_minibatches_are_clipped(tiny_config):
     assert clip["many"] > 0.0
 
 
-@pytest.mark.parametrize("unit,expected", [
-    ("rl_step", [0.0] * 4 + [0.5] * 4 + [1.0] * 4),  # multiplier (k - 1) / 2 at RL step k
-    ("optimizer_step", [0.0, 0.5] + [1.0] * 10),
-])
+@pytest.mark.parametrize(
+    "unit,expected",
+    [
+        ("rl_step", [0.0] * 4 + [0.5] * 4 + [1.0] * 4),  # multiplier (k - 1) / 2 at RL step k
+        ("optimizer_step", [0.0, 0.5] + [1.0] * 10),
+    ],
+)
 def test_lr_warmup_counts_rl_steps(tiny_config, unit, expected):
-    cfg = tiny_config(*PAPER_SHAPE, "run.total_steps=3", "optim.warmup_steps=2", f"optim.lr_schedule_unit={unit}",
-                      "optim.lr=1e-4", out=unit)
+    cfg = tiny_config(
+        *PAPER_SHAPE, "run.total_steps=3", "optim.warmup_steps=2", f"optim.lr_schedule_unit={unit}", "optim.lr=1e-4", out=unit
+    )
     with _StepRecorder() as rec:
         tr.train(cfg)
     assert rec.lrs == pytest.approx([1e-4 * e for e in expected])
@@ -172,8 +180,15 @@ def test_lr_warmup_counts_rl_steps(tiny_config, unit, expected):
 def test_kl_in_reward_enters_the_group_advantage(tiny_config):
     """GRPO as Table 1: the sequence reward in the group advantage is score - 1e-3 * sum_t (log pi_old - log pi_ref).
     The policy is moved first (one update), so the KL is not zero."""
-    cfg = tiny_config("algo.method=grpo", "rollout.seed_per_prompt=true", "eval.every=0", "run.total_steps=2",
-                      "optim.warmup_steps=0", "algo.reward_kl_coef=0.05", out="klr")
+    cfg = tiny_config(
+        "algo.method=grpo",
+        "rollout.seed_per_prompt=true",
+        "eval.every=0",
+        "run.total_steps=2",
+        "optim.warmup_steps=0",
+        "algo.reward_kl_coef=0.05",
+        out="klr",
+    )
     with _phases(cfg) as run:
         _train_on(run, _rollout_batch(run, 1), 1)
         batch = _rollout_batch(run, 2)
@@ -185,8 +200,7 @@ def test_kl_in_reward_enters_the_group_advantage(tiny_config):
     assert k1.abs().max() > 1e-3  # the policy has moved from the reference
     expected = group_advantages(scores - 0.05 * k1, cfg.rollout.group_size, std_norm=True)
     torch.testing.assert_close(batch.advantages, expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(kl_penalised_rewards(scores, batch.old_logp, batch.ref_logp, batch.mask, 0.05),
-                               scores - 0.05 * k1)
+    torch.testing.assert_close(kl_penalised_rewards(scores, batch.old_logp, batch.ref_logp, batch.mask, 0.05), scores - 0.05 * k1)
     assert metrics["train/reward_kl"] == pytest.approx(float(k1.mean()), rel=1e-5)
     assert metrics["train/reward"] == pytest.approx(float((scores - 0.05 * k1).mean()), rel=1e-5, abs=1e-7)
 
@@ -237,9 +251,26 @@ def test_fsdp2_mixed_precision_keeps_fp32_shards(tmp_path, tiny_model_built):
     from conftest import TINY
 
     out = tmp_path / "fsdp_bf16"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "sdpg", "train",
-           *TINY, "rollout.seed_per_prompt=true", "run.total_steps=1", "eval.every=0", "model.fsdp=true",
-           "model.dtype=bfloat16", "optim.minibatch_prompts=2", "optim.warmup_steps=0", f"run.output_dir={out}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "sdpg",
+        "train",
+        *TINY,
+        "rollout.seed_per_prompt=true",
+        "run.total_steps=1",
+        "eval.every=0",
+        "model.fsdp=true",
+        "model.dtype=bfloat16",
+        "optim.minibatch_prompts=2",
+        "optim.warmup_steps=0",
+        f"run.output_dir={out}",
+    ]
     r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     state = torch.load(sorted(glob.glob(f"{out}/checkpoints/*.pt"))[-1], weights_only=False)

@@ -6,8 +6,16 @@ import io
 
 from sdpg.training.sinks import ConsoleSink
 
-GRPO_STEP = {"train/reward": 0.5, "train/accuracy": 0.5, "train/entropy": 1.25, "train/response_length": 12.0,
-             "train/opd_kl": 0.0, "train/gate_fraction": 0.5, "train/beta": 0.0, "timing/step": 1.5}
+GRPO_STEP = {
+    "train/reward": 0.5,
+    "train/accuracy": 0.5,
+    "train/entropy": 1.25,
+    "train/response_length": 12.0,
+    "train/opd_kl": 0.0,
+    "train/gate_fraction": 0.5,
+    "train/beta": 0.0,
+    "timing/step": 1.5,
+}
 
 
 def _lines(steps):

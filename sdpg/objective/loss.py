@@ -131,21 +131,34 @@ def sdpg_loss(
         if isinstance(opd, FusedKLInputs) and opd.teacher_temperature not in (None, opd.temperature):
             # the fused kernel divides both sides by one temperature: materialise the logits instead
             head = (opd.lm_head_weight, opd.lm_head_bias)
-            opd = full_vocab_kl(torch.nn.functional.linear(opd.student_hidden, *head),
-                                torch.nn.functional.linear(opd.teacher_hidden, *head),
-                                opd.temperature, opd.teacher_temperature)  # [B, T]
+            opd = full_vocab_kl(
+                torch.nn.functional.linear(opd.student_hidden, *head),
+                torch.nn.functional.linear(opd.teacher_hidden, *head),
+                opd.temperature,
+                opd.teacher_temperature,
+            )  # [B, T]
         if isinstance(opd, FusedKLInputs):
             opd_loss, kl_tok = fused_weighted_full_vocab_kl(
-                opd.student_hidden, opd.teacher_hidden, opd.lm_head_weight, opd_w,
-                lm_head_bias=opd.lm_head_bias, temperature=opd.temperature, chunk_size=opd.chunk_size,
+                opd.student_hidden,
+                opd.teacher_hidden,
+                opd.lm_head_weight,
+                opd_w,
+                lm_head_bias=opd.lm_head_bias,
+                temperature=opd.temperature,
+                chunk_size=opd.chunk_size,
             )  # [], [B, T]
             over = (kl_tok > opd_kl_clamp) & (opd_w != 0) if opd_kl_clamp is not None else None  # [B, T]
             if over is not None and bool(over.any()):
                 # take the clamped tokens' terms (value and gradient) back out; they count as the constant clamp
                 w_over = opd_w * over.float()  # [B, T]
                 over_loss, _ = fused_weighted_full_vocab_kl(
-                    opd.student_hidden, opd.teacher_hidden, opd.lm_head_weight, w_over,
-                    lm_head_bias=opd.lm_head_bias, temperature=opd.temperature, chunk_size=opd.chunk_size,
+                    opd.student_hidden,
+                    opd.teacher_hidden,
+                    opd.lm_head_weight,
+                    w_over,
+                    lm_head_bias=opd.lm_head_bias,
+                    temperature=opd.temperature,
+                    chunk_size=opd.chunk_size,
                 )  # []
                 opd_loss = opd_loss - over_loss + (w_over * opd_kl_clamp).sum()  # []
                 kl_tok = clamp_kl(kl_tok, opd_kl_clamp)  # [B, T]

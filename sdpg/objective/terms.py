@@ -62,8 +62,9 @@ def beta_at(step: int, total_steps: int, beta: float, warmup_steps: int = 0, dec
 # --------------------------------------------------------------------------------------------
 
 
-def agg_weights(mask: Tensor, mode: LossAggMode = "token-mean", n_tokens: float | None = None,
-                n_seqs: float | None = None) -> Tensor:
+def agg_weights(
+    mask: Tensor, mode: LossAggMode = "token-mean", n_tokens: float | None = None, n_seqs: float | None = None
+) -> Tensor:
     """Per-token weights [B, T] such that ``(x * agg_weights(mask, mode)).sum()`` aggregates x.
 
     token-mean: sum over all tokens / number of tokens (DAPO).
@@ -192,8 +193,9 @@ def reward_kl_penalty(old_logp: Tensor, ref_logp: Tensor, mask: Tensor, estimato
     return (k * mask.float()).sum(dim=-1)  # [B]
 
 
-def kl_penalised_rewards(scores: Tensor, old_logp: Tensor, ref_logp: Tensor, mask: Tensor, coef: float,
-                         estimator: RewardKLEstimator = "k1") -> Tensor:
+def kl_penalised_rewards(
+    scores: Tensor, old_logp: Tensor, ref_logp: Tensor, mask: Tensor, coef: float, estimator: RewardKLEstimator = "k1"
+) -> Tensor:
     """KL in the reward (GRPO as SDPG's Table 1 runs it): the token rewards carry -coef * k_t and the
     score sits on the last token, so the sequence reward entering the group advantage is
     score - coef * sum_t k_t [B]. ``scores`` [B], log-probs and ``mask`` [B, T]."""
@@ -210,8 +212,9 @@ def _upcast(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def full_vocab_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0,
-                  teacher_temperature: float | None = None) -> Tensor:
+def full_vocab_kl(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, teacher_temperature: float | None = None
+) -> Tensor:
     """Per-position KL(p_t || SG[q_t]) [B, T] over the whole vocabulary (eq. 3.2).
 
     p = softmax(student_logits / temperature), q = softmax(teacher_logits / teacher_temperature)
@@ -274,9 +277,7 @@ def rlsd_lambda_at(step: int, lam: float, decay_steps: int) -> float:
     return float(lam * max(0.0, 1.0 - step / decay_steps))
 
 
-def opsd_token_weights(
-    teacher_logp: Tensor, old_logp: Tensor, advantages: Tensor, max_weight: float = 20.0
-) -> Tensor:
+def opsd_token_weights(teacher_logp: Tensor, old_logp: Tensor, advantages: Tensor, max_weight: float = 20.0) -> Tensor:
     """OPSD's per-token weights [B, T] (arXiv 2601.18734): clamp(log q(y_t) - log p_old(y_t), 0, max)
     on sequences with A > 0 and zero elsewhere; used as the advantage inside the PPO ratio clip."""
     w = (teacher_logp - old_logp).detach().clamp(0.0, max_weight)  # [B, T]
@@ -295,4 +296,3 @@ def gate_mask(advantages: Tensor, mask: Tensor, enabled: bool = True) -> Tensor:
     if not enabled:
         return mask.float()  # [B, T]
     return mask.float() * (advantages > 0).float()[:, None]  # [B, T]
-

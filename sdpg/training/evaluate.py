@@ -21,9 +21,18 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(rollout, tokenizer, verifier: Verifier, eval_sets: dict, cfg: TrainConfig, step: int = 0,
-             rank: int = 0, world: int = 1, device: torch.device | str = "cpu",
-             extra_scorers: dict[str, Verifier] | None = None) -> dict[str, float]:
+def evaluate(
+    rollout,
+    tokenizer,
+    verifier: Verifier,
+    eval_sets: dict,
+    cfg: TrainConfig,
+    step: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device | str = "cpu",
+    extra_scorers: dict[str, Verifier] | None = None,
+) -> dict[str, float]:
     """mean@k, unbiased pass@k and greedy accuracy per benchmark. Problems are split across ranks and
     the per-problem results gathered; with ``rollout.seed_per_prompt`` each problem's samples are
     seeded, so the numbers do not depend on the number of ranks. ``extra_scorers`` (metric name ->
@@ -35,8 +44,14 @@ def evaluate(rollout, tokenizer, verifier: Verifier, eval_sets: dict, cfg: Train
         k = settings.n_samples
         mine = list(range(rank, len(rows), world))
         seeds = [derived_seed(cfg.run.seed, step, "eval", name, i) for i in mine] if cfg.rollout.seed_per_prompt else None
-        samples = rollout.generate([prompt_ids[i] for i in mine], k, temperature=settings.temperature,
-                                   top_p=settings.top_p, max_new_tokens=max_new, seeds=seeds)
+        samples = rollout.generate(
+            [prompt_ids[i] for i in mine],
+            k,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_new_tokens=max_new,
+            seeds=seeds,
+        )
         texts = tokenizer.batch_decode(samples.responses, skip_special_tokens=True)
         answers = [rows[i]["answer"] for i in mine for _ in range(k)]
         correct = torch.tensor(verifier.correctness(texts, answers), device=device).view(len(mine), k)  # [n_local, k]

@@ -132,7 +132,9 @@ def response_hidden(model, ids: Tensor, attn: Tensor, prompt_len: int, n_resp: i
             handle.remove()
         hidden = caught["hidden"]  # [b, L, H]
     else:
-        hidden = backbone(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=False).last_hidden_state  # [b, L, H]
+        hidden = backbone(
+            input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=False
+        ).last_hidden_state  # [b, L, H]
     return hidden[:, prompt_len - 1 : prompt_len - 1 + n_resp]  # [b, T, H]
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from sdpg.training.embedded import exact_answer
 
@@ -49,14 +49,59 @@ def last_boxed(text: str) -> str | None:
 
 # Minerva (arXiv 2206.14858, app. D): plain substitutions, then words and TeX fragments removed.
 MINERVA_SUBSTITUTIONS = (
-    ("an ", ""), ("a ", ""), (".$", "$"), ("\\$", ""), ("\\ ", ""), (" ", ""), ("mbox", "text"),
-    (",\\text{and}", ","), ("\\text{and}", ","), ("\\text{m}", "\\text{}"),
+    ("an ", ""),
+    ("a ", ""),
+    (".$", "$"),
+    ("\\$", ""),
+    ("\\ ", ""),
+    (" ", ""),
+    ("mbox", "text"),
+    (",\\text{and}", ","),
+    ("\\text{and}", ","),
+    ("\\text{m}", "\\text{}"),
 )
 MINERVA_REMOVED = (
-    "square", "ways", "integers", "dollars", "mph", "inches", "ft", "hours", "km", "units", "\\ldots", "sue",
-    "points", "feet", "minutes", "digits", "cents", "degrees", "cm", "gm", "pounds", "meters", "meals", "edges",
-    "students", "childrentickets", "multiples", "\\text{s}", "\\text{.}", "\\text{\ns}", "\\text{}^2",
-    "\\text{}^3", "\\text{\n}", "\\text{}", r"\mathrm{th}", r"^\circ", r"^{\circ}", r"\;", r",\!", "{,}", '"',
+    "square",
+    "ways",
+    "integers",
+    "dollars",
+    "mph",
+    "inches",
+    "ft",
+    "hours",
+    "km",
+    "units",
+    "\\ldots",
+    "sue",
+    "points",
+    "feet",
+    "minutes",
+    "digits",
+    "cents",
+    "degrees",
+    "cm",
+    "gm",
+    "pounds",
+    "meters",
+    "meals",
+    "edges",
+    "students",
+    "childrentickets",
+    "multiples",
+    "\\text{s}",
+    "\\text{.}",
+    "\\text{\ns}",
+    "\\text{}^2",
+    "\\text{}^3",
+    "\\text{\n}",
+    "\\text{}",
+    r"\mathrm{th}",
+    r"^\circ",
+    r"^{\circ}",
+    r"\;",
+    r",\!",
+    "{,}",
+    '"',
     "\\dots",
 )
 _ANSWER_LINE = re.compile(r"(?i)Answer\s*:\s*([^\n]+)")
@@ -133,8 +178,9 @@ def _math_worker(conn) -> None:  # runs in the child process
     from math_verify import parse, verify
 
     # the parser's and sympy's lazy imports happen now, before any answer is timed
-    verify(parse("\\boxed{\\frac{1}{2}}", parsing_timeout=None), parse("\\boxed{0.5}", parsing_timeout=None),
-           timeout_seconds=None)
+    verify(
+        parse("\\boxed{\\frac{1}{2}}", parsing_timeout=None), parse("\\boxed{0.5}", parsing_timeout=None), timeout_seconds=None
+    )
     conn.send("ready")
     while True:
         msg = conn.recv()
@@ -237,8 +283,15 @@ class MathVerifier:
 class Verifier:
     """The configured verifier, plus DAPO's soft overlong punishment."""
 
-    def __init__(self, kind: str, timeout_s: float = 5.0, overlong_buffer: int = 0, overlong_penalty: float = 1.0,
-                 max_new_tokens: int = 0, boxed_tail_chars: int = 500):
+    def __init__(
+        self,
+        kind: str,
+        timeout_s: float = 5.0,
+        overlong_buffer: int = 0,
+        overlong_penalty: float = 1.0,
+        max_new_tokens: int = 0,
+        boxed_tail_chars: int = 500,
+    ):
         if kind not in ("exact", "math", "boxed"):
             raise ValueError(f"unknown verifier {kind!r}; expected exact, math or boxed")
         self.kind = kind
@@ -266,4 +319,3 @@ class Verifier:
     def close(self) -> None:
         if self.math is not None:
             self.math.close()
-

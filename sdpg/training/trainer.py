@@ -42,9 +42,10 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import yaml
@@ -66,7 +67,14 @@ from sdpg.objective import (
     token_entropy,
 )
 from sdpg.training import distributed as dist
-from sdpg.training.checkpoint import latest_checkpoint, save_checkpoint
+from sdpg.training.checkpoint import (
+    CheckpointError,
+    checkpoint_dir,
+    checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from sdpg.training.config import SCORER_METRIC_NAMES, AlgoConfig, TrainConfig, build_config, load_config
 from sdpg.training.data import PromptSampler, read_source
 from sdpg.training.data import tokenize_prompts as tokenize_prompt_rows
@@ -87,8 +95,18 @@ from sdpg.training.rollout import HFRollout, VLLMRollout, left_pad
 from sdpg.training.sinks import ConsoleSink, JsonlSink, MetricSink, default_sinks
 
 __all__ = [
-    "ConsoleSink", "JsonlSink", "MetricSink", "default_sinks", "latest_checkpoint", "load_policy",
-    "micro_batches", "pass_at_k", "response_hidden", "sampled_token_stats", "train",
+    "ConsoleSink",
+    "JsonlSink",
+    "MetricSink",
+    "default_sinks",
+    "latest_checkpoint",
+    "load_policy",
+    "TrainingFailed",
+    "micro_batches",
+    "pass_at_k",
+    "response_hidden",
+    "sampled_token_stats",
+    "train",
 ]
 
 
@@ -123,6 +141,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     sinks: list[MetricSink] = field(default_factory=list)
     start_step: int = 0
+    nonfinite_in_a_row: int = 0  # consecutive optimizer steps skipped for a non-finite loss or gradient norm
     eval_scorers: dict[str, Verifier] = field(default_factory=dict)  # eval.extra_scorers: metric name -> scorer
 
     def compute(self):
@@ -173,8 +192,17 @@ class Batch:
     token_advantages: Tensor | None = None  # [N, T] RLSD / OPSD
 
 
-LOSS_STATS = ("pg_loss", "pg_clipfrac", "pg_clipfrac_lower", "ppo_kl", "opd_loss", "opd_kl", "ref_kl", "ref_kl_surrogate",
-              "entropy_bonus")
+LOSS_STATS = (
+    "pg_loss",
+    "pg_clipfrac",
+    "pg_clipfrac_lower",
+    "ppo_kl",
+    "opd_loss",
+    "opd_kl",
+    "ref_kl",
+    "ref_kl_surrogate",
+    "entropy_bonus",
+)
 ADDITIVE_STATS = ("pg_loss", "opd_loss", "entropy_bonus")  # terms of the loss: micro-batch parts add up
 
 
@@ -203,8 +231,9 @@ class LossStats:
         if not dist.active():
             return
         names = sorted(self.sums)
-        summed = dist.all_sum(torch.tensor([self.sums[n] for n in names] + [self.tokens, self.opd_tokens],
-                                           dtype=torch.float64, device=device))
+        summed = dist.all_sum(
+            torch.tensor([self.sums[n] for n in names] + [self.tokens, self.opd_tokens], dtype=torch.float64, device=device)
+        )
         self.sums = {n: float(v) for n, v in zip(names, summed)}
         self.tokens, self.opd_tokens = float(summed[-2]), float(summed[-1])
 
@@ -216,6 +245,15 @@ class LossStats:
             else:
                 out[f"train/{name}"] = total / max(1.0, self.opd_tokens if name == "opd_kl" else self.tokens)
         return out
+
+
+class TrainingFailed(RuntimeError):
+    """The run stopped itself (for instance after ``optim.max_nonfinite_steps`` non-finite updates in a row).
+    ``reason`` is one sentence; ``result`` is what ``result.json`` holds (status ``failed``)."""
+
+    def __init__(self, reason: str, result: dict[str, Any]):
+        super().__init__(reason)
+        self.reason, self.result = reason, result
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,17 +297,40 @@ def train(
                     run.log(f"[sdpg] sample @ {step}: {text[:200]!r}")
             metrics["timing/step"] = time.perf_counter() - started
             log_metrics(run, metrics, step)
-            stop = dist.any_true((should_stop is not None and should_stop())
-                                 or (stop_after_step is not None and step >= stop_after_step), run.device)
+            stop = dist.any_true(
+                (should_stop is not None and should_stop()) or (stop_after_step is not None and step >= stop_after_step),
+                run.device,
+            )
+            if run.nonfinite_in_a_row >= cfg.optim.max_nonfinite_steps:
+                path = save_run_state(run, step)  # nothing non-finite was applied: the weights are the last good ones
+                reason = (
+                    f"training stopped at step {step}: the loss or gradient norm was not finite in "
+                    f"{run.nonfinite_in_a_row} optimizer steps in a row (optim.max_nonfinite_steps="
+                    f"{cfg.optim.max_nonfinite_steps}), none of them applied; the last good state is {path}"
+                )
+                raise TrainingFailed(reason, write_result(run, "failed", step, metrics, reason))
             if step == total or stop or (cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0):
                 save_run_state(run, step)
             if stop and step < total:
                 status = "interrupted"
                 break
-        result = {"status": status, "step": step, "output_dir": str(run.out), "metrics": metrics,
-                  "rank": run.rank, "world_size": run.world}
-        if run.main_rank:
-            (run.out / "result.json").write_text(json.dumps(result, indent=1))
+        return write_result(run, status, step, metrics)
+
+
+def write_result(run: Run, status: str, step: int, metrics: dict[str, float], reason: str | None = None) -> dict[str, Any]:
+    """The run's outcome, also written to ``result.json`` by rank 0."""
+    result = {
+        "status": status,
+        "step": step,
+        "output_dir": str(run.out),
+        "metrics": metrics,
+        "rank": run.rank,
+        "world_size": run.world,
+    }
+    if reason is not None:
+        result["reason"] = reason
+    if run.main_rank:
+        (run.out / "result.json").write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -336,21 +397,34 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
         eval_sets[name] = (eval_rows, tokenize_prompts(eval_rows, cfg, tokenizer, name, log)[0])
     sampler = PromptSampler(len(train_rows), cfg.run.seed, cfg.data.shuffle)
 
-    verifier_kind = cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if cfg.data.train == "embedded" else "math")
-    verifier = Verifier(verifier_kind, cfg.reward.timeout_s, cfg.reward.overlong_buffer, cfg.reward.overlong_penalty,
-                        cfg.rollout.max_new_tokens, cfg.reward.boxed_tail_chars)
+    verifier_kind = (
+        cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if cfg.data.train == "embedded" else "math")
+    )
+    verifier = Verifier(
+        verifier_kind,
+        cfg.reward.timeout_s,
+        cfg.reward.overlong_buffer,
+        cfg.reward.overlong_penalty,
+        cfg.rollout.max_new_tokens,
+        cfg.reward.boxed_tail_chars,
+    )
     resources.callback(verifier.close)
     eval_scorers = {}
     for kind in dict.fromkeys(cfg.eval.extra_scorers if cfg.eval.every > 0 else []):
-        eval_scorers[SCORER_METRIC_NAMES[kind]] = Verifier(kind, cfg.reward.timeout_s, boxed_tail_chars=cfg.reward.boxed_tail_chars)
-        resources.callback(eval_scorers[SCORER_METRIC_NAMES[kind]].close)
+        name = SCORER_METRIC_NAMES[kind]
+        eval_scorers[name] = Verifier(kind, cfg.reward.timeout_s, boxed_tail_chars=cfg.reward.boxed_tail_chars)
+        resources.callback(eval_scorers[name].close)
     if cfg.rollout.backend == "vllm":
         max_len = cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
         engine: HFRollout | VLLMRollout = VLLMRollout(
-            policy.sdpg_source_path, tokenizer, dtype=cfg.model.dtype,
+            policy.sdpg_source_path,
+            tokenizer,
+            dtype=cfg.model.dtype,
             max_model_len=min(getattr(policy.config, "max_position_embeddings", 1 << 30), max_len),
-            gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization, seed=cfg.run.seed + rank,
-            cpu_memory_gb=cfg.rollout.vllm_cpu_memory_gb)
+            gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
+            seed=cfg.run.seed + rank,
+            cpu_memory_gb=cfg.rollout.vllm_cpu_memory_gb,
+        )
         resources.callback(engine.close)
     else:
         engine = HFRollout(generator if generator is not None else policy, tokenizer, cfg.rollout.batch_size)
@@ -360,19 +434,43 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
     optim = cfg.optim
     optimizer = torch.optim.AdamW(policy.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, s / optim.warmup_steps) if optim.warmup_steps else 1.0)
+        optimizer, lambda s: min(1.0, s / optim.warmup_steps) if optim.warmup_steps else 1.0
+    )
 
-    run = Run(cfg=cfg, out=out, device=device, rank=rank, world=world, log=log, tokenizer=tokenizer, policy=policy,
-              reference=reference, generator=generator, use_fsdp=use_fsdp, train_rows=train_rows,
-              student_prompts=student_prompts, teacher_prompts=teacher_prompts, eval_sets=eval_sets, sampler=sampler,
-              verifier=verifier, rollout=engine, optimizer=optimizer, scheduler=scheduler, eval_scorers=eval_scorers)
+    run = Run(
+        cfg=cfg,
+        out=out,
+        device=device,
+        rank=rank,
+        world=world,
+        log=log,
+        tokenizer=tokenizer,
+        policy=policy,
+        reference=reference,
+        generator=generator,
+        use_fsdp=use_fsdp,
+        train_rows=train_rows,
+        student_prompts=student_prompts,
+        teacher_prompts=teacher_prompts,
+        eval_sets=eval_sets,
+        sampler=sampler,
+        verifier=verifier,
+        rollout=engine,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        eval_scorers=eval_scorers,
+    )
     run.start_step = resume(run) if cfg.run.resume else 0
+    kept_step = run.start_step if cfg.run.resume else -1  # what the sinks keep from an earlier attempt
     if not main_rank:
         run.sinks = []  # rank 0 logs for all
     elif sinks is not None:
         run.sinks = sinks
+        for sink in sinks:  # whatever they hold after the resume step is replayed
+            if hasattr(sink, "rewind"):
+                sink.rewind(kept_step)
     else:
-        run.sinks = default_sinks(out, run.start_step, cfg.run.total_steps)
+        run.sinks = default_sinks(out, kept_step, cfg.run.total_steps)
         for sink in run.sinks:
             resources.callback(sink.close)
     if run.start_step > 0:
@@ -388,36 +486,58 @@ def _no_log(msg: str) -> None:
     pass
 
 
-def tokenize_prompts(rows: list[dict], cfg: TrainConfig, tokenizer, what: str,
-                     log: Callable[[str], None]) -> tuple[list[list[int]], list[list[int]]]:
+def tokenize_prompts(
+    rows: list[dict], cfg: TrainConfig, tokenizer, what: str, log: Callable[[str], None]
+) -> tuple[list[list[int]], list[list[int]]]:
     """Student and teacher prompt ids of every row, cut to ``data.max_prompt_tokens``: the student's from the
     left, the teacher's from the right (as the authors)."""
     student_ids, teacher_ids, n_cut = tokenize_prompt_rows(rows, cfg.data, tokenizer)
     if n_cut:
-        log(f"[sdpg] warning: {n_cut} {what} prompts (student and teacher views) longer than "
-            f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} were cut (student from the left, teacher from the right)")
+        log(
+            f"[sdpg] warning: {n_cut} {what} prompts (student and teacher views) longer than "
+            f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} were cut (student from the left, teacher from the right)"
+        )
     return student_ids, teacher_ids
 
 
 def resume(run: Run) -> int:
-    """Load the newest checkpoint, if any; returns the step to continue from."""
-    path = latest_checkpoint(run.out)
-    if path is None:
-        return 0
-    cfg = run.cfg
-    state = torch.load(path, map_location=run.device, weights_only=False)
-    if state["config_hash"] != cfg.config_hash():
-        raise RuntimeError(f"{path} was written by another config (hash {state['config_hash']} != {cfg.config_hash()}); "
-                           f"use a new run.output_dir or run.resume=false")
-    load_full_state(run.policy, run.optimizer, state["model"], state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    run.sampler.load_state_dict(state["sampler"])
-    rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
-    if len(rngs) == run.world:
-        set_rng_state(rngs[run.rank])
-    else:  # another world size: every rank starts a fresh stream derived from the step
-        seed_everything(derived_seed(cfg.run.seed, state["step"], "resume", run.rank))
-    run.log(f"[sdpg] resumed from {path} at step {state['step']}")
+    """Load the newest checkpoint that reads; returns the step to continue from (0: none). A checkpoint that
+    does not read is skipped with a warning naming it and renamed to ``*.pt.corrupt``; when none reads,
+    the run stops rather than start over."""
+    cfg, skipped = run.cfg, []
+    for path in reversed(checkpoints(run.out)):
+        try:
+            state = load_checkpoint(path, run.device)
+        except CheckpointError as e:
+            run.log(f"[sdpg] warning: skipped {e}")
+            skipped.append(path)
+            continue
+        if state["config_hash"] != cfg.config_hash():
+            raise RuntimeError(
+                f"{path} was written by another config (hash {state['config_hash']} != {cfg.config_hash()}); "
+                f"use a new run.output_dir or run.resume=false"
+            )
+        load_full_state(run.policy, run.optimizer, state["model"], state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        run.sampler.load_state_dict(state["sampler"])
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        if len(rngs) == run.world:
+            set_rng_state(rngs[run.rank])
+        else:  # another world size: every rank starts a fresh stream derived from the step
+            seed_everything(derived_seed(cfg.run.seed, state["step"], "resume", run.rank))
+        run.log(f"[sdpg] resumed from {path} at step {state['step']}")
+        break
+    else:
+        state = {"step": 0}
+        if skipped:
+            raise CheckpointError(
+                f"no checkpoint in {checkpoint_dir(run.out)} can be read (see the warnings above); "
+                f"move them away, or set run.resume=false to start over"
+            )
+    dist.barrier()  # every rank has read the files before they are renamed
+    if run.main_rank:
+        for path in skipped:
+            path.rename(path.with_name(path.name + ".corrupt"))
     return state["step"]
 
 
@@ -445,9 +565,15 @@ def rollout(run: Run, step: int, metrics: dict[str, float]) -> Batch:
     started = time.perf_counter()
     seeds = [derived_seed(cfg.run.seed, step, "rollout", i) for i in prompt_ids] if cfg.rollout.seed_per_prompt else None
     with run.compute() if isinstance(run.rollout, HFRollout) else contextlib.nullcontext():
-        samples = run.rollout.generate([run.student_prompts[i] for i in prompt_ids], G, temperature=cfg.rollout.temperature,
-                                       top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
-                                       max_new_tokens=cfg.rollout.max_new_tokens, seeds=seeds)
+        samples = run.rollout.generate(
+            [run.student_prompts[i] for i in prompt_ids],
+            G,
+            temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+            top_k=cfg.rollout.top_k,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            seeds=seeds,
+        )
     metrics["timing/rollout"] = time.perf_counter() - started
     responses, mask = samples.responses.to(device), samples.mask.to(device)  # [N, T], [N, T]
     pad = run.tokenizer.pad_token_id
@@ -477,7 +603,7 @@ def rollout(run: Run, step: int, metrics: dict[str, float]) -> Batch:
 def score(run: Run, batch: Batch, metrics: dict[str, float]) -> None:
     """Scores (1 correct, ``reward.incorrect_reward`` otherwise, plus DAPO's overlong penalty), group
     advantages, reward statistics over all ranks; DAPO's filter of uninformative groups. With the KL in the
-    reward (``algo.reward_kl_coef``) the advantages wait for the log-probs (``logprobs``)."""
+    reward (``algo.reward_kl_coef``) ``logprobs`` recomputes the advantages once log pi_old is known."""
     algo, device, G = run.cfg.algo, run.device, run.cfg.rollout.group_size
     started = time.perf_counter()
     answers = [run.train_rows[i]["answer"] for i in batch.prompt_ids for _ in range(G)]
@@ -491,12 +617,16 @@ def score(run: Run, batch: Batch, metrics: dict[str, float]) -> None:
     all_rewards, all_correct = dist.all_gather_cat(rewards.to(device)), dist.all_gather_cat(correct.to(device))  # [N_all]
     all_lengths, all_truncated = dist.all_gather_cat(lengths.float()), dist.all_gather_cat(batch.truncated.float())
     batch.all_advantages = dist.all_gather_cat(batch.advantages)  # [N_all]
-    metrics.update({
-        "train/reward": float(all_rewards.mean()), "train/accuracy": float(all_correct.mean()),
-        "train/response_length": float(all_lengths.mean()), "train/truncated": float(all_truncated.mean()),
-        "train/solve_all": float((all_correct.view(-1, G).min(-1).values == 1).float().mean()),
-        "train/solve_none": float((all_correct.view(-1, G).max(-1).values == 0).float().mean()),
-    })
+    metrics.update(
+        {
+            "train/reward": float(all_rewards.mean()),
+            "train/accuracy": float(all_correct.mean()),
+            "train/response_length": float(all_lengths.mean()),
+            "train/truncated": float(all_truncated.mean()),
+            "train/solve_all": float((all_correct.view(-1, G).min(-1).values == 1).float().mean()),
+            "train/solve_none": float((all_correct.view(-1, G).max(-1).values == 0).float().mean()),
+        }
+    )
     N = len(rewards)
     batch.keep = torch.arange(N)
     if algo.filter_groups:  # DAPO dynamic sampling: only groups with a learning signal
@@ -546,8 +676,9 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
             tokens = batch.responses[rows]  # [b, T]
             seq, attn, prompt_len = batch.student_seq[rows], batch.student_attn[rows], batch.student_prompt_len
             if entropy_pass and (run.use_fsdp or skipped[rows].any()):
-                batch.entropy[rows] = sampled_token_stats(run.policy, seq, attn, prompt_len, tokens, temperature,
-                                                          logprobs=False, entropy=True).entropy
+                batch.entropy[rows] = sampled_token_stats(
+                    run.policy, seq, attn, prompt_len, tokens, temperature, logprobs=False, entropy=True
+                ).entropy
             if not batch.on_policy:
                 stats = sampled_token_stats(run.policy, seq, attn, prompt_len, tokens, temperature, entropy=True)
                 batch.old_logp[rows], batch.entropy[rows] = stats.logp, stats.entropy
@@ -555,13 +686,13 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
                 batch.ref_logp[rows] = sampled_token_stats(run.reference, seq, attn, prompt_len, tokens, temperature).logp
             if batch.teacher_logp is not None:
                 batch.teacher_logp[rows] = sampled_token_stats(
-                    teacher, batch.teacher_seq[rows], batch.teacher_attn[rows], batch.teacher_prompt_len, tokens,
-                    temperature).logp
+                    teacher, batch.teacher_seq[rows], batch.teacher_attn[rows], batch.teacher_prompt_len, tokens, temperature
+                ).logp
         if algo.reward_kl_coef > 0:  # the KL in the reward (GRPO as Table 1): score - coef * sum_t k_t
-            G = cfg.rollout.group_size
-            rewards = kl_penalised_rewards(batch.scores, batch.old_logp, batch.ref_logp, batch.mask, algo.reward_kl_coef,
-                                           algo.reward_kl_estimator)  # [N]
-            batch.advantages = group_advantages(rewards, G, std_norm=algo.std_norm)  # [N]
+            rewards = kl_penalised_rewards(
+                batch.scores, batch.old_logp, batch.ref_logp, batch.mask, algo.reward_kl_coef, algo.reward_kl_estimator
+            )  # [N]
+            batch.advantages = group_advantages(rewards, cfg.rollout.group_size, std_norm=algo.std_norm)  # [N]
             batch.all_advantages = dist.all_gather_cat(batch.advantages)  # [N_all]
             penalty = reward_kl_penalty(batch.old_logp, batch.ref_logp, batch.mask, algo.reward_kl_estimator)  # [N]
             metrics["train/reward_kl"] = float(dist.all_gather_cat(penalty).mean())
@@ -572,11 +703,13 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
             if algo.advantage == "rlsd":
                 lam = rlsd_lambda_at(step, algo.rlsd_lambda, algo.rlsd_lambda_decay_steps)  # k from 1: 0 at k = decay
                 metrics["train/rlsd_lambda"] = lam
-                batch.token_advantages = rlsd_advantages(batch.advantages, batch.teacher_logp, behaviour_logp,
-                                                         algo.rlsd_eps_w, lam)  # [N, T]
+                batch.token_advantages = rlsd_advantages(
+                    batch.advantages, batch.teacher_logp, behaviour_logp, algo.rlsd_eps_w, lam
+                )  # [N, T]
             else:
-                batch.token_advantages = opsd_token_weights(batch.teacher_logp, behaviour_logp, batch.advantages,
-                                                            algo.opsd_max_weight)  # [N, T]
+                batch.token_advantages = opsd_token_weights(
+                    batch.teacher_logp, behaviour_logp, batch.advantages, algo.opsd_max_weight
+                )  # [N, T]
     metrics["timing/logprobs"] = time.perf_counter() - started
 
 
@@ -584,9 +717,12 @@ def _policy_logp(run: Run, batch: Batch, seq: Tensor, attn: Tensor, prompt_len: 
     """log pi_theta(y_t) [N, T] of every row, in micro-batches (the on-policy pi_old, before the update)."""
     size, temperature = run.cfg.optim.micro_batch_size, run.cfg.rollout.temperature
     with run.compute():
-        parts = [sampled_token_stats(run.policy, seq[s : s + size], attn[s : s + size], prompt_len,
-                                     batch.responses[s : s + size], temperature).logp
-                 for s in range(0, seq.shape[0], size)]  # [b, T] each
+        parts = [
+            sampled_token_stats(
+                run.policy, seq[s : s + size], attn[s : s + size], prompt_len, batch.responses[s : s + size], temperature
+            ).logp
+            for s in range(0, seq.shape[0], size)
+        ]  # [b, T] each
     return torch.cat(parts)  # [N, T]
 
 
@@ -610,20 +746,29 @@ def update(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> tupl
     metrics["train/skipped_update"] = float(batch.n_kept_all == 0)  # every group uninformative (filter_groups)
     metrics["train/lr"] = run.scheduler.get_last_lr()[0]  # the lr of this step's (first) update
     per_update = optim.lr_schedule_unit == "optimizer_step"
+    n_nonfinite = 0
     run.policy.train()
     for epoch in range(optim.ppo_epochs if batch.n_kept_all else 0):
-        if optim.minibatch_prompts:  # consecutive whole groups, the same number of minibatches on every rank
-            parts = [p.reshape(-1) for p in torch.tensor_split(batch.keep.view(-1, cfg.rollout.group_size), batch.n_minibatches)]
+        if optim.minibatch_prompts:  # consecutive whole groups; the same number of minibatches on every rank
+            groups = batch.keep.view(-1, cfg.rollout.group_size)  # [K/G, G]
+            parts = [part.reshape(-1) for part in torch.tensor_split(groups, batch.n_minibatches)]
         else:
             shuffle = batch.n_minibatches > 1 or optim.ppo_epochs > 1
             order = batch.keep[torch.randperm(len(batch.keep))] if shuffle else batch.keep
             parts = list(torch.tensor_split(order, batch.n_minibatches))  # the same number of minibatches on every rank
         for rows in parts:
-            grad_norm = optimizer_step(run, batch, rows.to(run.device), beta_k, loss_stats if epoch == 0 else None)
+            grad_norm, applied = optimizer_step(run, batch, rows.to(run.device), beta_k, loss_stats if epoch == 0 else None)
             if per_update:
                 run.scheduler.step()
+            n_nonfinite += not applied
+            run.nonfinite_in_a_row = 0 if applied else run.nonfinite_in_a_row + 1
+            if run.nonfinite_in_a_row >= optim.max_nonfinite_steps:
+                break
+        if run.nonfinite_in_a_row >= optim.max_nonfinite_steps:
+            break
     if not per_update:
         run.scheduler.step()
+    metrics["train/nonfinite_skipped"] = float(n_nonfinite)
     run.policy.eval()
     metrics["timing/update"] = time.perf_counter() - started
     if run.separate_engine:
@@ -631,40 +776,55 @@ def update(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> tupl
     return loss_stats, beta_k, grad_norm
 
 
-def optimizer_step(run: Run, batch: Batch, rows: Tensor, beta_k: float, loss_stats: LossStats | None) -> Tensor:
-    """One AdamW step on the minibatch ``rows`` [M], accumulated over micro-batches; returns the gradient norm.
+def optimizer_step(run: Run, batch: Batch, rows: Tensor, beta_k: float, loss_stats: LossStats | None) -> tuple[Tensor, bool]:
+    """One AdamW step on the minibatch ``rows`` [M], accumulated over micro-batches; returns the gradient norm
+    and whether the step was applied: a non-finite loss (on any rank) or gradient norm skips it.
 
     Aggregation weights are normalised over the whole minibatch on all ranks, so neither micro-batching
     nor the number of ranks changes the update."""
     algo, optim, device = run.cfg.algo, run.cfg.optim, run.device
     mask = batch.mask[rows]  # [M, T]
     weights, opd_weights, entropy_weights = minibatch_weights(
-        mask, batch.advantages[rows], batch.responses[rows], run.tokenizer.eos_token_id, algo, dist.all_sum)  # [M, T] each
+        mask, batch.advantages[rows], batch.responses[rows], run.tokenizer.eos_token_id, algo, dist.all_sum
+    )  # [M, T] each
     run.optimizer.zero_grad(set_to_none=True)
-    groups: list[Tensor | None] = list(micro_batches(mask.sum(-1), optim.micro_batch_size, optim.micro_batch_tokens,
-                                                     batch.student_prompt_len))
+    groups: list[Tensor | None] = list(
+        micro_batches(mask.sum(-1), optim.micro_batch_size, optim.micro_batch_tokens, batch.student_prompt_len)
+    )
     if run.use_fsdp:  # every rank must run as many forwards: pad with zero-weight micro-batches
         n_most = int(dist.all_max(torch.tensor(float(len(groups)), device=device)).item())
         groups += [None] * (n_most - len(groups))
+    finite_loss = True
     for positions in groups:
-        micro_batch_backward(run, batch, rows, positions, weights, opd_weights, entropy_weights, beta_k, loss_stats)
+        finite_loss &= micro_batch_backward(
+            run, batch, rows, positions, weights, opd_weights, entropy_weights, beta_k, loss_stats
+        )
     if not run.use_fsdp:  # FSDP has reduce-scattered the gradients already
         dist.all_reduce_grads(list(run.policy.parameters()))
     grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), optim.grad_clip if optim.grad_clip > 0 else float("inf"))
     if hasattr(grad_norm, "full_tensor"):
         grad_norm = grad_norm.full_tensor()
+    if dist.any_true(not (finite_loss and bool(torch.isfinite(grad_norm))), device):
+        run.optimizer.zero_grad(set_to_none=True)  # nothing of this minibatch reaches the weights or Adam's moments
+        return grad_norm, False
     run.optimizer.step()
-    return grad_norm
+    return grad_norm, True
 
 
-def minibatch_weights(mask: Tensor, advantages: Tensor, tokens: Tensor, eos_id: int | None, algo: AlgoConfig,
-                      all_sum: Callable[[Tensor], Tensor] = lambda t: t) -> tuple[Tensor, Tensor, Tensor]:
+def minibatch_weights(
+    mask: Tensor,
+    advantages: Tensor,
+    tokens: Tensor,
+    eos_id: int | None,
+    algo: AlgoConfig,
+    all_sum: Callable[[Tensor], Tensor] = lambda t: t,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Aggregation weights [M, T] of a minibatch's L_out (and L_K), L_OPD+ and entropy bonus, normalised over
     the whole minibatch on all ranks (``all_sum`` sums the counts over ranks), so neither micro-batching nor
     the number of ranks changes the update. ``mask`` [M, T], ``advantages`` [M], ``tokens`` [M, T].
 
     L_out: over all response tokens, or (``algo.pg_norm`` gated, OPSD) over the tokens of sequences with A > 0.
-    L_OPD+: the gated (and, with ``opd_exclude_stop``, non-EOS) tokens under L_out's all-token weights, or
+    L_OPD+: the gated (and, with ``opd_exclude_stop``, non-EOS) tokens under the all-token weights, or
     normalised over themselves (``opd_norm`` gated). Entropy bonus: over all response tokens."""
     gated = gate_mask(advantages, mask, True)  # [M, T] tokens of sequences with A > 0
     distil = gate_mask(advantages, mask, algo.gate)  # [M, T] tokens L_OPD+ may use
@@ -674,18 +834,31 @@ def minibatch_weights(mask: Tensor, advantages: Tensor, tokens: Tensor, eos_id: 
     n_gated_seq = (advantages > 0).float().sum()
     counts = all_sum(torch.stack([mask.sum(), n_seq, distil.sum(), gated.sum(), n_gated_seq]))  # [5]
     everything = agg_weights(mask, algo.loss_agg_mode, n_tokens=counts[0], n_seqs=counts[1])  # [M, T]
-    pg = (everything if algo.pg_norm == "all"
-          else agg_weights(gated, algo.loss_agg_mode, n_tokens=counts[3], n_seqs=counts[4]))  # [M, T]
-    opd = (everything * distil if algo.opd_norm == "all"
-           else agg_weights(distil, algo.loss_agg_mode, n_tokens=counts[2], n_seqs=counts[1]))  # [M, T]
+    if algo.pg_norm == "all":
+        pg = everything  # [M, T]
+    else:
+        pg = agg_weights(gated, algo.loss_agg_mode, n_tokens=counts[3], n_seqs=counts[4])  # [M, T]
+    if algo.opd_norm == "all":
+        opd = everything * distil  # [M, T]
+    else:
+        opd = agg_weights(distil, algo.loss_agg_mode, n_tokens=counts[2], n_seqs=counts[1])  # [M, T]
     return pg, opd, everything
 
 
-def micro_batch_backward(run: Run, batch: Batch, rows: Tensor, positions: Tensor | None, weights: Tensor,
-                         opd_weights: Tensor, entropy_weights: Tensor, beta_k: float,
-                         loss_stats: LossStats | None) -> None:
-    """Forward and backward of the micro-batch at ``positions`` of the minibatch ``rows``. ``positions`` None:
-    a zero-weight forward/backward that only keeps FSDP's collectives in step across ranks."""
+def micro_batch_backward(
+    run: Run,
+    batch: Batch,
+    rows: Tensor,
+    positions: Tensor | None,
+    weights: Tensor,
+    opd_weights: Tensor,
+    entropy_weights: Tensor,
+    beta_k: float,
+    loss_stats: LossStats | None,
+) -> bool:
+    """Forward and backward of the micro-batch at ``positions`` of the minibatch ``rows``; returns whether its
+    loss was finite. ``positions`` None: a zero-weight forward/backward that only keeps FSDP's collectives in
+    step across ranks."""
     cfg, algo = run.cfg, run.cfg.algo
     padding = positions is None
     if positions is None:
@@ -697,9 +870,16 @@ def micro_batch_backward(run: Run, batch: Batch, rows: Tensor, positions: Tensor
     materialised_kl = algo.needs_distillation and algo.opd_impl != "fused"
     bonus = algo.entropy_coef > 0
     with run.compute():  # autocast to the compute dtype over the fp32 parameters; the backward runs outside
-        student = sampled_token_stats(run.policy, batch.student_seq[seqs, : Ps + n_resp], batch.student_attn[seqs, : Ps + n_resp],
-                                      Ps, tokens, cfg.rollout.temperature, entropy=batch.on_policy,
-                                      keep_logits=materialised_kl or bonus)
+        student = sampled_token_stats(
+            run.policy,
+            batch.student_seq[seqs, : Ps + n_resp],
+            batch.student_attn[seqs, : Ps + n_resp],
+            Ps,
+            tokens,
+            cfg.rollout.temperature,
+            entropy=batch.on_policy,
+            keep_logits=materialised_kl or bonus,
+        )
         logp = student.logp  # [b, tb]
         entropy = token_entropy(student.logits, cfg.rollout.temperature) if bonus else None  # [b, tb] with gradient
         if batch.on_policy and not padding:  # pi_old is this forward's pi_theta (one epoch, one minibatch)
@@ -715,33 +895,56 @@ def micro_batch_backward(run: Run, batch: Batch, rows: Tensor, positions: Tensor
         teacher_temperature = 1.0 if algo.distill_temperature_on == "student" else None  # the authors: q undivided
         if algo.needs_distillation and (run.use_fsdp or bool(opd_weights[positions].any())):
             with torch.no_grad():  # the teacher: the current policy on the privileged prompt (c, x)
-                teacher_hidden = response_hidden(run.policy, batch.teacher_seq[seqs, : Pt + n_resp],
-                                                 batch.teacher_attn[seqs, : Pt + n_resp], Pt, n_resp)  # [b, tb, H]
+                teacher_hidden = response_hidden(
+                    run.policy, batch.teacher_seq[seqs, : Pt + n_resp], batch.teacher_attn[seqs, : Pt + n_resp], Pt, n_resp
+                )  # [b, tb, H]
             if algo.opd_impl == "fused":
-                opd = FusedKLInputs(student.hidden, teacher_hidden, student.head_weight, student.head_bias,
-                                    temperature=algo.distill_temperature, teacher_temperature=teacher_temperature)
+                opd = FusedKLInputs(
+                    student.hidden,
+                    teacher_hidden,
+                    student.head_weight,
+                    student.head_bias,
+                    temperature=algo.distill_temperature,
+                    teacher_temperature=teacher_temperature,
+                )
             else:
                 teacher_logits = torch.nn.functional.linear(teacher_hidden, student.head_weight, student.head_bias)  # [b, tb, V]
                 opd = full_vocab_kl(student.logits, teacher_logits, algo.distill_temperature, teacher_temperature)  # [b, tb]
         loss, stats = sdpg_loss(
-            logp, old_logp, batch.advantages[seqs], mask,
+            logp,
+            old_logp,
+            batch.advantages[seqs],
+            mask,
             token_advantages=token_adv,
-            opd=opd, ref_logp=batch.ref_logp[seqs, :n_resp] if batch.ref_logp is not None else None,
-            beta=beta_k, alpha=algo.alpha, kl_mode=algo.kl_mode, gate=algo.gate, opd_norm=algo.opd_norm,
-            pg_coef=algo.pg_coef, policy_mode=algo.policy_loss, clip_low=algo.clip_low, clip_high=algo.clip_high,
-            clip_c=algo.clip_c, loss_agg_mode=algo.loss_agg_mode,
+            opd=opd,
+            ref_logp=batch.ref_logp[seqs, :n_resp] if batch.ref_logp is not None else None,
+            beta=beta_k,
+            alpha=algo.alpha,
+            kl_mode=algo.kl_mode,
+            gate=algo.gate,
+            opd_norm=algo.opd_norm,
+            pg_coef=algo.pg_coef,
+            policy_mode=algo.policy_loss,
+            clip_low=algo.clip_low,
+            clip_high=algo.clip_high,
+            clip_c=algo.clip_c,
+            loss_agg_mode=algo.loss_agg_mode,
             token_weights=weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
             opd_token_weights=opd_weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
-            opd_kl_clamp=algo.opd_kl_clamp, entropy=entropy, entropy_coef=algo.entropy_coef,
+            opd_kl_clamp=algo.opd_kl_clamp,
+            entropy=entropy,
+            entropy_coef=algo.entropy_coef,
             entropy_token_weights=entropy_weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
         )
     if padding:
         loss = loss * 0.0
     elif run.use_fsdp:
         loss = loss * run.world  # FSDP averages over ranks; the weights are already global
-    loss.backward()
+    if loss.requires_grad:  # without: no term has a gradient here (OPCD on a micro-batch with nothing distilled)
+        loss.backward()
     if loss_stats is not None and not padding:
         loss_stats.add(stats, n_tokens=float(mask.sum()))
+    return padding or bool(torch.isfinite(loss.detach()))
 
 
 def micro_batches(lengths: Tensor, size: int, token_budget: int | None, prompt_len: int) -> list[Tensor]:
@@ -769,14 +972,16 @@ def micro_batches(lengths: Tensor, size: int, token_budget: int | None, prompt_l
 # --------------------------------------------------------------------------------------------
 
 
-def reduce_metrics(run: Run, batch: Batch, loss_stats: LossStats, beta_k: float, grad_norm: Tensor,
-                   metrics: dict[str, float]) -> None:
+def reduce_metrics(
+    run: Run, batch: Batch, loss_stats: LossStats, beta_k: float, grad_norm: Tensor, metrics: dict[str, float]
+) -> None:
     """train/* metrics of the step, over all ranks."""
     mask = batch.mask
     if batch.engine_logp is not None:  # trainer vs rollout engine on the sampled tokens (before this update)
         gap = batch.old_logp - batch.engine_logp  # [N, T]
-        sums = dist.all_sum(torch.stack([(gap * mask).sum(), (gap.abs() * mask).sum(),
-                                         (torch.exp(gap.clamp(-20, 20)) * mask).sum(), mask.sum()]))
+        sums = dist.all_sum(
+            torch.stack([(gap * mask).sum(), (gap.abs() * mask).sum(), (torch.exp(gap.clamp(-20, 20)) * mask).sum(), mask.sum()])
+        )
         metrics["train/rollout_logprob_diff"] = float(sums[1] / sums[3].clamp(min=1))
         metrics["train/rollout_is_ratio"] = float(sums[2] / sums[3].clamp(min=1))
     loss_stats.all_reduce(run.device)
@@ -801,8 +1006,18 @@ def evaluation_due(run: Run, step: int) -> bool:
 def run_evaluation(run: Run, step: int) -> dict[str, float]:
     started = time.perf_counter()
     with run.compute() if isinstance(run.rollout, HFRollout) else contextlib.nullcontext():
-        metrics = evaluate(run.rollout, run.tokenizer, run.verifier, run.eval_sets, run.cfg, step, run.rank, run.world,
-                           run.device, extra_scorers=run.eval_scorers)
+        metrics = evaluate(
+            run.rollout,
+            run.tokenizer,
+            run.verifier,
+            run.eval_sets,
+            run.cfg,
+            step,
+            run.rank,
+            run.world,
+            run.device,
+            extra_scorers=run.eval_scorers,
+        )
     metrics["timing/eval"] = time.perf_counter() - started
     return metrics
 
@@ -812,17 +1027,28 @@ def log_metrics(run: Run, metrics: dict[str, float], step: int) -> None:
         sink.log(metrics, step)
 
 
-def save_run_state(run: Run, step: int) -> None:
+def save_run_state(run: Run, step: int) -> Path:
     """A resumable checkpoint of ``step``: a collective (every rank takes part), written by rank 0."""
     rngs = [rng_state()]
     if dist.active():
         rngs = [None] * run.world
         torch.distributed.all_gather_object(rngs, rng_state())
     model_state, optim_state = full_state(run.policy, run.optimizer)  # a collective under FSDP
+    path = checkpoint_dir(run.out) / f"step_{step:07d}.pt"
     if run.main_rank:
-        save_checkpoint(run.out, step, {
-            "step": step, "model": model_state, "optimizer": optim_state, "scheduler": run.scheduler.state_dict(),
-            "sampler": run.sampler.state_dict(), "rng": rngs if run.world > 1 else rngs[0],
-            "config_hash": run.cfg.config_hash(),
-        }, run.cfg.run.keep_checkpoints)
+        path = save_checkpoint(
+            run.out,
+            step,
+            {
+                "step": step,
+                "model": model_state,
+                "optimizer": optim_state,
+                "scheduler": run.scheduler.state_dict(),
+                "sampler": run.sampler.state_dict(),
+                "rng": rngs if run.world > 1 else rngs[0],
+                "config_hash": run.cfg.config_hash(),
+            },
+            run.cfg.run.keep_checkpoints,
+        )
     dist.barrier()
+    return path
