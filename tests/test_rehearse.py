@@ -163,3 +163,18 @@ def test_hub_id_without_a_hub_says_so_in_one_line(workdir, monkeypatch, capsys):
     assert lines and "--rehearse-model PATH" in lines[0], err[-2000:]
     report = json.loads((workdir / "rh" / "report.json").read_text())
     assert report["runs"][0]["status"] == "blocked"
+
+
+def test_sweep_rehearses_its_first_trials_and_objective(workdir, stand_in, capsys):
+    from sdpg.cli import sweep_main
+
+    rc = sweep_main([str(REPO / "sweeps" / "paper_coefficients.yaml"), "--rehearse", "--rehearse-model", str(stand_in),
+                     "--rehearse-dir", str(workdir / "rh")])
+    err = capsys.readouterr().err
+    report = json.loads((workdir / "rh" / "report.json").read_text())
+    assert rc == 0, err[-3000:]
+    names = [r["name"] for r in report["runs"]]
+    assert names == ["enqueue0-s0", "low-s0", "high-s0"], names  # the paper's coefficients, then the space's corners
+    for r in report["runs"]:
+        assert r["status"] == "pass" and "eval/aime24/mean@2" in r["metrics"]  # the objective, at 2 samples
+    assert not (workdir / "outputs").exists()  # no study, no store of the real sweep
