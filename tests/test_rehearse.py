@@ -178,3 +178,23 @@ def test_sweep_rehearses_its_first_trials_and_objective(workdir, stand_in, capsy
     for r in report["runs"]:
         assert r["status"] == "pass" and "eval/aime24/mean@2" in r["metrics"]  # the objective, at 2 samples
     assert not (workdir / "outputs").exists()  # no study, no store of the real sweep
+
+
+def test_scaled_sizes_keep_the_structure():
+    """Several minibatches per RL step stay several (2), gradient accumulation stays (2 micro-batches), a
+    token budget stays on, several generate calls stay several; a single minibatch stays single."""
+    from sdpg.orchestration.rehearse import scaled_layer
+    from sdpg.training.config import build_config
+
+    paper = {"rollout": {"prompts_per_step": 128, "group_size": 8, "batch_size": 256, "max_new_tokens": 4096},
+             "optim": {"minibatch_size": 128, "micro_batch_size": 4}}  # 8 minibatches of 128 sequences
+    layer, changes = scaled_layer(build_config(paper), world=8)  # 16 rows of a minibatch per rank: 4 micro-batches
+    assert (layer["rollout.prompts_per_step"], layer["rollout.group_size"]) == (2, 2)
+    assert layer["optim.minibatch_size"] == 2 and layer["optim.micro_batch_size"] == 1  # 4 sequences: 2 x 2 x 1
+    assert layer["rollout.batch_size"] == 2  # 1024 > 256: several generate calls, here 2 of 2
+    assert changes["minibatches per RL step"] == "8 -> 2" and changes["micro-batches per minibatch (per rank)"] == "4 -> 2"
+    one = build_config({"rollout": {"prompts_per_step": 16, "group_size": 4}, "optim": {"micro_batch_size": 64,
+                                                                                         "micro_batch_tokens": 4096}})
+    layer, changes = scaled_layer(one, world=1)
+    assert "optim.minibatch_size" not in layer and changes["minibatches per RL step"] == "1 -> 1"
+    assert layer["optim.micro_batch_tokens"] == 1 and layer["rollout.max_new_tokens"] == 8

@@ -308,36 +308,34 @@ def check_source(key: str, source: str, cfg: TrainConfig, out_dir: Path, n_keep:
 
 
 def template_error(row: dict, cfg: TrainConfig, tokenizer, where: str) -> str | None:
-    """None when the row's student and teacher prompts render; otherwise one sentence naming the template."""
-    from sdpg.training.data import (
-        DEFAULT_CONTEXT_TEMPLATES,
-        build_prompts,
-        render_context,
-    )
+    """None when the row's student and teacher prompts render as the trainer renders them; otherwise
+    one sentence naming the template at fault and its placeholder."""
+    import string as _string
 
-    d = cfg.data
-    checks: list[tuple[str, Callable[[], Any]]] = []
-    if "student_prompt" not in row:
-        checks.append(("data.student_template", lambda: d.student_template.format(problem=row["problem"])))
-        ctx_key = f"data.context_templates.{d.context}" if d.context in d.context_templates else f"the built-in {d.context!r} context template"
-        if d.context != "none":
-            checks.append((ctx_key, lambda: render_context(row, d)))
-            checks.append(("data.teacher_template", lambda: d.teacher_template.format(problem=row["problem"], context="c")))
-    for key, fn in checks:
-        try:
-            fn()
-        except (KeyError, IndexError, ValueError, AttributeError) as e:
-            tmpl = {"data.student_template": d.student_template, "data.teacher_template": d.teacher_template}.get(
-                key, d.context_templates.get(d.context) or DEFAULT_CONTEXT_TEMPLATES.get(d.context, ""))
-            allowed = {"data.student_template": "{problem}", "data.teacher_template": "{problem} and {context}"}.get(
-                key, "{problem}, {answer} and {solution}")
-            what = f"placeholder {{{e.args[0]}}} is not one it fills" if isinstance(e, KeyError) else f"does not format ({e})"
-            return f"{key} {_clip(tmpl, 80)!r}: {what} (it fills {allowed}; literal braces are written {{{{ }}}}), rendering {where}"
+    from sdpg.training.data import build_prompts
+
     try:
-        build_prompts(row, d, tokenizer)
-    except Exception as e:
-        return f"rendering {where} through the tokenizer's chat template fails: {one_sentence(e)}"
-    return None
+        build_prompts(row, cfg.data, tokenizer)
+        return None
+    except Exception as e:  # noqa: BLE001 - whatever stops the rendering is the finding
+        fault = e
+    if type(fault).__module__.startswith("jinja2"):
+        return f"rendering {where} through the tokenizer's chat template fails: {one_sentence(fault)}"
+    # which configured template is it: the one whose fields the formatting cannot fill
+    d = cfg.data
+    templates = {"data.student_template": d.student_template, "data.teacher_template": d.teacher_template,
+                 **{f"data.context_templates.{k}": v for k, v in d.context_templates.items()}}
+    for key, tmpl in templates.items():
+        try:
+            fields = [f for _, f, _, _ in _string.Formatter().parse(tmpl) if f is not None]
+        except ValueError as e:  # unbalanced braces
+            return f"{key} {_clip(tmpl, 80)!r} does not format ({e}; literal braces are written {{{{ }}}}), rendering {where}"
+        if isinstance(fault, KeyError) and fault.args and fault.args[0] in fields:
+            return (f"{key} {_clip(tmpl, 80)!r}: placeholder {{{fault.args[0]}}} is not one the trainer fills "
+                    f"(literal braces are written {{{{ }}}}), rendering {where}")
+        if isinstance(fault, IndexError) and "" in fields:
+            return f"{key} {_clip(tmpl, 80)!r}: an empty placeholder {{}} (literal braces are written {{{{ }}}}), rendering {where}"
+    return f"rendering {where} fails: {one_sentence(fault)}"
 
 
 def _clip(s: str, n: int) -> str:
@@ -702,6 +700,11 @@ def _run_all(runnable: list[tuple[RunItem, TrainConfig]], outcomes: dict[str, Ou
         if r.get("error"):
             o.errors.append(r["error"])
         rid = next(j["run_id"] for j in jobs if j["name"] == it.name)
+        diff = o.metrics.get("train/rollout_logprob_diff")
+        limit = 1e-3 if small.model.dtype == "float32" else 2e-2
+        if diff is not None and diff > limit:
+            o.warnings.append(f"{it.name}: the rollout engine's log-probabilities differ from the trainer's by {diff:.3g} "
+                              f"per token (more than {limit:g} in {small.model.dtype}): weight sync or dtype mismatch")
         if o.status == "pass":
             err = _tracking_check(exp.client, rid)
             if err:
@@ -754,6 +757,12 @@ def not_rehearsed(cfg: TrainConfig, ctx: Context, world: int, have_vllm: bool) -
                    + (", vLLM sleep mode and vllm_gpu_memory_utilization" if cfg.rollout.backend == "vllm" else ""))
     if cfg.model.attn_implementation and "flash" in cfg.model.attn_implementation:
         out.append(f"model.attn_implementation={cfg.model.attn_implementation} (GPU only): sdpa here")
+    if cfg.rollout.backend == "vllm" and have_vllm:
+        out.append("a vLLM engine of each job's own: the rehearsal's runs share one engine per process (vLLM cannot "
+                   "build a second after the first is gone), each run putting its initial weights back into it")
+    if cfg.rollout.backend == "vllm" and have_vllm:
+        out.append("a vLLM engine of each job's own: the rehearsal's runs share one engine per process (vLLM cannot "
+                   "build a second after the first is gone), each run putting its initial weights back into it")
     if cfg.rollout.backend == "vllm" and not have_vllm:
         out.append("the vLLM rollout backend: vLLM is not installed here, so rollouts ran on the hf backend "
                    "(the engine, its weight sync and rollout log-prob ratios were not rehearsed)")
