@@ -588,7 +588,8 @@ def rehearse(items: list[RunItem], ctx: Context, folder: str | Path | None = Non
                 continue
             tok = tokenizers.get(str(model.path))
             if tok is None:
-                tok = tokenizers[str(model.path)] = AutoTokenizer.from_pretrained(model.path)
+                tok = tokenizers[str(model.path)] = AutoTokenizer.from_pretrained(
+                    model.path, trust_remote_code=cfg.model.trust_remote_code)
             rows = {k: c.rows for k, c in checked.items() if c.rows}
             err = next((e for k, rs in rows.items() for i, row in enumerate(rs[: GOLD_CHECKS if k == "data.train" else 1])
                         if (e := template_error(row, cfg, tok, f"{k} row {i}"))), None)
@@ -603,7 +604,7 @@ def rehearse(items: list[RunItem], ctx: Context, folder: str | Path | None = Non
                 longest = max(max(a, b) for a, b in lens)
                 if longest > cfg.data.max_prompt_tokens:
                     o.warnings.append(f"of the first {len(lens)} training rows, a prompt has {longest} tokens, more than "
-                                      f"data.max_prompt_tokens={cfg.data.max_prompt_tokens}: cut from the left")
+                                      f"data.max_prompt_tokens={cfg.data.max_prompt_tokens}: prompts are cut")
             if rows and not o.errors:
                 verdicts, errs = scorer_checks(cfg, rows, o.student_prompt or "", scorers)
                 o.scorer, o.errors = verdicts, o.errors + errs
