@@ -30,14 +30,21 @@ QWEN3_CHAT_TEMPLATE = (
     "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
     "{%- endif %}"
 )
-STUDENT = ("Solve the following math problem step by step. Present your final answer inside \\boxed{{}}, for example "
-           "\\boxed{{42}}.\n{question}\nRemember to put your final answer inside \\boxed{{}}.")
-CONTEXT = ("[Hint] The correct answer is {answer}. A common way to solve this is:\n{solution}\n[Instruction] If possible, "
-           "derive the answer {answer} using an alternative, equally rigorous mathematical approach. Do NOT state that "
-           "you were given the answer or reference.")
-PROBLEMS = [("What is $7 + 11$?", "18", "$7 + 11 = 18$."), ("What is half of one?", "\\frac{1}{2}", "$1/2$."),
-            ("Simplify $\\sqrt{18}$.", "3\\sqrt{2}", "$\\sqrt{9 \\cdot 2} = 3\\sqrt{2}$."),
-            ("How many sides has a hexagon?", "6", "A hexagon has six sides.")]
+STUDENT = (
+    "Solve the following math problem step by step. Present your final answer inside \\boxed{{}}, for example "
+    "\\boxed{{42}}.\n{question}\nRemember to put your final answer inside \\boxed{{}}."
+)
+CONTEXT = (
+    "[Hint] The correct answer is {answer}. A common way to solve this is:\n{solution}\n[Instruction] If possible, "
+    "derive the answer {answer} using an alternative, equally rigorous mathematical approach. Do NOT state that "
+    "you were given the answer or reference."
+)
+PROBLEMS = [
+    ("What is $7 + 11$?", "18", "$7 + 11 = 18$."),
+    ("What is half of one?", "\\frac{1}{2}", "$1/2$."),
+    ("Simplify $\\sqrt{18}$.", "3\\sqrt{2}", "$\\sqrt{9 \\cdot 2} = 3\\sqrt{2}$."),
+    ("How many sides has a hexagon?", "6", "A hexagon has six sides."),
+]
 
 
 def build_stand_in(out: Path) -> Path:
@@ -50,12 +57,29 @@ def build_stand_in(out: Path) -> Path:
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tk.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<unk>",
-                                  additional_special_tokens=["<|im_start|>"], clean_up_tokenization_spaces=False)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
+        additional_special_tokens=["<|im_start|>"],
+        clean_up_tokenization_spaces=False,
+    )
     tok.chat_template = QWEN3_CHAT_TEMPLATE
-    cfg = Qwen3Config(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=32, max_position_embeddings=8192, tie_word_embeddings=True,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.pad_token_id)
+    cfg = Qwen3Config(
+        vocab_size=len(tok),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.pad_token_id,
+    )
     Qwen3ForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
@@ -69,8 +93,15 @@ def write_verl_parquet(path: Path, n: int = 12) -> None:
     for i in range(n):
         q, a, s = PROBLEMS[i % len(PROBLEMS)]
         content = STUDENT.format(question=q) + "[TEACHER_CONTEXT_TOKEN]" + CONTEXT.format(answer=a, solution=s)
-        rows.append({"data_source": "math_dapo", "prompt": [{"role": "user", "content": content}], "ability": "MATH",
-                     "reward_model": {"style": "rule", "ground_truth": a}, "extra_info": {"index": i, "solution": s}})
+        rows.append(
+            {
+                "data_source": "math_dapo",
+                "prompt": [{"role": "user", "content": content}],
+                "ability": "MATH",
+                "reward_model": {"style": "rule", "ground_truth": a},
+                "extra_info": {"index": i, "solution": s},
+            }
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), path)
 
@@ -93,8 +124,16 @@ def stand_in(tmp_path_factory):
 
 def test_paper_table1_rehearses_all_12_runs(workdir, stand_in, capsys):
     t0 = time.time()
-    rc = ablate_main([str(REPO / "ablations" / "paper_table1.yaml"), "--rehearse", "--rehearse-model", str(stand_in),
-                      "--rehearse-dir", str(workdir / "rh")])
+    rc = ablate_main(
+        [
+            str(REPO / "ablations" / "paper_table1.yaml"),
+            "--rehearse",
+            "--rehearse-model",
+            str(stand_in),
+            "--rehearse-dir",
+            str(workdir / "rh"),
+        ]
+    )
     seconds = time.time() - t0
     err = capsys.readouterr().err
     report = json.loads((workdir / "rh" / "report.json").read_text())
@@ -155,8 +194,18 @@ executor: local
 def test_hub_id_without_a_hub_says_so_in_one_line(workdir, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(workdir / "empty-hf-home"))  # nothing cached
-    rc = ablate_main([str(REPO / "ablations" / "paper_table1.yaml"), "--rehearse", "--only", "variant=grpo",
-                      "--only", "seed=0", "--rehearse-dir", str(workdir / "rh")])
+    rc = ablate_main(
+        [
+            str(REPO / "ablations" / "paper_table1.yaml"),
+            "--rehearse",
+            "--only",
+            "variant=grpo",
+            "--only",
+            "seed=0",
+            "--rehearse-dir",
+            str(workdir / "rh"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1
     lines = [ln for ln in err.splitlines() if "hub cannot be reached" in ln]
@@ -168,8 +217,16 @@ def test_hub_id_without_a_hub_says_so_in_one_line(workdir, monkeypatch, capsys):
 def test_sweep_rehearses_its_first_trials_and_objective(workdir, stand_in, capsys):
     from sdpg.cli import sweep_main
 
-    rc = sweep_main([str(REPO / "sweeps" / "paper_coefficients.yaml"), "--rehearse", "--rehearse-model", str(stand_in),
-                     "--rehearse-dir", str(workdir / "rh")])
+    rc = sweep_main(
+        [
+            str(REPO / "sweeps" / "paper_coefficients.yaml"),
+            "--rehearse",
+            "--rehearse-model",
+            str(stand_in),
+            "--rehearse-dir",
+            str(workdir / "rh"),
+        ]
+    )
     err = capsys.readouterr().err
     report = json.loads((workdir / "rh" / "report.json").read_text())
     assert rc == 0, err[-3000:]
@@ -186,15 +243,18 @@ def test_scaled_sizes_keep_the_structure():
     from sdpg.orchestration.rehearse import scaled_layer
     from sdpg.training.config import build_config
 
-    paper = {"rollout": {"prompts_per_step": 128, "group_size": 8, "batch_size": 256, "max_new_tokens": 4096},
-             "optim": {"minibatch_size": 128, "micro_batch_size": 4}}  # 8 minibatches of 128 sequences
+    paper = {
+        "rollout": {"prompts_per_step": 128, "group_size": 8, "batch_size": 256, "max_new_tokens": 4096},
+        "optim": {"minibatch_size": 128, "micro_batch_size": 4},
+    }  # 8 minibatches of 128 sequences
     layer, changes = scaled_layer(build_config(paper), world=8)  # 16 rows of a minibatch per rank: 4 micro-batches
     assert (layer["rollout.prompts_per_step"], layer["rollout.group_size"]) == (2, 2)
     assert layer["optim.minibatch_size"] == 2 and layer["optim.micro_batch_size"] == 1  # 4 sequences: 2 x 2 x 1
     assert layer["rollout.batch_size"] == 2  # 1024 > 256: several generate calls, here 2 of 2
     assert changes["minibatches per RL step"] == "8 -> 2" and changes["micro-batches per minibatch (per rank)"] == "4 -> 2"
-    one = build_config({"rollout": {"prompts_per_step": 16, "group_size": 4}, "optim": {"micro_batch_size": 64,
-                                                                                         "micro_batch_tokens": 4096}})
+    one = build_config(
+        {"rollout": {"prompts_per_step": 16, "group_size": 4}, "optim": {"micro_batch_size": 64, "micro_batch_tokens": 4096}}
+    )
     layer, changes = scaled_layer(one, world=1)
     assert "optim.minibatch_size" not in layer and changes["minibatches per RL step"] == "1 -> 1"
     assert layer["optim.micro_batch_tokens"] == 1 and layer["rollout.max_new_tokens"] == 8
