@@ -164,31 +164,39 @@ def test_paper_table1_rehearses_all_12_runs(workdir, stand_in, capsys):
 
 
 def test_broken_spec_fails_before_anything_runs(workdir, stand_in, capsys):
+    """A missing eval file and a scorer that cannot match the data's answers: one sentence each, per run,
+    and nothing runs; a broken template placeholder is refused when the spec is read, before any rehearsal."""
     spec = workdir / "broken.yaml"
-    spec.write_text(f"""
+    body = f"""
 name: broken
 base: {PAPER_BASE}
 variants:
-  typo: {{data.student_template: "Solve: {{questoin}}"}}
   no_eval_file: {{data.eval: {{aime26: data/benchmarks/aime26.jsonl}}}}
   wrong_scorer: {{reward.verifier: exact}}
 seeds: [0]
 executor: local
-""")
+"""
+    spec.write_text(body)
     rc = ablate_main([str(spec), "--rehearse", "--rehearse-model", str(stand_in), "--rehearse-dir", str(workdir / "rh")])
     err = capsys.readouterr().err
     assert rc == 1, err[-2000:]
     runs = {r["name"]: r for r in json.loads((workdir / "rh" / "report.json").read_text())["runs"]}
     assert {r["status"] for r in runs.values()} == {"fail"}
-    typo, missing, scorer = runs["typo-s0"]["errors"], runs["no_eval_file-s0"]["errors"], runs["wrong_scorer-s0"]["errors"]
-    assert len(typo) == 1 and "data.student_template" in typo[0] and "{questoin}" in typo[0], typo
-    assert len(missing) == 1 and "data.eval.aime26" in missing[0] and "no such file" in missing[0], missing
+    missing, scorer = runs["no_eval_file-s0"]["errors"], runs["wrong_scorer-s0"]["errors"]
+    assert len(missing) == 1 and "'data.eval.aime26'" in missing[0] and "no such file" in missing[0], missing
     assert len(scorer) == 1 and "reward.verifier 'exact'" in scorer[0] and "\\boxed{}" in scorer[0], scorer
-    for e in typo + missing + scorer:
+    for e in missing + scorer:
         assert "\n" not in e and e in err
     # nothing ran, nothing submitted, no store anywhere
     assert not (workdir / "rh" / "runs").exists() and not (workdir / "rh" / "submitit").exists()
     assert not (workdir / "rh" / "mlflow.db").exists() and not (workdir / "outputs").exists()
+
+    spec.write_text(body.replace("wrong_scorer: {reward.verifier: exact}", 'typo: {data.student_template: "Solve: {questoin}"}'))
+    rc = ablate_main([str(spec), "--rehearse", "--rehearse-model", str(stand_in), "--rehearse-dir", str(workdir / "rh2")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "data.student_template" in err[0] and "{questoin}" in err[0] and str(spec) in err[0]
+    assert not (workdir / "rh2").exists()
 
 
 def test_hub_id_without_a_hub_says_so_in_one_line(workdir, monkeypatch, capsys):

@@ -259,7 +259,9 @@ class SourceCheck:
     n_rows: int = 0
 
 
-def check_source(key: str, source: str, cfg: TrainConfig, out_dir: Path, n_keep: int, index: int) -> SourceCheck:
+def check_source(
+    key: str, source: str, cfg: TrainConfig, out_dir: Path, n_keep: int, index: int, spec: str = "<spec>"
+) -> SourceCheck:
     """Read every row of ``source`` as the trainer would, then write the first ``n_keep`` raw rows,
     in the same format, to ``out_dir`` (the rehearsal's copy)."""
     from sdpg.training.data import read_source
@@ -286,13 +288,18 @@ def check_source(key: str, source: str, cfg: TrainConfig, out_dir: Path, n_keep:
         return SourceCheck(
             None,
             None,
-            f"{key}: {source!r}: no such file (relative paths are read from where the job starts, here {Path.cwd()})",
+            f"{spec}: key {key!r} has bad value {source!r}: no such file (relative paths are read from where the job "
+            f"starts, here {Path.cwd()})",
             [],
         )
     try:
-        rows = read_source(str(p), cfg.data, "train" if key == "data.train" else "test")
+        from sdpg.training.preflight import check_data_file
+
+        check_data_file(cfg, key, str(p), spec, "train" if key == "data.train" else "eval")  # what a submission checks
+        rows = read_source(str(p), cfg.data, "train" if key == "data.train" else "test")  # what the trainer reads
     except ConfigError as e:
-        return SourceCheck(None, None, f"{key}: {one_sentence(e)}", [])
+        msg = one_sentence(e)
+        return SourceCheck(None, None, msg if key in msg else f"{key}: {msg}", [])
     except Exception as e:
         return SourceCheck(None, None, f"{key}: {source!r} does not read: {one_sentence(e)}", [])
     if not rows:
@@ -616,7 +623,7 @@ def rehearse(
         k = (src, cfg.data.problem_key, cfg.data.answer_key, cfg.data.solution_key, key == "data.train")
         if k not in sources:
             sources[k] = check_source(
-                key, src, cfg, folder / "data", TRAIN_ROWS if key == "data.train" else EVAL_ROWS, len(sources)
+                key, src, cfg, folder / "data", TRAIN_ROWS if key == "data.train" else EVAL_ROWS, len(sources), str(ctx.spec_path)
             )
         return sources[k]
 
