@@ -813,6 +813,12 @@ def cancel(plan: Plan, log=print) -> int:
     return len(ids)
 
 
+def tracking_redact(text: str) -> str:
+    from sdpg.orchestration.tracking import redact
+
+    return redact(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -893,7 +899,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {' '.join(redact(str(e)).split())}", file=sys.stderr)
         return 2
     if sub == "status":
-        print(status(plan))
+        print(tracking_redact(status(plan)))
         return 0
     if sub == "cancel":
         cancel(plan)
@@ -903,7 +909,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{plan.spec.name}: {n} runs{f' ({k} distinct)' if k != n else ''}, executor {plan.executor}"
         f"{' (profile ' + plan.spec.profile + ')' if plan.spec.profile else ''}, output {plan.output_dir}"
     )
-    print(table(plan))
+    print(tracking_redact(table(plan)))
     if a.dry_run:
         return 0
     if a.rehearse:

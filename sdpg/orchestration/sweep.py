@@ -872,27 +872,45 @@ class SweepWorker:
 
 
 def launch(sweep: Sweep, workers: int | None = None, wait: bool | None = None, log=print) -> dict:
-    study = load_study(sweep)
-    if not study.get_trials(deepcopy=False):
-        for e in sweep.spec.enqueue:
-            study.enqueue_trial(_typed(e, sweep.spec.space))
-    if sweep.storage_url.startswith("journal:"):
-        reap_stale_trials(study, sweep.spec.heartbeat_s, log=log)
-    n = workers or sweep.spec.workers
-    exp = sweep.experiment_tracker()
-    if finished_count(study) >= sweep.spec.n_trials:
-        log(f"[sdpg-sweep] {sweep.spec.name}: {progress_line(study, sweep.spec.n_trials)}; nothing to do")
-        return {"jobs": []}
     from sdpg.orchestration import tracking
+    from sdpg.training.locks import LockBusy, file_lock
 
-    exp.open()  # the store, experiment and parent run, once, here
-    ex = make_executor(sweep.executor, sweep.output_dir / "submitit", sweep.profile, sweep.spec.name, n)
-    workers_ = [SweepWorker(sweep, i) for i in range(n)]
-    if sweep.executor == "local":
-        jobs = [ex.submit(w) for w in workers_]
-    else:
-        with ex.batch():
+    check_writable_folder(sweep.output_dir, str(sweep.path))
+    sweep.output_dir.mkdir(parents=True, exist_ok=True)
+    # One launcher at a time per spec: two launches at once both saw an empty study and enqueued the
+    # spec's points twice, and both opened a new store.
+    lock = file_lock(sweep.output_dir / ".sdpg-submit.lock", wait=False)
+    try:
+        lock.__enter__()
+    except LockBusy as e:
+        log(
+            f"[sdpg-sweep] {sweep.spec.name} is being launched by another sdpg-sweep "
+            f"({', '.join(f'{k} {v}' for k, v in e.holder.items())}); waiting for it"
+        )
+        lock = file_lock(sweep.output_dir / ".sdpg-submit.lock", wait=True)
+        lock.__enter__()
+    try:
+        study = load_study(sweep)
+        if not study.get_trials(deepcopy=False):
+            for e in sweep.spec.enqueue:
+                study.enqueue_trial(_typed(e, sweep.spec.space))
+        if sweep.storage_url.startswith("journal:"):
+            reap_stale_trials(study, sweep.spec.heartbeat_s, log=log)
+        n = workers or sweep.spec.workers
+        exp = sweep.experiment_tracker()
+        if finished_count(study) >= sweep.spec.n_trials:
+            log(f"[sdpg-sweep] {sweep.spec.name}: {progress_line(study, sweep.spec.n_trials)}; nothing to do")
+            return {"jobs": []}
+        exp.open()  # the store, experiment and parent run, once, here
+        ex = make_executor(sweep.executor, sweep.output_dir / "submitit", sweep.profile, sweep.spec.name, n)
+        workers_ = [SweepWorker(sweep, i) for i in range(n)]
+        if sweep.executor == "local":
             jobs = [ex.submit(w) for w in workers_]
+        else:
+            with ex.batch():
+                jobs = [ex.submit(w) for w in workers_]
+    finally:
+        lock.__exit__(None, None, None)
     log(
         f"[sdpg-sweep] {sweep.spec.name}: {n} workers ({sweep.executor}): jobs {', '.join(str(j.job_id) for j in jobs)}; "
         f"storage {tracking.redact(sweep.storage_url)}; MLflow {tracking.redact(sweep.tracking_uri)}"
@@ -1073,7 +1091,9 @@ def main(argv: list[str] | None = None) -> int:
         if sub == "run" and a.workers is not None and a.workers < 1:
             raise ConfigError(f"--workers {a.workers}: must be at least 1")
         if sub == "status":
-            print(status(sweep))
+            from sdpg.orchestration.tracking import redact as _redact
+
+            print(_redact(status(sweep)))
         elif sub == "export":
             print(f"wrote {export(sweep, a.out)}")
         elif a.rehearse:
