@@ -899,43 +899,47 @@ def micro_batch_backward(
                     run.policy, batch.teacher_seq[seqs, : Pt + n_resp], batch.teacher_attn[seqs, : Pt + n_resp], Pt, n_resp
                 )  # [b, tb, H]
             if algo.opd_impl == "fused":
+                # the kernel runs its GEMMs in its inputs' dtype, outside autocast: give it the compute dtype
+                cast = getattr(torch, cfg.model.dtype)
+                bias = student.head_bias.to(cast) if student.head_bias is not None else None
                 opd = FusedKLInputs(
-                    student.hidden,
-                    teacher_hidden,
-                    student.head_weight,
-                    student.head_bias,
+                    student.hidden.to(cast),
+                    teacher_hidden.to(cast),
+                    student.head_weight.to(cast),
+                    bias,
                     temperature=algo.distill_temperature,
                     teacher_temperature=teacher_temperature,
                 )
             else:
                 teacher_logits = torch.nn.functional.linear(teacher_hidden, student.head_weight, student.head_bias)  # [b, tb, V]
                 opd = full_vocab_kl(student.logits, teacher_logits, algo.distill_temperature, teacher_temperature)  # [b, tb]
-        loss, stats = sdpg_loss(
-            logp,
-            old_logp,
-            batch.advantages[seqs],
-            mask,
-            token_advantages=token_adv,
-            opd=opd,
-            ref_logp=batch.ref_logp[seqs, :n_resp] if batch.ref_logp is not None else None,
-            beta=beta_k,
-            alpha=algo.alpha,
-            kl_mode=algo.kl_mode,
-            gate=algo.gate,
-            opd_norm=algo.opd_norm,
-            pg_coef=algo.pg_coef,
-            policy_mode=algo.policy_loss,
-            clip_low=algo.clip_low,
-            clip_high=algo.clip_high,
-            clip_c=algo.clip_c,
-            loss_agg_mode=algo.loss_agg_mode,
-            token_weights=weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
-            opd_token_weights=opd_weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
-            opd_kl_clamp=algo.opd_kl_clamp,
-            entropy=entropy,
-            entropy_coef=algo.entropy_coef,
-            entropy_token_weights=entropy_weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
-        )
+        with torch.autocast(device_type=run.device.type, enabled=False):  # the objective: float32 or its own dtypes
+            loss, stats = sdpg_loss(
+                logp,
+                old_logp,
+                batch.advantages[seqs],
+                mask,
+                token_advantages=token_adv,
+                opd=opd,
+                ref_logp=batch.ref_logp[seqs, :n_resp] if batch.ref_logp is not None else None,
+                beta=beta_k,
+                alpha=algo.alpha,
+                kl_mode=algo.kl_mode,
+                gate=algo.gate,
+                opd_norm=algo.opd_norm,
+                pg_coef=algo.pg_coef,
+                policy_mode=algo.policy_loss,
+                clip_low=algo.clip_low,
+                clip_high=algo.clip_high,
+                clip_c=algo.clip_c,
+                loss_agg_mode=algo.loss_agg_mode,
+                token_weights=weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
+                opd_token_weights=opd_weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
+                opd_kl_clamp=algo.opd_kl_clamp,
+                entropy=entropy,
+                entropy_coef=algo.entropy_coef,
+                entropy_token_weights=entropy_weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
+            )
     if padding:
         loss = loss * 0.0
     elif run.use_fsdp:
