@@ -452,7 +452,18 @@ def test_bf16_parameters_only_on_request():
 
 
 def test_ablate_dry_run_shows_the_faithful_settings_per_variant(tmp_path):
+    import shutil
     import subprocess
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # the job's folder as the spec expects it (the dry run checks that the data is there)
+    (tmp_path / "data" / "benchmarks").mkdir(parents=True)
+    row = {"prompt": [{"role": "user", "content": "1+1?[TEACHER_CONTEXT_TOKEN]It is 2."}], "reward_model": {"ground_truth": "2"}}
+    pq.write_table(pa.Table.from_pylist([row]), tmp_path / "data" / "dapo_math_17k.parquet")
+    for b in ("aime24", "aime25", "amc23"):
+        shutil.copy(BENCH / f"{b}.jsonl", tmp_path / "data" / "benchmarks" / f"{b}.jsonl")
 
     out = subprocess.run(
         ["sdpg-ablate", str(ROOT / "ablations" / "paper_table1.yaml"), "--dry-run"],
@@ -479,4 +490,4 @@ def test_ablate_dry_run_shows_the_faithful_settings_per_variant(tmp_path):
         line = [x for x in table if x.startswith(name)][0]
         assert line.count(expected) == 4, (name, line)
     assert "rlsd lam 0.5->0@50" in out and "A>0, 20" in out and "student, distilled" in out
-    assert not (tmp_path / "outputs").exists()  # nothing created
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "runs").exists()  # nothing created

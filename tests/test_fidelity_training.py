@@ -108,6 +108,16 @@ def test_bf16_compute_keeps_fp32_master_weights(tiny_config):
         assert len(rec.grads) == 4  # 4 minibatches of one prompt: 4 optimizer steps
     moved = (updates["bfloat16"] != 0).float().mean().item()
     assert moved >= 0.99, moved
+    # the contrast: bf16 parameters without a master copy (model.param_dtype=bfloat16, on purpose only)
+    cfg = tiny_config(*over, "model.dtype=bfloat16", "model.param_dtype=bfloat16", out="bf16_params")
+    with _phases(cfg) as run:
+        assert all(p.dtype == torch.bfloat16 for p in run.policy.parameters())
+        before = _params(run.policy)
+        _train_on(run, copy.deepcopy(batch), informative_first=True)
+        after = _params(run.policy)
+    moved_bf16_params = torch.cat([(after[k] != before[k]).float().flatten() for k in before]).mean().item()
+    print(f"bf16 parameters without a master copy: {moved_bf16_params:.4f} of the weights moved")
+    assert moved_bf16_params < 0.5
     # bf16 weights without a master copy would round ~98% of these 1e-6 updates away; here they are kept
     g16, g32 = grads["bfloat16"], grads["float32"]
     rel = ((g16 - g32).norm() / g32.norm()).item()  # the first minibatch's gradient, bf16 compute vs fp32
@@ -116,8 +126,10 @@ def test_bf16_compute_keeps_fp32_master_weights(tiny_config):
     # Adam's early steps move each weight by about lr: the same direction almost everywhere, and the same size
     agree = ((u16 > 0) == (u32 > 0)).float().mean().item()
     size = u16.abs().mean().item() / u32.abs().mean().item()
-    print(f"bf16 vs fp32: moved {moved:.4f}, gradient rel. error {rel:.4f}, cosine {cos:.5f}, "
-          f"update sign agreement {agree:.4f}, mean |update| ratio {size:.4f}")
+    print(
+        f"bf16 vs fp32: moved {moved:.4f}, gradient rel. error {rel:.4f}, cosine {cos:.5f}, "
+        f"update sign agreement {agree:.4f}, mean |update| ratio {size:.4f}"
+    )
     assert rel < 0.1 and cos > 0.995, (rel, cos)
     assert agree > 0.9, agree
     assert abs(size - 1) < 5e-2, size
