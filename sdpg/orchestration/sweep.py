@@ -1085,7 +1085,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--out", metavar="PATH", help="where to write the ablation spec (default: ablations/<name>_best.yaml)")
     a = p.parse_args(argv)
     try:
-        sweep = Sweep(a.spec, a.executor, a.profile, a.n_trials, profile_file=a.profile_file, check_world=sub == "run")
+        sweep = Sweep(
+            a.spec, a.executor, a.profile, a.n_trials, profile_file=a.profile_file, check_world=sub == "run" and not a.rehearse
+        )
         if sub == "run" and a.workers is not None and a.workers < 1:
             raise ConfigError(f"--workers {a.workers}: must be at least 1")
         if sub == "status":
