@@ -222,3 +222,50 @@ def test_two_slurm_submissions_at_once_train_each_run_once(tmp_path, small_model
         assert time.time() < deadline, f"jobs {ids} still queued or running"
         time.sleep(3)
     _check_once(out, 2)
+
+
+def test_lr_1e6_ends_with_a_failed_mlflow_run_that_says_why(tmp_path, tiny_model_built):
+    """optim.lr=1e6 under sdpg-ablate: the trainer's non-finite guard stops the run; its MLflow run is FAILED
+    with the guard's sentence as ``sdpg.error``, the parent is FAILED, and the console says why. (The default
+    built-in model: it has learnt enough for the update to carry a signal, which the tiny untrained one has not.)"""
+    spec = {
+        "name": "blowup",
+        "base": "embedded",
+        "overrides": {
+            **tiny_overrides_dict(),
+            "optim.lr": 1.0e6,
+            "optim.warmup_steps": 0,
+            "run.total_steps": 8,
+            "eval.every": 0,
+        },
+        "variants": {"a": {}},
+        "seeds": [0],
+        "executor": "local",
+    }
+    p = tmp_path / "blowup.yaml"
+    p.write_text(yaml.safe_dump(spec, sort_keys=False))
+    r = subprocess.run(
+        [sys.executable, "-m", "sdpg", "ablate", str(p)],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert r.returncode == 1 and "not finite" in r.stderr, r.stderr[-3000:]
+    db = sqlite3.connect(tmp_path / "outputs" / "blowup" / "mlflow.db")
+    try:
+        rows = db.execute(
+            "select r.status, t.value from runs r join tags t on t.run_uuid = r.run_uuid where t.key = 'sdpg.error'"
+        ).fetchall()
+        parent = db.execute(
+            "select r.status from runs r join tags t on t.run_uuid = r.run_uuid where t.key = 'sdpg.parent'"
+        ).fetchall()
+    finally:
+        db.close()
+    assert len(rows) == 1, rows
+    status, error = rows[0]
+    assert status == "FAILED" and error.startswith("TrainingFailed: training stopped at step "), error
+    assert "not finite in 3 optimizer steps in a row" in error, error
+    assert parent == [("FAILED",)], parent
