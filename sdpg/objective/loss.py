@@ -148,7 +148,7 @@ def sdpg_loss(
                 chunk_size=opd.chunk_size,
             )  # [], [B, T]
             over = (kl_tok > opd_kl_clamp) & (opd_w != 0) if opd_kl_clamp is not None else None  # [B, T]
-            if over is not None and bool(over.any()):
+            if opd_kl_clamp is not None and over is not None and bool(over.any()):
                 # take the clamped tokens' terms (value and gradient) back out; they count as the constant clamp
                 w_over = opd_w * over.float()  # [B, T]
                 over_loss, _ = fused_weighted_full_vocab_kl(

@@ -627,7 +627,7 @@ def method_settings(cfg: TrainConfig) -> dict[str, str]:
         kl.append(f"loss {a.kl_mode} {a.alpha:g}")
     if a.reward_kl_coef > 0:
         kl.append(f"reward {a.reward_kl_estimator} {a.reward_kl_coef:g}")
-    adv = a.advantage
+    adv: str = a.advantage
     if a.advantage == "rlsd":
         adv += f" lam {a.rlsd_lambda:g}" + (f"->0@{a.rlsd_lambda_decay_steps}" if a.rlsd_lambda_decay_steps else "")
     if a.needs_teacher_logprobs:
