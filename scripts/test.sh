@@ -17,4 +17,9 @@ python -m sdpg.training.embedded ensure >/dev/null
 python -c 'from sdpg.orchestration import devcluster; devcluster.install()'
 python -c 'import vllm' >/dev/null 2>&1 || python -c 'import vllm'  # on failure, show why
 
+# Lint, format and types first: fast, and a failure here needs no test run to explain it.
+ruff check .
+ruff format --check .
+mypy  # sdpg/objective and the configuration ([tool.mypy] in pyproject.toml)
+
 SDPG_REQUIRE_VLLM=1 python -m pytest -q

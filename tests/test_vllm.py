@@ -58,6 +58,7 @@ def hf_logprobs(policy, prompts, ro, n, tok):
         return token_logprobs(policy.get_output_embeddings()(h), ro.responses)  # [N, T]
 
 
+@pytest.mark.slow
 def test_weights_update_in_memory_and_logprobs_match_transformers(engine_and_policy):
     engine, tok, policy = engine_and_policy
     prompts = [tok.encode(embedded.STUDENT_TEMPLATE.format(**r), add_special_tokens=False) for r in embedded.test_rows(6)]
@@ -77,6 +78,7 @@ def test_weights_update_in_memory_and_logprobs_match_transformers(engine_and_pol
     assert seconds < 5.0
 
 
+@pytest.mark.slow
 def test_short_sdpg_run_with_vllm_rollouts(tiny_model_built, tmp_path):
     cfg = load_config(
         None,
