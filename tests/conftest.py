@@ -10,9 +10,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # The built-in model as the README's main job builds it (once per machine, cached), at small batch sizes.
 TINY = [
-    "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=24",
-    "eval.n_samples=2", "eval.every=2", "data.eval_limit=6", "optim.micro_batch_size=8",
-    "run.threads=1", "run.checkpoint_every=0", "run.log_samples=0",
+    "rollout.prompts_per_step=4",
+    "rollout.group_size=4",
+    "rollout.max_new_tokens=24",
+    "eval.n_samples=2",
+    "eval.every=2",
+    "data.eval_limit=6",
+    "optim.micro_batch_size=8",
+    "run.threads=1",
+    "run.checkpoint_every=0",
+    "run.log_samples=0",
 ]
 
 

@@ -9,11 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
-from sdpg.reporting import report
-from sdpg.orchestration.ablate import load_plan, submit
-
 from conftest import tiny_overrides_dict
+
+from sdpg.orchestration.ablate import load_plan, submit
+from sdpg.reporting import report
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ["grpo", "sdpg_urkl", "sdpg_ufkl"]
@@ -23,10 +22,16 @@ VARIANTS = ["grpo", "sdpg_urkl", "sdpg_ufkl"]
 def experiment(tmp_path_factory, tiny_model_built):
     """3 variants x 2 seeds of the embedded task, 4 steps each, through sdpg-ablate and MLflow."""
     d = tmp_path_factory.mktemp("report")
-    spec = {"name": "rep", "base": "embedded",
-            "overrides": {**tiny_overrides_dict(), "run.total_steps": 4, "eval.every": 2},
-            "variants": {"grpo": {"algo.method": "grpo"}, "sdpg_urkl": {}, "sdpg_ufkl": {"algo.kl_mode": "ufkl"}},
-            "seeds": [0, 1], "executor": "local", "max_parallel": 2, "output_dir": str(d / "rep")}
+    spec = {
+        "name": "rep",
+        "base": "embedded",
+        "overrides": {**tiny_overrides_dict(), "run.total_steps": 4, "eval.every": 2},
+        "variants": {"grpo": {"algo.method": "grpo"}, "sdpg_urkl": {}, "sdpg_ufkl": {"algo.kl_mode": "ufkl"}},
+        "seeds": [0, 1],
+        "executor": "local",
+        "max_parallel": 2,
+        "output_dir": str(d / "rep"),
+    }
     p = d / "rep.yaml"
     p.write_text(yaml.safe_dump(spec))
     plan = load_plan(p)
@@ -79,11 +84,23 @@ def test_sdpg_report_command_writes_index_figures_tables(experiment, tmp_path):
     assert report_main([str(spec), "--out", str(tmp_path / "out"), "--order", *VARIANTS]) == 0
     out = tmp_path / "out"
     index = (out / "index.md").read_text()
-    for f in ("figures/curves.png", "figures/curves.pdf", "figures/training.png", "tables/last_best.tex",
-              "tables/last_best.csv", "tables/stability_runs.csv", "tables/improvement.md"):
+    for f in (
+        "figures/curves.png",
+        "figures/curves.pdf",
+        "figures/training.png",
+        "tables/last_best.tex",
+        "tables/last_best.csv",
+        "tables/stability_runs.csv",
+        "tables/improvement.md",
+    ):
         assert (out / f).is_file(), f
-    for link in ("figures/curves.png", "figures/training.png", "tables/last_best.tex", "tables/last_best.csv",
-                 "tables/stability_runs.csv"):
+    for link in (
+        "figures/curves.png",
+        "figures/training.png",
+        "tables/last_best.tex",
+        "tables/last_best.csv",
+        "tables/stability_runs.csv",
+    ):
         assert link in index, link
     assert "| grpo |" in index and "Against grpo" in index
     assert (out / "index.html").read_text().count("<img") == 2
@@ -113,8 +130,11 @@ def test_stability_by_hand():
     reward = [0.1, 0.5, 0.2, 0.6, 0.3]
     acc = [0.1, 0.2, 0.3, 0.5]
     for s, (e, ln, r) in enumerate(zip(ent, length, reward), start=1):
-        rows += [("r", "r", "v", "m", 0, "train/entropy", s, e), ("r", "r", "v", "m", 0, "train/response_length", s, ln),
-                 ("r", "r", "v", "m", 0, "train/reward", s, r)]
+        rows += [
+            ("r", "r", "v", "m", 0, "train/entropy", s, e),
+            ("r", "r", "v", "m", 0, "train/response_length", s, ln),
+            ("r", "r", "v", "m", 0, "train/reward", s, r),
+        ]
     rows += [("r", "r", "v", "m", 0, "eval/b/mean@4", s, a) for s, a in zip((0, 2, 4, 6), acc)]
     df = pd.DataFrame(rows, columns=report.COLUMNS)
     per_run, summary = report.stability(df, "eval/b/mean@4", threshold=0.3)

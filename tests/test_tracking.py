@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing as mp
 from pathlib import Path
 
-
 from sdpg.orchestration import tracking
 
 STEPS, KEYS = 25, ("train/reward", "train/entropy", "train/opd_kl", "eval/aime24/mean@32", "timing/step", "train/beta")
@@ -23,8 +22,9 @@ def test_sixteen_concurrent_writers_lose_no_metric(tmp_path):
     c = tracking.client(uri)
     exp = tracking.get_or_create_experiment(c, "concurrency")
     parent = tracking.ensure_parent_run(c, exp, "concurrency", "ablation", {})
-    run_ids = [tracking.ensure_child_run(c, exp, parent, f"h{i}", f"r{i}", {"seed": i}, {"a.b": i}, "x: 1\n")[0]
-               for i in range(16)]
+    run_ids = [
+        tracking.ensure_child_run(c, exp, parent, f"h{i}", f"r{i}", {"seed": i}, {"a.b": i}, "x: 1\n")[0] for i in range(16)
+    ]
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(uri, rid, i)) for i, rid in enumerate(run_ids)]
     for p in procs:

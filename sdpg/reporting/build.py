@@ -14,13 +14,29 @@ import numpy as np
 
 from sdpg.reporting import report
 
-TRAIN_PANELS = ["train/accuracy", "train/opd_kl", "train/gate_fraction", "train/beta", "train/ref_kl", "train/pg_clipfrac",
-                "train/grad_norm", "timing/step"]
+TRAIN_PANELS = [
+    "train/accuracy",
+    "train/opd_kl",
+    "train/gate_fraction",
+    "train/beta",
+    "train/ref_kl",
+    "train/pg_clipfrac",
+    "train/grad_norm",
+    "timing/step",
+]
 
 
-def build_report(source: str, out: str | Path, tags: dict[str, str] | None = None, reference: str | None = None,
-                 baseline: str | None = None, ema: float = 0.0, order: list[str] | None = None,
-                 threshold: float | None = None, log=print) -> Path:
+def build_report(
+    source: str,
+    out: str | Path,
+    tags: dict[str, str] | None = None,
+    reference: str | None = None,
+    baseline: str | None = None,
+    ema: float = 0.0,
+    order: list[str] | None = None,
+    threshold: float | None = None,
+    log=print,
+) -> Path:
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
@@ -49,8 +65,12 @@ def build_report(source: str, out: str | Path, tags: dict[str, str] | None = Non
         v, cols, cells = report.table_matrix(lb, benches, variants, labels)
         for fmt, ext in (("markdown", "md"), ("latex", "tex"), ("csv", "csv")):
             (out / "tables" / f"last_best.{ext}").write_text(report.render_table(v, cols, cells, fmt))
-        sections.append(("Last and Best (mean ± 95% CI over seeds; best bold, second underlined)",
-                         report.render_table(v, cols, cells, "markdown") + "\n[LaTeX](tables/last_best.tex) · [CSV](tables/last_best.csv)"))
+        sections.append(
+            (
+                "Last and Best (mean ± 95% CI over seeds; best bold, second underlined)",
+                report.render_table(v, cols, cells, "markdown") + "\n[LaTeX](tables/last_best.tex) · [CSV](tables/last_best.csv)",
+            )
+        )
         ref = reference or variants[0]
         if ref in variants and len(variants) > 1:
             d = report.delta_table(lb, benches, ref, order=variants)
@@ -80,10 +100,12 @@ def build_report(source: str, out: str | Path, tags: dict[str, str] | None = Non
     lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     for _, r in summary.iterrows():
         lines.append("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
-    stab = ("\n".join(lines) + "\n\nMeans over seeds (NaN: no seed reached the event). Entropy collapse: first step below 25% of "
-            "the initial entropy; length collapse: below 50% of the initial response length; drawdown: largest fall of "
-            "train/reward from its running maximum; late variance: variance of the first benchmark over the last quarter of "
-            "evaluations. Per run: [stability_runs.csv](tables/stability_runs.csv).\n")
+    stab = (
+        "\n".join(lines) + "\n\nMeans over seeds (NaN: no seed reached the event). Entropy collapse: first step below 25% of "
+        "the initial entropy; length collapse: below 50% of the initial response length; drawdown: largest fall of "
+        "train/reward from its running maximum; late variance: variance of the first benchmark over the last quarter of "
+        "evaluations. Per run: [stability_runs.csv](tables/stability_runs.csv).\n"
+    )
     (out / "tables" / "stability.md").write_text(stab)
     sections.append(("Stability", stab))
 
@@ -102,11 +124,13 @@ def _html(title: str, sections: list[tuple[str, str]]) -> str:
         body.append(f"<h2>{html.escape(t)}</h2>")
         for block in b.split("\n\n"):
             if block.startswith("!["):
-                src = block[block.index("(") + 1: block.index(")")]
+                src = block[block.index("(") + 1 : block.index(")")]
                 body.append(f'<img src="{html.escape(src)}" style="max-width:100%">')
             else:
                 body.append(f"<pre>{html.escape(block)}</pre>")
-    return f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><h1>{html.escape(title)}</h1>" + "\n".join(body)
+    return f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><h1>{html.escape(title)}</h1>" + "\n".join(
+        body
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,8 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         tags = dict(t.split("=", 1) for t in a.tag)
-        build_report(a.source, a.out, tags, a.reference, a.baseline, a.ema, a.order, a.threshold,
-                     log=lambda m: print(m, file=sys.stderr, flush=True))
+        build_report(
+            a.source,
+            a.out,
+            tags,
+            a.reference,
+            a.baseline,
+            a.ema,
+            a.order,
+            a.threshold,
+            log=lambda m: print(m, file=sys.stderr, flush=True),
+        )
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -16,9 +16,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -34,8 +34,14 @@ COLUMNS = ["run_id", "run_name", "variant", "method", "seed", "metric", "step", 
 # --------------------------------------------------------------------------------------------
 
 
-def load_runs(uri: str, experiment: str, metrics: Iterable[str] | None = None, tags: dict[str, str] | None = None,
-              cache_dir: str | Path | None = None, workers: int = 8):
+def load_runs(
+    uri: str,
+    experiment: str,
+    metrics: Iterable[str] | None = None,
+    tags: dict[str, str] | None = None,
+    cache_dir: str | Path | None = None,
+    workers: int = 8,
+):
     """Long frame of every child run's metric histories (paper metric names, ``@`` restored).
 
     Finished runs are cached in ``cache_dir`` (one parquet per run), so a report over a large
@@ -47,9 +53,13 @@ def load_runs(uri: str, experiment: str, metrics: Iterable[str] | None = None, t
     if exp is None:
         raise ValueError(f"no MLflow experiment {experiment!r} at {tracking.redact(uri)}")
     flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items())
-    runs = [r for r in tracking.retry(c.search_runs, [exp.experiment_id], filter_string=flt, max_results=50000,
-                                      order_by=["attributes.start_time ASC"])
-            if "sdpg.run_hash" in r.data.tags]  # creation order: the spec's variant order
+    runs = [
+        r
+        for r in tracking.retry(
+            c.search_runs, [exp.experiment_id], filter_string=flt, max_results=50000, order_by=["attributes.start_time ASC"]
+        )
+        if "sdpg.run_hash" in r.data.tags
+    ]  # creation order: the spec's variant order
     wanted = [tracking.to_mlflow_key(m) for m in metrics] if metrics else None
     cache = Path(cache_dir) if cache_dir else None
 
@@ -65,9 +75,18 @@ def load_runs(uri: str, experiment: str, metrics: Iterable[str] | None = None, t
             if key not in r.data.metrics:
                 continue
             for m in tracking.retry(c.get_metric_history, r.info.run_id, key):
-                rows.append((r.info.run_id, r.info.run_name, r.data.tags.get("variant", r.info.run_name),
-                             r.data.tags.get("method", ""), int(r.data.tags.get("seed", 0)),
-                             tracking.from_mlflow_key(key), int(m.step), float(m.value)))
+                rows.append(
+                    (
+                        r.info.run_id,
+                        r.info.run_name,
+                        r.data.tags.get("variant", r.info.run_name),
+                        r.data.tags.get("method", ""),
+                        int(r.data.tags.get("seed", 0)),
+                        tracking.from_mlflow_key(key),
+                        int(m.step),
+                        float(m.value),
+                    )
+                )
         df = pd.DataFrame(rows, columns=COLUMNS).drop_duplicates(["metric", "step"], keep="last")
         if cfile is not None and r.info.status == "FINISHED" and wanted is None:
             cfile.parent.mkdir(parents=True, exist_ok=True)
@@ -138,8 +157,14 @@ def seed_curves(df, metric: str, ema: float = 0.0):
         table = table.dropna()
         vals = table.to_numpy()
         bands = np.array([bootstrap_ci(row) for row in vals]) if len(vals) else np.zeros((0, 2))
-        out[variant] = {"step": table.index.to_numpy(), "mean": vals.mean(axis=1) if len(vals) else np.array([]),
-                        "lo": bands[:, 0], "hi": bands[:, 1], "per_seed": vals, "seeds": list(table.columns)}
+        out[variant] = {
+            "step": table.index.to_numpy(),
+            "mean": vals.mean(axis=1) if len(vals) else np.array([]),
+            "lo": bands[:, 0],
+            "hi": bands[:, 1],
+            "per_seed": vals,
+            "seeds": list(table.columns),
+        }
     return out
 
 
@@ -171,8 +196,14 @@ def ranks(values: list[float], higher_is_better: bool = True) -> list[int]:
     return [distinct.index(round(v, 12)) + 1 if not math.isnan(v) else 0 for v in values]
 
 
-def stability(df, eval_metric: str | None = None, entropy_frac: float = 0.25, length_frac: float = 0.5,
-              late_frac: float = 0.25, threshold: float | None = None):
+def stability(
+    df,
+    eval_metric: str | None = None,
+    entropy_frac: float = 0.25,
+    length_frac: float = 0.5,
+    late_frac: float = 0.25,
+    threshold: float | None = None,
+):
     """Per run: entropy collapse (first step below ``entropy_frac`` x its first value), response-length
     collapse (first step below ``length_frac`` x its first value), largest reward drawdown from its running
     maximum, variance of ``eval_metric`` over the last ``late_frac`` of evaluations, steps to ``threshold``."""
@@ -180,24 +211,27 @@ def stability(df, eval_metric: str | None = None, entropy_frac: float = 0.25, le
 
     rows = []
     for (rid, variant, seed), g in df.groupby(["run_id", "variant", "seed"], sort=False):
-        def series(name):
+
+        def series(name, g=g):
             s = g[g.metric == name].sort_values("step")
             return s.step.to_numpy(), s.value.to_numpy()
 
         row = {"run_id": rid, "variant": variant, "seed": seed}
         st, ent = series("train/entropy")
-        row["entropy_collapse_step"] = (steps_to_threshold(st, -ent, -entropy_frac * ent[0])
-                                        if len(ent) and ent[0] > 0 else float("nan"))
+        row["entropy_collapse_step"] = (
+            steps_to_threshold(st, -ent, -entropy_frac * ent[0]) if len(ent) and ent[0] > 0 else float("nan")
+        )
         st, ln = series("train/response_length")
-        row["length_collapse_step"] = (steps_to_threshold(st, -ln, -length_frac * ln[0])
-                                       if len(ln) and ln[0] > 0 else float("nan"))
+        row["length_collapse_step"] = steps_to_threshold(st, -ln, -length_frac * ln[0]) if len(ln) and ln[0] > 0 else float("nan")
         st, rw = series("train/reward")
         row["max_reward_drawdown"] = float(np.max(np.maximum.accumulate(rw) - rw)) if len(rw) else float("nan")
         if eval_metric:
             st, ev = series(eval_metric)
             k = max(1, int(round(late_frac * len(ev)))) if len(ev) else 0
             row["late_variance"] = float(np.var(ev[-k:])) if k else float("nan")
-            row["steps_to_threshold"] = steps_to_threshold(st, ev, threshold) if threshold is not None and len(ev) else float("nan")
+            row["steps_to_threshold"] = (
+                steps_to_threshold(st, ev, threshold) if threshold is not None and len(ev) else float("nan")
+            )
         rows.append(row)
     per_run = pd.DataFrame(rows)
     summary = []
@@ -245,7 +279,9 @@ def improvement(scores: dict[str, np.ndarray], baseline: str, n_boot: int = 2000
         row = {"variant": v, "iqm": _iqm(m), "iqm_lo": float(np.quantile(iqms, 0.025)), "iqm_hi": float(np.quantile(iqms, 0.975))}
         if v != baseline:
             pis = [_prob_improvement(resample(m), resample(base)) for _ in range(n_boot)]
-            row.update(p_improve=_prob_improvement(m, base), p_lo=float(np.quantile(pis, 0.025)), p_hi=float(np.quantile(pis, 0.975)))
+            row.update(
+                p_improve=_prob_improvement(m, base), p_lo=float(np.quantile(pis, 0.025)), p_hi=float(np.quantile(pis, 0.975))
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -309,10 +345,14 @@ def render_table(variants, col_labels, cells, fmt: str = "markdown", digits: int
         return "\n".join(lines) + "\n"
     if fmt == "latex":
         benches = list(dict.fromkeys(b for b, _ in col_labels))
-        lines = ["\\begin{tabular}{l" + "cc" * len(benches) + "}", "\\toprule",
-                 "Method & " + " & ".join(f"\\multicolumn{{2}}{{c}}{{{b}}}" for b in benches) + " \\\\",
-                 "".join(f"\\cmidrule(lr){{{2 + 2 * k}-{3 + 2 * k}}}" for k in range(len(benches))),
-                 " & " + " & ".join("Last & Best" for _ in benches) + " \\\\", "\\midrule"]
+        lines = [
+            "\\begin{tabular}{l" + "cc" * len(benches) + "}",
+            "\\toprule",
+            "Method & " + " & ".join(f"\\multicolumn{{2}}{{c}}{{{b}}}" for b in benches) + " \\\\",
+            "".join(f"\\cmidrule(lr){{{2 + 2 * k}-{3 + 2 * k}}}" for k in range(len(benches))),
+            " & " + " & ".join("Last & Best" for _ in benches) + " \\\\",
+            "\\midrule",
+        ]
         for i, v in enumerate(variants):
             lines.append(v.replace("_", "\\_") + " & " + " & ".join(cell(i, j) for j in range(len(col_labels))) + " \\\\")
         lines += ["\\bottomrule", "\\end{tabular}"]
@@ -365,9 +405,18 @@ def colours_for(variants: list[str]) -> dict[str, str]:
     return {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(variants)}
 
 
-def plot_curves(df, metrics: list[str | None], out: str | Path, titles: dict[str, str] | None = None, ncols: int = 3,
-                ema: float = 0.0, order: list[str] | None = None, panel_w: float = 2.3, panel_h: float = 1.9,
-                keep_figure: bool = False):
+def plot_curves(
+    df,
+    metrics: list[str | None],
+    out: str | Path,
+    titles: dict[str, str] | None = None,
+    ncols: int = 3,
+    ema: float = 0.0,
+    order: list[str] | None = None,
+    panel_w: float = 2.3,
+    panel_h: float = 1.9,
+    keep_figure: bool = False,
+):
     """Metric-vs-step panels, one line per variant (mean over seeds, 95% band). A variant whose values
     are identically 0 for a metric (a term it does not compute) is left out of that panel. PNG + PDF."""
     import matplotlib
@@ -394,13 +443,21 @@ def plot_curves(df, metrics: list[str | None], out: str | Path, titles: dict[str
             ax.fill_between(c["step"], c["lo"], c["hi"], color=colours[v], alpha=0.2, lw=0)
             drawn += 1
         if not drawn:
-            ax.text(0.5, 0.5, "0 for every variant" if metric in set(df.metric) else "not logged",
-                    ha="center", va="center", transform=ax.transAxes, fontsize=7, color="0.4")
+            ax.text(
+                0.5,
+                0.5,
+                "0 for every variant" if metric in set(df.metric) else "not logged",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                fontsize=7,
+                color="0.4",
+            )
         ax.set_title((titles or {}).get(metric, metric), fontsize=7.5)
         ax.set_xlabel("step", fontsize=7)
         ax.tick_params(labelsize=6.5)
         ax.grid(alpha=0.3, lw=0.5)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     handles, labels = [], []
     for ax in axes.flat:

