@@ -74,9 +74,19 @@ def run_loss(loss_name: str, impl: str, T: int, H: int, V: int, dtype_name: str,
     dtype = getattr(torch, dtype_name)
     cuda = device == "cuda"
     a = AlgoConfig(method="sdpg_urkl" if loss_name == "sdpg" else "grpo")
-    st = StepLossSettings(beta=a.beta, alpha=a.alpha, kl_mode=a.kl_mode, gate=a.gate, opd_norm=a.opd_norm,
-                          pg_coef=a.pg_coef, policy_mode=a.policy_loss, clip_low=a.clip_low, clip_high=a.clip_high,
-                          clip_c=a.clip_c, loss_agg_mode=a.loss_agg_mode)
+    st = StepLossSettings(
+        beta=a.beta,
+        alpha=a.alpha,
+        kl_mode=a.kl_mode,
+        gate=a.gate,
+        opd_norm=a.opd_norm,
+        pg_coef=a.pg_coef,
+        policy_mode=a.policy_loss,
+        clip_low=a.clip_low,
+        clip_high=a.clip_high,
+        clip_c=a.clip_c,
+        loss_agg_mode=a.loss_agg_mode,
+    )
     distil = loss_name == "sdpg"
 
     def sync():
@@ -101,11 +111,13 @@ def run_loss(loss_name: str, impl: str, T: int, H: int, V: int, dtype_name: str,
             logp = token_logprobs(logits, tokens)  # [1, T]
             with torch.no_grad():
                 token_entropy(logits, 1.0)
-            loss, _ = sdpg_loss(logp, old, adv, mask, opd=FusedKLInputs(hs, ht, W, chunk_size=chunk), ref_logp=ref,
-                                **st.sdpg_kwargs())
+            loss, _ = sdpg_loss(
+                logp, old, adv, mask, opd=FusedKLInputs(hs, ht, W, chunk_size=chunk), ref_logp=ref, **st.sdpg_kwargs()
+            )
             return loss
-        loss, _, _ = step_loss(hs, W, None, tokens, adv, mask, st, teacher_hidden=ht, old_logp=old, ref_logp=ref,
-                               impl=impl, chunk_size=chunk)
+        loss, _, _ = step_loss(
+            hs, W, None, tokens, adv, mask, st, teacher_hidden=ht, old_logp=old, ref_logp=ref, impl=impl, chunk_size=chunk
+        )
         return loss
 
     # warm-up on 8 positions: loads the kernels' code pages, which would otherwise count as memory
@@ -143,14 +155,28 @@ def run_loss(loss_name: str, impl: str, T: int, H: int, V: int, dtype_name: str,
     fwd_act = fwd_peak - base - (grad_buffer if impl != "materialised" else 0)
     bwd_act = bwd_peak - base - grad_buffer
     return {
-        "loss_name": loss_name, "impl": impl, "T": T, "H": H, "V": V, "dtype": dtype_name, "device": device,
-        "chunk": chunk, "threads": torch.get_num_threads(), "loss": float(loss.detach()),
-        "grad_norm_h": float(hs.grad.float().norm()), "grad_norm_w": float(W.grad.float().norm()),
-        "forward_s": t1 - t0, "backward_s": t2 - t1b, "total_s": (t1 - t0) + (t2 - t1b),
+        "loss_name": loss_name,
+        "impl": impl,
+        "T": T,
+        "H": H,
+        "V": V,
+        "dtype": dtype_name,
+        "device": device,
+        "chunk": chunk,
+        "threads": torch.get_num_threads(),
+        "loss": float(loss.detach()),
+        "grad_norm_h": float(hs.grad.float().norm()),
+        "grad_norm_w": float(W.grad.float().norm()),
+        "forward_s": t1 - t0,
+        "backward_s": t2 - t1b,
+        "total_s": (t1 - t0) + (t2 - t1b),
         "cpu_s": (c1 - c0) + (c2 - c1b),  # CPU time of all threads: less sensitive to a shared machine's load
-        "activation_mb": max(fwd_act, bwd_act) / 2**20, "forward_activation_mb": fwd_act / 2**20,
-        "backward_activation_mb": bwd_act / 2**20, "peak_above_inputs_mb": (max(fwd_peak, bwd_peak) - base) / 2**20,
-        "inputs_mb": base / 2**20, "loadavg_1m": os.getloadavg()[0],
+        "activation_mb": max(fwd_act, bwd_act) / 2**20,
+        "forward_activation_mb": fwd_act / 2**20,
+        "backward_activation_mb": bwd_act / 2**20,
+        "peak_above_inputs_mb": (max(fwd_peak, bwd_peak) - base) / 2**20,
+        "inputs_mb": base / 2**20,
+        "loadavg_1m": os.getloadavg()[0],
     }
 
 
@@ -176,13 +202,26 @@ def run_trainer(impl: str, steps: int, overrides: list[str]) -> dict:
     from sdpg.training.trainer import train
 
     with tempfile.TemporaryDirectory() as d:
-        cfg = load_config(None, [*overrides, f"optim.loss_impl={impl}", f"run.total_steps={steps}", "eval.every=0",
-                                 f"run.output_dir={d}", "run.checkpoint_every=0", "run.resume=false"])
+        cfg = load_config(
+            None,
+            [
+                *overrides,
+                f"optim.loss_impl={impl}",
+                f"run.total_steps={steps}",
+                "eval.every=0",
+                f"run.output_dir={d}",
+                "run.checkpoint_every=0",
+                "run.resume=false",
+            ],
+        )
         sink = _PeakRSSSink()
         train(cfg, sinks=[sink])
     rows = [r for r in sink.rows if r["step"] >= 2]  # step 1 carries one-time allocations
     return {
-        "impl": impl, "steps": len(rows), "threads": torch.get_num_threads(), "overrides": overrides,
+        "impl": impl,
+        "steps": len(rows),
+        "threads": torch.get_num_threads(),
+        "overrides": overrides,
         "step_peak_rss_mb": max(r["peak_rss_mb"] for r in rows),
         "update_s": statistics.median(r["timing/update"] for r in rows),
         "logprobs_s": statistics.median(r["timing/logprobs"] for r in rows),
@@ -228,10 +267,15 @@ def main() -> None:
                 need = last_peak[key] * T / last_peak[key + ("T",)] if key in last_peak else 0
                 avail = _mem_available() if a.device == "cpu" else None
                 if avail is not None and need > avail - 4 * 2**30:  # leave 4 GiB to the machine's other users
-                    skipped.append({"loss_name": loss_name, "impl": impl, "T": T, "need_mb": need / 2**20,
-                                    "available_mb": avail / 2**20})
-                    print(f"[step_memory] T={T} {loss_name} {impl}: skipped, needs ~{need / 2**30:.1f} GiB, "
-                          f"{avail / 2**30:.1f} GiB available", file=sys.stderr, flush=True)
+                    skipped.append(
+                        {"loss_name": loss_name, "impl": impl, "T": T, "need_mb": need / 2**20, "available_mb": avail / 2**20}
+                    )
+                    print(
+                        f"[step_memory] T={T} {loss_name} {impl}: skipped, needs ~{need / 2**30:.1f} GiB, "
+                        f"{avail / 2**30:.1f} GiB available",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     continue
                 print(f"[step_memory] T={T} {loss_name} {impl} ...", file=sys.stderr, flush=True)
                 extra = ["--H", str(a.H), "--V", str(a.V), "--dtype", a.dtype, "--device", a.device]
@@ -239,14 +283,21 @@ def main() -> None:
                 rows.append(r)
                 last_peak[key] = (r["inputs_mb"] + r["peak_above_inputs_mb"]) * 2**20
                 last_peak[key + ("T",)] = T
-                print(f"[step_memory]   activation {r['activation_mb']:.0f} MB, fwd {r['forward_s']:.2f}s "
-                      f"bwd {r['backward_s']:.2f}s loss {r['loss']:.6g}", file=sys.stderr, flush=True)
+                print(
+                    f"[step_memory]   activation {r['activation_mb']:.0f} MB, fwd {r['forward_s']:.2f}s "
+                    f"bwd {r['backward_s']:.2f}s loss {r['loss']:.6g}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     trainer = []
     if a.trainer_steps > 0:
         for impl in ("materialised", "fused"):
             print(f"[step_memory] trainer {impl} ...", file=sys.stderr, flush=True)
-            trainer.append(_child(["--trainer-one", impl, "--trainer-steps", str(a.trainer_steps),
-                                   "--trainer-overrides", *a.trainer_overrides]))
+            trainer.append(
+                _child(
+                    ["--trainer-one", impl, "--trainer-steps", str(a.trainer_steps), "--trainer-overrides", *a.trainer_overrides]
+                )
+            )
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump({"loss": rows, "skipped": skipped, "trainer": trainer}, f, indent=1)
@@ -256,8 +307,10 @@ def main() -> None:
 def markdown(rows: list[dict], skipped: list[dict], trainer: list[dict]) -> str:
     by = {(r["loss_name"], r["T"], r["impl"]): r for r in rows}
     lines = [
-        ("| loss | B x T | impl | forward s | backward s | total s | activation MB | peak above inputs MB "
-         "| memory vs materialised | wall time vs materialised | CPU s | CPU time vs materialised |"),
+        (
+            "| loss | B x T | impl | forward s | backward s | total s | activation MB | peak above inputs MB "
+            "| memory vs materialised | wall time vs materialised | CPU s | CPU time vs materialised |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for loss_name in LOSSES:
@@ -268,22 +321,30 @@ def markdown(rows: list[dict], skipped: list[dict], trainer: list[dict]) -> str:
                 if r is None:
                     s = next((s for s in skipped if (s["loss_name"], s["T"], s["impl"]) == (loss_name, T, impl)), None)
                     if s is not None:
-                        lines.append(f"| {loss_name} | 1 x {T} | {impl} | not run: needs ~{s['need_mb'] / 1024:.1f} GiB, "
-                                     f"{s['available_mb'] / 1024:.1f} GiB available | | | | | | | | |")
+                        lines.append(
+                            f"| {loss_name} | 1 x {T} | {impl} | not run: needs ~{s['need_mb'] / 1024:.1f} GiB, "
+                            f"{s['available_mb'] / 1024:.1f} GiB available | | | | | | | | |"
+                        )
                     continue
                 fused = impl != "materialised" and m is not None
-                mem = "1" if not fused else (f"{m['activation_mb'] / r['activation_mb']:.1f}x less"
-                                             if r["activation_mb"] >= 1 else "below 1 MB")
+                mem = (
+                    "1"
+                    if not fused
+                    else (f"{m['activation_mb'] / r['activation_mb']:.1f}x less" if r["activation_mb"] >= 1 else "below 1 MB")
+                )
                 tim = f"{r['total_s'] / m['total_s']:.2f}x" if fused else "1"
                 cpu = f"{r['cpu_s'] / m['cpu_s']:.2f}x" if fused else "1"
-                lines.append(f"| {loss_name} | 1 x {T} | {impl} | {r['forward_s']:.2f} | {r['backward_s']:.2f} | "
-                             f"{r['total_s']:.2f} | {r['activation_mb']:.0f} | {r['peak_above_inputs_mb']:.0f} | {mem} | {tim} | "
-                             f"{r['cpu_s']:.2f} | {cpu} |")
+                lines.append(
+                    f"| {loss_name} | 1 x {T} | {impl} | {r['forward_s']:.2f} | {r['backward_s']:.2f} | "
+                    f"{r['total_s']:.2f} | {r['activation_mb']:.0f} | {r['peak_above_inputs_mb']:.0f} | {mem} | {tim} | "
+                    f"{r['cpu_s']:.2f} | {cpu} |"
+                )
     if trainer:
         lines += ["", "| trainer (embedded task) | step peak RSS MB | update s | log-probs s | step s |", "|---|---|---|---|---|"]
         for t in trainer:
-            lines.append(f"| {t['impl']} | {t['step_peak_rss_mb']:.0f} | {t['update_s']:.3f} | {t['logprobs_s']:.3f} | "
-                         f"{t['step_s']:.3f} |")
+            lines.append(
+                f"| {t['impl']} | {t['step_peak_rss_mb']:.0f} | {t['update_s']:.3f} | {t['logprobs_s']:.3f} | {t['step_s']:.3f} |"
+            )
     return "\n".join(lines)
 
 
