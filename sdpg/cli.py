@@ -72,14 +72,19 @@ def _train(argv: list[str] | None) -> int:
 
     check_world(cfg, str(path or "sdpg-train") + (" + overrides" if overrides else ""), local=True)
     from sdpg.training.locks import run_folder_lock
-    from sdpg.training.trainer import train
+    from sdpg.training.trainer import TrainingFailed, train
 
     rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0)
-    if rank != 0:  # one writer per run folder: rank 0 holds the lock for the whole process group
-        result = train(cfg)
-    else:
-        with run_folder_lock(cfg.run.output_dir, wait=False):
+    try:
+        if rank != 0:  # one writer per run folder: rank 0 holds the lock for the whole process group
             result = train(cfg)
+        else:
+            with run_folder_lock(cfg.run.output_dir, wait=False):
+                result = train(cfg)
+    except TrainingFailed as e:  # the run stopped itself (non-finite updates): its one-sentence reason
+        if rank == 0:
+            print(f"error: {e.reason}", file=sys.stderr)
+        return 1
     if result.get("rank", 0) == 0:
         print(f"[sdpg] {result['status']} at step {result['step']}; outputs in {result['output_dir']}", file=sys.stderr)
     return 0 if result["status"] in ("finished", "interrupted") else 1

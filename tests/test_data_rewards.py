@@ -152,7 +152,7 @@ def test_pathological_response_is_scored_within_five_seconds(math_verifier):
     t0 = time.time()
     assert math_verifier.score(evil, "1") == 0.0
     evil2 = "\\boxed{" + "{" * 49_990 + "1" + "}" * 49_990 + "}"
-    assert math_verifier.score(evil2, "1") in (0.0, 1.0)
+    assert math_verifier.score(evil2, "1") == 0.0  # a boxed answer over MAX_BOXED_CHARS is not parsed: 0
     assert time.time() - t0 < 5.0
 
 

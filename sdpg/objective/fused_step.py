@@ -274,6 +274,7 @@ class _Plan:
                 )  # [1, c]
                 val = val + st.pg_coef * (pg[0] * self.w[r])  # [c]
             if st.alpha != 0.0:
+                assert self.ref is not None  # alpha > 0 needs the reference's log-probs
                 val = val + st.alpha * (ref_kl(x, self.ref[r], st.kl_mode) * self.w[r])  # [c]
             if not val.requires_grad:
                 return val.detach(), torch.zeros_like(x)
@@ -312,7 +313,11 @@ def _step_chunk(h: Tensor, ht: Tensor | None, r: Tensor, W: Tensor, b: Tensor | 
     kl = diff = p_kl = None
     if ht is not None:
         lq = _log_softmax_(z[c:], st.kl_teacher_temperature)  # [c, V] log q
-        ls_for_kl, p_kl = (ls, p) if same_tau else (ls_kl, ls_kl.exp())  # [c, V] each
+        if same_tau:
+            ls_for_kl, p_kl = ls, p  # [c, V] each
+        else:
+            assert ls_kl is not None
+            ls_for_kl, p_kl = ls_kl, ls_kl.exp()  # [c, V] each
         diff = torch.sub(ls_for_kl, lq, out=lq)  # [c, V] log p - log q
         kl = _rowdot(p_kl, diff)  # [c]
     val, g = plan.token_terms(r, logp)  # [c], [c]
@@ -320,6 +325,7 @@ def _step_chunk(h: Tensor, ht: Tensor | None, r: Tensor, W: Tensor, b: Tensor | 
     value = val.sum(dtype=torch.float64) + (e * ent).sum(dtype=torch.float64)  # []
     k = None
     if kl is not None:
+        assert plan.k is not None  # a teacher chunk comes with its KL weights
         k = plan.k[r]  # [c]
         kl_used = kl if st.kl_clamp is None else kl.clamp(max=st.kl_clamp)  # [c]
         value = value + (k * kl_used).sum(dtype=torch.float64)
@@ -330,6 +336,7 @@ def _step_chunk(h: Tensor, ht: Tensor | None, r: Tensor, W: Tensor, b: Tensor | 
     has_e = st.entropy_coef != 0.0
     row_shift = (-g - e * ent)[:, None]  # [c, 1]
     if kl is not None and same_tau:  # dz = p (k (log p - log q - KL) - e (log p + H) - g) / tau + g onehot / tau
+        assert diff is not None and k is not None
         dz = diff  # [c, V]
         dz -= kl[:, None]
         dz *= k[:, None]
@@ -348,6 +355,7 @@ def _step_chunk(h: Tensor, ht: Tensor | None, r: Tensor, W: Tensor, b: Tensor | 
     if tau != 1.0:
         dz /= tau
     if kl is not None and not same_tau:  # the KL's own softmax at tau_s
+        assert diff is not None and p_kl is not None and k is not None
         diff -= kl[:, None]
         diff *= p_kl
         diff *= (k / tau_s)[:, None]

@@ -885,7 +885,13 @@ def main(argv: list[str] | None = None) -> int:
         if a.max_runs is not None and a.max_runs < 1:
             raise ConfigError(f"--max-runs {a.max_runs}: must be at least 1")
         plan = load_plan(
-            a.spec, a.executor, a.profile, a.only, max_runs=a.max_runs, profile_file=a.profile_file, check_world=sub == "run"
+            a.spec,
+            a.executor,
+            a.profile,
+            a.only,
+            max_runs=a.max_runs,
+            profile_file=a.profile_file,
+            check_world=sub == "run" and not a.rehearse,  # a rehearsal checks every run's files itself
         )
     except ConfigError as e:
         from sdpg.orchestration.tracking import redact

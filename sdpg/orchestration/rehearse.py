@@ -259,7 +259,9 @@ class SourceCheck:
     n_rows: int = 0
 
 
-def check_source(key: str, source: str, cfg: TrainConfig, out_dir: Path, n_keep: int, index: int) -> SourceCheck:
+def check_source(
+    key: str, source: str, cfg: TrainConfig, out_dir: Path, n_keep: int, index: int, spec: str = "<spec>"
+) -> SourceCheck:
     """Read every row of ``source`` as the trainer would, then write the first ``n_keep`` raw rows,
     in the same format, to ``out_dir`` (the rehearsal's copy)."""
     from sdpg.training.data import read_source
@@ -286,13 +288,18 @@ def check_source(key: str, source: str, cfg: TrainConfig, out_dir: Path, n_keep:
         return SourceCheck(
             None,
             None,
-            f"{key}: {source!r}: no such file (relative paths are read from where the job starts, here {Path.cwd()})",
+            f"{spec}: key {key!r} has bad value {source!r}: no such file (relative paths are read from where the job "
+            f"starts, here {Path.cwd()})",
             [],
         )
     try:
-        rows = read_source(str(p), cfg.data, "train" if key == "data.train" else "test")
+        from sdpg.training.preflight import check_data_file
+
+        check_data_file(cfg, key, str(p), spec, "train" if key == "data.train" else "eval")  # what a submission checks
+        rows = read_source(str(p), cfg.data, "train" if key == "data.train" else "test")  # what the trainer reads
     except ConfigError as e:
-        return SourceCheck(None, None, f"{key}: {one_sentence(e)}", [])
+        msg = one_sentence(e)
+        return SourceCheck(None, None, msg if key in msg else f"{key}: {msg}", [])
     except Exception as e:
         return SourceCheck(None, None, f"{key}: {source!r} does not read: {one_sentence(e)}", [])
     if not rows:
@@ -324,44 +331,41 @@ def check_source(key: str, source: str, cfg: TrainConfig, out_dir: Path, n_keep:
 
 
 def template_error(row: dict, cfg: TrainConfig, tokenizer, where: str) -> str | None:
-    """None when the row's student and teacher prompts render; otherwise one sentence naming the template."""
-    from sdpg.training.data import (
-        DEFAULT_CONTEXT_TEMPLATES,
-        build_prompts,
-        render_context,
-    )
+    """None when the row's student and teacher prompts render as the trainer renders them; otherwise
+    one sentence naming the template at fault and its placeholder."""
+    import string as _string
 
-    d = cfg.data
-    checks: list[tuple[str, Callable[[], Any]]] = []
-    if "student_prompt" not in row:
-        checks.append(("data.student_template", lambda: d.student_template.format(problem=row["problem"])))
-        ctx_key = (
-            f"data.context_templates.{d.context}"
-            if d.context in d.context_templates
-            else f"the built-in {d.context!r} context template"
-        )
-        if d.context != "none":
-            checks.append((ctx_key, lambda: render_context(row, d)))
-            checks.append(("data.teacher_template", lambda: d.teacher_template.format(problem=row["problem"], context="c")))
-    for key, fn in checks:
-        try:
-            fn()
-        except (KeyError, IndexError, ValueError, AttributeError) as e:
-            tmpl = {"data.student_template": d.student_template, "data.teacher_template": d.teacher_template}.get(
-                key, d.context_templates.get(d.context) or DEFAULT_CONTEXT_TEMPLATES.get(d.context, "")
-            )
-            allowed = {"data.student_template": "{problem}", "data.teacher_template": "{problem} and {context}"}.get(
-                key, "{problem}, {answer} and {solution}"
-            )
-            what = f"placeholder {{{e.args[0]}}} is not one it fills" if isinstance(e, KeyError) else f"does not format ({e})"
-            return (
-                f"{key} {_clip(tmpl, 80)!r}: {what} (it fills {allowed}; literal braces are written {{{{ }}}}), rendering {where}"
-            )
+    from sdpg.training.data import build_prompts
+
     try:
-        build_prompts(row, d, tokenizer)
-    except Exception as e:
-        return f"rendering {where} through the tokenizer's chat template fails: {one_sentence(e)}"
-    return None
+        build_prompts(row, cfg.data, tokenizer)
+        return None
+    except Exception as e:  # noqa: BLE001 - whatever stops the rendering is the finding
+        fault = e
+    if type(fault).__module__.startswith("jinja2"):
+        return f"rendering {where} through the tokenizer's chat template fails: {one_sentence(fault)}"
+    # which configured template is it: the one whose fields the formatting cannot fill
+    d = cfg.data
+    templates = {
+        "data.student_template": d.student_template,
+        "data.teacher_template": d.teacher_template,
+        **{f"data.context_templates.{k}": v for k, v in d.context_templates.items()},
+    }
+    for key, tmpl in templates.items():
+        try:
+            fields = [f for _, f, _, _ in _string.Formatter().parse(tmpl) if f is not None]
+        except ValueError as e:  # unbalanced braces
+            return f"{key} {_clip(tmpl, 80)!r} does not format ({e}; literal braces are written {{{{ }}}}), rendering {where}"
+        if isinstance(fault, KeyError) and fault.args and fault.args[0] in fields:
+            return (
+                f"{key} {_clip(tmpl, 80)!r}: placeholder {{{fault.args[0]}}} is not one the trainer fills "
+                f"(literal braces are written {{{{ }}}}), rendering {where}"
+            )
+        if isinstance(fault, IndexError) and "" in fields:
+            return (
+                f"{key} {_clip(tmpl, 80)!r}: an empty placeholder {{}} (literal braces are written {{{{ }}}}), rendering {where}"
+            )
+    return f"rendering {where} fails: {one_sentence(fault)}"
 
 
 def _clip(s: str, n: int) -> str:
@@ -619,7 +623,7 @@ def rehearse(
         k = (src, cfg.data.problem_key, cfg.data.answer_key, cfg.data.solution_key, key == "data.train")
         if k not in sources:
             sources[k] = check_source(
-                key, src, cfg, folder / "data", TRAIN_ROWS if key == "data.train" else EVAL_ROWS, len(sources)
+                key, src, cfg, folder / "data", TRAIN_ROWS if key == "data.train" else EVAL_ROWS, len(sources), str(ctx.spec_path)
             )
         return sources[k]
 
@@ -647,7 +651,9 @@ def rehearse(
                 continue
             tok = tokenizers.get(str(model.path))
             if tok is None:
-                tok = tokenizers[str(model.path)] = AutoTokenizer.from_pretrained(model.path)
+                tok = tokenizers[str(model.path)] = AutoTokenizer.from_pretrained(
+                    model.path, trust_remote_code=cfg.model.trust_remote_code
+                )
             rows = {k: c.rows for k, c in checked.items() if c.rows}
             err = next(
                 (
@@ -672,7 +678,7 @@ def rehearse(
                 if longest > cfg.data.max_prompt_tokens:
                     o.warnings.append(
                         f"of the first {len(lens)} training rows, a prompt has {longest} tokens, more than "
-                        f"data.max_prompt_tokens={cfg.data.max_prompt_tokens}: cut from the left"
+                        f"data.max_prompt_tokens={cfg.data.max_prompt_tokens}: prompts are cut"
                     )
             if rows and not o.errors:
                 verdicts, errs = scorer_checks(cfg, rows, o.student_prompt or "", scorers)
@@ -779,7 +785,7 @@ def _run_all(runnable: list[tuple[RunItem, TrainConfig]], outcomes: dict[str, Ou
         if not pending:
             break
     # results and the tracking store, read back
-    for it, _small in runnable:
+    for it, small in runnable:
         o = outcomes[it.name]
         res = results_dir / f"{it.name}.json"
         r = json.loads(res.read_text()) if res.is_file() else {"status": "fail", "error": "no result was written"}
@@ -789,6 +795,13 @@ def _run_all(runnable: list[tuple[RunItem, TrainConfig]], outcomes: dict[str, Ou
         if r.get("error"):
             o.errors.append(r["error"])
         rid = next(j["run_id"] for j in jobs if j["name"] == it.name)
+        diff = o.metrics.get("train/rollout_logprob_diff")
+        limit = 1e-3 if small.model.dtype == "float32" else 2e-2
+        if diff is not None and diff > limit:
+            o.warnings.append(
+                f"{it.name}: the rollout engine's log-probabilities differ from the trainer's by {diff:.3g} "
+                f"per token (more than {limit:g} in {small.model.dtype}): weight sync or dtype mismatch"
+            )
         if o.status == "pass":
             err = _tracking_check(exp.client, rid)
             if err:
@@ -847,6 +860,16 @@ def not_rehearsed(cfg: TrainConfig, ctx: Context, world: int, have_vllm: bool) -
         )
     if cfg.model.attn_implementation and "flash" in cfg.model.attn_implementation:
         out.append(f"model.attn_implementation={cfg.model.attn_implementation} (GPU only): sdpa here")
+    if cfg.rollout.backend == "vllm" and have_vllm:
+        out.append(
+            "a vLLM engine of each job's own: the rehearsal's runs share one engine per process (vLLM cannot "
+            "build a second after the first is gone), each run putting its initial weights back into it"
+        )
+    if cfg.rollout.backend == "vllm" and have_vllm:
+        out.append(
+            "a vLLM engine of each job's own: the rehearsal's runs share one engine per process (vLLM cannot "
+            "build a second after the first is gone), each run putting its initial weights back into it"
+        )
     if cfg.rollout.backend == "vllm" and not have_vllm:
         out.append(
             "the vLLM rollout backend: vLLM is not installed here, so rollouts ran on the hf backend "

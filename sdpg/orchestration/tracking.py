@@ -190,27 +190,27 @@ def end_parent_if_done(c, parent_id: str) -> str | None:
 
 
 class MlflowSink:
-    """A trainer ``MetricSink`` writing to an existing run; steps already in the run (a requeued job
-    replaying the steps after its last checkpoint) are not logged again."""
+    """A trainer ``MetricSink`` writing to an existing run. Every (key, step) is logged at most once: a
+    metric already in the run for a step (a requeued job replaying the steps after its last checkpoint, a
+    step-0 evaluation repeated after a crash before the first checkpoint) is not logged again."""
 
-    def __init__(self, uri: str, run_id: str, probe_key: str = "train/reward"):
+    def __init__(self, uri: str, run_id: str):
         from mlflow.entities import RunStatus
 
         self.c, self.run_id = client(uri), run_id
-        history = retry(self.c.get_metric_history, run_id, probe_key)
-        self.last_step = max((m.step for m in history), default=-1)
+        keys = retry(self.c.get_run, run_id).data.metrics
+        self.logged = {(key, m.step) for key in keys for m in retry(self.c.get_metric_history, run_id, key)}
         retry(self.c.update_run, run_id, status=RunStatus.to_string(RunStatus.RUNNING))
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        if step <= self.last_step:
-            return
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        ms = [Metric(to_mlflow_key(k), float(v), ts, step) for k, v in metrics.items()]
+        new = {to_mlflow_key(k): float(v) for k, v in metrics.items() if (to_mlflow_key(k), step) not in self.logged}
+        ms = [Metric(k, v, ts, step) for k, v in new.items()]
         for i in range(0, len(ms), 500):
             retry(self.c.log_batch, self.run_id, metrics=ms[i : i + 500])
-        self.last_step = step
+        self.logged.update((k, step) for k in new)
 
     def finish(self, status: str) -> None:
         retry(self.c.set_terminated, self.run_id, status=status)

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 Method = Literal["grpo", "dapo", "dr_grpo", "sdpg_urkl", "sdpg_ufkl", "rlsd", "opsd", "opcd"]
 ContextType = Literal["none", "answer", "solution", "answer_solution", "custom"]
 
-# Algorithm presets. Each is a set of AlgoConfig fields; see docs/methods.md for the sources.
+# Algorithm presets. Each is a set of AlgoConfig fields; the comment above each names its paper, and
+# docs/objective.md maps every term to its equation.
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
     # GRPO (arXiv 2402.03300): symmetric clip, std-normalised advantages, k3 KL to the reference.
     "grpo": dict(
@@ -380,6 +381,9 @@ class OptimConfig(Strict):
     loss_chunk_size: int | None = Field(None, gt=0)
     """Positions per chunk of the fused loss; None: the largest power of two whose [chunk, V] float32 buffer
     stays within 48 MiB on CPU (64 at V = 151,936) or 320 MiB on GPUs (512)."""
+    max_nonfinite_steps: int = Field(3, gt=0)
+    """An optimizer step whose loss or gradient norm is not finite is skipped (nothing reaches the weights);
+    after this many in a row the run stops as failed, with a checkpoint of the last good state."""
 
 
 class EvalConfig(Strict):
@@ -463,7 +467,7 @@ class TrainConfig(Strict):
         def reset(section: str, cls: type[BaseModel], *names: str) -> None:
             for n in names:
                 f = cls.model_fields[n]
-                d[section][n] = f.default_factory() if f.default_factory is not None else f.default
+                d[section][n] = f.get_default(call_default_factory=True)
 
         a = self.algo
         if a.alpha == 0:

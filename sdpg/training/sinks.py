@@ -7,6 +7,7 @@ and the trainer imports none of them.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,28 +15,79 @@ from typing import Protocol
 
 
 class MetricSink(Protocol):
+    """Receives a step's metrics. A sink may also define ``rewind(step)``: the trainer calls it once it knows
+    the step a run resumes from, so that what the sink holds after that step can be dropped or ignored."""
+
     def log(self, metrics: dict[str, float], step: int) -> None: ...
     def close(self) -> None: ...
 
 
 class JsonlSink:
-    """One JSON object per step in ``path``. On resume from step k, rows after k are dropped first,
-    so a resumed run never holds a step twice."""
+    """One JSON object per step in ``path``; every (key, step) at most once.
 
-    def __init__(self, path: str | Path, resume_step: int = 0):
+    A resumed run rewinds the file to its resume step (rows after it are dropped, ``resume_step`` or
+    ``rewind``), and a metric already in the file for a step is not written again: a run that died after
+    logging its step-0 evaluation but before its first checkpoint evaluates step 0 again without a second
+    row. A last line cut short by a kill is dropped."""
+
+    def __init__(self, path: str | Path, resume_step: int | None = 0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
+        self._f = None
+        self._rows = self._read()
+        if resume_step is not None:
+            self.rewind(resume_step)
+        else:
+            self._open()
+
+    def _read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        rows = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:  # a line cut short by a kill
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows.append(row)
+        return rows
+
+    def _open(self) -> None:
+        if self._f is not None:
+            self._f.close()
         self._f = open(self.path, "a")
 
+    def _rewrite(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in self._rows))
+        os.replace(tmp, self.path)
+        self._open()
+
+    def rewind(self, step: int) -> None:
+        """Drop the rows after ``step`` (the run continues from there)."""
+        self._rows = [row for row in self._rows if row["step"] <= step]
+        self._rewrite()
+
     def log(self, metrics: dict[str, float], step: int) -> None:
-        self._f.write(json.dumps({"step": step, **metrics}) + "\n")
+        same_step = [row for row in self._rows if row["step"] == step]
+        known = {key for row in same_step for key in row}
+        new = {k: v for k, v in metrics.items() if k not in known}
+        if not new:
+            return
+        if same_step:  # rare: more metrics for a step already written; merged into its row
+            same_step[-1].update(new)
+            self._rewrite()
+            return
+        row = {"step": step, **new}
+        self._rows.append(row)
+        self._f.write(json.dumps(row) + "\n")
         self._f.flush()
 
     def close(self) -> None:
-        self._f.close()
+        if self._f is not None:
+            self._f.close()
+            self._f = None
 
 
 class ConsoleSink:

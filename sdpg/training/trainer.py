@@ -70,7 +70,14 @@ from sdpg.objective import (
     step_loss,
 )
 from sdpg.training import distributed as dist
-from sdpg.training.checkpoint import latest_checkpoint, save_checkpoint
+from sdpg.training.checkpoint import (
+    CheckpointError,
+    checkpoint_dir,
+    checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from sdpg.training.config import TrainConfig, build_config, load_config
 from sdpg.training.data import PromptSampler, build_prompts, read_source
 from sdpg.training.evaluate import evaluate, pass_at_k
@@ -96,6 +103,7 @@ __all__ = [
     "default_sinks",
     "latest_checkpoint",
     "load_policy",
+    "TrainingFailed",
     "micro_batches",
     "pass_at_k",
     "response_hidden",
@@ -135,6 +143,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     sinks: list[MetricSink] = field(default_factory=list)
     start_step: int = 0
+    nonfinite_in_a_row: int = 0  # consecutive optimizer steps skipped for a non-finite loss or gradient norm
 
     @property
     def main_rank(self) -> bool:
@@ -223,6 +232,15 @@ class LossStats:
         return out
 
 
+class TrainingFailed(RuntimeError):
+    """The run stopped itself (for instance after ``optim.max_nonfinite_steps`` non-finite updates in a row).
+    ``reason`` is one sentence; ``result`` is what ``result.json`` holds (status ``failed``)."""
+
+    def __init__(self, reason: str, result: dict[str, Any]):
+        super().__init__(reason)
+        self.reason, self.result = reason, result
+
+
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
@@ -268,21 +286,36 @@ def train(
                 (should_stop is not None and should_stop()) or (stop_after_step is not None and step >= stop_after_step),
                 run.device,
             )
+            if run.nonfinite_in_a_row >= cfg.optim.max_nonfinite_steps:
+                path = save_run_state(run, step)  # nothing non-finite was applied: the weights are the last good ones
+                reason = (
+                    f"training stopped at step {step}: the loss or gradient norm was not finite in "
+                    f"{run.nonfinite_in_a_row} optimizer steps in a row (optim.max_nonfinite_steps="
+                    f"{cfg.optim.max_nonfinite_steps}), none of them applied; the last good state is {path}"
+                )
+                raise TrainingFailed(reason, write_result(run, "failed", step, metrics, reason))
             if step == total or stop or (cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0):
                 save_run_state(run, step)
             if stop and step < total:
                 status = "interrupted"
                 break
-        result = {
-            "status": status,
-            "step": step,
-            "output_dir": str(run.out),
-            "metrics": metrics,
-            "rank": run.rank,
-            "world_size": run.world,
-        }
-        if run.main_rank:
-            (run.out / "result.json").write_text(json.dumps(result, indent=1))
+        return write_result(run, status, step, metrics)
+
+
+def write_result(run: Run, status: str, step: int, metrics: dict[str, float], reason: str | None = None) -> dict[str, Any]:
+    """The run's outcome, also written to ``result.json`` by rank 0."""
+    result = {
+        "status": status,
+        "step": step,
+        "output_dir": str(run.out),
+        "metrics": metrics,
+        "rank": run.rank,
+        "world_size": run.world,
+    }
+    if reason is not None:
+        result["reason"] = reason
+    if run.main_rank:
+        (run.out / "result.json").write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -399,12 +432,16 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
         scheduler=scheduler,
     )
     run.start_step = resume(run) if cfg.run.resume else 0
+    kept_step = run.start_step if cfg.run.resume else -1  # what the sinks keep from an earlier attempt
     if not main_rank:
         run.sinks = []  # rank 0 logs for all
     elif sinks is not None:
         run.sinks = sinks
+        for sink in sinks:  # whatever they hold after the resume step is replayed
+            if hasattr(sink, "rewind"):
+                sink.rewind(kept_step)
     else:
-        run.sinks = default_sinks(out, run.start_step, cfg.run.total_steps)
+        run.sinks = default_sinks(out, kept_step, cfg.run.total_steps)
         for sink in run.sinks:
             resources.callback(sink.close)
     if run.start_step > 0:
@@ -440,26 +477,43 @@ def tokenize_prompts(
 
 
 def resume(run: Run) -> int:
-    """Load the newest checkpoint, if any; returns the step to continue from."""
-    path = latest_checkpoint(run.out)
-    if path is None:
-        return 0
-    cfg = run.cfg
-    state = torch.load(path, map_location=run.device, weights_only=False)
-    if state["config_hash"] != cfg.config_hash():
-        raise RuntimeError(
-            f"{path} was written by another config (hash {state['config_hash']} != {cfg.config_hash()}); "
-            f"use a new run.output_dir or run.resume=false"
-        )
-    load_full_state(run.policy, run.optimizer, state["model"], state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    run.sampler.load_state_dict(state["sampler"])
-    rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
-    if len(rngs) == run.world:
-        set_rng_state(rngs[run.rank])
-    else:  # another world size: every rank starts a fresh stream derived from the step
-        seed_everything(derived_seed(cfg.run.seed, state["step"], "resume", run.rank))
-    run.log(f"[sdpg] resumed from {path} at step {state['step']}")
+    """Load the newest checkpoint that reads; returns the step to continue from (0: none). A checkpoint that
+    does not read is skipped with a warning naming it and renamed to ``*.pt.corrupt``; when none reads,
+    the run stops rather than start over."""
+    cfg, skipped = run.cfg, []
+    for path in reversed(checkpoints(run.out)):
+        try:
+            state = load_checkpoint(path, run.device)
+        except CheckpointError as e:
+            run.log(f"[sdpg] warning: skipped {e}")
+            skipped.append(path)
+            continue
+        if state["config_hash"] != cfg.config_hash():
+            raise RuntimeError(
+                f"{path} was written by another config (hash {state['config_hash']} != {cfg.config_hash()}); "
+                f"use a new run.output_dir or run.resume=false"
+            )
+        load_full_state(run.policy, run.optimizer, state["model"], state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        run.sampler.load_state_dict(state["sampler"])
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        if len(rngs) == run.world:
+            set_rng_state(rngs[run.rank])
+        else:  # another world size: every rank starts a fresh stream derived from the step
+            seed_everything(derived_seed(cfg.run.seed, state["step"], "resume", run.rank))
+        run.log(f"[sdpg] resumed from {path} at step {state['step']}")
+        break
+    else:
+        state = {"step": 0}
+        if skipped:
+            raise CheckpointError(
+                f"no checkpoint in {checkpoint_dir(run.out)} can be read (see the warnings above); "
+                f"move them away, or set run.resume=false to start over"
+            )
+    dist.barrier()  # every rank has read the files before they are renamed
+    if run.main_rank:
+        for path in skipped:
+            path.rename(path.with_name(path.name + ".corrupt"))
     return state["step"]
 
 
@@ -657,12 +711,20 @@ def update(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> tupl
     loss_stats = LossStats()
     grad_norm = torch.zeros(())
     metrics["train/skipped_update"] = float(batch.n_kept_all == 0)  # every group uninformative (filter_groups)
+    n_nonfinite = 0
     run.policy.train()
     for epoch in range(optim.ppo_epochs if batch.n_kept_all else 0):
         shuffle = batch.n_minibatches > 1 or optim.ppo_epochs > 1
         order = batch.keep[torch.randperm(len(batch.keep))] if shuffle else batch.keep
         for rows in torch.tensor_split(order, batch.n_minibatches):  # the same number of minibatches on every rank
-            grad_norm = optimizer_step(run, batch, rows.to(run.device), beta_k, loss_stats if epoch == 0 else None)
+            grad_norm, applied = optimizer_step(run, batch, rows.to(run.device), beta_k, loss_stats if epoch == 0 else None)
+            n_nonfinite += not applied
+            run.nonfinite_in_a_row = 0 if applied else run.nonfinite_in_a_row + 1
+            if run.nonfinite_in_a_row >= optim.max_nonfinite_steps:
+                break
+        if run.nonfinite_in_a_row >= optim.max_nonfinite_steps:
+            break
+    metrics["train/nonfinite_skipped"] = float(n_nonfinite)
     run.policy.eval()
     metrics["timing/update"] = time.perf_counter() - started
     if run.separate_engine:
@@ -670,8 +732,9 @@ def update(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> tupl
     return loss_stats, beta_k, grad_norm
 
 
-def optimizer_step(run: Run, batch: Batch, rows: Tensor, beta_k: float, loss_stats: LossStats | None) -> Tensor:
-    """One AdamW step on the minibatch ``rows`` [M], accumulated over micro-batches; returns the gradient norm.
+def optimizer_step(run: Run, batch: Batch, rows: Tensor, beta_k: float, loss_stats: LossStats | None) -> tuple[Tensor, bool]:
+    """One AdamW step on the minibatch ``rows`` [M], accumulated over micro-batches; returns the gradient norm
+    and whether the step was applied: a non-finite loss (on any rank) or gradient norm skips it.
 
     Aggregation weights are normalised over the whole minibatch on all ranks, so neither micro-batching
     nor the number of ranks changes the update."""
@@ -694,16 +757,20 @@ def optimizer_step(run: Run, batch: Batch, rows: Tensor, beta_k: float, loss_sta
     if run.use_fsdp:  # every rank must run as many forwards: pad with zero-weight micro-batches
         n_most = int(dist.all_max(torch.tensor(float(len(groups)), device=device)).item())
         groups += [None] * (n_most - len(groups))
+    finite_loss = True
     for positions in groups:
-        micro_batch_backward(run, batch, rows, positions, weights, opd_weights, beta_k, loss_stats)
+        finite_loss &= micro_batch_backward(run, batch, rows, positions, weights, opd_weights, beta_k, loss_stats)
     if not run.use_fsdp:  # FSDP has reduce-scattered the gradients already
         dist.all_reduce_grads(list(run.policy.parameters()))
     grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), optim.grad_clip if optim.grad_clip > 0 else float("inf"))
     if hasattr(grad_norm, "full_tensor"):
         grad_norm = grad_norm.full_tensor()
+    if dist.any_true(not (finite_loss and bool(torch.isfinite(grad_norm))), device):
+        run.optimizer.zero_grad(set_to_none=True)  # nothing of this minibatch reaches the weights or Adam's moments
+        return grad_norm, False
     run.optimizer.step()
     run.scheduler.step()
-    return grad_norm
+    return grad_norm, True
 
 
 def micro_batch_backward(
@@ -715,9 +782,10 @@ def micro_batch_backward(
     opd_weights: Tensor,
     beta_k: float,
     loss_stats: LossStats | None,
-) -> None:
-    """Forward and backward of the micro-batch at ``positions`` of the minibatch ``rows``. ``positions`` None:
-    a zero-weight forward/backward that only keeps FSDP's collectives in step across ranks."""
+) -> bool:
+    """Forward and backward of the micro-batch at ``positions`` of the minibatch ``rows``; returns whether its
+    loss was finite. ``positions`` None: a zero-weight forward/backward that only keeps FSDP's collectives in
+    step across ranks."""
     cfg, algo, optim = run.cfg, run.cfg.algo, run.cfg.optim
     padding = positions is None
     if positions is None:
@@ -779,9 +847,11 @@ def micro_batch_backward(
         loss = loss * 0.0
     elif run.use_fsdp:
         loss = loss * run.world  # FSDP averages over ranks; the weights are already global
-    loss.backward()
+    if loss.requires_grad:  # without: no term has a gradient here (OPCD on a micro-batch with nothing distilled)
+        loss.backward()
     if loss_stats is not None and not padding:
         loss_stats.add(stats, n_tokens=float(mask.sum()))
+    return padding or bool(torch.isfinite(loss.detach()))
 
 
 def micro_batches(lengths: Tensor, size: int, token_budget: int | None, prompt_len: int) -> list[Tensor]:
@@ -853,15 +923,16 @@ def log_metrics(run: Run, metrics: dict[str, float], step: int) -> None:
         sink.log(metrics, step)
 
 
-def save_run_state(run: Run, step: int) -> None:
+def save_run_state(run: Run, step: int) -> Path:
     """A resumable checkpoint of ``step``: a collective (every rank takes part), written by rank 0."""
     rngs = [rng_state()]
     if dist.active():
         rngs = [None] * run.world
         torch.distributed.all_gather_object(rngs, rng_state())
     model_state, optim_state = full_state(run.policy, run.optimizer)  # a collective under FSDP
+    path = checkpoint_dir(run.out) / f"step_{step:07d}.pt"
     if run.main_rank:
-        save_checkpoint(
+        path = save_checkpoint(
             run.out,
             step,
             {
@@ -876,3 +947,4 @@ def save_run_state(run: Run, step: int) -> None:
             run.cfg.run.keep_checkpoints,
         )
     dist.barrier()
+    return path
