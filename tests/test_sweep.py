@@ -67,7 +67,7 @@ BAD = [
     (
         "enqueue outside the space",
         {**GOOD, "enqueue": [{"algo.alpha": 0.1}]},
-        "enqueue[0]: keys ['algo.alpha'] are not in 'space'",
+        "key 'enqueue[0].algo.alpha' has bad value 0.1: algo.alpha is not in 'space'",
     ),
     ("grid without step", {**GOOD, "sampler": {"type": "grid"}}, "grid sampler needs 'step'"),
     ("zero trials", {**GOOD, "n_trials": 0}, "key 'n_trials' has bad value 0"),

@@ -7,6 +7,7 @@ each response up to and including its end-of-sequence token. ``hf`` is transform
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 from dataclasses import dataclass
@@ -255,13 +256,22 @@ class VLLMRollout:
         return Rollouts(responses=responses, mask=mask, truncated=truncated, logprobs=logp * mask)
 
     def close(self) -> None:
-        """Shut the engine down (its executor and KV cache); the trainer calls this on every exit path."""
-        llm, self.llm = getattr(self, "llm", None), None
-        if llm is None:
-            return
+        """Let go of the engine; the trainer calls this on every exit path. The engine itself stays built for
+        the next run of this process (vLLM cannot build another once one is gone: a sweep worker's next trial,
+        a rehearsal's next run) and is shut down when the process exits, or by ``shutdown_engines``."""
+        self.llm = None
+
+
+def shutdown_engines() -> None:
+    """Shut down this process's vLLM engines (their executors and KV caches)."""
+    while _ENGINES:
+        _, llm = _ENGINES.popitem()
         core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
         del llm
-        if self.cuda:
-            torch.cuda.empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+atexit.register(shutdown_engines)
