@@ -21,6 +21,10 @@ TRAIN_PANELS = ["train/accuracy", "train/opd_kl", "train/gate_fraction", "train/
 BASELINES = ("grpo", "dapo", "dr_grpo")
 
 
+def pd_isna(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
 def _seed_counts(df, variants: list[str]) -> dict[str, int]:
     n = df.groupby("variant").seed.nunique().to_dict()
     return {v: int(n.get(v, 0)) for v in variants}
@@ -79,7 +83,8 @@ STABILITY_TEXT = {
 }
 
 
-def stability_section(per_run, summary, threshold: float | None, bench: str | None, order: list[str] | None = None) -> str:
+def stability_section(per_run, summary, threshold: float | None, bench: str | None, order: list[str] | None = None,
+                      late_k: int | None = None) -> str:
     if order:
         rank = {v: i for i, v in enumerate(order)}
         summary = summary.sort_values("variant", key=lambda s: s.map(lambda v: rank.get(v, len(rank))), kind="stable")
@@ -88,13 +93,17 @@ def stability_section(per_run, summary, threshold: float | None, bench: str | No
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for _, r in summary.iterrows():
         n = int(r["seeds"])
-        cells = [_fmt_cell(r[c], n - int(r[f"{c}_never"]), n, STABILITY_TEXT[c][2]) for c in cols]
+        cells = ["–" if c == "late_variance" and late_k == 1 else _fmt_cell(r[c], n - int(r[f"{c}_never"]), n, STABILITY_TEXT[c][2])
+                 for c in cols]
         lines.append(f"| {r['variant']} | {n} | " + " | ".join(cells) + " |")
     what = "; ".join(f"**{STABILITY_TEXT[c][0]}**: {STABILITY_TEXT[c][1]}" for c in cols)
     text = ("\n".join(lines) + f"\n\nEach cell: mean over the seeds where the event happened; `never (0/n)`: no seed of "
             f"the variant had it, `(k/n seeds)`: only k of n did. {what}.")
     if bench:
         text += f" First benchmark: `{bench}`."
+    if late_k is not None and "late_variance" in cols:
+        text += (f" Late variance here is over the last {late_k} evaluation{'s' if late_k != 1 else ''} of each run"
+                 + (" (one value has no variance: not shown; run longer or evaluate more often)." if late_k == 1 else "."))
     if threshold is None:
         text += " Steps to a threshold: not computed; give `--threshold X` (an accuracy of the first benchmark)."
     return text + " Per run: [stability_runs.csv](tables/stability_runs.csv).\n"
@@ -142,8 +151,9 @@ def build_report(source: str, out: str | Path, tags: dict[str, str] | None = Non
     src = report.resolve(source)
     uri, exp = src.uri, src.experiment
     if not report.store_exists(uri):
-        raise ValueError(f"{source}: nothing to report yet: no MLflow store at {report.tracking.redact(uri)} "
-                         f"(run the experiment first)")
+        how = (f"start it with: sdpg-{'sweep' if src.kind == 'sweep' else 'ablate'} {source}"
+               if source.endswith((".yaml", ".yml")) else "run the experiment first")
+        raise ValueError(f"{source}: nothing to report yet: no MLflow store at {report.tracking.redact(uri)} ({how})")
     log(f"[sdpg-report] loading runs of {exp!r} from {report.tracking.redact(uri)}")
     runs = report.run_table(uri, exp, tags)
     df = report.load_runs(uri, exp, tags=tags, cache_dir=out / ".cache")
@@ -157,7 +167,13 @@ def build_report(source: str, out: str | Path, tags: dict[str, str] | None = Non
         trials = sweeps.trials_frame(study, runs)
         keys = src.space or list(dict.fromkeys(k for p in trials.params for k in p))
         names = sweeps.trial_names(trials, keys)
-        by_run = {r.run_id: names.get(int(r.trial), r.variant) for r in runs.itertuples() if r.trial is not None and not math.isnan(r.trial)}
+        # a retried trial (its worker died) reuses the first attempt's runs: they belong to the last attempt
+        latest: dict[int, int] = {}
+        for t in trials.itertuples():
+            origin = int(t.retry_of) if t.retry_of is not None and not pd_isna(t.retry_of) else int(t.number)
+            latest[origin] = max(latest.get(origin, -1), int(t.number))
+        by_run = {r.run_id: names.get(latest.get(int(r.trial), int(r.trial)), r.variant) for r in runs.itertuples()
+                  if not pd_isna(r.trial)}
         df = df.assign(variant=df.run_id.map(by_run).fillna(df.variant))
         state = {names[int(t.number)]: t.state for t in trials.itertuples() if int(t.number) in names}
         order = order or [names[n] for n in sorted(names) if names[n] in set(df.variant)]
@@ -249,7 +265,11 @@ def build_report(source: str, out: str | Path, tags: dict[str, str] | None = Non
 
     per_run, summary = report.stability(df, benches[0] if benches else None, threshold=threshold)
     per_run.to_csv(out / "tables" / "stability_runs.csv", index=False)
-    stab = stability_section(per_run, summary, threshold, benches[0] if benches else None, variants)
+    late_k = None
+    if benches:
+        n_evals = int(df[df.metric == benches[0]].groupby("run_id").step.nunique().min())
+        late_k = max(1, int(round(0.25 * n_evals)))  # as report.stability(late_frac=0.25)
+    stab = stability_section(per_run, summary, threshold, benches[0] if benches else None, variants, late_k)
     (out / "tables" / "stability.md").write_text(stab)
     sections.append(("Stability", stab))
 

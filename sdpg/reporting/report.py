@@ -124,6 +124,9 @@ def resolve(source: str) -> Source:
         return Source(plan.tracking_uri, plan.experiment)
     if p.suffix in (".yaml", ".yml"):
         raise ValueError(f"{source}: no such spec file")
+    if not p.exists():
+        raise ValueError(f"{source}: no such file or folder (expected an ablation or sweep spec, an output folder "
+                         f"holding mlflow.db, or URI#EXPERIMENT)")
     raise ValueError(f"{source!r}: expected an ablation or sweep spec, an output folder, or URI#EXPERIMENT")
 
 
