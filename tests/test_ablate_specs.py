@@ -101,3 +101,53 @@ def test_bad_spec_is_refused_with_file_key_and_value(tmp_path, capsys, monkeypat
     assert err and err[0].startswith("error: ") and str(p) in err[0]
     assert not (tmp_path / "outputs").exists()  # nothing submitted, no MLflow store created
     assert not list(tmp_path.rglob("*.db"))
+
+
+def test_effective_config_drops_only_settings_that_cannot_matter():
+    from sdpg.training.config import load_config
+
+    def h(*ov):
+        return load_config(None, list(ov)).effective().config_hash()
+
+    # alpha = 0: no L_K, so its surrogate is inert; with alpha > 0 it is not
+    assert h("algo.alpha=0", "algo.kl_mode=urkl") == h("algo.alpha=0", "algo.kl_mode=ufkl")
+    assert h("algo.kl_mode=urkl") != h("algo.kl_mode=ufkl")
+    # beta = 0: no L_OPD+, so neither its schedule, its gate nor the teacher's context matters
+    assert h("algo.beta=0", "algo.beta_warmup_steps=3", "algo.gate=true", "data.context=answer") == \
+        h("algo.beta=0", "algo.beta_warmup_steps=20", "algo.gate=false", "data.context=solution")
+    assert h("algo.beta_warmup_steps=3") != h("algo.beta_warmup_steps=20")
+    assert h("data.context=answer") != h("data.context=solution")
+    # RLSD's teacher is used even at beta = 0; its knobs matter only under RLSD
+    assert h("algo.method=rlsd", "data.context=answer") != h("algo.method=rlsd", "data.context=solution")
+    assert h("algo.rlsd_lambda=0.3") == h("algo.rlsd_lambda=0.7")
+    assert h("algo.method=rlsd", "algo.rlsd_lambda=0.3") != h("algo.method=rlsd", "algo.rlsd_lambda=0.7")
+    # evaluation sampling when nothing is evaluated; the seed always matters
+    assert h("eval.every=0", "eval.n_samples=2") == h("eval.every=0", "eval.n_samples=8")
+    assert h("eval.n_samples=2") != h("eval.n_samples=8")
+    assert h("run.seed=0") != h("run.seed=1")
+    # the effective config is a valid config, and what the run trains is untouched
+    cfg = load_config(None, ["algo.alpha=0", "algo.kl_mode=ufkl"])
+    assert cfg.effective().algo.kl_mode != "ufkl" and cfg.algo.kl_mode == "ufkl"
+
+
+def test_std_norm_dry_run_names_the_runs_that_repeat_others(capsys, monkeypatch, tmp_path):
+    # std_norm crosses alpha0 with kl_mode [urkl, ufkl]: kl_mode is inert when alpha = 0, so for each
+    # seed the ufkl run is the urkl run again; it is trained once and listed under both names
+    monkeypatch.chdir(tmp_path)
+    spec = ROOT / "ablations" / "std_norm.yaml"
+    plan = load_plan(spec)
+    assert len(plan.runs) == 20
+    dups = {r.name: r.same_as for r in plan.duplicates}
+    assert dups == {"alpha0-kl_mode=ufkl-s0": "alpha0-kl_mode=urkl-s0", "alpha0-kl_mode=ufkl-s1": "alpha0-kl_mode=urkl-s1"}
+    assert len(plan.distinct) == 18 == len({r.hash for r in plan.runs})
+    by_name = {r.name: r for r in plan.runs}
+    for dup, first in dups.items():  # one folder, one hash: one run
+        assert by_name[dup].hash == by_name[first].hash
+        assert by_name[dup].config.run.output_dir == by_name[first].config.run.output_dir
+    assert main([str(spec), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "20 runs (18 distinct)" in out
+    assert "18 distinct runs; 2 duplicates" in out
+    for dup, first in dups.items():
+        assert f"{dup} = {first}  (algo.kl_mode=ufkl: no effect here)" in out
+    assert not (tmp_path / "outputs").exists()

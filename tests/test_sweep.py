@@ -8,6 +8,7 @@ import multiprocessing as mp
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -193,3 +194,101 @@ def test_killed_worker_and_rerun_complete_the_study(tmp_path, dev_cluster, tiny_
     assert len(finished) == 3
     log = "\n".join(x.read_text() for x in (sweep.output_dir / "submitit").glob("*_log.err"))
     assert "resumed from" in log  # the retry continued the dead trial's checkpoint
+
+
+def _runs_by_trial(sweep):
+    runs = mlflow_trial_runs(sweep)
+    return {int(r.data.tags["sdpg.trial"]): r for r in runs}
+
+
+def _parent(sweep):
+    from sdpg.orchestration import tracking
+
+    c = tracking.client(sweep.tracking_uri)
+    exp = c.get_experiment_by_name(sweep.experiment)
+    (parent,) = [r for r in c.search_runs([exp.experiment_id]) if r.data.tags.get("sdpg.parent") == "sweep"]
+    return parent
+
+
+def test_two_local_workers_eight_distinct_trials_every_run_ended(tmp_path, tiny_model_built):
+    """2 workers, 8 trials (--n-trials) on a journal store: no point twice (the spec even enqueues one
+    twice), every MLflow run ended with its trial's state, a trial that raises has its traceback on
+    its run and in the worker log, the parent run FINISHED, pruned trials marked with their step."""
+    out = tmp_path / "sw8"
+    p = write(tmp_path, {
+        "name": "sw8", "base": "embedded",
+        "overrides": {**tiny_overrides_dict(), "run.total_steps": 4, "eval.every": 2, "eval.n_samples": 2,
+                      "data.eval_limit": 16, "optim.warmup_steps": 0},
+        "space": {"optim.lr": {"type": "float", "low": 1e-5, "high": 1.0, "log": True}},
+        "objective": {"metric": "eval/embedded/mean@2", "reduce": "last"},
+        "pruner": {"type": "threshold", "lower": 0.05, "n_warmup_steps": 1},
+        "sampler": {"type": "random", "seed": 0},
+        "n_trials": 3, "workers": 2, "storage": "journal", "executor": "local", "output_dir": str(out),
+        # trial 0 trains, trial 1 (lr = 1 wrecks the model) is pruned, trial 2 repeats trial 0's point
+        "enqueue": [{"optim.lr": 1e-4}, {"optim.lr": 1.0}, {"optim.lr": 1e-4}],
+    }, "sw8.yaml")
+    (out / "trials").mkdir(parents=True)
+    (out / "trials" / "trial_0003-s0").write_text("a file where trial 3's folder should be: it fails\n")
+    r = subprocess.run([sys.executable, "-m", "sdpg", "sweep", str(p), "--n-trials", "8"], capture_output=True, text=True,
+                       timeout=1500, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Exception ignored" not in r.stderr, r.stderr[-3000:]
+    progress = [ln for ln in r.stderr.splitlines() if "trials finished (" in ln]
+    assert progress and all(int(ln.split("/")[0].split()[-1]) <= 8 for ln in progress), progress
+    assert "8/8 trials finished" in progress[-1] and " pruned" in progress[-1]
+    sweep = Sweep(p, n_trials=8)
+    trials = load_study(sweep).get_trials()
+    by_number = {t.number: t for t in trials}
+    # no point twice: the repeated enqueued point was dropped before it trained
+    assert by_number[2].state.name == "FAIL" and by_number[2].user_attrs["sdpg.duplicate_of"] == 0
+    trained = [t for t in trials if "sdpg.duplicate_of" not in t.user_attrs]
+    finished = [t for t in trained if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) >= 8
+    assert len({t.params["optim.lr"] for t in trained}) == len(trained), [t.params for t in trained]
+    assert by_number[1].state.name == "PRUNED" and by_number[3].state.name == "FAIL"
+    # MLflow: one run per trained trial, none left RUNNING, each ended with its trial's state
+    runs = _runs_by_trial(sweep)
+    assert sorted(runs) == sorted(t.number for t in trained)
+    want = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+    assert {n: runs[n].info.status for n in runs} == {t.number: want[t.state.name] for t in trained}
+    assert all(runs[n].info.end_time for n in runs)
+    assert runs[1].data.tags["sdpg.trial_state"] == "pruned" and runs[1].data.tags["sdpg.pruned_at_step"] == "2"
+    # the failed trial: error as a tag, traceback as an artifact beside mlflow.db, and in the worker log
+    failed = runs[3]
+    assert failed.data.tags["sdpg.error"].startswith("FileExistsError")
+    art = Path(failed.info.artifact_uri.removeprefix("file://"))
+    assert art.is_relative_to(out) and "Traceback" in (art / "error.txt").read_text()
+    logs = "\n".join(x.read_text() for x in (out / "submitit").glob("*_log.err"))
+    assert "trial 3 failed: FileExistsError" in logs and "Traceback (most recent call last)" in logs
+    assert by_number[3].user_attrs["sdpg.error"].startswith("FileExistsError")
+    # the sweep's parent run is ended; no stray ./mlruns
+    parent = _parent(sweep)
+    assert parent.info.status == "FINISHED" and parent.info.end_time
+    assert not (tmp_path / "mlruns").exists()
+    # the table marks pruned trials with their step; the best is a complete trial
+    table = status(sweep)
+    assert "pruned@2" in table and "duplicate proposals skipped" in table
+    best = int(table.split("best: trial ")[1].split()[0])
+    assert by_number[best].state.name == "COMPLETE"
+
+
+def test_sweep_on_a_two_task_slurm_profile_trains_each_trial_in_one_process_group(tmp_path, dev_cluster, tiny_model_built):
+    """A worker job with 2 tasks: rank 0 runs the study and the other task joins every trial's
+    training, so each trial trains on world size 2 (recorded by the trainer and on the MLflow run)."""
+    p = slurm_spec(tmp_path, "swdp", n_trials=2, workers=1,
+                   extra={"profile": "dev2", "pruner": {"type": "none"},
+                          "enqueue": [{"optim.lr": 1e-4}, {"optim.lr": 3e-4}]})
+    sweep = Sweep(p)
+    (job,) = launch(sweep, wait=False)["jobs"]
+    results = job.results()
+    assert len(results) == 2
+    assert results[0]["trials_run"] == 2 and results[1] == {"worker": 0, "rank": 1, "runs": 2}
+    study = load_study(sweep)
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE", "COMPLETE"]
+    for n in (0, 1):
+        res = json.loads((sweep.output_dir / "trials" / f"trial_{n:04d}-s0" / "result.json").read_text())
+        assert res["world_size"] == 2 and res["status"] == "finished"
+    runs = _runs_by_trial(sweep)
+    assert {n: (r.info.status, r.data.tags["sdpg.world_size"]) for n, r in runs.items()} == \
+        {0: ("FINISHED", "2"), 1: ("FINISHED", "2")}
+    assert _parent(sweep).info.status == "FINISHED"

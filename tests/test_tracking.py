@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+from pathlib import Path
 
 
 from sdpg.orchestration import tracking
@@ -78,3 +79,67 @@ def test_redact_credentials_and_secret_env(monkeypatch):
 def test_metric_names_round_trip():
     assert tracking.to_mlflow_key("eval/aime24/mean@32") == "eval/aime24/mean_at_32"
     assert tracking.from_mlflow_key("eval/aime24/mean_at_32") == "eval/aime24/mean@32"
+
+
+def test_redact_survives_an_environment_changed_by_another_thread(monkeypatch):
+    # MLflow's telemetry thread sets and pops variables while runs are logged (issue 13:
+    # KeyError('_MLFLOW_TELEMETRY_SESSION_ID')); redaction reads a snapshot of the environment
+    import os
+    import threading
+
+    monkeypatch.setenv("MY_API_KEY", "sk-secret-123456")
+    stop = threading.Event()
+
+    def churn():
+        i = 0
+        while not stop.is_set():
+            os.environ[f"_SDPG_CHURN_{i % 50}"] = "x"
+            os.environ.pop(f"_SDPG_CHURN_{(i + 25) % 50}", None)
+            i += 1
+
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        for _ in range(3000):
+            assert tracking.redact("key sk-secret-123456 at http://u:p@h/x") == "key *** at http://***@h/x"
+    finally:
+        stop.set()
+        t.join()
+        for i in range(50):
+            os.environ.pop(f"_SDPG_CHURN_{i}", None)
+
+
+def test_failed_run_has_error_tag_traceback_artifact_and_ends_its_parent(tmp_path, monkeypatch):
+    """A job that raises: its run FAILED with the error as a tag and the traceback as an artifact
+    (stored beside mlflow.db, not in ./mlruns); the parent ends with it."""
+    from sdpg.orchestration.core import Experiment
+    from sdpg.orchestration.launch import TrainJob
+    from sdpg.training.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: e\n")
+    exp = Experiment(tracking.default_uri(out), "e", out, "ablation", "e", spec).open()
+    cfg = load_config(None, [f"run.output_dir={out / 'runs' / 'r'}"])
+    (out / "runs").mkdir()
+    (out / "runs" / "r").write_text("a file where the run's folder should be\n")
+    rid = exp.child(cfg.effective().config_hash(), "r", cfg, {"variant": "v"})
+    job = TrainJob(cfg.resolved(), exp.uri, rid, exp.parent_id)
+    try:
+        job()
+    except FileExistsError:
+        pass
+    else:
+        raise AssertionError("the job should have raised")
+    c = exp.client
+    run = c.get_run(rid)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["sdpg.error"].startswith("FileExistsError")
+    art = Path(run.info.artifact_uri.removeprefix("file://"))
+    assert art.is_relative_to(out), art  # beside the spec's mlflow.db
+    text = (art / "error.txt").read_text()
+    assert "Traceback" in text and "FileExistsError" in text
+    assert (art / "config.yaml").is_file() and not (tmp_path / "mlruns").exists()
+    assert c.get_run(exp.parent_id).info.status == "FAILED"
+    assert c.get_run(exp.parent_id).info.end_time is not None

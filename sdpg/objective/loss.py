@@ -41,6 +41,14 @@ class FusedKLInputs:
     chunk_size: int | None = None
 
 
+def opd_weights(token_weights: Tensor, gate: Tensor, opd_norm: OPDNorm, loss_agg_mode: LossAggMode) -> Tensor:
+    """Per-token weights [B, T] of L_OPD+ when the caller gives none: the gated tokens under L_out's
+    aggregation weights (``all``) or aggregated over the gated tokens alone (``gated``)."""
+    if opd_norm == "all":
+        return token_weights * gate  # [B, T]
+    return agg_weights(gate, loss_agg_mode)  # [B, T]
+
+
 def sdpg_loss(
     logp: Tensor,
     old_logp: Tensor,
@@ -106,10 +114,7 @@ def sdpg_loss(
     stats["gate_fraction"] = (advantages > 0).float().mean() if gate else logp.new_ones(())
     stats["beta"] = torch.tensor(float(beta))
     if opd is not None:
-        if opd_token_weights is not None:
-            opd_w = opd_token_weights  # [B, T]
-        else:
-            opd_w = w * g if opd_norm == "all" else agg_weights(g, loss_agg_mode)  # [B, T]
+        opd_w = opd_weights(w, g, opd_norm, loss_agg_mode) if opd_token_weights is None else opd_token_weights  # [B, T]
         if isinstance(opd, FusedKLInputs):
             opd_loss, kl_tok = fused_weighted_full_vocab_kl(
                 opd.student_hidden, opd.teacher_hidden, opd.lm_head_weight, opd_w,

@@ -236,6 +236,13 @@ def opsd_token_weights(
     return w * (advantages > 0).float()[:, None]  # [B, T]
 
 
+def tis_weights(old_logp: Tensor, rollout_logp: Tensor, mask: Tensor, cap: float) -> Tensor:
+    """Truncated importance weights [B, T] min(pi_old(y_t) / pi_rollout(y_t), cap) on response tokens,
+    correcting for a rollout engine (vLLM) whose probabilities differ from the trainer's. No gradient."""
+    behaviour = (old_logp - rollout_logp).detach()  # [B, T]
+    return torch.exp(behaviour.clamp(max=20.0)).clamp(max=cap) * mask.float()  # [B, T]
+
+
 def gate_mask(advantages: Tensor, mask: Tensor, enabled: bool = True) -> Tensor:
     """SDPG's A > 0 gate (sec. 3.3) as a token mask [B, T]; the plain ``mask`` when disabled."""
     if not enabled:

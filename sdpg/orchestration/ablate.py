@@ -26,23 +26,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, field_validator
 
-from sdpg.training.config import ConfigError, TrainConfig, apply_layer, build_config, load_yaml
-from sdpg.paths import DEFAULT_CONFIG_PATH
-from sdpg.orchestration.launch import EXECUTORS, TrainJob, make_executor
-from sdpg.orchestration.specs import SlurmProfile, Strict, load_profile, read_yaml, subcommand_parser, validate
+from sdpg.orchestration.core import (
+    EXECUTORS,
+    NAME_PATTERN,
+    Experiment,
+    TrackingSpec,
+    job_error,
+    output_folder,
+    resolve_base,
+    resolve_executor,
+    tracking_target,
+)
+from sdpg.orchestration.launch import TrainJob, make_executor
+from sdpg.orchestration.specs import SlurmProfile, read_yaml, subcommand_parser, validate
+from sdpg.training.config import ConfigError, Strict, TrainConfig, apply_layer, build_config
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-
-
-class TrackingSpec(Strict):
-    uri: str | None = None
-    """MLflow tracking URI; None: ``sqlite:///<output_dir>/mlflow.db``. Use an ``mlflow server``
-    (``http://host:5000``) when many jobs write at once."""
-    experiment: str | None = None
-    """MLflow experiment; None: the spec's name."""
+__all__ = ["NAME_PATTERN", "AblationSpec", "Plan", "Run", "TrackingSpec", "cancel", "load_plan", "main", "run_state",
+           "status", "submit", "table", "watch"]
 
 
 class AblationSpec(Strict):
@@ -100,6 +102,10 @@ class AblationSpec(Strict):
 
 @dataclass
 class Run:
+    """One name of the grid. ``hash`` is the hash of its effective config (its identity); a run
+    whose effective config repeats an earlier one has ``same_as`` set to that run's name and
+    shares its folder and MLflow run: it is trained once."""
+
     name: str
     variant: str
     grid: dict[str, Any]
@@ -107,6 +113,9 @@ class Run:
     config: TrainConfig
     hash: str
     diff: dict[str, Any] = field(default_factory=dict)
+    same_as: str | None = None
+    inert: list[str] = field(default_factory=list)
+    """For a duplicate: the settings in which it differs from ``same_as`` (none of which matter)."""
 
 
 @dataclass
@@ -120,9 +129,34 @@ class Plan:
     tracking_uri: str
     experiment: str
 
+    @property
+    def distinct(self) -> list[Run]:
+        """The runs that are trained (duplicates left out)."""
+        return [r for r in self.runs if r.same_as is None]
+
+    @property
+    def duplicates(self) -> list[Run]:
+        return [r for r in self.runs if r.same_as is not None]
+
+    def aliases(self, run: Run) -> list[Run]:
+        """The other names under which ``run`` is reported."""
+        return [r for r in self.runs if r.same_as == run.name]
+
 
 def _short(v: Any) -> str:
     return json.dumps(v) if not isinstance(v, str) else v
+
+
+def _differing(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differing(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k}={_short(x)}")
+    return out
 
 
 def load_plan(path: str | Path, executor: str | None = None, profile: str | None = None,
@@ -131,34 +165,16 @@ def load_plan(path: str | Path, executor: str | None = None, profile: str | None
     path = Path(path)
     spec = validate(AblationSpec, read_yaml(path, "ablation spec"), str(path))
     src = str(path)
-    # base config
-    if isinstance(spec.base, dict):
-        base = spec.base
-    elif spec.base == "embedded":
-        base = load_yaml(DEFAULT_CONFIG_PATH)
-    else:
-        bp = (path.parent / spec.base) if not Path(spec.base).is_absolute() else Path(spec.base)
-        if not bp.is_file():
-            raise ConfigError(f"{src}: key 'base' has bad value {spec.base!r}: no such file {bp}")
-        base = load_yaml(bp)
-    base = apply_layer(base, spec.overrides)
-    # executor and profile
-    kind = executor or spec.executor
-    prof_name = profile or spec.profile
-    if kind not in EXECUTORS:  # a profile name
-        prof_name, kind = kind, "slurm"
-    prof = load_profile(prof_name, f"{src}: key 'profile'") if prof_name else None
-    if kind == "slurm" and prof is None:
-        prof = load_profile("dev", f"{src}: key 'profile'")
-    out = Path(spec.output_dir) if spec.output_dir else Path("outputs") / spec.name
-    if not out.is_absolute():
-        out = Path.cwd() / out
+    base = apply_layer(resolve_base(spec.base, path), spec.overrides)
+    kind, prof = resolve_executor(executor or spec.executor, profile or spec.profile, src)
+    out = output_folder(spec.output_dir, spec.name)
     filters = dict(f.split("=", 1) for f in (only or []))
     # runs: variant x grid point x seed
     axes = list(spec.grid)
     points = [dict(zip(axes, combo)) for combo in itertools.product(*(spec.grid[a] for a in axes))] or [{}]
     runs: list[Run] = []
-    seen: dict[str, str] = {}
+    written: dict[str, str] = {}  # hash of the resolved config -> name: the spec repeats itself
+    canonical: dict[str, Run] = {}  # hash of the effective config -> the first run with it
     for vname, vdiff in spec.variants.items():
         for point in points:
             for seed in spec.seeds:
@@ -170,23 +186,51 @@ def load_plan(path: str | Path, executor: str | None = None, profile: str | None
                     where += " with grid " + ",".join(f"{k}={_short(v)}" for k, v in point.items())
                 data = apply_layer(data, {"run.seed": seed})
                 cfg = build_config(data, where)
-                h = cfg.config_hash()
                 gname = "-".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in point.items())
                 name = f"{vname}{'-' + gname if gname else ''}-s{seed}"
-                if h in seen:
-                    raise ConfigError(f"{src}: runs {seen[h]!r} and {name!r} resolve to the same config (hash {h}); "
+                raw = cfg.config_hash()
+                if raw in written:
+                    raise ConfigError(f"{src}: runs {written[raw]!r} and {name!r} resolve to the same config (hash {raw}); "
                                       f"variants must differ")
-                seen[h] = name
-                cfg.run.output_dir = str(out / "runs" / f"{name}-{h[:8]}")
+                written[raw] = name
+                h = cfg.effective().config_hash()
+                first = canonical.get(h)
                 diff = {**(vdiff or {}), **point}
                 run = Run(name=name, variant=vname, grid=point, seed=seed, config=cfg, hash=h, diff=diff)
+                if first is None:
+                    canonical[h] = run
+                    cfg.run.output_dir = str(out / "runs" / f"{name}-{h[:8]}")
+                else:
+                    run.same_as = first.name
+                    cfg.run.output_dir = first.config.run.output_dir
+                    run.inert = _differing(cfg.resolved(), first.config.resolved())
                 if all(_matches(run, k, v) for k, v in filters.items()):
                     runs.append(run)
-    uri = spec.tracking.uri or None
-    from sdpg.orchestration.tracking import default_uri
-
+    # a duplicate kept by a filter whose run was filtered out becomes the run itself
+    kept = {r.name for r in runs}
+    for r in runs:
+        if r.same_as is not None and r.same_as not in kept:
+            kept.add(r.name)
+            for other in runs:
+                if other.same_as == r.same_as and other is not r:
+                    other.same_as = r.name
+            r.same_as, r.inert = None, []
+    uri, experiment = tracking_target(spec.tracking, out, spec.name)
     return Plan(spec=spec, path=path, output_dir=out, runs=runs, executor=kind, profile=prof,
-                tracking_uri=uri or default_uri(out), experiment=spec.tracking.experiment or spec.name)
+                tracking_uri=uri, experiment=experiment)
+
+
+def duplicates_note(plan: Plan) -> str:
+    """Lines naming each duplicate, the run it repeats and the settings that make no difference."""
+    dups = plan.duplicates
+    if not dups:
+        return ""
+    lines = [f"{len(plan.distinct)} distinct runs; {len(dups)} duplicate{'s' if len(dups) > 1 else ''} "
+             f"(same effective config: trained once, reported under both names):"]
+    for r in dups:
+        why = ", ".join(r.inert) or "nothing"
+        lines.append(f"  {r.name} = {r.same_as}  ({why}: no effect here)")
+    return "\n".join(lines)
 
 
 def _matches(run: Run, key: str, value: str) -> bool:
@@ -231,12 +275,15 @@ def table(plan: Plan, extra: dict[str, str] | None = None) -> str:
         state, step, _ = run_state(r)
         if extra and r.hash in extra:
             state = extra[r.hash]
+        if r.same_as is not None:
+            state += f" (= {r.same_as})"
         diff = ", ".join(f"{k}={_short(v)}" for k, v in r.diff.items()) or "(base)"
         rows.append((r.name, r.variant, diff, str(r.seed), r.hash[:8], state, f"{step}/{r.config.run.total_steps}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    note = duplicates_note(plan)
+    return "\n".join(lines) + ("\n\n" + note if note else "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,36 +291,52 @@ def table(plan: Plan, extra: dict[str, str] | None = None) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _experiment(plan: Plan) -> Experiment:
+    return Experiment(plan.tracking_uri, plan.experiment, plan.output_dir, "ablation", plan.spec.name, plan.path)
+
+
+def _child_runs(plan: Plan, exp: Experiment) -> dict[str, str]:
+    """Effective hash -> MLflow run id, for every distinct run of the plan (created once)."""
+    run_ids = {}
+    for r in plan.distinct:
+        aliases = plan.aliases(r)
+        tags = {"variant": r.variant, "seed": r.seed, "method": r.config.algo.method, "run_hash": r.hash,
+                "grid": json.dumps(r.grid)}
+        if aliases:  # the same run under other names: a report lists it under each
+            tags["sdpg.aliases"] = json.dumps([{"name": a.name, "variant": a.variant, "seed": a.seed, "grid": a.grid}
+                                               for a in aliases])
+        run_ids[r.hash] = exp.child(r.hash, r.name, r.config, tags)
+    return run_ids
+
+
 def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None, log=print) -> dict:
     """Create the MLflow experiment, parent and child runs, submit the unfinished runs as one job
-    array, record job ids in ``<output_dir>/jobs.json``; wait for local runs."""
+    array, record job ids in ``<output_dir>/jobs.json``; wait for local runs. Each duplicate name is
+    trained once, as the run it repeats. The parent run ends when its last child does."""
+    from mlflow.entities import RunStatus
+
     from sdpg.orchestration import tracking
 
-    todo = [r for r in plan.runs if run_state(r)[0] != "finished"]
-    plan.output_dir.mkdir(parents=True, exist_ok=True)
-    c = tracking.client(plan.tracking_uri)
-    exp_id = tracking.get_or_create_experiment(c, plan.experiment)
-    commit = tracking.git_commit()
-    parent = tracking.ensure_parent_run(c, exp_id, plan.spec.name, "ablation", {"sdpg.spec_file": str(plan.path)})
-    tracking.retry(c.log_text, parent, plan.path.read_text(), "ablation_spec.yaml")
-    run_ids = {}
-    for r in plan.runs:
-        cfg_yaml = yaml.safe_dump(r.config.resolved(), sort_keys=False)
-        rid, _ = tracking.ensure_child_run(
-            c, exp_id, parent, r.hash, r.name,
-            tags={"variant": r.variant, "seed": r.seed, "method": r.config.algo.method, "run_hash": r.hash,
-                  "git_commit": commit, "spec": plan.spec.name, "grid": json.dumps(r.grid)},
-            params=tracking.flatten(r.config.resolved()), config_yaml=cfg_yaml,
-        )
-        run_ids[r.hash] = rid
+    distinct = plan.distinct
+    todo = [r for r in distinct if run_state(r)[0] != "finished"]
+    exp = _experiment(plan).open()
+    c = exp.client
+    run_ids = _child_runs(plan, exp)
+    for r in distinct:  # a finished run's MLflow run is FINISHED (its job may have died after the result)
+        st = tracking.retry(c.get_run, run_ids[r.hash]).info.status
+        if r in todo:
+            tracking.retry(c.update_run, run_ids[r.hash], status=RunStatus.to_string(RunStatus.SCHEDULED))
+        elif st != "FINISHED":
+            tracking.finish_run(c, run_ids[r.hash], "FINISHED")
     state_file = plan.output_dir / "jobs.json"
     jobs_state = json.loads(state_file.read_text()) if state_file.is_file() else {}
     if not todo:
-        log(f"[sdpg-ablate] all {len(plan.runs)} runs of {plan.spec.name} are finished; nothing submitted")
-        return {"submitted": [], "experiment_id": exp_id, "parent_run_id": parent}
+        exp.end_if_done()
+        log(f"[sdpg-ablate] all {len(distinct)} runs of {plan.spec.name} are finished; nothing submitted")
+        return {"submitted": [], "experiment_id": exp.experiment_id, "parent_run_id": exp.parent_id}
     ex = make_executor(plan.executor, plan.output_dir / "submitit", plan.profile, plan.spec.name,
                        max_parallel or plan.spec.max_parallel)
-    fns = [TrainJob(r.config.resolved(), plan.tracking_uri, run_ids[r.hash]) for r in todo]
+    fns = [TrainJob(r.config.resolved(), plan.tracking_uri, run_ids[r.hash], exp.parent_id) for r in todo]
     if plan.executor == "local":
         jobs = _submit_local(ex, fns, max_parallel or plan.spec.max_parallel,
                              lambda js: log("[sdpg-ablate] " + _progress(todo, js)))
@@ -284,16 +347,47 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
         jobs_state[r.hash] = {"name": r.name, "job_id": str(j.job_id), "executor": plan.executor,
                               "mlflow_run_id": run_ids[r.hash], "submitted_at": time.time()}
     state_file.write_text(json.dumps(jobs_state, indent=1))
-    log(f"[sdpg-ablate] submitted {len(todo)} of {len(plan.runs)} runs ({len(plan.runs) - len(todo)} finished) "
+    log(f"[sdpg-ablate] submitted {len(todo)} of {len(distinct)} runs ({len(distinct) - len(todo)} finished) "
         f"with the {plan.executor} executor: job ids {', '.join(str(j.job_id) for j in jobs)}")
     log(f"[sdpg-ablate] logs: {plan.output_dir / 'submitit'}")
-    log(f"[sdpg-ablate] MLflow: experiment {plan.experiment!r} (id {exp_id}) at {tracking.redact(plan.tracking_uri)}; "
+    log(f"[sdpg-ablate] MLflow: experiment {plan.experiment!r} (id {exp.experiment_id}) at {tracking.redact(plan.tracking_uri)}; "
         f"view with: mlflow ui --backend-store-uri {tracking.redact(plan.tracking_uri)}")
     if wait if wait is not None else plan.executor in ("local", "debug"):
-        watch(plan, jobs, todo, log=log)
+        try:
+            watch(plan, jobs, todo, log=log)
+        finally:
+            _settle(exp, jobs, [run_ids[r.hash] for r in todo])
         log(status(plan))
         log(f"[sdpg-ablate] done; open the runs with: mlflow ui --backend-store-uri {tracking.redact(plan.tracking_uri)}")
-    return {"submitted": [r.hash for r in todo], "jobs": jobs, "experiment_id": exp_id, "parent_run_id": parent}
+    return {"submitted": [r.hash for r in todo], "jobs": jobs, "experiment_id": exp.experiment_id,
+            "parent_run_id": exp.parent_id}
+
+
+def _settle(exp: Experiment, jobs: list, run_ids: list[str]) -> None:
+    """After waiting: a job that died before its run could record it (killed, out of memory, a
+    pickling error) leaves its MLflow run FAILED with the job's error; then the parent is ended."""
+    from sdpg.orchestration import tracking
+
+    c = exp.client
+    for j, rid in zip(jobs, run_ids):
+        if not j.done() or tracking.retry(c.get_run, rid).info.status in tracking.TERMINAL:
+            continue
+        try:
+            j.results()
+        except Exception as e:  # noqa: BLE001 - any job error is recorded on its run
+            tracking.fail_run(c, rid, f"job {j.job_id}: {job_error(e)}", str(e))
+        else:
+            tracking.finish_run(c, rid, "FINISHED")
+    exp.end_if_done()
+    _release(jobs)
+
+
+def _release(jobs: list) -> None:
+    """Finished local jobs must not try to cancel themselves when collected at interpreter exit
+    (submitit's ``LocalJob.__del__`` then prints 'Exception ignored ... NoneType')."""
+    for j in jobs:
+        if hasattr(j, "_cancel_at_deletion") and j.done():
+            j._cancel_at_deletion = False
 
 
 def _submit_local(ex, fns, max_parallel: int, progress=None, every_s: float = 10.0):
@@ -317,34 +411,54 @@ def _submit_local(ex, fns, max_parallel: int, progress=None, every_s: float = 10
 
 
 def _last_log_line(job) -> str:
+    """The last line a job logged (whole: e.g. the base model's build), ``queued`` before it starts."""
     try:
         lines = [ln.strip() for ln in Path(job.paths.stderr).read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return "queued"
     useful = [ln for ln in lines if ln.startswith("[")]
-    return (useful or lines or ["starting"])[-1][:90]
+    return (useful or lines or ["starting"])[-1]
+
+
+def _base_model_pending(run: Run) -> bool:
+    """True while the built-in base model this run starts from is not built yet."""
+    if run.config.model.path != "embedded":
+        return False
+    from sdpg.paths import cache_root
+    from sdpg.training.embedded import recipe_hash
+
+    return not (cache_root() / f"embedded-{recipe_hash(run.config.model.embedded)}" / "sdpg_recipe.json").is_file()
 
 
 def _progress(runs: list[Run], jobs: list) -> str:
-    """One line: each run's step and accuracy; before its first step, its job's last log line;
-    ``queued`` for runs not started yet."""
-    parts = []
+    """Counts of done / running / queued runs, then one line per running run: its step and accuracy;
+    before its first step, the last line its job logged (whole), or that it waits for the base
+    model's build."""
+    done, running, queued = 0, [], 0
     for i, r in enumerate(runs):
+        if i >= len(jobs):
+            queued += 1
+            continue
+        if jobs[i].done():
+            done += 1
+            continue
         _, step, m = run_state(r)
         acc = m.get("train/accuracy")
-        if i >= len(jobs):
-            parts.append(f"{r.name}: queued")
-        elif step == 0 and not jobs[i].done():
-            parts.append(f"{r.name}: {_last_log_line(jobs[i])}")
+        if step == 0:
+            line = _last_log_line(jobs[i])
+            if not line.startswith("[embedded]") and line != "queued" and _base_model_pending(r):
+                line = "waiting for the base model's build (once per machine; another run is building it)"
         else:
-            parts.append(f"{r.name}: {step}/{r.config.run.total_steps}" + (f" acc {acc:.2f}" if acc is not None else ""))
-    return " | ".join(parts)
+            line = f"step {step}/{r.config.run.total_steps}" + (f" acc {acc:.2f}" if acc is not None else "")
+        running.append(f"{r.name}: {line}")
+    head = f"{done}/{len(runs)} runs done, {len(running)} running, {queued} queued"
+    return "\n  ".join([head, *running])
 
 
 def watch(plan: Plan, jobs: list, runs: list[Run] | None = None, log=print, every_s: float = 10.0) -> None:
     """Progress lines until every job is done: each run's step and accuracy, or, before its first
     step, the last line its job logged (e.g. the base model's build). Raises if any failed."""
-    runs = runs or plan.runs
+    runs = runs or plan.distinct
     last_print = 0.0
     while True:
         done = [j.done() for j in jobs]
@@ -358,8 +472,8 @@ def watch(plan: Plan, jobs: list, runs: list[Run] | None = None, log=print, ever
     for j in jobs:
         try:
             j.results()[0]
-        except Exception as e:
-            failed.append(f"job {j.job_id}: {str(e).strip().splitlines()[-1] if str(e).strip() else e!r}")
+        except Exception as e:  # noqa: BLE001 - reported below
+            failed.append(f"job {j.job_id}: {job_error(e)}")
     if failed:
         raise RuntimeError("some runs failed:\n" + "\n".join(failed))
 
@@ -380,7 +494,7 @@ def status(plan: Plan) -> str:
         keys = [k for k in sorted(m) if k.startswith("eval/") and "mean@" in k] + ["train/accuracy", "train/entropy"]
         shown = " ".join(f"{k}={m[k]:.3f}" for k in keys if k in m)
         if shown:
-            lines.append(f"{r.name}: {shown}")
+            lines.append(f"{r.name}: {shown}" + (f" (= {r.same_as})" if r.same_as else ""))
     return "\n".join(lines)
 
 
@@ -390,7 +504,8 @@ def _scheduler_states(job_ids: list[str]) -> dict[str, str]:
     if not job_ids:
         return {}
     try:
-        out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True, text=True, timeout=20)
+        out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True, text=True,
+                             timeout=20, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return {}
     res = {}
@@ -402,15 +517,33 @@ def _scheduler_states(job_ids: list[str]) -> dict[str, str]:
 
 
 def cancel(plan: Plan, log=print) -> int:
+    """scancel the recorded SLURM jobs of the plan's runs; their unfinished MLflow runs end KILLED
+    (and the parent with them)."""
     import subprocess
+
+    from sdpg.orchestration import tracking
 
     state_file = plan.output_dir / "jobs.json"
     jobs = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    ids = [v["job_id"] for h, v in jobs.items() if v.get("executor") == "slurm" and h in {r.hash for r in plan.runs}]
-    if not ids:
+    mine = {r.hash for r in plan.distinct}
+    picked = {h: v for h, v in jobs.items() if v.get("executor") == "slurm" and h in mine}
+    if not picked:
         log("[sdpg-ablate] no SLURM jobs recorded for this spec")
         return 0
+    ids = [v["job_id"] for v in picked.values()]
     subprocess.run(["scancel", *ids], check=False)
+    c = tracking.client(plan.tracking_uri)
+    parents = set()
+    for v in picked.values():
+        rid = v.get("mlflow_run_id")
+        if not rid:
+            continue
+        run = tracking.retry(c.get_run, rid)
+        if run.info.status not in tracking.TERMINAL:
+            tracking.finish_run(c, rid, "KILLED")
+        parents.add(run.data.tags.get("mlflow.parentRunId"))
+    for p in parents - {None}:
+        tracking.end_parent_if_done(c, p)
     log(f"[sdpg-ablate] cancelled {len(ids)} jobs: {', '.join(ids)}")
     return len(ids)
 
@@ -418,14 +551,19 @@ def cancel(plan: Plan, log=print) -> int:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    sub, argv, p = subcommand_parser("sdpg-ablate", ("status", "cancel"),
-                                     "Submit, inspect or cancel a grid of runs from an ablation spec.", argv)
-    p.add_argument("--executor", choices=EXECUTORS)
+    sub, argv, p = subcommand_parser(
+        "sdpg-ablate", {"status": "each run's state, step and last metrics",
+                        "cancel": "cancel the spec's SLURM jobs (their MLflow runs end KILLED)"},
+        "Submit, inspect or cancel a grid of runs from an ablation spec.", argv,
+        run_help="print the runs, then train the unfinished ones (--dry-run: print only)")
+    p.add_argument("--executor", choices=EXECUTORS,
+                   help="where runs execute: local (processes here), debug (this process), slurm (default: the spec's)")
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="keep runs whose variant / seed / resolved config key equals VALUE")
     if sub == "run":
         p.add_argument("--dry-run", action="store_true", help="print the runs; submit nothing")
-        p.add_argument("--max-parallel", type=int)
+        p.add_argument("--max-parallel", type=int, metavar="N",
+                       help="runs at a time (SLURM array parallelism; default: the spec's max_parallel)")
         p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
                        help="wait for the runs (default: yes for local/debug, no for slurm)")
     a = p.parse_args(argv)
@@ -445,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     if sub == "cancel":
         cancel(plan)
         return 0
-    print(f"{plan.spec.name}: {len(plan.runs)} runs, executor {plan.executor}"
+    n, k = len(plan.runs), len(plan.distinct)
+    print(f"{plan.spec.name}: {n} runs{f' ({k} distinct)' if k != n else ''}, executor {plan.executor}"
           f"{' (profile ' + plan.spec.profile + ')' if plan.spec.profile else ''}, output {plan.output_dir}")
     print(table(plan))
     if a.dry_run:

@@ -1,9 +1,16 @@
-"""Running trainer configs as submitit jobs: local processes, in-process (debug) or SLURM arrays.
+"""The one job type of sdpg-ablate and sdpg-sweep, and the executors that run it.
 
-``TrainJob`` is the submitted callable. It is submitit-checkpointable: on SIGUSR2 (preemption or
-the time limit's warning) it lets the current step finish, the trainer saves a checkpoint, and the
-job requeues itself; the requeued job resumes from that checkpoint and keeps writing to the same
-MLflow run. Multi-task jobs get the torch.distributed environment from submitit.
+``TrainJob`` trains one run and owns its MLflow run's life cycle: RUNNING while it trains, FINISHED
+when done, FAILED with the error as a tag and the traceback as an artifact when it raises, SCHEDULED
+while preempted; the parent run is ended when its last child ends. It is submitit-checkpointable: on
+SIGUSR2 (preemption or the time limit's warning) it lets the current step finish, the trainer saves a
+checkpoint, and the job requeues itself; the requeued job resumes from that checkpoint and keeps
+writing to the same MLflow run. A multi-task SLURM job exports the torch.distributed environment
+(ranks from SLURM via submitit) before training, so its tasks join one process group.
+
+A sweep trial is the same job with a ``TrialHook`` attached: the hook's sink sees every metric (and
+reports to Optuna), its ``should_stop`` stops the run (pruning), its ``end_status`` names how the
+MLflow run ends.
 """
 
 from __future__ import annotations
@@ -12,79 +19,122 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from sdpg.orchestration.core import EXECUTORS
 from sdpg.orchestration.specs import SlurmProfile
 
-EXECUTORS = ("local", "debug", "slurm")
+__all__ = ["EXECUTORS", "TrainJob", "TrialHook", "export_distributed_env", "make_executor"]
+
+
+class TrialHook(Protocol):
+    """What a sweep attaches to a ``TrainJob``."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+    def close(self) -> None: ...
+    def should_stop(self) -> bool: ...
+    def end_status(self, result: dict) -> tuple[str, dict[str, str]]:
+        """(MLflow status, tags) of a run that returned without preemption."""
+        ...
 
 
 class TrainJob:
-    """A picklable training job: a resolved config dict, its MLflow run, nothing else."""
+    """A picklable training job: a resolved config dict, its MLflow run (and parent), nothing else."""
 
-    def __init__(self, config: dict, tracking_uri: str | None = None, run_id: str | None = None):
-        self.config, self.tracking_uri, self.run_id = config, tracking_uri, run_id
+    def __init__(self, config: dict, tracking_uri: str | None = None, run_id: str | None = None,
+                 parent_run_id: str | None = None):
+        self.config, self.tracking_uri, self.run_id, self.parent_run_id = config, tracking_uri, run_id, parent_run_id
 
     def __call__(self) -> dict:
+        if int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # SLURM's tasks are the ranks, whatever was inherited
+            export_distributed_env()
+        return self.run()
+
+    def run(self, trial: TrialHook | None = None, requeue: bool = True) -> dict:
+        """Train (resuming from the newest checkpoint); returns the trainer's result with
+        ``preempted`` set when SIGUSR2 stopped it. ``requeue``: hand a preempted job to submitit's
+        handler (requeue and exit); a sweep worker requeues itself instead."""
         from sdpg.training.config import build_config
         from sdpg.training.trainer import default_sinks, latest_checkpoint, train
 
         cfg = build_config(self.config)
-        if int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # SLURM's tasks are the ranks, whatever was inherited
-            _export_distributed_env()
-        if int(os.environ.get("RANK", "0")) != 0:  # other ranks train; rank 0 logs and checkpoints
-            return train(cfg, sinks=[], should_stop=_usr2_flag())
-        stop = threading.Event()
+        preempted = threading.Event()
         previous = signal.getsignal(signal.SIGUSR2)
-        signal.signal(signal.SIGUSR2, lambda signum, frame: stop.set())
-        out = Path(cfg.run.output_dir)
-        ck = latest_checkpoint(out) if cfg.run.resume else None
-        start = int(ck.stem.split("_")[1]) if ck else 0
-        sinks = default_sinks(out, start, cfg.run.total_steps)
-        mlflow_sink = None
-        if self.tracking_uri and self.run_id:
-            from sdpg.orchestration.tracking import MlflowSink
+        signal.signal(signal.SIGUSR2, lambda signum, frame: preempted.set())
+        if int(os.environ.get("RANK", "0")) != 0:  # other ranks train; rank 0 logs, checkpoints and tracks
+            result = train(cfg, sinks=[], should_stop=preempted.is_set)
+            return {**result, "preempted": preempted.is_set()}
+        tracked = bool(self.tracking_uri and self.run_id)
+        c = None
 
-            mlflow_sink = MlflowSink(self.tracking_uri, self.run_id)
-            sinks.append(mlflow_sink)
+        def should_stop() -> bool:
+            return preempted.is_set() or (trial is not None and trial.should_stop())
+
         try:
-            result = train(cfg, sinks=sinks, should_stop=stop.is_set)
-        except BaseException:
-            if mlflow_sink is not None:
-                mlflow_sink.finish("FAILED")
+            if tracked:
+                from sdpg.orchestration.tracking import MlflowSink
+
+                mlflow_sink = MlflowSink(self.tracking_uri, self.run_id)
+                c = mlflow_sink.c
+            out = Path(cfg.run.output_dir)
+            ck = latest_checkpoint(out) if cfg.run.resume else None
+            start = int(ck.stem.split("_")[1]) if ck else 0
+            sinks = default_sinks(out, start, cfg.run.total_steps)
+            sinks += ([mlflow_sink] if tracked else []) + ([trial] if trial is not None else [])
+            result = train(cfg, sinks=sinks, should_stop=should_stop)
+        except BaseException as e:
+            if c is not None:
+                self._end(c, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", error=e,
+                          tb=traceback.format_exc())
             raise
         finally:
             signal.signal(signal.SIGUSR2, previous if previous is not None else signal.SIG_DFL)
-        if result["status"] == "interrupted":
-            if mlflow_sink is not None:
+        result = {**result, "preempted": result["status"] == "interrupted" and preempted.is_set()}
+        if result["preempted"]:
+            if tracked:
                 from mlflow.entities import RunStatus
+
                 from sdpg.orchestration.tracking import retry
 
-                retry(mlflow_sink.c.update_run, mlflow_sink.run_id, status=RunStatus.to_string(RunStatus.SCHEDULED))
-            if callable(previous):  # submitit's handler: checkpoint() below, requeue, exit
+                retry(c.update_run, self.run_id, status=RunStatus.to_string(RunStatus.SCHEDULED))
+            if requeue and callable(previous):  # submitit's handler: checkpoint() below, requeue, exit
                 previous(signal.SIGUSR2, None)
             return result
-        if mlflow_sink is not None:
-            mlflow_sink.finish("FINISHED")
+        if tracked:
+            status, tags = trial.end_status(result) if trial is not None else ("FINISHED", {})
+            from sdpg.orchestration.tracking import retry
+
+            for k, v in {"sdpg.world_size": str(result.get("world_size", 1)), **tags}.items():
+                retry(c.set_tag, self.run_id, k, v)
+            self._end(c, status)
         return result
+
+    def _end(self, c, status: str, error: BaseException | None = None, tb: str = "") -> None:
+        """End this job's MLflow run, then its parent if no sibling is still running."""
+        from sdpg.orchestration import tracking
+
+        try:
+            if error is not None and status == "FAILED":
+                tracking.fail_run(c, self.run_id, error, tb)
+            else:
+                tracking.finish_run(c, self.run_id, status)
+            if self.parent_run_id:
+                tracking.end_parent_if_done(c, self.parent_run_id)
+        except Exception as e:  # tracking must not hide the run's own outcome
+            print(f"[sdpg] could not record the end of MLflow run {self.run_id}: {tracking.redact(repr(e))}",
+                  file=sys.stderr, flush=True)
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         """Called by submitit when the job is signalled; the trainer has already saved its state,
         so the same job is simply submitted again (it resumes from the newest checkpoint)."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.tracking_uri, self.run_id))
+        return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.tracking_uri, self.run_id, self.parent_run_id))
 
 
-def _usr2_flag():
-    """A should_stop for non-zero ranks: set by SIGUSR2 (the trainer ORs it over ranks)."""
-    stop = threading.Event()
-    signal.signal(signal.SIGUSR2, lambda signum, frame: stop.set())
-    return stop.is_set
-
-
-def _export_distributed_env() -> None:
+def export_distributed_env() -> None:
     """MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK from SLURM via submitit."""
     try:
         import submitit
@@ -92,6 +142,9 @@ def _export_distributed_env() -> None:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     except Exception as e:  # not under submitit: torchrun already set them
         print(f"[sdpg] torch.distributed environment not exported by submitit: {e}", file=sys.stderr)
+
+
+_export_distributed_env = export_distributed_env  # the former private name
 
 
 def make_executor(kind: str, folder: str | Path, profile: SlurmProfile | None, name: str, max_parallel: int):

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
-from sdpg.training.config import ConfigError, format_validation_error
+from sdpg.training.config import ConfigError, Strict, format_validation_error
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,10 +53,6 @@ def validate(model: type[BaseModel], data: dict, source: str):
         raise ConfigError(format_validation_error(e, source)) from None
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-
 class SlurmProfile(Strict):
     """A cluster profile (``slurm/<name>.yaml``): what submitit asks SLURM for."""
 
@@ -88,19 +84,28 @@ class SlurmProfile(Strict):
     """Other sbatch options, passed through (e.g. {constraint: h100})."""
 
 
-def subcommand_parser(prog: str, subcommands: tuple[str, ...], description: str, argv: list[str] | None):
+def subcommand_parser(prog: str, subcommands: dict[str, str] | tuple[str, ...], description: str,
+                      argv: list[str] | None, run_help: str = "submit the spec's runs"):
     """(subcommand, remaining argv, parser with SPEC and --profile) for ``prog [SUB] SPEC ...``;
-    the subcommand is ``run`` when the first word is none of ``subcommands``."""
+    the subcommand is ``run`` when the first word is none of ``subcommands`` (name -> one line of
+    help, listed in ``--help``)."""
     import argparse
     import sys
 
+    helps = subcommands if isinstance(subcommands, dict) else dict.fromkeys(subcommands, "")
     argv = list(sys.argv[1:] if argv is None else argv)
-    sub = argv[0] if argv and argv[0] in subcommands else "run"
+    sub = argv[0] if argv and argv[0] in helps else "run"
     if sub != "run":
         argv = argv[1:]
-    p = argparse.ArgumentParser(prog=f"{prog}{'' if sub == 'run' else ' ' + sub}", description=description)
-    p.add_argument("spec")
-    p.add_argument("--profile")
+    width = max(len(k) for k in ("run", *helps))
+    epilog = "commands:\n" + "\n".join(
+        f"  {prog} {k.ljust(width)} SPEC  {h}" for k, h in {"[run]": run_help, **helps}.items()
+    ) + f"\n\n{prog} SUBCOMMAND --help shows the options of each."
+    p = argparse.ArgumentParser(prog=f"{prog}{'' if sub == 'run' else ' ' + sub}", description=description,
+                                epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("spec", help="the spec file (YAML)")
+    p.add_argument("--profile", metavar="NAME",
+                   help="SLURM profile slurm/NAME.yaml (or in $SDPG_SLURM_PROFILES), replacing the spec's")
     return sub, argv, p
 
 

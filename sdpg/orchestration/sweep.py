@@ -4,36 +4,56 @@ A sweep spec (``sweeps/*.yaml``) names a base config, a search space over dotted
 objective (a metric reduced as last / best / auc over the trial's evaluations, averaged over its
 seeds), a sampler, a pruner fed by the trainer's intermediate evaluations, a trial budget and a
 storage. Every worker pulls trials from the shared study until the budget of finished (complete or
-pruned) trials is spent.
+pruned) trials is spent. A trial is the orchestration core's ``TrainJob`` with the Optuna trial
+attached (``OptunaTrial``): its MLflow run ends FINISHED, KILLED (pruned, with the step) or FAILED
+(with the error and its traceback), and a worker on a multi-task SLURM profile trains every trial
+on all of its tasks, joined in one process group.
+
+No point twice: each worker seeds its sampler differently, and a proposal whose effective config
+equals that of a running or finished trial is dropped (recorded as ``sdpg.duplicate_of``) and
+another one asked for, under a lock so that two workers cannot both take the same point.
 
 Dead workers: with an RDB storage Optuna's heartbeat fails their trials and a retry callback
 re-enqueues them; with a journal file (no heartbeat in Optuna) each running trial refreshes an
 ``sdpg.heartbeat`` attribute and any worker that starts fails stale trials and re-enqueues their
-parameters. A retried trial resumes the dead trial's training from its checkpoint, and only
-finished trials count toward the budget, so no trial is lost or counted twice.
+parameters. A preempted worker re-enqueues its trial itself before it requeues. A retried trial
+resumes the dead trial's training from its checkpoint, and only finished trials count toward the
+budget, so no trial is lost or counted twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import socket
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import Field, model_validator
 
-from sdpg.training.config import ConfigError, apply_layer, build_config, load_yaml
-from sdpg.paths import DEFAULT_CONFIG_PATH
-from sdpg.orchestration.launch import EXECUTORS, make_executor
-from sdpg.orchestration.specs import SlurmProfile, Strict, load_profile, read_yaml, subcommand_parser, validate
+from sdpg.orchestration.core import (
+    NAME_PATTERN,
+    Experiment,
+    TrackingSpec,
+    job_error,
+    output_folder,
+    resolve_base,
+    resolve_executor,
+    tracking_target,
+)
+from sdpg.orchestration.launch import TrainJob, export_distributed_env, make_executor
+from sdpg.orchestration.specs import SlurmProfile, read_yaml, subcommand_parser, validate
+from sdpg.training.config import ConfigError, Strict, apply_layer, build_config
 
-NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+NAME = NAME_PATTERN  # the former name
 
 
 class Param(Strict):
@@ -95,7 +115,7 @@ class PrunerSpec(Strict):
 
 
 class SweepSpec(Strict):
-    name: str = Field(pattern=NAME)
+    name: str = Field(pattern=NAME_PATTERN)
     """Study name, MLflow experiment and output folder (``outputs/<name>``)."""
     base: str | dict[str, Any] = "embedded"
     """Trainer config (YAML path relative to this file, ``embedded``, or a mapping)."""
@@ -132,29 +152,33 @@ class SweepSpec(Strict):
     """SLURM profile."""
     output_dir: str | None = None
     """Default ``outputs/<name>``."""
-    tracking: dict[str, str | None] = Field(default_factory=dict)
+    tracking: TrackingSpec = TrackingSpec()
     """``uri`` and ``experiment`` for MLflow (defaults: SQLite in the output folder, the sweep name)."""
 
     @model_validator(mode="after")
     def _check(self):
         if self.ablation and not self.variant:
             raise ValueError("'ablation' needs 'variant'")
-        if set(self.tracking) - {"uri", "experiment"}:
-            raise ValueError(f"unknown tracking keys {sorted(set(self.tracking) - {'uri', 'experiment'})}")
         if self.sampler.type == "grid" and any(p.type == "float" and p.step is None for p in self.space.values()):
             raise ValueError("the grid sampler needs 'step' on float parameters")
         return self
 
 
 class Sweep:
-    """A resolved, validated sweep: everything a worker needs, picklable."""
+    """A resolved, validated sweep: everything a worker needs, picklable. ``n_trials`` replaces the
+    spec's budget (``--n-trials``)."""
 
-    def __init__(self, path: str | Path, executor: str | None = None, profile: str | None = None):
+    def __init__(self, path: str | Path, executor: str | None = None, profile: str | None = None,
+                 n_trials: int | None = None):
         path = Path(path)
         self.path = path
         spec = validate(SweepSpec, read_yaml(path, "sweep spec"), str(path))
-        self.spec = spec
         src = str(path)
+        if n_trials is not None:
+            if n_trials < 1:
+                raise ConfigError(f"--n-trials {n_trials}: must be at least 1")
+            spec = spec.model_copy(update={"n_trials": n_trials})
+        self.spec = spec
         if spec.ablation:
             from sdpg.orchestration.ablate import load_plan
 
@@ -163,18 +187,10 @@ class Sweep:
             if not runs:
                 raise ConfigError(f"{src}: key 'variant' has bad value {spec.variant!r}: not a variant of {spec.ablation}")
             base = runs[0].config.resolved()
-        elif isinstance(spec.base, dict):
-            base = spec.base
-        elif spec.base == "embedded":
-            base = load_yaml(DEFAULT_CONFIG_PATH)
         else:
-            bp = path.parent / spec.base
-            if not bp.is_file():
-                raise ConfigError(f"{src}: key 'base' has bad value {spec.base!r}: no such file {bp}")
-            base = load_yaml(bp)
+            base = resolve_base(spec.base, path)
         self.base = apply_layer(base, spec.overrides)
-        out = Path(spec.output_dir) if spec.output_dir else Path("outputs") / spec.name
-        self.output_dir = out if out.is_absolute() else Path.cwd() / out
+        self.output_dir = output_folder(spec.output_dir, spec.name)
         # every corner of the space must be a valid config, and the objective must be produced
         corners = [{k: (p.choices[0] if p.type == "categorical" else p.low) for k, p in spec.space.items()},
                    {k: (p.choices[-1] if p.type == "categorical" else p.high) for k, p in spec.space.items()}]
@@ -185,21 +201,24 @@ class Sweep:
                 raise ConfigError(f"{where}: keys {sorted(unknown)} are not in 'space'")
             cfg = build_config(apply_layer(self.base, _typed(corner, spec.space)), where)
         self.metric_ok(cfg, src)
-        kind = executor or spec.executor
-        prof_name = profile or spec.profile
-        if kind not in EXECUTORS:
-            prof_name, kind = kind, "slurm"
-        if kind == "debug":
-            kind = "local"
-        self.executor = kind
-        self.profile: SlurmProfile | None = load_profile(prof_name, f"{src}: key 'profile'") if prof_name else None
-        if kind == "slurm" and self.profile is None:
-            self.profile = load_profile("dev", f"{src}: key 'profile'")
+        kind, prof = resolve_executor(executor or spec.executor, profile or spec.profile, src)
+        self.executor = "local" if kind == "debug" else kind
+        self.profile: SlurmProfile | None = prof
         self.storage_url = self._storage_url()
-        from sdpg.orchestration.tracking import default_uri
+        self.tracking_uri, self.experiment = tracking_target(spec.tracking, self.output_dir, spec.name)
 
-        self.tracking_uri = spec.tracking.get("uri") or default_uri(self.output_dir)
-        self.experiment = spec.tracking.get("experiment") or spec.name
+    def experiment_tracker(self) -> Experiment:
+        return Experiment(self.tracking_uri, self.experiment, self.output_dir, "sweep", self.spec.name, self.path)
+
+    def trial_config(self, params: dict[str, Any], seed: int, origin: int, where: str):
+        """The trainer config of one seed of a trial (its folder named after the trial it retries)."""
+        data = apply_layer(apply_layer(self.base, params), {"run.seed": seed})
+        data = apply_layer(data, {"run.output_dir": str(self.output_dir / "trials" / f"trial_{origin:04d}-s{seed}")})
+        return build_config(data, where)
+
+    def point_key(self, params: dict[str, Any]) -> str:
+        """The identity of a point of the space: the effective config it trains (seed aside)."""
+        return build_config(apply_layer(self.base, params)).effective().config_hash()
 
     def metric_ok(self, cfg, src: str) -> None:
         m = self.spec.objective.metric
@@ -251,18 +270,20 @@ def open_storage(url: str, heartbeat_s: float):
     )
 
 
-def make_sampler(spec: SweepSpec):
+def make_sampler(spec: SweepSpec, seed: int | None = None):
+    """The spec's sampler, seeded with ``seed`` (default: the spec's seed)."""
     import optuna
 
     s = spec.sampler
+    seed = s.seed if seed is None else seed
     if s.type == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed)
+        return optuna.samplers.TPESampler(seed=seed)
     if s.type == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if s.type == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=s.seed)
+        return optuna.samplers.CmaEsSampler(seed=seed)
     if s.type == "gp":
-        return optuna.samplers.GPSampler(seed=s.seed)
+        return optuna.samplers.GPSampler(seed=seed)
     grid = {}
     for k, p in spec.space.items():
         if p.type == "categorical":
@@ -270,7 +291,15 @@ def make_sampler(spec: SweepSpec):
         else:
             n = int(math.floor((p.high - p.low) / (p.step or 1) + 1e-9)) + 1
             grid[k] = [p.low + i * (p.step or 1) for i in range(n)]
-    return optuna.samplers.GridSampler(grid, seed=s.seed)
+    return optuna.samplers.GridSampler(grid, seed=seed)
+
+
+def worker_seed(spec_seed: int, worker_index: int, trials_so_far: int) -> int:
+    """A sampler seed per worker (and per restart of it: the study has grown meanwhile), so that two
+    workers never draw the same sequence; worker 0 of a new study keeps the spec's seed."""
+    if worker_index == 0 and trials_so_far == 0:
+        return spec_seed
+    return (spec_seed * 1_000_003 + worker_index * 7_919 + trials_so_far * 104_729) % (2**31 - 1)
 
 
 def make_pruner(spec: SweepSpec):
@@ -286,13 +315,13 @@ def make_pruner(spec: SweepSpec):
     return optuna.pruners.NopPruner()
 
 
-def load_study(sweep: Sweep):
+def load_study(sweep: Sweep, sampler_seed: int | None = None):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(sweep.storage_url, sweep.spec.heartbeat_s)
     return optuna.create_study(study_name=sweep.spec.name, storage=storage, load_if_exists=True,
-                               direction=sweep.spec.objective.direction, sampler=make_sampler(sweep.spec),
+                               direction=sweep.spec.objective.direction, sampler=make_sampler(sweep.spec, sampler_seed),
                                pruner=make_pruner(sweep.spec))
 
 
@@ -305,10 +334,34 @@ def finished_count(study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
+def is_duplicate(t) -> bool:
+    """A proposal dropped because another trial already had its point (never trained)."""
+    return "sdpg.duplicate_of" in t.user_attrs
+
+
+def counts_by_state(study) -> dict[str, int]:
+    """Trials per state (complete, pruned, running, waiting, failed) and dropped duplicates."""
+    out = {"complete": 0, "pruned": 0, "running": 0, "waiting": 0, "failed": 0, "duplicate": 0}
+    for t in study.get_trials(deepcopy=False):
+        key = "duplicate" if is_duplicate(t) else {"FAIL": "failed"}.get(t.state.name, t.state.name.lower())
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def progress_line(study, n_trials: int) -> str:
+    c = counts_by_state(study)
+    done = c["complete"] + c["pruned"]
+    parts = [f"{c['complete']} complete", f"{c['pruned']} pruned", f"{c['running']} running"]
+    parts += [f"{c[k]} {k}" for k in ("failed", "waiting") if c[k]]
+    if c["duplicate"]:
+        parts.append(f"{c['duplicate']} duplicate proposals skipped")
+    return f"{min(done, n_trials)}/{n_trials} trials finished ({', '.join(parts)})" + (
+        f"; {done - n_trials} more finished past the budget by workers already running them" if done > n_trials else "")
+
+
 def reap_stale_trials(study, heartbeat_s: float, log=print) -> list[int]:
     """Journal storage: fail RUNNING trials whose heartbeat is older than 3 intervals and enqueue their
     parameters again (tagged with the dead trial's number, whose checkpoint the retry resumes)."""
-    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     now, reaped = time.time(), []
@@ -316,15 +369,25 @@ def reap_stale_trials(study, heartbeat_s: float, log=print) -> list[int]:
         beat = t.user_attrs.get("sdpg.heartbeat")
         if beat is None or now - beat <= 3 * heartbeat_s:
             continue
-        try:
-            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-        except UpdateFinishedTrialError:
-            continue  # another worker got there first
-        origin = t.user_attrs.get("sdpg.retry_of", t.number)
-        study.enqueue_trial(t.params, user_attrs={"sdpg.retry_of": origin}, skip_if_exists=False)
-        reaped.append(t.number)
-        log(f"[sdpg-sweep] trial {t.number} lost its worker ({now - beat:.0f}s without heartbeat): failed and re-enqueued")
+        if _requeue_trial(study, t):
+            reaped.append(t.number)
+            log(f"[sdpg-sweep] trial {t.number} lost its worker ({now - beat:.0f}s without heartbeat): failed and re-enqueued")
     return reaped
+
+
+def _requeue_trial(study, t) -> bool:
+    """Fail a running trial and enqueue its parameters again, tagged with the trial whose checkpoint
+    the retry resumes; False when another worker got there first."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    try:
+        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+    except UpdateFinishedTrialError:
+        return False
+    origin = t.user_attrs.get("sdpg.retry_of", t.number)
+    study.enqueue_trial(t.params, user_attrs={"sdpg.retry_of": origin}, skip_if_exists=False)
+    return True
 
 
 class _Heartbeat:
@@ -336,10 +399,8 @@ class _Heartbeat:
         self._t.start()
 
     def beat(self):
-        try:
+        with contextlib.suppress(Exception):  # the trial finished meanwhile
             self.study._storage.set_trial_user_attr(self.trial_id, "sdpg.heartbeat", time.time())
-        except Exception:
-            pass  # the trial finished meanwhile
 
     def _run(self):
         while not self._stop.wait(self.every):
@@ -350,30 +411,56 @@ class _Heartbeat:
         self._t.join(5)
 
 
+@contextlib.contextmanager
+def _ask_lock(folder: Path):
+    """One worker at a time proposes and claims a point (a file lock in the sweep's folder)."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".ask.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 # --------------------------------------------------------------------------------------------
-# The worker
+# A trial: the orchestration core's TrainJob with the Optuna trial attached
 # --------------------------------------------------------------------------------------------
 
 
-class _PruneSink:
-    """Feeds evaluations of the objective metric to Optuna; asks the trainer to stop when pruned."""
+class OptunaTrial:
+    """A ``TrialHook``: feeds evaluations of the objective metric to Optuna and stops the run when
+    the pruner says so; the run's MLflow status follows (FINISHED, or KILLED when pruned)."""
 
-    def __init__(self, trial, metric: str, enabled: bool):
-        self.trial, self.metric, self.enabled = trial, metric, enabled
+    def __init__(self, trial, metric: str, prune: bool):
+        self.trial, self.metric, self.prune = trial, metric, prune
         self.values: list[tuple[int, float]] = []
-        self.pruned = False
+        self.pruned_at: int | None = None
 
-    def log(self, metrics, step):
+    def log(self, metrics: dict[str, float], step: int) -> None:
         if self.metric in metrics:
             v = float(metrics[self.metric])
             self.values.append((step, v))
-            if self.enabled:
+            if self.prune and self.pruned_at is None:
                 self.trial.report(v, step)
                 if self.trial.should_prune():
-                    self.pruned = True
+                    self.pruned_at = step
 
-    def close(self):
+    def close(self) -> None:
         pass
+
+    def should_stop(self) -> bool:
+        return self.pruned_at is not None
+
+    def end_status(self, result: dict) -> tuple[str, dict[str, str]]:
+        if self.pruned_at is not None:
+            return "KILLED", {"sdpg.trial_state": "pruned", "sdpg.pruned_at_step": str(self.pruned_at)}
+        return "FINISHED", {"sdpg.trial_state": "complete"}
+
+
+_PruneSink = OptunaTrial  # the former name
 
 
 def reduce_values(values: list[tuple[int, float]], how: str, direction: str) -> float:
@@ -387,6 +474,41 @@ def reduce_values(values: list[tuple[int, float]], how: str, direction: str) -> 
     return float(sum(vs) / len(vs))  # auc: mean over evaluations (equal spacing)
 
 
+class _Ranks:
+    """The tasks of a multi-task worker: rank 0 runs the study and tells the others which config to
+    train next (None: stop); they join every trial's training in one process group."""
+
+    def __init__(self):
+        import torch
+        import torch.distributed as dist
+
+        self.dist = dist
+        if not dist.is_initialized():  # one group for the worker's life; the trainer reuses it
+            backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+            from datetime import timedelta
+
+            dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+
+    def send(self, message: dict | None) -> None:
+        self.dist.broadcast_object_list([message], src=0, device=_cpu())
+
+    def receive(self) -> dict | None:
+        box: list[Any] = [None]
+        self.dist.broadcast_object_list(box, src=0, device=_cpu())
+        return box[0]
+
+    def close(self) -> None:
+        if self.dist.is_initialized():
+            self.dist.destroy_process_group()
+
+
+def _cpu():
+    import torch
+
+    return torch.device("cpu")
+
+
 class SweepWorker:
     """A submitted worker: pulls trials until the study has ``n_trials`` finished ones."""
 
@@ -394,26 +516,79 @@ class SweepWorker:
         self.sweep, self.worker_index = sweep, worker_index
 
     def __call__(self) -> dict:
-        import optuna
+        ranks = None
+        if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+            export_distributed_env()
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            ranks = _Ranks()
+        try:
+            if ranks is not None and ranks.rank != 0:
+                return self._follow(ranks)
+            return self._lead(ranks)
+        finally:
+            if ranks is not None:
+                ranks.close()
 
-        from sdpg.orchestration import tracking
-        from sdpg.training.trainer import default_sinks, latest_checkpoint, train
+    def _follow(self, ranks: _Ranks) -> dict:
+        n = 0
+        while (msg := ranks.receive()) is not None:
+            TrainJob(msg["config"]).run(requeue=False)
+            n += 1
+        return {"worker": self.worker_index, "rank": ranks.rank, "runs": n}
 
+    def _log(self, msg: str) -> None:
+        print(f"[sdpg-sweep] worker {self.worker_index}: {msg}", file=sys.stderr, flush=True)
+
+    def _lead(self, ranks: _Ranks | None) -> dict:
         sw, spec = self.sweep, self.sweep.spec
         study = load_study(sw)
+        study.sampler = make_sampler(spec, worker_seed(spec.sampler.seed, self.worker_index,
+                                                       len(study.get_trials(deepcopy=False))))
         journal = sw.storage_url.startswith("journal:")
-        c = tracking.client(sw.tracking_uri)
-        exp_id = tracking.get_or_create_experiment(c, sw.experiment)
-        parent = tracking.ensure_parent_run(c, exp_id, spec.name, "sweep", {"sdpg.spec_file": str(sw.path)})
-        done_here = 0
-        while True:
-            if journal:
-                reap_stale_trials(study, spec.heartbeat_s, log=lambda m: print(m, file=sys.stderr, flush=True))
-            if finished_count(study) >= spec.n_trials:
-                break
+        exp = sw.experiment_tracker().open(log_spec=False)
+        handler = signal.getsignal(signal.SIGUSR2)  # submitit's: requeue this worker
+        done_here, dropped = 0, 0
+        try:
+            while True:
+                if journal:
+                    reap_stale_trials(study, spec.heartbeat_s, log=self._log)
+                if finished_count(study) >= spec.n_trials:
+                    break
+                trial, params, dup_of = self._propose(study)
+                if dup_of is not None:
+                    dropped += 1
+                    if dropped >= 50:
+                        self._log("the sampler proposed 50 points in a row that other trials already hold: "
+                                  "the space looks exhausted; stopping")
+                        break
+                    continue
+                dropped = 0
+                state, value, preempted = self._run_trial(study, trial, params, exp, ranks)
+                if preempted:
+                    if ranks is not None:
+                        ranks.send(None)
+                        ranks = None
+                    if callable(handler):  # checkpoint() below, requeue, exit
+                        handler(signal.SIGUSR2, None)
+                    return {"worker": self.worker_index, "trials_run": done_here, "preempted": True}
+                done_here += state in FINISHED
+                self._log(f"trial {trial.number} {state.lower()} {'' if value is None else f'value {value:.4f} '}"
+                          f"params {params}; {progress_line(study, spec.n_trials)}")
+        finally:
+            if ranks is not None:
+                ranks.send(None)
+        self._end_parent_if_done(study, exp)
+        return {"worker": self.worker_index, "trials_run": done_here}
+
+    def _propose(self, study):
+        """(trial, params, number of the trial already holding this point or None). Under the ask
+        lock: ask, suggest, compare with running and finished trials, claim."""
+        import optuna
+        from optuna.trial import TrialState
+
+        sw, spec = self.sweep, self.sweep.spec
+        with _ask_lock(sw.output_dir):
             trial = study.ask()
-            hb = _Heartbeat(study, trial._trial_id, spec.heartbeat_s) if journal else None
-            origin = trial.user_attrs.get("sdpg.retry_of", trial.number)
             params = {}
             for k, p in spec.space.items():
                 if p.type == "categorical":
@@ -422,62 +597,86 @@ class SweepWorker:
                     params[k] = trial.suggest_int(k, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
                 else:
                     params[k] = trial.suggest_float(k, p.low, p.high, step=p.step, log=p.log)
+            key = sw.point_key(params)
+            holders = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE,
+                                                                                    TrialState.PRUNED))
+                       if t.number != trial.number and t.user_attrs.get("sdpg.point") == key]
+            if holders:
+                trial.set_user_attr("sdpg.duplicate_of", holders[0])
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                self._log(f"trial {trial.number} dropped: params {params} are trial {holders[0]}'s point")
+                return trial, params, holders[0]
+            trial.set_user_attr("sdpg.point", key)
             trial.set_user_attr("sdpg.worker", f"{socket.gethostname()}:{os.getpid()}:{os.environ.get('SLURM_JOB_ID', '-')}")
-            state, value = "FAIL", None
-            try:
-                per_seed = []
-                pruned = False
-                for si, seed in enumerate(spec.seeds):
-                    data = apply_layer(apply_layer(sw.base, params), {"run.seed": seed})
-                    data = apply_layer(data, {"run.output_dir": str(sw.output_dir / "trials" / f"trial_{origin:04d}-s{seed}")})
-                    cfg = build_config(data, f"{sw.path}: trial {trial.number}")
-                    rid, _ = tracking.ensure_child_run(
-                        c, exp_id, parent, f"{spec.name}/trial{origin}/s{seed}", f"trial{trial.number}-s{seed}",
-                        tags={"sdpg.trial": trial.number, "seed": seed, "method": cfg.algo.method,
-                              "run_hash": cfg.config_hash(), "variant": f"trial{trial.number}",
-                              "sdpg.trial_params": json.dumps(params)},
-                        params=tracking.flatten(cfg.resolved()), config_yaml=yaml.safe_dump(cfg.resolved()),
-                    )
-                    ck = latest_checkpoint(Path(cfg.run.output_dir))
-                    start = int(ck.stem.split("_")[1]) if ck else 0
-                    prune = _PruneSink(trial, spec.objective.metric, enabled=(si == 0 and spec.pruner.type != "none"))
-                    mlflow_sink = tracking.MlflowSink(sw.tracking_uri, rid)
-                    result = train(cfg, sinks=default_sinks(Path(cfg.run.output_dir), start, cfg.run.total_steps) + [mlflow_sink, prune],
-                                   should_stop=lambda: prune.pruned)
-                    if prune.pruned:
-                        mlflow_sink.finish("KILLED")
-                        tracking.retry(c.set_tag, rid, "sdpg.trial_state", "pruned")
-                        pruned = True
-                        break
-                    mlflow_sink.finish("FINISHED")
-                    tracking.retry(c.set_tag, rid, "sdpg.trial_state", "complete")
-                    if not prune.values:  # the metric was never logged: read the final one
-                        m = result["metrics"].get(spec.objective.metric)
-                        prune.values = [(result["step"], m)] if m is not None else []
-                    per_seed.append(reduce_values(prune.values, spec.objective.reduce, spec.objective.direction))
-                if pruned:
-                    state = "PRUNED"
-                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                else:
-                    value = float(sum(per_seed) / len(per_seed))
-                    if math.isnan(value):
-                        raise RuntimeError(f"objective metric {spec.objective.metric!r} was never logged")
-                    state = "COMPLETE"
-                    study.tell(trial, value)
-                done_here += 1
-            except Exception as e:
-                print(f"[sdpg-sweep] trial {trial.number} failed: {e!r}", file=sys.stderr, flush=True)
-                try:
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                except Exception:
-                    pass
-            finally:
-                if hb is not None:
-                    hb.stop()
-            print(f"[sdpg-sweep] worker {self.worker_index}: trial {trial.number} {state.lower()} "
-                  f"{'' if value is None else f'value {value:.4f} '}params {params}; "
-                  f"{finished_count(study)}/{spec.n_trials} finished", file=sys.stderr, flush=True)
-        return {"worker": self.worker_index, "trials_run": done_here}
+        return trial, params, None
+
+    def _run_trial(self, study, trial, params: dict, exp: Experiment, ranks: _Ranks | None):
+        """Train the trial's seeds as TrainJobs; tell Optuna. Returns (state, value, preempted)."""
+        import optuna
+
+        from sdpg.orchestration import tracking
+
+        sw, spec = self.sweep, self.sweep.spec
+        hb = _Heartbeat(study, trial._trial_id, spec.heartbeat_s) if sw.storage_url.startswith("journal:") else None
+        origin = trial.user_attrs.get("sdpg.retry_of", trial.number)
+        rid = None
+        try:
+            per_seed, pruned_at = [], None
+            for si, seed in enumerate(spec.seeds):
+                cfg = sw.trial_config(params, seed, origin, f"{sw.path}: trial {trial.number}")
+                rid = exp.child(f"{spec.name}/trial{origin}/s{seed}", f"trial{trial.number}-s{seed}", cfg, tags={
+                    "sdpg.trial": trial.number, "seed": seed, "method": cfg.algo.method,
+                    "run_hash": cfg.effective().config_hash(), "variant": f"trial{trial.number}",
+                    "sdpg.trial_params": json.dumps(params)})
+                if trial.number != origin:
+                    tracking.retry(exp.client.set_tag, rid, "sdpg.trial", trial.number)
+                hook = OptunaTrial(trial, spec.objective.metric, prune=(si == 0 and spec.pruner.type != "none"))
+                if ranks is not None:
+                    ranks.send({"config": cfg.resolved()})
+                result = TrainJob(cfg.resolved(), sw.tracking_uri, rid).run(trial=hook, requeue=False)
+                if result.get("preempted"):
+                    _requeue_trial(study, study._storage.get_trial(trial._trial_id))
+                    self._log(f"trial {trial.number} preempted at step {result['step']}: re-enqueued; requeueing")
+                    return "PREEMPTED", None, True
+                if hook.pruned_at is not None:
+                    pruned_at = hook.pruned_at
+                    break
+                values = hook.values
+                if not values:  # the metric was never logged: read the final one
+                    m = result["metrics"].get(spec.objective.metric)
+                    values = [(result["step"], m)] if m is not None else []
+                per_seed.append(reduce_values(values, spec.objective.reduce, spec.objective.direction))
+            if pruned_at is not None:
+                trial.set_user_attr("sdpg.pruned_at_step", pruned_at)
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                return "PRUNED", None, False
+            value = float(sum(per_seed) / len(per_seed))
+            if math.isnan(value):
+                raise RuntimeError(f"objective metric {spec.objective.metric!r} was never logged")
+            study.tell(trial, value)
+            return "COMPLETE", value, False
+        except Exception as e:  # noqa: BLE001 - a failed trial is recorded, the worker goes on
+            tb = traceback.format_exc()
+            self._log(f"trial {trial.number} failed: {tracking.redact(repr(e))}\n{tracking.redact(tb)}")
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("sdpg.error", tracking.redact(f"{type(e).__name__}: {e}")[:2000])
+            if rid is not None:
+                with contextlib.suppress(Exception):
+                    if tracking.retry(exp.client.get_run, rid).info.status not in tracking.TERMINAL:
+                        tracking.fail_run(exp.client, rid, e, tb)
+            with contextlib.suppress(Exception):
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            return "FAIL", None, False
+        finally:
+            if hb is not None:
+                hb.stop()
+
+    def _end_parent_if_done(self, study, exp: Experiment) -> None:
+        """The budget is spent and no trial runs any more: the sweep's parent run is FINISHED."""
+        from optuna.trial import TrialState
+
+        if finished_count(study) >= self.sweep.spec.n_trials and not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            exp.end("FINISHED")
 
     def checkpoint(self, *args, **kwargs):
         import submitit
@@ -498,15 +697,13 @@ def launch(sweep: Sweep, workers: int | None = None, wait: bool | None = None, l
     if sweep.storage_url.startswith("journal:"):
         reap_stale_trials(study, sweep.spec.heartbeat_s, log=log)
     n = workers or sweep.spec.workers
+    exp = sweep.experiment_tracker()
     if finished_count(study) >= sweep.spec.n_trials:
-        log(f"[sdpg-sweep] {sweep.spec.name}: {finished_count(study)}/{sweep.spec.n_trials} trials finished; nothing to do")
+        log(f"[sdpg-sweep] {sweep.spec.name}: {progress_line(study, sweep.spec.n_trials)}; nothing to do")
         return {"jobs": []}
     from sdpg.orchestration import tracking
 
-    c = tracking.client(sweep.tracking_uri)  # create the store, experiment and parent run once, here
-    exp_id = tracking.get_or_create_experiment(c, sweep.experiment)
-    parent = tracking.ensure_parent_run(c, exp_id, sweep.spec.name, "sweep", {"sdpg.spec_file": str(sweep.path)})
-    tracking.retry(c.log_text, parent, sweep.path.read_text(), "sweep_spec.yaml")
+    exp.open()  # the store, experiment and parent run, once, here
     ex = make_executor(sweep.executor, sweep.output_dir / "submitit", sweep.profile, sweep.spec.name, n)
     workers_ = [SweepWorker(sweep, i) for i in range(n)]
     if sweep.executor == "local":
@@ -519,17 +716,43 @@ def launch(sweep: Sweep, workers: int | None = None, wait: bool | None = None, l
     log(f"[sdpg-sweep] watch: optuna-dashboard {_dashboard_arg(sweep.storage_url)}   |   "
         f"mlflow ui --backend-store-uri {tracking.redact(sweep.tracking_uri)}")
     if wait if wait is not None else sweep.executor == "local":
-        last = -1
-        while not all(j.done() for j in jobs):
-            k = finished_count(load_study(sweep))
-            if k != last:
-                log(f"[sdpg-sweep] {k}/{sweep.spec.n_trials} trials finished")
-                last = k
-            time.sleep(2)
-        for j in jobs:
-            j.results()[0]
+        last = ""
+        try:
+            while not all(j.done() for j in jobs):
+                line = progress_line(load_study(sweep), sweep.spec.n_trials)
+                if line != last:
+                    log(f"[sdpg-sweep] {line}")
+                    last = line
+                time.sleep(2)
+            errors = []
+            for j in jobs:
+                try:
+                    j.results()
+                except Exception as e:  # noqa: BLE001 - reported below
+                    errors.append(f"worker job {j.job_id}: {job_error(e)}")
+        finally:
+            _settle(sweep, exp, jobs)
+        log(f"[sdpg-sweep] {progress_line(load_study(sweep), sweep.spec.n_trials)}")
         log(status(sweep))
+        if errors:
+            raise RuntimeError("some workers failed:\n" + "\n".join(errors))
     return {"jobs": jobs}
+
+
+def _settle(sweep: Sweep, exp: Experiment, jobs: list) -> None:
+    """After waiting for every worker: trial runs left open by a worker that died are FAILED, the
+    parent run ends (FINISHED when the budget is spent, else KILLED), local jobs are released."""
+    from sdpg.orchestration import tracking
+
+    c = exp.client
+    for r in tracking.child_runs(c, exp.parent_id):
+        if r.info.status not in tracking.TERMINAL:
+            tracking.fail_run(c, r.info.run_id, "its worker ended without finishing it")
+    done = finished_count(load_study(sweep)) >= sweep.spec.n_trials
+    exp.end("FINISHED" if done else "KILLED")
+    for j in jobs:
+        if hasattr(j, "_cancel_at_deletion"):
+            j._cancel_at_deletion = False
 
 
 def _dashboard_arg(url: str) -> str:
@@ -545,24 +768,43 @@ def _storage_exists(url: str) -> bool:
 
 
 def status(sweep: Sweep) -> str:
+    """The trials (duplicates left out) with state, value, parameters; pruned ones marked with the
+    step they were stopped at; counts by state; the best complete trial."""
     from optuna.trial import TrialState
 
     if not _storage_exists(sweep.storage_url):
         return f"{sweep.spec.name}: no study yet (nothing at {_dashboard_arg(sweep.storage_url)}); start it with sdpg-sweep {sweep.path}"
     study = load_study(sweep)
-    trials = study.get_trials(deepcopy=False)
+    trials = [t for t in study.get_trials(deepcopy=False) if not is_duplicate(t)]
     keys = list(sweep.spec.space)
-    lines = ["trial  state     value     " + "  ".join(keys)]
+    rows = [["trial", "state", "value", *keys, "note"]]
     for t in trials:
-        v = f"{t.value:.4f}" if t.value is not None else "-"
-        lines.append(f"{t.number:<5}  {t.state.name.lower():<8}  {v:<8}  " + "  ".join(str(t.params.get(k, "-")) for k in keys))
-    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
-    lines.append(f"\n{finished_count(study)}/{sweep.spec.n_trials} finished: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
-    if done:
+        note = ""
+        state = {"FAIL": "failed"}.get(t.state.name, t.state.name.lower())
+        value = f"{t.value:.4f}" if t.value is not None and t.state == TrialState.COMPLETE else "-"
+        if t.state == TrialState.PRUNED:
+            at = t.user_attrs.get("sdpg.pruned_at_step", t.last_step)
+            state = f"pruned@{at}"
+            if t.intermediate_values:
+                value = f"({t.intermediate_values[max(t.intermediate_values)]:.4f})"
+            note = f"pruned at step {at}; value in () is its last evaluation, not a result"
+        elif t.state == TrialState.FAIL:
+            note = t.user_attrs.get("sdpg.error", "") or ("worker lost; retried" if t.user_attrs.get("sdpg.heartbeat") else "")
+        if "sdpg.retry_of" in t.user_attrs:
+            note = (note + "; " if note else "") + f"retry of trial {t.user_attrs['sdpg.retry_of']}"
+        rows.append([str(t.number), state, value, *(_fmt(t.params.get(k, "-")) for k in keys), note[:120]])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.append("")
+    lines.append(progress_line(study, sweep.spec.n_trials))
+    if any(t.state == TrialState.COMPLETE for t in trials):
         b = study.best_trial
-        lines.append(f"best: trial {b.number} value {b.value:.4f} params {b.params}")
+        lines.append(f"best: trial {b.number} value {b.value:.4f} params {b.params} (complete trials only)")
     return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def export(sweep: Sweep, out: str | Path | None = None, seeds: list[int] | None = None) -> Path:
@@ -574,7 +816,7 @@ def export(sweep: Sweep, out: str | Path | None = None, seeds: list[int] | None 
         raise ConfigError(f"{sweep.path}: no complete trial yet; nothing to export") from None
     out = Path(out) if out else Path("ablations") / f"{sweep.spec.name}_best.yaml"
     base = sweep.base
-    same = build_config(apply_layer(base, dict(best.params))).config_hash() == build_config(base).config_hash()
+    same = build_config(apply_layer(base, dict(best.params))).effective().config_hash() == build_config(base).effective().config_hash()
     variants = {"best": dict(best.params)} if same else {"base": {}, "best": dict(best.params)}
     spec = {
         "name": f"{sweep.spec.name}_best",
@@ -594,17 +836,25 @@ def export(sweep: Sweep, out: str | Path | None = None, seeds: list[int] | None 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    sub, argv, p = subcommand_parser("sdpg-sweep", ("status", "export"),
-                                     "Optuna coefficient sweeps over SDPG trainer configs.", argv)
-    p.add_argument("--executor", choices=("local", "slurm"))
+    sub, argv, p = subcommand_parser(
+        "sdpg-sweep", {"status": "the trials: state (pruned ones with their step), value, parameters; the best",
+                       "export": "write an ablation spec with the best trial beside the base"},
+        "Optuna coefficient sweeps over SDPG trainer configs.", argv,
+        run_help="start the workers (they pull trials until n_trials have finished)")
+    p.add_argument("--executor", choices=("local", "slurm"),
+                   help="where workers run: local processes or a SLURM array (default: the spec's)")
+    p.add_argument("--n-trials", type=int, metavar="N",
+                   help="finished (complete or pruned) trials to collect, replacing the spec's n_trials")
     if sub == "run":
-        p.add_argument("--workers", type=int)
-        p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None)
+        p.add_argument("--workers", type=int, metavar="N", help="workers pulling trials at once (default: the spec's)")
+        p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
+                       help="wait for the workers and print the trials (default: yes for local, no for slurm)")
     if sub == "export":
-        p.add_argument("--out")
+        p.add_argument("--out", metavar="PATH",
+                       help="where to write the ablation spec (default: ablations/<name>_best.yaml)")
     a = p.parse_args(argv)
     try:
-        sweep = Sweep(a.spec, a.executor, a.profile)
+        sweep = Sweep(a.spec, a.executor, a.profile, a.n_trials)
         if sub == "run" and a.workers is not None and a.workers < 1:
             raise ConfigError(f"--workers {a.workers}: must be at least 1")
         if sub == "status":
@@ -616,4 +866,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0

@@ -1,5 +1,8 @@
-"""MLflow tracking for orchestrated runs: one experiment per spec, a parent run per spec, a child
-run per resolved config (found again by its hash, never created twice), metrics in batches.
+"""MLflow tracking for orchestrated runs: one experiment per spec (artifacts stored beside its
+``mlflow.db``), a parent run per spec, a child run per effective config (found again by its hash,
+never created twice), metrics in batches. Every run ends with a status: FINISHED, KILLED (pruned or
+cancelled) or FAILED with the error as the ``sdpg.error`` tag and its traceback as ``error.txt``;
+a parent ends when its last child does.
 
 The trainer knows none of this: ``MlflowSink`` is a ``MetricSink`` handed to ``sdpg.training.trainer.train``.
 Credentials never leave the URI: what is logged goes through ``redact``.
@@ -19,11 +22,28 @@ SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDE
 URI_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<cred>[^/@\s]+@)", re.I)
 
 
+def environ_snapshot() -> dict[str, str]:
+    """A copy of the environment that another thread cannot change under the reader: MLflow's
+    telemetry thread sets and pops variables while runs are logged, and ``dict(os.environ)`` (which
+    iterates keys, then looks each one up) then fails with a KeyError. The copy of the underlying
+    dict is one C-level operation, atomic under the GIL."""
+    env = os.environ
+    data = getattr(env, "_data", None)
+    if isinstance(data, dict) and hasattr(env, "decodekey") and hasattr(env, "decodevalue"):
+        return {env.decodekey(k): env.decodevalue(v) for k, v in data.copy().items()}
+    for _ in range(100):  # another Python: retry until a copy completes
+        try:
+            return dict(env)
+        except (KeyError, RuntimeError):
+            continue
+    return {}
+
+
 def redact(text: str) -> str:
     """``postgresql://user:pw@host/db`` -> ``postgresql://***@host/db``; values of secret-looking
     environment variables replaced by ***."""
     text = URI_CREDENTIALS.sub(lambda m: m.group("scheme") + "***@", str(text))
-    for k, v in os.environ.items():
+    for k, v in environ_snapshot().items():
         if SECRET_ENV.search(k) and v and len(v) >= 6 and v in text:
             text = text.replace(v, "***")
     return text
@@ -82,12 +102,22 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def get_or_create_experiment(c, name: str) -> str:
+def artifact_location(uri: str, output_dir: str | Path) -> str | None:
+    """Where a new experiment keeps its artifacts: beside the SQLite file for ``sqlite:`` stores, under
+    ``output_dir`` for other databases; None (the server decides) for a tracking server."""
+    if uri.startswith(("http://", "https://", "databricks")):
+        return None
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+    return (Path(output_dir).resolve() / "mlartifacts").as_uri()
+
+
+def get_or_create_experiment(c, name: str, artifact_location: str | None = None) -> str:
     exp = retry(c.get_experiment_by_name, name)
     if exp is not None:
         return exp.experiment_id
     try:
-        return retry(c.create_experiment, name)
+        return retry(c.create_experiment, name, artifact_location=artifact_location)
     except Exception:
         return retry(c.get_experiment_by_name, name).experiment_id  # created by a concurrent writer
 
@@ -99,8 +129,13 @@ def find_run(c, experiment_id: str, **tags: str):
 
 
 def ensure_parent_run(c, experiment_id: str, spec_name: str, kind: str, tags: dict[str, str]) -> str:
+    """The spec's parent run, created once; RUNNING again when new work starts under it."""
     run = find_run(c, experiment_id, **{"sdpg.parent": kind, "sdpg.spec": spec_name})
     if run is not None:
+        if run.info.status != "RUNNING":
+            from mlflow.entities import RunStatus
+
+            retry(c.update_run, run.info.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return run.info.run_id
     run = retry(c.create_run, experiment_id, run_name=spec_name,
                 tags={"sdpg.parent": kind, "sdpg.spec": spec_name, **tags})
@@ -124,6 +159,40 @@ def ensure_child_run(c, experiment_id: str, parent_id: str, run_hash: str, name:
     retry(c.log_text, rid, redact(config_yaml), "config.yaml")
     retry(c.update_run, rid, status=RunStatus.to_string(RunStatus.SCHEDULED))
     return rid, True
+
+
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+
+
+def finish_run(c, run_id: str, status: str) -> None:
+    retry(c.set_terminated, run_id, status=status)
+
+
+def fail_run(c, run_id: str, error: BaseException | str, traceback_text: str = "") -> None:
+    """End a run FAILED with its error as the ``sdpg.error`` tag and the traceback as ``error.txt``."""
+    msg = redact(error if isinstance(error, str) else f"{type(error).__name__}: {error}")
+    try:
+        retry(c.set_tag, run_id, "sdpg.error", msg[:5000])
+        retry(c.log_text, run_id, redact(traceback_text or msg), "error.txt")
+    finally:
+        finish_run(c, run_id, "FAILED")
+
+
+def child_runs(c, parent_id: str) -> list:
+    parent = retry(c.get_run, parent_id)
+    return retry(c.search_runs, [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                 max_results=50000)
+
+
+def end_parent_if_done(c, parent_id: str) -> str | None:
+    """End the parent run once none of its children is RUNNING or SCHEDULED: FAILED when one failed,
+    KILLED when one was cancelled, else FINISHED. Returns the status set, or None."""
+    states = [r.info.status for r in child_runs(c, parent_id)]
+    if not states or any(s not in TERMINAL for s in states):
+        return None
+    status = "FAILED" if "FAILED" in states else "KILLED" if "KILLED" in states else "FINISHED"
+    finish_run(c, parent_id, status)
+    return status
 
 
 class MlflowSink:

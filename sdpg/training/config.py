@@ -349,6 +349,54 @@ class TrainConfig(Strict):
         """Every field, presets applied: what is logged and hashed."""
         return self.model_dump(mode="json")
 
+    def effective(self) -> TrainConfig:
+        """This config with every setting that cannot change what is trained set to its field default,
+        so that two configs which train the same run compare (and hash) equal: a run's identity.
+
+        Inert settings: ``algo.kl_mode`` when alpha = 0 (no L_K); the beta schedule and the
+        distillation toggles (gate, opd_*, distill_temperature) when beta = 0 (no L_OPD+); the
+        teacher (``algo.teacher``, ``data.context``, its templates) when neither L_OPD+ nor RLSD/OPSD
+        advantages use it; RLSD / OPSD knobs under other advantages; the clip range under REINFORCE or
+        pg_coef = 0; vLLM knobs and ``tis_cap`` under the HF backend (which reports no rollout
+        log-probs); the overlong penalty without a buffer; the sampling of evaluations when
+        ``eval.every`` is 0; the embedded recipe when the model is not the embedded one."""
+        d = self.model_dump(mode="json")
+
+        def reset(section: str, cls: type[BaseModel], *names: str) -> None:
+            for n in names:
+                f = cls.model_fields[n]
+                d[section][n] = f.default_factory() if f.default_factory is not None else f.default
+
+        a = self.algo
+        if a.alpha == 0:
+            reset("algo", AlgoConfig, "kl_mode")
+        if a.beta == 0:
+            reset("algo", AlgoConfig, "beta_warmup_steps", "beta_decay_steps", "gate", "opd_norm", "opd_exclude_stop",
+                  "opd_impl", "distill_temperature")
+            if not a.needs_teacher_logprobs:
+                reset("data", DataConfig, "context", "context_templates", "teacher_template")
+        if not a.needs_teacher_logprobs:
+            reset("algo", AlgoConfig, "teacher")
+        if a.advantage != "rlsd":
+            reset("algo", AlgoConfig, "rlsd_eps_w", "rlsd_lambda", "rlsd_lambda_decay_steps")
+        if a.advantage != "opsd":
+            reset("algo", AlgoConfig, "opsd_max_weight")
+        if a.policy_loss == "reinforce" or a.pg_coef == 0:
+            reset("algo", AlgoConfig, "clip_low", "clip_high", "clip_c")
+        if a.pg_coef == 0:
+            reset("algo", AlgoConfig, "policy_loss")
+        if self.rollout.backend == "hf":
+            reset("rollout", RolloutConfig, "vllm_gpu_memory_utilization", "vllm_cpu_memory_gb", "tis_cap")
+        if self.reward.overlong_buffer == 0:
+            reset("reward", RewardConfig, "overlong_penalty")
+        if self.eval.every == 0:
+            reset("eval", EvalConfig, "n_samples", "pass_k", "temperature", "top_p", "greedy")
+            if self.rollout.backend == "hf":  # vLLM sizes its engine by the longest generation
+                reset("eval", EvalConfig, "max_new_tokens")
+        if self.model.path != "embedded":
+            reset("model", ModelConfig, "embedded")
+        return TrainConfig.model_validate(d)
+
     def config_hash(self, exclude_output: bool = True) -> str:
         d = self.resolved()
         if exclude_output:

@@ -1,0 +1,408 @@
+"""The whole loss of a micro-batch from last hidden states, without a [B, T, V] tensor.
+
+``step_loss`` takes the student's last hidden states h [B, T, H] (and the teacher's, when distilling),
+the output head W [V, H] (+ b [V]) and the sampled tokens, and returns the full objective
+
+    L = pg_coef * L_out + beta * L_OPD+ + alpha * L_K - entropy_coef * H
+
+with its statistics and the per-token log pi(y_t), entropy and KL. ``impl="materialised"`` is the
+reference: logits [B, T, V], ``token_logprobs``, ``full_vocab_kl`` and ``sdpg_loss`` under autograd.
+``impl="fused"`` computes the same values and gradients ``chunk_size`` positions at a time.
+
+Design (docs/objective.md, "The fused step loss"): per position t the loss depends on the logits z_t
+only through three scalars, log p_t(y_t), the entropy H_t and KL_t, so
+
+    dL/dz_t = g_t (onehot(y_t) - p_t)/tau - e_t p_t (log p_t + H_t)/tau + k_t p_t (log p_t - log q_t - KL_t)/tau_s
+
+with g_t = dL/dlog p_t(y_t), e_t = dL/dH_t = -entropy_coef w_t, k_t = beta w^OPD_t [KL_t <= clamp].
+e_t and k_t are known before the forward. g_t depends on the ratio, i.e. on log p_t(y_t) itself, but
+only on that one position's value and on per-token inputs (old and reference log-probs, advantage,
+importance weight, aggregation weight): it is known as soon as the chunk holding t has its
+log-softmax. So each chunk computes its logits once, evaluates g_t by autograd through the same
+``policy_loss`` / ``ref_kl`` used by the materialised loss (on [chunk] scalars), forms dL/dz for the
+chunk and multiplies it into dL/dh and dL/dW right away. One pass, no recomputation: the same four
+head GEMMs as the materialised path (student and teacher logits, dL/dh, dL/dW), no second pass over
+the chunks. The backward only scales the stored gradients by the incoming scalar.
+
+Positions are split into distilled ones (w^OPD != 0: student and teacher rows share one GEMM) and
+the rest (student rows only); padding is never computed, and reads 0 in the per-token outputs.
+Softmax arithmetic is float32; GEMMs run in the input dtype (bf16 on GPUs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sdpg.objective.fused import _accumulate_grads, auto_chunk_size
+from sdpg.objective.loss import OPDNorm, opd_weights, sdpg_loss
+from sdpg.objective.terms import (
+    LossAggMode,
+    PolicyLossMode,
+    RefKLMode,
+    agg_weights,
+    full_vocab_kl,
+    gate_mask,
+    policy_loss,
+    ref_kl,
+    tis_weights,
+    token_entropy,
+    token_logprobs,
+)
+
+StepLossImpl = Literal["fused", "materialised"]
+STEP_LOSS_IMPLS: tuple[str, ...] = ("fused", "materialised")
+
+
+@dataclass(frozen=True)
+class StepLossSettings:
+    """The scalar settings of one micro-batch's loss: ``sdpg_loss``'s keywords plus the options that
+    need the logits (entropy bonus, temperatures, KL clamp) or the rollout engine (TIS)."""
+
+    beta: float = 0.0  # the already scheduled beta(k)
+    alpha: float = 0.0
+    kl_mode: RefKLMode = "urkl"
+    gate: bool = True
+    opd_norm: OPDNorm = "all"
+    pg_coef: float = 1.0
+    policy_mode: PolicyLossMode = "dapo"
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    clip_c: float = 10.0
+    loss_agg_mode: LossAggMode = "token-mean"
+    entropy_coef: float = 0.0  # entropy bonus: -entropy_coef * sum_t w_t H_t
+    temperature: float = 1.0  # divides the student's logits for log pi(y_t) and H_t
+    kl_student_temperature: float = 1.0  # p = softmax(z_s / this) inside KL(p || q)
+    kl_teacher_temperature: float = 1.0  # q = softmax(z_t / this); the authors: 1 (teacher undivided)
+    kl_clamp: float | None = None  # per-token min(KL_t, clamp): clamped positions get no gradient
+    tis_cap: float | None = None  # truncated importance sampling against rollout_logp; None: off
+
+    def sdpg_kwargs(self) -> dict:
+        d = asdict(self)
+        for k in ("entropy_coef", "temperature", "kl_student_temperature", "kl_teacher_temperature", "kl_clamp", "tis_cap"):
+            d.pop(k)
+        return d
+
+
+class TokenOutputs(NamedTuple):
+    """Per-token values of the step, detached. ``opd_kl`` is the (clamped) KL on the distilled
+    positions; the fused path leaves it 0 elsewhere, the materialised one fills every position."""
+
+    logp: Tensor  # [B, T] log pi_theta(y_t)
+    entropy: Tensor  # [B, T]
+    opd_kl: Tensor | None  # [B, T]
+
+
+def effective_advantages(advantages: Tensor, token_advantages: Tensor | None, old_logp: Tensor,
+                         rollout_logp: Tensor | None, mask: Tensor, tis_cap: float | None) -> Tensor | None:
+    """The advantages L_out sees [B, T] (or None: the sequence advantages as they are): per-token
+    advantages when given, times the truncated importance weights when TIS is on."""
+    if rollout_logp is None or tis_cap is None:
+        return token_advantages
+    adv = token_advantages if token_advantages is not None else advantages[:, None]  # [B, T] or [B, 1]
+    return adv * tis_weights(old_logp, rollout_logp, mask, tis_cap)  # [B, T]
+
+
+def step_loss(
+    student_hidden: Tensor,
+    lm_head_weight: Tensor,
+    lm_head_bias: Tensor | None,
+    tokens: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    settings: StepLossSettings,
+    *,
+    teacher_hidden: Tensor | None = None,
+    old_logp: Tensor | None = None,
+    ref_logp: Tensor | None = None,
+    rollout_logp: Tensor | None = None,
+    token_advantages: Tensor | None = None,
+    token_weights: Tensor | None = None,
+    opd_token_weights: Tensor | None = None,
+    impl: StepLossImpl = "fused",
+    chunk_size: int | None = None,
+) -> tuple[Tensor, dict[str, Tensor], TokenOutputs]:
+    """One micro-batch's loss, its statistics (``sdpg_loss``'s) and per-token outputs.
+
+    Args:
+        student_hidden: last hidden states predicting the response tokens [B, T, H], with gradient.
+        lm_head_weight, lm_head_bias: the output head [V, H], [V] (or None).
+        tokens: sampled response tokens [B, T]; advantages: sequence advantages [B]; mask [B, T].
+        teacher_hidden: the teacher's hidden states on (c, x, y) at the same positions [B, T, H]
+            (no gradient); None switches L_OPD off.
+        old_logp: log pi_old(y_t) [B, T]; None means on-policy: pi_old = SG[pi_theta], computed here.
+        ref_logp: frozen reference's log-probs [B, T] (needed when alpha > 0).
+        rollout_logp: the rollout engine's log-probs [B, T], for TIS (``settings.tis_cap``).
+        token_advantages, token_weights, opd_token_weights: as in ``sdpg_loss``.
+        impl: "fused" (chunked, the default) or "materialised" (the reference).
+        chunk_size: positions per chunk (fused); None: ``auto_chunk_size``.
+    """
+    if impl not in STEP_LOSS_IMPLS:
+        raise ValueError(f"unknown step loss impl {impl!r}; expected one of {', '.join(STEP_LOSS_IMPLS)}")
+    if settings.alpha != 0.0 and ref_logp is None:
+        raise ValueError("alpha > 0 needs ref_logp (the frozen reference's log-probabilities)")
+    if teacher_hidden is not None and teacher_hidden.shape != student_hidden.shape:
+        raise ValueError(f"student and teacher hidden states must have one shape, got {tuple(student_hidden.shape)} "
+                         f"and {tuple(teacher_hidden.shape)}")
+    run = _fused_step if impl == "fused" else _materialised_step
+    return run(student_hidden, lm_head_weight, lm_head_bias, tokens, advantages, mask, settings, teacher_hidden,
+               old_logp, ref_logp, rollout_logp, token_advantages, token_weights, opd_token_weights, chunk_size)
+
+
+# --------------------------------------------------------------------------------------------
+# The reference: materialised logits under autograd
+# --------------------------------------------------------------------------------------------
+
+
+def _materialised_step(hs, W, b, tokens, advantages, mask, st: StepLossSettings, ht, old_logp, ref_logp,
+                       rollout_logp, token_advantages, token_weights, opd_token_weights, chunk_size):
+    logits = F.linear(hs, W, b)  # [B, T, V]
+    logp = token_logprobs(logits, tokens, st.temperature)  # [B, T]
+    ent = token_entropy(logits, st.temperature)  # [B, T]
+    old = logp.detach() if old_logp is None else old_logp  # [B, T]
+    adv_t = effective_advantages(advantages, token_advantages, old, rollout_logp, mask, st.tis_cap)  # [B, T] | None
+    kl = None
+    if ht is not None:
+        with torch.no_grad():
+            zt = F.linear(ht.detach(), W, b)  # [B, T, V]
+        kl = full_vocab_kl(logits.float() / st.kl_student_temperature, zt.float() / st.kl_teacher_temperature)  # [B, T]
+        if st.kl_clamp is not None:
+            kl = kl.clamp(max=st.kl_clamp)  # [B, T]
+    loss, stats = sdpg_loss(logp, old, advantages, mask, token_advantages=adv_t, opd=kl, ref_logp=ref_logp,
+                            token_weights=token_weights, opd_token_weights=opd_token_weights, **st.sdpg_kwargs())
+    if st.entropy_coef != 0.0:
+        w = agg_weights(mask, st.loss_agg_mode) if token_weights is None else token_weights  # [B, T]
+        loss = loss - st.entropy_coef * (ent * w).sum()
+    return loss, stats, TokenOutputs(logp.detach(), ent.detach(), kl.detach() if kl is not None else None)
+
+
+# --------------------------------------------------------------------------------------------
+# The fused path
+# --------------------------------------------------------------------------------------------
+
+
+class _Plan:
+    """Everything per token, flattened to [N], that the chunks read; and the per-chunk dL/dlog p."""
+
+    def __init__(self, st, tokens, advantages, mask, old_logp, ref_logp, rollout_logp, token_advantages,
+                 w, opd_w, chunk_size):
+        N = tokens.numel()
+        self.st, self.chunk_size = st, chunk_size
+        self.y = tokens.reshape(N).long()  # [N]
+        self.m = mask.reshape(N).float()  # [N]
+        adv = token_advantages if token_advantages is not None else advantages[:, None].expand_as(tokens)  # [B, T]
+        self.adv = adv.reshape(N).float()  # [N]
+        self.old = old_logp.reshape(N).float() if old_logp is not None else None  # [N] | None
+        self.ref = ref_logp.reshape(N).float() if ref_logp is not None else None  # [N] | None
+        self.ro = rollout_logp.reshape(N).float() if rollout_logp is not None and st.tis_cap is not None else None
+        self.w = w.reshape(N).float()  # [N]
+        self.k = st.beta * opd_w.reshape(N).float() if opd_w is not None else None  # [N] dL/dKL before the clamp
+        self.e = -st.entropy_coef * self.w  # [N] dL/dH
+        distilled = opd_w.reshape(N) != 0 if opd_w is not None else torch.zeros(N, dtype=torch.bool, device=tokens.device)
+        self.rows_d = distilled.nonzero().view(-1)  # [n_d] student + teacher rows
+        self.rows_s = (((self.m != 0) | (self.w != 0)) & ~distilled).nonzero().view(-1)  # [n_s] student rows only
+
+    def token_terms(self, r: Tensor, logp: Tensor) -> tuple[Tensor, Tensor]:
+        """L_out and L_K of rows ``r`` at log p = ``logp`` [c]: values [c] and dL/dlog p [c], by autograd
+        through the same ``policy_loss`` and ``ref_kl`` as ``sdpg_loss``."""
+        st = self.st
+        x = logp.detach().requires_grad_(True)  # [c]
+        with torch.enable_grad():
+            old = x.detach() if self.old is None else self.old[r]  # [c]
+            adv = self.adv[r]  # [c]
+            if self.ro is not None:
+                adv = adv * tis_weights(old, self.ro[r], self.m[r], st.tis_cap)  # [c]
+            val = torch.zeros_like(x)  # [c]
+            if st.pg_coef != 0.0:
+                pg, _ = policy_loss(x[None], old[None], adv[None], self.m[r][None], st.clip_low, st.clip_high,
+                                    st.clip_c, st.policy_mode)  # [1, c]
+                val = val + st.pg_coef * (pg[0] * self.w[r])  # [c]
+            if st.alpha != 0.0:
+                val = val + st.alpha * (ref_kl(x, self.ref[r], st.kl_mode) * self.w[r])  # [c]
+            if not val.requires_grad:
+                return val.detach(), torch.zeros_like(x)
+            (g,) = torch.autograd.grad(val.sum(), x)  # [c]
+        return val.detach(), g
+
+
+def _log_softmax_(z: Tensor, temperature: float) -> Tensor:
+    """In place: z <- log softmax(z / temperature) over the last dim, float32."""
+    if temperature != 1.0:
+        z /= temperature  # [c, V]
+    z -= torch.logsumexp(z, dim=-1, keepdim=True)  # [c, V]
+    return z
+
+
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """sum_v a[i, v] b[i, v] [c] without a [c, V] temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)  # [c]
+
+
+def _step_chunk(h: Tensor, ht: Tensor | None, r: Tensor, W: Tensor, b: Tensor | None, plan: _Plan, need_grad: bool):
+    """One chunk of rows ``r``: log p(y) [c], H [c], KL [c] | None, loss value [], dL/dz [c, V] | None.
+
+    Buffers: the logits [c or 2c, V] (log-probs in place, then dL/dz in place) and p [c, V], float32.
+    """
+    st = plan.st
+    c, tau, tau_s = h.shape[0], st.temperature, st.kl_student_temperature
+    y = plan.y[r]  # [c]
+    z = F.linear(h if ht is None else torch.cat([h, ht]), W, b).float()  # [c or 2c, V]
+    same_tau = ht is None or tau_s == tau
+    ls_kl = None if same_tau else _log_softmax_(z[:c] / tau_s, 1.0)  # [c, V] student log-probs inside the KL
+    ls = _log_softmax_(z[:c], tau)  # [c, V] log p
+    logp = ls.gather(1, y[:, None]).squeeze(1)  # [c]
+    p = ls.exp()  # [c, V]
+    ent = -_rowdot(p, ls)  # [c]
+    kl = diff = p_kl = None
+    if ht is not None:
+        lq = _log_softmax_(z[c:], st.kl_teacher_temperature)  # [c, V] log q
+        ls_for_kl, p_kl = (ls, p) if same_tau else (ls_kl, ls_kl.exp())  # [c, V] each
+        diff = torch.sub(ls_for_kl, lq, out=lq)  # [c, V] log p - log q
+        kl = _rowdot(p_kl, diff)  # [c]
+    val, g = plan.token_terms(r, logp)  # [c], [c]
+    e = plan.e[r]  # [c]
+    value = val.sum(dtype=torch.float64) + (e * ent).sum(dtype=torch.float64)  # []
+    k = None
+    if kl is not None:
+        k = plan.k[r]  # [c]
+        kl_used = kl if st.kl_clamp is None else kl.clamp(max=st.kl_clamp)  # [c]
+        value = value + (k * kl_used).sum(dtype=torch.float64)
+        if st.kl_clamp is not None:
+            k = k * (kl <= st.kl_clamp).float()  # [c] clamped positions: no gradient
+    if not need_grad:
+        return logp, ent, kl, value, None
+    has_e = st.entropy_coef != 0.0
+    row_shift = (-g - e * ent)[:, None]  # [c, 1]
+    if kl is not None and same_tau:  # dz = p (k (log p - log q - KL) - e (log p + H) - g) / tau + g onehot / tau
+        dz = diff  # [c, V]
+        dz -= kl[:, None]
+        dz *= k[:, None]
+        if has_e:
+            dz.addcmul_(ls, -e[:, None])
+        dz += row_shift
+        dz *= p
+    elif has_e:  # dz = p (-e (log p + H) - g) / tau + g onehot / tau
+        dz = ls  # [c, V]
+        dz *= -e[:, None]
+        dz += row_shift
+        dz *= p
+    else:  # dz = -g p / tau + g onehot / tau
+        dz = p  # [c, V]
+        dz *= -g[:, None]
+    if tau != 1.0:
+        dz /= tau
+    if kl is not None and not same_tau:  # the KL's own softmax at tau_s
+        diff -= kl[:, None]
+        diff *= p_kl
+        diff *= (k / tau_s)[:, None]
+        dz += diff
+    dz.scatter_add_(1, y[:, None], (g / tau)[:, None])
+    return logp, ent, kl, value, dz
+
+
+class _FusedStep(torch.autograd.Function):
+    """Loss [] with dL/dh, dL/dW, dL/db formed in the forward, chunk by chunk; per-token outputs."""
+
+    @staticmethod
+    def forward(ctx, hs, W, b, ht, plan: _Plan):  # hs, ht [N, H]; W [V, H]; b [V]
+        N = hs.shape[0]
+        need_h, need_w = hs.requires_grad, W.requires_grad
+        need_b = b is not None and b.requires_grad
+        need_grad = need_h or need_w or need_b
+        logp = hs.new_zeros(N, dtype=torch.float32)  # [N]
+        ent = hs.new_zeros(N, dtype=torch.float32)  # [N]
+        kl = hs.new_zeros(N, dtype=torch.float32)  # [N]
+        grad_hs = torch.zeros_like(hs) if need_h else None  # [N, H]
+        grad_w = torch.zeros_like(W) if need_w else None  # [V, H]
+        grad_b = torch.zeros(W.shape[0], dtype=torch.float32, device=W.device) if need_b else None  # [V]
+        total = torch.zeros((), dtype=torch.float64, device=hs.device)
+        c = plan.chunk_size
+        for rows, distil in ((plan.rows_d, True), (plan.rows_s, False)):
+            for s in range(0, rows.numel(), c):
+                r = rows[s : s + c]  # [c]
+                h = hs[r]  # [c, H]
+                lp, en, kl_c, value, dz = _step_chunk(h, ht[r] if distil else None, r, W, b, plan, need_grad)
+                logp[r], ent[r] = lp, en
+                if kl_c is not None:
+                    kl[r] = kl_c if plan.st.kl_clamp is None else kl_c.clamp(max=plan.st.kl_clamp)
+                total += value
+                if dz is not None:
+                    gh = _accumulate_grads(dz, h, W, grad_w, grad_b)  # [c, H]
+                    if grad_hs is not None:
+                        grad_hs[r] = gh.to(hs.dtype)
+        ctx.grads = (grad_hs, grad_w, grad_b.to(b.dtype) if grad_b is not None else None)
+        ctx.mark_non_differentiable(logp, ent, kl)
+        return total.float(), logp, ent, kl
+
+    @staticmethod
+    def backward(ctx, grad_loss, _g_logp, _g_ent, _g_kl):
+        grads = ctx.grads
+        del ctx.grads
+        scale = grad_loss.item() if grad_loss.numel() == 1 else grad_loss
+        out = [g.mul_(scale) if g is not None and scale != 1.0 else g for g in grads]
+        return out[0], out[1], out[2], None, None
+
+
+def _fused_step(hs, W, b, tokens, advantages, mask, st: StepLossSettings, ht, old_logp, ref_logp, rollout_logp,
+                token_advantages, token_weights, opd_token_weights, chunk_size):
+    B, T, H = hs.shape
+    m = mask.float()  # [B, T]
+    w = agg_weights(m, st.loss_agg_mode) if token_weights is None else token_weights  # [B, T]
+    opd_w = None
+    if ht is not None:
+        g = gate_mask(advantages, m, st.gate)  # [B, T]
+        opd_w = opd_weights(w, g, st.opd_norm, st.loss_agg_mode) if opd_token_weights is None else opd_token_weights
+    c = chunk_size or auto_chunk_size(W.shape[0], B * T, hs.device)
+    plan = _Plan(st, tokens, advantages, mask, old_logp, ref_logp, rollout_logp, token_advantages,
+                 w.detach(), opd_w.detach() if opd_w is not None else None, int(c))
+    ht_flat = ht.detach().reshape(B * T, H) if ht is not None else None  # [N, H]
+    loss, logp, ent, kl = _FusedStep.apply(hs.reshape(B * T, H), W, b, ht_flat, plan)
+    logp, ent = logp.view(B, T), ent.view(B, T)  # [B, T] each
+    kl = kl.view(B, T) if ht is not None else None  # [B, T]
+    # statistics exactly as the materialised path reports them, from the same per-token values
+    old = logp if old_logp is None else old_logp  # [B, T]
+    adv_t = effective_advantages(advantages, token_advantages, old, rollout_logp, mask, st.tis_cap)  # [B, T] | None
+    _, stats = sdpg_loss(logp, old, advantages, mask, token_advantages=adv_t, opd=kl, ref_logp=ref_logp,
+                         token_weights=token_weights, opd_token_weights=opd_token_weights, **st.sdpg_kwargs())
+    return loss, stats, TokenOutputs(logp, ent, kl)
+
+
+# --------------------------------------------------------------------------------------------
+# No-grad passes: old, reference and teacher log-probs, entropy
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def hidden_token_logprobs(
+    hidden: Tensor,
+    lm_head_weight: Tensor,
+    lm_head_bias: Tensor | None,
+    tokens: Tensor,
+    temperature: float = 1.0,
+    *,
+    mask: Tensor | None = None,
+    with_entropy: bool = True,
+    chunk_size: int | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """log pi(y_t) [B, T] and the entropy [B, T] (None without ``with_entropy``) from hidden states
+    [B, T, H], chunk by chunk, no gradient. Equal to ``token_logprobs`` / ``token_entropy`` of
+    ``linear(hidden, W, b)``. Positions where ``mask`` is 0 are skipped and read 0."""
+    B, T, H = hidden.shape
+    N = B * T
+    hs = hidden.reshape(N, H)  # [N, H]
+    y = tokens.reshape(N).long()  # [N]
+    rows = (mask.reshape(N) != 0).nonzero().view(-1) if mask is not None else torch.arange(N, device=hidden.device)  # [n]
+    logp = hidden.new_zeros(N, dtype=torch.float32)  # [N]
+    ent = hidden.new_zeros(N, dtype=torch.float32) if with_entropy else None  # [N]
+    c = chunk_size or auto_chunk_size(lm_head_weight.shape[0], N, hidden.device)
+    for s in range(0, rows.numel(), c):
+        r = rows[s : s + c]  # [c]
+        ls = _log_softmax_(F.linear(hs[r], lm_head_weight, lm_head_bias).float(), temperature)  # [c, V]
+        logp[r] = ls.gather(1, y[r][:, None]).squeeze(1)
+        if ent is not None:
+            ent[r] = -_rowdot(ls.exp(), ls)
+    return logp.view(B, T), (ent.view(B, T) if ent is not None else None)

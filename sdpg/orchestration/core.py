@@ -1,0 +1,145 @@
+"""The orchestration core shared by ``sdpg-ablate`` and ``sdpg-sweep``.
+
+Both commands read a spec, resolve a base trainer config, choose an executor (and a SLURM profile),
+make an output folder, and track their runs in MLflow as one experiment with a parent run per spec
+and a child run per training run. Everything they have in common lives here:
+
+* ``NAME_PATTERN``: what a spec, variant or study name may look like (one pattern);
+* ``TrackingSpec``: the ``tracking:`` section of a spec;
+* ``resolve_base``, ``resolve_executor``, ``output_folder``: from spec keys to a config dict, an
+  executor kind with its profile, and an absolute folder;
+* ``Experiment``: the MLflow life cycle (experiment with artifacts beside its store, parent run
+  re-opened while work runs and ended when its runs end, child runs keyed by a hash).
+
+The job that trains a run is ``sdpg.orchestration.launch.TrainJob``; a sweep trial is that job
+with an Optuna trial attached.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sdpg.orchestration.specs import SlurmProfile, load_profile
+from sdpg.paths import DEFAULT_CONFIG_PATH
+from sdpg.training.config import ConfigError, Strict, TrainConfig, load_yaml
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+"""Spec, variant and study names: they become folder names, MLflow experiment names and job names."""
+
+EXECUTORS = ("local", "debug", "slurm")
+
+
+class TrackingSpec(Strict):
+    uri: str | None = None
+    """MLflow tracking URI; None: ``sqlite:///<output_dir>/mlflow.db``. Use an ``mlflow server``
+    (``http://host:5000``) when many jobs write at once."""
+    experiment: str | None = None
+    """MLflow experiment; None: the spec's name."""
+
+
+def resolve_base(base: str | dict[str, Any], spec_path: Path) -> dict:
+    """The base trainer config of a spec: an inline mapping, ``embedded`` (the built-in default) or a
+    YAML path relative to the spec file."""
+    if isinstance(base, dict):
+        return base
+    if base == "embedded":
+        return load_yaml(DEFAULT_CONFIG_PATH)
+    bp = Path(base) if Path(base).is_absolute() else spec_path.parent / base
+    if not bp.is_file():
+        raise ConfigError(f"{spec_path}: key 'base' has bad value {base!r}: no such file {bp}")
+    return load_yaml(bp)
+
+
+def resolve_executor(kind: str, profile: str | None, src: str) -> tuple[str, SlurmProfile | None]:
+    """(executor kind, SLURM profile). ``kind`` may be a profile name (then the executor is slurm);
+    slurm without a profile uses ``slurm/dev.yaml``."""
+    if kind not in EXECUTORS:
+        profile, kind = kind, "slurm"
+    prof = load_profile(profile, f"{src}: key 'profile'") if profile else None
+    if kind == "slurm" and prof is None:
+        prof = load_profile("dev", f"{src}: key 'profile'")
+    return kind, prof
+
+
+def output_folder(output_dir: str | None, name: str) -> Path:
+    """``output_dir`` or ``outputs/<name>``, absolute (relative to the current directory)."""
+    out = Path(output_dir) if output_dir else Path("outputs") / name
+    return out if out.is_absolute() else Path.cwd() / out
+
+
+def tracking_target(spec: TrackingSpec, output_dir: Path, name: str) -> tuple[str, str]:
+    """(tracking URI, experiment name) of a spec."""
+    from sdpg.orchestration.tracking import default_uri
+
+    return spec.uri or default_uri(output_dir), spec.experiment or name
+
+
+class Experiment:
+    """The MLflow side of one spec: its experiment, its parent run and its child runs.
+
+    ``open`` creates the experiment (artifacts beside the store, never in the current directory)
+    and the parent run, or finds them again and marks the parent RUNNING; ``child`` finds or creates
+    the run of one hash; ``end_if_done`` ends the parent once no child is RUNNING or SCHEDULED.
+    """
+
+    def __init__(self, uri: str, name: str, output_dir: Path, kind: str, spec_name: str, spec_path: Path):
+        self.uri, self.name, self.output_dir, self.kind = uri, name, output_dir, kind
+        self.spec_name, self.spec_path = spec_name, spec_path
+        self.experiment_id: str | None = None
+        self.parent_id: str | None = None
+        self._c = None
+
+    @property
+    def client(self):
+        from sdpg.orchestration import tracking
+
+        if self._c is None:
+            self._c = tracking.client(self.uri)
+        return self._c
+
+    def open(self, log_spec: bool = True) -> Experiment:
+        from sdpg.orchestration import tracking
+
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        c = self.client
+        self.experiment_id = tracking.get_or_create_experiment(c, self.name, tracking.artifact_location(self.uri, self.output_dir))
+        self.parent_id = tracking.ensure_parent_run(c, self.experiment_id, self.spec_name, self.kind,
+                                                    {"sdpg.spec_file": str(self.spec_path)})
+        if log_spec:
+            tracking.retry(c.log_text, self.parent_id, tracking.redact(self.spec_path.read_text()), f"{self.kind}_spec.yaml")
+        return self
+
+    def child(self, key: str, name: str, config: TrainConfig, tags: dict[str, Any]) -> str:
+        """The run of ``key`` (an effective-config hash, or a trial's key), created once with the
+        config's parameters and ``config.yaml``."""
+        import yaml
+
+        from sdpg.orchestration import tracking
+
+        resolved = config.resolved()
+        rid, _ = tracking.ensure_child_run(
+            self.client, self.experiment_id, self.parent_id, key, name,
+            tags={"git_commit": tracking.git_commit(), "spec": self.spec_name, **tags},
+            params=tracking.flatten(resolved), config_yaml=yaml.safe_dump(resolved, sort_keys=False),
+        )
+        return rid
+
+    def end_if_done(self) -> str | None:
+        from sdpg.orchestration import tracking
+
+        return tracking.end_parent_if_done(self.client, self.parent_id)
+
+    def end(self, status: str = "FINISHED") -> None:
+        from sdpg.orchestration import tracking
+
+        tracking.finish_run(self.client, self.parent_id, status)
+
+
+def job_error(e: BaseException) -> str:
+    """The one line that says why a submitit job failed: the exception line of its trace (submitit's
+    message ends with the log paths, which are not the reason)."""
+    lines = [ln.rstrip() for ln in str(e).splitlines() if ln.strip()]
+    cut = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith("You can check full logs")), len(lines))
+    body = [ln for ln in lines[:cut] if set(ln.strip()) - {"-"}]
+    return body[-1].strip() if body else repr(e)

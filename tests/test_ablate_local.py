@@ -1,0 +1,77 @@
+"""sdpg-ablate end to end with local processes, as the README's main job runs it: MLflow parent and
+child runs ended, artifacts beside the spec's mlflow.db, progress lines whole, a quiet exit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from sdpg.orchestration import tracking
+from sdpg.orchestration.ablate import load_plan, run_state
+
+from conftest import tiny_overrides_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quickstart_shaped_grid_ends_its_parent_and_keeps_artifacts_in_its_folder(tmp_path, tiny_model_built):
+    quick = yaml.safe_load((ROOT / "ablations" / "quickstart.yaml").read_text())
+    spec = {**quick, "name": "qs", "output_dir": str(tmp_path / "proj" / "outputs" / "qs"),
+            "overrides": {**quick["overrides"], **tiny_overrides_dict(), "run.total_steps": 2, "eval.every": 0}}
+    p = tmp_path / "proj" / "qs.yaml"
+    p.parent.mkdir()
+    p.write_text(yaml.safe_dump(spec))
+    elsewhere = tmp_path / "elsewhere"  # the command runs from another folder: nothing may land there
+    elsewhere.mkdir()
+    r = subprocess.run([sys.executable, "-m", "sdpg", "ablate", str(p)], capture_output=True, text=True, timeout=900,
+                       cwd=elsewhere, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Exception ignored" not in r.stderr, r.stderr[-3000:]
+    plan = load_plan(p)
+    assert {r.variant for r in plan.runs} == {"sdpg_urkl", "grpo"}
+    assert all(run_state(x)[0] == "finished" for x in plan.runs)
+    c = tracking.client(plan.tracking_uri)
+    exp = c.get_experiment_by_name(plan.experiment)
+    runs = c.search_runs([exp.experiment_id])
+    (parent,) = [x for x in runs if x.data.tags.get("sdpg.parent") == "ablation"]
+    children = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and all(x.info.status == "FINISHED" for x in children)
+    assert parent.info.status == "FINISHED" and parent.info.end_time >= max(x.info.end_time for x in children)
+    # artifacts (the spec on the parent, config.yaml on each child) beside mlflow.db, not in ./mlruns
+    folder = plan.output_dir
+    assert (folder / "mlflow.db").is_file()
+    for run, name in [(parent, "ablation_spec.yaml")] + [(x, "config.yaml") for x in children]:
+        art = Path(run.info.artifact_uri.removeprefix("file://"))
+        assert art.is_relative_to(folder) and (art / name).is_file(), (run.info.artifact_uri, name)
+    assert not list(elsewhere.iterdir()) and not (p.parent / "mlruns").exists()
+    # resubmitting: nothing to train, the parent stays FINISHED
+    r2 = subprocess.run([sys.executable, "-m", "sdpg", "ablate", str(p)], capture_output=True, text=True, timeout=300,
+                        cwd=elsewhere, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r2.returncode == 0 and "nothing submitted" in r2.stderr, r2.stderr[-2000:]
+    assert c.get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+def test_a_run_that_fails_is_failed_in_mlflow_and_so_is_its_parent(tmp_path):
+    """Its job raises before training (its folder is taken by a file): no base model needed."""
+    spec = {"name": "bad", "base": "embedded", "variants": {"a": {}}, "seeds": [0], "executor": "local",
+            "overrides": {"run.total_steps": 1}, "output_dir": str(tmp_path / "bad")}
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    plan = load_plan(p)
+    Path(plan.runs[0].config.run.output_dir).parent.mkdir(parents=True)
+    Path(plan.runs[0].config.run.output_dir).write_text("not a folder\n")
+    r = subprocess.run([sys.executable, "-m", "sdpg", "ablate", str(p)], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 1 and "some runs failed" in r.stderr and "FileExistsError" in r.stderr, r.stderr[-2000:]
+    c = tracking.client(plan.tracking_uri)
+    exp = c.get_experiment_by_name(plan.experiment)
+    runs = c.search_runs([exp.experiment_id])
+    (parent,) = [x for x in runs if x.data.tags.get("sdpg.parent") == "ablation"]
+    (child,) = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert child.info.status == "FAILED" and child.data.tags["sdpg.error"].startswith("FileExistsError")
+    assert "Traceback" in (Path(child.info.artifact_uri.removeprefix("file://")) / "error.txt").read_text()
+    assert parent.info.status == "FAILED" and parent.info.end_time
