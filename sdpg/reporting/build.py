@@ -195,6 +195,9 @@ def build_report(source: str, out: str | Path, tags: dict[str, str] | None = Non
         sweeps.trials_csv(trials, keys, out / "tables" / "trials.csv")
         counts_by_state = trials.state.value_counts().to_dict()
         summary = ", ".join(f"{counts_by_state[s]} {s}" for s in sweeps.STATE_ORDER if s in counts_by_state)
+        if trials.attrs.get("duplicates"):
+            summary += (f" ({trials.attrs['duplicates']} more proposals repeated a point another trial holds and were "
+                        f"dropped untrained; not listed)")
         src_note = "" if study is not None else (" The Optuna storage was not found, so states come from the MLflow "
                                                  "run tags and objective values are not known.")
         sections.append(("Trials", f"{len(trials)} trials: {summary}. Best completed trial in bold. Pruned trials were "

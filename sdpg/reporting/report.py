@@ -148,7 +148,7 @@ def store_exists(uri: str) -> bool:
 
 def run_table(uri: str, experiment: str, tags: dict[str, str] | None = None):
     """One row per child run: run_id, run_name, variant, seed, status, and the sweep tags ``trial``
-    (number), ``trial_state`` and ``trial_params`` where present."""
+    (number), ``trial_state``, ``trial_params`` and ``pruned_at_step`` where present."""
     import pandas as pd
 
     c = tracking.client(uri)
@@ -165,9 +165,10 @@ def run_table(uri: str, experiment: str, tags: dict[str, str] | None = None):
         rows.append({"run_id": r.info.run_id, "run_name": r.info.run_name, "variant": t.get("variant", r.info.run_name),
                      "seed": int(t.get("seed", 0)), "status": r.info.status,
                      "trial": int(t["sdpg.trial"]) if "sdpg.trial" in t else None,
-                     "trial_state": t.get("sdpg.trial_state"), "trial_params": t.get("sdpg.trial_params")})
+                     "trial_state": t.get("sdpg.trial_state"), "trial_params": t.get("sdpg.trial_params"),
+                     "pruned_at_step": t.get("sdpg.pruned_at_step")})
     return pd.DataFrame(rows, columns=["run_id", "run_name", "variant", "seed", "status", "trial", "trial_state",
-                                       "trial_params"])
+                                       "trial_params", "pruned_at_step"])
 
 
 # --------------------------------------------------------------------------------------------

@@ -65,19 +65,32 @@ def trials_frame(study=None, runs=None):
             last_step = max(inter) if inter else None
             # Optuna gives a pruned trial its last intermediate value as value: not an objective, left out
             done = t.state.name == "COMPLETE" and t.value is not None
+            at = t.user_attrs.get("sdpg.pruned_at_step")
             rows.append({"number": t.number, "state": t.state.name.lower(), "value": t.value if done else math.nan,
-                         "params": dict(t.params), "last_step": last_step,
+                         "params": dict(t.params), "last_step": int(at) if at is not None else last_step,
                          "last_value": inter[last_step] if last_step is not None else math.nan,
-                         "retry_of": t.user_attrs.get("sdpg.retry_of")})
+                         "retry_of": t.user_attrs.get("sdpg.retry_of"),
+                         "duplicate_of": t.user_attrs.get("sdpg.duplicate_of"), "error": t.user_attrs.get("sdpg.error")})
     elif runs is not None and len(runs) and runs.trial.notna().any():
         for number, g in runs[runs.trial.notna()].groupby("trial", sort=True):
             states = set(g.trial_state.dropna())
             state = "pruned" if "pruned" in states else "fail" if states & {"fail", "failed"} else \
                 "complete" if states == {"complete"} else "running"
             params = json.loads(g.trial_params.dropna().iloc[0]) if g.trial_params.notna().any() else {}
-            rows.append({"number": int(number), "state": state, "value": math.nan, "params": params, "last_step": None,
-                         "last_value": math.nan, "retry_of": None})
-    return pd.DataFrame(rows, columns=["number", "state", "value", "params", "last_step", "last_value", "retry_of"])
+            at = g.pruned_at_step.dropna() if "pruned_at_step" in g else []
+            rows.append({"number": int(number), "state": state, "value": math.nan, "params": params,
+                         "last_step": int(at.iloc[0]) if len(at) else None, "last_value": math.nan, "retry_of": None,
+                         "duplicate_of": None, "error": None})
+    cols = ["number", "state", "value", "params", "last_step", "last_value", "retry_of", "duplicate_of", "error"]
+    df = pd.DataFrame(rows, columns=cols)
+    # a proposal dropped because another trial holds its point trained nothing: not a trial of the report
+    out = df[df.duplicate_of.isna()].reset_index(drop=True)
+    out.attrs["duplicates"] = int(df.duplicate_of.notna().sum())
+    return out
+
+
+def _nan(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
 
 
 def _short_keys(keys: list[str]) -> dict[str, str]:
@@ -118,13 +131,17 @@ def trials_table(trials, keys: list[str], objective: dict | None, direction: str
     for r in trials.sort_values("number").itertuples():
         value = "–" if math.isnan(r.value) else f"{r.value:.4f}"
         if r.state == "pruned":
-            stopped = f"pruned at step {int(r.last_step)} (value {r.last_value:.4f})" if r.last_step is not None else "pruned"
+            stopped = "pruned" if r.last_step is None or _nan(r.last_step) else f"pruned at step {int(r.last_step)}"
+            if not _nan(r.last_value):
+                stopped += f" (value {r.last_value:.4f})"
+        elif r.state == "fail":
+            stopped = "failed" + (f": {r.error[:80]}" if isinstance(r.error, str) and r.error else "")
         elif r.state == "complete":
             stopped = "finished"
         else:
             stopped = r.state
-        name = f"t{int(r.number)}" + (f" (retry of t{int(r.retry_of)})" if r.retry_of is not None and not (
-            isinstance(r.retry_of, float) and math.isnan(r.retry_of)) and int(r.retry_of) != int(r.number) else "")
+        name = f"t{int(r.number)}" + (f" (retry of t{int(r.retry_of)})"
+                                      if not _nan(r.retry_of) and int(r.retry_of) != int(r.number) else "")
         cells = [name, r.state, value, stopped] + [fmt_value(r.params[k]) if k in r.params else "–" for k in keys]
         if r.number == best:
             cells = [f"**{c}**" for c in cells]
