@@ -564,6 +564,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--dry-run", action="store_true", help="print the runs; submit nothing")
         p.add_argument("--max-parallel", type=int, metavar="N",
                        help="runs at a time (SLURM array parallelism; default: the spec's max_parallel)")
+        p.add_argument("--rehearse", action="store_true",
+                       help="run every run here for 2 steps on a shrunk model with its own MLflow store; submit nothing")
+        p.add_argument("--rehearse-model", metavar="PATH",
+                       help="with --rehearse: a local folder (config.json and tokenizer) standing in for model.path")
+        p.add_argument("--rehearse-dir", metavar="DIR", help="with --rehearse: its folder (default rehearsals/NAME)")
         p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
                        help="wait for the runs (default: yes for local/debug, no for slurm)")
     a = p.parse_args(argv)
@@ -589,6 +594,14 @@ def main(argv: list[str] | None = None) -> int:
     print(table(plan))
     if a.dry_run:
         return 0
+    if a.rehearse:
+        from sdpg.orchestration.rehearse import rehearse_plan
+
+        try:
+            return rehearse_plan(plan, a.rehearse_model, a.rehearse_dir)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     try:
         submit(plan, a.max_parallel, a.wait, log=lambda m: print(m, file=sys.stderr, flush=True))
     except RuntimeError as e:

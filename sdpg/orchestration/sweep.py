@@ -849,6 +849,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--workers", type=int, metavar="N", help="workers pulling trials at once (default: the spec's)")
         p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
                        help="wait for the workers and print the trials (default: yes for local, no for slurm)")
+        p.add_argument("--rehearse", action="store_true",
+                       help="run the enqueued trials and the corners of the space here for 2 steps on a shrunk model; start nothing")
+        p.add_argument("--rehearse-model", metavar="PATH",
+                       help="with --rehearse: a local folder (config.json and tokenizer) standing in for model.path")
+        p.add_argument("--rehearse-dir", metavar="DIR", help="with --rehearse: its folder (default rehearsals/NAME)")
     if sub == "export":
         p.add_argument("--out", metavar="PATH",
                        help="where to write the ablation spec (default: ablations/<name>_best.yaml)")
@@ -861,6 +866,10 @@ def main(argv: list[str] | None = None) -> int:
             print(status(sweep))
         elif sub == "export":
             print(f"wrote {export(sweep, a.out)}")
+        elif a.rehearse:
+            from sdpg.orchestration.rehearse import rehearse_sweep
+
+            return rehearse_sweep(sweep, a.rehearse_model, a.rehearse_dir)
         else:
             launch(sweep, a.workers, a.wait, log=lambda m: print(m, file=sys.stderr, flush=True))
     except ConfigError as e:

