@@ -31,8 +31,9 @@ def main() -> None:
         df = report.load_runs(uri, exp)
         benches = [f"eval/{b}/mean@32" for b in ("aime24", "aime25", "amc23")]
         lb = report.last_best(df, benches)
-        variants, cols, cells = report.table_matrix(lb, benches, [v for v in ORDER if v in set(df.variant)],
-                                                    {b: b.split("/")[1].upper() for b in benches})
+        variants, cols, cells = report.table_matrix(
+            lb, benches, [v for v in ORDER if v in set(df.variant)], {b: b.split("/")[1].upper() for b in benches}
+        )
     else:
         variants, cols, cells = report.table_from_csv(a.csv)
     for fmt, ext in (("markdown", "md"), ("latex", "tex")):

@@ -26,10 +26,20 @@ def main() -> None:
     metrics = [eval_key, "train/accuracy", "train/opd_kl", "train/entropy", "train/response_length", "train/ref_kl"]
     df = load_runs(a.uri, a.experiment, metrics)
     order = [v for v in ("grpo", "sdpg_urkl", "sdpg_ufkl") if v in set(df.variant)]
-    png = plot_curves(df, metrics, Path(a.out) / "toy_reproduction", order=order, titles={
-        eval_key: "held-out accuracy (mean@4)", "train/accuracy": "training accuracy",
-        "train/opd_kl": "KL(p || q) on gated tokens", "train/entropy": "entropy",
-        "train/response_length": "response length", "train/ref_kl": "KL to reference (k3)"})
+    png = plot_curves(
+        df,
+        metrics,
+        Path(a.out) / "toy_reproduction",
+        order=order,
+        titles={
+            eval_key: "held-out accuracy (mean@4)",
+            "train/accuracy": "training accuracy",
+            "train/opd_kl": "KL(p || q) on gated tokens",
+            "train/entropy": "entropy",
+            "train/response_length": "response length",
+            "train/ref_kl": "KL to reference (k3)",
+        },
+    )
     print(f"figure: {png}")
     ev = seed_curves(df, eval_key)
     g = ev["grpo"]
@@ -45,14 +55,18 @@ def main() -> None:
         if v == "grpo":
             ref = med
         ratio = f"{med / ref:.2f}x" if ref and not np.isnan(med) else "-"
-        print(f"| {v} | {len(c['seeds'])} | {c['mean'][0]:.3f} | {np.mean(c['mean'][-3:]):.3f} | {np.max(c['mean']):.3f} | "
-              f"{', '.join('never' if np.isnan(x) else str(int(x)) for x in per_seed)} | {med:.0f} | {ratio} |")
+        print(
+            f"| {v} | {len(c['seeds'])} | {c['mean'][0]:.3f} | {np.mean(c['mean'][-3:]):.3f} | {np.max(c['mean']):.3f} | "
+            f"{', '.join('never' if np.isnan(x) else str(int(x)) for x in per_seed)} | {med:.0f} | {ratio} |"
+        )
     tr = seed_curves(df, "train/opd_kl")
     for v in order:
         if v.startswith("sdpg"):
             k = tr[v]["mean"]
-            print(f"\n{v}: mean per-position KL(p || q) on gated (correct) samples: first 5 steps {np.mean(k[:5]):.3f}, "
-                  f"last 5 steps {np.mean(k[-5:]):.3f}")
+            print(
+                f"\n{v}: mean per-position KL(p || q) on gated (correct) samples: first 5 steps {np.mean(k[:5]):.3f}, "
+                f"last 5 steps {np.mean(k[-5:]):.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ def run_one(variant: str, B: int, T: int, H: int, V: int, dtype_name: str, devic
     del warm
     hs, ht, W, weights = make(T)
     grad_buffer = V * H * W.element_size()
+
     def reset_peak() -> int:
         sync()
         if cuda:
@@ -98,12 +99,25 @@ def run_one(variant: str, B: int, T: int, H: int, V: int, dtype_name: str, devic
     fwd_act = fwd_peak - base - (grad_buffer if variant == "fused_weighted" else 0)
     bwd_act = bwd_peak - base - grad_buffer
     return {
-        "variant": variant, "B": B, "T": T, "H": H, "V": V, "dtype": dtype_name, "device": device,
-        "chunk": chunk, "threads": torch.get_num_threads(), "loss": float(loss.detach()),
-        "grad_norm_h": float(hs.grad.float().norm()), "grad_norm_w": float(W.grad.float().norm()),
-        "forward_s": t1 - t0, "backward_s": t2 - t1, "total_s": t2 - t0,
-        "extra_mb": max(fwd_act, bwd_act) / 2**20, "forward_extra_mb": fwd_act / 2**20,
-        "backward_extra_mb": bwd_act / 2**20, "peak_above_inputs_mb": (max(fwd_peak, bwd_peak) - base) / 2**20,
+        "variant": variant,
+        "B": B,
+        "T": T,
+        "H": H,
+        "V": V,
+        "dtype": dtype_name,
+        "device": device,
+        "chunk": chunk,
+        "threads": torch.get_num_threads(),
+        "loss": float(loss.detach()),
+        "grad_norm_h": float(hs.grad.float().norm()),
+        "grad_norm_w": float(W.grad.float().norm()),
+        "forward_s": t1 - t0,
+        "backward_s": t2 - t1,
+        "total_s": t2 - t0,
+        "extra_mb": max(fwd_act, bwd_act) / 2**20,
+        "forward_extra_mb": fwd_act / 2**20,
+        "backward_extra_mb": bwd_act / 2**20,
+        "peak_above_inputs_mb": (max(fwd_peak, bwd_peak) - base) / 2**20,
         "loadavg_1m": os.getloadavg()[0],
     }
 
@@ -127,13 +141,33 @@ def main() -> None:
     rows = []
     for T in a.T:
         for v in a.variants:
-            cmd = [sys.executable, __file__, "--one", v, "--T", str(T), "--B", str(a.B), "--H", str(a.H), "--V", str(a.V),
-                   "--dtype", a.dtype, "--device", a.device] + (["--chunk", str(a.chunk)] if a.chunk else [])
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                v,
+                "--T",
+                str(T),
+                "--B",
+                str(a.B),
+                "--H",
+                str(a.H),
+                "--V",
+                str(a.V),
+                "--dtype",
+                a.dtype,
+                "--device",
+                a.device,
+            ] + (["--chunk", str(a.chunk)] if a.chunk else [])
             print(f"[kl_memory] T={T} {v} ...", file=sys.stderr, flush=True)
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             r = rows[-1]
-            print(f"[kl_memory]   extra {r['extra_mb']:.0f} MB, fwd {r['forward_s']:.2f}s bwd {r['backward_s']:.2f}s", file=sys.stderr, flush=True)
+            print(
+                f"[kl_memory]   extra {r['extra_mb']:.0f} MB, fwd {r['forward_s']:.2f}s bwd {r['backward_s']:.2f}s",
+                file=sys.stderr,
+                flush=True,
+            )
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(rows, f, indent=1)
@@ -143,7 +177,8 @@ def main() -> None:
 def markdown_table(rows: list[dict]) -> str:
     by = {(r["T"], r["variant"]): r for r in rows}
     lines = [
-        "| B x T | variant | forward s | backward s | total s | KL activation MB | memory vs materialised | time vs materialised |",
+        "| B x T | variant | forward s | backward s | total s | KL activation MB | memory vs materialised "
+        "| time vs materialised |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for T in sorted({r["T"] for r in rows}):
@@ -154,8 +189,10 @@ def markdown_table(rows: list[dict]) -> str:
                 continue
             mem = f"{m['extra_mb'] / max(r['extra_mb'], 1e-9):.1f}x less" if m and v != "materialised" else "1"
             tim = f"{r['total_s'] / m['total_s']:.2f}x" if m and v != "materialised" else "1"
-            lines.append(f"| {r['B']} x {T} | {v} | {r['forward_s']:.2f} | {r['backward_s']:.2f} | {r['total_s']:.2f} | "
-                         f"{r['extra_mb']:.0f} | {mem} | {tim} |")
+            lines.append(
+                f"| {r['B']} x {T} | {v} | {r['forward_s']:.2f} | {r['backward_s']:.2f} | {r['total_s']:.2f} | "
+                f"{r['extra_mb']:.0f} | {mem} | {tim} |"
+            )
     return "\n".join(lines)
 
 

@@ -27,9 +27,20 @@ def build_model_dir(kind: str, dtype: str) -> str:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     tok = build_tokenizer()
-    cfg = Qwen3Config(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                      num_key_value_heads=8, head_dim=128, max_position_embeddings=4096, tie_word_embeddings=True,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
+    cfg = Qwen3Config(
+        vocab_size=151936,
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
     d = tempfile.mkdtemp(prefix="qwen3-0.6b-shape-")
     Qwen3ForCausalLM(cfg).to(getattr(torch, dtype)).save_pretrained(d)
     tok.save_pretrained(d)
@@ -55,8 +66,9 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(path)
     tok.padding_side = "left"
     prompts = [tok.encode(STUDENT_TEMPLATE.format(**r), add_special_tokens=False) for r in test_rows(a.prompts)]
-    hf = HFRollout(AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, a.dtype)).to(a.device), tok,
-                   batch_size=a.prompts * a.n)
+    hf = HFRollout(
+        AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, a.dtype)).to(a.device), tok, batch_size=a.prompts * a.n
+    )
     vl = VLLMRollout(path, tok, dtype=a.dtype, max_model_len=min(256, 64 + a.max_new_tokens), seed=0)
     results = {}
     for name, backend in (("transformers", hf), ("vllm", vl)):
@@ -66,8 +78,21 @@ def main() -> None:
         dt = time.perf_counter() - t0
         toks = int(ro.mask.sum())
         results[name] = {"seconds": dt, "tokens": toks, "tokens_per_s": toks / dt}
-    print(json.dumps({"model": a.model, "device": a.device, "dtype": a.dtype, "threads": torch.get_num_threads(),
-                      "prompts": a.prompts, "n": a.n, "max_new_tokens": a.max_new_tokens, "results": results}, indent=1))
+    print(
+        json.dumps(
+            {
+                "model": a.model,
+                "device": a.device,
+                "dtype": a.dtype,
+                "threads": torch.get_num_threads(),
+                "prompts": a.prompts,
+                "n": a.n,
+                "max_new_tokens": a.max_new_tokens,
+                "results": results,
+            },
+            indent=1,
+        )
+    )
     h, v = results["transformers"], results["vllm"]
     print("\n| backend | tokens | seconds | tokens/s |\n|---|---|---|---|")
     print(f"| transformers generate | {h['tokens']} | {h['seconds']:.2f} | {h['tokens_per_s']:.0f} |")

@@ -36,8 +36,18 @@ class Collect:
 
 def measure(method: str, overrides: list[str], steps: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
-        cfg = load_config(None, overrides + [f"algo.method={method}", f"run.total_steps={steps}", "eval.every=0",
-                                             f"run.output_dir={d}", "run.checkpoint_every=0", "run.resume=false"])
+        cfg = load_config(
+            None,
+            overrides
+            + [
+                f"algo.method={method}",
+                f"run.total_steps={steps}",
+                "eval.every=0",
+                f"run.output_dir={d}",
+                "run.checkpoint_every=0",
+                "run.resume=false",
+            ],
+        )
         if method.startswith("sdpg"):  # the embedded config's SDPG coefficients, from the first step
             cfg.algo.beta_warmup_steps = 0
         sink = Collect()

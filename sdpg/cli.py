@@ -1,4 +1,8 @@
-"""Console entry points. Each one parses its arguments and hands over to its module."""
+"""Console entry points. Each one parses its arguments and hands over to its module.
+
+Every entry point answers bad input the same way: one line on stderr naming the file, the key and the value
+(secrets redacted), exit code 2, and nothing created. argparse's own errors are cut to one line too.
+"""
 
 from __future__ import annotations
 
@@ -6,53 +10,104 @@ import sys
 
 
 def _fail(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
+    from sdpg.training.redact import redact
+
+    text = " ".join(redact(str(msg)).split())
+    if len(text) > 500:
+        text = text[:497] + "..."
+    print(f"error: {text}", file=sys.stderr)
     return 2
 
 
-def train_main(argv: list[str] | None = None) -> int:
-    """sdpg-train [CONFIG.yaml] [key.path=value ...]: one training run."""
+def _one_line_argparse() -> None:
+    """argparse prints its usage block and the error; a user needs the error (and --help for the rest)."""
     import argparse
 
-    from sdpg.training.config import ConfigError, load_config
+    def error(self, message):
+        _fail(f"{self.prog}: {message} (see {self.prog.split()[0]} --help)")
+        raise SystemExit(2)
 
-    p = argparse.ArgumentParser(prog="sdpg-train", description="Train one SDPG / baseline run from a YAML config "
-                                "(default: the built-in embedded task) with dotted overrides.")
+    argparse.ArgumentParser.error = error
+
+
+def _guarded(fn, argv):
+    """Run an entry point; input errors raised anywhere below become one line and exit code 2."""
+    from sdpg.training.config import ConfigError
+    from sdpg.training.locks import LockBusy
+    from sdpg.training.safe_yaml import YamlInputError
+
+    _one_line_argparse()
+    try:
+        return fn(argv)
+    except (ConfigError, YamlInputError, LockBusy) as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _train(argv: list[str] | None) -> int:
+    import argparse
+    import os
+
+    from sdpg.training.config import load_config
+
+    p = argparse.ArgumentParser(
+        prog="sdpg-train",
+        description="Train one SDPG / baseline run from a YAML config "
+        "(default: the built-in embedded task) with dotted overrides.",
+    )
     p.add_argument("args", nargs="*", help="CONFIG.yaml first (optional), then key.path=value overrides")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     a = p.parse_args(argv)
     path = a.args[0] if a.args and "=" not in a.args[0] else None
     overrides = [x for x in a.args if x is not path]
-    try:
-        cfg = load_config(path, overrides)
-    except ConfigError as e:
-        return _fail(str(e))
+    cfg = load_config(path, overrides)
     if a.print_config:
         import yaml
 
         print(yaml.safe_dump(cfg.resolved(), sort_keys=False))
         return 0
-    from sdpg.training.trainer import train
+    from sdpg.training.preflight import check_world
 
-    result = train(cfg)
+    check_world(cfg, str(path or "sdpg-train") + (" + overrides" if overrides else ""), local=True)
+    from sdpg.training.locks import run_folder_lock
+    from sdpg.training.trainer import TrainingFailed, train
+
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0)
+    try:
+        if rank != 0:  # one writer per run folder: rank 0 holds the lock for the whole process group
+            result = train(cfg)
+        else:
+            with run_folder_lock(cfg.run.output_dir, wait=False):
+                result = train(cfg)
+    except TrainingFailed as e:  # the run stopped itself (non-finite updates): its one-sentence reason
+        if rank == 0:
+            print(f"error: {e.reason}", file=sys.stderr)
+        return 1
     if result.get("rank", 0) == 0:
         print(f"[sdpg] {result['status']} at step {result['step']}; outputs in {result['output_dir']}", file=sys.stderr)
     return 0 if result["status"] in ("finished", "interrupted") else 1
 
 
+def train_main(argv: list[str] | None = None) -> int:
+    """sdpg-train [CONFIG.yaml] [key.path=value ...]: one training run."""
+    return _guarded(_train, argv)
+
+
 def ablate_main(argv: list[str] | None = None) -> int:
     from sdpg.orchestration.ablate import main
 
-    return main(argv)
+    return _guarded(main, argv)
 
 
 def sweep_main(argv: list[str] | None = None) -> int:
     from sdpg.orchestration.sweep import main
 
-    return main(argv)
+    return _guarded(main, argv)
 
 
 def report_main(argv: list[str] | None = None) -> int:
     from sdpg.reporting.build import main
 
-    return main(argv)
+    return _guarded(main, argv)

@@ -1,4 +1,9 @@
-"""Shared fixtures: a small embedded-model recipe, built once per machine and cached."""
+"""Shared fixtures: the built-in model at small batch sizes, and the SLURM dev cluster.
+
+Nothing one-time runs inside a test's time limit (pytest-timeout counts fixture set-up): the built-in
+model is put into the cache in ``pytest_sessionstart``, before any test starts (a copy of the model
+shipped with the package; a build only if the default recipe was changed without shipping it), and
+scripts/test.sh installs SLURM and imports vLLM once before pytest."""
 
 from __future__ import annotations
 
@@ -8,11 +13,18 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# The built-in model as the README's main job builds it (once per machine, cached), at small batch sizes.
+# The built-in model (shipped with the package), at small batch sizes.
 TINY = [
-    "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=24",
-    "eval.n_samples=2", "eval.every=2", "data.eval_limit=6", "optim.micro_batch_size=8",
-    "run.threads=1", "run.checkpoint_every=0", "run.log_samples=0",
+    "rollout.prompts_per_step=4",
+    "rollout.group_size=4",
+    "rollout.max_new_tokens=24",
+    "eval.n_samples=2",
+    "eval.every=2",
+    "data.eval_limit=6",
+    "optim.micro_batch_size=8",
+    "run.threads=1",
+    "run.checkpoint_every=0",
+    "run.log_samples=0",
 ]
 
 
@@ -32,13 +44,22 @@ def tiny_overrides_dict() -> dict:
     return {k: parse_value(v) for k, v in (x.split("=", 1) for x in TINY)}
 
 
-@pytest.fixture(scope="session")
-def tiny_model_built():
-    """Build the small embedded model once, before jobs on several processes need it."""
+def _tiny_model():
     from sdpg.training.config import load_config
     from sdpg.training.embedded import ensure_embedded_model
 
     return ensure_embedded_model(load_config(None, TINY).model.embedded)
+
+
+def pytest_sessionstart(session):
+    """The built-in model in the cache before the first test (outside every test's time limit)."""
+    _tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_built():
+    """The folder of the built-in model, in the cache before jobs on several processes need it."""
+    return _tiny_model()
 
 
 @pytest.fixture(scope="session")

@@ -9,26 +9,35 @@ import sys
 from pathlib import Path
 
 import yaml
+from conftest import tiny_overrides_dict
 
 from sdpg.orchestration import tracking
 from sdpg.orchestration.ablate import load_plan, run_state
-
-from conftest import tiny_overrides_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_quickstart_shaped_grid_ends_its_parent_and_keeps_artifacts_in_its_folder(tmp_path, tiny_model_built):
     quick = yaml.safe_load((ROOT / "ablations" / "quickstart.yaml").read_text())
-    spec = {**quick, "name": "qs", "output_dir": str(tmp_path / "proj" / "outputs" / "qs"),
-            "overrides": {**quick["overrides"], **tiny_overrides_dict(), "run.total_steps": 2, "eval.every": 0}}
+    spec = {
+        **quick,
+        "name": "qs",
+        "output_dir": str(tmp_path / "proj" / "outputs" / "qs"),
+        "overrides": {**quick["overrides"], **tiny_overrides_dict(), "run.total_steps": 2, "eval.every": 0},
+    }
     p = tmp_path / "proj" / "qs.yaml"
     p.parent.mkdir()
     p.write_text(yaml.safe_dump(spec))
     elsewhere = tmp_path / "elsewhere"  # the command runs from another folder: nothing may land there
     elsewhere.mkdir()
-    r = subprocess.run([sys.executable, "-m", "sdpg", "ablate", str(p)], capture_output=True, text=True, timeout=900,
-                       cwd=elsewhere, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        [sys.executable, "-m", "sdpg", "ablate", str(p)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=elsewhere,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Exception ignored" not in r.stderr, r.stderr[-3000:]
     plan = load_plan(p)
@@ -49,29 +58,52 @@ def test_quickstart_shaped_grid_ends_its_parent_and_keeps_artifacts_in_its_folde
         assert art.is_relative_to(folder) and (art / name).is_file(), (run.info.artifact_uri, name)
     assert not list(elsewhere.iterdir()) and not (p.parent / "mlruns").exists()
     # resubmitting: nothing to train, the parent stays FINISHED
-    r2 = subprocess.run([sys.executable, "-m", "sdpg", "ablate", str(p)], capture_output=True, text=True, timeout=300,
-                        cwd=elsewhere, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r2 = subprocess.run(
+        [sys.executable, "-m", "sdpg", "ablate", str(p)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=elsewhere,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert r2.returncode == 0 and "nothing submitted" in r2.stderr, r2.stderr[-2000:]
     assert c.get_run(parent.info.run_id).info.status == "FINISHED"
 
 
 def test_a_run_that_fails_is_failed_in_mlflow_and_so_is_its_parent(tmp_path):
-    """Its job raises before training (its folder is taken by a file): no base model needed."""
-    spec = {"name": "bad", "base": "embedded", "variants": {"a": {}}, "seeds": [0], "executor": "local",
-            "overrides": {"run.total_steps": 1}, "output_dir": str(tmp_path / "bad")}
+    """Its job raises before training: its model folder passes every check made at submission (it exists
+    and holds a config.json) but is not a model, so loading it fails in the job. No base model needed.
+    (A run folder taken by a file, this test's former trigger, is now refused before anything exists.)"""
+    model = tmp_path / "not_a_model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "no_such_architecture"}\n')
+    spec = {
+        "name": "bad",
+        "base": "embedded",
+        "variants": {"a": {}},
+        "seeds": [0],
+        "executor": "local",
+        "overrides": {"run.total_steps": 1, "model.path": str(model)},
+        "output_dir": str(tmp_path / "bad"),
+    }
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(spec))
     plan = load_plan(p)
-    Path(plan.runs[0].config.run.output_dir).parent.mkdir(parents=True)
-    Path(plan.runs[0].config.run.output_dir).write_text("not a folder\n")
-    r = subprocess.run([sys.executable, "-m", "sdpg", "ablate", str(p)], capture_output=True, text=True, timeout=300,
-                       cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 1 and "some runs failed" in r.stderr and "FileExistsError" in r.stderr, r.stderr[-2000:]
+    r = subprocess.run(
+        [sys.executable, "-m", "sdpg", "ablate", str(p)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert r.returncode == 1 and "some runs failed" in r.stderr, r.stderr[-2000:]
     c = tracking.client(plan.tracking_uri)
     exp = c.get_experiment_by_name(plan.experiment)
     runs = c.search_runs([exp.experiment_id])
     (parent,) = [x for x in runs if x.data.tags.get("sdpg.parent") == "ablation"]
     (child,) = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert child.info.status == "FAILED" and child.data.tags["sdpg.error"].startswith("FileExistsError")
+    error = child.data.tags["sdpg.error"]
+    assert child.info.status == "FAILED" and error.startswith("ValueError"), error
     assert "Traceback" in (Path(child.info.artifact_uri.removeprefix("file://")) / "error.txt").read_text()
     assert parent.info.status == "FAILED" and parent.info.end_time

@@ -8,18 +8,22 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import tiny_overrides_dict
 
 from sdpg.orchestration import tracking
 from sdpg.orchestration.ablate import load_plan, run_state, submit
 
-from conftest import tiny_overrides_dict
-
 
 def spec_file(tmp_path: Path, name: str, variants: dict, seeds: list[int], steps: int, extra: dict | None = None) -> Path:
     spec = {
-        "name": name, "base": "embedded",
+        "name": name,
+        "base": "embedded",
         "overrides": {**tiny_overrides_dict(), "run.total_steps": steps, "eval.every": 0, **(extra or {})},
-        "variants": variants, "seeds": seeds, "executor": "slurm", "profile": "dev", "max_parallel": 4,
+        "variants": variants,
+        "seeds": seeds,
+        "executor": "slurm",
+        "profile": "dev",
+        "max_parallel": 4,
         "output_dir": str(tmp_path / name),
     }
     p = tmp_path / f"{name}.yaml"

@@ -60,29 +60,41 @@ def test_shipped_specs_resolve():
 
 BAD = [
     ("unknown top-level key", GOOD + "colour: red\n", "unknown key 'colour'"),
-    ("typo of a trainer key in a variant", GOOD.replace("algo.std_norm: false", "algo.std_nrom: false"),
-     ["variants.no_std_norm", "unknown key 'algo.std_nrom'"]),
-    ("wrong type in a variant", GOOD.replace("algo.std_norm: false", "algo.std_norm: maybe"),
-     "key 'algo.std_norm' has bad value 'maybe'"),
+    (
+        "typo of a trainer key in a variant",
+        GOOD.replace("algo.std_norm: false", "algo.std_nrom: false"),
+        ["variants.no_std_norm", "unknown key 'algo.std_nrom'"],
+    ),
+    (
+        "wrong type in a variant",
+        GOOD.replace("algo.std_norm: false", "algo.std_norm: maybe"),
+        "key 'algo.std_norm' has bad value 'maybe'",
+    ),
     ("negative coefficient", GOOD.replace("algo.std_norm: false", "algo.beta: -0.5"), "key 'algo.beta' has bad value -0.5"),
     ("empty grid axis", GOOD.replace("[urkl, ufkl]", "[]"), "grid axis 'algo.kl_mode' has no values"),
     ("bad grid value", GOOD.replace("[urkl, ufkl]", "[urkl, klx]"), "key 'algo.kl_mode' has bad value 'klx'"),
     ("grid on an unknown key", GOOD.replace("algo.kl_mode:", "algo.kl_mod:"), "unknown key 'algo.kl_mod'"),
-    ("duplicate variant names", GOOD.replace("  no_std_norm: {algo.std_norm: false}", "  full: {algo.std_norm: false}"),
-     "duplicate key 'full'"),
+    (
+        "duplicate variant names",
+        GOOD.replace("  no_std_norm: {algo.std_norm: false}", "  full: {algo.std_norm: false}"),
+        "duplicate key 'full'",
+    ),
     ("missing base file", GOOD.replace("base: embedded", "base: nowhere.yaml"), "key 'base' has bad value 'nowhere.yaml'"),
     ("unknown profile", GOOD + "executor: slurm\nprofile: moon\n", "unknown SLURM profile 'moon'"),
     ("unknown method", GOOD.replace("algo.std_norm: false", "algo.method: ppo"), "key 'algo.method' has bad value 'ppo'"),
     ("no variants", GOOD.split("variants:")[0] + "variants: {}\nseeds: [0]\n", "key 'variants'"),
     ("repeated seeds", GOOD.replace("seeds: [0, 1]", "seeds: [1, 1]"), "seeds repeat"),
     ("bad name", GOOD.replace("name: t", "name: 'my spec!'"), "key 'name' has bad value 'my spec!'"),
-    ("variants that are the same run", GOOD.replace("algo.std_norm: false", "algo.std_norm: true"),
-     "resolve to the same config"),
+    ("variants that are the same run", GOOD.replace("algo.std_norm: false", "algo.std_norm: true"), "resolve to the same config"),
     ("max_parallel zero", GOOD + "max_parallel: 0\n", "key 'max_parallel' has bad value 0"),
     ("unknown tracking key", GOOD + "tracking: {url: x}\n", "unknown key 'tracking.url'"),
     ("bad override value", GOOD.replace("run.total_steps: 3", "run.total_steps: -3"), "key 'run.total_steps' has bad value -3"),
     ("not YAML", "name: [unclosed\n", "not valid YAML"),
-    ("override through a value", GOOD.replace("algo.std_norm: false", "algo.beta.x: 1"), "key 'algo.beta' has bad value {'x': 1}"),
+    (
+        "override through a value",
+        GOOD.replace("algo.std_norm: false", "algo.beta.x: 1"),
+        "key 'algo.beta' has bad value {'x': 1}",
+    ),
 ]
 
 
@@ -113,8 +125,9 @@ def test_effective_config_drops_only_settings_that_cannot_matter():
     assert h("algo.alpha=0", "algo.kl_mode=urkl") == h("algo.alpha=0", "algo.kl_mode=ufkl")
     assert h("algo.kl_mode=urkl") != h("algo.kl_mode=ufkl")
     # beta = 0: no L_OPD+, so neither its schedule, its gate nor the teacher's context matters
-    assert h("algo.beta=0", "algo.beta_warmup_steps=3", "algo.gate=true", "data.context=answer") == \
-        h("algo.beta=0", "algo.beta_warmup_steps=20", "algo.gate=false", "data.context=solution")
+    assert h("algo.beta=0", "algo.beta_warmup_steps=3", "algo.gate=true", "data.context=answer") == h(
+        "algo.beta=0", "algo.beta_warmup_steps=20", "algo.gate=false", "data.context=solution"
+    )
     assert h("algo.beta_warmup_steps=3") != h("algo.beta_warmup_steps=20")
     assert h("data.context=answer") != h("data.context=solution")
     # RLSD's teacher is used even at beta = 0; its knobs matter only under RLSD

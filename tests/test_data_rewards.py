@@ -25,8 +25,14 @@ def test_verl_parquet_sentinel_gives_student_and_teacher_prompts(tmp_path):
     import pyarrow.parquet as pq
 
     content = "Solve 2+2. Put the answer in \\boxed{}.[TEACHER_CONTEXT_TOKEN]Reference solution: 2+2=4."
-    rows = [{"data_source": "toy", "prompt": [{"role": "user", "content": content}],
-             "reward_model": {"style": "rule", "ground_truth": "4"}, "extra_info": {"index": 0}}]
+    rows = [
+        {
+            "data_source": "toy",
+            "prompt": [{"role": "user", "content": content}],
+            "reward_model": {"style": "rule", "ground_truth": "4"},
+            "extra_info": {"index": 0},
+        }
+    ]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train.parquet")
     cfg = DataConfig(chat_template="off")
     (row,) = read_source(str(tmp_path / "train.parquet"), cfg)
@@ -41,17 +47,31 @@ def test_verl_parquet_sentinel_gives_student_and_teacher_prompts(tmp_path):
 def test_plain_jsonl_rows_and_context_types(tmp_path):
     p = tmp_path / "d.jsonl"
     p.write_text(json.dumps({"q": "1+1?", "a": "2", "sol": "one and one"}) + "\n")
-    for ctx, expect in [("answer", "The reference answer to this problem is 2."),
-                        ("solution", "Here is a reference solution to this problem:\none and one"),
-                        ("none", None)]:
-        cfg = DataConfig(problem_key="q", answer_key="a", solution_key="sol", context=ctx, chat_template="off",
-                         student_template="Q: {problem}", teacher_template="Q: {problem}\n{context}")
+    for ctx, expect in [
+        ("answer", "The reference answer to this problem is 2."),
+        ("solution", "Here is a reference solution to this problem:\none and one"),
+        ("none", None),
+    ]:
+        cfg = DataConfig(
+            problem_key="q",
+            answer_key="a",
+            solution_key="sol",
+            context=ctx,
+            chat_template="off",
+            student_template="Q: {problem}",
+            teacher_template="Q: {problem}\n{context}",
+        )
         (row,) = read_source(str(p), cfg)
         s, t = build_prompts(row, cfg, CharTok())
         assert s == "Q: 1+1?"
         assert t == (s if expect is None else f"Q: 1+1?\n{expect}")
-    cfg = DataConfig(context="custom", context_templates={"custom": "psst {answer}"}, chat_template="off",
-                     student_template="{problem}", teacher_template="{problem}|{context}")
+    cfg = DataConfig(
+        context="custom",
+        context_templates={"custom": "psst {answer}"},
+        chat_template="off",
+        student_template="{problem}",
+        teacher_template="{problem}|{context}",
+    )
     (row,) = read_source(str(p), cfg.model_copy(update={"problem_key": "q", "answer_key": "a"}))
     assert build_prompts(row, cfg, CharTok())[1] == "1+1?|psst 2"
 
@@ -112,8 +132,16 @@ def test_math_verifier_on_every_benchmark_row(math_verifier, bench):
         assert math_verifier.score("I could not solve it; the answer might be " + gold, gold) == 0.0
 
 
-@pytest.mark.parametrize("gold,given", [("\\frac{14}{3}", "14/3"), ("\\frac{1}{2}", "0.5"), ("90^\\circ", "90"),
-                                        ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"), ("p - q", "-q+p")])
+@pytest.mark.parametrize(
+    "gold,given",
+    [
+        ("\\frac{14}{3}", "14/3"),
+        ("\\frac{1}{2}", "0.5"),
+        ("90^\\circ", "90"),
+        ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"),
+        ("p - q", "-q+p"),
+    ],
+)
 def test_math_verifier_accepts_equivalent_forms(math_verifier, gold, given):
     assert math_verifier.score(f"so \\boxed{{{given}}}", gold) == 1.0
     assert math_verifier.score("so \\boxed{7/5}", gold) == 0.0
@@ -124,7 +152,7 @@ def test_pathological_response_is_scored_within_five_seconds(math_verifier):
     t0 = time.time()
     assert math_verifier.score(evil, "1") == 0.0
     evil2 = "\\boxed{" + "{" * 49_990 + "1" + "}" * 49_990 + "}"
-    assert math_verifier.score(evil2, "1") in (0.0, 1.0)
+    assert math_verifier.score(evil2, "1") == 0.0  # a boxed answer over MAX_BOXED_CHARS is not parsed: 0
     assert time.time() - t0 < 5.0
 
 
@@ -138,6 +166,22 @@ def test_verifier_timeout_kills_and_recovers():
         v.score(slow, "+".join(f"x_{{{i}}}^{{{i + 1}}}" for i in range(600)))
         assert time.time() - t0 < 3.0
         assert v.score("\\boxed{3}", "3") == 1.0  # a fresh worker answers again
+    finally:
+        v.close()
+
+
+def test_restarted_verifier_scores_within_a_small_deadline():
+    """Issue 12 item 7: after a timeout at reward.timeout_s=0.5 the new worker must not spend the next
+    answer's deadline importing its parser; equivalent forms that need the parser still score 1."""
+    v = MathVerifier(timeout_s=0.5)
+    try:
+        assert v.score("\\boxed{\\frac{1}{2}}", "0.5") == 1.0
+        assert v.score("\\boxed{9^{9^{9^{9}}}}", "1") == 0.0  # sympy would evaluate the power for ever
+        assert v.timeouts == 1
+        assert v.score("so \\boxed{\\frac{1}{2}}", "0.5") == 1.0
+        assert v.score("so \\boxed{2+2}", "4") == 1.0
+        assert v.score("so \\boxed{2+3}", "4") == 0.0
+        assert v.timeouts == 1
     finally:
         v.close()
 

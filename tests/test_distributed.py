@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TINY, tiny_overrides_dict
 
 from sdpg.orchestration.ablate import load_plan, submit
 from sdpg.training.trainer import train
-
-from conftest import TINY, tiny_overrides_dict
 
 DP = ["rollout.seed_per_prompt=true", "run.total_steps=3", "algo.beta=1.0", "run.checkpoint_every=0"]
 
@@ -55,8 +54,21 @@ def one_process(tmp_path_factory, tiny_model_built):
 def test_torchrun_two_ranks_match_one_process(one_process, tmp_path, fsdp):
     out = tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "sdpg", "train", *TINY, *DP, f"model.fsdp={fsdp}", f"run.output_dir={out}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "sdpg",
+        "train",
+        *TINY,
+        *DP,
+        f"model.fsdp={fsdp}",
+        f"run.output_dir={out}",
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((out / "result.json").read_text())["world_size"] == 2
@@ -64,9 +76,16 @@ def test_torchrun_two_ranks_match_one_process(one_process, tmp_path, fsdp):
 
 
 def test_two_task_slurm_job_matches_one_process(one_process, tmp_path, dev_cluster):
-    spec = {"name": "dp2", "base": "embedded", "variants": {"sdpg": {}}, "seeds": [0],
-            "overrides": {**tiny_overrides_dict(), **{k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in DP)}},
-            "executor": "slurm", "profile": "dev2", "output_dir": str(tmp_path / "dp2")}
+    spec = {
+        "name": "dp2",
+        "base": "embedded",
+        "variants": {"sdpg": {}},
+        "seeds": [0],
+        "overrides": {**tiny_overrides_dict(), **{k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in DP)}},
+        "executor": "slurm",
+        "profile": "dev2",
+        "output_dir": str(tmp_path / "dp2"),
+    }
     p = tmp_path / "dp2.yaml"
     p.write_text(yaml.safe_dump(spec))
     plan = load_plan(p)

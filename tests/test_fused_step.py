@@ -35,14 +35,25 @@ def assert_rel_close(got, want, rel=1e-5, what="", scale=0.0):
 def settings_for(method: str, **over) -> StepLossSettings:
     """A preset's loss settings, read from the trainer's config (beta at its peak)."""
     a = AlgoConfig(method=method)
-    base = {"beta": a.beta, "alpha": a.alpha, "kl_mode": a.kl_mode, "gate": a.gate, "opd_norm": a.opd_norm,
-            "pg_coef": a.pg_coef, "policy_mode": a.policy_loss, "clip_low": a.clip_low, "clip_high": a.clip_high,
-            "clip_c": a.clip_c, "loss_agg_mode": a.loss_agg_mode}
+    base = {
+        "beta": a.beta,
+        "alpha": a.alpha,
+        "kl_mode": a.kl_mode,
+        "gate": a.gate,
+        "opd_norm": a.opd_norm,
+        "pg_coef": a.pg_coef,
+        "policy_mode": a.policy_loss,
+        "clip_low": a.clip_low,
+        "clip_high": a.clip_high,
+        "clip_c": a.clip_c,
+        "loss_agg_mode": a.loss_agg_mode,
+    }
     return StepLossSettings(**{**base, **over})
 
 
-def make_batch(B=4, T=7, H=16, V=61, dtype=torch.float32, bias=True, seed=0, method="sdpg_urkl", on_policy=False,
-               teacher=None, spread=3.0):
+def make_batch(
+    B=4, T=7, H=16, V=61, dtype=torch.float32, bias=True, seed=0, method="sdpg_urkl", on_policy=False, teacher=None, spread=3.0
+):
     """Hidden states, head, sampled tokens, ragged mask (one sequence fully padded when B > 3), mixed-sign
     advantages (gated-off rows), old / reference / teacher / rollout log-probs near the current ones."""
     g = torch.Generator().manual_seed(seed)
@@ -60,7 +71,10 @@ def make_batch(B=4, T=7, H=16, V=61, dtype=torch.float32, bias=True, seed=0, met
     adv[0], adv[1] = 1.3, -0.7  # one gated in, one gated out
     with torch.no_grad():
         cur = token_logprobs(torch.nn.functional.linear(hs, W, b), tokens)  # [B, T]
-    noise = lambda s: torch.randn(B, T, generator=g) * s
+
+    def noise(s):
+        return torch.randn(B, T, generator=g) * s
+
     old = None if on_policy else cur + noise(0.2)  # ratios both inside and outside the clip range
     ref = cur + noise(1.0)
     teacher_logp = cur + noise(1.0)
@@ -73,8 +87,19 @@ def make_batch(B=4, T=7, H=16, V=61, dtype=torch.float32, bias=True, seed=0, met
     elif a.advantage == "opsd":
         tok_adv = opsd_token_weights(teacher_logp, base, adv, a.opsd_max_weight)
     use_teacher = a.beta > 0 if teacher is None else teacher
-    return {"hs": hs, "W": W, "b": b, "tokens": tokens, "adv": adv, "mask": mask, "ht": ht if use_teacher else None,
-            "old": old, "ref": ref, "rollout": rollout, "tok_adv": tok_adv}
+    return {
+        "hs": hs,
+        "W": W,
+        "b": b,
+        "tokens": tokens,
+        "adv": adv,
+        "mask": mask,
+        "ht": ht if use_teacher else None,
+        "old": old,
+        "ref": ref,
+        "rollout": rollout,
+        "tok_adv": tok_adv,
+    }
 
 
 def run(d, st, impl, chunk=None, tis=False, weights=None, opd_weights=None, ref=True):
@@ -82,10 +107,23 @@ def run(d, st, impl, chunk=None, tis=False, weights=None, opd_weights=None, ref=
         if t is not None:
             t.grad = None
     loss, stats, out = step_loss(
-        d["hs"], d["W"], d["b"], d["tokens"], d["adv"], d["mask"], st, teacher_hidden=d["ht"], old_logp=d["old"],
-        ref_logp=d["ref"] if ref else None, rollout_logp=d["rollout"] if tis else None,
-        token_advantages=d["tok_adv"], token_weights=weights, opd_token_weights=opd_weights, impl=impl,
-        chunk_size=chunk)
+        d["hs"],
+        d["W"],
+        d["b"],
+        d["tokens"],
+        d["adv"],
+        d["mask"],
+        st,
+        teacher_hidden=d["ht"],
+        old_logp=d["old"],
+        ref_logp=d["ref"] if ref else None,
+        rollout_logp=d["rollout"] if tis else None,
+        token_advantages=d["tok_adv"],
+        token_weights=weights,
+        opd_token_weights=opd_weights,
+        impl=impl,
+        chunk_size=chunk,
+    )
     (loss * 0.37).backward()  # an upstream scale, as gradient accumulation or FSDP's world size applies
     grads = [t.grad.clone() if t is not None and t.grad is not None else None for t in (d["hs"], d["W"], d["b"])]
     return loss.detach(), stats, out, grads
@@ -121,8 +159,7 @@ def compare(d, st, chunk, rel=1e-5, **kw):
 @pytest.mark.parametrize("chunk,temperature,on_policy", [(3, 1.0, False), (5, 0.7, True), (64, 1.3, False)])
 def test_every_preset_matches_materialised(method, chunk, temperature, on_policy):
     d = make_batch(method=method, on_policy=on_policy, seed=zlib.crc32(f"{method}{chunk}".encode()) % 1000)
-    st = settings_for(method, temperature=temperature, kl_student_temperature=temperature,
-                      kl_teacher_temperature=temperature)
+    st = settings_for(method, temperature=temperature, kl_student_temperature=temperature, kl_teacher_temperature=temperature)
     _, stats, grads = compare(d, st, chunk)
     assert grads[0].abs().sum() > 0 and grads[1].abs().sum() > 0
     if d["ht"] is not None and st.gate:
@@ -139,9 +176,16 @@ def test_preset_with_peak_coefficients_each_term_visible(method):
 @pytest.mark.parametrize("term", ["pg", "opd", "ref", "entropy"])
 def test_each_term_alone(term):
     """One term at a time, the others switched off: each gradient path checked on its own."""
-    st = StepLossSettings(pg_coef=float(term == "pg"), beta=float(term == "opd"), alpha=float(term == "ref"),
-                          entropy_coef=float(term == "entropy"), kl_mode="ufkl", temperature=0.8,
-                          kl_student_temperature=0.8, kl_teacher_temperature=0.8)
+    st = StepLossSettings(
+        pg_coef=float(term == "pg"),
+        beta=float(term == "opd"),
+        alpha=float(term == "ref"),
+        entropy_coef=float(term == "entropy"),
+        kl_mode="ufkl",
+        temperature=0.8,
+        kl_student_temperature=0.8,
+        kl_teacher_temperature=0.8,
+    )
     d = make_batch(seed=21, teacher=term == "opd")
     _, _, grads = compare(d, st, chunk=3)
     assert grads[1].abs().sum() > 0
@@ -169,8 +213,7 @@ def test_reinforce_and_dual_clip_bind():
 def test_kl_clamp_clamped_positions_get_no_gradient():
     d = make_batch(seed=51, teacher=True, spread=5.0)
     st = StepLossSettings(beta=1.0, pg_coef=0.0, gate=False)
-    _, _, out = step_loss(d["hs"], d["W"], d["b"], d["tokens"], d["adv"], d["mask"], st, teacher_hidden=d["ht"],
-                          impl="fused")
+    _, _, out = step_loss(d["hs"], d["W"], d["b"], d["tokens"], d["adv"], d["mask"], st, teacher_hidden=d["ht"], impl="fused")
     kl = out.opd_kl[d["mask"] > 0]
     srt = kl.sort().values
     clamp = float(srt[len(srt) // 2 - 1] + srt[len(srt) // 2]) / 2  # half of the positions clamped, no ties
@@ -184,8 +227,15 @@ def test_kl_clamp_clamped_positions_get_no_gradient():
 def test_temperature_divides_only_the_student():
     """The authors' KL: p = softmax(z_s / tau), q = softmax(z_t) undivided; log pi(y_t) at tau."""
     d = make_batch(seed=61, method="sdpg_ufkl")
-    st = settings_for("sdpg_ufkl", beta=1.0, temperature=0.6, kl_student_temperature=0.6, kl_teacher_temperature=1.0,
-                      kl_clamp=20.0, entropy_coef=0.02)
+    st = settings_for(
+        "sdpg_ufkl",
+        beta=1.0,
+        temperature=0.6,
+        kl_student_temperature=0.6,
+        kl_teacher_temperature=1.0,
+        kl_clamp=20.0,
+        entropy_coef=0.02,
+    )
     compare(d, st, chunk=5)
     st = settings_for("sdpg_ufkl", beta=1.0, temperature=0.6, kl_student_temperature=1.4, kl_teacher_temperature=1.0)
     compare(d, st, chunk=5)  # the KL's temperature differs from the log-probs' one: two softmaxes per chunk
@@ -231,8 +281,10 @@ def test_bf16_within_bf16_tolerance():
     st = settings_for("sdpg_urkl", beta=1.0, alpha=1.0, entropy_coef=0.01, kl_clamp=20.0)
     loss, _, out, grads = run(d, st, "fused", chunk=4)
     assert all(g.dtype == torch.bfloat16 for g in grads)
-    d64 = {k: (v.detach().double().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) and v.is_floating_point()
-               else v) for k, v in d.items()}
+    d64 = {
+        k: (v.detach().double().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+        for k, v in d.items()
+    }
     ref_loss, _, ref_out, ref_grads = run(d64, st, "materialised")
     torch.testing.assert_close(loss.double(), ref_loss, rtol=2e-2, atol=2e-3)
     m = d["mask"] > 0
@@ -286,8 +338,20 @@ def test_no_batch_by_vocabulary_tensor(impl):
     d = make_batch(B=B, T=T, V=V, H=H, seed=121, teacher=True)
     st = settings_for("sdpg_urkl", beta=1.0, entropy_coef=0.01)
     with _LargestTensor() as probe:
-        loss, _, _ = step_loss(d["hs"], d["W"], d["b"], d["tokens"], d["adv"], d["mask"], st, teacher_hidden=d["ht"],
-                               old_logp=d["old"], ref_logp=d["ref"], impl=impl, chunk_size=chunk)
+        loss, _, _ = step_loss(
+            d["hs"],
+            d["W"],
+            d["b"],
+            d["tokens"],
+            d["adv"],
+            d["mask"],
+            st,
+            teacher_hidden=d["ht"],
+            old_logp=d["old"],
+            ref_logp=d["ref"],
+            impl=impl,
+            chunk_size=chunk,
+        )
         loss.backward()
         hidden_token_logprobs(d["hs"], d["W"], d["b"], d["tokens"], chunk_size=chunk)
     if impl == "fused":

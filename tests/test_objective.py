@@ -45,14 +45,12 @@ def test_group_advantages_rejects_ragged_groups():
 
 @pytest.mark.parametrize(
     "step,expected",
-    [(0, 0.0), (25, 0.5), (50, 1.0), (100, 1.0), (225, 0.5), (400, 0.0)],
+    # T = 400, T_warm = 50, T_decay = 350: the ramp reaches 1 at k = 50, the decay starts after k = 50
+    [(0, 0.0), (25, 0.5), (50, 1.0), (51, 349 / 350), (100, 300 / 350), (225, 0.5), (399, 1 / 350), (400, 0.0), (410, 0.0)],
 )
 def test_beta_schedule_paper_windows(step, expected):
-    # T = 400, T_warm = 50, T_decay = 350 -> (T - k) / 350 < 1 from k = 51
-    want = min(1.0, step / 50) * min(1.0, (400 - step) / 350)
-    assert beta_at(step, 400, 1.0, 50, 350) == pytest.approx(want)
-    if step in (0, 25, 50, 400):
-        assert beta_at(step, 400, 1.0, 50, 350) == pytest.approx(expected)
+    assert beta_at(step, 400, 1.0, 50, 350) == pytest.approx(expected)
+    assert beta_at(step, 400, 1e-3, 50, 350) == pytest.approx(1e-3 * expected)
 
 
 def test_beta_schedule_windows_off():

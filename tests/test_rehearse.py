@@ -30,14 +30,21 @@ QWEN3_CHAT_TEMPLATE = (
     "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
     "{%- endif %}"
 )
-STUDENT = ("Solve the following math problem step by step. Present your final answer inside \\boxed{{}}, for example "
-           "\\boxed{{42}}.\n{question}\nRemember to put your final answer inside \\boxed{{}}.")
-CONTEXT = ("[Hint] The correct answer is {answer}. A common way to solve this is:\n{solution}\n[Instruction] If possible, "
-           "derive the answer {answer} using an alternative, equally rigorous mathematical approach. Do NOT state that "
-           "you were given the answer or reference.")
-PROBLEMS = [("What is $7 + 11$?", "18", "$7 + 11 = 18$."), ("What is half of one?", "\\frac{1}{2}", "$1/2$."),
-            ("Simplify $\\sqrt{18}$.", "3\\sqrt{2}", "$\\sqrt{9 \\cdot 2} = 3\\sqrt{2}$."),
-            ("How many sides has a hexagon?", "6", "A hexagon has six sides.")]
+STUDENT = (
+    "Solve the following math problem step by step. Present your final answer inside \\boxed{{}}, for example "
+    "\\boxed{{42}}.\n{question}\nRemember to put your final answer inside \\boxed{{}}."
+)
+CONTEXT = (
+    "[Hint] The correct answer is {answer}. A common way to solve this is:\n{solution}\n[Instruction] If possible, "
+    "derive the answer {answer} using an alternative, equally rigorous mathematical approach. Do NOT state that "
+    "you were given the answer or reference."
+)
+PROBLEMS = [
+    ("What is $7 + 11$?", "18", "$7 + 11 = 18$."),
+    ("What is half of one?", "\\frac{1}{2}", "$1/2$."),
+    ("Simplify $\\sqrt{18}$.", "3\\sqrt{2}", "$\\sqrt{9 \\cdot 2} = 3\\sqrt{2}$."),
+    ("How many sides has a hexagon?", "6", "A hexagon has six sides."),
+]
 
 
 def build_stand_in(out: Path) -> Path:
@@ -50,12 +57,29 @@ def build_stand_in(out: Path) -> Path:
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tk.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<unk>",
-                                  additional_special_tokens=["<|im_start|>"], clean_up_tokenization_spaces=False)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
+        additional_special_tokens=["<|im_start|>"],
+        clean_up_tokenization_spaces=False,
+    )
     tok.chat_template = QWEN3_CHAT_TEMPLATE
-    cfg = Qwen3Config(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=32, max_position_embeddings=8192, tie_word_embeddings=True,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.pad_token_id)
+    cfg = Qwen3Config(
+        vocab_size=len(tok),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.pad_token_id,
+    )
     Qwen3ForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
@@ -69,8 +93,15 @@ def write_verl_parquet(path: Path, n: int = 12) -> None:
     for i in range(n):
         q, a, s = PROBLEMS[i % len(PROBLEMS)]
         content = STUDENT.format(question=q) + "[TEACHER_CONTEXT_TOKEN]" + CONTEXT.format(answer=a, solution=s)
-        rows.append({"data_source": "math_dapo", "prompt": [{"role": "user", "content": content}], "ability": "MATH",
-                     "reward_model": {"style": "rule", "ground_truth": a}, "extra_info": {"index": i, "solution": s}})
+        rows.append(
+            {
+                "data_source": "math_dapo",
+                "prompt": [{"role": "user", "content": content}],
+                "ability": "MATH",
+                "reward_model": {"style": "rule", "ground_truth": a},
+                "extra_info": {"index": i, "solution": s},
+            }
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), path)
 
@@ -93,8 +124,16 @@ def stand_in(tmp_path_factory):
 
 def test_paper_table1_rehearses_all_12_runs(workdir, stand_in, capsys):
     t0 = time.time()
-    rc = ablate_main([str(REPO / "ablations" / "paper_table1.yaml"), "--rehearse", "--rehearse-model", str(stand_in),
-                      "--rehearse-dir", str(workdir / "rh")])
+    rc = ablate_main(
+        [
+            str(REPO / "ablations" / "paper_table1.yaml"),
+            "--rehearse",
+            "--rehearse-model",
+            str(stand_in),
+            "--rehearse-dir",
+            str(workdir / "rh"),
+        ]
+    )
     seconds = time.time() - t0
     err = capsys.readouterr().err
     report = json.loads((workdir / "rh" / "report.json").read_text())
@@ -125,41 +164,105 @@ def test_paper_table1_rehearses_all_12_runs(workdir, stand_in, capsys):
 
 
 def test_broken_spec_fails_before_anything_runs(workdir, stand_in, capsys):
+    """A missing eval file and a scorer that cannot match the data's answers: one sentence each, per run,
+    and nothing runs; a broken template placeholder is refused when the spec is read, before any rehearsal."""
     spec = workdir / "broken.yaml"
-    spec.write_text(f"""
+    body = f"""
 name: broken
 base: {PAPER_BASE}
 variants:
-  typo: {{data.student_template: "Solve: {{questoin}}"}}
   no_eval_file: {{data.eval: {{aime26: data/benchmarks/aime26.jsonl}}}}
   wrong_scorer: {{reward.verifier: exact}}
 seeds: [0]
 executor: local
-""")
+"""
+    spec.write_text(body)
     rc = ablate_main([str(spec), "--rehearse", "--rehearse-model", str(stand_in), "--rehearse-dir", str(workdir / "rh")])
     err = capsys.readouterr().err
     assert rc == 1, err[-2000:]
     runs = {r["name"]: r for r in json.loads((workdir / "rh" / "report.json").read_text())["runs"]}
     assert {r["status"] for r in runs.values()} == {"fail"}
-    typo, missing, scorer = runs["typo-s0"]["errors"], runs["no_eval_file-s0"]["errors"], runs["wrong_scorer-s0"]["errors"]
-    assert len(typo) == 1 and "data.student_template" in typo[0] and "{questoin}" in typo[0], typo
-    assert len(missing) == 1 and "data.eval.aime26" in missing[0] and "no such file" in missing[0], missing
+    missing, scorer = runs["no_eval_file-s0"]["errors"], runs["wrong_scorer-s0"]["errors"]
+    assert len(missing) == 1 and "'data.eval.aime26'" in missing[0] and "no such file" in missing[0], missing
     assert len(scorer) == 1 and "reward.verifier 'exact'" in scorer[0] and "\\boxed{}" in scorer[0], scorer
-    for e in typo + missing + scorer:
+    for e in missing + scorer:
         assert "\n" not in e and e in err
     # nothing ran, nothing submitted, no store anywhere
     assert not (workdir / "rh" / "runs").exists() and not (workdir / "rh" / "submitit").exists()
     assert not (workdir / "rh" / "mlflow.db").exists() and not (workdir / "outputs").exists()
 
+    spec.write_text(body.replace("wrong_scorer: {reward.verifier: exact}", 'typo: {data.student_template: "Solve: {questoin}"}'))
+    rc = ablate_main([str(spec), "--rehearse", "--rehearse-model", str(stand_in), "--rehearse-dir", str(workdir / "rh2")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "data.student_template" in err[0] and "{questoin}" in err[0] and str(spec) in err[0]
+    assert not (workdir / "rh2").exists()
+
 
 def test_hub_id_without_a_hub_says_so_in_one_line(workdir, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(workdir / "empty-hf-home"))  # nothing cached
-    rc = ablate_main([str(REPO / "ablations" / "paper_table1.yaml"), "--rehearse", "--only", "variant=grpo",
-                      "--only", "seed=0", "--rehearse-dir", str(workdir / "rh")])
+    rc = ablate_main(
+        [
+            str(REPO / "ablations" / "paper_table1.yaml"),
+            "--rehearse",
+            "--only",
+            "variant=grpo",
+            "--only",
+            "seed=0",
+            "--rehearse-dir",
+            str(workdir / "rh"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1
     lines = [ln for ln in err.splitlines() if "hub cannot be reached" in ln]
     assert lines and "--rehearse-model PATH" in lines[0], err[-2000:]
     report = json.loads((workdir / "rh" / "report.json").read_text())
     assert report["runs"][0]["status"] == "blocked"
+
+
+def test_sweep_rehearses_its_first_trials_and_objective(workdir, stand_in, capsys):
+    from sdpg.cli import sweep_main
+
+    rc = sweep_main(
+        [
+            str(REPO / "sweeps" / "paper_coefficients.yaml"),
+            "--rehearse",
+            "--rehearse-model",
+            str(stand_in),
+            "--rehearse-dir",
+            str(workdir / "rh"),
+        ]
+    )
+    err = capsys.readouterr().err
+    report = json.loads((workdir / "rh" / "report.json").read_text())
+    assert rc == 0, err[-3000:]
+    names = [r["name"] for r in report["runs"]]
+    assert names == ["enqueue0-s0", "low-s0", "high-s0"], names  # the paper's coefficients, then the space's corners
+    for r in report["runs"]:
+        assert r["status"] == "pass" and "eval/aime24/mean@2" in r["metrics"]  # the objective, at 2 samples
+    assert not (workdir / "outputs").exists()  # no study, no store of the real sweep
+
+
+def test_scaled_sizes_keep_the_structure():
+    """Several minibatches per RL step stay several (2), gradient accumulation stays (2 micro-batches), a
+    token budget stays on, several generate calls stay several; a single minibatch stays single."""
+    from sdpg.orchestration.rehearse import scaled_layer
+    from sdpg.training.config import build_config
+
+    paper = {
+        "rollout": {"prompts_per_step": 128, "group_size": 8, "batch_size": 256, "max_new_tokens": 4096},
+        "optim": {"minibatch_size": 128, "micro_batch_size": 4},
+    }  # 8 minibatches of 128 sequences
+    layer, changes = scaled_layer(build_config(paper), world=8)  # 16 rows of a minibatch per rank: 4 micro-batches
+    assert (layer["rollout.prompts_per_step"], layer["rollout.group_size"]) == (2, 2)
+    assert layer["optim.minibatch_size"] == 2 and layer["optim.micro_batch_size"] == 1  # 4 sequences: 2 x 2 x 1
+    assert layer["rollout.batch_size"] == 2  # 1024 > 256: several generate calls, here 2 of 2
+    assert changes["minibatches per RL step"] == "8 -> 2" and changes["micro-batches per minibatch (per rank)"] == "4 -> 2"
+    one = build_config(
+        {"rollout": {"prompts_per_step": 16, "group_size": 4}, "optim": {"micro_batch_size": 64, "micro_batch_tokens": 4096}}
+    )
+    layer, changes = scaled_layer(one, world=1)
+    assert "optim.minibatch_size" not in layer and changes["minibatches per RL step"] == "1 -> 1"
+    assert layer["optim.micro_batch_tokens"] == 1 and layer["rollout.max_new_tokens"] == 8

@@ -9,11 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
-from sdpg.reporting import report
-from sdpg.orchestration.ablate import load_plan, submit
-
 from conftest import tiny_overrides_dict
+
+from sdpg.orchestration.ablate import load_plan, submit
+from sdpg.reporting import report
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ["grpo", "sdpg_urkl", "sdpg_ufkl"]
@@ -23,10 +22,16 @@ VARIANTS = ["grpo", "sdpg_urkl", "sdpg_ufkl"]
 def experiment(tmp_path_factory, tiny_model_built):
     """3 variants x 2 seeds of the embedded task, 4 steps each, through sdpg-ablate and MLflow."""
     d = tmp_path_factory.mktemp("report")
-    spec = {"name": "rep", "base": "embedded",
-            "overrides": {**tiny_overrides_dict(), "run.total_steps": 4, "eval.every": 2},
-            "variants": {"grpo": {"algo.method": "grpo"}, "sdpg_urkl": {}, "sdpg_ufkl": {"algo.kl_mode": "ufkl"}},
-            "seeds": [0, 1], "executor": "local", "max_parallel": 2, "output_dir": str(d / "rep")}
+    spec = {
+        "name": "rep",
+        "base": "embedded",
+        "overrides": {**tiny_overrides_dict(), "run.total_steps": 4, "eval.every": 2},
+        "variants": {"grpo": {"algo.method": "grpo"}, "sdpg_urkl": {}, "sdpg_ufkl": {"algo.kl_mode": "ufkl"}},
+        "seeds": [0, 1],
+        "executor": "local",
+        "max_parallel": 2,
+        "output_dir": str(d / "rep"),
+    }
     p = d / "rep.yaml"
     p.write_text(yaml.safe_dump(spec))
     plan = load_plan(p)
@@ -79,11 +84,23 @@ def test_sdpg_report_command_writes_index_figures_tables(experiment, tmp_path):
     assert report_main([str(spec), "--out", str(tmp_path / "out"), "--order", *VARIANTS]) == 0
     out = tmp_path / "out"
     index = (out / "index.md").read_text()
-    for f in ("figures/curves.png", "figures/curves.pdf", "figures/training.png", "tables/last_best.tex",
-              "tables/last_best.csv", "tables/stability_runs.csv", "tables/improvement.md"):
+    for f in (
+        "figures/curves.png",
+        "figures/curves.pdf",
+        "figures/training.png",
+        "tables/last_best.tex",
+        "tables/last_best.csv",
+        "tables/stability_runs.csv",
+        "tables/improvement.md",
+    ):
         assert (out / f).is_file(), f
-    for link in ("figures/curves.png", "figures/training.png", "tables/last_best.tex", "tables/last_best.csv",
-                 "tables/stability_runs.csv"):
+    for link in (
+        "figures/curves.png",
+        "figures/training.png",
+        "tables/last_best.tex",
+        "tables/last_best.csv",
+        "tables/stability_runs.csv",
+    ):
         assert link in index, link
     assert "| grpo |" in index and "Against grpo" in index
     assert (out / "index.html").read_text().count("<img") == 2
@@ -113,8 +130,11 @@ def test_stability_by_hand():
     reward = [0.1, 0.5, 0.2, 0.6, 0.3]
     acc = [0.1, 0.2, 0.3, 0.5]
     for s, (e, ln, r) in enumerate(zip(ent, length, reward), start=1):
-        rows += [("r", "r", "v", "m", 0, "train/entropy", s, e), ("r", "r", "v", "m", 0, "train/response_length", s, ln),
-                 ("r", "r", "v", "m", 0, "train/reward", s, r)]
+        rows += [
+            ("r", "r", "v", "m", 0, "train/entropy", s, e),
+            ("r", "r", "v", "m", 0, "train/response_length", s, ln),
+            ("r", "r", "v", "m", 0, "train/reward", s, r),
+        ]
     rows += [("r", "r", "v", "m", 0, "eval/b/mean@4", s, a) for s, a in zip((0, 2, 4, 6), acc)]
     df = pd.DataFrame(rows, columns=report.COLUMNS)
     per_run, summary = report.stability(df, "eval/b/mean@4", threshold=0.3)
@@ -188,8 +208,13 @@ def test_index_html_is_a_real_page_in_headless_chromium(experiment, tmp_path):
         assert img["complete"] and img["naturalWidth"] > 500 and img["naturalHeight"] > 100 and img["width"] > 200, img
     # links: every one points at a file of the report (PDFs, LaTeX, CSVs)
     hrefs = {a["href"] for a in dom["links"]}
-    for need in ("figures/curves.pdf", "figures/training.pdf", "tables/last_best.tex", "tables/last_best.csv",
-                 "tables/stability_runs.csv"):
+    for need in (
+        "figures/curves.pdf",
+        "figures/training.pdf",
+        "tables/last_best.tex",
+        "tables/last_best.csv",
+        "tables/stability_runs.csv",
+    ):
         assert need in hrefs, need
     for h in hrefs:
         assert (out / h).is_file(), h
@@ -260,8 +285,9 @@ def test_curves_have_no_empty_panel_and_zero_series_are_named(experiment, tmp_pa
     assert len(fig.axes) == 4 and all(ax.axison and ax.get_lines() for ax in fig.axes)
     # GRPO's opd_kl is 0 at every step (or not logged): named in the panel, drawn if logged
     notes = {}
-    _, fig = report.plot_curves(df, ["train/opd_kl", "train/beta"], tmp_path / "tr", order=VARIANTS, keep_figure=True,
-                                notes=notes)
+    _, fig = report.plot_curves(
+        df, ["train/opd_kl", "train/beta"], tmp_path / "tr", order=VARIANTS, keep_figure=True, notes=notes
+    )
     for ax in fig.axes:
         text = " ".join(t.get_text() for t in ax.texts)
         assert "grpo" in text, ax.get_title()
@@ -293,8 +319,10 @@ def test_steps_to_threshold_only_with_a_threshold(experiment, tmp_path):
 
 
 def _tree(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): ((p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else (-1, 0))
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): ((p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else (-1, 0))
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def test_report_on_missing_experiment_creates_nothing(experiment, tmp_path):
@@ -307,15 +335,21 @@ def test_report_on_missing_experiment_creates_nothing(experiment, tmp_path):
     (d / "ablations").mkdir(parents=True)
     never = {"name": "never_ran", "base": "embedded", "variants": {"a": {}}, "seeds": [0], "executor": "local"}
     (d / "ablations" / "never_ran.yaml").write_text(yaml.safe_dump(never))
-    store = Path(report.resolve_source(str(spec))[0][len("sqlite:///"):])
-    cases = [["ablations/never_ran.yaml", "--out", "reports/never"],  # spec whose runs never started
-             ["outputs/never_ran", "--out", "reports/never"],  # output folder not there
-             [f"sqlite:///{d}/outputs/x/mlflow.db#x", "--out", "reports/x"],  # store not there
-             [f"sqlite:///{store}#no_such_experiment", "--out", "reports/y"]]  # store there, experiment not
+    store = Path(report.resolve_source(str(spec))[0][len("sqlite:///") :])
+    cases = [
+        ["ablations/never_ran.yaml", "--out", "reports/never"],  # spec whose runs never started
+        ["outputs/never_ran", "--out", "reports/never"],  # output folder not there
+        [f"sqlite:///{d}/outputs/x/mlflow.db#x", "--out", "reports/x"],  # store not there
+        [f"sqlite:///{store}#no_such_experiment", "--out", "reports/y"],
+    ]  # store there, experiment not
     before, store_before = _tree(d), _tree(store.parent)
     for args in cases:
-        r = subprocess.run([sys.executable, "-c", "import sys; from sdpg.cli import report_main; sys.exit(report_main(sys.argv[1:]))",
-                            *args], cwd=d, capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, "-c", "import sys; from sdpg.cli import report_main; sys.exit(report_main(sys.argv[1:]))", *args],
+            cwd=d,
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 2, (args, r.stderr)
         err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
         assert len(err) == 1 and "Traceback" not in r.stderr, r.stderr

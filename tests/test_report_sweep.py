@@ -7,15 +7,18 @@ import re
 
 import pytest
 import yaml
+from conftest import tiny_overrides_dict
 
 from sdpg.reporting import report
 
-from conftest import tiny_overrides_dict
-
 # train/beta is algo.beta once the warm-up is off: an objective fixed by the parameters, so which trial
 # is pruned (beta below the threshold pruner's 0.1) and which is best is known before the sweep runs.
-TRIALS = [{"algo.beta": 0.5, "algo.alpha": 0.001}, {"algo.beta": 0.05, "algo.alpha": 0.01},
-          {"algo.beta": 0.2, "algo.alpha": 0.0001}, {"algo.beta": 0.8, "algo.alpha": 0.003}]
+TRIALS = [
+    {"algo.beta": 0.5, "algo.alpha": 0.001},
+    {"algo.beta": 0.05, "algo.alpha": 0.01},
+    {"algo.beta": 0.2, "algo.alpha": 0.0001},
+    {"algo.beta": 0.8, "algo.alpha": 0.003},
+]
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +26,24 @@ def sweep_spec(tmp_path_factory, tiny_model_built):
     from sdpg.orchestration.sweep import Sweep, launch
 
     d = tmp_path_factory.mktemp("sweep_report")
-    spec = {"name": "repsweep", "base": "embedded",
-            "overrides": {**tiny_overrides_dict(), "run.total_steps": 4, "eval.every": 2, "algo.beta_warmup_steps": 0},
-            "space": {"algo.beta": {"type": "float", "low": 0.01, "high": 1.0, "log": True},
-                      "algo.alpha": {"type": "float", "low": 1e-4, "high": 0.1, "log": True}},
-            "objective": {"metric": "train/beta", "reduce": "last", "direction": "maximize"},
-            "sampler": {"type": "random", "seed": 0},
-            "pruner": {"type": "threshold", "lower": 0.1, "n_warmup_steps": 0},
-            "n_trials": len(TRIALS), "enqueue": TRIALS, "storage": "journal", "workers": 1, "executor": "local",
-            "output_dir": str(d / "out")}
+    spec = {
+        "name": "repsweep",
+        "base": "embedded",
+        "overrides": {**tiny_overrides_dict(), "run.total_steps": 4, "eval.every": 2, "algo.beta_warmup_steps": 0},
+        "space": {
+            "algo.beta": {"type": "float", "low": 0.01, "high": 1.0, "log": True},
+            "algo.alpha": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
+        },
+        "objective": {"metric": "train/beta", "reduce": "last", "direction": "maximize"},
+        "sampler": {"type": "random", "seed": 0},
+        "pruner": {"type": "threshold", "lower": 0.1, "n_warmup_steps": 0},
+        "n_trials": len(TRIALS),
+        "enqueue": TRIALS,
+        "storage": "journal",
+        "workers": 1,
+        "executor": "local",
+        "output_dir": str(d / "out"),
+    }
     p = d / "repsweep.yaml"
     p.write_text(yaml.safe_dump(spec))
     launch(Sweep(p), wait=True, log=lambda m: None)
@@ -87,8 +99,9 @@ def test_sweep_report_names_trials_marks_pruned_and_plots_the_study(sweep_spec, 
     runs = report.run_table(uri, exp)
     df = df.assign(variant=df.run_id.map({r.run_id: names[int(r.trial)] for r in runs.itertuples()}))
     order = [names[n] for n in range(len(TRIALS))]
-    _, fig = report.paper_grid(df, tmp_path / "g", order=order, keep_figure=True, dashed=[names[1]],
-                               labels={names[1]: names[1] + " (pruned)"})
+    _, fig = report.paper_grid(
+        df, tmp_path / "g", order=order, keep_figure=True, dashed=[names[1]], labels={names[1]: names[1] + " (pruned)"}
+    )
     lines = fig.axes[1].get_lines()  # reward
     assert len({ln.get_color() for ln in lines}) == len(TRIALS)
     pruned = next(ln for ln in lines if "(pruned)" in ln.get_label())
@@ -104,7 +117,11 @@ def test_sweep_report_names_trials_marks_pruned_and_plots_the_study(sweep_spec, 
     dom = browser.inspect_page(out / "index.html")
     trials = next(t for t in dom["tables"] if t["header"][:2] == ["Trial", "State"])
     assert trials["rows"] == 1 + len(TRIALS)
-    assert sorted(i["src"] for i in dom["images"]) == ["figures/curves.png", "figures/optimization_history.png",
-                                                       "figures/param_importances.png", "figures/training.png"]
+    assert sorted(i["src"] for i in dom["images"]) == [
+        "figures/curves.png",
+        "figures/optimization_history.png",
+        "figures/param_importances.png",
+        "figures/training.png",
+    ]
     assert all(i["complete"] and i["naturalWidth"] > 300 for i in dom["images"])
     browser.screenshot(out / "index.html", out / "screenshot.png")

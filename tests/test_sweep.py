@@ -14,18 +14,19 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from sdpg.training.config import ConfigError
-from sdpg.orchestration.sweep import Sweep, export, finished_count, launch, load_study, main, status
-
 from conftest import tiny_overrides_dict
+
+from sdpg.orchestration.sweep import Sweep, export, finished_count, launch, load_study, main, status
+from sdpg.training.config import ConfigError
 
 GOOD = {
     "name": "sw",
     "base": "embedded",
     "overrides": {"run.total_steps": 4},
-    "space": {"algo.beta": {"type": "float", "low": 0.001, "high": 1.0, "log": True},
-              "algo.kl_mode": {"type": "categorical", "choices": ["urkl", "ufkl"]}},
+    "space": {
+        "algo.beta": {"type": "float", "low": 0.001, "high": 1.0, "log": True},
+        "algo.kl_mode": {"type": "categorical", "choices": ["urkl", "ufkl"]},
+    },
     "objective": {"metric": "eval/embedded/mean@4"},
     "n_trials": 4,
 }
@@ -40,17 +41,34 @@ def write(tmp_path, spec, name="sweep.yaml"):
 BAD = [
     ("empty space", {**GOOD, "space": {}}, "key 'space'"),
     ("low above high", {**GOOD, "space": {"algo.beta": {"type": "float", "low": 1.0, "high": 0.1}}}, "low 1.0 > high 0.1"),
-    ("log range through 0", {**GOOD, "space": {"algo.beta": {"type": "float", "low": 0.0, "high": 1.0, "log": True}}},
-     "a log range must be positive"),
-    ("unknown metric", {**GOOD, "objective": {"metric": "eval/aime24/mean@32"}}, "key 'objective.metric' has bad value 'eval/aime24/mean@32'"),
+    (
+        "log range through 0",
+        {**GOOD, "space": {"algo.beta": {"type": "float", "low": 0.0, "high": 1.0, "log": True}}},
+        "a log range must be positive",
+    ),
+    (
+        "unknown metric",
+        {**GOOD, "objective": {"metric": "eval/aime24/mean@32"}},
+        "key 'objective.metric' has bad value 'eval/aime24/mean@32'",
+    ),
     ("unknown sampler", {**GOOD, "sampler": {"type": "bayes"}}, "key 'sampler.type' has bad value 'bayes'"),
     ("unknown pruner", {**GOOD, "pruner": {"type": "asha"}}, "key 'pruner.type' has bad value 'asha'"),
-    ("unknown trainer key in space", {**GOOD, "space": {"algo.betta": {"type": "float", "low": 0.1, "high": 1.0}}},
-     "unknown key 'algo.betta'"),
-    ("space reaching a bad value", {**GOOD, "space": {"algo.beta": {"type": "float", "low": -1.0, "high": 1.0}}},
-     "key 'algo.beta' has bad value -1.0"),
+    (
+        "unknown trainer key in space",
+        {**GOOD, "space": {"algo.betta": {"type": "float", "low": 0.1, "high": 1.0}}},
+        "unknown key 'algo.betta'",
+    ),
+    (
+        "space reaching a bad value",
+        {**GOOD, "space": {"algo.beta": {"type": "float", "low": -1.0, "high": 1.0}}},
+        "key 'algo.beta' has bad value -1.0",
+    ),
     ("categorical without choices", {**GOOD, "space": {"algo.kl_mode": {"type": "categorical"}}}, "needs a non-empty 'choices'"),
-    ("enqueue outside the space", {**GOOD, "enqueue": [{"algo.alpha": 0.1}]}, "enqueue[0]: keys ['algo.alpha'] are not in 'space'"),
+    (
+        "enqueue outside the space",
+        {**GOOD, "enqueue": [{"algo.alpha": 0.1}]},
+        "enqueue[0]: keys ['algo.alpha'] are not in 'space'",
+    ),
     ("grid without step", {**GOOD, "sampler": {"type": "grid"}}, "grid sampler needs 'step'"),
     ("zero trials", {**GOOD, "n_trials": 0}, "key 'n_trials' has bad value 0"),
     ("unknown key", {**GOOD, "budget": 3}, "unknown key 'budget'"),
@@ -110,15 +128,27 @@ def test_eight_concurrent_workers_lose_no_trial(tmp_path):
 
 def slurm_spec(tmp_path, name, n_trials, workers, extra=None):
     spec = {
-        "name": name, "base": "embedded",
-        "overrides": {**tiny_overrides_dict(), "run.total_steps": 6, "eval.every": 2, "eval.n_samples": 2,
-                      "data.eval_limit": 16, "optim.warmup_steps": 0},
+        "name": name,
+        "base": "embedded",
+        "overrides": {
+            **tiny_overrides_dict(),
+            "run.total_steps": 6,
+            "eval.every": 2,
+            "eval.n_samples": 2,
+            "data.eval_limit": 16,
+            "optim.warmup_steps": 0,
+        },
         "space": {"optim.lr": {"type": "float", "low": 1e-5, "high": 1.0, "log": True}},
         "objective": {"metric": "eval/embedded/mean@2", "reduce": "last"},
         "pruner": {"type": "threshold", "lower": 0.05, "n_warmup_steps": 1},
         "sampler": {"type": "random", "seed": 0},
-        "n_trials": n_trials, "workers": workers, "storage": "journal", "heartbeat_s": 1.0,
-        "executor": "slurm", "profile": "dev", "output_dir": str(tmp_path / name),
+        "n_trials": n_trials,
+        "workers": workers,
+        "storage": "journal",
+        "heartbeat_s": 1.0,
+        "executor": "slurm",
+        "profile": "dev",
+        "output_dir": str(tmp_path / name),
         **(extra or {}),
     }
     return write(tmp_path, spec, f"{name}.yaml")
@@ -160,11 +190,24 @@ def test_two_slurm_workers_share_a_journal_and_prune(tmp_path, dev_cluster, tiny
 
 
 def test_killed_worker_and_rerun_complete_the_study(tmp_path, dev_cluster, tiny_model_built):
-    p = slurm_spec(tmp_path, "swk", n_trials=3, workers=1,
-                   extra={"overrides": {**tiny_overrides_dict(), "run.total_steps": 40, "eval.every": 0,
-                                        "optim.warmup_steps": 0, "run.checkpoint_every": 2},
-                          "objective": {"metric": "train/accuracy", "reduce": "auc"}, "pruner": {"type": "none"},
-                          "enqueue": [{"optim.lr": 1e-4}]})
+    p = slurm_spec(
+        tmp_path,
+        "swk",
+        n_trials=3,
+        workers=1,
+        extra={
+            "overrides": {
+                **tiny_overrides_dict(),
+                "run.total_steps": 40,
+                "eval.every": 0,
+                "optim.warmup_steps": 0,
+                "run.checkpoint_every": 2,
+            },
+            "objective": {"metric": "train/accuracy", "reduce": "auc"},
+            "pruner": {"type": "none"},
+            "enqueue": [{"optim.lr": 1e-4}],
+        },
+    )
     sweep = Sweep(p)
     (job,) = launch(sweep, wait=False)["jobs"]
     study = load_study(sweep)
@@ -215,22 +258,43 @@ def test_two_local_workers_eight_distinct_trials_every_run_ended(tmp_path, tiny_
     twice), every MLflow run ended with its trial's state, a trial that raises has its traceback on
     its run and in the worker log, the parent run FINISHED, pruned trials marked with their step."""
     out = tmp_path / "sw8"
-    p = write(tmp_path, {
-        "name": "sw8", "base": "embedded",
-        "overrides": {**tiny_overrides_dict(), "run.total_steps": 4, "eval.every": 2, "eval.n_samples": 2,
-                      "data.eval_limit": 16, "optim.warmup_steps": 0},
-        "space": {"optim.lr": {"type": "float", "low": 1e-5, "high": 1.0, "log": True}},
-        "objective": {"metric": "eval/embedded/mean@2", "reduce": "last"},
-        "pruner": {"type": "threshold", "lower": 0.05, "n_warmup_steps": 1},
-        "sampler": {"type": "random", "seed": 0},
-        "n_trials": 3, "workers": 2, "storage": "journal", "executor": "local", "output_dir": str(out),
-        # trial 0 trains, trial 1 (lr = 1 wrecks the model) is pruned, trial 2 repeats trial 0's point
-        "enqueue": [{"optim.lr": 1e-4}, {"optim.lr": 1.0}, {"optim.lr": 1e-4}],
-    }, "sw8.yaml")
+    p = write(
+        tmp_path,
+        {
+            "name": "sw8",
+            "base": "embedded",
+            "overrides": {
+                **tiny_overrides_dict(),
+                "run.total_steps": 4,
+                "eval.every": 2,
+                "eval.n_samples": 2,
+                "data.eval_limit": 16,
+                "optim.warmup_steps": 0,
+            },
+            "space": {"optim.lr": {"type": "float", "low": 1e-5, "high": 1.0, "log": True}},
+            "objective": {"metric": "eval/embedded/mean@2", "reduce": "last"},
+            "pruner": {"type": "threshold", "lower": 0.05, "n_warmup_steps": 1},
+            "sampler": {"type": "random", "seed": 0},
+            "n_trials": 3,
+            "workers": 2,
+            "storage": "journal",
+            "executor": "local",
+            "output_dir": str(out),
+            # trial 0 trains, trial 1 (lr = 1 wrecks the model) is pruned, trial 2 repeats trial 0's point
+            "enqueue": [{"optim.lr": 1e-4}, {"optim.lr": 1.0}, {"optim.lr": 1e-4}],
+        },
+        "sw8.yaml",
+    )
     (out / "trials").mkdir(parents=True)
     (out / "trials" / "trial_0003-s0").write_text("a file where trial 3's folder should be: it fails\n")
-    r = subprocess.run([sys.executable, "-m", "sdpg", "sweep", str(p), "--n-trials", "8"], capture_output=True, text=True,
-                       timeout=1500, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        [sys.executable, "-m", "sdpg", "sweep", str(p), "--n-trials", "8"],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Exception ignored" not in r.stderr, r.stderr[-3000:]
     progress = [ln for ln in r.stderr.splitlines() if "trials finished (" in ln]
@@ -275,9 +339,13 @@ def test_two_local_workers_eight_distinct_trials_every_run_ended(tmp_path, tiny_
 def test_sweep_on_a_two_task_slurm_profile_trains_each_trial_in_one_process_group(tmp_path, dev_cluster, tiny_model_built):
     """A worker job with 2 tasks: rank 0 runs the study and the other task joins every trial's
     training, so each trial trains on world size 2 (recorded by the trainer and on the MLflow run)."""
-    p = slurm_spec(tmp_path, "swdp", n_trials=2, workers=1,
-                   extra={"profile": "dev2", "pruner": {"type": "none"},
-                          "enqueue": [{"optim.lr": 1e-4}, {"optim.lr": 3e-4}]})
+    p = slurm_spec(
+        tmp_path,
+        "swdp",
+        n_trials=2,
+        workers=1,
+        extra={"profile": "dev2", "pruner": {"type": "none"}, "enqueue": [{"optim.lr": 1e-4}, {"optim.lr": 3e-4}]},
+    )
     sweep = Sweep(p)
     (job,) = launch(sweep, wait=False)["jobs"]
     results = job.results()
@@ -289,6 +357,8 @@ def test_sweep_on_a_two_task_slurm_profile_trains_each_trial_in_one_process_grou
         res = json.loads((sweep.output_dir / "trials" / f"trial_{n:04d}-s0" / "result.json").read_text())
         assert res["world_size"] == 2 and res["status"] == "finished"
     runs = _runs_by_trial(sweep)
-    assert {n: (r.info.status, r.data.tags["sdpg.world_size"]) for n, r in runs.items()} == \
-        {0: ("FINISHED", "2"), 1: ("FINISHED", "2")}
+    assert {n: (r.info.status, r.data.tags["sdpg.world_size"]) for n, r in runs.items()} == {
+        0: ("FINISHED", "2"),
+        1: ("FINISHED", "2"),
+    }
     assert _parent(sweep).info.status == "FINISHED"

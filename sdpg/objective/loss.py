@@ -117,8 +117,13 @@ def sdpg_loss(
         opd_w = opd_weights(w, g, opd_norm, loss_agg_mode) if opd_token_weights is None else opd_token_weights  # [B, T]
         if isinstance(opd, FusedKLInputs):
             opd_loss, kl_tok = fused_weighted_full_vocab_kl(
-                opd.student_hidden, opd.teacher_hidden, opd.lm_head_weight, opd_w,
-                lm_head_bias=opd.lm_head_bias, temperature=opd.temperature, chunk_size=opd.chunk_size,
+                opd.student_hidden,
+                opd.teacher_hidden,
+                opd.lm_head_weight,
+                opd_w,
+                lm_head_bias=opd.lm_head_bias,
+                temperature=opd.temperature,
+                chunk_size=opd.chunk_size,
             )  # [], [B, T]
         else:
             kl_tok = opd  # [B, T]

@@ -61,8 +61,9 @@ def beta_at(step: int, total_steps: int, beta: float, warmup_steps: int = 0, dec
 # --------------------------------------------------------------------------------------------
 
 
-def agg_weights(mask: Tensor, mode: LossAggMode = "token-mean", n_tokens: float | None = None,
-                n_seqs: float | None = None) -> Tensor:
+def agg_weights(
+    mask: Tensor, mode: LossAggMode = "token-mean", n_tokens: float | None = None, n_seqs: float | None = None
+) -> Tensor:
     """Per-token weights [B, T] such that ``(x * agg_weights(mask, mode)).sum()`` aggregates x.
 
     token-mean: sum over all tokens / number of tokens (DAPO).
@@ -227,9 +228,7 @@ def rlsd_advantages(
     return adv * ((1.0 - lam) + lam * u)  # [B, T]
 
 
-def opsd_token_weights(
-    teacher_logp: Tensor, old_logp: Tensor, advantages: Tensor, max_weight: float = 20.0
-) -> Tensor:
+def opsd_token_weights(teacher_logp: Tensor, old_logp: Tensor, advantages: Tensor, max_weight: float = 20.0) -> Tensor:
     """OPSD's per-token weights [B, T] (arXiv 2601.18734): clamp(log q(y_t) - log p_old(y_t), 0, max)
     on sequences with A > 0 and zero elsewhere; used as the advantage inside the PPO ratio clip."""
     w = (teacher_logp - old_logp).detach().clamp(0.0, max_weight)  # [B, T]
@@ -248,4 +247,3 @@ def gate_mask(advantages: Tensor, mask: Tensor, enabled: bool = True) -> Tensor:
     if not enabled:
         return mask.float()  # [B, T]
     return mask.float() * (advantages > 0).float()[:, None]  # [B, T]
-

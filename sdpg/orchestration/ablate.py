@@ -33,6 +33,9 @@ from sdpg.orchestration.core import (
     NAME_PATTERN,
     Experiment,
     TrackingSpec,
+    check_experiment_name,
+    check_tracking_uri,
+    check_writable_folder,
     job_error,
     output_folder,
     resolve_base,
@@ -40,16 +43,41 @@ from sdpg.orchestration.core import (
     tracking_target,
 )
 from sdpg.orchestration.launch import TrainJob, make_executor
-from sdpg.orchestration.specs import SlurmProfile, read_yaml, subcommand_parser, validate
-from sdpg.training.config import ConfigError, Strict, TrainConfig, apply_layer, build_config
+from sdpg.orchestration.specs import (
+    SlurmProfile,
+    read_yaml,
+    subcommand_parser,
+    validate,
+)
+from sdpg.training.config import (
+    ConfigError,
+    Strict,
+    TrainConfig,
+    apply_layer,
+    build_config,
+)
 
-__all__ = ["NAME_PATTERN", "AblationSpec", "Plan", "Run", "TrackingSpec", "cancel", "load_plan", "main", "run_state",
-           "status", "submit", "table", "watch"]
+__all__ = [
+    "NAME_PATTERN",
+    "AblationSpec",
+    "Plan",
+    "Run",
+    "TrackingSpec",
+    "cancel",
+    "load_plan",
+    "main",
+    "run_state",
+    "status",
+    "submit",
+    "table",
+    "watch",
+]
 
 
 class AblationSpec(Strict):
-    name: str = Field(pattern=NAME_PATTERN)
-    """Name of the ablation: the MLflow experiment and the output folder."""
+    name: str
+    """Name of the ablation: the MLflow experiment and the output folder (``[A-Za-z0-9._-]``, at most 100
+    characters, no leading dot)."""
     base: str | dict[str, Any] = "embedded"
     """Trainer config: a YAML path (relative to the spec file), ``embedded`` (the built-in default)
     or an inline mapping."""
@@ -72,14 +100,25 @@ class AblationSpec(Strict):
     tracking: TrackingSpec = TrackingSpec()
     """MLflow settings."""
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v):
+        from sdpg.orchestration.names import name_problem
+
+        why = name_problem(v)
+        if why is not None:
+            raise ValueError(f"a name {why}")
+        return v
+
     @field_validator("variants")
     @classmethod
     def _variant_names(cls, v):
-        import re
+        from sdpg.orchestration.names import name_problem, short_repr
 
         for name in v:
-            if not re.match(NAME_PATTERN, str(name)):
-                raise ValueError(f"variant name {name!r} must match {NAME_PATTERN}")
+            why = name_problem(name)
+            if why is not None:
+                raise ValueError(f"variant name {short_repr(name)}: a name {why}")
         return v
 
     @field_validator("grid")
@@ -159,15 +198,52 @@ def _differing(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def load_plan(path: str | Path, executor: str | None = None, profile: str | None = None,
-              only: list[str] | None = None) -> Plan:
-    """Read, resolve and validate a spec into a plan; raises ConfigError naming file and key."""
+def load_plan(
+    path: str | Path,
+    executor: str | None = None,
+    profile: str | None = None,
+    only: list[str] | None = None,
+    max_runs: int | None = None,
+    profile_file: str | None = None,
+    check_world: bool = False,
+) -> Plan:
+    """Read, resolve and validate a spec into a plan; raises ConfigError naming file and key.
+
+    Everything is checked before anything exists: the grid's size (from the axis lengths, before any run
+    is expanded; ``max_runs`` lifts the limit), names, the executor and profile, the tracking URI, the
+    output folder, every resolved config (schema and values) and, with ``check_world``, what each config
+    needs from the world (data files, model folder, device)."""
+    from sdpg.orchestration.names import MAX_RUNS, grid_size, sanitize
+
     path = Path(path)
     spec = validate(AblationSpec, read_yaml(path, "ablation spec"), str(path))
     src = str(path)
-    base = apply_layer(resolve_base(spec.base, path), spec.overrides)
-    kind, prof = resolve_executor(executor or spec.executor, profile or spec.profile, src)
+    limit = MAX_RUNS if max_runs is None else max_runs
+    n_planned = grid_size([len(spec.variants), *(len(v) for v in spec.grid.values()), len(spec.seeds)])
+    if n_planned > limit:
+        raise ConfigError(
+            f"{src}: the spec plans {n_planned} runs ({len(spec.variants)} variants x "
+            f"{' x '.join(str(len(v)) for v in spec.grid.values()) or '1'} grid points x {len(spec.seeds)} seeds), "
+            f"more than the limit of {limit}; pass --max-runs {n_planned} to go beyond"
+        )
+    raw_base = resolve_base(spec.base, path)
+    if isinstance(spec.base, dict):  # errors in an inline base are the base's, not the first variant's
+        build_config(raw_base, f"{src}: base")
+    if spec.overrides:
+        build_config(apply_layer(raw_base, spec.overrides), f"{src}: overrides")
+    base = apply_layer(raw_base, spec.overrides)
+    kind, prof = resolve_executor(
+        executor or spec.executor,
+        profile or spec.profile,
+        src,
+        kind_from="--executor" if executor else None,
+        profile_from="--profile" if profile else None,
+        profile_file=profile_file,
+    )
+    check_tracking_uri(spec.tracking.uri, src)
+    check_experiment_name(spec.tracking.experiment, src)
     out = output_folder(spec.output_dir, spec.name)
+    check_writable_folder(out, src)
     filters = dict(f.split("=", 1) for f in (only or []))
     # runs: variant x grid point x seed
     axes = list(spec.grid)
@@ -186,12 +262,14 @@ def load_plan(path: str | Path, executor: str | None = None, profile: str | None
                     where += " with grid " + ",".join(f"{k}={_short(v)}" for k, v in point.items())
                 data = apply_layer(data, {"run.seed": seed})
                 cfg = build_config(data, where)
-                gname = "-".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in point.items())
+                # names and folders from sanitized values (a value holding '/../..' or a newline is not a path)
+                gname = "-".join(f"{k.split('.')[-1]}={sanitize(v)}" for k, v in point.items())
                 name = f"{vname}{'-' + gname if gname else ''}-s{seed}"
                 raw = cfg.config_hash()
                 if raw in written:
-                    raise ConfigError(f"{src}: runs {written[raw]!r} and {name!r} resolve to the same config (hash {raw}); "
-                                      f"variants must differ")
+                    raise ConfigError(
+                        f"{src}: runs {written[raw]!r} and {name!r} resolve to the same config (hash {raw}); variants must differ"
+                    )
                 written[raw] = name
                 h = cfg.effective().config_hash()
                 first = canonical.get(h)
@@ -199,7 +277,12 @@ def load_plan(path: str | Path, executor: str | None = None, profile: str | None
                 run = Run(name=name, variant=vname, grid=point, seed=seed, config=cfg, hash=h, diff=diff)
                 if first is None:
                     canonical[h] = run
-                    cfg.run.output_dir = str(out / "runs" / f"{name}-{h[:8]}")
+                    folder = f"{name}-{h[:8]}" if len(name) <= 150 else f"{name[:140]}-{sanitize(name)[-8:]}-{h[:8]}"
+                    cfg.run.output_dir = str(out / "runs" / folder)
+                    if check_world:
+                        from sdpg.training.preflight import check_world as _check_world
+
+                        _check_world(cfg, where, local=kind in ("local", "debug"))
                 else:
                     run.same_as = first.name
                     cfg.run.output_dir = first.config.run.output_dir
@@ -215,9 +298,12 @@ def load_plan(path: str | Path, executor: str | None = None, profile: str | None
                 if other.same_as == r.same_as and other is not r:
                     other.same_as = r.name
             r.same_as, r.inert = None, []
+    if filters and not runs:
+        raise ConfigError(f"--only {' --only '.join(only or [])}: matches no run of {src}")
     uri, experiment = tracking_target(spec.tracking, out, spec.name)
-    return Plan(spec=spec, path=path, output_dir=out, runs=runs, executor=kind, profile=prof,
-                tracking_uri=uri, experiment=experiment)
+    return Plan(
+        spec=spec, path=path, output_dir=out, runs=runs, executor=kind, profile=prof, tracking_uri=uri, experiment=experiment
+    )
 
 
 def duplicates_note(plan: Plan) -> str:
@@ -225,8 +311,10 @@ def duplicates_note(plan: Plan) -> str:
     dups = plan.duplicates
     if not dups:
         return ""
-    lines = [f"{len(plan.distinct)} distinct runs; {len(dups)} duplicate{'s' if len(dups) > 1 else ''} "
-             f"(same effective config: trained once, reported under both names):"]
+    lines = [
+        f"{len(plan.distinct)} distinct runs; {len(dups)} duplicate{'s' if len(dups) > 1 else ''} "
+        f"(same effective config: trained once, reported under both names):"
+    ]
     for r in dups:
         why = ", ".join(r.inert) or "nothing"
         lines.append(f"  {r.name} = {r.same_as}  ({why}: no effect here)")
@@ -300,67 +388,243 @@ def _child_runs(plan: Plan, exp: Experiment) -> dict[str, str]:
     run_ids = {}
     for r in plan.distinct:
         aliases = plan.aliases(r)
-        tags = {"variant": r.variant, "seed": r.seed, "method": r.config.algo.method, "run_hash": r.hash,
-                "grid": json.dumps(r.grid)}
+        tags = {
+            "variant": r.variant,
+            "seed": r.seed,
+            "method": r.config.algo.method,
+            "run_hash": r.hash,
+            "grid": json.dumps(r.grid),
+        }
         if aliases:  # the same run under other names: a report lists it under each
-            tags["sdpg.aliases"] = json.dumps([{"name": a.name, "variant": a.variant, "seed": a.seed, "grid": a.grid}
-                                               for a in aliases])
+            tags["sdpg.aliases"] = json.dumps(
+                [{"name": a.name, "variant": a.variant, "seed": a.seed, "grid": a.grid} for a in aliases]
+            )
         run_ids[r.hash] = exp.child(r.hash, r.name, r.config, tags)
     return run_ids
+
+
+ACTIVE_SLURM_STATES = {
+    "PENDING",
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SUSPENDED",
+    "STOPPED",
+    "SIGNALING",
+    "STAGE_OUT",
+}
+
+
+def _job_history(entry: dict) -> list[dict]:
+    """Every job ever submitted for one run (older jobs.json files kept only the last one)."""
+    hist = list(entry.get("jobs") or [])
+    if not hist and entry.get("job_id"):
+        hist = [{k: entry.get(k) for k in ("job_id", "executor", "host", "submitted_at")}]
+    return hist
+
+
+def _local_alive(job_id: str, host: str | None) -> bool:
+    """A local job (its id is the worker's pid) still running on this machine."""
+    import socket
+
+    if host and host != socket.gethostname():
+        return False
+    try:
+        pid = int(str(job_id))
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (ValueError, OSError):
+        return False
+    state = stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else "?"
+    return state not in ("Z", "X") and "submitit" in cmd
+
+
+def _slurm_active(job_ids: list[str]) -> set[str]:
+    """The ids among ``job_ids`` that SLURM still holds (queued, running, requeued...), one line per array
+    task (``squeue -r``). Raises RuntimeError when the scheduler cannot be asked: resubmitting blind is
+    how a spec came to train twice."""
+    import subprocess
+
+    if not job_ids:
+        return set()
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i %T", "--jobs", ",".join(job_ids)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise RuntimeError(f"cannot ask SLURM about jobs {', '.join(job_ids[:5])}: {e}") from None
+    if out.returncode != 0 and "Invalid job id" not in out.stderr:
+        raise RuntimeError(f"cannot ask SLURM about jobs {', '.join(job_ids[:5])}: {' '.join(out.stderr.split())[:200]}")
+    active = set()
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1] in ACTIVE_SLURM_STATES:
+            active.add(parts[0])
+    return active
+
+
+def active_jobs(jobs_state: dict, hashes: list[str]) -> dict[str, str]:
+    """Run hash -> id of a job of it that is still queued or running (any job ever submitted for it)."""
+    slurm_ids = [str(j["job_id"]) for h in hashes for j in _job_history(jobs_state.get(h, {})) if j.get("executor") == "slurm"]
+    live_slurm = _slurm_active(slurm_ids)
+    out = {}
+    for h in hashes:
+        for j in reversed(_job_history(jobs_state.get(h, {}))):
+            jid = str(j.get("job_id"))
+            if (j.get("executor") == "slurm" and jid in live_slurm) or (
+                j.get("executor") == "local" and _local_alive(jid, j.get("host"))
+            ):
+                out[h] = jid
+                break
+    return out
+
+
+def _write_jobs(state_file: Path, jobs_state: dict) -> None:
+    """jobs.json replaced atomically (a reader never sees half a file)."""
+    tmp = state_file.with_name(state_file.name + ".tmp")
+    tmp.write_text(json.dumps(jobs_state, indent=1))
+    tmp.replace(state_file)
 
 
 def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None, log=print) -> dict:
     """Create the MLflow experiment, parent and child runs, submit the unfinished runs as one job
     array, record job ids in ``<output_dir>/jobs.json``; wait for local runs. Each duplicate name is
-    trained once, as the run it repeats. The parent run ends when its last child does."""
+    trained once, as the run it repeats. The parent run ends when its last child does.
+
+    One submitter per spec: a lock on ``<output_dir>/.sdpg-submit.lock`` is held while runs are created and
+    jobs submitted (for local runs: until the last one has started). A run with a job still queued or
+    running (asked of the scheduler; every job id ever submitted is kept in jobs.json) is attached to,
+    not submitted again."""
+    import contextlib
+    import socket
+
     from mlflow.entities import RunStatus
 
     from sdpg.orchestration import tracking
+    from sdpg.training.locks import LockBusy, file_lock
 
     distinct = plan.distinct
-    todo = [r for r in distinct if run_state(r)[0] != "finished"]
-    exp = _experiment(plan).open()
-    c = exp.client
-    run_ids = _child_runs(plan, exp)
-    for r in distinct:  # a finished run's MLflow run is FINISHED (its job may have died after the result)
-        st = tracking.retry(c.get_run, run_ids[r.hash]).info.status
-        if r in todo:
-            tracking.retry(c.update_run, run_ids[r.hash], status=RunStatus.to_string(RunStatus.SCHEDULED))
-        elif st != "FINISHED":
-            tracking.finish_run(c, run_ids[r.hash], "FINISHED")
-    state_file = plan.output_dir / "jobs.json"
-    jobs_state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    if not todo:
-        exp.end_if_done()
-        log(f"[sdpg-ablate] all {len(distinct)} runs of {plan.spec.name} are finished; nothing submitted")
-        return {"submitted": [], "experiment_id": exp.experiment_id, "parent_run_id": exp.parent_id}
-    ex = make_executor(plan.executor, plan.output_dir / "submitit", plan.profile, plan.spec.name,
-                       max_parallel or plan.spec.max_parallel)
-    fns = [TrainJob(r.config.resolved(), plan.tracking_uri, run_ids[r.hash], exp.parent_id) for r in todo]
-    if plan.executor == "local":
-        jobs = _submit_local(ex, fns, max_parallel or plan.spec.max_parallel,
-                             lambda js: log("[sdpg-ablate] " + _progress(todo, js)))
-    else:
-        with ex.batch():
-            jobs = [ex.submit(f) for f in fns]
-    for r, j in zip(todo, jobs):
-        jobs_state[r.hash] = {"name": r.name, "job_id": str(j.job_id), "executor": plan.executor,
-                              "mlflow_run_id": run_ids[r.hash], "submitted_at": time.time()}
-    state_file.write_text(json.dumps(jobs_state, indent=1))
-    log(f"[sdpg-ablate] submitted {len(todo)} of {len(distinct)} runs ({len(distinct) - len(todo)} finished) "
-        f"with the {plan.executor} executor: job ids {', '.join(str(j.job_id) for j in jobs)}")
-    log(f"[sdpg-ablate] logs: {plan.output_dir / 'submitit'}")
-    log(f"[sdpg-ablate] MLflow: experiment {plan.experiment!r} (id {exp.experiment_id}) at {tracking.redact(plan.tracking_uri)}; "
-        f"view with: mlflow ui --backend-store-uri {tracking.redact(plan.tracking_uri)}")
+    check_writable_folder(plan.output_dir, str(plan.path))
+    plan.output_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = plan.output_dir / ".sdpg-submit.lock"
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(lock_path, wait=False))
+        except LockBusy as e:
+            log(
+                f"[sdpg-ablate] {plan.spec.name} is being submitted by another sdpg-ablate "
+                f"({', '.join(f'{k} {v}' for k, v in e.holder.items())}); waiting for it"
+            )
+            stack.enter_context(file_lock(lock_path, wait=True))
+        state_file = plan.output_dir / "jobs.json"
+        jobs_state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        unfinished = [r for r in distinct if run_state(r)[0] != "finished"]
+        attached = active_jobs(jobs_state, [r.hash for r in unfinished])
+        todo = [r for r in unfinished if r.hash not in attached]
+        exp = _experiment(plan).open()
+        c = exp.client
+        run_ids = _child_runs(plan, exp)
+        for r in distinct:  # a finished run's MLflow run is FINISHED (its job may have died after the result)
+            st = tracking.retry(c.get_run, run_ids[r.hash]).info.status
+            if r in todo:
+                tracking.retry(c.update_run, run_ids[r.hash], status=RunStatus.to_string(RunStatus.SCHEDULED))
+            elif r not in unfinished and st != "FINISHED":
+                tracking.finish_run(c, run_ids[r.hash], "FINISHED")
+        if attached:
+            names = [r.name for r in unfinished if r.hash in attached]
+            log(
+                f"[sdpg-ablate] {len(attached)} runs already have a job queued or running; attached, not resubmitted: "
+                + ", ".join(f"{n} (job {attached[r.hash]})" for n, r in zip(names, [r for r in unfinished if r.hash in attached]))
+            )
+        if not todo:
+            if not attached:
+                exp.end_if_done()
+                log(f"[sdpg-ablate] all {len(distinct)} runs of {plan.spec.name} are finished; nothing submitted")
+                return {"submitted": [], "attached": {}, "experiment_id": exp.experiment_id, "parent_run_id": exp.parent_id}
+            jobs = []
+        else:
+            ex = make_executor(
+                plan.executor, plan.output_dir / "submitit", plan.profile, plan.spec.name, max_parallel or plan.spec.max_parallel
+            )
+            fns = [TrainJob(r.config.resolved(), plan.tracking_uri, run_ids[r.hash], exp.parent_id) for r in todo]
+            if plan.executor == "local":
+                jobs = _submit_local(
+                    ex, fns, max_parallel or plan.spec.max_parallel, lambda js: log("[sdpg-ablate] " + _progress(todo, js))
+                )
+            else:
+                with ex.batch():
+                    jobs = [ex.submit(f) for f in fns]
+            now, host = time.time(), socket.gethostname()
+            for r, j in zip(todo, jobs):
+                prev = _job_history(jobs_state.get(r.hash, {}))
+                rec = {"job_id": str(j.job_id), "executor": plan.executor, "host": host, "submitted_at": now}
+                jobs_state[r.hash] = {
+                    "name": r.name,
+                    "job_id": str(j.job_id),
+                    "executor": plan.executor,
+                    "host": host,
+                    "mlflow_run_id": run_ids[r.hash],
+                    "submitted_at": now,
+                    "jobs": [*prev, rec],
+                }
+            _write_jobs(state_file, jobs_state)
+    if todo:
+        log(
+            f"[sdpg-ablate] submitted {len(todo)} of {len(distinct)} runs ({len(distinct) - len(unfinished)} finished"
+            f"{f', {len(attached)} attached' if attached else ''}) with the {plan.executor} executor: "
+            f"job ids {', '.join(str(j.job_id) for j in jobs)}"
+        )
+        log(f"[sdpg-ablate] logs: {plan.output_dir / 'submitit'}")
+    log(
+        f"[sdpg-ablate] MLflow: experiment {plan.experiment!r} (id {exp.experiment_id}) at {tracking.redact(plan.tracking_uri)}; "
+        f"view with: mlflow ui --backend-store-uri {tracking.redact(plan.tracking_uri)}"
+    )
     if wait if wait is not None else plan.executor in ("local", "debug"):
         try:
-            watch(plan, jobs, todo, log=log)
+            if jobs:
+                watch(plan, jobs, todo, log=log)
         finally:
-            _settle(exp, jobs, [run_ids[r.hash] for r in todo])
+            if jobs:
+                _settle(exp, jobs, [run_ids[r.hash] for r in todo])
+        _wait_attached(plan, jobs_state, attached, log)
         log(status(plan))
         log(f"[sdpg-ablate] done; open the runs with: mlflow ui --backend-store-uri {tracking.redact(plan.tracking_uri)}")
-    return {"submitted": [r.hash for r in todo], "jobs": jobs, "experiment_id": exp.experiment_id,
-            "parent_run_id": exp.parent_id}
+    return {
+        "submitted": [r.hash for r in todo],
+        "attached": attached,
+        "jobs": jobs,
+        "experiment_id": exp.experiment_id,
+        "parent_run_id": exp.parent_id,
+    }
+
+
+def _wait_attached(plan: Plan, jobs_state: dict, attached: dict[str, str], log, every_s: float = 10.0) -> None:
+    """Wait for jobs another sdpg-ablate submitted (attached to, not ours to collect): until the scheduler
+    (or, for local jobs, the process table) no longer holds them; then say how their runs ended."""
+    if not attached:
+        return
+    runs = [r for r in plan.distinct if r.hash in attached]
+    last = 0.0
+    while True:
+        live = active_jobs(jobs_state, list(attached))
+        if not live:
+            break
+        if time.time() - last >= every_s:
+            steps = ", ".join(f"{r.name}: step {run_state(r)[1]}/{r.config.run.total_steps}" for r in runs if r.hash in live)
+            log(f"[sdpg-ablate] waiting for {len(live)} attached jobs: {steps}")
+            last = time.time()
+        time.sleep(2.0)
+    failed = [r.name for r in runs if run_state(r)[0] != "finished"]
+    if failed:
+        raise RuntimeError(f"attached runs did not finish: {', '.join(failed)} (see {plan.output_dir / 'submitit'})")
 
 
 def _settle(exp: Experiment, jobs: list, run_ids: list[str]) -> None:
@@ -504,8 +768,9 @@ def _scheduler_states(job_ids: list[str]) -> dict[str, str]:
     if not job_ids:
         return {}
     try:
-        out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True, text=True,
-                             timeout=20, check=False)
+        out = subprocess.run(
+            ["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True, text=True, timeout=20, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return {}
     res = {}
@@ -526,11 +791,11 @@ def cancel(plan: Plan, log=print) -> int:
     state_file = plan.output_dir / "jobs.json"
     jobs = json.loads(state_file.read_text()) if state_file.is_file() else {}
     mine = {r.hash for r in plan.distinct}
-    picked = {h: v for h, v in jobs.items() if v.get("executor") == "slurm" and h in mine}
+    picked = {h: v for h, v in jobs.items() if h in mine and any(j.get("executor") == "slurm" for j in _job_history(v))}
     if not picked:
         log("[sdpg-ablate] no SLURM jobs recorded for this spec")
         return 0
-    ids = [v["job_id"] for v in picked.values()]
+    ids = sorted({str(j["job_id"]) for v in picked.values() for j in _job_history(v) if j.get("executor") == "slurm"})
     subprocess.run(["scancel", *ids], check=False)
     c = tracking.client(plan.tracking_uri)
     parents = set()
@@ -548,50 +813,103 @@ def cancel(plan: Plan, log=print) -> int:
     return len(ids)
 
 
+def tracking_redact(text: str) -> str:
+    from sdpg.orchestration.tracking import redact
+
+    return redact(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     sub, argv, p = subcommand_parser(
-        "sdpg-ablate", {"status": "each run's state, step and last metrics",
-                        "cancel": "cancel the spec's SLURM jobs (their MLflow runs end KILLED)"},
-        "Submit, inspect or cancel a grid of runs from an ablation spec.", argv,
-        run_help="print the runs, then train the unfinished ones (--dry-run: print only)")
-    p.add_argument("--executor", choices=EXECUTORS,
-                   help="where runs execute: local (processes here), debug (this process), slurm (default: the spec's)")
-    p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
-                   help="keep runs whose variant / seed / resolved config key equals VALUE")
+        "sdpg-ablate",
+        {
+            "status": "each run's state, step and last metrics",
+            "cancel": "cancel the spec's SLURM jobs (their MLflow runs end KILLED)",
+        },
+        "Submit, inspect or cancel a grid of runs from an ablation spec.",
+        argv,
+        run_help="print the runs, then train the unfinished ones (--dry-run: print only)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        help="where runs execute: local (processes here), debug (this process), slurm (default: the spec's)",
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keep runs whose variant / seed / resolved config key equals VALUE",
+    )
+    p.add_argument(
+        "--max-runs",
+        type=int,
+        metavar="N",
+        help="plan up to N runs (default 10000: a larger grid is refused before it is expanded)",
+    )
     if sub == "run":
         p.add_argument("--dry-run", action="store_true", help="print the runs; submit nothing")
-        p.add_argument("--max-parallel", type=int, metavar="N",
-                       help="runs at a time (SLURM array parallelism; default: the spec's max_parallel)")
-        p.add_argument("--rehearse", action="store_true",
-                       help="run every run here for 2 steps on a shrunk model with its own MLflow store; submit nothing")
-        p.add_argument("--rehearse-model", metavar="PATH",
-                       help="with --rehearse: a local folder (config.json and tokenizer) standing in for model.path")
+        p.add_argument(
+            "--max-parallel",
+            type=int,
+            metavar="N",
+            help="runs at a time (SLURM array parallelism; default: the spec's max_parallel)",
+        )
+        p.add_argument(
+            "--rehearse",
+            action="store_true",
+            help="run every run here for 2 steps on a shrunk model with its own MLflow store; submit nothing",
+        )
+        p.add_argument(
+            "--rehearse-model",
+            metavar="PATH",
+            help="with --rehearse: a local folder (config.json and tokenizer) standing in for model.path",
+        )
         p.add_argument("--rehearse-dir", metavar="DIR", help="with --rehearse: its folder (default rehearsals/NAME)")
-        p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
-                       help="wait for the runs (default: yes for local/debug, no for slurm)")
+        p.add_argument(
+            "--wait",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="wait for the runs (default: yes for local/debug, no for slurm)",
+        )
     a = p.parse_args(argv)
     try:
         for f in a.only:
             if "=" not in f:
                 raise ConfigError(f"--only {f!r}: expected KEY=VALUE")
-        plan = load_plan(a.spec, a.executor, a.profile, a.only)
         if sub == "run" and a.max_parallel is not None and a.max_parallel < 1:
             raise ConfigError(f"--max-parallel {a.max_parallel}: must be at least 1")
+        if a.max_runs is not None and a.max_runs < 1:
+            raise ConfigError(f"--max-runs {a.max_runs}: must be at least 1")
+        plan = load_plan(
+            a.spec,
+            a.executor,
+            a.profile,
+            a.only,
+            max_runs=a.max_runs,
+            profile_file=a.profile_file,
+            check_world=sub == "run" and not a.rehearse,  # a rehearsal checks every run's files itself
+        )
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        from sdpg.orchestration.tracking import redact
+
+        print(f"error: {' '.join(redact(str(e)).split())}", file=sys.stderr)
         return 2
     if sub == "status":
-        print(status(plan))
+        print(tracking_redact(status(plan)))
         return 0
     if sub == "cancel":
         cancel(plan)
         return 0
     n, k = len(plan.runs), len(plan.distinct)
-    print(f"{plan.spec.name}: {n} runs{f' ({k} distinct)' if k != n else ''}, executor {plan.executor}"
-          f"{' (profile ' + plan.spec.profile + ')' if plan.spec.profile else ''}, output {plan.output_dir}")
-    print(table(plan))
+    print(
+        f"{plan.spec.name}: {n} runs{f' ({k} distinct)' if k != n else ''}, executor {plan.executor}"
+        f"{' (profile ' + plan.spec.profile + ')' if plan.spec.profile else ''}, output {plan.output_dir}"
+    )
+    print(tracking_redact(table(plan)))
     if a.dry_run:
         return 0
     if a.rehearse:

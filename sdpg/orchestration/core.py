@@ -17,6 +17,8 @@ with an Optuna trial attached.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +53,96 @@ def resolve_base(base: str | dict[str, Any], spec_path: Path) -> dict:
     return load_yaml(bp)
 
 
-def resolve_executor(kind: str, profile: str | None, src: str) -> tuple[str, SlurmProfile | None]:
+def resolve_executor(
+    kind: str,
+    profile: str | None,
+    src: str,
+    *,
+    kind_from: str | None = None,
+    profile_from: str | None = None,
+    profile_file: str | None = None,
+) -> tuple[str, SlurmProfile | None]:
     """(executor kind, SLURM profile). ``kind`` may be a profile name (then the executor is slurm);
-    slurm without a profile uses ``slurm/dev.yaml``."""
+    slurm without a profile uses ``slurm/dev.yaml``. Profiles are loaded by name from the profile
+    folders only; ``profile_file`` (``--profile-file``) is the one way to name a file. ``kind_from`` /
+    ``profile_from`` say where the values came from, for the error message."""
+    from sdpg.orchestration.specs import load_profile_file
+
+    kind_from = kind_from or f"{src}: key 'executor'"
+    profile_from = profile_from or f"{src}: key 'profile'"
+    if profile_file:
+        return (kind if kind in EXECUTORS and kind != "debug" else "slurm"), load_profile_file(profile_file)
     if kind not in EXECUTORS:
-        profile, kind = kind, "slurm"
-    prof = load_profile(profile, f"{src}: key 'profile'") if profile else None
+        profile, kind, profile_from = kind, "slurm", kind_from
+    prof = load_profile(profile, profile_from) if profile else None
     if kind == "slurm" and prof is None:
-        prof = load_profile("dev", f"{src}: key 'profile'")
+        prof = load_profile("dev", profile_from)
     return kind, prof
+
+
+def check_name(value: Any, where: str) -> str:
+    """``value`` if it is a safe name (``[A-Za-z0-9._-]``, 1-100 characters, no leading dot), else a
+    ConfigError naming ``where`` and the value."""
+    from sdpg.orchestration.names import name_problem, short_repr
+
+    why = name_problem(value)
+    if why is not None:
+        raise ConfigError(f"{where} has bad value {short_repr(value)}: a name {why}")
+    return value
+
+
+def check_writable_folder(folder: Path, where: str) -> None:
+    """Refuse, before anything is created, a folder that cannot be made: a file on its path, or a
+    first existing parent that is not writable."""
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{where}: cannot create {folder}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{where}: cannot create {folder}: {probe} is not writable")
+
+
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "file", "databricks")
+
+
+def check_tracking_uri(uri: str | None, where: str) -> None:
+    """A tracking URI MLflow can open, checked without opening it (opening a sqlite URI creates the store)."""
+    from sdpg.orchestration.names import short_repr
+    from sdpg.training.redact import redact
+
+    if uri is None:
+        return
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", uri)
+    scheme = m.group(1).split("+")[0].lower() if m else ""
+    if scheme not in TRACKING_SCHEMES:
+        raise ConfigError(
+            f"{where}: key 'tracking.uri' has bad value {short_repr(redact(uri))}: unknown scheme "
+            f"{scheme or '(none)'!r} (expected one of {', '.join(TRACKING_SCHEMES)})"
+        )
+    if scheme == "sqlite":
+        if not uri.startswith("sqlite:///"):
+            raise ConfigError(
+                f"{where}: key 'tracking.uri' has bad value {short_repr(redact(uri))}: "
+                f"expected sqlite:///PATH (three slashes, then the path)"
+            )
+        db = Path(uri[len("sqlite:///") :])
+        if db.is_dir():
+            raise ConfigError(f"{where}: key 'tracking.uri' has bad value {short_repr(uri)}: {db} is a folder")
+        if not db.parent.is_dir():
+            raise ConfigError(f"{where}: key 'tracking.uri' has bad value {short_repr(uri)}: no folder {db.parent} for the store")
+
+
+def check_experiment_name(name: str | None, where: str) -> None:
+    from sdpg.orchestration.names import short_repr
+
+    if name is None:
+        return
+    if not name.strip() or len(name) > 200 or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise ConfigError(
+            f"{where}: key 'tracking.experiment' has bad value {short_repr(name)}: an experiment name "
+            f"is one line of at most 200 printable characters"
+        )
 
 
 def output_folder(output_dir: str | None, name: str) -> Path:
@@ -100,12 +183,19 @@ class Experiment:
 
     def open(self, log_spec: bool = True) -> Experiment:
         from sdpg.orchestration import tracking
+        from sdpg.training.locks import file_lock
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        c = self.client
-        self.experiment_id = tracking.get_or_create_experiment(c, self.name, tracking.artifact_location(self.uri, self.output_dir))
-        self.parent_id = tracking.ensure_parent_run(c, self.experiment_id, self.spec_name, self.kind,
-                                                    {"sdpg.spec_file": str(self.spec_path)})
+        # One creator at a time: two commands started together on a new store both ran MLflow's schema
+        # migration (one died in alembic, leaving _alembic_tmp_runs) and could both create the parent run.
+        with file_lock(self.output_dir / ".sdpg-store.lock", timeout=600):
+            c = self.client
+            self.experiment_id = tracking.get_or_create_experiment(
+                c, self.name, tracking.artifact_location(self.uri, self.output_dir)
+            )
+            self.parent_id = tracking.ensure_parent_run(
+                c, self.experiment_id, self.spec_name, self.kind, {"sdpg.spec_file": str(self.spec_path)}
+            )
         if log_spec:
             tracking.retry(c.log_text, self.parent_id, tracking.redact(self.spec_path.read_text()), f"{self.kind}_spec.yaml")
         return self
@@ -119,9 +209,14 @@ class Experiment:
 
         resolved = config.resolved()
         rid, _ = tracking.ensure_child_run(
-            self.client, self.experiment_id, self.parent_id, key, name,
+            self.client,
+            self.experiment_id,
+            self.parent_id,
+            key,
+            name,
             tags={"git_commit": tracking.git_commit(), "spec": self.spec_name, **tags},
-            params=tracking.flatten(resolved), config_yaml=yaml.safe_dump(resolved, sort_keys=False),
+            params=tracking.flatten(resolved),
+            config_yaml=yaml.safe_dump(resolved, sort_keys=False),
         )
         return rid
 

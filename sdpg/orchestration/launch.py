@@ -43,8 +43,12 @@ class TrialHook(Protocol):
 class TrainJob:
     """A picklable training job: a resolved config dict, its MLflow run (and parent), nothing else."""
 
-    def __init__(self, config: dict, tracking_uri: str | None = None, run_id: str | None = None,
-                 parent_run_id: str | None = None):
+    lock_wait_s: float = 120.0
+    """How long a job waits for its run folder's lock before leaving the run to the holder."""
+
+    def __init__(
+        self, config: dict, tracking_uri: str | None = None, run_id: str | None = None, parent_run_id: str | None = None
+    ):
         self.config, self.tracking_uri, self.run_id, self.parent_run_id = config, tracking_uri, run_id, parent_run_id
 
     def __call__(self) -> dict:
@@ -57,7 +61,7 @@ class TrainJob:
         ``preempted`` set when SIGUSR2 stopped it. ``requeue``: hand a preempted job to submitit's
         handler (requeue and exit); a sweep worker requeues itself instead."""
         from sdpg.training.config import build_config
-        from sdpg.training.trainer import default_sinks, latest_checkpoint, train
+        from sdpg.training.trainer import train
 
         cfg = build_config(self.config)
         preempted = threading.Event()
@@ -67,11 +71,44 @@ class TrainJob:
             result = train(cfg, sinks=[], should_stop=preempted.is_set)
             return {**result, "preempted": preempted.is_set()}
         tracked = bool(self.tracking_uri and self.run_id)
-        c = None
 
         def should_stop() -> bool:
             return preempted.is_set() or (trial is not None and trial.should_stop())
 
+        # One writer per run folder: two jobs of one run (a spec submitted twice, a requeue racing its
+        # predecessor's exit) must never train it side by side. The second waits a little (a preempted
+        # predecessor is still saving), then leaves the run to the holder without touching its MLflow run.
+        from sdpg.training.locks import RUN_LOCK, LockBusy, file_lock
+
+        out_dir = Path(cfg.run.output_dir)
+        run_lock = file_lock(out_dir / RUN_LOCK, timeout=self.lock_wait_s, info={"mlflow_run": self.run_id or ""})
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            run_lock.__enter__()
+        except LockBusy as e:
+            signal.signal(signal.SIGUSR2, previous if previous is not None else signal.SIG_DFL)
+            print(f"[sdpg] {e}; this job leaves the run to it", file=sys.stderr, flush=True)
+            return {"status": "busy", "step": 0, "output_dir": str(out_dir), "preempted": False, "holder": e.holder}
+        except BaseException as e:  # the folder cannot be made: the run fails with that reason
+            signal.signal(signal.SIGUSR2, previous if previous is not None else signal.SIG_DFL)
+            if tracked:
+                from sdpg.orchestration.tracking import client
+
+                self._end(client(self.tracking_uri), "FAILED", error=e, tb=traceback.format_exc())
+            raise
+        try:
+            return self._run_locked(cfg, trial, requeue, preempted, previous, should_stop, tracked)
+        finally:
+            run_lock.__exit__(None, None, None)
+
+    def _run_locked(self, cfg, trial, requeue, preempted, previous, should_stop, tracked) -> dict:
+        from sdpg.training.trainer import default_sinks, latest_checkpoint, train
+
+        c = None
+        done = _finished_result(Path(cfg.run.output_dir), cfg.run.total_steps)
+        if done is not None:  # trained meanwhile by the job that held the folder
+            signal.signal(signal.SIGUSR2, previous if previous is not None else signal.SIG_DFL)
+            return {**done, "preempted": False}
         try:
             if tracked:
                 from sdpg.orchestration.tracking import MlflowSink
@@ -86,8 +123,7 @@ class TrainJob:
             result = train(cfg, sinks=sinks, should_stop=should_stop)
         except BaseException as e:
             if c is not None:
-                self._end(c, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", error=e,
-                          tb=traceback.format_exc())
+                self._end(c, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", error=e, tb=traceback.format_exc())
             raise
         finally:
             signal.signal(signal.SIGUSR2, previous if previous is not None else signal.SIG_DFL)
@@ -123,8 +159,11 @@ class TrainJob:
             if self.parent_run_id:
                 tracking.end_parent_if_done(c, self.parent_run_id)
         except Exception as e:  # tracking must not hide the run's own outcome
-            print(f"[sdpg] could not record the end of MLflow run {self.run_id}: {tracking.redact(repr(e))}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[sdpg] could not record the end of MLflow run {self.run_id}: {tracking.redact(repr(e))}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         """Called by submitit when the job is signalled; the trainer has already saved its state,
@@ -132,6 +171,17 @@ class TrainJob:
         import submitit
 
         return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.tracking_uri, self.run_id, self.parent_run_id))
+
+
+def _finished_result(out: Path, total_steps: int) -> dict | None:
+    """The run's result.json when it says the run finished all its steps."""
+    import json
+
+    try:
+        r = json.loads((out / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return r if r.get("status") == "finished" and r.get("step") == total_steps else None
 
 
 def export_distributed_env() -> None:
@@ -161,8 +211,13 @@ def make_executor(kind: str, folder: str | Path, profile: SlurmProfile | None, n
     p = profile or SlurmProfile()
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=p.max_num_timeout)
     params: dict[str, Any] = dict(
-        name=name, timeout_min=p.timeout_min, nodes=p.nodes, tasks_per_node=p.tasks_per_node,
-        cpus_per_task=p.cpus_per_task, mem_gb=p.mem_gb, slurm_array_parallelism=max_parallel,
+        name=name,
+        timeout_min=p.timeout_min,
+        nodes=p.nodes,
+        tasks_per_node=p.tasks_per_node,
+        cpus_per_task=p.cpus_per_task,
+        mem_gb=p.mem_gb,
+        slurm_array_parallelism=max_parallel,
         slurm_signal_delay_s=p.signal_delay_s,
     )
     if p.gpus_per_node:

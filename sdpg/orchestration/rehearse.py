@@ -170,8 +170,11 @@ def scaled_layer(cfg: TrainConfig, world: int) -> tuple[dict[str, Any], dict[str
     if cfg.model.attn_implementation and "flash" in cfg.model.attn_implementation:
         layer["model.attn_implementation"] = "sdpa"
     flat = _flat(cfg.resolved())
-    changes = {k: f"{_fmt(flat.get(k))} -> {_fmt(v)}" for k, v in layer.items()
-               if k in flat and flat.get(k) != v and not k.startswith("run.") and k != "rollout.vllm_cpu_memory_gb"}
+    changes = {
+        k: f"{_fmt(flat.get(k))} -> {_fmt(v)}"
+        for k, v in layer.items()
+        if k in flat and flat.get(k) != v and not k.startswith("run.") and k != "rollout.vllm_cpu_memory_gb"
+    }
     changes["minibatches per RL step"] = f"{n_mb} -> {n_mb_s}"
     changes["micro-batches per minibatch (per rank)"] = f"{n_micro} -> {n_micro_s}"
     return layer, changes
@@ -179,8 +182,7 @@ def scaled_layer(cfg: TrainConfig, world: int) -> tuple[dict[str, Any], dict[str
 
 def _prompt_minibatch_keys(cfg: TrainConfig) -> list[str]:
     """Settings that give the minibatch in prompts, where the config has them."""
-    return [f"optim.{k}" for k in ("minibatch_prompts", "prompts_per_minibatch")
-            if getattr(cfg.optim, k, None) is not None]
+    return [f"optim.{k}" for k in ("minibatch_prompts", "prompts_per_minibatch") if getattr(cfg.optim, k, None) is not None]
 
 
 def _minibatches(cfg: TrainConfig, P: int, G: int) -> int:
@@ -210,15 +212,18 @@ def structure_checks(cfg: TrainConfig, world: int, max_positions: int | None) ->
     P, G = cfg.rollout.prompts_per_step, cfg.rollout.group_size
     N = P * G
     if P % world:
-        errors.append(f"rollout.prompts_per_step={P} is not divisible by the {world} ranks of the profile: "
-                      f"the trainer stops at start-up")
+        errors.append(
+            f"rollout.prompts_per_step={P} is not divisible by the {world} ranks of the profile: the trainer stops at start-up"
+        )
     mb = cfg.optim.minibatch_size
     if mb is not None:
         if mb > N:
             warnings.append(f"optim.minibatch_size={mb} exceeds the {N} sequences of an RL step: one optimizer step per RL step")
         elif N % mb:
-            warnings.append(f"optim.minibatch_size={mb} does not divide the {N} sequences of an RL step: "
-                            f"{math.ceil(N / mb)} uneven minibatches")
+            warnings.append(
+                f"optim.minibatch_size={mb} does not divide the {N} sequences of an RL step: "
+                f"{math.ceil(N / mb)} uneven minibatches"
+            )
     for key in _prompt_minibatch_keys(cfg):
         v = getattr(cfg.optim, key.split(".", 1)[1])
         if v > P:
@@ -229,11 +234,14 @@ def structure_checks(cfg: TrainConfig, world: int, max_positions: int | None) ->
         warnings.append(f"rollout.group_size={G}: every group-relative advantage is 0, the policy-gradient term learns nothing")
     need = cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
     if max_positions and need > max_positions:
-        warnings.append(f"data.max_prompt_tokens + max_new_tokens = {need} exceeds the model's "
-                        f"max_position_embeddings={max_positions}")
+        warnings.append(
+            f"data.max_prompt_tokens + max_new_tokens = {need} exceeds the model's max_position_embeddings={max_positions}"
+        )
     if cfg.eval.every and cfg.eval.every > cfg.run.total_steps:
-        warnings.append(f"eval.every={cfg.eval.every} exceeds run.total_steps={cfg.run.total_steps}: "
-                        f"evaluation only before training and at the end")
+        warnings.append(
+            f"eval.every={cfg.eval.every} exceeds run.total_steps={cfg.run.total_steps}: "
+            f"evaluation only before training and at the end"
+        )
     return errors, warnings
 
 
@@ -251,7 +259,9 @@ class SourceCheck:
     n_rows: int = 0
 
 
-def check_source(key: str, source: str, cfg: TrainConfig, out_dir: Path, n_keep: int, index: int) -> SourceCheck:
+def check_source(
+    key: str, source: str, cfg: TrainConfig, out_dir: Path, n_keep: int, index: int, spec: str = "<spec>"
+) -> SourceCheck:
     """Read every row of ``source`` as the trainer would, then write the first ``n_keep`` raw rows,
     in the same format, to ``out_dir`` (the rehearsal's copy)."""
     from sdpg.training.data import read_source
@@ -263,7 +273,9 @@ def check_source(key: str, source: str, cfg: TrainConfig, out_dir: Path, n_keep:
         from sdpg.training.shrink import hub_reachable
 
         if not hub_reachable():
-            return SourceCheck(None, None, f"{key}: {source!r} is a Hugging Face dataset and the hub cannot be reached from here", [])
+            return SourceCheck(
+                None, None, f"{key}: {source!r} is a Hugging Face dataset and the hub cannot be reached from here", []
+            )
         try:
             rows = read_source(source, cfg.data, "train" if key == "data.train" else "test")
         except ConfigError as e:
@@ -273,12 +285,21 @@ def check_source(key: str, source: str, cfg: TrainConfig, out_dir: Path, n_keep:
     if not p.is_absolute():
         p = Path.cwd() / p
     if not p.is_file():
-        return SourceCheck(None, None, f"{key}: {source!r}: no such file (relative paths are read from where the job "
-                                       f"starts, here {Path.cwd()})", [])
+        return SourceCheck(
+            None,
+            None,
+            f"{spec}: key {key!r} has bad value {source!r}: no such file (relative paths are read from where the job "
+            f"starts, here {Path.cwd()})",
+            [],
+        )
     try:
-        rows = read_source(str(p), cfg.data, "train" if key == "data.train" else "test")
+        from sdpg.training.preflight import check_data_file
+
+        check_data_file(cfg, key, str(p), spec, "train" if key == "data.train" else "eval")  # what a submission checks
+        rows = read_source(str(p), cfg.data, "train" if key == "data.train" else "test")  # what the trainer reads
     except ConfigError as e:
-        return SourceCheck(None, None, f"{key}: {one_sentence(e)}", [])
+        msg = one_sentence(e)
+        return SourceCheck(None, None, msg if key in msg else f"{key}: {msg}", [])
     except Exception as e:
         return SourceCheck(None, None, f"{key}: {source!r} does not read: {one_sentence(e)}", [])
     if not rows:
@@ -286,8 +307,10 @@ def check_source(key: str, source: str, cfg: TrainConfig, out_dir: Path, n_keep:
     warnings = []
     empty = [i for i, r in enumerate(rows) if not str(r.get("answer", "")).strip()]
     if empty:
-        warnings.append(f"{key}: {len(empty)} of {len(rows)} rows of {source!r} have an empty answer (row {empty[0]} first): "
-                        f"they can never be rewarded")
+        warnings.append(
+            f"{key}: {len(empty)} of {len(rows)} rows of {source!r} have an empty answer (row {empty[0]} first): "
+            f"they can never be rewarded"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     dest = out_dir / f"{index:02d}-{p.stem}{p.suffix}"
     if p.suffix == ".parquet":
@@ -308,36 +331,41 @@ def check_source(key: str, source: str, cfg: TrainConfig, out_dir: Path, n_keep:
 
 
 def template_error(row: dict, cfg: TrainConfig, tokenizer, where: str) -> str | None:
-    """None when the row's student and teacher prompts render; otherwise one sentence naming the template."""
-    from sdpg.training.data import (
-        DEFAULT_CONTEXT_TEMPLATES,
-        build_prompts,
-        render_context,
-    )
+    """None when the row's student and teacher prompts render as the trainer renders them; otherwise
+    one sentence naming the template at fault and its placeholder."""
+    import string as _string
 
-    d = cfg.data
-    checks: list[tuple[str, Callable[[], Any]]] = []
-    if "student_prompt" not in row:
-        checks.append(("data.student_template", lambda: d.student_template.format(problem=row["problem"])))
-        ctx_key = f"data.context_templates.{d.context}" if d.context in d.context_templates else f"the built-in {d.context!r} context template"
-        if d.context != "none":
-            checks.append((ctx_key, lambda: render_context(row, d)))
-            checks.append(("data.teacher_template", lambda: d.teacher_template.format(problem=row["problem"], context="c")))
-    for key, fn in checks:
-        try:
-            fn()
-        except (KeyError, IndexError, ValueError, AttributeError) as e:
-            tmpl = {"data.student_template": d.student_template, "data.teacher_template": d.teacher_template}.get(
-                key, d.context_templates.get(d.context) or DEFAULT_CONTEXT_TEMPLATES.get(d.context, ""))
-            allowed = {"data.student_template": "{problem}", "data.teacher_template": "{problem} and {context}"}.get(
-                key, "{problem}, {answer} and {solution}")
-            what = f"placeholder {{{e.args[0]}}} is not one it fills" if isinstance(e, KeyError) else f"does not format ({e})"
-            return f"{key} {_clip(tmpl, 80)!r}: {what} (it fills {allowed}; literal braces are written {{{{ }}}}), rendering {where}"
+    from sdpg.training.data import build_prompts
+
     try:
-        build_prompts(row, d, tokenizer)
-    except Exception as e:
-        return f"rendering {where} through the tokenizer's chat template fails: {one_sentence(e)}"
-    return None
+        build_prompts(row, cfg.data, tokenizer)
+        return None
+    except Exception as e:  # noqa: BLE001 - whatever stops the rendering is the finding
+        fault = e
+    if type(fault).__module__.startswith("jinja2"):
+        return f"rendering {where} through the tokenizer's chat template fails: {one_sentence(fault)}"
+    # which configured template is it: the one whose fields the formatting cannot fill
+    d = cfg.data
+    templates = {
+        "data.student_template": d.student_template,
+        "data.teacher_template": d.teacher_template,
+        **{f"data.context_templates.{k}": v for k, v in d.context_templates.items()},
+    }
+    for key, tmpl in templates.items():
+        try:
+            fields = [f for _, f, _, _ in _string.Formatter().parse(tmpl) if f is not None]
+        except ValueError as e:  # unbalanced braces
+            return f"{key} {_clip(tmpl, 80)!r} does not format ({e}; literal braces are written {{{{ }}}}), rendering {where}"
+        if isinstance(fault, KeyError) and fault.args and fault.args[0] in fields:
+            return (
+                f"{key} {_clip(tmpl, 80)!r}: placeholder {{{fault.args[0]}}} is not one the trainer fills "
+                f"(literal braces are written {{{{ }}}}), rendering {where}"
+            )
+        if isinstance(fault, IndexError) and "" in fields:
+            return (
+                f"{key} {_clip(tmpl, 80)!r}: an empty placeholder {{}} (literal braces are written {{{{ }}}}), rendering {where}"
+            )
+    return f"rendering {where} fails: {one_sentence(fault)}"
 
 
 def _clip(s: str, n: int) -> str:
@@ -376,8 +404,9 @@ class Scorers:
             v.close()
 
 
-def scorer_checks(cfg: TrainConfig, sources: dict[str, list[dict]], student_prompt: str, scorers: Scorers
-                  ) -> tuple[list[dict], list[str]]:
+def scorer_checks(
+    cfg: TrainConfig, sources: dict[str, list[dict]], student_prompt: str, scorers: Scorers
+) -> tuple[list[dict], list[str]]:
     """(verdicts, errors): the first gold answers of each file written as the scorer expects must score
     1; written as the prompt asks (``\\boxed{}``) too; a wrong answer must score 0."""
     kind = verifier_kind(cfg)
@@ -395,20 +424,34 @@ def scorer_checks(cfg: TrainConfig, sources: dict[str, list[dict]], student_prom
                 verdicts.append({"source": key, "row": i, "gold": gold, "response": text, "how": how, "score": score})
                 if score < 1 and not errors:
                     if how == "as the prompt asks":
-                        errors.append(f"the student prompt asks for \\boxed{{}} but reward.verifier {kind!r} gives "
-                                      f"{score:g} to the gold answer {_clip(gold, 40)!r} of {key} row {i} written that way: "
-                                      f"no response can be rewarded")
+                        errors.append(
+                            f"the student prompt asks for \\boxed{{}} but reward.verifier {kind!r} gives "
+                            f"{score:g} to the gold answer {_clip(gold, 40)!r} of {key} row {i} written that way: "
+                            f"no response can be rewarded"
+                        )
                     else:
-                        errors.append(f"reward.verifier {kind!r} gives {score:g} to the gold answer {_clip(gold, 40)!r} of "
-                                      f"{key} row {i} written as it expects ({_clip(text, 60)!r}): it cannot match these answers")
+                        errors.append(
+                            f"reward.verifier {kind!r} gives {score:g} to the gold answer {_clip(gold, 40)!r} of "
+                            f"{key} row {i} written as it expects ({_clip(text, 60)!r}): it cannot match these answers"
+                        )
         if rows and key == "data.train":
             wrong = written_as_expected(kind, WRONG_ANSWER)
             score = float(v.correctness([wrong], [str(rows[0]["answer"])])[0])
-            verdicts.append({"source": key, "row": 0, "gold": str(rows[0]["answer"]), "response": wrong,
-                             "how": "a wrong answer", "score": score})
+            verdicts.append(
+                {
+                    "source": key,
+                    "row": 0,
+                    "gold": str(rows[0]["answer"]),
+                    "response": wrong,
+                    "how": "a wrong answer",
+                    "score": score,
+                }
+            )
             if score > 0 and not errors:
-                errors.append(f"reward.verifier {kind!r} gives {score:g} to a wrong answer ({wrong!r}) for {key} row 0: "
-                              f"every response would be rewarded")
+                errors.append(
+                    f"reward.verifier {kind!r} gives {score:g} to a wrong answer ({wrong!r}) for {key} row 0: "
+                    f"every response would be rewarded"
+                )
     return verdicts, errors
 
 
@@ -469,8 +512,10 @@ def rehearse_run(job: dict) -> dict:
         submitted = TrainJob(job["config"], job["tracking_uri"], job["run_id"], job["parent_run_id"])
         first = submitted.run(trial=PreemptAfter(1), requeue=False)
         if not first.get("preempted") or first["step"] != 1:
-            raise RehearsalError(f"the submitted job did not stop for its requeue when preempted after step 1 "
-                                 f"(status {first['status']} at step {first['step']})")
+            raise RehearsalError(
+                f"the submitted job did not stop for its requeue when preempted after step 1 "
+                f"(status {first['status']} at step {first['step']})"
+            )
         ck = latest_checkpoint(out)
         if ck is None or not ck.stem.endswith("0000001"):
             raise RehearsalError(f"no checkpoint of step 1 in {out / 'checkpoints'} after the preemption")
@@ -490,17 +535,27 @@ def rehearse_run(job: dict) -> dict:
             merged.update({k: v for k, v in r.items() if k != "step"})
         objective = job.get("objective")
         if objective and not any(objective in r for r in rows):
-            raise RehearsalError(f"the objective metric {objective!r} was never logged (logged: "
-                                 f"{', '.join(sorted(k for k in merged if k.startswith('eval/'))) or 'no eval metric'})")
-        return {"status": "pass", "steps_per_s": len(step_s) / sum(step_s) if step_s else None,
-                "wall_s": time.perf_counter() - t0, "metrics": merged}
+            raise RehearsalError(
+                f"the objective metric {objective!r} was never logged (logged: "
+                f"{', '.join(sorted(k for k in merged if k.startswith('eval/'))) or 'no eval metric'})"
+            )
+        return {
+            "status": "pass",
+            "steps_per_s": len(step_s) / sum(step_s) if step_s else None,
+            "wall_s": time.perf_counter() - t0,
+            "metrics": merged,
+        }
     except BaseException as e:
         if isinstance(e, KeyboardInterrupt):
             raise
         out.mkdir(parents=True, exist_ok=True)
         (out / "traceback.txt").write_text(traceback.format_exc())
-        return {"status": "fail", "error": f"{phase}: {one_sentence(e)}", "wall_s": time.perf_counter() - t0,
-                "traceback": str(out / "traceback.txt")}
+        return {
+            "status": "fail",
+            "error": f"{phase}: {one_sentence(e)}",
+            "wall_s": time.perf_counter() - t0,
+            "traceback": str(out / "traceback.txt"),
+        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -530,8 +585,13 @@ def prepare_folder(folder: Path) -> Path:
     return folder
 
 
-def rehearse(items: list[RunItem], ctx: Context, folder: str | Path | None = None, stand_in: str | None = None,
-             log: Callable[[str], None] = print) -> list[Outcome]:
+def rehearse(
+    items: list[RunItem],
+    ctx: Context,
+    folder: str | Path | None = None,
+    stand_in: str | None = None,
+    log: Callable[[str], None] = print,
+) -> list[Outcome]:
     """Rehearse ``items``; returns one outcome per run (and writes the report files)."""
     t_start = time.time()
     folder = prepare_folder(Path(folder) if folder else default_folder(ctx.spec_name))
@@ -562,8 +622,9 @@ def rehearse(items: list[RunItem], ctx: Context, folder: str | Path | None = Non
     def source(key: str, src: str, cfg: TrainConfig) -> SourceCheck:
         k = (src, cfg.data.problem_key, cfg.data.answer_key, cfg.data.solution_key, key == "data.train")
         if k not in sources:
-            sources[k] = check_source(key, src, cfg, folder / "data", TRAIN_ROWS if key == "data.train" else EVAL_ROWS,
-                                      len(sources))
+            sources[k] = check_source(
+                key, src, cfg, folder / "data", TRAIN_ROWS if key == "data.train" else EVAL_ROWS, len(sources), str(ctx.spec_path)
+            )
         return sources[k]
 
     # ---- checks before anything runs
@@ -590,22 +651,35 @@ def rehearse(items: list[RunItem], ctx: Context, folder: str | Path | None = Non
                 continue
             tok = tokenizers.get(str(model.path))
             if tok is None:
-                tok = tokenizers[str(model.path)] = AutoTokenizer.from_pretrained(model.path)
+                tok = tokenizers[str(model.path)] = AutoTokenizer.from_pretrained(
+                    model.path, trust_remote_code=cfg.model.trust_remote_code
+                )
             rows = {k: c.rows for k, c in checked.items() if c.rows}
-            err = next((e for k, rs in rows.items() for i, row in enumerate(rs[: GOLD_CHECKS if k == "data.train" else 1])
-                        if (e := template_error(row, cfg, tok, f"{k} row {i}"))), None)
+            err = next(
+                (
+                    e
+                    for k, rs in rows.items()
+                    for i, row in enumerate(rs[: GOLD_CHECKS if k == "data.train" else 1])
+                    if (e := template_error(row, cfg, tok, f"{k} row {i}"))
+                ),
+                None,
+            )
             if err:  # the first row that does not render: one template fault, one sentence
                 o.errors.append(err)
             if "data.train" in rows and not any("rendering data.train" in e for e in o.errors):
                 from sdpg.training.data import build_prompts
 
                 o.student_prompt, o.teacher_prompt = build_prompts(rows["data.train"][0], cfg.data, tok)
-                lens = [(len(tok.encode(s, add_special_tokens=False)), len(tok.encode(t, add_special_tokens=False)))
-                        for s, t in (build_prompts(r, cfg.data, tok) for r in rows["data.train"])]
+                lens = [
+                    (len(tok.encode(s, add_special_tokens=False)), len(tok.encode(t, add_special_tokens=False)))
+                    for s, t in (build_prompts(r, cfg.data, tok) for r in rows["data.train"])
+                ]
                 longest = max(max(a, b) for a, b in lens)
                 if longest > cfg.data.max_prompt_tokens:
-                    o.warnings.append(f"of the first {len(lens)} training rows, a prompt has {longest} tokens, more than "
-                                      f"data.max_prompt_tokens={cfg.data.max_prompt_tokens}: cut from the left")
+                    o.warnings.append(
+                        f"of the first {len(lens)} training rows, a prompt has {longest} tokens, more than "
+                        f"data.max_prompt_tokens={cfg.data.max_prompt_tokens}: prompts are cut"
+                    )
             if rows and not o.errors:
                 verdicts, errs = scorer_checks(cfg, rows, o.student_prompt or "", scorers)
                 o.scorer, o.errors = verdicts, o.errors + errs
@@ -613,10 +687,13 @@ def rehearse(items: list[RunItem], ctx: Context, folder: str | Path | None = Non
                 o.status = "fail"
                 continue
             layer, o.shrunk = scaled_layer(cfg, world)
-            layer = {**layer, "model.path": str(model.path),
-                     "data.train": checked["data.train"].rehearsal_source,
-                     "data.eval": {b: checked[f"data.eval.{b}"].rehearsal_source for b in cfg.data.eval},
-                     "run.output_dir": str(folder / "runs" / f"{it.name}-{it.hash[:8]}")}
+            layer = {
+                **layer,
+                "model.path": str(model.path),
+                "data.train": checked["data.train"].rehearsal_source,
+                "data.eval": {b: checked[f"data.eval.{b}"].rehearsal_source for b in cfg.data.eval},
+                "run.output_dir": str(folder / "runs" / f"{it.name}-{it.hash[:8]}"),
+            }
             if cfg.rollout.backend == "vllm" and not have_vllm:
                 layer["rollout.backend"] = "hf"
             o.output_dir = layer["run.output_dir"]
@@ -629,8 +706,10 @@ def rehearse(items: list[RunItem], ctx: Context, folder: str | Path | None = Non
     finally:
         scorers.close()
     n_checked_fail = sum(o.status in ("fail", "blocked") for o in outcomes.values())
-    log(f"{tag} checks: {len(items) - n_checked_fail} of {len(items)} runs ready to rehearse"
-        + (f"; {n_checked_fail} failed before running" if n_checked_fail else ""))
+    log(
+        f"{tag} checks: {len(items) - n_checked_fail} of {len(items)} runs ready to rehearse"
+        + (f"; {n_checked_fail} failed before running" if n_checked_fail else "")
+    )
 
     # ---- the runs: MLflow bookkeeping as a submission does, one local job
     if runnable:
@@ -640,8 +719,7 @@ def rehearse(items: list[RunItem], ctx: Context, folder: str | Path | None = Non
     return list(outcomes.values())
 
 
-def _run_all(runnable: list[tuple[RunItem, TrainConfig]], outcomes: dict[str, Outcome], ctx: Context, folder: Path,
-             log) -> None:
+def _run_all(runnable: list[tuple[RunItem, TrainConfig]], outcomes: dict[str, Outcome], ctx: Context, folder: Path, log) -> None:
     from sdpg.orchestration import tracking
     from sdpg.orchestration.core import Experiment
     from sdpg.orchestration.launch import make_executor
@@ -652,13 +730,21 @@ def _run_all(runnable: list[tuple[RunItem, TrainConfig]], outcomes: dict[str, Ou
     jobs = []
     for it, small in runnable:
         rid = exp.child(it.hash, it.name, small, {"method": small.algo.method, "run_hash": it.hash, "rehearsal": "true"})
-        jobs.append({"name": it.name, "config": small.resolved(), "tracking_uri": uri, "run_id": rid,
-                     "parent_run_id": exp.parent_id, "objective": _scaled_objective(ctx.objective, small)})
+        jobs.append(
+            {
+                "name": it.name,
+                "config": small.resolved(),
+                "tracking_uri": uri,
+                "run_id": rid,
+                "parent_run_id": exp.parent_id,
+                "objective": _scaled_objective(ctx.objective, small),
+            }
+        )
     results_dir = folder / "results"
     results_dir.mkdir(exist_ok=True)
     ex = make_executor("local", folder / "submitit", None, f"{ctx.spec_name}-rehearsal", 1)
     pending = list(jobs)
-    for attempt in range(3):  # a worker that dies (a crash in native code) is replaced for the runs left
+    for _attempt in range(3):  # a worker that dies (a crash in native code) is replaced for the runs left
         job = ex.submit(RehearsalWorker(pending, str(results_dir)))
         log(f"{tag} local job {job.job_id}: {len(pending)} runs, one after another; logs in {folder / 'submitit'}")
         seen: set[str] = set()
@@ -671,8 +757,10 @@ def _run_all(runnable: list[tuple[RunItem, TrainConfig]], outcomes: dict[str, Ou
                     r = json.loads(res.read_text())
                     n_done = sum(1 for x in jobs if (results_dir / f"{x['name']}.json").is_file())
                     sps = f", {r['steps_per_s']:.2f} steps/s" if r.get("steps_per_s") else ""
-                    log(f"{tag} {n_done}/{len(jobs)} {j['name']}: {r['status']}{sps}"
-                        + (f": {r['error']}" if r.get("error") else ""))
+                    log(
+                        f"{tag} {n_done}/{len(jobs)} {j['name']}: {r['status']}{sps}"
+                        + (f": {r['error']}" if r.get("error") else "")
+                    )
             if done:
                 break
             time.sleep(0.5)
@@ -685,9 +773,14 @@ def _run_all(runnable: list[tuple[RunItem, TrainConfig]], outcomes: dict[str, Ou
         if not pending:
             break
         victim = pending[0]
-        (results_dir / f"{victim['name']}.json").write_text(json.dumps(
-            {"status": "fail", "error": f"the worker process died during this run: {crash or 'no result'} "
-                                        f"(log: {job.paths.stderr})"}))
+        (results_dir / f"{victim['name']}.json").write_text(
+            json.dumps(
+                {
+                    "status": "fail",
+                    "error": f"the worker process died during this run: {crash or 'no result'} (log: {job.paths.stderr})",
+                }
+            )
+        )
         pending = pending[1:]
         if not pending:
             break
@@ -702,6 +795,13 @@ def _run_all(runnable: list[tuple[RunItem, TrainConfig]], outcomes: dict[str, Ou
         if r.get("error"):
             o.errors.append(r["error"])
         rid = next(j["run_id"] for j in jobs if j["name"] == it.name)
+        diff = o.metrics.get("train/rollout_logprob_diff")
+        limit = 1e-3 if small.model.dtype == "float32" else 2e-2
+        if diff is not None and diff > limit:
+            o.warnings.append(
+                f"{it.name}: the rollout engine's log-probabilities differ from the trainer's by {diff:.3g} "
+                f"per token (more than {limit:g} in {small.model.dtype}): weight sync or dtype mismatch"
+            )
         if o.status == "pass":
             err = _tracking_check(exp.client, rid)
             if err:
@@ -742,23 +842,43 @@ def not_rehearsed(cfg: TrainConfig, ctx: Context, world: int, have_vllm: bool) -
     out = []
     if ctx.executor == "slurm":
         name = ctx.profile_name or "dev"
-        out.append(f"SLURM submission with profile {name!r} (partition {getattr(p, 'partition', None) or 'default'}, "
-                   f"{getattr(p, 'timeout_min', '?')} min per job, requeue on timeout): the local executor ran the job "
-                   f"here, and the preemption path (stop, checkpoint, requeue, resume) was taken in-process")
+        out.append(
+            f"SLURM submission with profile {name!r} (partition {getattr(p, 'partition', None) or 'default'}, "
+            f"{getattr(p, 'timeout_min', '?')} min per job, requeue on timeout): the local executor ran the job "
+            f"here, and the preemption path (stop, checkpoint, requeue, resume) was taken in-process"
+        )
     if world > 1:
         fsdp = cfg.model.fsdp is True or (cfg.model.fsdp == "auto" and getattr(p, "gpus_per_node", 0))
-        out.append(f"{world} ranks ({p.nodes} node(s) x {p.tasks_per_node} tasks): torch.distributed collectives"
-                   f"{', FSDP2 sharding and full-state checkpoint gathering' if fsdp else ''} are not exercised by a one-process run")
+        out.append(
+            f"{world} ranks ({p.nodes} node(s) x {p.tasks_per_node} tasks): torch.distributed collectives"
+            f"{', FSDP2 sharding and full-state checkpoint gathering' if fsdp else ''} are not exercised by a one-process run"
+        )
     if getattr(p, "gpus_per_node", 0) or cfg.model.device.startswith("cuda"):
-        out.append(f"GPU execution: CUDA kernels, {cfg.model.dtype} compute on the GPU, memory of the real model"
-                   + (", vLLM sleep mode and vllm_gpu_memory_utilization" if cfg.rollout.backend == "vllm" else ""))
+        out.append(
+            f"GPU execution: CUDA kernels, {cfg.model.dtype} compute on the GPU, memory of the real model"
+            + (", vLLM sleep mode and vllm_gpu_memory_utilization" if cfg.rollout.backend == "vllm" else "")
+        )
     if cfg.model.attn_implementation and "flash" in cfg.model.attn_implementation:
         out.append(f"model.attn_implementation={cfg.model.attn_implementation} (GPU only): sdpa here")
+    if cfg.rollout.backend == "vllm" and have_vllm:
+        out.append(
+            "a vLLM engine of each job's own: the rehearsal's runs share one engine per process (vLLM cannot "
+            "build a second after the first is gone), each run putting its initial weights back into it"
+        )
+    if cfg.rollout.backend == "vllm" and have_vllm:
+        out.append(
+            "a vLLM engine of each job's own: the rehearsal's runs share one engine per process (vLLM cannot "
+            "build a second after the first is gone), each run putting its initial weights back into it"
+        )
     if cfg.rollout.backend == "vllm" and not have_vllm:
-        out.append("the vLLM rollout backend: vLLM is not installed here, so rollouts ran on the hf backend "
-                   "(the engine, its weight sync and rollout log-prob ratios were not rehearsed)")
-    out.append("the real weights and lengths: random weights, responses of at most "
-               f"{MAX_NEW_TOKENS} tokens; rewards, learning and speed at full size mean nothing here")
+        out.append(
+            "the vLLM rollout backend: vLLM is not installed here, so rollouts ran on the hf backend "
+            "(the engine, its weight sync and rollout log-prob ratios were not rehearsed)"
+        )
+    out.append(
+        "the real weights and lengths: random weights, responses of at most "
+        f"{MAX_NEW_TOKENS} tokens; rewards, learning and speed at full size mean nothing here"
+    )
     out.append(f"the spec's MLflow store ({_redact(ctx.tracking_uri)}) was not contacted: the rehearsal has its own")
     return out
 
@@ -779,8 +899,15 @@ def write_report(outcomes: list[Outcome], ctx: Context, folder: Path, seconds: f
     n_pass = sum(o.status == "pass" for o in outcomes)
     head = [("run", "result", "steps/s", "wall", "first error")]
     for o in outcomes:
-        head.append((o.name, o.status.upper(), f"{o.steps_per_s:.2f}" if o.steps_per_s else "-",
-                     f"{o.wall_s:.0f}s" if o.wall_s else "-", _clip(o.first_error, 160)))
+        head.append(
+            (
+                o.name,
+                o.status.upper(),
+                f"{o.steps_per_s:.2f}" if o.steps_per_s else "-",
+                f"{o.wall_s:.0f}s" if o.wall_s else "-",
+                _clip(o.first_error, 160),
+            )
+        )
     widths = [max(len(r[i]) for r in head) for i in range(4)]
     table = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in head]
     table.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 11)
@@ -806,8 +933,10 @@ def write_report(outcomes: list[Outcome], ctx: Context, folder: Path, seconds: f
         who = "all runs" if len(names) == len(outcomes) else ", ".join(names)
         lines += ["", f"Scorer on gold answers ({who}):"]
         for v in map(json.loads, vs):
-            lines.append(f"  {v['source']} row {v['row']}: gold {_clip(v['gold'], 30)!r} written {v['how']} "
-                         f"{_clip(v['response'], 50)!r} -> {v['score']:g}")
+            lines.append(
+                f"  {v['source']} row {v['row']}: gold {_clip(v['gold'], 30)!r} written {v['how']} "
+                f"{_clip(v['response'], 50)!r} -> {v['score']:g}"
+            )
     warnings = sorted({w for o in outcomes for w in o.warnings})
     if warnings:
         lines += ["", "Warnings:"] + [f"  - {w}" for w in warnings]
@@ -821,15 +950,28 @@ def write_report(outcomes: list[Outcome], ctx: Context, folder: Path, seconds: f
                 notes.append(n)
     if notes:
         lines += ["", "Not rehearsed here:"] + [f"  - {n}" for n in notes]
-    lines += ["", f"Report: {folder / 'report.md'} and {folder / 'report.json'}"
-              + (f"; MLflow: mlflow ui --backend-store-uri sqlite:///{folder / 'mlflow.db'}"
-                 if (folder / "mlflow.db").is_file() else "; nothing ran, no MLflow store")]
+    lines += [
+        "",
+        f"Report: {folder / 'report.md'} and {folder / 'report.json'}"
+        + (
+            f"; MLflow: mlflow ui --backend-store-uri sqlite:///{folder / 'mlflow.db'}"
+            if (folder / "mlflow.db").is_file()
+            else "; nothing ran, no MLflow store"
+        ),
+    ]
     text = "\n".join(lines)
     (folder / "report.md").write_text(_markdown(outcomes, ctx, seconds, text))
-    payload = {"spec": str(ctx.spec_path), "tool": ctx.tool, "seconds": seconds, "passed": n_pass, "runs": [
-        {**asdict(o), "first_error": o.first_error} for o in outcomes],
-        "models": {k[0]: (str(v) if isinstance(v, Exception) else {**v.__dict__, "path": str(v.path)}) for k, v in models.items()},
-        "data": {k[0]: {"rows": v.n_rows, "rehearsal_copy": v.rehearsal_source, "error": v.error} for k, v in sources.items()}}
+    payload = {
+        "spec": str(ctx.spec_path),
+        "tool": ctx.tool,
+        "seconds": seconds,
+        "passed": n_pass,
+        "runs": [{**asdict(o), "first_error": o.first_error} for o in outcomes],
+        "models": {
+            k[0]: (str(v) if isinstance(v, Exception) else {**v.__dict__, "path": str(v.path)}) for k, v in models.items()
+        },
+        "data": {k[0]: {"rows": v.n_rows, "rehearsal_copy": v.rehearsal_source, "error": v.error} for k, v in sources.items()},
+    }
     (folder / "report.json").write_text(json.dumps(payload, indent=1, default=str))
     return text
 
@@ -839,12 +981,19 @@ def _indent(s: str | None, pad: str = "    | ") -> str:
 
 
 def _markdown(outcomes: list[Outcome], ctx: Context, seconds: float, console: str) -> str:
-    md = [f"# Rehearsal of `{ctx.spec_path}`", "",
-          f"{sum(o.status == 'pass' for o in outcomes)}/{len(outcomes)} runs pass ({seconds:.0f} s).", "",
-          "| run | result | steps/s | wall | first error |", "|---|---|---|---|---|"]
+    md = [
+        f"# Rehearsal of `{ctx.spec_path}`",
+        "",
+        f"{sum(o.status == 'pass' for o in outcomes)}/{len(outcomes)} runs pass ({seconds:.0f} s).",
+        "",
+        "| run | result | steps/s | wall | first error |",
+        "|---|---|---|---|---|",
+    ]
     for o in outcomes:
-        md.append(f"| {o.name} | {o.status} | {o.steps_per_s and f'{o.steps_per_s:.2f}' or '-'} | "
-                  f"{o.wall_s and f'{o.wall_s:.0f} s' or '-'} | {o.first_error.replace('|', '/')} |")
+        md.append(
+            f"| {o.name} | {o.status} | {o.steps_per_s and f'{o.steps_per_s:.2f}' or '-'} | "
+            f"{o.wall_s and f'{o.wall_s:.0f} s' or '-'} | {o.first_error.replace('|', '/')} |"
+        )
     md += ["", "## Details", "", "```", console, "```", ""]
     return "\n".join(md)
 
@@ -863,10 +1012,20 @@ def rehearse_plan(plan, stand_in: str | None = None, folder: str | None = None, 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     items = [RunItem(r.name, r.hash, r.config) for r in plan.distinct]
     if plan.duplicates:
-        log(f"[sdpg-ablate] {len(plan.duplicates)} duplicate runs are trained once: "
-            + ", ".join(f"{r.name} = {r.same_as}" for r in plan.duplicates))
-    ctx = Context("sdpg-ablate", "ablation", Path(plan.path), plan.spec.name, plan.executor, plan.profile,
-                  plan.spec.profile if plan.executor == "slurm" else None, plan.tracking_uri)
+        log(
+            f"[sdpg-ablate] {len(plan.duplicates)} duplicate runs are trained once: "
+            + ", ".join(f"{r.name} = {r.same_as}" for r in plan.duplicates)
+        )
+    ctx = Context(
+        "sdpg-ablate",
+        "ablation",
+        Path(plan.path),
+        plan.spec.name,
+        plan.executor,
+        plan.profile,
+        plan.spec.profile if plan.executor == "slurm" else None,
+        plan.tracking_uri,
+    )
     return exit_code(rehearse(items, ctx, folder, stand_in, log))
 
 
@@ -903,6 +1062,15 @@ def rehearse_sweep(sweep, stand_in: str | None = None, folder: str | None = None
     except Exception as e:
         log(f"[sdpg-sweep] the sampler or pruner cannot be built here: {one_sentence(e)}")
         return 1
-    ctx = Context("sdpg-sweep", "sweep", Path(sweep.path), sweep.spec.name, sweep.executor, sweep.profile, sweep.spec.profile,
-                  sweep.tracking_uri, objective=sweep.spec.objective.metric)
+    ctx = Context(
+        "sdpg-sweep",
+        "sweep",
+        Path(sweep.path),
+        sweep.spec.name,
+        sweep.executor,
+        sweep.profile,
+        sweep.spec.profile,
+        sweep.tracking_uri,
+        objective=sweep.spec.objective.metric,
+    )
     return exit_code(rehearse(sweep_items(sweep), ctx, folder, stand_in, log))

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from sdpg.training.config import ConfigError, Strict, format_validation_error
@@ -14,36 +13,15 @@ from sdpg.training.config import ConfigError, Strict, format_validation_error
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    pass
-
-
-def _construct_mapping(loader, node, deep=False):
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise ConfigError(f"duplicate key {key!r} (lines {seen[key] + 1} and {key_node.start_mark.line + 1})")
-        seen[key] = key_node.start_mark.line
-    return loader.construct_mapping(node, deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def read_yaml(path: str | Path, what: str = "file") -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: no such {what}")
+    """A spec or profile, read with the safe loader (``sdpg.training.safe_yaml``): size and UTF-8 checked,
+    depth and aliases bounded, duplicate keys refused, errors with line and column."""
+    from sdpg.training.safe_yaml import YamlInputError, load_file
+
     try:
-        data = yaml.load(p.read_text(), Loader=_UniqueKeyLoader) or {}
-    except ConfigError as e:
-        raise ConfigError(f"{p}: {e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping")
-    return data
+        return load_file(path, what, mapping=True)
+    except YamlInputError as e:
+        raise ConfigError(str(e)) from None
 
 
 def validate(model: type[BaseModel], data: dict, source: str):
@@ -84,8 +62,13 @@ class SlurmProfile(Strict):
     """Other sbatch options, passed through (e.g. {constraint: h100})."""
 
 
-def subcommand_parser(prog: str, subcommands: dict[str, str] | tuple[str, ...], description: str,
-                      argv: list[str] | None, run_help: str = "submit the spec's runs"):
+def subcommand_parser(
+    prog: str,
+    subcommands: dict[str, str] | tuple[str, ...],
+    description: str,
+    argv: list[str] | None,
+    run_help: str = "submit the spec's runs",
+):
     """(subcommand, remaining argv, parser with SPEC and --profile) for ``prog [SUB] SPEC ...``;
     the subcommand is ``run`` when the first word is none of ``subcommands`` (name -> one line of
     help, listed in ``--help``)."""
@@ -98,14 +81,26 @@ def subcommand_parser(prog: str, subcommands: dict[str, str] | tuple[str, ...], 
     if sub != "run":
         argv = argv[1:]
     width = max(len(k) for k in ("run", *helps))
-    epilog = "commands:\n" + "\n".join(
-        f"  {prog} {k.ljust(width)} SPEC  {h}" for k, h in {"[run]": run_help, **helps}.items()
-    ) + f"\n\n{prog} SUBCOMMAND --help shows the options of each."
-    p = argparse.ArgumentParser(prog=f"{prog}{'' if sub == 'run' else ' ' + sub}", description=description,
-                                epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    epilog = (
+        "commands:\n"
+        + "\n".join(f"  {prog} {k.ljust(width)} SPEC  {h}" for k, h in {"[run]": run_help, **helps}.items())
+        + f"\n\n{prog} SUBCOMMAND --help shows the options of each."
+    )
+    p = argparse.ArgumentParser(
+        prog=f"{prog}{'' if sub == 'run' else ' ' + sub}",
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("spec", help="the spec file (YAML)")
-    p.add_argument("--profile", metavar="NAME",
-                   help="SLURM profile slurm/NAME.yaml (or in $SDPG_SLURM_PROFILES), replacing the spec's")
+    p.add_argument(
+        "--profile", metavar="NAME", help="SLURM profile slurm/NAME.yaml (or in $SDPG_SLURM_PROFILES), replacing the spec's"
+    )
+    p.add_argument(
+        "--profile-file",
+        metavar="PATH",
+        help="a SLURM profile outside the profile folders, by path (replaces --profile and the spec's)",
+    )
     return sub, argv, p
 
 
@@ -117,9 +112,26 @@ def profile_dirs() -> list[Path]:
 
 
 def load_profile(name: str, source: str) -> SlurmProfile:
+    """A profile by *name* only, from the profile folders: a path (``../../x/evil``) is refused, so a spec
+    cannot make any YAML on the machine a profile whose ``setup:`` lines go into a job script. A profile
+    elsewhere is loaded only with an explicit ``--profile-file PATH`` (``load_profile_file``)."""
+    from sdpg.orchestration.names import name_problem, short_repr
+
+    why = name_problem(name)
+    if why is not None:
+        raise ConfigError(
+            f"{source} has bad value {short_repr(name)}: a profile is named, not a path ({why}); "
+            f"use --profile-file PATH for a profile outside the profile folders"
+        )
     for d in profile_dirs():
         p = d / f"{name}.yaml"
         if p.is_file():
             return validate(SlurmProfile, read_yaml(p, "profile"), str(p))
     known = sorted({p.stem for d in profile_dirs() if d.is_dir() for p in d.glob("*.yaml")})
-    raise ConfigError(f"{source}: unknown SLURM profile {name!r} (known: {', '.join(known) or 'none'})")
+    raise ConfigError(f"{source}: unknown SLURM profile {short_repr(name)} (known: {', '.join(known) or 'none'})")
+
+
+def load_profile_file(path: str | Path) -> SlurmProfile:
+    """A profile given explicitly by path (``--profile-file``)."""
+    p = Path(path)
+    return validate(SlurmProfile, read_yaml(p, "profile"), str(p))

@@ -37,12 +37,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from sdpg.orchestration.core import (
     NAME_PATTERN,
     Experiment,
     TrackingSpec,
+    check_experiment_name,
+    check_tracking_uri,
+    check_writable_folder,
     job_error,
     output_folder,
     resolve_base,
@@ -78,11 +81,49 @@ class Param(Strict):
             return self
         if self.low is None or self.high is None:
             raise ValueError(f"{self.type} parameter needs 'low' and 'high'")
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError(f"low {self.low} and high {self.high} must be finite")
         if self.low > self.high:
             raise ValueError(f"low {self.low} > high {self.high}")
         if self.log and self.low <= 0:
             raise ValueError(f"a log range must be positive, got low {self.low}")
+        if self.type == "int":
+            for bound, v in (("low", self.low), ("high", self.high)):
+                if v != int(v):
+                    raise ValueError(f"an int parameter needs whole bounds, got {bound} {v} (Optuna would silently truncate it)")
+            if self.step is not None and self.step != int(self.step):
+                raise ValueError(f"an int parameter needs a whole step, got {self.step}")
+        if self.step is not None:
+            if not (math.isfinite(self.step) and self.step > 0):
+                raise ValueError(f"step must be a positive number, got {self.step}")
+            if self.log:
+                raise ValueError("log: true and step cannot be combined (Optuna refuses it); drop one")
+        if self.choices is not None:
+            raise ValueError(f"'choices' is for categorical parameters, not {self.type}")
         return self
+
+    def grid_points(self) -> int:
+        """Points this dimension holds on a grid, computed without listing them."""
+        if self.type == "categorical":
+            return len(self.choices or [])
+        step = self.step or 1
+        return int(math.floor((self.high - self.low) / step + 1e-9)) + 1
+
+    def contains(self, v: Any) -> str | None:
+        """Why ``v`` is outside this dimension, or None when it is inside."""
+        if self.type == "categorical":
+            return None if v in (self.choices or []) else f"not one of the choices {self.choices}"
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return f"not a number (a {self.type} dimension from {self.low} to {self.high})"
+        if not self.low <= v <= self.high:
+            return f"outside the space [{self.low}, {self.high}]"
+        if self.type == "int" and v != int(v):
+            return "not a whole number (an int dimension)"
+        if self.step is not None:
+            k = (v - self.low) / self.step
+            if abs(k - round(k)) > 1e-6:
+                return f"not on the grid {self.low} + k x {self.step}"
+        return None
 
 
 class Objective(Strict):
@@ -113,10 +154,17 @@ class PrunerSpec(Strict):
     upper: float | None = None
     """threshold: prune above this (minimize)."""
 
+    @model_validator(mode="after")
+    def _threshold_bounds(self):
+        if self.type == "threshold" and self.lower is None and self.upper is None:
+            raise ValueError("the threshold pruner needs 'lower' (maximize) or 'upper' (minimize)")
+        return self
+
 
 class SweepSpec(Strict):
-    name: str = Field(pattern=NAME_PATTERN)
-    """Study name, MLflow experiment and output folder (``outputs/<name>``)."""
+    name: str
+    """Study name, MLflow experiment and output folder (``outputs/<name>``): ``[A-Za-z0-9._-]``, at most 100
+    characters, no leading dot."""
     base: str | dict[str, Any] = "embedded"
     """Trainer config (YAML path relative to this file, ``embedded``, or a mapping)."""
     ablation: str | None = None
@@ -155,12 +203,34 @@ class SweepSpec(Strict):
     tracking: TrackingSpec = TrackingSpec()
     """``uri`` and ``experiment`` for MLflow (defaults: SQLite in the output folder, the sweep name)."""
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v):
+        from sdpg.orchestration.names import name_problem
+
+        why = name_problem(v)
+        if why is not None:
+            raise ValueError(f"a name {why}")
+        return v
+
     @model_validator(mode="after")
     def _check(self):
+        from sdpg.orchestration.names import MAX_SWEEP_GRID
+
         if self.ablation and not self.variant:
             raise ValueError("'ablation' needs 'variant'")
-        if self.sampler.type == "grid" and any(p.type == "float" and p.step is None for p in self.space.values()):
-            raise ValueError("the grid sampler needs 'step' on float parameters")
+        if self.sampler.type == "grid":
+            no_step = [k for k, p in self.space.items() if p.type == "float" and p.step is None]
+            if no_step:
+                raise ValueError(f"the grid sampler needs 'step' on float parameters: space.{no_step[0]} has none")
+            sizes = {k: p.grid_points() for k, p in self.space.items()}
+            total = math.prod(sizes.values())  # from the bounds: nothing is listed before it is known to fit
+            if total > MAX_SWEEP_GRID:
+                big = max(sizes, key=sizes.get)
+                raise ValueError(
+                    f"the grid sampler's space holds {total:.3g} points (space.{big}: {sizes[big]:.3g} "
+                    f"with its step), more than {MAX_SWEEP_GRID}; use a coarser step or another sampler"
+                )
         return self
 
 
@@ -168,8 +238,15 @@ class Sweep:
     """A resolved, validated sweep: everything a worker needs, picklable. ``n_trials`` replaces the
     spec's budget (``--n-trials``)."""
 
-    def __init__(self, path: str | Path, executor: str | None = None, profile: str | None = None,
-                 n_trials: int | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        executor: str | None = None,
+        profile: str | None = None,
+        n_trials: int | None = None,
+        profile_file: str | None = None,
+        check_world: bool = False,
+    ):
         path = Path(path)
         self.path = path
         spec = validate(SweepSpec, read_yaml(path, "sweep spec"), str(path))
@@ -190,18 +267,50 @@ class Sweep:
         else:
             base = resolve_base(spec.base, path)
         self.base = apply_layer(base, spec.overrides)
+        if spec.overrides:  # errors in the overrides are the overrides', not the space's
+            build_config(self.base, f"{src}: overrides")
         self.output_dir = output_folder(spec.output_dir, spec.name)
+        check_tracking_uri(spec.tracking.uri, src)
+        check_experiment_name(spec.tracking.experiment, src)
+        check_writable_folder(self.output_dir, src)
+        for i, e in enumerate(spec.enqueue):  # every enqueued point inside the space, before any study exists
+            for k, v in e.items():
+                if k not in spec.space:
+                    raise ConfigError(
+                        f"{src}: key 'enqueue[{i}].{k}' has bad value {v!r}: {k} is not in 'space' ({', '.join(spec.space)})"
+                    )
+                why = spec.space[k].contains(v)
+                if why is not None:
+                    raise ConfigError(f"{src}: key 'enqueue[{i}].{k}' has bad value {v!r}: {why}")
         # every corner of the space must be a valid config, and the objective must be produced
-        corners = [{k: (p.choices[0] if p.type == "categorical" else p.low) for k, p in spec.space.items()},
-                   {k: (p.choices[-1] if p.type == "categorical" else p.high) for k, p in spec.space.items()}]
+        corners = [
+            {k: (p.choices[0] if p.type == "categorical" else p.low) for k, p in spec.space.items()},
+            {k: (p.choices[-1] if p.type == "categorical" else p.high) for k, p in spec.space.items()},
+        ]
         for i, corner in enumerate(corners + [dict(e) for e in spec.enqueue]):
             where = f"{src}: " + ("space" if i < 2 else f"enqueue[{i - 2}]")
             unknown = set(corner) - set(spec.space) if i >= 2 else set()
             if unknown:
                 raise ConfigError(f"{where}: keys {sorted(unknown)} are not in 'space'")
             cfg = build_config(apply_layer(self.base, _typed(corner, spec.space)), where)
-        self.metric_ok(cfg, src)
-        kind, prof = resolve_executor(executor or spec.executor, profile or spec.profile, src)
+            self.metric_ok(cfg, src)
+        kind, prof = resolve_executor(
+            executor or spec.executor,
+            profile or spec.profile,
+            src,
+            kind_from="--executor" if executor else None,
+            profile_from="--profile" if profile else None,
+            profile_file=profile_file,
+        )
+        if check_world:
+            from sdpg.training.preflight import check_world as _check_world
+
+            probe = apply_layer(self.base, {"run.output_dir": str(self.output_dir / "trials" / "probe")})
+            _check_world(
+                build_config(apply_layer(probe, _typed(corners[0], spec.space)), f"{src}: space"),
+                f"{src}: space",
+                local=kind in ("local", "debug"),
+            )
         self.executor = "local" if kind == "debug" else kind
         self.profile: SlurmProfile | None = prof
         self.storage_url = self._storage_url()
@@ -222,16 +331,32 @@ class Sweep:
 
     def metric_ok(self, cfg, src: str) -> None:
         m = self.spec.objective.metric
-        ok_eval = [f"eval/{b}/mean@{cfg.eval.n_samples}" for b in cfg.data.eval] + \
-                  [f"eval/{b}/{x}" for b in cfg.data.eval for x in ["response_length", "greedy"] + [f"pass@{k}" for k in cfg.eval.pass_k]]
+        ok_eval = [f"eval/{b}/mean@{cfg.eval.n_samples}" for b in cfg.data.eval] + [
+            f"eval/{b}/{x}" for b in cfg.data.eval for x in ["response_length", "greedy"] + [f"pass@{k}" for k in cfg.eval.pass_k]
+        ]
         if m.startswith("eval/"):
             if m not in ok_eval:
-                raise ConfigError(f"{src}: key 'objective.metric' has bad value {m!r}: this config evaluates "
-                                  f"{', '.join(ok_eval[: len(cfg.data.eval)])}")
+                raise ConfigError(
+                    f"{src}: key 'objective.metric' has bad value {m!r}: this config evaluates "
+                    f"{', '.join(ok_eval[: len(cfg.data.eval)])}"
+                )
             if cfg.eval.every <= 0:
-                raise ConfigError(f"{src}: key 'objective.metric' is an eval metric but eval.every is 0")
+                raise ConfigError(
+                    f"{src}: key 'objective.metric' has bad value {m!r}: an eval metric, but eval.every is 0 "
+                    f"(the config never evaluates)"
+                )
         elif not (m.startswith("train/") or m.startswith("timing/")):
             raise ConfigError(f"{src}: key 'objective.metric' has bad value {m!r}: expected eval/..., train/... or timing/...")
+        else:
+            from sdpg.training.preflight import produced_metric_names
+
+            known = produced_metric_names()
+            if known and m not in known:
+                same = sorted(k for k in known if k.split("/")[0] == m.split("/")[0])
+                raise ConfigError(
+                    f"{src}: key 'objective.metric' has bad value {m!r}: the trainer never logs it "
+                    f"(it logs {', '.join(same[:12])}{', ...' if len(same) > 12 else ''})"
+                )
 
     def _storage_url(self) -> str:
         s = self.spec.storage
@@ -240,8 +365,35 @@ class Sweep:
         if s == "sqlite":
             return f"sqlite:///{self.output_dir / 'optuna.db'}"
         if "://" in s:
+            import re
+
+            from sdpg.orchestration.names import short_repr
+            from sdpg.training.redact import redact
+
+            scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", s)
+            dialect = scheme.group(1).split("+")[0].lower() if scheme else ""
+            if dialect not in RDB_DIALECTS:
+                raise ConfigError(
+                    f"{self.path}: key 'storage' has bad value {short_repr(redact(s))}: unknown database "
+                    f"scheme {dialect or '(none)'!r} (expected journal, sqlite, or a URL of "
+                    f"{', '.join(RDB_DIALECTS)})"
+                )
+            if dialect == "sqlite":
+                db = Path(s.split(":///", 1)[-1])
+                if not s.startswith("sqlite:///") or not db.parent.is_dir():
+                    raise ConfigError(f"{self.path}: key 'storage' has bad value {short_repr(s)}: no folder {db.parent}")
             return s
-        raise ConfigError(f"{self.path}: key 'storage' has bad value {s!r}: expected journal, sqlite or an RDB URL")
+        from sdpg.orchestration.names import short_repr
+        from sdpg.training.redact import redact
+
+        raise ConfigError(
+            f"{self.path}: key 'storage' has bad value {short_repr(redact(s))}: expected journal, sqlite "
+            f"or a database URL ({', '.join(RDB_DIALECTS)})"
+        )
+
+
+RDB_DIALECTS = ("postgresql", "mysql", "sqlite", "oracle", "mssql", "mariadb", "cockroachdb")
+"""SQLAlchemy dialects an Optuna RDB storage URL may name."""
 
 
 def _typed(params: dict[str, Any], space: dict[str, Param]) -> dict[str, Any]:
@@ -259,13 +411,15 @@ def open_storage(url: str, heartbeat_s: float):
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        path = url[len("journal:"):]
+        path = url[len("journal:") :]
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(path))
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.RDBStorage(
-        url, heartbeat_interval=int(max(1, heartbeat_s)), grace_period=int(max(3, 3 * heartbeat_s)),
+        url,
+        heartbeat_interval=int(max(1, heartbeat_s)),
+        grace_period=int(max(3, 3 * heartbeat_s)),
         failed_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
     )
 
@@ -320,9 +474,14 @@ def load_study(sweep: Sweep, sampler_seed: int | None = None):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(sweep.storage_url, sweep.spec.heartbeat_s)
-    return optuna.create_study(study_name=sweep.spec.name, storage=storage, load_if_exists=True,
-                               direction=sweep.spec.objective.direction, sampler=make_sampler(sweep.spec, sampler_seed),
-                               pruner=make_pruner(sweep.spec))
+    return optuna.create_study(
+        study_name=sweep.spec.name,
+        storage=storage,
+        load_if_exists=True,
+        direction=sweep.spec.objective.direction,
+        sampler=make_sampler(sweep.spec, sampler_seed),
+        pruner=make_pruner(sweep.spec),
+    )
 
 
 FINISHED = ("COMPLETE", "PRUNED")
@@ -356,7 +515,8 @@ def progress_line(study, n_trials: int) -> str:
     if c["duplicate"]:
         parts.append(f"{c['duplicate']} duplicate proposals skipped")
     return f"{min(done, n_trials)}/{n_trials} trials finished ({', '.join(parts)})" + (
-        f"; {done - n_trials} more finished past the budget by workers already running them" if done > n_trials else "")
+        f"; {done - n_trials} more finished past the budget by workers already running them" if done > n_trials else ""
+    )
 
 
 def reap_stale_trials(study, heartbeat_s: float, log=print) -> list[int]:
@@ -542,8 +702,9 @@ class SweepWorker:
     def _lead(self, ranks: _Ranks | None) -> dict:
         sw, spec = self.sweep, self.sweep.spec
         study = load_study(sw)
-        study.sampler = make_sampler(spec, worker_seed(spec.sampler.seed, self.worker_index,
-                                                       len(study.get_trials(deepcopy=False))))
+        study.sampler = make_sampler(
+            spec, worker_seed(spec.sampler.seed, self.worker_index, len(study.get_trials(deepcopy=False)))
+        )
         journal = sw.storage_url.startswith("journal:")
         exp = sw.experiment_tracker().open(log_spec=False)
         handler = signal.getsignal(signal.SIGUSR2)  # submitit's: requeue this worker
@@ -558,8 +719,10 @@ class SweepWorker:
                 if dup_of is not None:
                     dropped += 1
                     if dropped >= 50:
-                        self._log("the sampler proposed 50 points in a row that other trials already hold: "
-                                  "the space looks exhausted; stopping")
+                        self._log(
+                            "the sampler proposed 50 points in a row that other trials already hold: "
+                            "the space looks exhausted; stopping"
+                        )
                         break
                     continue
                 dropped = 0
@@ -572,8 +735,10 @@ class SweepWorker:
                         handler(signal.SIGUSR2, None)
                     return {"worker": self.worker_index, "trials_run": done_here, "preempted": True}
                 done_here += state in FINISHED
-                self._log(f"trial {trial.number} {state.lower()} {'' if value is None else f'value {value:.4f} '}"
-                          f"params {params}; {progress_line(study, spec.n_trials)}")
+                self._log(
+                    f"trial {trial.number} {state.lower()} {'' if value is None else f'value {value:.4f} '}"
+                    f"params {params}; {progress_line(study, spec.n_trials)}"
+                )
         finally:
             if ranks is not None:
                 ranks.send(None)
@@ -598,9 +763,11 @@ class SweepWorker:
                 else:
                     params[k] = trial.suggest_float(k, p.low, p.high, step=p.step, log=p.log)
             key = sw.point_key(params)
-            holders = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE,
-                                                                                    TrialState.PRUNED))
-                       if t.number != trial.number and t.user_attrs.get("sdpg.point") == key]
+            holders = [
+                t.number
+                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED))
+                if t.number != trial.number and t.user_attrs.get("sdpg.point") == key
+            ]
             if holders:
                 trial.set_user_attr("sdpg.duplicate_of", holders[0])
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -624,16 +791,29 @@ class SweepWorker:
             per_seed, pruned_at = [], None
             for si, seed in enumerate(spec.seeds):
                 cfg = sw.trial_config(params, seed, origin, f"{sw.path}: trial {trial.number}")
-                rid = exp.child(f"{spec.name}/trial{origin}/s{seed}", f"trial{trial.number}-s{seed}", cfg, tags={
-                    "sdpg.trial": trial.number, "seed": seed, "method": cfg.algo.method,
-                    "run_hash": cfg.effective().config_hash(), "variant": f"trial{trial.number}",
-                    "sdpg.trial_params": json.dumps(params)})
+                rid = exp.child(
+                    f"{spec.name}/trial{origin}/s{seed}",
+                    f"trial{trial.number}-s{seed}",
+                    cfg,
+                    tags={
+                        "sdpg.trial": trial.number,
+                        "seed": seed,
+                        "method": cfg.algo.method,
+                        "run_hash": cfg.effective().config_hash(),
+                        "variant": f"trial{trial.number}",
+                        "sdpg.trial_params": json.dumps(params),
+                    },
+                )
                 if trial.number != origin:
                     tracking.retry(exp.client.set_tag, rid, "sdpg.trial", trial.number)
                 hook = OptunaTrial(trial, spec.objective.metric, prune=(si == 0 and spec.pruner.type != "none"))
                 if ranks is not None:
                     ranks.send({"config": cfg.resolved()})
                 result = TrainJob(cfg.resolved(), sw.tracking_uri, rid).run(trial=hook, requeue=False)
+                if result.get("status") == "busy":
+                    raise RuntimeError(
+                        f"trial folder {result['output_dir']} is being trained by another process ({result.get('holder')})"
+                    )
                 if result.get("preempted"):
                     _requeue_trial(study, study._storage.get_trial(trial._trial_id))
                     self._log(f"trial {trial.number} preempted at step {result['step']}: re-enqueued; requeueing")
@@ -675,7 +855,9 @@ class SweepWorker:
         """The budget is spent and no trial runs any more: the sweep's parent run is FINISHED."""
         from optuna.trial import TrialState
 
-        if finished_count(study) >= self.sweep.spec.n_trials and not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if finished_count(study) >= self.sweep.spec.n_trials and not study.get_trials(
+            deepcopy=False, states=(TrialState.RUNNING,)
+        ):
             exp.end("FINISHED")
 
     def checkpoint(self, *args, **kwargs):
@@ -690,31 +872,53 @@ class SweepWorker:
 
 
 def launch(sweep: Sweep, workers: int | None = None, wait: bool | None = None, log=print) -> dict:
-    study = load_study(sweep)
-    if not study.get_trials(deepcopy=False):
-        for e in sweep.spec.enqueue:
-            study.enqueue_trial(_typed(e, sweep.spec.space))
-    if sweep.storage_url.startswith("journal:"):
-        reap_stale_trials(study, sweep.spec.heartbeat_s, log=log)
-    n = workers or sweep.spec.workers
-    exp = sweep.experiment_tracker()
-    if finished_count(study) >= sweep.spec.n_trials:
-        log(f"[sdpg-sweep] {sweep.spec.name}: {progress_line(study, sweep.spec.n_trials)}; nothing to do")
-        return {"jobs": []}
     from sdpg.orchestration import tracking
+    from sdpg.training.locks import LockBusy, file_lock
 
-    exp.open()  # the store, experiment and parent run, once, here
-    ex = make_executor(sweep.executor, sweep.output_dir / "submitit", sweep.profile, sweep.spec.name, n)
-    workers_ = [SweepWorker(sweep, i) for i in range(n)]
-    if sweep.executor == "local":
-        jobs = [ex.submit(w) for w in workers_]
-    else:
-        with ex.batch():
+    check_writable_folder(sweep.output_dir, str(sweep.path))
+    sweep.output_dir.mkdir(parents=True, exist_ok=True)
+    # One launcher at a time per spec: two launches at once both saw an empty study and enqueued the
+    # spec's points twice, and both opened a new store.
+    lock = file_lock(sweep.output_dir / ".sdpg-submit.lock", wait=False)
+    try:
+        lock.__enter__()
+    except LockBusy as e:
+        log(
+            f"[sdpg-sweep] {sweep.spec.name} is being launched by another sdpg-sweep "
+            f"({', '.join(f'{k} {v}' for k, v in e.holder.items())}); waiting for it"
+        )
+        lock = file_lock(sweep.output_dir / ".sdpg-submit.lock", wait=True)
+        lock.__enter__()
+    try:
+        study = load_study(sweep)
+        if not study.get_trials(deepcopy=False):
+            for e in sweep.spec.enqueue:
+                study.enqueue_trial(_typed(e, sweep.spec.space))
+        if sweep.storage_url.startswith("journal:"):
+            reap_stale_trials(study, sweep.spec.heartbeat_s, log=log)
+        n = workers or sweep.spec.workers
+        exp = sweep.experiment_tracker()
+        if finished_count(study) >= sweep.spec.n_trials:
+            log(f"[sdpg-sweep] {sweep.spec.name}: {progress_line(study, sweep.spec.n_trials)}; nothing to do")
+            return {"jobs": []}
+        exp.open()  # the store, experiment and parent run, once, here
+        ex = make_executor(sweep.executor, sweep.output_dir / "submitit", sweep.profile, sweep.spec.name, n)
+        workers_ = [SweepWorker(sweep, i) for i in range(n)]
+        if sweep.executor == "local":
             jobs = [ex.submit(w) for w in workers_]
-    log(f"[sdpg-sweep] {sweep.spec.name}: {n} workers ({sweep.executor}): jobs {', '.join(str(j.job_id) for j in jobs)}; "
-        f"storage {tracking.redact(sweep.storage_url)}; MLflow {tracking.redact(sweep.tracking_uri)}")
-    log(f"[sdpg-sweep] watch: optuna-dashboard {_dashboard_arg(sweep.storage_url)}   |   "
-        f"mlflow ui --backend-store-uri {tracking.redact(sweep.tracking_uri)}")
+        else:
+            with ex.batch():
+                jobs = [ex.submit(w) for w in workers_]
+    finally:
+        lock.__exit__(None, None, None)
+    log(
+        f"[sdpg-sweep] {sweep.spec.name}: {n} workers ({sweep.executor}): jobs {', '.join(str(j.job_id) for j in jobs)}; "
+        f"storage {tracking.redact(sweep.storage_url)}; MLflow {tracking.redact(sweep.tracking_uri)}"
+    )
+    log(
+        f"[sdpg-sweep] watch: optuna-dashboard {_dashboard_arg(sweep.storage_url)}   |   "
+        f"mlflow ui --backend-store-uri {tracking.redact(sweep.tracking_uri)}"
+    )
     if wait if wait is not None else sweep.executor == "local":
         last = ""
         try:
@@ -756,14 +960,14 @@ def _settle(sweep: Sweep, exp: Experiment, jobs: list) -> None:
 
 
 def _dashboard_arg(url: str) -> str:
-    return url[len("journal:"):] if url.startswith("journal:") else url
+    return url[len("journal:") :] if url.startswith("journal:") else url
 
 
 def _storage_exists(url: str) -> bool:
     if url.startswith("journal:"):
-        return Path(url[len("journal:"):]).is_file()
+        return Path(url[len("journal:") :]).is_file()
     if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):]).is_file()
+        return Path(url[len("sqlite:///") :]).is_file()
     return True  # a database server: ask it
 
 
@@ -773,7 +977,8 @@ def status(sweep: Sweep) -> str:
     from optuna.trial import TrialState
 
     if not _storage_exists(sweep.storage_url):
-        return f"{sweep.spec.name}: no study yet (nothing at {_dashboard_arg(sweep.storage_url)}); start it with sdpg-sweep {sweep.path}"
+        where = _dashboard_arg(sweep.storage_url)
+        return f"{sweep.spec.name}: no study yet (nothing at {where}); start it with sdpg-sweep {sweep.path}"
     study = load_study(sweep)
     trials = [t for t in study.get_trials(deepcopy=False) if not is_duplicate(t)]
     keys = list(sweep.spec.space)
@@ -816,7 +1021,10 @@ def export(sweep: Sweep, out: str | Path | None = None, seeds: list[int] | None 
         raise ConfigError(f"{sweep.path}: no complete trial yet; nothing to export") from None
     out = Path(out) if out else Path("ablations") / f"{sweep.spec.name}_best.yaml"
     base = sweep.base
-    same = build_config(apply_layer(base, dict(best.params))).effective().config_hash() == build_config(base).effective().config_hash()
+    same = (
+        build_config(apply_layer(base, dict(best.params))).effective().config_hash()
+        == build_config(base).effective().config_hash()
+    )
     variants = {"best": dict(best.params)} if same else {"base": {}, "best": dict(best.params)}
     spec = {
         "name": f"{sweep.spec.name}_best",
@@ -827,8 +1035,10 @@ def export(sweep: Sweep, out: str | Path | None = None, seeds: list[int] | None 
         **({"profile": sweep.spec.profile} if sweep.spec.profile else {}),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    header = (f"# Exported by sdpg-sweep from {sweep.path}: best trial {best.number}, "
-              f"{sweep.spec.objective.metric} ({sweep.spec.objective.reduce}) = {best.value:.4f}\n")
+    header = (
+        f"# Exported by sdpg-sweep from {sweep.path}: best trial {best.number}, "
+        f"{sweep.spec.objective.metric} ({sweep.spec.objective.reduce}) = {best.value:.4f}\n"
+    )
     out.write_text(header + yaml.safe_dump(spec, sort_keys=False))
     return out
 
@@ -837,33 +1047,53 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     sub, argv, p = subcommand_parser(
-        "sdpg-sweep", {"status": "the trials: state (pruned ones with their step), value, parameters; the best",
-                       "export": "write an ablation spec with the best trial beside the base"},
-        "Optuna coefficient sweeps over SDPG trainer configs.", argv,
-        run_help="start the workers (they pull trials until n_trials have finished)")
-    p.add_argument("--executor", choices=("local", "slurm"),
-                   help="where workers run: local processes or a SLURM array (default: the spec's)")
-    p.add_argument("--n-trials", type=int, metavar="N",
-                   help="finished (complete or pruned) trials to collect, replacing the spec's n_trials")
+        "sdpg-sweep",
+        {
+            "status": "the trials: state (pruned ones with their step), value, parameters; the best",
+            "export": "write an ablation spec with the best trial beside the base",
+        },
+        "Optuna coefficient sweeps over SDPG trainer configs.",
+        argv,
+        run_help="start the workers (they pull trials until n_trials have finished)",
+    )
+    p.add_argument(
+        "--executor", choices=("local", "slurm"), help="where workers run: local processes or a SLURM array (default: the spec's)"
+    )
+    p.add_argument(
+        "--n-trials", type=int, metavar="N", help="finished (complete or pruned) trials to collect, replacing the spec's n_trials"
+    )
     if sub == "run":
         p.add_argument("--workers", type=int, metavar="N", help="workers pulling trials at once (default: the spec's)")
-        p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
-                       help="wait for the workers and print the trials (default: yes for local, no for slurm)")
-        p.add_argument("--rehearse", action="store_true",
-                       help="run the enqueued trials and the corners of the space here for 2 steps on a shrunk model; start nothing")
-        p.add_argument("--rehearse-model", metavar="PATH",
-                       help="with --rehearse: a local folder (config.json and tokenizer) standing in for model.path")
+        p.add_argument(
+            "--wait",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="wait for the workers and print the trials (default: yes for local, no for slurm)",
+        )
+        p.add_argument(
+            "--rehearse",
+            action="store_true",
+            help="run the enqueued trials and the corners of the space here for 2 steps on a shrunk model; start nothing",
+        )
+        p.add_argument(
+            "--rehearse-model",
+            metavar="PATH",
+            help="with --rehearse: a local folder (config.json and tokenizer) standing in for model.path",
+        )
         p.add_argument("--rehearse-dir", metavar="DIR", help="with --rehearse: its folder (default rehearsals/NAME)")
     if sub == "export":
-        p.add_argument("--out", metavar="PATH",
-                       help="where to write the ablation spec (default: ablations/<name>_best.yaml)")
+        p.add_argument("--out", metavar="PATH", help="where to write the ablation spec (default: ablations/<name>_best.yaml)")
     a = p.parse_args(argv)
     try:
-        sweep = Sweep(a.spec, a.executor, a.profile, a.n_trials)
+        sweep = Sweep(
+            a.spec, a.executor, a.profile, a.n_trials, profile_file=a.profile_file, check_world=sub == "run" and not a.rehearse
+        )
         if sub == "run" and a.workers is not None and a.workers < 1:
             raise ConfigError(f"--workers {a.workers}: must be at least 1")
         if sub == "status":
-            print(status(sweep))
+            from sdpg.orchestration.tracking import redact as _redact
+
+            print(_redact(status(sweep)))
         elif sub == "export":
             print(f"wrote {export(sweep, a.out)}")
         elif a.rehearse:
@@ -873,9 +1103,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             launch(sweep, a.workers, a.wait, log=lambda m: print(m, file=sys.stderr, flush=True))
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        from sdpg.orchestration.tracking import redact
+
+        print(f"error: {' '.join(redact(str(e)).split())}", file=sys.stderr)
         return 2
     except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
+        from sdpg.orchestration.tracking import redact
+
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return 1
     return 0

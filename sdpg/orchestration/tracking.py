@@ -10,43 +10,21 @@ Credentials never leave the URI: what is logged goes through ``redact``.
 
 from __future__ import annotations
 
-import os
 import random
-import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
-SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL)", re.I)
-URI_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<cred>[^/@\s]+@)", re.I)
+from typing import Any
 
 
-def environ_snapshot() -> dict[str, str]:
-    """A copy of the environment that another thread cannot change under the reader: MLflow's
-    telemetry thread sets and pops variables while runs are logged, and ``dict(os.environ)`` (which
-    iterates keys, then looks each one up) then fails with a KeyError. The copy of the underlying
-    dict is one C-level operation, atomic under the GIL."""
-    env = os.environ
-    data = getattr(env, "_data", None)
-    if isinstance(data, dict) and hasattr(env, "decodekey") and hasattr(env, "decodevalue"):
-        return {env.decodekey(k): env.decodevalue(v) for k, v in data.copy().items()}
-    for _ in range(100):  # another Python: retry until a copy completes
-        try:
-            return dict(env)
-        except (KeyError, RuntimeError):
-            continue
-    return {}
+def redact(text: Any) -> str:
+    """Secrets out of a string (``sdpg.training.redact.redact``): URI credentials, secret query / key=value
+    parameters, known token shapes, and every value of a secret-named environment variable, read from a
+    snapshot of the environment (iterating the live ``os.environ`` raced with MLflow's telemetry thread)."""
+    from sdpg.training.redact import redact as _redact
 
-
-def redact(text: str) -> str:
-    """``postgresql://user:pw@host/db`` -> ``postgresql://***@host/db``; values of secret-looking
-    environment variables replaced by ***."""
-    text = URI_CREDENTIALS.sub(lambda m: m.group("scheme") + "***@", str(text))
-    for k, v in environ_snapshot().items():
-        if SECRET_ENV.search(k) and v and len(v) >= 6 and v in text:
-            text = text.replace(v, "***")
-    return text
+    return _redact(text)
 
 
 def to_mlflow_key(name: str) -> str:
@@ -76,8 +54,12 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+            ).stdout.strip()
+            or "unknown"
+        )
     except Exception:
         return "unknown"
 
@@ -108,7 +90,7 @@ def artifact_location(uri: str, output_dir: str | Path) -> str | None:
     if uri.startswith(("http://", "https://", "databricks")):
         return None
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+        return (Path(uri[len("sqlite:///") :]).resolve().parent / "mlartifacts").as_uri()
     return (Path(output_dir).resolve() / "mlartifacts").as_uri()
 
 
@@ -137,21 +119,32 @@ def ensure_parent_run(c, experiment_id: str, spec_name: str, kind: str, tags: di
 
             retry(c.update_run, run.info.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return run.info.run_id
-    run = retry(c.create_run, experiment_id, run_name=spec_name,
-                tags={"sdpg.parent": kind, "sdpg.spec": spec_name, **tags})
+    run = retry(c.create_run, experiment_id, run_name=spec_name, tags={"sdpg.parent": kind, "sdpg.spec": spec_name, **tags})
     return run.info.run_id
 
 
-def ensure_child_run(c, experiment_id: str, parent_id: str, run_hash: str, name: str, tags: dict[str, str],
-                     params: dict[str, Any], config_yaml: str) -> tuple[str, bool]:
+def ensure_child_run(
+    c,
+    experiment_id: str,
+    parent_id: str,
+    run_hash: str,
+    name: str,
+    tags: dict[str, str],
+    params: dict[str, Any],
+    config_yaml: str,
+) -> tuple[str, bool]:
     """(run id, created). The run of ``run_hash`` is reused whenever it exists."""
     run = find_run(c, experiment_id, **{"sdpg.run_hash": run_hash})
     if run is not None:
         return run.info.run_id, False
     from mlflow.entities import Param, RunStatus
 
-    run = retry(c.create_run, experiment_id, run_name=name,
-                tags={"mlflow.parentRunId": parent_id, "sdpg.run_hash": run_hash, **{k: redact(str(v)) for k, v in tags.items()}})
+    run = retry(
+        c.create_run,
+        experiment_id,
+        run_name=name,
+        tags={"mlflow.parentRunId": parent_id, "sdpg.run_hash": run_hash, **{k: redact(str(v)) for k, v in tags.items()}},
+    )
     rid = run.info.run_id
     ps = [Param(k[:250], redact(str(v))[:6000]) for k, v in params.items()]
     for i in range(0, len(ps), 100):
@@ -180,8 +173,9 @@ def fail_run(c, run_id: str, error: BaseException | str, traceback_text: str = "
 
 def child_runs(c, parent_id: str) -> list:
     parent = retry(c.get_run, parent_id)
-    return retry(c.search_runs, [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
-                 max_results=50000)
+    return retry(
+        c.search_runs, [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=50000
+    )
 
 
 def end_parent_if_done(c, parent_id: str) -> str | None:
@@ -196,27 +190,27 @@ def end_parent_if_done(c, parent_id: str) -> str | None:
 
 
 class MlflowSink:
-    """A trainer ``MetricSink`` writing to an existing run; steps already in the run (a requeued job
-    replaying the steps after its last checkpoint) are not logged again."""
+    """A trainer ``MetricSink`` writing to an existing run. Every (key, step) is logged at most once: a
+    metric already in the run for a step (a requeued job replaying the steps after its last checkpoint, a
+    step-0 evaluation repeated after a crash before the first checkpoint) is not logged again."""
 
-    def __init__(self, uri: str, run_id: str, probe_key: str = "train/reward"):
+    def __init__(self, uri: str, run_id: str):
         from mlflow.entities import RunStatus
 
         self.c, self.run_id = client(uri), run_id
-        history = retry(self.c.get_metric_history, run_id, probe_key)
-        self.last_step = max((m.step for m in history), default=-1)
+        keys = retry(self.c.get_run, run_id).data.metrics
+        self.logged = {(key, m.step) for key in keys for m in retry(self.c.get_metric_history, run_id, key)}
         retry(self.c.update_run, run_id, status=RunStatus.to_string(RunStatus.RUNNING))
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        if step <= self.last_step:
-            return
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        ms = [Metric(to_mlflow_key(k), float(v), ts, step) for k, v in metrics.items()]
+        new = {to_mlflow_key(k): float(v) for k, v in metrics.items() if (to_mlflow_key(k), step) not in self.logged}
+        ms = [Metric(k, v, ts, step) for k, v in new.items()]
         for i in range(0, len(ms), 500):
             retry(self.c.log_batch, self.run_id, metrics=ms[i : i + 500])
-        self.last_step = step
+        self.logged.update((k, step) for k in new)
 
     def finish(self, status: str) -> None:
         retry(self.c.set_terminated, self.run_id, status=status)

@@ -60,12 +60,21 @@ def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
     if exe is None:
         raise RuntimeError("no Chromium found (Debian: apt-get install chromium)")
     with tempfile.TemporaryDirectory(prefix="sdpg-chromium-") as profile:
-        cmd = [exe, "--headless", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage",
-               "--hide-scrollbars", f"--user-data-dir={profile}", "--allow-file-access-from-files"]
+        cmd = [
+            exe,
+            "--headless",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            "--allow-file-access-from-files",
+        ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             cmd.append("--no-sandbox")  # Chromium refuses to start as root otherwise
-        return subprocess.run(cmd + args, capture_output=True, text=True, timeout=timeout, check=False,
-                              env={**os.environ, "HOME": profile})
+        return subprocess.run(
+            cmd + args, capture_output=True, text=True, timeout=timeout, check=False, env={**os.environ, "HOME": profile}
+        )
 
 
 def inspect_page(page: str | Path, timeout: float = 120) -> dict:
@@ -77,8 +86,9 @@ def inspect_page(page: str | Path, timeout: float = 120) -> dict:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(probe)
-        r = _run(["--virtual-time-budget=10000", "--run-all-compositor-stages-before-draw", "--dump-dom",
-                  Path(tmp).as_uri()], timeout)
+        r = _run(
+            ["--virtual-time-budget=10000", "--run-all-compositor-stages-before-draw", "--dump-dom", Path(tmp).as_uri()], timeout
+        )
     finally:
         os.unlink(tmp)
     m = re.search(r'<pre id="sdpg-probe">(.*?)</pre>', r.stdout, re.S)
@@ -89,15 +99,22 @@ def inspect_page(page: str | Path, timeout: float = 120) -> dict:
     return json.loads(_html.unescape(m.group(1)))
 
 
-def screenshot(page: str | Path, png: str | Path, width: int = 1280, height: int | None = None,
-               timeout: float = 120) -> Path:
+def screenshot(page: str | Path, png: str | Path, width: int = 1280, height: int | None = None, timeout: float = 120) -> Path:
     """PNG of the whole page (``height`` default: the rendered document height, at most 16,000 px)."""
     page, png = Path(page).resolve(), Path(png).resolve()
     if height is None:
         height = min(16000, max(600, int(inspect_page(page, timeout)["height"]) + 20))
     png.parent.mkdir(parents=True, exist_ok=True)
-    r = _run([f"--window-size={width},{height}", "--virtual-time-budget=10000",
-              "--run-all-compositor-stages-before-draw", f"--screenshot={png}", page.as_uri()], timeout)
+    r = _run(
+        [
+            f"--window-size={width},{height}",
+            "--virtual-time-budget=10000",
+            "--run-all-compositor-stages-before-draw",
+            f"--screenshot={png}",
+            page.as_uri(),
+        ],
+        timeout,
+    )
     if not png.is_file():
         raise RuntimeError(f"Chromium wrote no screenshot (exit {r.returncode}): {r.stderr[-2000:]}")
     return png

@@ -16,8 +16,16 @@ import numpy as np
 
 from sdpg.reporting import page, report, sweeps
 
-TRAIN_PANELS = ["train/accuracy", "train/opd_kl", "train/gate_fraction", "train/beta", "train/ref_kl", "train/pg_clipfrac",
-                "train/grad_norm", "timing/step"]
+TRAIN_PANELS = [
+    "train/accuracy",
+    "train/opd_kl",
+    "train/gate_fraction",
+    "train/beta",
+    "train/ref_kl",
+    "train/pg_clipfrac",
+    "train/grad_norm",
+    "timing/step",
+]
 BASELINES = ("grpo", "dapo", "dr_grpo")
 
 
@@ -33,8 +41,11 @@ def _seed_counts(df, variants: list[str]) -> dict[str, int]:
 def _too_few(counts: dict[str, int]) -> list[str]:
     few = [f"{v} has {n}" for v, n in counts.items() if n < report.MIN_SEEDS]
     if len(few) > 4:
-        return [f"{len(few)} of {len(counts)} variants have a single seed" if all(
-            n == 1 for n in counts.values() if n < report.MIN_SEEDS) else f"{len(few)} of {len(counts)} variants have fewer"]
+        return [
+            f"{len(few)} of {len(counts)} variants have a single seed"
+            if all(n == 1 for n in counts.values() if n < report.MIN_SEEDS)
+            else f"{len(few)} of {len(counts)} variants have fewer"
+        ]
     return few
 
 
@@ -44,8 +55,10 @@ def _names(vs: list[str], most: int = 4) -> str:
 
 def _band_caption(counts: dict[str, int]) -> str:
     few = [v for v, n in counts.items() if n < report.MIN_SEEDS]
-    s = (f"Lines: mean over seeds (n in the legend). Shaded: 95% bootstrap band over seeds, drawn only for "
-         f"variants with at least {report.MIN_SEEDS} seeds")
+    s = (
+        f"Lines: mean over seeds (n in the legend). Shaded: 95% bootstrap band over seeds, drawn only for "
+        f"variants with at least {report.MIN_SEEDS} seeds"
+    )
     if few and len(few) == len(counts):
         return s + "; none here: every variant has a single seed, so there is no spread over seeds to show."
     return s + (f"; none for {_names(few)} (a single seed: no spread to show)." if few else ".")
@@ -55,7 +68,8 @@ def _seeds_line(counts: dict[str, int], noun: str) -> str:
     if len(set(counts.values())) == 1:
         n = next(iter(counts.values()))
         return f"{len(counts)} {noun}, {n} seed{'s' if n != 1 else ''} each" + (
-            f": {', '.join(counts)}" if noun == "variants" else "")
+            f": {', '.join(counts)}" if noun == "variants" else ""
+        )
     return f"{len(counts)} {noun}: " + ", ".join(f"{v} ({n} seed{'s' if n != 1 else ''})" for v, n in counts.items())
 
 
@@ -63,8 +77,10 @@ def _notes_caption(notes: dict[str, list[str]]) -> str:
     if not notes:
         return ""
     items = "; ".join(f"`{m}`: {', '.join(v)}" for m, v in notes.items())
-    return (f" Series that are identically 0 are drawn dotted at 0 and named (a term the method does not compute), "
-            f"metrics a run did not log are named too: {items}.")
+    return (
+        f" Series that are identically 0 are drawn dotted at 0 and named (a term the method does not compute), "
+        f"metrics a run did not log are named too: {items}."
+    )
 
 
 def _fmt_cell(mean: float, reached: int, total: int, digits: int) -> str:
@@ -76,41 +92,52 @@ def _fmt_cell(mean: float, reached: int, total: int, digits: int) -> str:
 
 STABILITY_TEXT = {
     "entropy_collapse_step": ("Entropy collapse", "first step at which train/entropy falls below 25% of its first value", 0),
-    "length_collapse_step": ("Length collapse", "first step at which train/response_length falls below 50% of its first value", 0),
+    "length_collapse_step": (
+        "Length collapse",
+        "first step at which train/response_length falls below 50% of its first value",
+        0,
+    ),
     "max_reward_drawdown": ("Reward drawdown", "largest fall of train/reward below its running maximum", 3),
     "late_variance": ("Late variance", "variance of the first benchmark over the last quarter of its evaluations", 5),
     "steps_to_threshold": ("Steps to threshold", "first step at which the first benchmark reaches the threshold", 0),
 }
 
 
-def stability_section(per_run, summary, threshold: float | None, bench: str | None, order: list[str] | None = None,
-                      late_k: int | None = None) -> str:
+def stability_section(
+    per_run, summary, threshold: float | None, bench: str | None, order: list[str] | None = None, late_k: int | None = None
+) -> str:
     if order:
         rank = {v: i for i, v in enumerate(order)}
         summary = summary.sort_values("variant", key=lambda s: s.map(lambda v: rank.get(v, len(rank))), kind="stable")
     cols = [c for c in STABILITY_TEXT if c in summary.columns]
-    head = ["Variant", "Seeds"] + [STABILITY_TEXT[c][0] + (f" ({threshold:g})" if c == "steps_to_threshold" else "") for c in cols]
+    head = ["Variant", "Seeds"] + [
+        STABILITY_TEXT[c][0] + (f" ({threshold:g})" if c == "steps_to_threshold" else "") for c in cols
+    ]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for _, r in summary.iterrows():
         n = int(r["seeds"])
-        cells = ["–" if c == "late_variance" and late_k == 1 else _fmt_cell(r[c], n - int(r[f"{c}_never"]), n, STABILITY_TEXT[c][2])
-                 for c in cols]
+        cells = [
+            "–" if c == "late_variance" and late_k == 1 else _fmt_cell(r[c], n - int(r[f"{c}_never"]), n, STABILITY_TEXT[c][2])
+            for c in cols
+        ]
         lines.append(f"| {r['variant']} | {n} | " + " | ".join(cells) + " |")
     what = "; ".join(f"**{STABILITY_TEXT[c][0]}**: {STABILITY_TEXT[c][1]}" for c in cols)
-    text = ("\n".join(lines) + f"\n\nEach cell: mean over the seeds where the event happened; `never (0/n)`: no seed of "
-            f"the variant had it, `(k/n seeds)`: only k of n did. {what}.")
+    text = (
+        "\n".join(lines) + f"\n\nEach cell: mean over the seeds where the event happened; `never (0/n)`: no seed of "
+        f"the variant had it, `(k/n seeds)`: only k of n did. {what}."
+    )
     if bench:
         text += f" First benchmark: `{bench}`."
     if late_k is not None and "late_variance" in cols:
-        text += (f" Late variance here is over the last {late_k} evaluation{'s' if late_k != 1 else ''} of each run"
-                 + (" (one value has no variance: not shown; run longer or evaluate more often)." if late_k == 1 else "."))
+        text += f" Late variance here is over the last {late_k} evaluation{'s' if late_k != 1 else ''} of each run" + (
+            " (one value has no variance: not shown; run longer or evaluate more often)." if late_k == 1 else "."
+        )
     if threshold is None:
         text += " Steps to a threshold: not computed; give `--threshold X` (an accuracy of the first benchmark)."
     return text + " Per run: [stability_runs.csv](tables/stability_runs.csv).\n"
 
 
-def improvement_section(lb, benches: list[str], variants: list[str], base: str, counts: dict[str, int],
-                        out: Path) -> str:
+def improvement_section(lb, benches: list[str], variants: list[str], base: str, counts: dict[str, int], out: Path) -> str:
     scores = {}
     for var in variants:
         last = lb[(lb.variant == var) & (lb.kind == "Last")]
@@ -127,32 +154,49 @@ def improvement_section(lb, benches: list[str], variants: list[str], base: str, 
 
     for _, r in imp.iterrows():
         pi = "–" if math.isnan(r["p_improve"]) else f"{r['p_improve']:.2f}"
-        lines.append(f"| {r['variant']} | {r['seeds']} | {r['iqm']:.3f} | {ci(r['iqm_lo'], r['iqm_hi'], 3)} | {pi} | "
-                     f"{ci(r['p_lo'], r['p_hi'], 2)} |")
+        lines.append(
+            f"| {r['variant']} | {r['seeds']} | {r['iqm']:.3f} | {ci(r['iqm_lo'], r['iqm_hi'], 3)} | {pi} | "
+            f"{ci(r['p_lo'], r['p_hi'], 2)} |"
+        )
     text = "\n".join(lines) + "\n\n"
     few = _too_few({v: counts[v] for v in scores})
     if few:
-        text += (f"**No intervals and no probability of improvement where a variant has fewer than {report.MIN_SEEDS} "
-                 f"seeds** ({', '.join(few)}): over one seed an interval has zero width and P(improve) only counts the "
-                 f"benchmarks won, so neither says anything about seed-to-seed variation. Add seeds to the spec "
-                 f"(`seeds: [0, 1, 2]`) to get them. ")
-    text += (f"IQM: interquartile mean of the Last scores over seeds x {len(benches)} benchmark(s); P(improve): "
-             f"probability that a seed of the variant beats a seed of {base} on a benchmark, averaged over benchmarks; "
-             f"95% intervals from a stratified bootstrap over seeds within each benchmark (2,000 resamples; rliable, "
-             f"Agarwal et al. 2021).\n")
+        text += (
+            f"**No intervals and no probability of improvement where a variant has fewer than {report.MIN_SEEDS} "
+            f"seeds** ({', '.join(few)}): over one seed an interval has zero width and P(improve) only counts the "
+            f"benchmarks won, so neither says anything about seed-to-seed variation. Add seeds to the spec "
+            f"(`seeds: [0, 1, 2]`) to get them. "
+        )
+    text += (
+        f"IQM: interquartile mean of the Last scores over seeds x {len(benches)} benchmark(s); P(improve): "
+        f"probability that a seed of the variant beats a seed of {base} on a benchmark, averaged over benchmarks; "
+        f"95% intervals from a stratified bootstrap over seeds within each benchmark (2,000 resamples; rliable, "
+        f"Agarwal et al. 2021).\n"
+    )
     (out / "tables" / "improvement.md").write_text(text)
     return text
 
 
-def build_report(source: str, out: str | Path, tags: dict[str, str] | None = None, reference: str | None = None,
-                 baseline: str | None = None, ema: float = 0.0, order: list[str] | None = None,
-                 threshold: float | None = None, log=print) -> Path:
+def build_report(
+    source: str,
+    out: str | Path,
+    tags: dict[str, str] | None = None,
+    reference: str | None = None,
+    baseline: str | None = None,
+    ema: float = 0.0,
+    order: list[str] | None = None,
+    threshold: float | None = None,
+    log=print,
+) -> Path:
     out = Path(out)
     src = report.resolve(source)
     uri, exp = src.uri, src.experiment
     if not report.store_exists(uri):
-        how = (f"start it with: sdpg-{'sweep' if src.kind == 'sweep' else 'ablate'} {source}"
-               if source.endswith((".yaml", ".yml")) else "run the experiment first")
+        how = (
+            f"start it with: sdpg-{'sweep' if src.kind == 'sweep' else 'ablate'} {source}"
+            if source.endswith((".yaml", ".yml"))
+            else "run the experiment first"
+        )
         raise ValueError(f"{source}: nothing to report yet: no MLflow store at {report.tracking.redact(uri)} ({how})")
     log(f"[sdpg-report] loading runs of {exp!r} from {report.tracking.redact(uri)}")
     runs = report.run_table(uri, exp, tags)
@@ -172,8 +216,11 @@ def build_report(source: str, out: str | Path, tags: dict[str, str] | None = Non
         for t in trials.itertuples():
             origin = int(t.retry_of) if t.retry_of is not None and not pd_isna(t.retry_of) else int(t.number)
             latest[origin] = max(latest.get(origin, -1), int(t.number))
-        by_run = {r.run_id: names.get(latest.get(int(r.trial), int(r.trial)), r.variant) for r in runs.itertuples()
-                  if not pd_isna(r.trial)}
+        by_run = {
+            r.run_id: names.get(latest.get(int(r.trial), int(r.trial)), r.variant)
+            for r in runs.itertuples()
+            if not pd_isna(r.trial)
+        }
         df = df.assign(variant=df.run_id.map(by_run).fillna(df.variant))
         state = {names[int(t.number)]: t.state for t in trials.itertuples() if int(t.number) in names}
         order = order or [names[n] for n in sorted(names) if names[n] in set(df.variant)]
@@ -196,43 +243,73 @@ def build_report(source: str, out: str | Path, tags: dict[str, str] | None = Non
         counts_by_state = trials.state.value_counts().to_dict()
         summary = ", ".join(f"{counts_by_state[s]} {s}" for s in sweeps.STATE_ORDER if s in counts_by_state)
         if trials.attrs.get("duplicates"):
-            summary += (f" ({trials.attrs['duplicates']} more proposals repeated a point another trial holds and were "
-                        f"dropped untrained; not listed)")
-        src_note = "" if study is not None else (" The Optuna storage was not found, so states come from the MLflow "
-                                                 "run tags and objective values are not known.")
-        sections.append(("Trials", f"{len(trials)} trials: {summary}. Best completed trial in bold. Pruned trials were "
-                                   f"stopped early by the pruner: the value shown is the last one they reported, at the "
-                                   f"step given, and they are left out of the Last/Best table below.{src_note}\n\n"
-                                   f"{tt}\n[CSV](tables/trials.csv)"))
+            summary += (
+                f" ({trials.attrs['duplicates']} more proposals repeated a point another trial holds and were "
+                f"dropped untrained; not listed)"
+            )
+        src_note = (
+            ""
+            if study is not None
+            else (
+                " The Optuna storage was not found, so states come from the MLflow run tags and objective values are not known."
+            )
+        )
+        sections.append(
+            (
+                "Trials",
+                f"{len(trials)} trials: {summary}. Best completed trial in bold. Pruned trials were "
+                f"stopped early by the pruner: the value shown is the last one they reported, at the "
+                f"step given, and they are left out of the Last/Best table below.{src_note}\n\n"
+                f"{tt}\n[CSV](tables/trials.csv)",
+            )
+        )
         if study is not None:
             target = (src.objective or {}).get("metric", "objective")
             png, why = sweeps.plot_history(study, out / "figures" / "optimization_history", target)
-            body = (f"![optimisation history](figures/{png.name})\n\n[PDF](figures/{png.with_suffix('.pdf').name}) · "
-                    f"Optuna's optimisation history: the objective of each completed trial and the best so far "
-                    f"(pruned trials have no objective and are not in it)." if png else f"Not drawn: {why}.")
+            body = (
+                f"![optimisation history](figures/{png.name})\n\n[PDF](figures/{png.with_suffix('.pdf').name}) · "
+                f"Optuna's optimisation history: the objective of each completed trial and the best so far "
+                f"(pruned trials have no objective and are not in it)."
+                if png
+                else f"Not drawn: {why}."
+            )
             sections.append(("Optimisation history", body))
             png, how = sweeps.plot_importance(study, out / "figures" / "param_importances")
-            body = (f"![parameter importances](figures/{png.name})\n\n[PDF](figures/{png.with_suffix('.pdf').name}) · "
-                    f"Optuna's parameter importances ({how}, completed trials): the share of the objective's variance "
-                    f"each parameter explains." if png else f"Not drawn: {how}.")
+            body = (
+                f"![parameter importances](figures/{png.name})\n\n[PDF](figures/{png.with_suffix('.pdf').name}) · "
+                f"Optuna's parameter importances ({how}, completed trials): the share of the objective's variance "
+                f"each parameter explains."
+                if png
+                else f"Not drawn: {how}."
+            )
             sections.append(("Parameter importance", body))
 
     # figures
     dashed = [v for v in variants if trials is not None and state.get(v) == "pruned"]
     labels = {v: f"{v} (pruned)" for v in dashed}
     notes: dict[str, list[str]] = {}
-    grid = report.paper_grid(df, out / "figures" / "curves", ema=ema, order=variants, labels=labels, dashed=dashed,
-                             notes=notes)
+    grid = report.paper_grid(df, out / "figures" / "curves", ema=ema, order=variants, labels=labels, dashed=dashed, notes=notes)
     pruned_note = " Dashed: pruned trials (stopped early)." if dashed else ""
-    sections.append(("Curves", f"![curves](figures/{grid.name})\n\n[PDF](figures/{grid.with_suffix('.pdf').name}) · "
-                               f"{_band_caption(counts)}{pruned_note}{_notes_caption(notes)}"))
+    sections.append(
+        (
+            "Curves",
+            f"![curves](figures/{grid.name})\n\n[PDF](figures/{grid.with_suffix('.pdf').name}) · "
+            f"{_band_caption(counts)}{pruned_note}{_notes_caption(notes)}",
+        )
+    )
     present = [m for m in TRAIN_PANELS if m in set(df.metric)]
     if present:
         notes = {}
-        tr = report.plot_curves(df, present, out / "figures" / "training", ncols=4, ema=ema, order=variants,
-                                labels=labels, dashed=dashed, notes=notes)
-        sections.append(("Training signals", f"![training](figures/{tr.name})\n\n[PDF](figures/{tr.with_suffix('.pdf').name}) · "
-                                             f"{_band_caption(counts)}{pruned_note}{_notes_caption(notes)}"))
+        tr = report.plot_curves(
+            df, present, out / "figures" / "training", ncols=4, ema=ema, order=variants, labels=labels, dashed=dashed, notes=notes
+        )
+        sections.append(
+            (
+                "Training signals",
+                f"![training](figures/{tr.name})\n\n[PDF](figures/{tr.with_suffix('.pdf').name}) · "
+                f"{_band_caption(counts)}{pruned_note}{_notes_caption(notes)}",
+            )
+        )
 
     # tables (completed variants only: a pruned trial's Last is where it was stopped, not where it ended)
     if benches and complete:
@@ -244,17 +321,28 @@ def build_report(source: str, out: str | Path, tags: dict[str, str] | None = Non
         (out / "tables" / "last_best.tex").write_text(report.render_table(v, cols, cells, "latex"))
         (out / "tables" / "last_best.csv").write_text(report.render_table(v, cols, cells, "csv", seeds=seeds))
         few = _too_few({x: counts[x] for x in v})
-        caption = ("Mean over seeds ± half-width of the 95% bootstrap interval over seeds; best per column bold, "
-                   "second underlined (ties share a rank); Last: each run's final evaluation, Best: its maximum"
-                   + (f"; benchmarks: {', '.join(f'`{m}`' for m in benches)}" if benches else "") + ".")
+        caption = (
+            "Mean over seeds ± half-width of the 95% bootstrap interval over seeds; best per column bold, "
+            "second underlined (ties share a rank); Last: each run's final evaluation, Best: its maximum"
+            + (f"; benchmarks: {', '.join(f'`{m}`' for m in benches)}" if benches else "")
+            + "."
+        )
         if few:
-            caption += (f" No ± where a variant has fewer than {report.MIN_SEEDS} seeds ({', '.join(few)}): one seed "
-                        f"gives no interval.")
+            caption += (
+                f" No ± where a variant has fewer than {report.MIN_SEEDS} seeds ({', '.join(few)}): one seed gives no interval."
+            )
         if trials is not None and len(complete) < len(variants):
             caption += " Completed trials only."
-        sections.append(("Last and Best", report.render_table(v, cols, cells, "markdown", seeds=seeds) + "\n" + caption
-                         + "\n\n[LaTeX](tables/last_best.tex) · [CSV](tables/last_best.csv) · "
-                           "[Markdown](tables/last_best.md)"))
+        sections.append(
+            (
+                "Last and Best",
+                report.render_table(v, cols, cells, "markdown", seeds=seeds)
+                + "\n"
+                + caption
+                + "\n\n[LaTeX](tables/last_best.tex) · [CSV](tables/last_best.csv) · "
+                "[Markdown](tables/last_best.md)",
+            )
+        )
         ref = reference or (complete[0] if trials is None else None)
         if ref in complete and len(complete) > 1:
             d = report.delta_table(lb, benches, ref, order=complete, labels=labels_b)
@@ -308,10 +396,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ema", type=float, default=0.0, help="EMA smoothing factor in [0, 1) for curves")
     p.add_argument("--order", nargs="+", help="variant order (legend, table rows)")
     p.add_argument("--threshold", type=float, help="accuracy threshold for steps-to-threshold")
-    p.add_argument("--screenshot", action="store_true",
-                   help="also save screenshot.png of index.html as headless Chromium renders it (needs chromium)")
-    p.add_argument("--page-only", action="store_true",
-                   help="SOURCE is a report folder: render its index.html again from its index.md (e.g. after editing it)")
+    p.add_argument(
+        "--screenshot",
+        action="store_true",
+        help="also save screenshot.png of index.html as headless Chromium renders it (needs chromium)",
+    )
+    p.add_argument(
+        "--page-only",
+        action="store_true",
+        help="SOURCE is a report folder: render its index.html again from its index.md (e.g. after editing it)",
+    )
     a = p.parse_args(argv)
     if a.out is None and not a.page_only:
         p.error("the following arguments are required: --out")
@@ -329,8 +423,17 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 <= a.ema < 1:
             raise ValueError(f"--ema {a.ema}: expected a value in [0, 1)")
         tags = dict(t.split("=", 1) for t in a.tag)
-        index = build_report(a.source, a.out, tags, a.reference, a.baseline, a.ema, a.order, a.threshold,
-                             log=lambda m: print(m, file=sys.stderr, flush=True))
+        index = build_report(
+            a.source,
+            a.out,
+            tags,
+            a.reference,
+            a.baseline,
+            a.ema,
+            a.order,
+            a.threshold,
+            log=lambda m: print(m, file=sys.stderr, flush=True),
+        )
         if a.screenshot:
             from sdpg.reporting import browser
 

@@ -85,7 +85,9 @@ def render_page(markdown_text: str, title: str | None = None, base_dir: str | Pa
     body = markdown_to_html(markdown_text)
     if base_dir is not None:
         body = _size_images(body, Path(base_dir))
-    return ("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}"
-            "<footer>Rendered by sdpg-report from index.md.</footer>\n</body>\n</html>\n")
+    return (
+        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}"
+        "<footer>Rendered by sdpg-report from index.md.</footer>\n</body>\n</html>\n"
+    )

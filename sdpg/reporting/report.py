@@ -16,9 +16,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -36,8 +36,14 @@ MIN_SEEDS = 2
 # --------------------------------------------------------------------------------------------
 
 
-def load_runs(uri: str, experiment: str, metrics: Iterable[str] | None = None, tags: dict[str, str] | None = None,
-              cache_dir: str | Path | None = None, workers: int = 8):
+def load_runs(
+    uri: str,
+    experiment: str,
+    metrics: Iterable[str] | None = None,
+    tags: dict[str, str] | None = None,
+    cache_dir: str | Path | None = None,
+    workers: int = 8,
+):
     """Long frame of every child run's metric histories (paper metric names, ``@`` restored).
 
     Finished runs are cached in ``cache_dir`` (one parquet per run), so a report over a large
@@ -49,9 +55,13 @@ def load_runs(uri: str, experiment: str, metrics: Iterable[str] | None = None, t
     if exp is None:
         raise ValueError(f"no MLflow experiment {experiment!r} at {tracking.redact(uri)}")
     flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items())
-    runs = [r for r in tracking.retry(c.search_runs, [exp.experiment_id], filter_string=flt, max_results=50000,
-                                      order_by=["attributes.start_time ASC"])
-            if "sdpg.run_hash" in r.data.tags]  # creation order: the spec's variant order
+    runs = [
+        r
+        for r in tracking.retry(
+            c.search_runs, [exp.experiment_id], filter_string=flt, max_results=50000, order_by=["attributes.start_time ASC"]
+        )
+        if "sdpg.run_hash" in r.data.tags
+    ]  # creation order: the spec's variant order
     wanted = [tracking.to_mlflow_key(m) for m in metrics] if metrics else None
     cache = Path(cache_dir) if cache_dir else None
 
@@ -67,9 +77,18 @@ def load_runs(uri: str, experiment: str, metrics: Iterable[str] | None = None, t
             if key not in r.data.metrics:
                 continue
             for m in tracking.retry(c.get_metric_history, r.info.run_id, key):
-                rows.append((r.info.run_id, r.info.run_name, r.data.tags.get("variant", r.info.run_name),
-                             r.data.tags.get("method", ""), int(r.data.tags.get("seed", 0)),
-                             tracking.from_mlflow_key(key), int(m.step), float(m.value)))
+                rows.append(
+                    (
+                        r.info.run_id,
+                        r.info.run_name,
+                        r.data.tags.get("variant", r.info.run_name),
+                        r.data.tags.get("method", ""),
+                        int(r.data.tags.get("seed", 0)),
+                        tracking.from_mlflow_key(key),
+                        int(m.step),
+                        float(m.value),
+                    )
+                )
         df = pd.DataFrame(rows, columns=COLUMNS).drop_duplicates(["metric", "step"], keep="last")
         if cfile is not None and r.info.status == "FINISHED" and wanted is None:
             cfile.parent.mkdir(parents=True, exist_ok=True)
@@ -86,8 +105,16 @@ class Source:
     """Where an experiment's runs live: tracking ``uri`` and ``experiment``; for a sweep also its Optuna
     ``storage_url``, ``study_name`` and ``objective`` (metric, reduce, direction), when they are known."""
 
-    def __init__(self, uri: str, experiment: str, kind: str = "experiment", storage_url: str | None = None,
-                 study_name: str | None = None, objective: dict | None = None, space: list[str] | None = None):
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        kind: str = "experiment",
+        storage_url: str | None = None,
+        study_name: str | None = None,
+        objective: dict | None = None,
+        space: list[str] | None = None,
+    ):
         self.uri, self.experiment, self.kind = uri, experiment, kind
         self.storage_url, self.study_name, self.objective, self.space = storage_url, study_name, objective, space or []
 
@@ -103,8 +130,10 @@ def resolve(source: str) -> Source:
         db = p / "mlflow.db"
         if not db.is_file():
             raise ValueError(f"{p}: no mlflow.db in this folder")
-        for name, url in (("optuna.journal", f"journal:{(p / 'optuna.journal').resolve()}"),
-                          ("optuna.db", f"sqlite:///{(p / 'optuna.db').resolve()}")):
+        for name, url in (
+            ("optuna.journal", f"journal:{(p / 'optuna.journal').resolve()}"),
+            ("optuna.db", f"sqlite:///{(p / 'optuna.db').resolve()}"),
+        ):
             if (p / name).is_file():
                 return Source(tracking.default_uri(p), p.name, "sweep", url, p.name)
         return Source(tracking.default_uri(p), p.name)
@@ -116,8 +145,15 @@ def resolve(source: str) -> Source:
             from sdpg.orchestration.sweep import Sweep
 
             s = Sweep(p)
-            return Source(s.tracking_uri, s.experiment, "sweep", s.storage_url, s.spec.name,
-                          s.spec.objective.model_dump(), list(s.spec.space))
+            return Source(
+                s.tracking_uri,
+                s.experiment,
+                "sweep",
+                s.storage_url,
+                s.spec.name,
+                s.spec.objective.model_dump(),
+                list(s.spec.space),
+            )
         from sdpg.orchestration.ablate import load_plan
 
         plan = load_plan(p)
@@ -125,8 +161,10 @@ def resolve(source: str) -> Source:
     if p.suffix in (".yaml", ".yml"):
         raise ValueError(f"{source}: no such spec file")
     if not p.exists():
-        raise ValueError(f"{source}: no such file or folder (expected an ablation or sweep spec, an output folder "
-                         f"holding mlflow.db, or URI#EXPERIMENT)")
+        raise ValueError(
+            f"{source}: no such file or folder (expected an ablation or sweep spec, an output folder "
+            f"holding mlflow.db, or URI#EXPERIMENT)"
+        )
     raise ValueError(f"{source!r}: expected an ablation or sweep spec, an output folder, or URI#EXPERIMENT")
 
 
@@ -140,9 +178,9 @@ def store_exists(uri: str) -> bool:
     """False when ``uri`` is a SQLite file or a local folder that is not there: opening it would create
     an empty store, which a read-only command must not do. Servers and databases are asked instead."""
     if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):]).is_file()
+        return Path(uri[len("sqlite:///") :]).is_file()
     if uri.startswith("file:") or "://" not in uri:
-        return Path(uri[len("file://"):] if uri.startswith("file://") else uri.removeprefix("file:")).is_dir()
+        return Path(uri[len("file://") :] if uri.startswith("file://") else uri.removeprefix("file:")).is_dir()
     return True
 
 
@@ -157,18 +195,29 @@ def run_table(uri: str, experiment: str, tags: dict[str, str] | None = None):
         raise ValueError(f"no MLflow experiment {experiment!r} at {tracking.redact(uri)}")
     flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items())
     rows = []
-    for r in tracking.retry(c.search_runs, [exp.experiment_id], filter_string=flt, max_results=50000,
-                            order_by=["attributes.start_time ASC"]):
+    for r in tracking.retry(
+        c.search_runs, [exp.experiment_id], filter_string=flt, max_results=50000, order_by=["attributes.start_time ASC"]
+    ):
         t = r.data.tags
         if "sdpg.run_hash" not in t:
             continue
-        rows.append({"run_id": r.info.run_id, "run_name": r.info.run_name, "variant": t.get("variant", r.info.run_name),
-                     "seed": int(t.get("seed", 0)), "status": r.info.status,
-                     "trial": int(t["sdpg.trial"]) if "sdpg.trial" in t else None,
-                     "trial_state": t.get("sdpg.trial_state"), "trial_params": t.get("sdpg.trial_params"),
-                     "pruned_at_step": t.get("sdpg.pruned_at_step")})
-    return pd.DataFrame(rows, columns=["run_id", "run_name", "variant", "seed", "status", "trial", "trial_state",
-                                       "trial_params", "pruned_at_step"])
+        rows.append(
+            {
+                "run_id": r.info.run_id,
+                "run_name": r.info.run_name,
+                "variant": t.get("variant", r.info.run_name),
+                "seed": int(t.get("seed", 0)),
+                "status": r.info.status,
+                "trial": int(t["sdpg.trial"]) if "sdpg.trial" in t else None,
+                "trial_state": t.get("sdpg.trial_state"),
+                "trial_params": t.get("sdpg.trial_params"),
+                "pruned_at_step": t.get("sdpg.pruned_at_step"),
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=["run_id", "run_name", "variant", "seed", "status", "trial", "trial_state", "trial_params", "pruned_at_step"],
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,8 +251,14 @@ def seed_curves(df, metric: str, ema: float = 0.0):
         table = table.dropna()
         vals = table.to_numpy()
         bands = np.array([bootstrap_ci(row) for row in vals]) if len(vals) else np.zeros((0, 2))
-        out[variant] = {"step": table.index.to_numpy(), "mean": vals.mean(axis=1) if len(vals) else np.array([]),
-                        "lo": bands[:, 0], "hi": bands[:, 1], "per_seed": vals, "seeds": list(table.columns)}
+        out[variant] = {
+            "step": table.index.to_numpy(),
+            "mean": vals.mean(axis=1) if len(vals) else np.array([]),
+            "lo": bands[:, 0],
+            "hi": bands[:, 1],
+            "per_seed": vals,
+            "seeds": list(table.columns),
+        }
     return out
 
 
@@ -235,8 +290,14 @@ def ranks(values: list[float], higher_is_better: bool = True) -> list[int]:
     return [distinct.index(round(v, 12)) + 1 if not math.isnan(v) else 0 for v in values]
 
 
-def stability(df, eval_metric: str | None = None, entropy_frac: float = 0.25, length_frac: float = 0.5,
-              late_frac: float = 0.25, threshold: float | None = None):
+def stability(
+    df,
+    eval_metric: str | None = None,
+    entropy_frac: float = 0.25,
+    length_frac: float = 0.5,
+    late_frac: float = 0.25,
+    threshold: float | None = None,
+):
     """Per run: entropy collapse (first step below ``entropy_frac`` x its first value), response-length
     collapse (first step below ``length_frac`` x its first value), largest reward drawdown from its running
     maximum, variance of ``eval_metric`` over the last ``late_frac`` of evaluations, steps to ``threshold``
@@ -246,17 +307,18 @@ def stability(df, eval_metric: str | None = None, entropy_frac: float = 0.25, le
 
     rows = []
     for (rid, variant, seed), g in df.groupby(["run_id", "variant", "seed"], sort=False):
-        def series(name):
+
+        def series(name, g=g):
             s = g[g.metric == name].sort_values("step")
             return s.step.to_numpy(), s.value.to_numpy()
 
         row = {"run_id": rid, "variant": variant, "seed": seed}
         st, ent = series("train/entropy")
-        row["entropy_collapse_step"] = (steps_to_threshold(st, -ent, -entropy_frac * ent[0])
-                                        if len(ent) and ent[0] > 0 else float("nan"))
+        row["entropy_collapse_step"] = (
+            steps_to_threshold(st, -ent, -entropy_frac * ent[0]) if len(ent) and ent[0] > 0 else float("nan")
+        )
         st, ln = series("train/response_length")
-        row["length_collapse_step"] = (steps_to_threshold(st, -ln, -length_frac * ln[0])
-                                       if len(ln) and ln[0] > 0 else float("nan"))
+        row["length_collapse_step"] = steps_to_threshold(st, -ln, -length_frac * ln[0]) if len(ln) and ln[0] > 0 else float("nan")
         st, rw = series("train/reward")
         row["max_reward_drawdown"] = float(np.max(np.maximum.accumulate(rw) - rw)) if len(rw) else float("nan")
         if eval_metric:
@@ -321,14 +383,24 @@ def improvement(scores: dict[str, np.ndarray], baseline: str, n_boot: int = 2000
     rows = []
     base = scores[baseline]
     for v, m in scores.items():
-        row = {"variant": v, "seeds": int(m.shape[0]), "iqm": _iqm(m), "iqm_lo": nan, "iqm_hi": nan,
-               "p_improve": nan, "p_lo": nan, "p_hi": nan}
+        row = {
+            "variant": v,
+            "seeds": int(m.shape[0]),
+            "iqm": _iqm(m),
+            "iqm_lo": nan,
+            "iqm_hi": nan,
+            "p_improve": nan,
+            "p_lo": nan,
+            "p_hi": nan,
+        }
         if m.shape[0] >= MIN_SEEDS:
             iqms = [_iqm(resample(m)) for _ in range(n_boot)]
             row.update(iqm_lo=float(np.quantile(iqms, 0.025)), iqm_hi=float(np.quantile(iqms, 0.975)))
         if v != baseline and m.shape[0] >= MIN_SEEDS and base.shape[0] >= MIN_SEEDS:
             pis = [_prob_improvement(resample(m), resample(base)) for _ in range(n_boot)]
-            row.update(p_improve=_prob_improvement(m, base), p_lo=float(np.quantile(pis, 0.025)), p_hi=float(np.quantile(pis, 0.975)))
+            row.update(
+                p_improve=_prob_improvement(m, base), p_lo=float(np.quantile(pis, 0.025)), p_hi=float(np.quantile(pis, 0.975))
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -354,8 +426,15 @@ def table_matrix(lb, metrics: list[str], order: list[str] | None = None, labels:
     return variants, col_labels, cells
 
 
-def render_table(variants, col_labels, cells, fmt: str = "markdown", digits: int = 3, higher_is_better: bool = True,
-                 seeds: list[str] | None = None) -> str:
+def render_table(
+    variants,
+    col_labels,
+    cells,
+    fmt: str = "markdown",
+    digits: int = 3,
+    higher_is_better: bool = True,
+    seeds: list[str] | None = None,
+) -> str:
     """Best cell per column bold, second underlined; mean ± half-width of the 95% CI when n >= MIN_SEEDS.
     ``seeds`` (one entry per variant) adds a column stating each row's sample size."""
     marks = [[0] * len(col_labels) for _ in variants]
@@ -388,7 +467,9 @@ def render_table(variants, col_labels, cells, fmt: str = "markdown", digits: int
         for i, v in enumerate(variants):
             row = v + ("," + seeds[i] if seeds else "") + "," + ",".join(f"{cells[i][j][0]:.6f}" for j in range(len(col_labels)))
             if seeds:
-                row += "," + ",".join("" if math.isnan(x) else f"{x:.6f}" for j in range(len(col_labels)) for x in cells[i][j][1:3])
+                row += "," + ",".join(
+                    "" if math.isnan(x) else f"{x:.6f}" for j in range(len(col_labels)) for x in cells[i][j][1:3]
+                )
             lines.append(row)
         return "\n".join(lines) + "\n"
     if fmt == "markdown":
@@ -396,14 +477,20 @@ def render_table(variants, col_labels, cells, fmt: str = "markdown", digits: int
         head = "| " + " | ".join(["Method", *extra] + [f"{b} {k}" for b, k in col_labels]) + " |"
         lines = [head, "|---" * (len(col_labels) + 1 + len(extra)) + "|"]
         for i, v in enumerate(variants):
-            lines.append(f"| {v} | " + (f"{seeds[i]} | " if seeds else "") + " | ".join(cell(i, j) for j in range(len(col_labels))) + " |")
+            lines.append(
+                f"| {v} | " + (f"{seeds[i]} | " if seeds else "") + " | ".join(cell(i, j) for j in range(len(col_labels))) + " |"
+            )
         return "\n".join(lines) + "\n"
     if fmt == "latex":
         benches = list(dict.fromkeys(b for b, _ in col_labels))
-        lines = ["\\begin{tabular}{l" + "cc" * len(benches) + "}", "\\toprule",
-                 "Method & " + " & ".join(f"\\multicolumn{{2}}{{c}}{{{b}}}" for b in benches) + " \\\\",
-                 "".join(f"\\cmidrule(lr){{{2 + 2 * k}-{3 + 2 * k}}}" for k in range(len(benches))),
-                 " & " + " & ".join("Last & Best" for _ in benches) + " \\\\", "\\midrule"]
+        lines = [
+            "\\begin{tabular}{l" + "cc" * len(benches) + "}",
+            "\\toprule",
+            "Method & " + " & ".join(f"\\multicolumn{{2}}{{c}}{{{b}}}" for b in benches) + " \\\\",
+            "".join(f"\\cmidrule(lr){{{2 + 2 * k}-{3 + 2 * k}}}" for k in range(len(benches))),
+            " & " + " & ".join("Last & Best" for _ in benches) + " \\\\",
+            "\\midrule",
+        ]
         for i, v in enumerate(variants):
             lines.append(v.replace("_", "\\_") + " & " + " & ".join(cell(i, j) for j in range(len(col_labels))) + " \\\\")
         lines += ["\\bottomrule", "\\end{tabular}"]
@@ -411,8 +498,9 @@ def render_table(variants, col_labels, cells, fmt: str = "markdown", digits: int
     raise ValueError(f"unknown table format {fmt!r}")
 
 
-def delta_table(lb, metrics: list[str], reference: str, digits: int = 3, order: list[str] | None = None,
-                labels: dict[str, str] | None = None) -> str:
+def delta_table(
+    lb, metrics: list[str], reference: str, digits: int = 3, order: list[str] | None = None, labels: dict[str, str] | None = None
+) -> str:
     """Markdown table of each variant's Last / Best minus the reference variant's, per benchmark."""
     variants = order or [v for v in dict.fromkeys(lb.variant)]
     if reference not in variants:
@@ -455,8 +543,28 @@ def table_from_csv(path: str | Path) -> tuple[list[str], list[tuple[str, str]], 
 
 # More than eight series (sweeps): 20 distinct colours (tab20, dark shade of each hue first), then the
 # same colours again with another line style, so no two series look alike.
-_MANY = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-         "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5"]
+_MANY = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
+    "#f7b6d2",
+    "#c7c7c7",
+    "#dbdb8d",
+    "#9edae5",
+]
 _STYLES = ["-", (0, (5, 2)), (0, (1, 1.5)), (0, (5, 2, 1, 2))]
 
 
@@ -472,10 +580,21 @@ def styles_for(variants: list[str]) -> dict[str, object]:
     return {v: _STYLES[(i // len(pal)) % len(_STYLES)] for i, v in enumerate(variants)}
 
 
-def plot_curves(df, metrics: list[str | None], out: str | Path, titles: dict[str, str] | None = None, ncols: int = 3,
-                ema: float = 0.0, order: list[str] | None = None, panel_w: float = 2.3, panel_h: float = 1.9,
-                keep_figure: bool = False, labels: dict[str, str] | None = None, dashed: Iterable[str] = (),
-                notes: dict[str, list[str]] | None = None):
+def plot_curves(
+    df,
+    metrics: list[str | None],
+    out: str | Path,
+    titles: dict[str, str] | None = None,
+    ncols: int = 3,
+    ema: float = 0.0,
+    order: list[str] | None = None,
+    panel_w: float = 2.3,
+    panel_h: float = 1.9,
+    keep_figure: bool = False,
+    labels: dict[str, str] | None = None,
+    dashed: Iterable[str] = (),
+    notes: dict[str, list[str]] | None = None,
+):
     """Metric-vs-step panels, one line per variant (mean over seeds; shaded: 95% bootstrap band over seeds,
     only where a variant has at least ``MIN_SEEDS`` seeds). PNG + PDF.
 
@@ -502,8 +621,7 @@ def plot_curves(df, metrics: list[str | None], out: str | Path, titles: dict[str
     legend_cols = max(1, min(len(variants), int(width / entry_w)))
     legend_h = 0.15 * int(np.ceil(len(variants) / legend_cols)) + 0.15
     plt.rcParams.update({"font.size": 7})
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width, panel_h * nrows + legend_h), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, panel_h * nrows + legend_h), squeeze=False, layout="constrained")
     present_metrics = set(df.metric)
     for ax, metric in zip(axes.flat, metrics):
         if metric is None:  # a blank cell of the grid
@@ -533,15 +651,24 @@ def plot_curves(df, metrics: list[str | None], out: str | Path, titles: dict[str
         if missing:
             lines.append(f"not logged: {', '.join(missing)}" if metric in present_metrics else "not logged by any run")
         if lines:
-            ax.text(0.02, 0.97, "\n".join(lines), ha="left", va="top", transform=ax.transAxes, fontsize=5.8,
-                    color="0.35", bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.85", "alpha": 0.85})
+            ax.text(
+                0.02,
+                0.97,
+                "\n".join(lines),
+                ha="left",
+                va="top",
+                transform=ax.transAxes,
+                fontsize=5.8,
+                color="0.35",
+                bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.85", "alpha": 0.85},
+            )
             if notes is not None:
                 notes.setdefault(metric, []).extend(lines)
         ax.set_title((titles or {}).get(metric, metric), fontsize=7.5)
         ax.set_xlabel("step", fontsize=7)
         ax.tick_params(labelsize=6.5)
         ax.grid(alpha=0.3, lw=0.5)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     handles, labs = [], []
     for ax in axes.flat:
@@ -566,8 +693,7 @@ def benchmark_metrics(df) -> list[str]:
     return [m for m in dict.fromkeys(df.metric) if m.startswith("eval/") and "/mean@" in m]
 
 
-def paper_grid(df, out: str | Path, ema: float = 0.0, order: list[str] | None = None, keep_figure: bool = False,
-               **kwargs):
+def paper_grid(df, out: str | Path, ema: float = 0.0, order: list[str] | None = None, keep_figure: bool = False, **kwargs):
     """The paper's figure: each benchmark's mean@k, then reward, entropy, response length. With three or
     more benchmarks the benchmarks fill the top row and the training curves the bottom row, as in the
     paper; with one or two benchmarks everything is one row, so no panel is left empty."""

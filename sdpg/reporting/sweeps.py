@@ -20,7 +20,7 @@ def _storage(url: str):
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        return JournalStorage(JournalFileBackend(url[len("journal:"):]))
+        return JournalStorage(JournalFileBackend(url[len("journal:") :]))
     import optuna
 
     return optuna.storages.RDBStorage(url)
@@ -30,9 +30,9 @@ def storage_exists(url: str | None) -> bool:
     if not url:
         return False
     if url.startswith("journal:"):
-        return Path(url[len("journal:"):]).is_file()
+        return Path(url[len("journal:") :]).is_file()
     if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):]).is_file()
+        return Path(url[len("sqlite:///") :]).is_file()
     return True
 
 
@@ -66,21 +66,46 @@ def trials_frame(study=None, runs=None):
             # Optuna gives a pruned trial its last intermediate value as value: not an objective, left out
             done = t.state.name == "COMPLETE" and t.value is not None
             at = t.user_attrs.get("sdpg.pruned_at_step")
-            rows.append({"number": t.number, "state": t.state.name.lower(), "value": t.value if done else math.nan,
-                         "params": dict(t.params), "last_step": int(at) if at is not None else last_step,
-                         "last_value": inter[last_step] if last_step is not None else math.nan,
-                         "retry_of": t.user_attrs.get("sdpg.retry_of"),
-                         "duplicate_of": t.user_attrs.get("sdpg.duplicate_of"), "error": t.user_attrs.get("sdpg.error")})
+            rows.append(
+                {
+                    "number": t.number,
+                    "state": t.state.name.lower(),
+                    "value": t.value if done else math.nan,
+                    "params": dict(t.params),
+                    "last_step": int(at) if at is not None else last_step,
+                    "last_value": inter[last_step] if last_step is not None else math.nan,
+                    "retry_of": t.user_attrs.get("sdpg.retry_of"),
+                    "duplicate_of": t.user_attrs.get("sdpg.duplicate_of"),
+                    "error": t.user_attrs.get("sdpg.error"),
+                }
+            )
     elif runs is not None and len(runs) and runs.trial.notna().any():
         for number, g in runs[runs.trial.notna()].groupby("trial", sort=True):
             states = set(g.trial_state.dropna())
-            state = "pruned" if "pruned" in states else "fail" if states & {"fail", "failed"} else \
-                "complete" if states == {"complete"} else "running"
+            state = (
+                "pruned"
+                if "pruned" in states
+                else "fail"
+                if states & {"fail", "failed"}
+                else "complete"
+                if states == {"complete"}
+                else "running"
+            )
             params = json.loads(g.trial_params.dropna().iloc[0]) if g.trial_params.notna().any() else {}
             at = g.pruned_at_step.dropna() if "pruned_at_step" in g else []
-            rows.append({"number": int(number), "state": state, "value": math.nan, "params": params,
-                         "last_step": int(at.iloc[0]) if len(at) else None, "last_value": math.nan, "retry_of": None,
-                         "duplicate_of": None, "error": None})
+            rows.append(
+                {
+                    "number": int(number),
+                    "state": state,
+                    "value": math.nan,
+                    "params": params,
+                    "last_step": int(at.iloc[0]) if len(at) else None,
+                    "last_value": math.nan,
+                    "retry_of": None,
+                    "duplicate_of": None,
+                    "error": None,
+                }
+            )
     cols = ["number", "state", "value", "params", "last_step", "last_value", "retry_of", "duplicate_of", "error"]
     df = pd.DataFrame(rows, columns=cols)
     # a proposal dropped because another trial holds its point trained nothing: not a trial of the report
@@ -111,8 +136,10 @@ def trial_names(trials, keys: list[str] | None = None) -> dict[int, str]:
     """Trial number -> ``t3 beta=0.12 alpha=0.0034 ...`` (every searched parameter, short names)."""
     keys = keys or list(dict.fromkeys(k for p in trials.params for k in p))
     short = _short_keys(keys)
-    return {int(r.number): f"t{int(r.number)} " + " ".join(f"{short[k]}={fmt_value(r.params[k])}" for k in keys if k in r.params)
-            for r in trials.itertuples()}
+    return {
+        int(r.number): f"t{int(r.number)} " + " ".join(f"{short[k]}={fmt_value(r.params[k])}" for k in keys if k in r.params)
+        for r in trials.itertuples()
+    }
 
 
 def trials_table(trials, keys: list[str], objective: dict | None, direction: str = "maximize") -> str:
@@ -122,7 +149,9 @@ def trials_table(trials, keys: list[str], objective: dict | None, direction: str
     short = _short_keys(keys)
     metric = (objective or {}).get("metric", "objective")
     reduce = (objective or {}).get("reduce")
-    head = ["Trial", "State", f"Objective ({metric}, {reduce})" if reduce else "Objective", "Stopped at"] + [short[k] for k in keys]
+    head = ["Trial", "State", f"Objective ({metric}, {reduce})" if reduce else "Objective", "Stopped at"] + [
+        short[k] for k in keys
+    ]
     lines = ["| " + " | ".join(head) + " |", "|:---|:---|---:|:---|" + "---:|" * len(keys)]
     done = trials[(trials.state == "complete") & trials.value.notna()]
     best = None
@@ -140,8 +169,9 @@ def trials_table(trials, keys: list[str], objective: dict | None, direction: str
             stopped = "finished"
         else:
             stopped = r.state
-        name = f"t{int(r.number)}" + (f" (retry of t{int(r.retry_of)})"
-                                      if not _nan(r.retry_of) and int(r.retry_of) != int(r.number) else "")
+        name = f"t{int(r.number)}" + (
+            f" (retry of t{int(r.retry_of)})" if not _nan(r.retry_of) and int(r.retry_of) != int(r.number) else ""
+        )
         cells = [name, r.state, value, stopped] + [fmt_value(r.params[k]) if k in r.params else "–" for k in keys]
         if r.number == best:
             cells = [f"**{c}**" for c in cells]
@@ -152,8 +182,19 @@ def trials_table(trials, keys: list[str], objective: dict | None, direction: str
 def trials_csv(trials, keys: list[str], path: Path) -> None:
     import pandas as pd
 
-    flat = pd.DataFrame([{"trial": int(r.number), "state": r.state, "objective": r.value, "last_step": r.last_step,
-                          "last_value": r.last_value, **{k: r.params.get(k) for k in keys}} for r in trials.itertuples()])
+    flat = pd.DataFrame(
+        [
+            {
+                "trial": int(r.number),
+                "state": r.state,
+                "objective": r.value,
+                "last_step": r.last_step,
+                "last_value": r.last_value,
+                **{k: r.params.get(k) for k in keys},
+            }
+            for r in trials.itertuples()
+        ]
+    )
     flat.sort_values("trial").to_csv(path, index=False)
 
 
@@ -201,12 +242,16 @@ def plot_importance(study, out: Path) -> tuple[Path | None, str]:
     if len({t.value for t in done}) < 2:
         return None, "every completed trial has the same objective value"
     errors = []
-    for make, name in ((optuna.importance.FanovaImportanceEvaluator, "fANOVA"),
-                       (optuna.importance.PedAnovaImportanceEvaluator, "PED-ANOVA")):
+    for make, name in (
+        (optuna.importance.FanovaImportanceEvaluator, "fANOVA"),
+        (optuna.importance.PedAnovaImportanceEvaluator, "PED-ANOVA"),
+    ):
         try:
             with warnings.catch_warnings(), matplotlib.rc_context():
                 warnings.simplefilter("ignore")
-                ax = optuna.visualization.matplotlib.plot_param_importances(study, evaluator=make(seed=0) if name == "fANOVA" else make())
+                ax = optuna.visualization.matplotlib.plot_param_importances(
+                    study, evaluator=make(seed=0) if name == "fANOVA" else make()
+                )
                 return _save(ax, out), name
         except Exception as e:  # fANOVA needs scikit-learn; PED-ANOVA needs enough trials
             errors.append(f"{name}: {e}")

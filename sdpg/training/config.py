@@ -14,42 +14,135 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Method = Literal["grpo", "dapo", "dr_grpo", "sdpg_urkl", "sdpg_ufkl", "rlsd", "opsd", "opcd"]
 ContextType = Literal["none", "answer", "solution", "answer_solution", "custom"]
 
-# Algorithm presets. Each is a set of AlgoConfig fields; see docs/methods.md for the sources.
+# Algorithm presets. Each is a set of AlgoConfig fields; the comment above each names its paper, and
+# docs/objective.md maps every term to its equation.
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
     # GRPO (arXiv 2402.03300): symmetric clip, std-normalised advantages, k3 KL to the reference.
-    "grpo": dict(policy_loss="dapo", clip_high=0.2, std_norm=True, loss_agg_mode="seq-mean-token-mean",
-                 beta=0.0, alpha=1e-3, kl_mode="k3", advantage="group", pg_coef=1.0, gate=True, filter_groups=False),
+    "grpo": dict(
+        policy_loss="dapo",
+        clip_high=0.2,
+        std_norm=True,
+        loss_agg_mode="seq-mean-token-mean",
+        beta=0.0,
+        alpha=1e-3,
+        kl_mode="k3",
+        advantage="group",
+        pg_coef=1.0,
+        gate=True,
+        filter_groups=False,
+    ),
     # DAPO (arXiv 2503.14476): clip-higher, token-mean, no KL, dynamic sampling of informative groups.
-    "dapo": dict(policy_loss="dapo", clip_high=0.28, std_norm=True, loss_agg_mode="token-mean",
-                 beta=0.0, alpha=0.0, kl_mode="k3", advantage="group", pg_coef=1.0, gate=True, filter_groups=True),
+    "dapo": dict(
+        policy_loss="dapo",
+        clip_high=0.28,
+        std_norm=True,
+        loss_agg_mode="token-mean",
+        beta=0.0,
+        alpha=0.0,
+        kl_mode="k3",
+        advantage="group",
+        pg_coef=1.0,
+        gate=True,
+        filter_groups=True,
+    ),
     # Dr.GRPO (arXiv 2503.20783): no std normalisation, no length normalisation.
-    "dr_grpo": dict(policy_loss="dapo", clip_high=0.2, std_norm=False, loss_agg_mode="seq-mean-token-sum",
-                    beta=0.0, alpha=0.0, kl_mode="k3", advantage="group", pg_coef=1.0, gate=True, filter_groups=False),
+    "dr_grpo": dict(
+        policy_loss="dapo",
+        clip_high=0.2,
+        std_norm=False,
+        loss_agg_mode="seq-mean-token-sum",
+        beta=0.0,
+        alpha=0.0,
+        kl_mode="k3",
+        advantage="group",
+        pg_coef=1.0,
+        gate=True,
+        filter_groups=False,
+    ),
     # SDPG (arXiv 2606.04036) with the URKL / UFKL reference surrogate; paper coefficients.
-    "sdpg_urkl": dict(policy_loss="dapo", clip_high=0.28, std_norm=True, loss_agg_mode="token-mean",
-                      beta=1e-3, beta_warmup_steps=50, beta_decay_steps=350, gate=True,
-                      alpha=1e-3, kl_mode="urkl", advantage="group", pg_coef=1.0, filter_groups=False),
-    "sdpg_ufkl": dict(policy_loss="dapo", clip_high=0.28, std_norm=True, loss_agg_mode="token-mean",
-                      beta=1e-3, beta_warmup_steps=50, beta_decay_steps=350, gate=True,
-                      alpha=1e-3, kl_mode="ufkl", advantage="group", pg_coef=1.0, filter_groups=False),
+    "sdpg_urkl": dict(
+        policy_loss="dapo",
+        clip_high=0.28,
+        std_norm=True,
+        loss_agg_mode="token-mean",
+        beta=1e-3,
+        beta_warmup_steps=50,
+        beta_decay_steps=350,
+        gate=True,
+        alpha=1e-3,
+        kl_mode="urkl",
+        advantage="group",
+        pg_coef=1.0,
+        filter_groups=False,
+    ),
+    "sdpg_ufkl": dict(
+        policy_loss="dapo",
+        clip_high=0.28,
+        std_norm=True,
+        loss_agg_mode="token-mean",
+        beta=1e-3,
+        beta_warmup_steps=50,
+        beta_decay_steps=350,
+        gate=True,
+        alpha=1e-3,
+        kl_mode="ufkl",
+        advantage="group",
+        pg_coef=1.0,
+        filter_groups=False,
+    ),
     # RLSD (arXiv 2604.03128): evidence-weighted per-token advantages from the privileged teacher.
-    "rlsd": dict(policy_loss="dapo", clip_high=0.28, std_norm=True, loss_agg_mode="token-mean",
-                 beta=0.0, alpha=0.0, kl_mode="k3", advantage="rlsd", pg_coef=1.0, gate=True, filter_groups=False,
-                 rlsd_lambda=0.5, rlsd_lambda_decay_steps=50, teacher="current"),
+    "rlsd": dict(
+        policy_loss="dapo",
+        clip_high=0.28,
+        std_norm=True,
+        loss_agg_mode="token-mean",
+        beta=0.0,
+        alpha=0.0,
+        kl_mode="k3",
+        advantage="rlsd",
+        pg_coef=1.0,
+        gate=True,
+        filter_groups=False,
+        rlsd_lambda=0.5,
+        rlsd_lambda_decay_steps=50,
+        teacher="current",
+    ),
     # OPSD (arXiv 2601.18734): clamped teacher log-ratio weights on correct sequences, PPO-clipped.
-    "opsd": dict(policy_loss="dapo", clip_high=0.28, std_norm=True, loss_agg_mode="token-mean",
-                 beta=0.0, alpha=0.0, kl_mode="k3", advantage="opsd", pg_coef=1.0, gate=True, filter_groups=False,
-                 teacher="frozen"),
+    "opsd": dict(
+        policy_loss="dapo",
+        clip_high=0.28,
+        std_norm=True,
+        loss_agg_mode="token-mean",
+        beta=0.0,
+        alpha=0.0,
+        kl_mode="k3",
+        advantage="opsd",
+        pg_coef=1.0,
+        gate=True,
+        filter_groups=False,
+        teacher="frozen",
+    ),
     # OPCD (arXiv 2602.12275): pure full-vocabulary self-distillation, no verifier term, no gate.
-    "opcd": dict(policy_loss="dapo", clip_high=0.28, std_norm=True, loss_agg_mode="token-mean",
-                 beta=1.0, beta_warmup_steps=0, beta_decay_steps=0, gate=False,
-                 alpha=0.0, kl_mode="k3", advantage="group", pg_coef=0.0, filter_groups=False),
+    "opcd": dict(
+        policy_loss="dapo",
+        clip_high=0.28,
+        std_norm=True,
+        loss_agg_mode="token-mean",
+        beta=1.0,
+        beta_warmup_steps=0,
+        beta_decay_steps=0,
+        gate=False,
+        alpha=0.0,
+        kl_mode="k3",
+        advantage="group",
+        pg_coef=0.0,
+        filter_groups=False,
+    ),
 }
 
 ADVANTAGES_NEEDING_TEACHER = ("rlsd", "opsd")
@@ -282,6 +375,9 @@ class OptimConfig(Strict):
     micro_batch_tokens: int | None = Field(None, gt=0)
     """Pack micro-batches by a token budget instead: sequences sorted by length, each micro-batch holding
     as many as fit rows x (prompt + its longest response) <= budget, trimmed to its longest response."""
+    max_nonfinite_steps: int = Field(3, gt=0)
+    """An optimizer step whose loss or gradient norm is not finite is skipped (nothing reaches the weights);
+    after this many in a row the run stops as failed, with a checkpoint of the last good state."""
 
 
 class EvalConfig(Strict):
@@ -365,14 +461,23 @@ class TrainConfig(Strict):
         def reset(section: str, cls: type[BaseModel], *names: str) -> None:
             for n in names:
                 f = cls.model_fields[n]
-                d[section][n] = f.default_factory() if f.default_factory is not None else f.default
+                d[section][n] = f.get_default(call_default_factory=True)
 
         a = self.algo
         if a.alpha == 0:
             reset("algo", AlgoConfig, "kl_mode")
         if a.beta == 0:
-            reset("algo", AlgoConfig, "beta_warmup_steps", "beta_decay_steps", "gate", "opd_norm", "opd_exclude_stop",
-                  "opd_impl", "distill_temperature")
+            reset(
+                "algo",
+                AlgoConfig,
+                "beta_warmup_steps",
+                "beta_decay_steps",
+                "gate",
+                "opd_norm",
+                "opd_exclude_stop",
+                "opd_impl",
+                "distill_temperature",
+            )
             if not a.needs_teacher_logprobs:
                 reset("data", DataConfig, "context", "context_templates", "teacher_template")
         if not a.needs_teacher_logprobs:
@@ -414,11 +519,11 @@ class ConfigError(ValueError):
 
 
 def parse_value(text: str) -> Any:
-    """A command-line override value, read as YAML (``1e-3``, ``true``, ``[a, b]``, ``null``)."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+    """A command-line override value, read as YAML 1.2 (``1e-3``, ``true``, ``[a, b]``, ``null``; ``off`` stays
+    the string ``off``) with the safe loader's limits; text that is not YAML is the text itself."""
+    from sdpg.training.safe_yaml import parse_value as _parse
+
+    return _parse(text)
 
 
 def set_dotted(d: dict, dotted: str, value: Any) -> None:
@@ -429,7 +534,7 @@ def set_dotted(d: dict, dotted: str, value: Any) -> None:
         if nxt is None:
             nxt = cur[k] = {}
         if not isinstance(nxt, dict):
-            raise ConfigError(f"cannot set {dotted!r}: {k!r} is a value ({nxt!r}), not a section")
+            raise ConfigError(f"cannot set {dotted!r}: {k!r} is a value ({_short_value(nxt)}), not a section")
         cur = nxt
     cur[keys[-1]] = value
 
@@ -475,38 +580,59 @@ def apply_layer(base: dict, layer: dict) -> dict:
 
 
 def load_yaml(path: str | Path) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: no such config file")
+    """A trainer config file, read with the safe loader (size, UTF-8, depth, alias and duplicate-key checks)."""
+    from sdpg.training.safe_yaml import YamlInputError, load_file
+
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping, got {type(data).__name__}")
-    return data
+        return load_file(path, "config file", mapping=True, empty_ok=True)
+    except YamlInputError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _short_value(value: Any, limit: int = 80) -> str:
+    from sdpg.training.redact import redact
+
+    text = redact(repr(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(x) for x in e["loc"])
-        if e["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key '{key}' (value {e.get('input')!r})")
-        else:
-            lines.append(f"{source}: key '{key}' has bad value {e.get('input')!r}: {e['msg']}")
-    return "\n".join(lines)
+    """The first error as one sentence (the others are counted): source, key, value, reason."""
+    import difflib
+
+    errors = sorted(err.errors(), key=lambda x: x["type"] != "extra_forbidden")  # a misspelling names the cause
+    e = errors[0]
+    key = ".".join(str(x) for x in e["loc"])
+    if e["type"] == "extra_forbidden":
+        missing = [".".join(str(x) for x in m["loc"]) for m in errors if m["type"] == "missing"]
+        close = difflib.get_close_matches(key, missing, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        msg = f"{source}: unknown key '{key}' (value {_short_value(e.get('input'))}){hint}"
+    elif e["type"] == "missing":
+        msg = f"{source}: missing required key '{key}'"
+    else:
+        reason = " ".join(str(e["msg"]).split())
+        msg = f"{source}: key '{key}' has bad value {_short_value(e.get('input'))}: {reason}"
+    if len(errors) > 1:
+        msg += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    return msg
 
 
 def build_config(data: dict, source: str = "<config>") -> TrainConfig:
     """Validate a raw dict into a TrainConfig; errors name ``source``, each bad key and its value."""
     method = (data.get("algo") or {}).get("method") if isinstance(data.get("algo"), dict) else None
     if method is not None and method not in METHOD_PRESETS:
-        raise ConfigError(f"{source}: key 'algo.method' has bad value {method!r}: expected one of {', '.join(METHOD_PRESETS)}")
+        raise ConfigError(
+            f"{source}: key 'algo.method' has bad value {_short_value(method)}: expected one of {', '.join(METHOD_PRESETS)}"
+        )
     try:
-        return TrainConfig.model_validate(data)
+        cfg = TrainConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
+    from sdpg.training.preflight import check_config
+
+    check_config(cfg, source)
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
@@ -518,7 +644,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     layer: dict = {}
     for ov in overrides or []:
         if "=" not in ov:
-            raise ConfigError(f"override {ov!r}: expected key.path=value")
+            raise ConfigError(f"override {_short_value(ov)}: expected key.path=value")
         k, v = ov.split("=", 1)
         set_dotted(layer, k.strip(), parse_value(v))
     return build_config(apply_layer(data, layer), src + (" + overrides" if overrides else ""))

@@ -2,9 +2,11 @@
 
 Ranks come from the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR/PORT``) as set
 by ``torchrun`` or by submitit's ``TorchDistributedEnvironment`` under SLURM; nothing here imports
-either. Every rank holds the full model; each generates and trains on its share of the step's prompts,
-loss weights are normalised by global counts, and gradients are summed across ranks before the
-optimizer step, so N ranks compute the same update as one process with the same global batch.
+either. Each rank generates and trains on its share of the step's prompts and loss weights are normalised
+by global counts, so N ranks compute the same update as one process with the same global batch. The model
+is either replicated (every rank holds all of it; gradients are summed across ranks by ``all_reduce_grads``
+before the optimizer step) or sharded with FSDP2 (``model.fsdp``: each rank holds a shard of every decoder
+layer, gathered for its forward and backward, and FSDP reduce-scatters the gradients).
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ intermediate sum and at the choice of path, not only at the final answer.
 
 Model: a Qwen3 architecture from a config (about 0.8 M parameters), a character tokenizer built
 locally, pre-trained deterministically on worked solutions (student prompts in random orders of
-addition, teacher prompts with each kind of privileged context) and cached under
-``$SDPG_CACHE`` (default ``~/.cache/sdpg``) by a hash of its recipe.
+addition, teacher prompts with each kind of privileged context). The default recipe's model ships
+with the package (``assets/embedded``, 3 MB) and is copied into ``$SDPG_CACHE`` (default
+``~/.cache/sdpg``) on first use; any other recipe is built there once, named by a hash of its recipe.
 """
 
 from __future__ import annotations
@@ -25,12 +26,17 @@ import os
 import random
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from sdpg.paths import cache_root
+from sdpg.paths import PACKAGE_ROOT, cache_root
 
 RECIPE_VERSION = 3
+BUILD_THREADS = 1
+"""Intra-op threads of every build. The thread count changes the order of floating-point sums
+(a 40-step build gives different weights on 1, 2 and 3 threads), so it is fixed, not taken from the
+machine: with it the same recipe on the same torch version and CPU kind gives the same bytes."""
 
 ALPHABET = list("0123456789+=;#:QASH\n")
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -106,8 +112,13 @@ def build_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
-        padding_side="left", clean_up_tokenization_spaces=False,
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
     )
 
 
@@ -116,10 +127,18 @@ def build_model(recipe, tokenizer):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     cfg = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=recipe.hidden_size, intermediate_size=3 * recipe.hidden_size,
-        num_hidden_layers=recipe.num_layers, num_attention_heads=recipe.num_heads, num_key_value_heads=max(1, recipe.num_heads // 2),
-        head_dim=recipe.hidden_size // recipe.num_heads, max_position_embeddings=256, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=recipe.hidden_size,
+        intermediate_size=3 * recipe.hidden_size,
+        num_hidden_layers=recipe.num_layers,
+        num_attention_heads=recipe.num_heads,
+        num_key_value_heads=max(1, recipe.num_heads // 2),
+        head_dim=recipe.hidden_size // recipe.num_heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         rope_theta=10000.0,
     )
     torch.manual_seed(recipe.seed)
@@ -127,7 +146,8 @@ def build_model(recipe, tokenizer):
 
 
 def recipe_hash(recipe) -> str:
-    blob = json.dumps({"v": RECIPE_VERSION, **recipe.model_dump()}, sort_keys=True)
+    """Names the built model: the recipe, the code's version and the build's thread count."""
+    blob = json.dumps({"v": RECIPE_VERSION, "threads": BUILD_THREADS, **recipe.model_dump()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -153,10 +173,16 @@ def _pretrain(model, tokenizer, recipe, log=print) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.pretrain_lr, weight_decay=0.01, betas=(0.9, 0.98))
     steps = recipe.pretrain_steps
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps)))))
+        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))
+    )
     eos = tokenizer.eos_token_id
     model.train()
     t0, last = time.time(), 0.0
+    log(
+        f"[embedded] pre-training until student pass@1 >= {recipe.target_accuracy:.2f} "
+        f"(checked every 50 steps; at most {steps} steps)"
+    )
+    step = -1
     for step in range(steps):
         pairs = []
         while len(pairs) < recipe.pretrain_batch:
@@ -181,13 +207,15 @@ def _pretrain(model, tokenizer, recipe, log=print) -> dict:
         if (step + 1) % 50 == 0 and step + 1 >= 100:
             acc = student_accuracy(model, tokenizer)
             model.train()
-            log(f"[embedded] pre-training step {step + 1}/{steps} loss {last:.4f} student pass@1 {acc:.3f} ({time.time() - t0:.0f}s)")
+            log(
+                f"[embedded] pre-training step {step + 1}: loss {last:.4f}, pass@1 {acc:.3f} of "
+                f"{recipe.target_accuracy:.2f} ({time.time() - t0:.0f}s)"
+            )
             if acc >= recipe.target_accuracy:
                 break
     model.eval()
     acc = student_accuracy(model, tokenizer)
-    return {"pretrain_loss": last, "pretrain_seconds": time.time() - t0, "pretrain_steps_done": step + 1,
-            "student_accuracy": acc}
+    return {"pretrain_loss": last, "pretrain_seconds": time.time() - t0, "pretrain_steps_done": step + 1, "student_accuracy": acc}
 
 
 def student_accuracy(model, tokenizer, n_problems: int = 64, samples: int = 4) -> float:
@@ -209,41 +237,164 @@ def student_accuracy(model, tokenizer, n_problems: int = 64, samples: int = 4) -
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path):
+def _file_lock(path: Path, on_wait=None):
+    """An exclusive lock on ``path``; ``on_wait()`` is called once if another process holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def ensure_embedded_model(recipe, log=None) -> Path:
-    """The folder of the built-in model for ``recipe``, built on first use (one builder at a time
-    across processes: a file lock; the folder appears atomically when complete)."""
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    root = cache_root()
-    target = root / f"embedded-{recipe_hash(recipe)}"
-    if (target / "sdpg_recipe.json").is_file():
-        return target
-    with _file_lock(root / f".embedded-{recipe_hash(recipe)}.lock"):
-        if (target / "sdpg_recipe.json").is_file():
-            return target
-        import torch
+# --------------------------------------------------------------------------------------------
+# The shipped copy, the build, and the cache
+# --------------------------------------------------------------------------------------------
 
-        log(f"[embedded] building the tiny base model into {target} (once; cached)")
-        threads = torch.get_num_threads()
-        torch.set_num_threads(max(threads, len(os.sched_getaffinity(0))))  # other builders wait on the lock
+SHIPPED_DIR = PACKAGE_ROOT / "training" / "assets" / "embedded"
+"""The default recipe's model as built by :func:`build_embedded_model`, shipped inside the package
+(package data) so that no machine has to build it; ``sdpg_recipe.json`` beside the weights records
+the recipe, its hash and the build environment. Refresh it with ``python -m sdpg.training.embedded ship``."""
+
+
+def build_environment() -> dict:
+    """What besides the recipe decides the built bytes: recorded with every build."""
+    import torch
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": BUILD_THREADS,
+    }
+
+
+def shipped_recipe() -> dict | None:
+    """The shipped model's ``sdpg_recipe.json`` (recipe, ``recipe_hash``, build statistics), or None
+    when the package carries no model."""
+    meta = SHIPPED_DIR / "sdpg_recipe.json"
+    if not (meta.is_file() and (SHIPPED_DIR / "model.safetensors").is_file()):
+        return None
+    return json.loads(meta.read_text())
+
+
+def build_embedded_model(recipe, out: Path, log=print) -> dict:
+    """Build the model of ``recipe`` into the folder ``out`` (created; not atomic) on
+    :data:`BUILD_THREADS` threads; returns what ``sdpg_recipe.json`` records."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(BUILD_THREADS)
+    try:
         tokenizer = build_tokenizer()
         model = build_model(recipe, tokenizer)
         stats = _pretrain(model, tokenizer, recipe, log)
+    finally:
         torch.set_num_threads(threads)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    meta = {
+        "version": RECIPE_VERSION,
+        "recipe_hash": recipe_hash(recipe),
+        **recipe.model_dump(),
+        **stats,
+        "build": build_environment(),
+    }
+    (out / "sdpg_recipe.json").write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def ensure_embedded_model(recipe, log=None) -> Path:
+    """The folder of the built-in model for ``recipe`` in the cache (``$SDPG_CACHE/embedded-<hash>``).
+
+    The default recipe's model ships with the package: on first use it is copied into the cache
+    (a few MB, well under a second). Any other recipe is built once per machine and cached. One
+    writer at a time across processes (a file lock; others say that they wait); the folder appears
+    atomically when complete."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    root = cache_root()
+    h = recipe_hash(recipe)
+    target = root / f"embedded-{h}"
+    if (target / "sdpg_recipe.json").is_file():
+        return target
+    shipped = shipped_recipe()
+    from_package = shipped is not None and shipped.get("recipe_hash") == h
+    what = "copy of the shipped base model" if from_package else "base-model build"
+
+    def waiting():
+        log(f"[embedded] waiting for another process's {what} (recipe {h})")
+
+    with _file_lock(root / f".embedded-{h}.lock", on_wait=waiting):
+        if (target / "sdpg_recipe.json").is_file():
+            return target
         tmp = root / f".tmp-{target.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "sdpg_recipe.json").write_text(json.dumps({"version": RECIPE_VERSION, **recipe.model_dump(), **stats}, indent=1))
+        if from_package:
+            shutil.copytree(SHIPPED_DIR, tmp)
+        else:
+            log(f"[embedded] building the base model for recipe {h} (once; other runs wait for it)")
+            t0 = time.time()
+            build_embedded_model(recipe, tmp, log)
+            log(f"[embedded] base model ready ({time.time() - t0:.0f}s) in {target}")
         os.replace(tmp, target)
-        log(f"[embedded] base model ready ({stats['pretrain_seconds']:.0f}s)")
     return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sdpg.training.embedded [ensure|build OUT|ship [--from DIR]]``.
+
+    ``ensure`` (default): put the default model into the cache, print its folder (scripts/test.sh runs
+    it before the tests). ``build OUT``: build the default recipe into OUT. ``ship``: refresh the copy
+    shipped with the package, by building, or ``--from DIR`` by taking a finished build of the same
+    recipe (its recorded recipe hash is checked)."""
+    import argparse
+
+    from sdpg.training.config import EmbeddedModelConfig
+
+    ap = argparse.ArgumentParser(prog="python -m sdpg.training.embedded", description=main.__doc__)
+    ap.add_argument("command", nargs="?", default="ensure", choices=["ensure", "build", "ship"])
+    ap.add_argument("out", nargs="?", help="output folder of `build`")
+    ap.add_argument("--from", dest="src", help="`ship`: a finished build folder of the default recipe")
+    a = ap.parse_args(argv)
+    recipe = EmbeddedModelConfig()
+    h = recipe_hash(recipe)
+    if a.command == "ensure":
+        print(ensure_embedded_model(recipe))
+        return 0
+    if a.command == "build":
+        if not a.out:
+            ap.error("build needs an output folder")
+        build_embedded_model(recipe, Path(a.out))
+        return 0
+    src = Path(a.src) if a.src else None
+    if src is None:
+        src = Path(tempfile.mkdtemp(prefix="sdpg-ship-"))
+        build_embedded_model(recipe, src)
+    meta_path = src / "sdpg_recipe.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    have = meta.get("recipe_hash") or (src.name.removeprefix("embedded-") if src.name.startswith("embedded-") else None)
+    if have != h or {k: meta.get(k) for k in recipe.model_dump()} != recipe.model_dump():
+        print(f"{meta_path}: recipe_hash {have!r} is not the default recipe's {h!r}", file=sys.stderr)
+        return 2
+    meta["recipe_hash"] = h
+    meta.setdefault("build", build_environment())
+    shutil.rmtree(SHIPPED_DIR, ignore_errors=True)
+    SHIPPED_DIR.mkdir(parents=True)
+    for name in sorted(os.listdir(src)):
+        if name != "sdpg_recipe.json" and (src / name).is_file():
+            shutil.copyfile(src / name, SHIPPED_DIR / name)
+    (SHIPPED_DIR / "sdpg_recipe.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"shipped recipe {h} from {src} into {SHIPPED_DIR}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -10,7 +10,7 @@ timeouts rely on SIGALRM, which works only in a main thread).
 from __future__ import annotations
 
 import multiprocessing as mp
-from typing import Sequence
+from collections.abc import Sequence
 
 from sdpg.training.embedded import exact_answer
 
@@ -50,6 +50,11 @@ def _math_worker(conn) -> None:  # runs in the child process
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns that we time it out ourselves
     from math_verify import parse, verify
 
+    # the parser's and sympy's lazy imports happen now, before any answer is timed
+    verify(
+        parse("\\boxed{\\frac{1}{2}}", parsing_timeout=None), parse("\\boxed{0.5}", parsing_timeout=None), timeout_seconds=None
+    )
+    conn.send("ready")
     while True:
         msg = conn.recv()
         if msg is None:
@@ -65,41 +70,63 @@ def _math_worker(conn) -> None:  # runs in the child process
 
 
 class MathVerifier:
-    """math-verify behind a child process; each response gets ``timeout_s`` seconds at most."""
+    """math-verify behind a child process; each response gets ``timeout_s`` seconds at most.
 
-    def __init__(self, timeout_s: float = 5.0):
-        self.timeout_s = timeout_s
+    A response that runs past its deadline gets 0 and the child is replaced. A new child imports and warms
+    up its parser before any answer is timed (waiting up to ``start_timeout_s``), so a restart after a
+    timeout never charges the import to the next answer's deadline."""
+
+    def __init__(self, timeout_s: float = 5.0, start_timeout_s: float = 120.0):
+        self.timeout_s, self.start_timeout_s = timeout_s, start_timeout_s
         self._proc = None
         self._conn = None
+        self._ready = False
         self.timeouts = 0
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start the child process if none runs (without waiting for it: it warms up in the background)."""
+        if self._proc is not None and self._proc.is_alive():
+            return
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         self._proc = ctx.Process(target=_math_worker, args=(child,), daemon=True)
         self._proc.start()
-        self._conn = parent
+        self._conn, self._ready = parent, False
 
-    def _restart(self) -> None:
+    def _wait_ready(self) -> None:
+        if self._ready:
+            return
+        try:
+            ready = self._conn.poll(self.start_timeout_s) and self._conn.recv() == "ready"
+        except (EOFError, OSError):  # the child died while starting
+            ready = False
+        if not ready:
+            self._stop()
+            raise RuntimeError(f"the math verifier process did not start within {self.start_timeout_s:.0f} s")
+        self._ready = True
+
+    def _stop(self) -> None:
         if self._proc is not None:
             self._proc.kill()
             self._proc.join(5)
-        self._proc = None
-        self._start()
+        self._proc, self._ready = None, False
 
-    def score(self, response: str, gold: str, first_call_slack: float = 30.0) -> float:
+    def _restart(self) -> None:
+        self._stop()
+        self.start()
+        self._wait_ready()
+
+    def score(self, response: str, gold: str) -> float:
         boxed = last_boxed(response)
         if boxed is None or len(boxed) > MAX_BOXED_CHARS:
             return 0.0
         if "".join(boxed.split()) == "".join(str(gold).split()):
             return 1.0  # the same string: no parser needed
         if self._proc is None or not self._proc.is_alive():
-            self._start()
-            deadline = self.timeout_s + first_call_slack  # the child imports sympy first
-        else:
-            deadline = self.timeout_s
+            self.start()
+        self._wait_ready()
         self._conn.send((boxed, str(gold)))
-        if self._conn.poll(deadline):
+        if self._conn.poll(self.timeout_s):
             return float(self._conn.recv())
         self.timeouts += 1
         self._restart()
@@ -116,7 +143,8 @@ class MathVerifier:
             finally:
                 if self._proc.is_alive():
                     self._proc.kill()
-        self._proc = None
+                    self._proc.join(5)
+        self._proc, self._ready = None, False
 
     def __del__(self):
         try:
@@ -128,10 +156,13 @@ class MathVerifier:
 class Verifier:
     """The configured verifier, plus DAPO's soft overlong punishment."""
 
-    def __init__(self, kind: str, timeout_s: float = 5.0, overlong_buffer: int = 0, overlong_penalty: float = 1.0,
-                 max_new_tokens: int = 0):
+    def __init__(
+        self, kind: str, timeout_s: float = 5.0, overlong_buffer: int = 0, overlong_penalty: float = 1.0, max_new_tokens: int = 0
+    ):
         self.kind = kind
         self.math = MathVerifier(timeout_s) if kind == "math" else None
+        if self.math is not None:
+            self.math.start()  # warms up while the trainer loads its model
         self.overlong_buffer, self.overlong_penalty, self.max_new_tokens = overlong_buffer, overlong_penalty, max_new_tokens
 
     def correctness(self, responses: Sequence[str], answers: Sequence[str]) -> list[float]:
@@ -149,4 +180,3 @@ class Verifier:
     def close(self) -> None:
         if self.math is not None:
             self.math.close()
-

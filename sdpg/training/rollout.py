@@ -7,6 +7,7 @@ each response up to and including its end-of-sequence token. ``hf`` is transform
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 from dataclasses import dataclass
@@ -50,9 +51,17 @@ class HFRollout:
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], n: int, temperature: float = 1.0, top_p: float = 1.0,
-                 top_k: int = 0, max_new_tokens: int = 256, greedy: bool = False,
-                 seeds: list[int] | None = None) -> Rollouts:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        max_new_tokens: int = 256,
+        greedy: bool = False,
+        seeds: list[int] | None = None,
+    ) -> Rollouts:
         """``n`` samples per prompt, consecutively. With ``seeds`` (one per prompt), each prompt's group is
         sampled from its own seeded generator state, leaving the global RNG untouched."""
         tok = self.tokenizer
@@ -71,10 +80,15 @@ class HFRollout:
                 if sd is not None:
                     torch.manual_seed(sd)
                 out = self.model.generate(
-                    input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=not greedy,
-                    temperature=temperature if not greedy else None, top_p=top_p if not greedy else None,
-                    top_k=top_k if not greedy else None, max_new_tokens=max_new_tokens,
-                    eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                    input_ids=ids.to(device),
+                    attention_mask=attn.to(device),
+                    do_sample=not greedy,
+                    temperature=temperature if not greedy else None,
+                    top_p=top_p if not greedy else None,
+                    top_k=top_k if not greedy else None,
+                    max_new_tokens=max_new_tokens,
+                    eos_token_id=tok.eos_token_id,
+                    pad_token_id=tok.pad_token_id,
                 )  # [b, P + T']
             chunks.append(out[:, ids.shape[1] :].cpu())  # [b, T']
         self.model.train(was_training)
@@ -126,13 +140,25 @@ class VLLMRollout:
     engine, for the trainer/rollout importance ratio.
     """
 
-    def __init__(self, model_path: str, tokenizer, dtype: str = "float32", max_model_len: int = 4096,
-                 gpu_memory_utilization: float = 0.5, seed: int = 0, enforce_eager: bool = True,
-                 cpu_memory_gb: float = 2.0):
+    def __init__(
+        self,
+        model_path: str,
+        tokenizer,
+        dtype: str = "float32",
+        max_model_len: int = 4096,
+        gpu_memory_utilization: float = 0.5,
+        seed: int = 0,
+        enforce_eager: bool = True,
+        cpu_memory_gb: float = 2.0,
+    ):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: in-memory weight updates
         from sdpg.paths import cache_root
 
-        for var, sub in (("VLLM_CACHE_ROOT", "vllm"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("VLLM_RPC_BASE_PATH", "vllm-rpc")):
+        for var, sub in (
+            ("VLLM_CACHE_ROOT", "vllm"),
+            ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
+            ("VLLM_RPC_BASE_PATH", "vllm-rpc"),
+        ):
             os.environ.setdefault(var, str(cache_root() / sub))  # not the home folder or /tmp
         from vllm import LLM
 
@@ -181,17 +207,32 @@ class VLLMRollout:
             self.llm.wake_up()
             self.sleeping = False
 
-    def generate(self, prompts: list[list[int]], n: int, temperature: float = 1.0, top_p: float = 1.0,
-                 top_k: int = 0, max_new_tokens: int = 256, greedy: bool = False,
-                 seeds: list[int] | None = None) -> Rollouts:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        max_new_tokens: int = 256,
+        greedy: bool = False,
+        seeds: list[int] | None = None,
+    ) -> Rollouts:
         from vllm import SamplingParams
 
         self.wake()
         tok = self.tokenizer
         params = [
-            SamplingParams(n=n, temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
-                           top_k=-1 if (greedy or top_k == 0) else top_k, max_tokens=max_new_tokens, logprobs=0,
-                           seed=(seeds[i] if seeds is not None else None), stop_token_ids=[tok.eos_token_id])
+            SamplingParams(
+                n=n,
+                temperature=0.0 if greedy else temperature,
+                top_p=1.0 if greedy else top_p,
+                top_k=-1 if (greedy or top_k == 0) else top_k,
+                max_tokens=max_new_tokens,
+                logprobs=0,
+                seed=(seeds[i] if seeds is not None else None),
+                stop_token_ids=[tok.eos_token_id],
+            )
             for i in range(len(prompts))
         ]
         outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
@@ -213,3 +254,24 @@ class VLLMRollout:
         mask, truncated = response_mask(responses, tok.eos_token_id)  # [N, T], [N]
         responses = torch.where(mask.bool(), responses, torch.full_like(responses, tok.pad_token_id))  # [N, T]
         return Rollouts(responses=responses, mask=mask, truncated=truncated, logprobs=logp * mask)
+
+    def close(self) -> None:
+        """Let go of the engine; the trainer calls this on every exit path. The engine itself stays built for
+        the next run of this process (vLLM cannot build another once one is gone: a sweep worker's next trial,
+        a rehearsal's next run) and is shut down when the process exits, or by ``shutdown_engines``."""
+        self.llm = None
+
+
+def shutdown_engines() -> None:
+    """Shut down this process's vLLM engines (their executors and KV caches)."""
+    while _ENGINES:
+        _, llm = _ENGINES.popitem()
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del llm
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+atexit.register(shutdown_engines)

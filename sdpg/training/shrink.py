@@ -56,9 +56,11 @@ class ShrunkModel:
     """``max_position_embeddings`` of the source config (the shrunk model keeps it)."""
 
     def describe(self) -> str:
-        return (f"{self.model_type} config and tokenizer from {self.stand_in} ({_human(self.source_params)} parameters), "
-                f"shrunk to {_human(self.params)} ({LAYERS} layers, hidden {HIDDEN}, {HEADS} heads of {HEAD_DIM}, "
-                f"random weights) in {self.path}")
+        return (
+            f"{self.model_type} config and tokenizer from {self.stand_in} ({_human(self.source_params)} parameters), "
+            f"shrunk to {_human(self.params)} ({LAYERS} layers, hidden {HIDDEN}, {HEADS} heads of {HEAD_DIM}, "
+            f"random weights) in {self.path}"
+        )
 
 
 def _human(n: int) -> str:
@@ -87,8 +89,10 @@ def locate_source(path: str, stand_in: str | None = None, trust_remote_code: boo
     if stand_in:
         p = Path(stand_in)
         if not (p / "config.json").is_file():
-            raise ModelSourceError(f"--rehearse-model {stand_in}: no config.json there (expected a folder with the "
-                                   f"model's config.json and tokenizer files)")
+            raise ModelSourceError(
+                f"--rehearse-model {stand_in}: no config.json there (expected a folder with the "
+                f"model's config.json and tokenizer files)"
+            )
         return p
     p = Path(path)
     if p.is_dir():
@@ -97,8 +101,10 @@ def locate_source(path: str, stand_in: str | None = None, trust_remote_code: boo
         return p
     looks_like_hub_id = not path.startswith(("/", ".", "~")) and path.count("/") <= 1
     if not looks_like_hub_id:
-        raise ModelSourceError(f"model.path {path!r}: no such folder here (it may exist on the cluster); "
-                               f"rehearse with --rehearse-model PATH, a local folder with its config.json and tokenizer")
+        raise ModelSourceError(
+            f"model.path {path!r}: no such folder here (it may exist on the cluster); "
+            f"rehearse with --rehearse-model PATH, a local folder with its config.json and tokenizer"
+        )
     from huggingface_hub import snapshot_download
 
     patterns = list(_CONFIG_FILES) + list(_TOKENIZER_PATTERNS)
@@ -107,14 +113,17 @@ def locate_source(path: str, stand_in: str | None = None, trust_remote_code: boo
     except Exception:  # not in the local cache: ask the hub, if it answers
         pass
     if not hub_reachable():
-        raise ModelSourceError(f"model.path {path!r} is a hub id and the hub cannot be reached from here; "
-                               f"rehearse with --rehearse-model PATH, a local folder with its config.json and tokenizer")
+        raise ModelSourceError(
+            f"model.path {path!r} is a hub id and the hub cannot be reached from here; "
+            f"rehearse with --rehearse-model PATH, a local folder with its config.json and tokenizer"
+        )
     try:
         return Path(snapshot_download(path, allow_patterns=patterns))
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelSourceError(f"model.path {path!r}: the hub has no such model or refused it ({first}); "
-                               f"rehearse with --rehearse-model PATH") from None
+        raise ModelSourceError(
+            f"model.path {path!r}: the hub has no such model or refused it ({first}); rehearse with --rehearse-model PATH"
+        ) from None
 
 
 def _set_first(cfg: Any, names: tuple[str, ...], value: int) -> bool:
@@ -169,8 +178,9 @@ def count_params(cfg: Any, trust_remote_code: bool = False) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def shrink_model(source: str, out: str | Path, stand_in: str | None = None, trust_remote_code: bool = False,
-                 seed: int = 0) -> ShrunkModel:
+def shrink_model(
+    source: str, out: str | Path, stand_in: str | None = None, trust_remote_code: bool = False, seed: int = 0
+) -> ShrunkModel:
     """Write the shrunk stand-in of ``source`` (``model.path``) to ``out``. ``embedded`` is the built-in
     model's architecture and tokenizer (not pre-trained). Raises ModelSourceError when the source
     cannot be read here."""
@@ -212,8 +222,14 @@ def shrink_model(source: str, out: str | Path, stand_in: str | None = None, trus
     if kept_gen is not None:  # the source's sampling defaults, not ones derived from the config
         gen.write_bytes(kept_gen)
     tok.save_pretrained(out)
-    info = ShrunkModel(path=out, source=source, stand_in=folder_note, model_type=str(getattr(cfg, "model_type", "?")),
-                       source_params=source_params, params=params,
-                       max_positions=getattr(cfg, "max_position_embeddings", None))
+    info = ShrunkModel(
+        path=out,
+        source=source,
+        stand_in=folder_note,
+        model_type=str(getattr(cfg, "model_type", "?")),
+        source_params=source_params,
+        params=params,
+        max_positions=getattr(cfg, "max_position_embeddings", None),
+    )
     (out / "sdpg_shrunk.json").write_text(json.dumps({**info.__dict__, "path": str(out)}, indent=1))
     return info

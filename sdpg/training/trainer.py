@@ -1,40 +1,64 @@
-"""The SDPG trainer: one RL loop, top to bottom.
+"""The SDPG trainer: one RL loop, read top to bottom.
 
+    set_up                  ranks, policy (also the teacher), frozen reference, prompts, verifier,
+                            rollout engine, AdamW, sinks; resume from the newest checkpoint
     for each step k:
-        sample prompts x, G responses y ~ pi_theta(.|x)           (rollout backend)
-        R = verifier(y), A = group advantages                      (eq. 2.1)
-        for each epoch, minibatch, micro-batch:
-            student forward on (x, y)   -> hidden, log pi_theta(y_t)
-            teacher forward on (c, x, y), same weights, no grad -> hidden
-            L = L_out + beta(k) L_OPD+ + alpha L_K                  (eq. 3.5, sdpg.objective)
-        AdamW step; metrics to the sinks; eval every N; checkpoint every N
+        rollout             P prompts, G responses each, y ~ pi_theta(.|x)
+        score               R = verifier(y) (+ overlong penalty), group advantages A       (eq. 2.1)
+        logprobs            no gradient: log pi_old(y_t), log pi_ref(y_t), log q(y_t|c, x); RLSD/OPSD
+                            per-token advantages
+        update              epochs x minibatches x micro-batches of
+                            L = L_out + beta(k) L_OPD+ + alpha L_K                          (eq. 3.5)
+        reduce_metrics      loss statistics summed over micro-batches and ranks -> train/*
+        evaluate, log, checkpoint
 
-Every method (GRPO, DAPO, Dr.GRPO, SDPG, RLSD, OPSD, OPCD) is a configuration of this loop.
-Metrics leave through ``MetricSink`` objects (JSONL and console by default); orchestration
-(MLflow, SLURM, Optuna) wraps ``train`` and passes its own sinks and ``should_stop``; this module
-imports none of it.
+Every method (GRPO, DAPO, Dr.GRPO, SDPG, RLSD, OPSD, OPCD) is a configuration of this loop; the terms of
+the loss are pure functions in ``sdpg.objective``. Metrics leave through ``MetricSink`` objects (JSONL and
+console by default); orchestration (MLflow, SLURM, Optuna) wraps ``train`` and passes its own sinks and
+``should_stop``; this module imports none of it.
+
+Where this loop departs from the paper's formulas (SDPG, arXiv 2606.04036; the settings of its authors'
+scripts in reference-settings), each either a setting or a choice stated here:
+
+ 1. KL(p || q) divides both the student's and the teacher's logits by ``algo.distill_temperature``; the paper
+    divides only the student's, by the rollout temperature (identical at temperature 1, the paper's value).
+ 2. The per-token distillation KL is not clamped at 20 as in the reference code.
+ 3. ``algo.opd_exclude_stop`` (default on) leaves the end-of-sequence position out of L_OPD+; the paper
+    distils it like any other response token.
+ 4. ``algo.opd_norm="all"`` normalises L_OPD+ like L_out (gated tokens over all response tokens under
+    token-mean); ``"gated"`` divides by the gated tokens only.
+ 5. GRPO's reference KL is a loss term (``alpha`` with k3) rather than the paper's per-token penalty
+    inside the reward.
+ 6. Log-ratios log(pi/pi_old) and log(pi/pi_ref) are clamped to [-20, 20] inside the objective.
+ 7. A group of one response gets A = 0 (its standard deviation is undefined).
+ 8. The learning-rate warm-up counts optimizer steps, (s + 1) / warmup at optimizer step s; the paper's
+    scheduler counts RL steps, (k - 1) / 10 at RL step k.
+ 9. No entropy bonus (OPSD's reference uses 0.02).
+10. With ``rollout.tis_cap`` the advantages are multiplied by truncated importance weights
+    min(exp(log pi_old - log pi_engine), cap) between the trainer and the rollout engine (not in the paper).
+11. Rewards are 1 / 0 (correct / not) from the configured verifier plus DAPO's overlong penalty when set;
+    the paper's scorer gives +1 / -1 (the same advantages under std normalisation).
+12. The L_OPD+ teacher is always the current policy on the privileged prompt; ``algo.teacher=frozen``
+    changes only the RLSD / OPSD log-ratios.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
-import os
-import random
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from torch import Tensor
 
-from sdpg.training import distributed as dist
-from sdpg.training.config import TrainConfig, build_config, load_config
-from sdpg.training.data import PromptSampler, build_prompts, read_source
 from sdpg.objective import (
     FusedKLInputs,
     agg_weights,
@@ -45,275 +69,181 @@ from sdpg.objective import (
     opsd_token_weights,
     rlsd_advantages,
     sdpg_loss,
-    token_entropy,
-    token_logprobs,
 )
+from sdpg.training import distributed as dist
+from sdpg.training.checkpoint import (
+    CheckpointError,
+    checkpoint_dir,
+    checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from sdpg.training.config import TrainConfig, build_config, load_config
+from sdpg.training.data import PromptSampler, build_prompts, read_source
+from sdpg.training.evaluate import evaluate, pass_at_k
+from sdpg.training.model import (
+    full_state,
+    load_full_state,
+    load_policy,
+    resolve_device,
+    response_hidden,
+    sampled_token_stats,
+    shard_fsdp,
+)
+from sdpg.training.randomness import derived_seed, rng_state, seed_everything, set_rng_state
 from sdpg.training.rewards import Verifier
 from sdpg.training.rollout import HFRollout, VLLMRollout, left_pad
+from sdpg.training.sinks import ConsoleSink, JsonlSink, MetricSink, default_sinks
 
-# --------------------------------------------------------------------------------------------
-# Metric sinks
-# --------------------------------------------------------------------------------------------
-
-
-class MetricSink(Protocol):
-    def log(self, metrics: dict[str, float], step: int) -> None: ...
-    def close(self) -> None: ...
-
-
-class JsonlSink:
-    """One JSON object per step in ``path``. On resume from step k, rows after k are dropped first,
-    so a resumed run never holds a step twice."""
-
-    def __init__(self, path: str | Path, resume_step: int = 0):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
-        self._f = open(self.path, "a")
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        self._f.write(json.dumps({"step": step, **metrics}) + "\n")
-        self._f.flush()
-
-    def close(self) -> None:
-        self._f.close()
-
-
-class ConsoleSink:
-    """A progress line per step; eval results when there are any."""
-
-    def __init__(self, total_steps: int, stream=sys.stderr):
-        self.total, self.stream, self.t0 = total_steps, stream, time.time()
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        def f(k, fmt="{:.3f}"):
-            return fmt.format(metrics[k]) if k in metrics else "-"
-
-        if "train/reward" in metrics:
-            print(
-                f"[sdpg] step {step}/{self.total} reward {f('train/reward')} acc {f('train/accuracy')} "
-                f"entropy {f('train/entropy')} len {f('train/response_length', '{:.1f}')} opd_kl {f('train/opd_kl', '{:.4f}')} "
-                f"gate {f('train/gate_fraction', '{:.2f}')} beta {f('train/beta', '{:.2g}')} "
-                f"{f('timing/step', '{:.1f}')}s (elapsed {time.time() - self.t0:.0f}s)",
-                file=self.stream, flush=True,
-            )
-        evals = {k: v for k, v in metrics.items() if k.startswith("eval/")}
-        if evals:
-            print(f"[sdpg] eval @ {step}: " + " ".join(f"{k}={v:.3f}" for k, v in sorted(evals.items())), file=self.stream, flush=True)
-
-    def close(self) -> None:
-        pass
+__all__ = [
+    "ConsoleSink",
+    "JsonlSink",
+    "MetricSink",
+    "default_sinks",
+    "latest_checkpoint",
+    "load_policy",
+    "TrainingFailed",
+    "micro_batches",
+    "pass_at_k",
+    "response_hidden",
+    "sampled_token_stats",
+    "train",
+]
 
 
 # --------------------------------------------------------------------------------------------
-# Model helpers
+# What a run holds, and what one step computes
 # --------------------------------------------------------------------------------------------
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+@dataclass
+class Run:
+    """Everything a run holds from set-up to its end."""
+
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    rank: int
+    world: int
+    log: Callable[[str], None]
+    tokenizer: Any
+    policy: torch.nn.Module  # pi_theta; also the teacher (same weights, privileged prompt)
+    reference: torch.nn.Module | None  # frozen initial weights: pi_ref of L_K, OPSD's frozen teacher
+    generator: torch.nn.Module | None  # under FSDP with HF sampling: an unsharded copy that samples
+    use_fsdp: bool
+    train_rows: list[dict]
+    student_prompts: list[list[int]]  # token ids of x
+    teacher_prompts: list[list[int]]  # token ids of (c, x)
+    eval_sets: dict[str, tuple[list[dict], list[list[int]]]]
+    sampler: PromptSampler
+    verifier: Verifier
+    rollout: HFRollout | VLLMRollout
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    sinks: list[MetricSink] = field(default_factory=list)
+    start_step: int = 0
+    nonfinite_in_a_row: int = 0  # consecutive optimizer steps skipped for a non-finite loss or gradient norm
+
+    @property
+    def main_rank(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def separate_engine(self) -> bool:
+        """Whether sampling runs on weights other than ``policy``'s (vLLM, or the unsharded copy)."""
+        return isinstance(self.rollout, VLLMRollout) or self.generator is not None
 
 
-def load_policy(cfg: TrainConfig, device: torch.device, log=print):
-    """Tokenizer and model from ``model.path``: the embedded model, a local folder or a hub id."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@dataclass
+class Batch:
+    """One step's rollouts on this rank (N = prompts x G sequences, T response positions) and what the
+    phases derive from them."""
 
-    path = cfg.model.path
-    if path == "embedded":
-        from sdpg.training.embedded import ensure_embedded_model
-
-        path = str(ensure_embedded_model(cfg.model.embedded, log=log))
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    kwargs: dict[str, Any] = {"dtype": getattr(torch, cfg.model.dtype), "trust_remote_code": cfg.model.trust_remote_code}
-    if cfg.model.attn_implementation:
-        kwargs["attn_implementation"] = cfg.model.attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
-    model.sdpg_source_path = path  # where the weights came from (the vLLM engine loads the same)
-    return tokenizer, model
-
-
-def response_hidden(model, ids: Tensor, attn: Tensor, prompt_len: int, n_resp: int) -> Tensor:
-    """Last hidden states that predict the response tokens: positions P-1 .. P+T-2 -> [b, T, H].
-
-    The backbone's output is taken without the full logits. Under FSDP2 the root module's forward must
-    run (its hooks gather and later reduce-scatter the root's parameters), so it is called with
-    ``logits_to_keep=1`` and the backbone's output is caught by a hook."""
-    backbone = getattr(model, model.base_model_prefix)
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)  # [b, L]
-    if getattr(model, "sdpg_fsdp", False):
-        box = {}
-        def grab(mod, args, out):
-            h = out if isinstance(out, Tensor) else getattr(out, "last_hidden_state", None)
-            box.setdefault("h", h if h is not None else out[0])
-
-        handle = backbone.register_forward_hook(grab)
-        try:
-            model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, logits_to_keep=1)
-        finally:
-            handle.remove()
-        h = box["h"]  # [b, L, H]
-    else:
-        h = backbone(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state  # [b, L, H]
-    return h[:, prompt_len - 1 : prompt_len - 1 + n_resp]  # [b, T, H]
+    prompt_ids: list[int]  # indices into the training rows
+    texts: list[str]
+    responses: Tensor  # [N, T]
+    mask: Tensor  # [N, T] 1 on response tokens
+    engine_logp: Tensor | None  # [N, T] log-probs under the rollout engine (vLLM)
+    truncated: Tensor  # [N] hit max_new_tokens
+    student_seq: Tensor  # [N, Ps+T] left-padded x, then y
+    student_attn: Tensor  # [N, Ps+T]
+    student_prompt_len: int  # Ps
+    teacher_seq: Tensor  # [N, Pt+T] left-padded (c, x), then y
+    teacher_attn: Tensor  # [N, Pt+T]
+    teacher_prompt_len: int  # Pt
+    # score
+    advantages: Tensor | None = None  # [N]
+    all_advantages: Tensor | None = None  # [N_all] every rank's, for global statistics
+    keep: Tensor | None = None  # [K] rows the update trains on (all, or DAPO's informative groups)
+    # logprobs
+    n_kept_all: int = 0  # kept sequences over all ranks
+    n_minibatches: int = 0
+    on_policy: bool = True  # one epoch, one minibatch: pi_old = pi_theta, taken in the update's forward
+    old_logp: Tensor | None = None  # [N, T]
+    ref_logp: Tensor | None = None  # [N, T]
+    teacher_logp: Tensor | None = None  # [N, T]
+    entropy: Tensor | None = None  # [N, T]
+    token_advantages: Tensor | None = None  # [N, T] RLSD / OPSD
 
 
-def shard_fsdp(model) -> None:
-    """FSDP2: each decoder layer its own unit, the root (embeddings, final norm, tied head) kept gathered
-    from its forward to its backward so the fused KL can use the head. FSDP averages gradients over ranks;
-    the trainer scales each loss by the world size, since its weights already carry the global normaliser."""
-    from torch.distributed.fsdp import fully_shard
-
-    backbone = getattr(model, model.base_model_prefix)
-    for layer in backbone.layers:
-        fully_shard(layer)
-    fully_shard(model, reshard_after_forward=False)
-    model.sdpg_fsdp = True
+LOSS_STATS = ("pg_loss", "pg_clipfrac", "pg_clipfrac_lower", "ppo_kl", "opd_loss", "opd_kl", "ref_kl", "ref_kl_surrogate")
+ADDITIVE_STATS = ("pg_loss", "opd_loss")  # terms of the loss: micro-batch parts add up
 
 
-def full_state(model, optimizer=None, all_ranks: bool = False) -> tuple[dict, dict | None]:
-    """Unsharded model (and optimizer) state dicts: on rank 0 only (CPU) or on every rank."""
-    if not getattr(model, "sdpg_fsdp", False):
-        return model.state_dict(), (optimizer.state_dict() if optimizer is not None else None)
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+class LossStats:
+    """``sdpg_loss`` statistics of the first epoch, exact whatever the micro-batching and the ranks:
+    loss terms (already globally weighted) are summed, means are weighted by their token counts."""
 
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=not all_ranks)
-    msd = get_model_state_dict(model, options=opts)
-    osd = get_optimizer_state_dict(model, optimizer, options=opts) if optimizer is not None else None
-    return msd, osd
+    def __init__(self) -> None:
+        self.sums = dict.fromkeys(LOSS_STATS, 0.0)  # the same keys on every rank
+        self.tokens = 0.0  # response tokens seen
+        self.opd_tokens = 0.0  # tokens inside the distillation term
 
+    def add(self, stats: dict[str, Tensor], n_tokens: float) -> None:
+        n_opd = float(stats["opd_tokens"])
+        for name, value in stats.items():
+            if name in ADDITIVE_STATS:
+                self.sums[name] += float(value)
+            elif name == "opd_kl":
+                self.sums[name] += float(value) * n_opd
+            elif name not in ("opd_tokens", "beta", "gate_fraction"):  # beta and gate are logged by the loop
+                self.sums[name] += float(value) * n_tokens
+        self.opd_tokens += n_opd
+        self.tokens += n_tokens
 
-def load_full_state(model, optimizer, msd: dict, osd: dict) -> None:
-    if not getattr(model, "sdpg_fsdp", False):
-        model.load_state_dict(msd)
-        optimizer.load_state_dict(osd)
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+    def all_reduce(self, device: torch.device) -> None:
+        if not dist.active():
+            return
+        names = sorted(self.sums)
+        summed = dist.all_sum(
+            torch.tensor([self.sums[n] for n in names] + [self.tokens, self.opd_tokens], dtype=torch.float64, device=device)
+        )
+        self.sums = {n: float(v) for n, v in zip(names, summed)}
+        self.tokens, self.opd_tokens = float(summed[-2]), float(summed[-1])
 
-    opts = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(model, msd, options=opts)
-    set_optimizer_state_dict(model, optimizer, osd, options=opts)
-
-
-def head_of(model) -> tuple[Tensor, Tensor | None]:
-    head = model.get_output_embeddings()
-    return head.weight, getattr(head, "bias", None)  # [V, H], [V] | None
-
-
-def derived_seed(*parts) -> int:
-    """A 31-bit seed from (run seed, step, kind, index): the same on every rank and world size."""
-    import hashlib
-
-    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        s["cuda"] = torch.cuda.get_rng_state_all()
-    return s
+    def metrics(self, n_minibatches: int) -> dict[str, float]:
+        out = {}
+        for name, total in self.sums.items():
+            if name in ADDITIVE_STATS:  # averaged over the minibatches of the epoch
+                out[f"train/{name}"] = total / max(1, n_minibatches)
+            else:
+                out[f"train/{name}"] = total / max(1.0, self.opd_tokens if name == "opd_kl" else self.tokens)
+        return out
 
 
-def set_rng_state(s: dict) -> None:
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    torch.set_rng_state(s["torch"])
-    if "cuda" in s and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
+class TrainingFailed(RuntimeError):
+    """The run stopped itself (for instance after ``optim.max_nonfinite_steps`` non-finite updates in a row).
+    ``reason`` is one sentence; ``result`` is what ``result.json`` holds (status ``failed``)."""
 
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted((out / "checkpoints").glob("step_*.pt"))
-    return ckpts[-1] if ckpts else None
-
-
-def save_checkpoint(out: Path, step: int, state: dict, keep: int) -> Path:
-    d = out / "checkpoints"
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"step_{step:07d}.pt"
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    for old in sorted(d.glob("step_*.pt"))[:-keep]:
-        old.unlink()
-    return path
-
-
-# --------------------------------------------------------------------------------------------
-# Evaluation
-# --------------------------------------------------------------------------------------------
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k of Chen et al. (2021): 1 - C(n-c, k) / C(n, k)."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
-
-
-@torch.no_grad()
-def evaluate(rollout, tokenizer, verifier: Verifier, eval_sets: dict, cfg: TrainConfig, step: int = 0,
-             rank: int = 0, world: int = 1, device: torch.device | str = "cpu") -> dict[str, float]:
-    """mean@k, unbiased pass@k and greedy accuracy per benchmark. Problems are split across ranks and
-    the per-problem results gathered; with ``rollout.seed_per_prompt`` each problem's samples are
-    seeded, so the numbers do not depend on the number of ranks."""
-    ec = cfg.eval
-    max_new = ec.max_new_tokens or cfg.rollout.max_new_tokens
-    metrics: dict[str, float] = {}
-    for name, (rows, prompt_ids) in eval_sets.items():
-        k = ec.n_samples
-        mine = list(range(rank, len(rows), world))
-        seeds = [derived_seed(cfg.run.seed, step, "eval", name, i) for i in mine] if cfg.rollout.seed_per_prompt else None
-        ro = rollout.generate([prompt_ids[i] for i in mine], k, temperature=ec.temperature, top_p=ec.top_p,
-                              max_new_tokens=max_new, seeds=seeds)
-        texts = tokenizer.batch_decode(ro.responses, skip_special_tokens=True)
-        answers = [rows[i]["answer"] for i in mine for _ in range(k)]
-        correct = torch.tensor(verifier.correctness(texts, answers), device=device).view(len(mine), k)  # [n_local, k]
-        lengths = ro.mask.sum(-1).to(device).view(len(mine), k)  # [n_local, k]
-        correct, lengths = dist.all_gather_cat(correct), dist.all_gather_cat(lengths)  # [n, k]
-        metrics[f"eval/{name}/mean@{k}"] = float(correct.mean())
-        metrics[f"eval/{name}/response_length"] = float(lengths.float().mean())
-        for kk in ec.pass_k:
-            metrics[f"eval/{name}/pass@{kk}"] = float(np.mean([pass_at_k(k, int(c), kk) for c in correct.sum(-1)]))
-        if ec.greedy:
-            g = rollout.generate([prompt_ids[i] for i in mine], 1, greedy=True, max_new_tokens=max_new)
-            gt = tokenizer.batch_decode(g.responses, skip_special_tokens=True)
-            ok = torch.tensor(verifier.correctness(gt, [rows[i]["answer"] for i in mine]), device=device)  # [n_local]
-            metrics[f"eval/{name}/greedy"] = float(dist.all_gather_cat(ok).mean())
-    return metrics
+    def __init__(self, reason: str, result: dict[str, Any]):
+        super().__init__(reason)
+        self.reason, self.result = reason, result
 
 
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
-
-
-def _as_config(config: TrainConfig | dict | str | Path) -> TrainConfig:
-    if isinstance(config, TrainConfig):
-        return config
-    if isinstance(config, dict):
-        return build_config(config)
-    return load_config(config)
 
 
 def train(
@@ -325,384 +255,595 @@ def train(
     """Train one run. Resumes from the newest checkpoint in ``run.output_dir`` when ``run.resume``.
 
     ``sinks`` replace the default JSONL + console sinks (pass ``default_sinks(...) + [yours]`` to
-    add one). ``should_stop`` is polled after every step: when it returns True the run saves a
-    checkpoint and returns with status ``interrupted`` (preemption). ``stop_after_step`` does the
-    same at a given step (tests). Returns {status, step, output_dir, metrics}.
+    add one); the trainer closes them. ``should_stop`` is polled after every step: when it returns True
+    the run saves a checkpoint and returns with status ``interrupted`` (preemption). ``stop_after_step``
+    does the same at a given step (tests). Returns {status, step, output_dir, metrics, rank, world_size}.
+    Sinks, the verifier process, the rollout engine and a process group created here are closed on every
+    exit, a raised exception included.
     """
     cfg = _as_config(config)
-    rc, ac, oc = cfg.run, cfg.algo, cfg.optim
-    out = Path(rc.output_dir)
-    if rc.threads:
-        torch.set_num_threads(rc.threads)
+    total = cfg.run.total_steps
+    with contextlib.ExitStack() as resources:
+        run = set_up(cfg, sinks, resources)
+        status, step, metrics = "finished", run.start_step, {}
+        if run.start_step == 0 and evaluation_due(run, 0):
+            log_metrics(run, run_evaluation(run, 0), 0)
+        for step in range(run.start_step + 1, total + 1):
+            started = time.perf_counter()
+            metrics = {}
+            batch = rollout(run, step, metrics)
+            score(run, batch, metrics)
+            logprobs(run, batch, step, metrics)
+            loss_stats, beta_k, grad_norm = update(run, batch, step, metrics)
+            reduce_metrics(run, batch, loss_stats, beta_k, grad_norm, metrics)
+            if evaluation_due(run, step):
+                metrics.update(run_evaluation(run, step))
+                for text in batch.texts[: cfg.run.log_samples]:
+                    run.log(f"[sdpg] sample @ {step}: {text[:200]!r}")
+            metrics["timing/step"] = time.perf_counter() - started
+            log_metrics(run, metrics, step)
+            stop = dist.any_true(
+                (should_stop is not None and should_stop()) or (stop_after_step is not None and step >= stop_after_step),
+                run.device,
+            )
+            if run.nonfinite_in_a_row >= cfg.optim.max_nonfinite_steps:
+                path = save_run_state(run, step)  # nothing non-finite was applied: the weights are the last good ones
+                reason = (
+                    f"training stopped at step {step}: the loss or gradient norm was not finite in "
+                    f"{run.nonfinite_in_a_row} optimizer steps in a row (optim.max_nonfinite_steps="
+                    f"{cfg.optim.max_nonfinite_steps}), none of them applied; the last good state is {path}"
+                )
+                raise TrainingFailed(reason, write_result(run, "failed", step, metrics, reason))
+            if step == total or stop or (cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0):
+                save_run_state(run, step)
+            if stop and step < total:
+                status = "interrupted"
+                break
+        return write_result(run, status, step, metrics)
+
+
+def write_result(run: Run, status: str, step: int, metrics: dict[str, float], reason: str | None = None) -> dict[str, Any]:
+    """The run's outcome, also written to ``result.json`` by rank 0."""
+    result = {
+        "status": status,
+        "step": step,
+        "output_dir": str(run.out),
+        "metrics": metrics,
+        "rank": run.rank,
+        "world_size": run.world,
+    }
+    if reason is not None:
+        result["reason"] = reason
+    if run.main_rank:
+        (run.out / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _as_config(config: TrainConfig | dict | str | Path) -> TrainConfig:
+    if isinstance(config, TrainConfig):
+        return config
+    if isinstance(config, dict):
+        return build_config(config)
+    return load_config(config)
+
+
+# --------------------------------------------------------------------------------------------
+# Set-up
+# --------------------------------------------------------------------------------------------
+
+
+def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextlib.ExitStack) -> Run:
+    """Ranks, models, data, verifier, rollout engine, optimizer, resume, sinks. Everything that must be
+    closed is registered on ``resources`` as soon as it exists."""
+    for sink in sinks or []:
+        resources.callback(sink.close)
+    out = Path(cfg.run.output_dir)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
     device = resolve_device(cfg.model.device)
-    rank, world, own_group = dist.init(device)
+    rank, world, owns_group = dist.init(device)
+    if owns_group:
+        resources.callback(dist.shutdown)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", dist.local_rank())
         torch.cuda.set_device(device)
-    main_rank = rank == 0
     if cfg.rollout.prompts_per_step % world:
         raise ValueError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the {world} ranks")
+    main_rank = rank == 0
     if main_rank:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.resolved(), sort_keys=False))
-    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if main_rank else (lambda msg: None)  # noqa: E731
-    seed_everything(rc.seed)
+    log = _stderr_log if main_rank else _no_log
+    seed_everything(cfg.run.seed)
 
-    # ---- policy (also the teacher: same weights), frozen reference when L_K is on
+    # policy (also the teacher: same weights), frozen reference when L_K or a frozen teacher needs one
     if main_rank:  # one rank builds the embedded model; the others find it in the cache
         tokenizer, policy = load_policy(cfg, device, log)
     dist.barrier()
     if not main_rank:
         tokenizer, policy = load_policy(cfg, device, log)
-    seed_everything(rc.seed + 1_000_003 * rank)  # model loading may draw random numbers; ranks sample differently
-    reference = copy.deepcopy(policy).eval().requires_grad_(False) if ac.needs_reference else None
+    seed_everything(cfg.run.seed + 1_000_003 * rank)  # model loading may draw random numbers; ranks sample differently
+    reference = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.algo.needs_reference else None
     use_fsdp = world > 1 and (cfg.model.fsdp is True or (cfg.model.fsdp == "auto" and device.type == "cuda"))
-    generator_model = None
+    generator = None
     if use_fsdp:
         if cfg.rollout.backend == "hf":  # sampling runs on an unsharded copy: ranks stop generating at different times
-            generator_model = copy.deepcopy(policy).eval().requires_grad_(False)
+            generator = copy.deepcopy(policy).eval().requires_grad_(False)
         shard_fsdp(policy)
 
-    # ---- data: prompts tokenised once
-    def tokenize(rows: list[dict], what: str) -> tuple[list[list[int]], list[list[int]]]:
-        s_ids, t_ids, cut = [], [], 0
-        limit = cfg.data.max_prompt_tokens
-        for r in rows:
-            s, t = (tokenizer.encode(x, add_special_tokens=False) for x in build_prompts(r, cfg.data, tokenizer))
-            cut += (len(s) > limit) + (len(t) > limit)
-            s_ids.append(s[-limit:])
-            t_ids.append(t[-limit:])
-        if cut:
-            log(f"[sdpg] warning: {cut} {what} prompts (student and teacher views) longer than data.max_prompt_tokens={limit} were cut from the left")
-        return s_ids, t_ids
-
-    rows = read_source(cfg.data.train, cfg.data, "train")[: cfg.data.train_limit]
-    student_prompts, teacher_prompts = tokenize(rows, "training")
+    # data: prompts tokenised once
+    train_rows = read_source(cfg.data.train, cfg.data, "train")[: cfg.data.train_limit]
+    student_prompts, teacher_prompts = tokenize_prompts(train_rows, cfg, tokenizer, "training", log)
     eval_sets = {}
-    for name, src in cfg.data.eval.items():
-        erows = read_source(src, cfg.data, "test")[: cfg.data.eval_limit]
-        eval_sets[name] = (erows, tokenize(erows, name)[0])
-    sampler = PromptSampler(len(rows), rc.seed, cfg.data.shuffle)
-    verifier_kind = cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if cfg.data.train == "embedded" else "math")
-    verifier = Verifier(verifier_kind, cfg.reward.timeout_s, cfg.reward.overlong_buffer, cfg.reward.overlong_penalty,
-                        cfg.rollout.max_new_tokens)
+    for name, source in cfg.data.eval.items():
+        eval_rows = read_source(source, cfg.data, "test")[: cfg.data.eval_limit]
+        eval_sets[name] = (eval_rows, tokenize_prompts(eval_rows, cfg, tokenizer, name, log)[0])
+    sampler = PromptSampler(len(train_rows), cfg.run.seed, cfg.data.shuffle)
+
+    verifier_kind = (
+        cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if cfg.data.train == "embedded" else "math")
+    )
+    verifier = Verifier(
+        verifier_kind, cfg.reward.timeout_s, cfg.reward.overlong_buffer, cfg.reward.overlong_penalty, cfg.rollout.max_new_tokens
+    )
+    resources.callback(verifier.close)
     if cfg.rollout.backend == "vllm":
-        rollout = VLLMRollout(policy.sdpg_source_path, tokenizer, dtype=cfg.model.dtype,
-                              max_model_len=min(getattr(policy.config, "max_position_embeddings", 1 << 30),
-                                                cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)),
-                              gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization, seed=rc.seed + rank,
-                              cpu_memory_gb=cfg.rollout.vllm_cpu_memory_gb)
+        max_len = cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
+        engine: HFRollout | VLLMRollout = VLLMRollout(
+            policy.sdpg_source_path,
+            tokenizer,
+            dtype=cfg.model.dtype,
+            max_model_len=min(getattr(policy.config, "max_position_embeddings", 1 << 30), max_len),
+            gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
+            seed=cfg.run.seed + rank,
+            cpu_memory_gb=cfg.rollout.vllm_cpu_memory_gb,
+        )
+        resources.callback(engine.close)
     else:
-        rollout = HFRollout(generator_model if generator_model is not None else policy, tokenizer, cfg.rollout.batch_size)
+        engine = HFRollout(generator if generator is not None else policy, tokenizer, cfg.rollout.batch_size)
 
-    def sync_rollout_weights() -> float:
-        """The rollout engine (vLLM, or the unsharded copy under FSDP) takes the policy's new weights."""
-        t0 = time.perf_counter()
-        if isinstance(rollout, VLLMRollout) or generator_model is not None:
-            sd, _ = full_state(policy, all_ranks=True)
-            if isinstance(rollout, VLLMRollout):
-                rollout.sync_weights(sd)
-            else:
-                generator_model.load_state_dict(sd)
-        return time.perf_counter() - t0
+    # optimizer: AdamW, linear warm-up then constant
+    optim = cfg.optim
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / max(1, optim.warmup_steps)) if optim.warmup_steps else 1.0
+    )
 
-    # ---- optimizer: AdamW, linear warm-up then constant
-    opt = torch.optim.AdamW(policy.parameters(), lr=oc.lr, weight_decay=oc.weight_decay, betas=oc.betas)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, oc.warmup_steps)) if oc.warmup_steps else 1.0)
-
-    # ---- resume
-    start = 0
-    ckpt_path = latest_checkpoint(out) if rc.resume else None
-    if ckpt_path is not None:
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ck["config_hash"] != cfg.config_hash():
-            raise RuntimeError(f"{ckpt_path} was written by another config (hash {ck['config_hash']} != {cfg.config_hash()}); "
-                               f"use a new run.output_dir or run.resume=false")
-        load_full_state(policy, opt, ck["model"], ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        sampler.load_state_dict(ck["sampler"])
-        rngs = ck["rng"] if isinstance(ck["rng"], list) else [ck["rng"]]
-        if len(rngs) == world:
-            set_rng_state(rngs[rank])
-        else:  # another world size: every rank starts a fresh stream derived from the step
-            seed_everything(derived_seed(rc.seed, ck["step"], "resume", rank))
-        start = ck["step"]
-        log(f"[sdpg] resumed from {ckpt_path} at step {start}")
+    run = Run(
+        cfg=cfg,
+        out=out,
+        device=device,
+        rank=rank,
+        world=world,
+        log=log,
+        tokenizer=tokenizer,
+        policy=policy,
+        reference=reference,
+        generator=generator,
+        use_fsdp=use_fsdp,
+        train_rows=train_rows,
+        student_prompts=student_prompts,
+        teacher_prompts=teacher_prompts,
+        eval_sets=eval_sets,
+        sampler=sampler,
+        verifier=verifier,
+        rollout=engine,
+        optimizer=optimizer,
+        scheduler=scheduler,
+    )
+    run.start_step = resume(run) if cfg.run.resume else 0
+    kept_step = run.start_step if cfg.run.resume else -1  # what the sinks keep from an earlier attempt
     if not main_rank:
-        sinks = []  # rank 0 logs for all
-    sinks = sinks if sinks is not None else default_sinks(out, start, rc.total_steps)
-    if start > 0:
-        sync_rollout_weights()  # resumed weights differ from the folder the engine loaded
+        run.sinks = []  # rank 0 logs for all
+    elif sinks is not None:
+        run.sinks = sinks
+        for sink in sinks:  # whatever they hold after the resume step is replayed
+            if hasattr(sink, "rewind"):
+                sink.rewind(kept_step)
+    else:
+        run.sinks = default_sinks(out, kept_step, cfg.run.total_steps)
+        for sink in run.sinks:
+            resources.callback(sink.close)
+    if run.start_step > 0:
+        sync_rollout_weights(run)  # resumed weights differ from the folder the engine loaded
+    return run
 
-    def checkpoint(step: int) -> None:
-        rngs = [rng_state()]
-        if dist.active():
-            rngs = [None] * world
-            torch.distributed.all_gather_object(rngs, rng_state())
-        msd, osd = full_state(policy, opt)  # a collective under FSDP: every rank takes part
-        if main_rank:
-            save_checkpoint(out, step, {
-                "step": step, "model": msd, "optimizer": osd, "scheduler": sched.state_dict(),
-                "sampler": sampler.state_dict(), "rng": rngs if world > 1 else rngs[0], "config_hash": cfg.config_hash(),
-            }, rc.keep_checkpoints)
-        dist.barrier()
 
-    G, P_step = cfg.rollout.group_size, cfg.rollout.prompts_per_step
-    temp = cfg.rollout.temperature
-    need_teacher_fwd = ac.needs_distillation
-    last_metrics: dict[str, float] = {}
-    status = "finished"
+def _stderr_log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
-    if start == 0 and cfg.eval.every > 0 and eval_sets:
-        t0 = time.perf_counter()
-        m0 = evaluate(rollout, tokenizer, verifier, eval_sets, cfg, 0, rank, world, device)
-        m0["timing/eval"] = time.perf_counter() - t0
-        for s in sinks:
-            s.log(m0, 0)
 
-    step = start
-    for step in range(start + 1, rc.total_steps + 1):
-        t_step = time.perf_counter()
-        m: dict[str, float] = {}
+def _no_log(msg: str) -> None:
+    pass
 
-        # ---- 1. rollouts: G responses per prompt
-        idx_all = sampler.next(P_step)  # the same global draw on every rank
-        idx = idx_all[rank::world]  # this rank's prompts
-        t0 = time.perf_counter()
-        seeds = [derived_seed(rc.seed, step, "rollout", i) for i in idx] if cfg.rollout.seed_per_prompt else None
-        ro = rollout.generate([student_prompts[i] for i in idx], G, temperature=temp, top_p=cfg.rollout.top_p,
-                              top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens, seeds=seeds)
-        m["timing/rollout"] = time.perf_counter() - t0
-        responses, mask = ro.responses.to(device), ro.mask.to(device)  # [N, T], [N, T]
-        ro_logp = ro.logprobs.to(device) if ro.logprobs is not None else None  # [N, T] under the rollout engine
-        N, T = responses.shape
 
-        # ---- 2. rewards and group advantages
-        t0 = time.perf_counter()
-        texts = tokenizer.batch_decode(ro.responses, skip_special_tokens=True)
-        answers = [rows[i]["answer"] for i in idx for _ in range(G)]
-        correct = torch.tensor(verifier.correctness(texts, answers))  # [N]
-        lengths = mask.sum(-1)  # [N]
-        rewards = correct + torch.tensor(verifier.overlong(lengths.long().tolist()))  # [N]
-        adv = group_advantages(rewards, G, std_norm=ac.std_norm).to(device)  # [N]
-        m["timing/reward"] = time.perf_counter() - t0
-        g_rewards, g_correct = dist.all_gather_cat(rewards.to(device)), dist.all_gather_cat(correct.to(device))  # [N_all]
-        g_lengths, g_trunc = dist.all_gather_cat(lengths.float()), dist.all_gather_cat(ro.truncated.to(device).float())
-        g_adv = dist.all_gather_cat(adv)  # [N_all]
-        m.update({
-            "train/reward": float(g_rewards.mean()), "train/accuracy": float(g_correct.mean()),
-            "train/response_length": float(g_lengths.mean()), "train/truncated": float(g_trunc.mean()),
-            "train/solve_all": float((g_correct.view(-1, G).min(-1).values == 1).float().mean()),
-            "train/solve_none": float((g_correct.view(-1, G).max(-1).values == 0).float().mean()),
-        })
-        keep = torch.arange(N)
-        if ac.filter_groups:  # DAPO dynamic sampling: only groups with a learning signal
-            r = rewards.view(-1, G)  # [N/G, G]
-            informative = (r.max(-1).values != r.min(-1).values).repeat_interleave(G)  # [N]
-            keep = informative.nonzero().view(-1)
-            m["train/kept_fraction"] = float(dist.all_sum(informative.float().sum()) / (N * world))
+def tokenize_prompts(
+    rows: list[dict], cfg: TrainConfig, tokenizer, what: str, log: Callable[[str], None]
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Student and teacher prompt ids of every row, cut from the left to ``data.max_prompt_tokens``."""
+    student_ids, teacher_ids, n_cut = [], [], 0
+    limit = cfg.data.max_prompt_tokens
+    for row in rows:
+        student, teacher = (tokenizer.encode(text, add_special_tokens=False) for text in build_prompts(row, cfg.data, tokenizer))
+        n_cut += (len(student) > limit) + (len(teacher) > limit)
+        student_ids.append(student[-limit:])
+        teacher_ids.append(teacher[-limit:])
+    if n_cut:
+        log(
+            f"[sdpg] warning: {n_cut} {what} prompts (student and teacher views) longer than "
+            f"data.max_prompt_tokens={limit} were cut from the left"
+        )
+    return student_ids, teacher_ids
 
-        # ---- 3. sequences: [left-padded prompt | response]; teacher prompts carry the context c
-        s_ids, s_attn = left_pad([student_prompts[i] for i in idx for _ in range(G)], tokenizer.pad_token_id)  # [N, P]
-        s_seq = torch.cat([s_ids.to(device), responses], 1)  # [N, P+T]
-        s_att = torch.cat([s_attn.to(device), mask.long()], 1)  # [N, P+T]
-        Ps = s_ids.shape[1]
-        t_ids, t_attn = left_pad([teacher_prompts[i] for i in idx for _ in range(G)], tokenizer.pad_token_id)  # [N, Pt]
-        t_seq = torch.cat([t_ids.to(device), responses], 1)  # [N, Pt+T]
-        t_att = torch.cat([t_attn.to(device), mask.long()], 1)  # [N, Pt+T]
-        Pt = t_ids.shape[1]
-        mb = oc.micro_batch_size
 
-        # ---- 4. log-probs before the update (no grad): old policy, reference, teacher on y_t
-        t0 = time.perf_counter()
-        n_keep_all = int(dist.all_sum(torch.tensor(float(len(keep)))).item())  # kept sequences over all ranks
-        minibatch = oc.minibatch_size or max(1, n_keep_all)  # global sequences per optimizer step
-        n_minibatches = max(1, math.ceil(n_keep_all / minibatch)) if n_keep_all else 0
-        on_policy = oc.ppo_epochs == 1 and n_minibatches == 1
-        old_logp = torch.zeros(N, T, device=device)  # [N, T]
-        ref_logp = torch.zeros(N, T, device=device) if ac.alpha > 0 else None  # [N, T]
-        teacher_logp = torch.zeros(N, T, device=device) if ac.needs_teacher_logprobs else None  # [N, T]
-        entropy = torch.zeros(N, T, device=device)  # [N, T]
-        unseen = torch.ones(N, dtype=torch.bool)
-        unseen[keep] = False  # rows the update skips (filter_groups): entropy from this pass
-        # one decision for all ranks (under FSDP every rank must run the same forwards)
-        entropy_pass = on_policy and dist.any_true(bool(unseen.any()), device)
-        with torch.no_grad():
-            for s in range(0, N, mb):
-                sl = slice(s, s + mb)
-                if entropy_pass and (use_fsdp or unseen[sl].any()):
-                    h = response_hidden(policy, s_seq[sl], s_att[sl], Ps, T)  # [b, T, H]
-                    entropy[sl] = token_entropy(torch.nn.functional.linear(h, *head_of(policy)), temp)
-                if not on_policy:
-                    h = response_hidden(policy, s_seq[sl], s_att[sl], Ps, T)  # [b, T, H]
-                    logits = torch.nn.functional.linear(h, *head_of(policy))  # [b, T, V]
-                    old_logp[sl] = token_logprobs(logits, responses[sl], temp)
-                    entropy[sl] = token_entropy(logits, temp)
-                if ref_logp is not None:
-                    h = response_hidden(reference, s_seq[sl], s_att[sl], Ps, T)  # [b, T, H]
-                    ref_logp[sl] = token_logprobs(reference.get_output_embeddings()(h), responses[sl], temp)
-                if teacher_logp is not None:  # the privileged view: current policy, or the frozen initial model
-                    tm = reference if ac.teacher == "frozen" else policy
-                    h = response_hidden(tm, t_seq[sl], t_att[sl], Pt, T)  # [b, T, H]
-                    teacher_logp[sl] = token_logprobs(tm.get_output_embeddings()(h), responses[sl], temp)
-        m["timing/logprobs"] = time.perf_counter() - t0
+def resume(run: Run) -> int:
+    """Load the newest checkpoint that reads; returns the step to continue from (0: none). A checkpoint that
+    does not read is skipped with a warning naming it and renamed to ``*.pt.corrupt``; when none reads,
+    the run stops rather than start over."""
+    cfg, skipped = run.cfg, []
+    for path in reversed(checkpoints(run.out)):
+        try:
+            state = load_checkpoint(path, run.device)
+        except CheckpointError as e:
+            run.log(f"[sdpg] warning: skipped {e}")
+            skipped.append(path)
+            continue
+        if state["config_hash"] != cfg.config_hash():
+            raise RuntimeError(
+                f"{path} was written by another config (hash {state['config_hash']} != {cfg.config_hash()}); "
+                f"use a new run.output_dir or run.resume=false"
+            )
+        load_full_state(run.policy, run.optimizer, state["model"], state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        run.sampler.load_state_dict(state["sampler"])
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        if len(rngs) == run.world:
+            set_rng_state(rngs[run.rank])
+        else:  # another world size: every rank starts a fresh stream derived from the step
+            seed_everything(derived_seed(cfg.run.seed, state["step"], "resume", run.rank))
+        run.log(f"[sdpg] resumed from {path} at step {state['step']}")
+        break
+    else:
+        state = {"step": 0}
+        if skipped:
+            raise CheckpointError(
+                f"no checkpoint in {checkpoint_dir(run.out)} can be read (see the warnings above); "
+                f"move them away, or set run.resume=false to start over"
+            )
+    dist.barrier()  # every rank has read the files before they are renamed
+    if run.main_rank:
+        for path in skipped:
+            path.rename(path.with_name(path.name + ".corrupt"))
+    return state["step"]
 
-        # per-token advantages of L_out for RLSD / OPSD
-        token_adv = None
-        if ac.advantage == "rlsd" or ac.advantage == "opsd":
-            base_logp = old_logp if not on_policy else _current_logp(policy, s_seq, s_att, Ps, responses, temp, mb)
-            if ac.advantage == "rlsd":
-                lam = ac.rlsd_lambda * (max(0.0, 1.0 - (step - 1) / ac.rlsd_lambda_decay_steps) if ac.rlsd_lambda_decay_steps else 1.0)
-                m["train/rlsd_lambda"] = lam
-                token_adv = rlsd_advantages(adv, teacher_logp, base_logp, ac.rlsd_eps_w, lam)  # [N, T]
+
+def sync_rollout_weights(run: Run) -> float:
+    """The rollout engine (vLLM, or the unsharded copy under FSDP) takes the policy's weights; seconds taken."""
+    started = time.perf_counter()
+    if run.separate_engine:
+        state, _ = full_state(run.policy, all_ranks=True)
+        if isinstance(run.rollout, VLLMRollout):
+            run.rollout.sync_weights(state)
+        else:
+            run.generator.load_state_dict(state)
+    return time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------------------------
+# Rollout
+# --------------------------------------------------------------------------------------------
+
+
+def rollout(run: Run, step: int, metrics: dict[str, float]) -> Batch:
+    """G responses for each of this rank's prompts; the sequences [prompt | response] the forwards read."""
+    cfg, device, G = run.cfg, run.device, run.cfg.rollout.group_size
+    prompt_ids = run.sampler.next(cfg.rollout.prompts_per_step)[run.rank :: run.world]  # one global draw, split
+    started = time.perf_counter()
+    seeds = [derived_seed(cfg.run.seed, step, "rollout", i) for i in prompt_ids] if cfg.rollout.seed_per_prompt else None
+    samples = run.rollout.generate(
+        [run.student_prompts[i] for i in prompt_ids],
+        G,
+        temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p,
+        top_k=cfg.rollout.top_k,
+        max_new_tokens=cfg.rollout.max_new_tokens,
+        seeds=seeds,
+    )
+    metrics["timing/rollout"] = time.perf_counter() - started
+    responses, mask = samples.responses.to(device), samples.mask.to(device)  # [N, T], [N, T]
+    pad = run.tokenizer.pad_token_id
+    student_ids, student_attn = left_pad([run.student_prompts[i] for i in prompt_ids for _ in range(G)], pad)  # [N, Ps]
+    teacher_ids, teacher_attn = left_pad([run.teacher_prompts[i] for i in prompt_ids for _ in range(G)], pad)  # [N, Pt]
+    return Batch(
+        prompt_ids=prompt_ids,
+        texts=run.tokenizer.batch_decode(samples.responses, skip_special_tokens=True),
+        responses=responses,
+        mask=mask,
+        engine_logp=samples.logprobs.to(device) if samples.logprobs is not None else None,  # [N, T]
+        truncated=samples.truncated.to(device),  # [N]
+        student_seq=torch.cat([student_ids.to(device), responses], 1),  # [N, Ps+T]
+        student_attn=torch.cat([student_attn.to(device), mask.long()], 1),  # [N, Ps+T]
+        student_prompt_len=student_ids.shape[1],
+        teacher_seq=torch.cat([teacher_ids.to(device), responses], 1),  # [N, Pt+T]
+        teacher_attn=torch.cat([teacher_attn.to(device), mask.long()], 1),  # [N, Pt+T]
+        teacher_prompt_len=teacher_ids.shape[1],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Score
+# --------------------------------------------------------------------------------------------
+
+
+def score(run: Run, batch: Batch, metrics: dict[str, float]) -> None:
+    """Rewards, group advantages, reward statistics over all ranks; DAPO's filter of uninformative groups."""
+    algo, device, G = run.cfg.algo, run.device, run.cfg.rollout.group_size
+    started = time.perf_counter()
+    answers = [run.train_rows[i]["answer"] for i in batch.prompt_ids for _ in range(G)]
+    correct = torch.tensor(run.verifier.correctness(batch.texts, answers))  # [N]
+    lengths = batch.mask.sum(-1)  # [N]
+    rewards = correct + torch.tensor(run.verifier.overlong(lengths.long().tolist()))  # [N]
+    batch.advantages = group_advantages(rewards, G, std_norm=algo.std_norm).to(device)  # [N]
+    metrics["timing/reward"] = time.perf_counter() - started
+    all_rewards, all_correct = dist.all_gather_cat(rewards.to(device)), dist.all_gather_cat(correct.to(device))  # [N_all]
+    all_lengths, all_truncated = dist.all_gather_cat(lengths.float()), dist.all_gather_cat(batch.truncated.float())
+    batch.all_advantages = dist.all_gather_cat(batch.advantages)  # [N_all]
+    metrics.update(
+        {
+            "train/reward": float(all_rewards.mean()),
+            "train/accuracy": float(all_correct.mean()),
+            "train/response_length": float(all_lengths.mean()),
+            "train/truncated": float(all_truncated.mean()),
+            "train/solve_all": float((all_correct.view(-1, G).min(-1).values == 1).float().mean()),
+            "train/solve_none": float((all_correct.view(-1, G).max(-1).values == 0).float().mean()),
+        }
+    )
+    N = len(rewards)
+    batch.keep = torch.arange(N)
+    if algo.filter_groups:  # DAPO dynamic sampling: only groups with a learning signal
+        by_group = rewards.view(-1, G)  # [N/G, G]
+        informative = (by_group.max(-1).values != by_group.min(-1).values).repeat_interleave(G)  # [N]
+        batch.keep = informative.nonzero().view(-1)
+        metrics["train/kept_fraction"] = float(dist.all_sum(informative.float().sum()) / (N * run.world))
+
+
+# --------------------------------------------------------------------------------------------
+# Reference / teacher log-probs (no gradient)
+# --------------------------------------------------------------------------------------------
+
+
+def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> None:
+    """Before the update: log pi_old (unless on-policy, where the update's own forward gives it), log pi_ref
+    for L_K, the teacher's log q(y_t | c, x) for RLSD / OPSD, the entropy of rows the update skips; then the
+    per-token advantages of RLSD / OPSD."""
+    cfg, algo, optim, device = run.cfg, run.cfg.algo, run.cfg.optim, run.device
+    temperature, size = cfg.rollout.temperature, optim.micro_batch_size
+    N, T = batch.responses.shape
+    started = time.perf_counter()
+    batch.n_kept_all = int(dist.all_sum(torch.tensor(float(len(batch.keep)))).item())
+    minibatch = optim.minibatch_size or max(1, batch.n_kept_all)  # global sequences per optimizer step
+    batch.n_minibatches = max(1, math.ceil(batch.n_kept_all / minibatch)) if batch.n_kept_all else 0
+    batch.on_policy = optim.ppo_epochs == 1 and batch.n_minibatches == 1
+    batch.old_logp = torch.zeros(N, T, device=device)  # [N, T]
+    batch.ref_logp = torch.zeros(N, T, device=device) if algo.alpha > 0 else None  # [N, T]
+    batch.teacher_logp = torch.zeros(N, T, device=device) if algo.needs_teacher_logprobs else None  # [N, T]
+    batch.entropy = torch.zeros(N, T, device=device)  # [N, T]
+    skipped = torch.ones(N, dtype=torch.bool)
+    skipped[batch.keep] = False  # rows the update does not see (filter_groups): their entropy comes from here
+    # one decision for all ranks (under FSDP every rank must run the same forwards)
+    entropy_pass = batch.on_policy and dist.any_true(bool(skipped.any()), device)
+    teacher = run.reference if algo.teacher == "frozen" else run.policy  # the privileged view's weights
+    student_view = (batch.student_seq, batch.student_attn, batch.student_prompt_len)
+    with torch.no_grad():
+        for first in range(0, N, size):
+            rows = slice(first, first + size)
+            tokens = batch.responses[rows]  # [b, T]
+            seq, attn, prompt_len = batch.student_seq[rows], batch.student_attn[rows], batch.student_prompt_len
+            if entropy_pass and (run.use_fsdp or skipped[rows].any()):
+                batch.entropy[rows] = sampled_token_stats(
+                    run.policy, seq, attn, prompt_len, tokens, temperature, logprobs=False, entropy=True
+                ).entropy
+            if not batch.on_policy:
+                stats = sampled_token_stats(run.policy, seq, attn, prompt_len, tokens, temperature, entropy=True)
+                batch.old_logp[rows], batch.entropy[rows] = stats.logp, stats.entropy
+            if batch.ref_logp is not None:
+                batch.ref_logp[rows] = sampled_token_stats(run.reference, seq, attn, prompt_len, tokens, temperature).logp
+            if batch.teacher_logp is not None:
+                batch.teacher_logp[rows] = sampled_token_stats(
+                    teacher, batch.teacher_seq[rows], batch.teacher_attn[rows], batch.teacher_prompt_len, tokens, temperature
+                ).logp
+        if algo.advantage in ("rlsd", "opsd"):
+            behaviour_logp = batch.old_logp if not batch.on_policy else _policy_logp(run, batch, *student_view)  # [N, T]
+            if algo.advantage == "rlsd":
+                decay = max(0.0, 1.0 - (step - 1) / algo.rlsd_lambda_decay_steps) if algo.rlsd_lambda_decay_steps else 1.0
+                lam = algo.rlsd_lambda * decay
+                metrics["train/rlsd_lambda"] = lam
+                batch.token_advantages = rlsd_advantages(
+                    batch.advantages, batch.teacher_logp, behaviour_logp, algo.rlsd_eps_w, lam
+                )  # [N, T]
             else:
-                token_adv = opsd_token_weights(teacher_logp, base_logp, adv, ac.opsd_max_weight)  # [N, T]
+                batch.token_advantages = opsd_token_weights(
+                    batch.teacher_logp, behaviour_logp, batch.advantages, algo.opsd_max_weight
+                )  # [N, T]
+    metrics["timing/logprobs"] = time.perf_counter() - started
 
-        # ---- 5. update: epochs x minibatches x micro-batches
-        if isinstance(rollout, VLLMRollout):
-            rollout.sleep()  # GPU: free the engine's KV cache while training
-        t0 = time.perf_counter()
-        beta_k = beta_at(step, rc.total_steps, ac.beta, ac.beta_warmup_steps, ac.beta_decay_steps)
-        policy.train()
-        sums: dict[str, float] = dict.fromkeys(LOSS_STATS + ("_opd_tokens", "_tokens"), 0.0)  # same keys on every rank
-        grad_norm = torch.zeros(())
-        m["train/skipped_update"] = float(n_keep_all == 0)  # every group uninformative (filter_groups)
-        for epoch in range(oc.ppo_epochs if n_keep_all else 0):
-            order = keep[torch.randperm(len(keep))] if n_minibatches > 1 or oc.ppo_epochs > 1 else keep
-            for rows_mb in torch.tensor_split(order, n_minibatches):  # the same number of minibatches on every rank
-                rows_mb = rows_mb.to(device)  # [M]
-                # aggregation weights normalised over the whole minibatch on all ranks, so neither
-                # micro-batching nor the number of ranks changes the update
-                mk, gk = mask[rows_mb], gate_mask(adv[rows_mb], mask[rows_mb], ac.gate)  # [M, T] each
-                if ac.opd_exclude_stop:  # no distillation at the end-of-sequence position
-                    gk = gk * (responses[rows_mb] != tokenizer.eos_token_id).float()  # [M, T]
-                counts = dist.all_sum(torch.stack([mk.sum(), torch.tensor(float(len(rows_mb)), device=device), gk.sum()]))
-                w_mb = agg_weights(mk, ac.loss_agg_mode, n_tokens=counts[0], n_seqs=counts[1])  # [M, T]
-                opd_w_mb = (w_mb * gk if ac.opd_norm == "all"
-                            else agg_weights(gk, ac.loss_agg_mode, n_tokens=counts[2], n_seqs=counts[1]))  # [M, T]
-                opt.zero_grad(set_to_none=True)
-                groups = micro_batches(mk.sum(-1), mb, oc.micro_batch_tokens, Ps)
-                if use_fsdp:  # every rank must run as many forwards: pad with zero-weight micro-batches
-                    n_max = int(dist.all_max(torch.tensor(float(len(groups)), device=device)).item())
-                    groups += [None] * (n_max - len(groups))
-                for u in groups:
-                    dummy = u is None
-                    if dummy:
-                        u = torch.tensor([0])
-                    r = rows_mb[u] if len(rows_mb) else torch.tensor([0], device=device)  # [b]
-                    tb = max(1, int(mask[r].sum(-1).max()))  # the longest response here; beyond it, padding
-                    y, mr = responses[r, :tb], mask[r, :tb]  # [b, tb]
-                    h = response_hidden(policy, s_seq[r, : Ps + tb], s_att[r, : Ps + tb], Ps, tb)  # [b, tb, H]
-                    W_head, b_head = head_of(policy)  # after the forward: under FSDP the gathered head
-                    logits = torch.nn.functional.linear(h, W_head, b_head)  # [b, tb, V]
-                    logp = token_logprobs(logits, y, temp)  # [b, tb]
-                    if on_policy:
-                        entropy[r, :tb] = token_entropy(logits.detach(), temp)
-                        if epoch == 0:
-                            old_logp[r, :tb] = logp.detach()
-                    old_r = logp.detach() if on_policy else old_logp[r, :tb]  # [b, tb]
-                    adv_r = token_adv[r, :tb] if token_adv is not None else None  # [b, tb]
-                    if ro_logp is not None and cfg.rollout.tis_cap is not None:  # truncated importance sampling
-                        behaviour = old_r - ro_logp[r, :tb]  # [b, tb]
-                        tis = torch.exp(behaviour.clamp(max=20.0)).clamp(max=cfg.rollout.tis_cap) * mr  # [b, tb]
-                        adv_r = (adv_r if adv_r is not None else adv[r][:, None]) * tis  # [b, tb]
-                    opd = None
-                    if need_teacher_fwd and (use_fsdp or bool(opd_w_mb[u].any())):
-                        with torch.no_grad():
-                            ht = response_hidden(policy, t_seq[r, : Pt + tb], t_att[r, : Pt + tb], Pt, tb)  # [b, tb, H]
-                        if ac.opd_impl == "fused":
-                            opd = FusedKLInputs(h, ht, W_head, b_head, temperature=ac.distill_temperature)
-                        else:
-                            opd = full_vocab_kl(logits, torch.nn.functional.linear(ht, W_head, b_head), ac.distill_temperature)  # [b, tb]
-                    loss, st = sdpg_loss(
-                        logp, old_r, adv[r], mr,
-                        token_advantages=adv_r,
-                        opd=opd, ref_logp=ref_logp[r, :tb] if ref_logp is not None else None,
-                        beta=beta_k, alpha=ac.alpha, kl_mode=ac.kl_mode, gate=ac.gate, opd_norm=ac.opd_norm,
-                        pg_coef=ac.pg_coef, policy_mode=ac.policy_loss, clip_low=ac.clip_low, clip_high=ac.clip_high,
-                        clip_c=ac.clip_c, loss_agg_mode=ac.loss_agg_mode,
-                        token_weights=w_mb[u, :tb] if not dummy else torch.zeros_like(mr),
-                        opd_token_weights=opd_w_mb[u, :tb] if not dummy else torch.zeros_like(mr),
-                    )
-                    if dummy:
-                        loss = loss * 0.0  # a forward/backward for FSDP's collectives only
-                    elif use_fsdp:
-                        loss = loss * world  # FSDP averages over ranks; the weights are already global
-                    loss.backward()
-                    if epoch == 0 and not dummy:  # statistics of the first pass, exact whatever the micro-batching / ranks
-                        n_tok = float(mr.sum())
-                        n_opd = float(st.pop("opd_tokens"))
-                        for k, v in st.items():
-                            if k in ADDITIVE_STATS:  # already globally weighted: sum; averaged over minibatches below
-                                sums[k] = sums.get(k, 0.0) + float(v)
-                            elif k == "opd_kl":
-                                sums[k] = sums.get(k, 0.0) + float(v) * n_opd
-                            elif k != "beta" and k != "gate_fraction":
-                                sums[k] = sums.get(k, 0.0) + float(v) * n_tok
-                        sums["_opd_tokens"] = sums.get("_opd_tokens", 0.0) + n_opd
-                        sums["_tokens"] = sums.get("_tokens", 0.0) + n_tok
-                if not use_fsdp:  # FSDP has reduce-scattered the gradients already
-                    dist.all_reduce_grads(list(policy.parameters()))
-                grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), oc.grad_clip if oc.grad_clip > 0 else float("inf"))
-                if hasattr(grad_norm, "full_tensor"):
-                    grad_norm = grad_norm.full_tensor()
-                opt.step()
-                sched.step()
-        policy.eval()
-        m["timing/update"] = time.perf_counter() - t0
-        if isinstance(rollout, VLLMRollout) or generator_model is not None:
-            m["timing/weight_sync"] = sync_rollout_weights()
-        if ro_logp is not None:  # trainer vs rollout engine on the sampled tokens (before this update)
-            d = dist.all_sum(torch.stack([((old_logp - ro_logp) * mask).sum(), ((old_logp - ro_logp).abs() * mask).sum(),
-                                          (torch.exp((old_logp - ro_logp).clamp(-20, 20)) * mask).sum(), mask.sum()]))
-            m["train/rollout_logprob_diff"] = float(d[1] / d[3].clamp(min=1))
-            m["train/rollout_is_ratio"] = float(d[2] / d[3].clamp(min=1))
-        if dist.active():  # sums over ranks
-            keys = sorted(sums)
-            red = dist.all_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=device))
-            sums = {k: float(v) for k, v in zip(keys, red)}
-        opd_tokens, tokens = sums.pop("_opd_tokens", 0.0), sums.pop("_tokens", 0.0)
-        for k, v in sums.items():
-            if k in ADDITIVE_STATS:
-                m[f"train/{k}"] = v / max(1, n_minibatches)
-            else:
-                m[f"train/{k}"] = v / max(1.0, opd_tokens if k == "opd_kl" else tokens)
-        m["train/beta"] = beta_k
-        m["train/gate_fraction"] = float((g_adv > 0).float().mean()) if ac.gate else 1.0
-        ent = dist.all_sum(torch.stack([(entropy * mask).sum(), mask.sum()]))
-        m["train/entropy"] = float(ent[0] / ent[1].clamp(min=1.0))
-        m["train/grad_norm"] = float(grad_norm)
-        m["train/lr"] = sched.get_last_lr()[0]
 
-        # ---- 6. evaluation, logging, checkpoint
-        if cfg.eval.every > 0 and eval_sets and (step % cfg.eval.every == 0 or step == rc.total_steps):
-            t0 = time.perf_counter()
-            m.update(evaluate(rollout, tokenizer, verifier, eval_sets, cfg, step, rank, world, device))
-            m["timing/eval"] = time.perf_counter() - t0
-            for t in texts[: rc.log_samples]:
-                log(f"[sdpg] sample @ {step}: {t[:200]!r}")
-        m["timing/step"] = time.perf_counter() - t_step
-        for s in sinks:
-            s.log(m, step)
-        last_metrics = m
-        interrupted = dist.any_true((should_stop is not None and should_stop()) or
-                                    (stop_after_step is not None and step >= stop_after_step), device)
-        if step == rc.total_steps or interrupted or (rc.checkpoint_every and step % rc.checkpoint_every == 0):
-            checkpoint(step)
-        if interrupted and step < rc.total_steps:
-            status = "interrupted"
+def _policy_logp(run: Run, batch: Batch, seq: Tensor, attn: Tensor, prompt_len: int) -> Tensor:
+    """log pi_theta(y_t) [N, T] of every row, in micro-batches (the on-policy pi_old, before the update)."""
+    size, temperature = run.cfg.optim.micro_batch_size, run.cfg.rollout.temperature
+    parts = [
+        sampled_token_stats(
+            run.policy, seq[s : s + size], attn[s : s + size], prompt_len, batch.responses[s : s + size], temperature
+        ).logp
+        for s in range(0, seq.shape[0], size)
+    ]  # [b, T] each
+    return torch.cat(parts)  # [N, T]
+
+
+# --------------------------------------------------------------------------------------------
+# Update
+# --------------------------------------------------------------------------------------------
+
+
+def update(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> tuple[LossStats, float, Tensor]:
+    """ppo_epochs passes over the kept rows, one optimizer step per minibatch; then the rollout engine takes
+    the new weights. Returns the first epoch's loss statistics, beta(k) and the last gradient norm."""
+    cfg, optim = run.cfg, run.cfg.optim
+    if isinstance(run.rollout, VLLMRollout):
+        run.rollout.sleep()  # GPU: free the engine's KV cache while training
+    started = time.perf_counter()
+    beta_k = beta_at(step, cfg.run.total_steps, cfg.algo.beta, cfg.algo.beta_warmup_steps, cfg.algo.beta_decay_steps)
+    loss_stats = LossStats()
+    grad_norm = torch.zeros(())
+    metrics["train/skipped_update"] = float(batch.n_kept_all == 0)  # every group uninformative (filter_groups)
+    n_nonfinite = 0
+    run.policy.train()
+    for epoch in range(optim.ppo_epochs if batch.n_kept_all else 0):
+        shuffle = batch.n_minibatches > 1 or optim.ppo_epochs > 1
+        order = batch.keep[torch.randperm(len(batch.keep))] if shuffle else batch.keep
+        for rows in torch.tensor_split(order, batch.n_minibatches):  # the same number of minibatches on every rank
+            grad_norm, applied = optimizer_step(run, batch, rows.to(run.device), beta_k, loss_stats if epoch == 0 else None)
+            n_nonfinite += not applied
+            run.nonfinite_in_a_row = 0 if applied else run.nonfinite_in_a_row + 1
+            if run.nonfinite_in_a_row >= optim.max_nonfinite_steps:
+                break
+        if run.nonfinite_in_a_row >= optim.max_nonfinite_steps:
             break
+    metrics["train/nonfinite_skipped"] = float(n_nonfinite)
+    run.policy.eval()
+    metrics["timing/update"] = time.perf_counter() - started
+    if run.separate_engine:
+        metrics["timing/weight_sync"] = sync_rollout_weights(run)
+    return loss_stats, beta_k, grad_norm
 
-    verifier.close()
-    if sinks is not None:
-        for s in sinks:
-            s.close()
-    result = {"status": status, "step": step, "output_dir": str(out), "metrics": last_metrics, "rank": rank, "world_size": world}
-    if main_rank:
-        (out / "result.json").write_text(json.dumps(result, indent=1))
-    if own_group:
-        dist.shutdown()
-    return result
+
+def optimizer_step(run: Run, batch: Batch, rows: Tensor, beta_k: float, loss_stats: LossStats | None) -> tuple[Tensor, bool]:
+    """One AdamW step on the minibatch ``rows`` [M], accumulated over micro-batches; returns the gradient norm
+    and whether the step was applied: a non-finite loss (on any rank) or gradient norm skips it.
+
+    Aggregation weights are normalised over the whole minibatch on all ranks, so neither micro-batching
+    nor the number of ranks changes the update."""
+    algo, optim, device = run.cfg.algo, run.cfg.optim, run.device
+    mask = batch.mask[rows]  # [M, T]
+    distil = gate_mask(batch.advantages[rows], mask, algo.gate)  # [M, T] tokens L_OPD+ may use
+    if algo.opd_exclude_stop:  # no distillation at the end-of-sequence position
+        distil = distil * (batch.responses[rows] != run.tokenizer.eos_token_id).float()  # [M, T]
+    counts = dist.all_sum(torch.stack([mask.sum(), torch.tensor(float(len(rows)), device=device), distil.sum()]))
+    weights = agg_weights(mask, algo.loss_agg_mode, n_tokens=counts[0], n_seqs=counts[1])  # [M, T]
+    opd_weights = (
+        weights * distil
+        if algo.opd_norm == "all"
+        else agg_weights(distil, algo.loss_agg_mode, n_tokens=counts[2], n_seqs=counts[1])
+    )  # [M, T]
+    run.optimizer.zero_grad(set_to_none=True)
+    groups: list[Tensor | None] = list(
+        micro_batches(mask.sum(-1), optim.micro_batch_size, optim.micro_batch_tokens, batch.student_prompt_len)
+    )
+    if run.use_fsdp:  # every rank must run as many forwards: pad with zero-weight micro-batches
+        n_most = int(dist.all_max(torch.tensor(float(len(groups)), device=device)).item())
+        groups += [None] * (n_most - len(groups))
+    finite_loss = True
+    for positions in groups:
+        finite_loss &= micro_batch_backward(run, batch, rows, positions, weights, opd_weights, beta_k, loss_stats)
+    if not run.use_fsdp:  # FSDP has reduce-scattered the gradients already
+        dist.all_reduce_grads(list(run.policy.parameters()))
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), optim.grad_clip if optim.grad_clip > 0 else float("inf"))
+    if hasattr(grad_norm, "full_tensor"):
+        grad_norm = grad_norm.full_tensor()
+    if dist.any_true(not (finite_loss and bool(torch.isfinite(grad_norm))), device):
+        run.optimizer.zero_grad(set_to_none=True)  # nothing of this minibatch reaches the weights or Adam's moments
+        return grad_norm, False
+    run.optimizer.step()
+    run.scheduler.step()
+    return grad_norm, True
+
+
+def micro_batch_backward(
+    run: Run,
+    batch: Batch,
+    rows: Tensor,
+    positions: Tensor | None,
+    weights: Tensor,
+    opd_weights: Tensor,
+    beta_k: float,
+    loss_stats: LossStats | None,
+) -> bool:
+    """Forward and backward of the micro-batch at ``positions`` of the minibatch ``rows``; returns whether its
+    loss was finite. ``positions`` None: a zero-weight forward/backward that only keeps FSDP's collectives in
+    step across ranks."""
+    cfg, algo = run.cfg, run.cfg.algo
+    padding = positions is None
+    if positions is None:
+        positions = torch.tensor([0])
+    seqs = rows[positions] if len(rows) else torch.tensor([0], device=run.device)  # [b]
+    n_resp = max(1, int(batch.mask[seqs].sum(-1).max()))  # the longest response here; beyond it, padding
+    tokens, mask = batch.responses[seqs, :n_resp], batch.mask[seqs, :n_resp]  # [b, tb]
+    Ps, Pt = batch.student_prompt_len, batch.teacher_prompt_len
+    materialised_kl = algo.needs_distillation and algo.opd_impl != "fused"
+    student = sampled_token_stats(
+        run.policy,
+        batch.student_seq[seqs, : Ps + n_resp],
+        batch.student_attn[seqs, : Ps + n_resp],
+        Ps,
+        tokens,
+        cfg.rollout.temperature,
+        entropy=batch.on_policy,
+        keep_logits=materialised_kl,
+    )
+    logp = student.logp  # [b, tb]
+    if batch.on_policy and not padding:  # pi_old is this forward's pi_theta (one epoch, one minibatch)
+        batch.entropy[seqs, :n_resp] = student.entropy
+        batch.old_logp[seqs, :n_resp] = logp.detach()
+    old_logp = logp.detach() if batch.on_policy else batch.old_logp[seqs, :n_resp]  # [b, tb]
+    token_adv = batch.token_advantages[seqs, :n_resp] if batch.token_advantages is not None else None  # [b, tb]
+    if batch.engine_logp is not None and cfg.rollout.tis_cap is not None:  # truncated importance sampling
+        log_ratio = old_logp - batch.engine_logp[seqs, :n_resp]  # [b, tb]
+        tis = torch.exp(log_ratio.clamp(max=20.0)).clamp(max=cfg.rollout.tis_cap) * mask  # [b, tb]
+        token_adv = (token_adv if token_adv is not None else batch.advantages[seqs][:, None]) * tis  # [b, tb]
+    opd = None
+    if algo.needs_distillation and (run.use_fsdp or bool(opd_weights[positions].any())):
+        with torch.no_grad():  # the teacher: the current policy on the privileged prompt (c, x)
+            teacher_hidden = response_hidden(
+                run.policy, batch.teacher_seq[seqs, : Pt + n_resp], batch.teacher_attn[seqs, : Pt + n_resp], Pt, n_resp
+            )  # [b, tb, H]
+        if algo.opd_impl == "fused":
+            opd = FusedKLInputs(
+                student.hidden, teacher_hidden, student.head_weight, student.head_bias, temperature=algo.distill_temperature
+            )
+        else:
+            teacher_logits = torch.nn.functional.linear(teacher_hidden, student.head_weight, student.head_bias)  # [b, tb, V]
+            opd = full_vocab_kl(student.logits, teacher_logits, algo.distill_temperature)  # [b, tb]
+    loss, stats = sdpg_loss(
+        logp,
+        old_logp,
+        batch.advantages[seqs],
+        mask,
+        token_advantages=token_adv,
+        opd=opd,
+        ref_logp=batch.ref_logp[seqs, :n_resp] if batch.ref_logp is not None else None,
+        beta=beta_k,
+        alpha=algo.alpha,
+        kl_mode=algo.kl_mode,
+        gate=algo.gate,
+        opd_norm=algo.opd_norm,
+        pg_coef=algo.pg_coef,
+        policy_mode=algo.policy_loss,
+        clip_low=algo.clip_low,
+        clip_high=algo.clip_high,
+        clip_c=algo.clip_c,
+        loss_agg_mode=algo.loss_agg_mode,
+        token_weights=weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
+        opd_token_weights=opd_weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
+    )
+    if padding:
+        loss = loss * 0.0
+    elif run.use_fsdp:
+        loss = loss * run.world  # FSDP averages over ranks; the weights are already global
+    if loss.requires_grad:  # without: no term has a gradient here (OPCD on a micro-batch with nothing distilled)
+        loss.backward()
+    if loss_stats is not None and not padding:
+        loss_stats.add(stats, n_tokens=float(mask.sum()))
+    return padding or bool(torch.isfinite(loss.detach()))
 
 
 def micro_batches(lengths: Tensor, size: int, token_budget: int | None, prompt_len: int) -> list[Tensor]:
@@ -712,32 +853,90 @@ def micro_batches(lengths: Tensor, size: int, token_budget: int | None, prompt_l
     M = len(lengths)
     if not token_budget:
         return [torch.arange(s, min(s + size, M)) for s in range(0, M, size)]
-    out, cur, cur_max = [], [], 0
+    groups, current, current_max = [], [], 0
     for i in torch.argsort(lengths, descending=True, stable=True).tolist():
         need = int(lengths[i]) + prompt_len
-        if cur and (len(cur) + 1) * max(cur_max, need) > token_budget:
-            out.append(torch.tensor(cur))
-            cur, cur_max = [], 0
-        cur.append(i)
-        cur_max = max(cur_max, need)
-    if cur:
-        out.append(torch.tensor(cur))
-    return out
+        if current and (len(current) + 1) * max(current_max, need) > token_budget:
+            groups.append(torch.tensor(current))
+            current, current_max = [], 0
+        current.append(i)
+        current_max = max(current_max, need)
+    if current:
+        groups.append(torch.tensor(current))
+    return groups
 
 
-LOSS_STATS = ("pg_loss", "pg_clipfrac", "pg_clipfrac_lower", "ppo_kl", "opd_loss", "opd_kl", "ref_kl", "ref_kl_surrogate")
-ADDITIVE_STATS = ("pg_loss", "opd_loss")  # terms of the loss: micro-batch parts add up
+# --------------------------------------------------------------------------------------------
+# Reduce metrics
+# --------------------------------------------------------------------------------------------
 
 
-def _current_logp(policy, seq, att, P, responses, temp, mb) -> Tensor:
-    """log pi_theta(y_t) [N, T] without gradient (the on-policy p_old)."""
-    out = []
-    with torch.no_grad():
-        for s in range(0, seq.shape[0], mb):
-            h = response_hidden(policy, seq[s : s + mb], att[s : s + mb], P, responses.shape[1])  # [b, T, H]
-            out.append(token_logprobs(torch.nn.functional.linear(h, *head_of(policy)), responses[s : s + mb], temp))  # [b, T]
-    return torch.cat(out)  # [N, T]
+def reduce_metrics(
+    run: Run, batch: Batch, loss_stats: LossStats, beta_k: float, grad_norm: Tensor, metrics: dict[str, float]
+) -> None:
+    """train/* metrics of the step, over all ranks."""
+    mask = batch.mask
+    if batch.engine_logp is not None:  # trainer vs rollout engine on the sampled tokens (before this update)
+        gap = batch.old_logp - batch.engine_logp  # [N, T]
+        sums = dist.all_sum(
+            torch.stack([(gap * mask).sum(), (gap.abs() * mask).sum(), (torch.exp(gap.clamp(-20, 20)) * mask).sum(), mask.sum()])
+        )
+        metrics["train/rollout_logprob_diff"] = float(sums[1] / sums[3].clamp(min=1))
+        metrics["train/rollout_is_ratio"] = float(sums[2] / sums[3].clamp(min=1))
+    loss_stats.all_reduce(run.device)
+    metrics.update(loss_stats.metrics(batch.n_minibatches))
+    metrics["train/beta"] = beta_k
+    metrics["train/gate_fraction"] = float((batch.all_advantages > 0).float().mean()) if run.cfg.algo.gate else 1.0
+    entropy = dist.all_sum(torch.stack([(batch.entropy * mask).sum(), mask.sum()]))
+    metrics["train/entropy"] = float(entropy[0] / entropy[1].clamp(min=1.0))
+    metrics["train/grad_norm"] = float(grad_norm)
+    metrics["train/lr"] = run.scheduler.get_last_lr()[0]
 
 
-def default_sinks(out: Path, resume_step: int, total_steps: int) -> list[MetricSink]:
-    return [JsonlSink(out / "metrics.jsonl", resume_step), ConsoleSink(total_steps)]
+# --------------------------------------------------------------------------------------------
+# Evaluate, log, checkpoint
+# --------------------------------------------------------------------------------------------
+
+
+def evaluation_due(run: Run, step: int) -> bool:
+    every = run.cfg.eval.every
+    return every > 0 and bool(run.eval_sets) and (step % every == 0 or step == run.cfg.run.total_steps)
+
+
+def run_evaluation(run: Run, step: int) -> dict[str, float]:
+    started = time.perf_counter()
+    metrics = evaluate(run.rollout, run.tokenizer, run.verifier, run.eval_sets, run.cfg, step, run.rank, run.world, run.device)
+    metrics["timing/eval"] = time.perf_counter() - started
+    return metrics
+
+
+def log_metrics(run: Run, metrics: dict[str, float], step: int) -> None:
+    for sink in run.sinks:
+        sink.log(metrics, step)
+
+
+def save_run_state(run: Run, step: int) -> Path:
+    """A resumable checkpoint of ``step``: a collective (every rank takes part), written by rank 0."""
+    rngs = [rng_state()]
+    if dist.active():
+        rngs = [None] * run.world
+        torch.distributed.all_gather_object(rngs, rng_state())
+    model_state, optim_state = full_state(run.policy, run.optimizer)  # a collective under FSDP
+    path = checkpoint_dir(run.out) / f"step_{step:07d}.pt"
+    if run.main_rank:
+        path = save_checkpoint(
+            run.out,
+            step,
+            {
+                "step": step,
+                "model": model_state,
+                "optimizer": optim_state,
+                "scheduler": run.scheduler.state_dict(),
+                "sampler": run.sampler.state_dict(),
+                "rng": rngs if run.world > 1 else rngs[0],
+                "config_hash": run.cfg.config_hash(),
+            },
+            run.cfg.run.keep_checkpoints,
+        )
+    dist.barrier()
+    return path

@@ -1,0 +1,67 @@
+"""Evaluation on the held-out benchmarks: mean@k, unbiased pass@k, greedy accuracy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from sdpg.training import distributed as dist
+from sdpg.training.config import TrainConfig
+from sdpg.training.randomness import derived_seed
+from sdpg.training.rewards import Verifier
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of Chen et al. (2021): 1 - C(n-c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+@torch.no_grad()
+def evaluate(
+    rollout,
+    tokenizer,
+    verifier: Verifier,
+    eval_sets: dict,
+    cfg: TrainConfig,
+    step: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """mean@k, unbiased pass@k and greedy accuracy per benchmark. Problems are split across ranks and
+    the per-problem results gathered; with ``rollout.seed_per_prompt`` each problem's samples are
+    seeded, so the numbers do not depend on the number of ranks."""
+    settings = cfg.eval
+    max_new = settings.max_new_tokens or cfg.rollout.max_new_tokens
+    metrics: dict[str, float] = {}
+    for name, (rows, prompt_ids) in eval_sets.items():
+        k = settings.n_samples
+        mine = list(range(rank, len(rows), world))
+        seeds = [derived_seed(cfg.run.seed, step, "eval", name, i) for i in mine] if cfg.rollout.seed_per_prompt else None
+        samples = rollout.generate(
+            [prompt_ids[i] for i in mine],
+            k,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_new_tokens=max_new,
+            seeds=seeds,
+        )
+        texts = tokenizer.batch_decode(samples.responses, skip_special_tokens=True)
+        answers = [rows[i]["answer"] for i in mine for _ in range(k)]
+        correct = torch.tensor(verifier.correctness(texts, answers), device=device).view(len(mine), k)  # [n_local, k]
+        lengths = samples.mask.sum(-1).to(device).view(len(mine), k)  # [n_local, k]
+        correct, lengths = dist.all_gather_cat(correct), dist.all_gather_cat(lengths)  # [n, k]
+        metrics[f"eval/{name}/mean@{k}"] = float(correct.mean())
+        metrics[f"eval/{name}/response_length"] = float(lengths.float().mean())
+        for kk in settings.pass_k:
+            metrics[f"eval/{name}/pass@{kk}"] = float(np.mean([pass_at_k(k, int(c), kk) for c in correct.sum(-1)]))
+        if settings.greedy:
+            greedy = rollout.generate([prompt_ids[i] for i in mine], 1, greedy=True, max_new_tokens=max_new)
+            greedy_texts = tokenizer.batch_decode(greedy.responses, skip_special_tokens=True)
+            ok = torch.tensor(verifier.correctness(greedy_texts, [rows[i]["answer"] for i in mine]), device=device)  # [n_local]
+            metrics[f"eval/{name}/greedy"] = float(dist.all_gather_cat(ok).mean())
+    return metrics

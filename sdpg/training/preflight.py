@@ -1,0 +1,306 @@
+"""Checks that reach the world before anything is created: a config that passes the schema can still name a
+device that does not exist, a data file that is not there or not JSON, a template placeholder nobody fills,
+Adam betas outside [0, 1)... Each of these used to fail inside the job, after the model had loaded (or after an
+ablation had created its store, runs and jobs). Here each is one sentence naming the file, the key and the
+value, raised as ``ConfigError`` before any folder, store, model or job exists.
+
+* ``check_config(cfg)``: pure checks on the values (no file system): templates, betas, finiteness,
+  methods with no training signal. Cheap; run for every resolved config of an ablation or sweep.
+* ``check_world(cfg, local=...)``: files, folders and devices. ``local=False`` (a SLURM submission host)
+  skips what only the compute node can know (is there a GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import string
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from sdpg.training.config import ConfigError, TrainConfig
+from sdpg.training.redact import redact
+
+PLACEHOLDERS = {
+    "data.student_template": {"problem"},
+    "data.teacher_template": {"problem", "context"},
+}
+CONTEXT_PLACEHOLDERS = {"problem", "answer", "solution"}
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+MAX_ROWS_CHECKED = 1_000_000
+
+
+def _v(value: Any, limit: int = 80) -> str:
+    text = redact(repr(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _bad(source: str, key: str, value: Any, why: str) -> ConfigError:
+    return ConfigError(f"{source}: key '{key}' has bad value {_v(value)}: {why}")
+
+
+# ------------------------------------------------------------------------------------------- pure value checks
+def template_fields(template: str) -> list[str]:
+    """Placeholder names in a ``str.format`` template; ValueError for broken braces or positional fields."""
+    names = []
+    for _, field, _, _ in string.Formatter().parse(template):
+        if field is None:
+            continue
+        if field == "" or field.isdigit():
+            raise ValueError("positional placeholders ({} or {0}) are not filled; name them, or write {{ }} for a brace")
+        base = re.split(r"[.\[]", field, maxsplit=1)[0]
+        if base != field:
+            raise ValueError(f"placeholder {{{field}}} uses attribute or index access; write {{{base}}}")
+        names.append(field)
+    return names
+
+
+def _check_template(source: str, key: str, template: str, allowed: set[str]) -> None:
+    try:
+        fields = template_fields(template)
+    except ValueError as e:
+        msg = str(e)
+        if "Single" in msg or "unmatched" in msg.lower() or "expected '}'" in msg:
+            msg = f"unbalanced braces ({msg}); write {{{{ and }}}} for literal braces"
+        raise _bad(source, key, template, msg) from None
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        raise _bad(
+            source,
+            key,
+            template,
+            f"unknown placeholder {{{unknown[0]}}} (known: "
+            + ", ".join("{" + a + "}" for a in sorted(allowed))
+            + "; write {{ }} for literal braces)",
+        )
+
+
+def _walk_floats(d: Any, prefix: str = "") -> Iterable[tuple[str, float]]:
+    if isinstance(d, dict):
+        for k, v in d.items():
+            yield from _walk_floats(v, f"{prefix}{k}.")
+    elif isinstance(d, (list, tuple)):
+        for i, v in enumerate(d):
+            yield from _walk_floats(v, f"{prefix}{i}.")
+    elif isinstance(d, float):
+        yield prefix[:-1], d
+
+
+def check_config(cfg: TrainConfig, source: str = "<config>") -> None:
+    """Value checks the schema does not express; ConfigError naming ``source``, the key and the value."""
+    for key, val in _walk_floats(cfg.model_dump(mode="python")):
+        if not math.isfinite(val):
+            raise _bad(source, key, val, "must be a finite number")
+    d = cfg.data
+    for key, allowed in PLACEHOLDERS.items():
+        _check_template(source, key, getattr(d, key.split(".")[1]), allowed)
+    for name, tpl in d.context_templates.items():
+        _check_template(source, f"data.context_templates.{name}", tpl, CONTEXT_PLACEHOLDERS)
+    b1, b2 = cfg.optim.betas
+    for i, b in enumerate((b1, b2)):
+        if not 0.0 <= b < 1.0:
+            raise _bad(source, "optim.betas", list(cfg.optim.betas), f"betas[{i}]={b} must lie in [0, 1) (Adam's moment decays)")
+    a = cfg.algo
+    if a.pg_coef == 0 and a.beta == 0:
+        raise _bad(
+            source,
+            "algo.beta",
+            a.beta,
+            f"with algo.method={a.method} (algo.pg_coef=0) a zero distillation coefficient leaves no training signal",
+        )
+
+
+# ------------------------------------------------------------------------------------------------ world checks
+def _check_output_dir(source: str, out: str) -> None:
+    p = Path(out)
+    probe = p
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise _bad(source, "run.output_dir", out, f"{probe} is a file, not a folder")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise _bad(source, "run.output_dir", out, f"{probe} is not writable")
+
+
+def _check_device(source: str, name: str, local: bool) -> None:
+    if name == "auto":
+        return
+    m = re.fullmatch(r"(cpu|cuda|mps|xpu)(?::(\d+))?", name)
+    if m is None:
+        raise _bad(source, "model.device", name, "expected auto, cpu, cuda or cuda:N")
+    if not local or m.group(1) == "cpu":
+        return
+    import torch
+
+    if m.group(1) == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise _bad(source, "model.device", name, "no CUDA device is visible on this machine")
+        if m.group(2) is not None and int(m.group(2)) >= n:
+            raise _bad(source, "model.device", name, f"this machine has {n} CUDA device(s) (0..{n - 1})")
+    elif m.group(1) == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise _bad(source, "model.device", name, "MPS is not available on this machine")
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _check_model_path(source: str, path: str) -> None:
+    if path == "embedded":
+        return
+    p = Path(path).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise _bad(source, "model.path", path, "is a file; expected a folder saved with save_pretrained or a hub id")
+        if not (p / "config.json").is_file():
+            raise _bad(source, "model.path", path, "the folder has no config.json (not a save_pretrained folder)")
+        return
+    if HUB_ID.fullmatch(path) and not path.startswith((".", "/")):
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                if not isinstance(try_to_load_from_cache(path, "config.json"), str):
+                    raise _bad(source, "model.path", path, "not a local folder, and HF_HUB_OFFLINE is set with no cached copy")
+            except ImportError:
+                pass
+        return
+    raise _bad(source, "model.path", path, "no such folder (and not a hub id of the form org/name)")
+
+
+def _row_error(file: str, line: int, why: str) -> ConfigError:
+    return ConfigError(f"{file}: line {line}: {why}")
+
+
+def _check_row(file: str, line: int, raw: Any, cfg: TrainConfig, what: str) -> bool:
+    """Check one raw row; returns whether it carries a worked solution."""
+    d = cfg.data
+    if not isinstance(raw, dict):
+        kind = {list: "an array", int: "a number", float: "a number", str: "a string", bool: "a boolean", type(None): "null"}.get(
+            type(raw), type(raw).__name__
+        )
+        raise _row_error(file, line, f"is {kind}, expected a JSON object with '{d.problem_key}' and '{d.answer_key}'")
+    if "prompt" in raw and "reward_model" in raw:  # verl format
+        gt = (raw.get("reward_model") or {}).get("ground_truth") if isinstance(raw.get("reward_model"), dict) else None
+        if gt is None:
+            raise _row_error(file, line, "verl row without reward_model.ground_truth")
+        return bool((raw.get("extra_info") or {}).get("solution")) if isinstance(raw.get("extra_info"), dict) else False
+    for key_name, field in (("data.problem_key", d.problem_key), ("data.answer_key", d.answer_key)):
+        cur: Any = raw
+        for part in field.split("."):
+            cur = cur.get(part) if isinstance(cur, dict) else None
+        if field.split(".")[0] not in raw:
+            fields = ", ".join(map(str, list(raw)[:8])) or "none"
+            raise _row_error(file, line, f"no '{field}' field (fields: {_v(fields, 60)}); set {key_name}")
+        if cur is None:
+            raise _row_error(file, line, f"'{field}' is null")
+        if isinstance(cur, (dict, list)):
+            raise _row_error(file, line, f"'{field}' is {type(cur).__name__}, expected text or a number")
+    sol = raw.get(d.solution_key)
+    return bool(sol)
+
+
+def check_data_file(cfg: TrainConfig, key: str, src: str, source: str, what: str = "train") -> None:
+    """A data source named by ``key`` (``data.train`` / ``data.eval.NAME``): exists, has a known format,
+    and every row parses and carries its fields."""
+    if src == "embedded" or src.startswith("hf:"):
+        return
+    p = Path(src)
+    if not p.exists():
+        raise _bad(source, key, src, "no such file")
+    if p.is_dir():
+        raise _bad(source, key, src, "is a folder; expected a .jsonl, .json or .parquet file")
+    if p.suffix not in DATA_SUFFIXES:
+        raise _bad(source, key, src, "expected a .jsonl, .json or .parquet file")
+    rows_with_solution, n = 0, 0
+    if p.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+
+            rows = pq.read_table(p).to_pylist()
+        except Exception as e:  # noqa: BLE001 - any reader failure is the file's fault here
+            raise ConfigError(
+                f"{p}: not a readable parquet file ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+            ) from None
+        for i, r in enumerate(rows[:MAX_ROWS_CHECKED]):
+            rows_with_solution += _check_row(str(p), i + 1, r, cfg, what)
+            n += 1
+    else:
+        data = p.read_bytes()
+        if b"\x00" in data:
+            raise ConfigError(f"{p}: is binary, not JSON text (NUL byte at offset {data.index(0)}), named by {key}")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data[: e.start].count(b"\n") + 1
+            raise ConfigError(f"{p}: is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}), named by {key}") from None
+        if p.suffix == ".json" and text.lstrip().startswith("["):
+            try:
+                rows = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{p}: line {e.lineno}: not valid JSON ({e.msg})") from None
+            items = [(i + 1, r) for i, r in enumerate(rows)]
+        else:
+            items = []
+            for i, line in enumerate(text.splitlines()):
+                if not line.strip():
+                    continue
+                try:
+                    items.append((i + 1, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise _row_error(str(p), i + 1, f"not valid JSON ({e.msg} at column {e.colno})") from None
+        for ln, r in items:
+            rows_with_solution += _check_row(str(p), ln, r, cfg, what)
+            n += 1
+    if n == 0:
+        raise ConfigError(f"{p}: is empty (no rows), named by {key}")
+    if what == "train" and cfg.data.context in ("solution",) and rows_with_solution == 0:
+        raise ConfigError(
+            f"{p}: no row has a '{cfg.data.solution_key}' field, but data.context is "
+            f"'{cfg.data.context}'; set data.context or data.solution_key"
+        )
+
+
+def check_world(cfg: TrainConfig, source: str = "<config>", local: bool = True) -> None:
+    """Everything ``check_config`` checks, plus files, folders and devices (``local``: this machine runs it)."""
+    check_config(cfg, source)
+    _check_device(source, cfg.model.device, local)
+    _check_model_path(source, cfg.model.path)
+    check_data_file(cfg, "data.train", cfg.data.train, source, "train")
+    for name, src in cfg.data.eval.items():
+        check_data_file(cfg, f"data.eval.{name}", src, source, "eval")
+    _check_output_dir(source, cfg.run.output_dir)
+
+
+_METRIC_NAMES: set[str] | None = None
+
+
+def produced_metric_names() -> set[str]:
+    """``train/...`` and ``timing/...`` metric names the trainer can log, read from the training and objective
+    sources: literal names, plus ``train/<stat>`` for every statistic the loss functions return (the
+    trainer logs those under ``train/``). Used to refuse a sweep objective that would never be logged
+    (a sweep on ``train/bogus`` once ran 44 failing trials in 200 s). Empty when the sources cannot be read."""
+    global _METRIC_NAMES
+    if _METRIC_NAMES is None:
+        root = Path(__file__).resolve().parents[1]
+        names: set[str] = set()
+        for folder in ("training", "objective"):
+            for f in (root / folder).glob("*.py"):
+                try:
+                    text = f.read_text()
+                except OSError:
+                    continue
+                names.update(re.findall(r"[\"']((?:train|timing)/[A-Za-z0-9_@]+)[\"']", text))
+                names.update("train/" + k for k in re.findall(r"stats\[[\"']([A-Za-z0-9_]+)[\"']\]", text))
+                if folder == "objective":  # statistics: dict keys, update(k=...) keywords, dataclass fields
+                    names.update("train/" + k for k in re.findall(r"[\"']([a-z][a-z0-9_]*)[\"']\s*:", text))
+                    for args in re.findall(r"\.update\(([^)]*)\)", text):
+                        names.update("train/" + k for k in re.findall(r"\b([a-z][a-z0-9_]*)=", args))
+                    names.update("train/" + k for k in re.findall(r"(?m)^    ([a-z][a-z0-9_]*): (?:Tensor|float|torch)", text))
+        _METRIC_NAMES = names
+    return _METRIC_NAMES

@@ -1,0 +1,143 @@
+"""The built-in base model: shipped with the package, copied into an empty cache, built only for
+another recipe (one builder, the others say that they wait), and reproducible from its recipe."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdpg.training import embedded
+from sdpg.training.config import EmbeddedModelConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_default_recipe_is_the_shipped_one():
+    meta = embedded.shipped_recipe()
+    assert meta is not None, f"no model in {embedded.SHIPPED_DIR}"
+    recipe = EmbeddedModelConfig()
+    assert meta["recipe_hash"] == embedded.recipe_hash(recipe), (
+        "the default recipe changed without shipping its model: python -m sdpg.training.embedded ship"
+    )
+    assert {k: meta[k] for k in recipe.model_dump()} == recipe.model_dump()
+    assert meta["student_accuracy"] >= recipe.target_accuracy * 0.5  # what the build measured at its end
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        assert (embedded.SHIPPED_DIR / name).is_file(), name
+
+
+def test_an_empty_cache_gets_the_shipped_model_without_a_build(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.setenv("SDPG_CACHE", str(tmp_path / "cache"))
+    lines: list[str] = []
+    path = embedded.ensure_embedded_model(EmbeddedModelConfig(), log=lines.append)
+    assert lines == []  # no build, no waiting
+    assert path == tmp_path / "cache" / f"embedded-{embedded.recipe_hash(EmbeddedModelConfig())}"
+    assert (path / "model.safetensors").read_bytes() == (embedded.SHIPPED_DIR / "model.safetensors").read_bytes()
+    assert not list((tmp_path / "cache").glob(".tmp-*"))
+    assert embedded.ensure_embedded_model(EmbeddedModelConfig(), log=lines.append) == path and lines == []
+
+    # The copy is a working model of the task: it solves held-out problems as often as its build measured.
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    acc = embedded.student_accuracy(model, tok)
+    recorded = json.loads((path / "sdpg_recipe.json").read_text())["student_accuracy"]
+    assert abs(acc - recorded) <= 0.1, (acc, recorded)
+
+
+def test_another_recipe_is_built_once_while_other_processes_wait(tmp_path, monkeypatch):
+    """A second process that needs the model while it is being built says that it waits, then builds
+    nothing: here the test holds the build lock, as a first builder would."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SDPG_CACHE", str(cache))
+    recipe = EmbeddedModelConfig(hidden_size=16, num_layers=1, num_heads=2, pretrain_steps=3, pretrain_batch=8)
+    h = embedded.recipe_hash(recipe)
+    assert h != embedded.shipped_recipe()["recipe_hash"]
+    code = (
+        "import sys; from sdpg.training.config import EmbeddedModelConfig as C; "
+        "from sdpg.training.embedded import ensure_embedded_model as e; "
+        f"print(e(C(**{recipe.model_dump()!r})))"
+    )
+    env = {**os.environ, "SDPG_CACHE": str(cache), "PYTHONPATH": str(REPO)}
+    cache.mkdir()
+    with open(cache / f".embedded-{h}.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = proc.stderr.readline()  # blocks until the child has imported everything and met the lock
+        while first and not first.startswith("[embedded]"):  # library warnings, if any
+            first = proc.stderr.readline()
+        assert first.strip() == f"[embedded] waiting for another process's base-model build (recipe {h})"
+        time.sleep(0.5)
+        assert proc.poll() is None  # still waiting
+        fcntl.flock(held, fcntl.LOCK_UN)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("[embedded]")]
+    assert lines[0] == f"[embedded] building the base model for recipe {h} (once; other runs wait for it)"
+    assert lines[1] == "[embedded] pre-training until student pass@1 >= 0.30 (checked every 50 steps; at most 3 steps)"
+    assert lines[-1].startswith("[embedded] base model ready (")
+    target = Path(out.strip())
+    assert target == cache / f"embedded-{h}"
+    meta = json.loads((target / "sdpg_recipe.json").read_text())
+    assert meta["recipe_hash"] == h and meta["pretrain_steps_done"] == 3 and meta["build"]["threads"] == 1
+    said: list[str] = []
+    assert embedded.ensure_embedded_model(recipe, log=said.append) == target and said == []
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3 * 3600)  # the build itself, on one thread: minutes on a quiet machine
+def test_rebuilding_the_default_recipe_reproduces_the_shipped_weights(tmp_path):
+    """Bitwise where the build environment is the shipped one's (torch version, CPU kind, thread
+    count); elsewhere float sums round differently and training amplifies that, so the rebuild must
+    only reach the target accuracy within 100 steps of the shipped build."""
+    shipped = embedded.shipped_recipe()
+    meta = embedded.build_embedded_model(EmbeddedModelConfig(), tmp_path / "rebuilt", log=lambda _: None)
+    if meta["build"] == shipped["build"]:
+        a, b = _tensors(embedded.SHIPPED_DIR), _tensors(tmp_path / "rebuilt")
+        assert sorted(a) == sorted(b)
+        different = [k for k in a if not torch.equal(a[k], b[k])]
+        assert different == []
+        assert meta["pretrain_steps_done"] == shipped["pretrain_steps_done"]
+        assert meta["student_accuracy"] == shipped["student_accuracy"]
+    else:
+        assert abs(meta["pretrain_steps_done"] - shipped["pretrain_steps_done"]) <= 100, (meta, shipped)
+        assert meta["student_accuracy"] >= EmbeddedModelConfig().target_accuracy * 0.5
+
+
+@pytest.mark.slow
+def test_a_wheel_of_the_package_carries_the_shipped_model(tmp_path):
+    """A non-editable install gets the model: the wheel built from the project holds every shipped file."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    shutil.copytree(REPO / "sdpg", src / "sdpg", ignore=shutil.ignore_patterns("__pycache__"))
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    (wheel,) = (tmp_path / "dist").glob("sdpg-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {f"sdpg/training/assets/embedded/{p.name}" for p in embedded.SHIPPED_DIR.iterdir()}
+    assert shipped and shipped <= names, shipped - names
+    assert "sdpg/training/configs/embedded.yaml" in names
