@@ -45,7 +45,7 @@ def sweep_spec(tmp_path_factory, tiny_model_built):
         "output_dir": str(d / "out"),
     }
     p = d / "repsweep.yaml"
-    p.write_text(yaml.safe_dump(spec))
+    p.write_text(yaml.safe_dump(spec, sort_keys=False))  # the space's order is the table's
     launch(Sweep(p), wait=True, log=lambda m: None)
     return p
 
