@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import tiny_overrides_dict
 
@@ -17,6 +18,7 @@ from sdpg.orchestration.ablate import load_plan, run_state
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_quickstart_shaped_grid_ends_its_parent_and_keeps_artifacts_in_its_folder(tmp_path, tiny_model_built):
     quick = yaml.safe_load((ROOT / "ablations" / "quickstart.yaml").read_text())
     spec = {
@@ -70,6 +72,7 @@ def test_quickstart_shaped_grid_ends_its_parent_and_keeps_artifacts_in_its_folde
     assert c.get_run(parent.info.run_id).info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_a_run_that_fails_is_failed_in_mlflow_and_so_is_its_parent(tmp_path):
     """Its job raises before training: its model folder passes every check made at submission (it exists
     and holds a config.json) but is not a model, so loading it fails in the job. No base model needed.

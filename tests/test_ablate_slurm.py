@@ -37,6 +37,7 @@ def child_runs(plan):
     return [r for r in c.search_runs([exp.experiment_id]) if "sdpg.run_hash" in r.data.tags]
 
 
+@pytest.mark.slow
 def test_grid_runs_as_a_slurm_array_and_resubmission_adds_nothing(tmp_path, dev_cluster, tiny_model_built, capsys):
     p = spec_file(tmp_path, "grid4", {"sdpg": {}, "grpo": {"algo.method": "grpo"}}, [0, 1], steps=2)
     plan = load_plan(p)
@@ -58,6 +59,7 @@ def test_grid_runs_as_a_slurm_array_and_resubmission_adds_nothing(tmp_path, dev_
     assert len(child_runs(plan)) == 4
 
 
+@pytest.mark.slow
 def test_preempted_run_resumes_into_the_same_mlflow_run(tmp_path, dev_cluster, tiny_model_built):
     p = spec_file(tmp_path, "preempt", {"sdpg": {}}, [0], steps=12, extra={"run.checkpoint_every": 0})
     plan = load_plan(p)

@@ -141,3 +141,15 @@ def test_a_wheel_of_the_package_carries_the_shipped_model(tmp_path):
     shipped = {f"sdpg/training/assets/embedded/{p.name}" for p in embedded.SHIPPED_DIR.iterdir()}
     assert shipped and shipped <= names, shipped - names
     assert "sdpg/training/configs/embedded.yaml" in names
+
+
+def test_sdpg_ablate_says_a_run_waits_for_a_build_only_when_one_is_needed(tmp_path, monkeypatch):
+    """The default recipe is copied, never built: its runs are not shown as waiting for a build."""
+    from sdpg.orchestration.ablate import _base_model_pending, load_plan
+
+    monkeypatch.setenv("SDPG_CACHE", str(tmp_path / "empty-cache"))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: t\nbase: embedded\nvariants:\n  shipped: {}\n  other: {model.embedded.hidden_size: 64}\nseeds: [0]\n")
+    runs = {r.variant: r for r in load_plan(spec).runs}
+    assert _base_model_pending(runs["shipped"]) is False
+    assert _base_model_pending(runs["other"]) is True

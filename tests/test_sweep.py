@@ -67,7 +67,7 @@ BAD = [
     (
         "enqueue outside the space",
         {**GOOD, "enqueue": [{"algo.alpha": 0.1}]},
-        "enqueue[0]: keys ['algo.alpha'] are not in 'space'",
+        "key 'enqueue[0].algo.alpha' has bad value 0.1: algo.alpha is not in 'space'",
     ),
     ("grid without step", {**GOOD, "sampler": {"type": "grid"}}, "grid sampler needs 'step'"),
     ("zero trials", {**GOOD, "n_trials": 0}, "key 'n_trials' has bad value 0"),
@@ -108,6 +108,7 @@ def _storage_worker(spec_path: str, n_trials: int, out: str) -> None:
     Path(out).write_text(json.dumps(mine))
 
 
+@pytest.mark.slow
 def test_eight_concurrent_workers_lose_no_trial(tmp_path):
     p = write(tmp_path, {**GOOD, "n_trials": 40, "output_dir": str(tmp_path / "out")})
     ctx = mp.get_context("spawn")
@@ -162,6 +163,7 @@ def mlflow_trial_runs(sweep):
     return [r for r in c.search_runs([exp.experiment_id]) if "sdpg.trial" in r.data.tags]
 
 
+@pytest.mark.slow
 def test_two_slurm_workers_share_a_journal_and_prune(tmp_path, dev_cluster, tiny_model_built):
     # lr = 1 wrecks the model at once: its accuracy falls under the threshold and it is pruned
     p = slurm_spec(tmp_path, "sw2", n_trials=4, workers=2, extra={"enqueue": [{"optim.lr": 1e-4}, {"optim.lr": 1.0}]})
@@ -189,6 +191,7 @@ def test_two_slurm_workers_share_a_journal_and_prune(tmp_path, dev_cluster, tiny
     assert next(r for r in plan.runs if r.variant == "best").config.optim.lr == best["optim.lr"]
 
 
+@pytest.mark.slow
 def test_killed_worker_and_rerun_complete_the_study(tmp_path, dev_cluster, tiny_model_built):
     p = slurm_spec(
         tmp_path,
@@ -253,6 +256,7 @@ def _parent(sweep):
     return parent
 
 
+@pytest.mark.slow
 def test_two_local_workers_eight_distinct_trials_every_run_ended(tmp_path, tiny_model_built):
     """2 workers, 8 trials (--n-trials) on a journal store: no point twice (the spec even enqueues one
     twice), every MLflow run ended with its trial's state, a trial that raises has its traceback on
@@ -336,6 +340,7 @@ def test_two_local_workers_eight_distinct_trials_every_run_ended(tmp_path, tiny_
     assert by_number[best].state.name == "COMPLETE"
 
 
+@pytest.mark.slow
 def test_sweep_on_a_two_task_slurm_profile_trains_each_trial_in_one_process_group(tmp_path, dev_cluster, tiny_model_built):
     """A worker job with 2 tasks: rank 0 runs the study and the other task joins every trial's
     training, so each trial trains on world size 2 (recorded by the trainer and on the MLflow run)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import multiprocessing as mp
 from pathlib import Path
 
+import pytest
+
 from sdpg.orchestration import tracking
 
 STEPS, KEYS = 25, ("train/reward", "train/entropy", "train/opd_kl", "eval/aime24/mean@32", "timing/step", "train/beta")
@@ -17,6 +19,7 @@ def _writer(uri: str, run_id: str, seed: int) -> None:
     sink.finish("FINISHED")
 
 
+@pytest.mark.slow
 def test_sixteen_concurrent_writers_lose_no_metric(tmp_path):
     uri = tracking.default_uri(tmp_path)
     c = tracking.client(uri)

@@ -872,10 +872,20 @@ class SweepWorker:
 
 
 def launch(sweep: Sweep, workers: int | None = None, wait: bool | None = None, log=print) -> dict:
+    """Start the workers (enqueueing the spec's points into a new study); with ``wait``, follow
+    the trials by state, then end every run left open and print the table."""
+    check_writable_folder(sweep.output_dir, str(sweep.path))
+    # Optuna's first study import stores an ImportError whose traceback keeps the calling frames
+    # alive for the life of the process; made here, it pins this frame, which holds no jobs
+    # (jobs pinned until exit print 'Exception ignored in LocalJob.__del__' at shutdown).
+    load_study(sweep)
+    return _launch(sweep, workers, wait, log)
+
+
+def _launch(sweep: Sweep, workers: int | None, wait: bool | None, log) -> dict:
     from sdpg.orchestration import tracking
     from sdpg.training.locks import LockBusy, file_lock
 
-    check_writable_folder(sweep.output_dir, str(sweep.path))
     sweep.output_dir.mkdir(parents=True, exist_ok=True)
     # One launcher at a time per spec: two launches at once both saw an empty study and enqueued the
     # spec's points twice, and both opened a new store.
@@ -936,7 +946,6 @@ def launch(sweep: Sweep, workers: int | None = None, wait: bool | None = None, l
                     errors.append(f"worker job {j.job_id}: {job_error(e)}")
         finally:
             _settle(sweep, exp, jobs)
-        log(f"[sdpg-sweep] {progress_line(load_study(sweep), sweep.spec.n_trials)}")
         log(status(sweep))
         if errors:
             raise RuntimeError("some workers failed:\n" + "\n".join(errors))
