@@ -239,12 +239,15 @@ def test_opsd_normalises_over_gated_tokens():
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     adv = torch.tensor([1.0, -1.0, 0.5])
     tokens = torch.tensor([[5, 6, 2], [5, 2, 0], [2, 0, 0]])
-    pg, opd, ent = minibatch_weights(mask, adv, tokens, 2, AlgoConfig(method="opsd"))
+    pg, _ = minibatch_weights(mask, adv, tokens, 2, AlgoConfig(method="opsd"))
     gated = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
-    torch.testing.assert_close(pg, gated / 4)  # 4 gated tokens
-    torch.testing.assert_close(ent, mask / 6)  # the entropy bonus: every response token
-    pg, opd, ent = minibatch_weights(mask, adv, tokens, 2, AlgoConfig(method="grpo"))
-    torch.testing.assert_close(pg, mask / 6)
+    torch.testing.assert_close(pg, gated / 4)  # 4 tokens in sequences with A > 0
+    pg, opd = minibatch_weights(mask, adv, tokens, 2, AlgoConfig(method="grpo"))
+    torch.testing.assert_close(pg, mask / 6)  # every response token
+    pg, opd = minibatch_weights(mask, adv, tokens, 2, AlgoConfig(method="sdpg_urkl"))
+    torch.testing.assert_close(opd, gated / 6)  # distilled: the gated tokens, end-of-sequence (id 2) included
+    pg, opd = minibatch_weights(mask, adv, tokens, 2, AlgoConfig(method="sdpg_urkl", opd_exclude_stop=True))
+    torch.testing.assert_close(opd, torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]) / 6)
 
 
 def test_eval_reports_both_scorers(tiny_config):

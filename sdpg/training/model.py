@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sdpg.objective import token_entropy, token_logprobs
+from sdpg.objective import hidden_token_logprobs, token_entropy, token_logprobs
 from sdpg.training.config import TrainConfig
 
 
@@ -53,6 +53,15 @@ def compute(cfg: TrainConfig, device: torch.device, sharded: bool = False):
     if sharded or cfg.model.dtype == cfg.model.param_dtype:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=getattr(torch, cfg.model.dtype))
+
+
+def in_compute_dtype(
+    dtype: torch.dtype, hidden: Tensor, weight: Tensor, bias: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Hidden states and output head cast to ``dtype`` for code that runs its own GEMMs outside autocast (the
+    chunked head passes and the step loss); differentiable casts, so gradients reach the fp32 parameters.
+    No copies when they already have it (fp32 runs; FSDP2's gathered bf16 parameters)."""
+    return hidden.to(dtype), weight.to(dtype), (bias.to(dtype) if bias is not None else None)
 
 
 def is_sharded(model) -> bool:
@@ -161,15 +170,38 @@ def sampled_token_stats(
     logprobs: bool = True,
     entropy: bool = False,
     keep_logits: bool = False,
+    impl: str = "fused",
+    chunk_size: int | None = None,
 ) -> TokenStats:
     """log pi(y_t) (and the entropy) of the response ``tokens`` [b, T] under ``model`` on ``seq`` [b, P+T]
     (``attn`` [b, P+T]; prompts left-padded to ``prompt_len``). Gradients flow when called with grad enabled.
 
-    The one place the trainer goes from hidden states to the head to token statistics; a chunked
-    computation that never holds [b, T, V] can replace the body without changing any caller that does not
-    ask for ``keep_logits``."""
+    The one place the trainer goes from hidden states to the head to token statistics. Without gradient and
+    with ``impl="fused"`` it runs chunk by chunk (``hidden_token_logprobs``: no [b, T, V] tensor; response
+    padding skipped and read as 0); ``impl="materialised"`` or ``keep_logits`` build the logits [b, T, V]."""
     hidden = response_hidden(model, seq, attn, prompt_len, tokens.shape[1])  # [b, T, H]
     weight, bias = head_of(model)  # after the forward: under FSDP the gathered head
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):  # the head in autocast's dtype, explicitly: the chunked path
+        hidden, weight, bias = in_compute_dtype(torch.get_autocast_dtype(device_type), hidden, weight, bias)
+    with torch.autocast(device_type, enabled=False):
+        return _head_stats(
+            hidden, weight, bias, attn, prompt_len, tokens, temperature, logprobs, entropy, keep_logits, impl, chunk_size
+        )
+
+
+def _head_stats(
+    hidden, weight, bias, attn, prompt_len, tokens, temperature, logprobs, entropy, keep_logits, impl, chunk_size
+) -> TokenStats:
+    """The head part of ``sampled_token_stats``, outside autocast: hidden states and head in one dtype."""
+    if impl == "fused" and not keep_logits and not torch.is_grad_enabled():  # chunked: no [b, T, V] tensor
+        response_mask = attn[:, prompt_len : prompt_len + tokens.shape[1]]  # [b, T] padding is skipped, reads 0
+        logp, ent = hidden_token_logprobs(
+            hidden, weight, bias, tokens, temperature, mask=response_mask, with_entropy=entropy, chunk_size=chunk_size
+        )  # [b, T] each
+        return TokenStats(
+            logp=logp if logprobs else None, entropy=ent, hidden=hidden, head_weight=weight, head_bias=bias, logits=None
+        )
     logits = torch.nn.functional.linear(hidden, weight, bias)  # [b, T, V]
     return TokenStats(
         logp=token_logprobs(logits, tokens, temperature) if logprobs else None,  # [b, T]

@@ -26,7 +26,7 @@ reference-settings, mapped setting by setting in docs/fidelity.md), each either 
     min(exp(log pi_old - log pi_engine), cap) between the trainer and the rollout engine (not in the paper).
  4. The L_OPD+ teacher is always the current policy on the privileged prompt; ``algo.teacher=frozen``
     changes only the RLSD / OPSD log-ratios.
- 5. The entropy bonus (OPSD) is aggregated over all response tokens, whatever ``algo.pg_norm``.
+ 5. The entropy bonus (OPSD) is aggregated with L_out's weights (with ``algo.pg_norm=gated``: the gated tokens).
 The authors' behaviour is the default elsewhere: fp32 parameters with ``model.dtype`` compute (autocast, or
 FSDP2 mixed precision), minibatches of ``optim.minibatch_prompts`` prompts clipped against the log-probs
 taken before the first update, the lr warm-up counted in RL steps with multiplier (k - 1)/W at RL step k,
@@ -52,10 +52,9 @@ import yaml
 from torch import Tensor
 
 from sdpg.objective import (
-    FusedKLInputs,
+    StepLossSettings,
     agg_weights,
     beta_at,
-    full_vocab_kl,
     gate_mask,
     group_advantages,
     kl_penalised_rewards,
@@ -63,8 +62,7 @@ from sdpg.objective import (
     reward_kl_penalty,
     rlsd_advantages,
     rlsd_lambda_at,
-    sdpg_loss,
-    token_entropy,
+    step_loss,
 )
 from sdpg.training import distributed as dist
 from sdpg.training.checkpoint import (
@@ -82,6 +80,8 @@ from sdpg.training.evaluate import evaluate, pass_at_k
 from sdpg.training.model import (
     compute,
     full_state,
+    head_of,
+    in_compute_dtype,
     load_full_state,
     load_policy,
     resolve_device,
@@ -192,18 +192,8 @@ class Batch:
     token_advantages: Tensor | None = None  # [N, T] RLSD / OPSD
 
 
-LOSS_STATS = (
-    "pg_loss",
-    "pg_clipfrac",
-    "pg_clipfrac_lower",
-    "ppo_kl",
-    "opd_loss",
-    "opd_kl",
-    "ref_kl",
-    "ref_kl_surrogate",
-    "entropy_bonus",
-)
-ADDITIVE_STATS = ("pg_loss", "opd_loss", "entropy_bonus")  # terms of the loss: micro-batch parts add up
+LOSS_STATS = ("pg_loss", "pg_clipfrac", "pg_clipfrac_lower", "ppo_kl", "opd_loss", "opd_kl", "ref_kl", "ref_kl_surrogate")
+ADDITIVE_STATS = ("pg_loss", "opd_loss")  # terms of the loss: micro-batch parts add up
 
 
 class LossStats:
@@ -301,20 +291,27 @@ def train(
                 (should_stop is not None and should_stop()) or (stop_after_step is not None and step >= stop_after_step),
                 run.device,
             )
-            if run.nonfinite_in_a_row >= cfg.optim.max_nonfinite_steps:
-                path = save_run_state(run, step)  # nothing non-finite was applied: the weights are the last good ones
-                reason = (
-                    f"training stopped at step {step}: the loss or gradient norm was not finite in "
-                    f"{run.nonfinite_in_a_row} optimizer steps in a row (optim.max_nonfinite_steps="
-                    f"{cfg.optim.max_nonfinite_steps}), none of them applied; the last good state is {path}"
-                )
-                raise TrainingFailed(reason, write_result(run, "failed", step, metrics, reason))
+            stop_if_diverged(run, step, metrics)
             if step == total or stop or (cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0):
                 save_run_state(run, step)
             if stop and step < total:
                 status = "interrupted"
                 break
         return write_result(run, status, step, metrics)
+
+
+def stop_if_diverged(run: Run, step: int, metrics: dict[str, float]) -> None:
+    """After ``optim.max_nonfinite_steps`` skipped updates in a row: a checkpoint of the last good state (nothing
+    non-finite was applied to it), ``result.json`` with status failed, and ``TrainingFailed`` with the reason."""
+    limit = run.cfg.optim.max_nonfinite_steps
+    if run.nonfinite_in_a_row < limit:
+        return
+    path = save_run_state(run, step)
+    reason = (
+        f"training stopped at step {step}: the loss or gradient norm was not finite in {run.nonfinite_in_a_row} "
+        f"optimizer steps in a row (optim.max_nonfinite_steps={limit}), none of them applied; the last good state is {path}"
+    )
+    raise TrainingFailed(reason, write_result(run, "failed", step, metrics, reason))
 
 
 def write_result(run: Run, status: str, step: int, metrics: dict[str, float], reason: str | None = None) -> dict[str, Any]:
@@ -647,6 +644,7 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
     per-token advantages of RLSD / OPSD."""
     cfg, algo, optim, device = run.cfg, run.cfg.algo, run.cfg.optim, run.device
     temperature, size = cfg.rollout.temperature, optim.micro_batch_size
+    head = {"impl": optim.loss_impl, "chunk_size": optim.loss_chunk_size}  # chunked (no [b, T, V]) unless materialised
     N, T = batch.responses.shape
     started = time.perf_counter()
     batch.n_kept_all = int(dist.all_sum(torch.tensor(float(len(batch.keep)))).item())
@@ -677,16 +675,22 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
             seq, attn, prompt_len = batch.student_seq[rows], batch.student_attn[rows], batch.student_prompt_len
             if entropy_pass and (run.use_fsdp or skipped[rows].any()):
                 batch.entropy[rows] = sampled_token_stats(
-                    run.policy, seq, attn, prompt_len, tokens, temperature, logprobs=False, entropy=True
+                    run.policy, seq, attn, prompt_len, tokens, temperature, logprobs=False, entropy=True, **head
                 ).entropy
             if not batch.on_policy:
-                stats = sampled_token_stats(run.policy, seq, attn, prompt_len, tokens, temperature, entropy=True)
+                stats = sampled_token_stats(run.policy, seq, attn, prompt_len, tokens, temperature, entropy=True, **head)
                 batch.old_logp[rows], batch.entropy[rows] = stats.logp, stats.entropy
             if batch.ref_logp is not None:
-                batch.ref_logp[rows] = sampled_token_stats(run.reference, seq, attn, prompt_len, tokens, temperature).logp
+                batch.ref_logp[rows] = sampled_token_stats(run.reference, seq, attn, prompt_len, tokens, temperature, **head).logp
             if batch.teacher_logp is not None:
                 batch.teacher_logp[rows] = sampled_token_stats(
-                    teacher, batch.teacher_seq[rows], batch.teacher_attn[rows], batch.teacher_prompt_len, tokens, temperature
+                    teacher,
+                    batch.teacher_seq[rows],
+                    batch.teacher_attn[rows],
+                    batch.teacher_prompt_len,
+                    tokens,
+                    temperature,
+                    **head,
                 ).logp
         if algo.reward_kl_coef > 0:  # the KL in the reward (GRPO as Table 1): score - coef * sum_t k_t
             rewards = kl_penalised_rewards(
@@ -715,11 +719,19 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
 
 def _policy_logp(run: Run, batch: Batch, seq: Tensor, attn: Tensor, prompt_len: int) -> Tensor:
     """log pi_theta(y_t) [N, T] of every row, in micro-batches (the on-policy pi_old, before the update)."""
-    size, temperature = run.cfg.optim.micro_batch_size, run.cfg.rollout.temperature
+    optim, temperature = run.cfg.optim, run.cfg.rollout.temperature
+    size = optim.micro_batch_size
     with run.compute():
         parts = [
             sampled_token_stats(
-                run.policy, seq[s : s + size], attn[s : s + size], prompt_len, batch.responses[s : s + size], temperature
+                run.policy,
+                seq[s : s + size],
+                attn[s : s + size],
+                prompt_len,
+                batch.responses[s : s + size],
+                temperature,
+                impl=optim.loss_impl,
+                chunk_size=optim.loss_chunk_size,
             ).logp
             for s in range(0, seq.shape[0], size)
         ]  # [b, T] each
@@ -784,7 +796,7 @@ def optimizer_step(run: Run, batch: Batch, rows: Tensor, beta_k: float, loss_sta
     nor the number of ranks changes the update."""
     algo, optim, device = run.cfg.algo, run.cfg.optim, run.device
     mask = batch.mask[rows]  # [M, T]
-    weights, opd_weights, entropy_weights = minibatch_weights(
+    weights, opd_weights = minibatch_weights(
         mask, batch.advantages[rows], batch.responses[rows], run.tokenizer.eos_token_id, algo, dist.all_sum
     )  # [M, T] each
     run.optimizer.zero_grad(set_to_none=True)
@@ -796,9 +808,7 @@ def optimizer_step(run: Run, batch: Batch, rows: Tensor, beta_k: float, loss_sta
         groups += [None] * (n_most - len(groups))
     finite_loss = True
     for positions in groups:
-        finite_loss &= micro_batch_backward(
-            run, batch, rows, positions, weights, opd_weights, entropy_weights, beta_k, loss_stats
-        )
+        finite_loss &= micro_batch_backward(run, batch, rows, positions, weights, opd_weights, beta_k, loss_stats)
     if not run.use_fsdp:  # FSDP has reduce-scattered the gradients already
         dist.all_reduce_grads(list(run.policy.parameters()))
     grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), optim.grad_clip if optim.grad_clip > 0 else float("inf"))
@@ -818,14 +828,14 @@ def minibatch_weights(
     eos_id: int | None,
     algo: AlgoConfig,
     all_sum: Callable[[Tensor], Tensor] = lambda t: t,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Aggregation weights [M, T] of a minibatch's L_out (and L_K), L_OPD+ and entropy bonus, normalised over
-    the whole minibatch on all ranks (``all_sum`` sums the counts over ranks), so neither micro-batching nor
-    the number of ranks changes the update. ``mask`` [M, T], ``advantages`` [M], ``tokens`` [M, T].
+) -> tuple[Tensor, Tensor]:
+    """Aggregation weights [M, T] of a minibatch's L_out (with L_K and the entropy bonus) and of L_OPD+,
+    normalised over the whole minibatch on all ranks (``all_sum`` sums the counts over ranks), so neither
+    micro-batching nor the number of ranks changes the update. ``mask`` [M, T], ``advantages`` [M], ``tokens`` [M, T].
 
     L_out: over all response tokens, or (``algo.pg_norm`` gated, OPSD) over the tokens of sequences with A > 0.
     L_OPD+: the gated (and, with ``opd_exclude_stop``, non-EOS) tokens under the all-token weights, or
-    normalised over themselves (``opd_norm`` gated). Entropy bonus: over all response tokens."""
+    normalised over themselves (``opd_norm`` gated)."""
     gated = gate_mask(advantages, mask, True)  # [M, T] tokens of sequences with A > 0
     distil = gate_mask(advantages, mask, algo.gate)  # [M, T] tokens L_OPD+ may use
     if algo.opd_exclude_stop and eos_id is not None:  # no distillation at the end-of-sequence position
@@ -842,7 +852,7 @@ def minibatch_weights(
         opd = everything * distil  # [M, T]
     else:
         opd = agg_weights(distil, algo.loss_agg_mode, n_tokens=counts[2], n_seqs=counts[1])  # [M, T]
-    return pg, opd, everything
+    return pg, opd
 
 
 def micro_batch_backward(
@@ -852,14 +862,13 @@ def micro_batch_backward(
     positions: Tensor | None,
     weights: Tensor,
     opd_weights: Tensor,
-    entropy_weights: Tensor,
     beta_k: float,
     loss_stats: LossStats | None,
 ) -> bool:
     """Forward and backward of the micro-batch at ``positions`` of the minibatch ``rows``; returns whether its
     loss was finite. ``positions`` None: a zero-weight forward/backward that only keeps FSDP's collectives in
     step across ranks."""
-    cfg, algo = run.cfg, run.cfg.algo
+    cfg, algo, optim = run.cfg, run.cfg.algo, run.cfg.optim
     padding = positions is None
     if positions is None:
         positions = torch.tensor([0])
@@ -867,79 +876,64 @@ def micro_batch_backward(
     n_resp = max(1, int(batch.mask[seqs].sum(-1).max()))  # the longest response here; beyond it, padding
     tokens, mask = batch.responses[seqs, :n_resp], batch.mask[seqs, :n_resp]  # [b, tb]
     Ps, Pt = batch.student_prompt_len, batch.teacher_prompt_len
-    materialised_kl = algo.needs_distillation and algo.opd_impl != "fused"
-    bonus = algo.entropy_coef > 0
-    with run.compute():  # autocast to the compute dtype over the fp32 parameters; the backward runs outside
-        student = sampled_token_stats(
-            run.policy,
-            batch.student_seq[seqs, : Ps + n_resp],
-            batch.student_attn[seqs, : Ps + n_resp],
-            Ps,
-            tokens,
-            cfg.rollout.temperature,
-            entropy=batch.on_policy,
-            keep_logits=materialised_kl or bonus,
-        )
-        logp = student.logp  # [b, tb]
-        entropy = token_entropy(student.logits, cfg.rollout.temperature) if bonus else None  # [b, tb] with gradient
-        if batch.on_policy and not padding:  # pi_old is this forward's pi_theta (one epoch, one minibatch)
-            batch.entropy[seqs, :n_resp] = student.entropy
-            batch.old_logp[seqs, :n_resp] = logp.detach()
-        old_logp = logp.detach() if batch.on_policy else batch.old_logp[seqs, :n_resp]  # [b, tb]
-        token_adv = batch.token_advantages[seqs, :n_resp] if batch.token_advantages is not None else None  # [b, tb]
-        if batch.engine_logp is not None and cfg.rollout.tis_cap is not None:  # truncated importance sampling
-            log_ratio = old_logp - batch.engine_logp[seqs, :n_resp]  # [b, tb]
-            tis = torch.exp(log_ratio.clamp(max=20.0)).clamp(max=cfg.rollout.tis_cap) * mask  # [b, tb]
-            token_adv = (token_adv if token_adv is not None else batch.advantages[seqs][:, None]) * tis  # [b, tb]
-        opd = None
-        teacher_temperature = 1.0 if algo.distill_temperature_on == "student" else None  # the authors: q undivided
+    with run.compute():  # the network in the compute dtype over the fp32 parameters
+        hidden = response_hidden(
+            run.policy, batch.student_seq[seqs, : Ps + n_resp], batch.student_attn[seqs, : Ps + n_resp], Ps, n_resp
+        )  # [b, tb, H]
+        teacher_hidden = None
         if algo.needs_distillation and (run.use_fsdp or bool(opd_weights[positions].any())):
             with torch.no_grad():  # the teacher: the current policy on the privileged prompt (c, x)
                 teacher_hidden = response_hidden(
                     run.policy, batch.teacher_seq[seqs, : Pt + n_resp], batch.teacher_attn[seqs, : Pt + n_resp], Pt, n_resp
                 )  # [b, tb, H]
-            if algo.opd_impl == "fused":
-                # the kernel runs its GEMMs in its inputs' dtype, outside autocast: give it the compute dtype
-                cast = getattr(torch, cfg.model.dtype)
-                bias = student.head_bias.to(cast) if student.head_bias is not None else None
-                opd = FusedKLInputs(
-                    student.hidden.to(cast),
-                    teacher_hidden.to(cast),
-                    student.head_weight.to(cast),
-                    bias,
-                    temperature=algo.distill_temperature,
-                    teacher_temperature=teacher_temperature,
-                )
-            else:
-                teacher_logits = torch.nn.functional.linear(teacher_hidden, student.head_weight, student.head_bias)  # [b, tb, V]
-                opd = full_vocab_kl(student.logits, teacher_logits, algo.distill_temperature, teacher_temperature)  # [b, tb]
-        with torch.autocast(device_type=run.device.type, enabled=False):  # the objective: float32 or its own dtypes
-            loss, stats = sdpg_loss(
-                logp,
-                old_logp,
-                batch.advantages[seqs],
-                mask,
-                token_advantages=token_adv,
-                opd=opd,
-                ref_logp=batch.ref_logp[seqs, :n_resp] if batch.ref_logp is not None else None,
-                beta=beta_k,
-                alpha=algo.alpha,
-                kl_mode=algo.kl_mode,
-                gate=algo.gate,
-                opd_norm=algo.opd_norm,
-                pg_coef=algo.pg_coef,
-                policy_mode=algo.policy_loss,
-                clip_low=algo.clip_low,
-                clip_high=algo.clip_high,
-                clip_c=algo.clip_c,
-                loss_agg_mode=algo.loss_agg_mode,
-                token_weights=weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
-                opd_token_weights=opd_weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
-                opd_kl_clamp=algo.opd_kl_clamp,
-                entropy=entropy,
-                entropy_coef=algo.entropy_coef,
-                entropy_token_weights=entropy_weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
-            )
+    head_weight, head_bias = head_of(run.policy)  # after the forward: under FSDP the gathered head
+    # the loss runs its own GEMMs outside autocast: hidden states and head in the compute dtype
+    dtype = getattr(torch, cfg.model.dtype)
+    hidden, head_weight, head_bias = in_compute_dtype(dtype, hidden, head_weight, head_bias)
+    if teacher_hidden is not None:
+        teacher_hidden = teacher_hidden.to(dtype)
+    settings = StepLossSettings(
+        beta=beta_k,
+        alpha=algo.alpha,
+        kl_mode=algo.kl_mode,
+        gate=algo.gate,
+        opd_norm=algo.opd_norm,
+        pg_coef=algo.pg_coef,
+        policy_mode=algo.policy_loss,
+        clip_low=algo.clip_low,
+        clip_high=algo.clip_high,
+        clip_c=algo.clip_c,
+        loss_agg_mode=algo.loss_agg_mode,
+        entropy_coef=algo.entropy_coef,
+        temperature=cfg.rollout.temperature,
+        kl_student_temperature=algo.distill_temperature,
+        # the authors divide only the student's logits
+        kl_teacher_temperature=1.0 if algo.distill_temperature_on == "student" else algo.distill_temperature,
+        kl_clamp=algo.opd_kl_clamp,
+        tis_cap=cfg.rollout.tis_cap,
+    )
+    # pi_old: on-policy (one epoch, one minibatch) it is SG[pi_theta] of this very forward, formed inside the loss
+    loss, stats, per_token = step_loss(
+        hidden,
+        head_weight,
+        head_bias,
+        tokens,
+        batch.advantages[seqs],
+        mask,
+        settings,
+        teacher_hidden=teacher_hidden,
+        old_logp=None if batch.on_policy else batch.old_logp[seqs, :n_resp],
+        ref_logp=batch.ref_logp[seqs, :n_resp] if batch.ref_logp is not None else None,
+        rollout_logp=batch.engine_logp[seqs, :n_resp] if batch.engine_logp is not None else None,
+        token_advantages=batch.token_advantages[seqs, :n_resp] if batch.token_advantages is not None else None,
+        token_weights=weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
+        opd_token_weights=opd_weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
+        impl=optim.loss_impl,
+        chunk_size=optim.loss_chunk_size,
+    )
+    if batch.on_policy and not padding:  # pi_old is this forward's pi_theta
+        batch.entropy[seqs, :n_resp] = per_token.entropy
+        batch.old_logp[seqs, :n_resp] = per_token.logp
     if padding:
         loss = loss * 0.0
     elif run.use_fsdp:
