@@ -672,9 +672,12 @@ def _cpu():
 class SweepWorker:
     """A submitted worker: pulls trials until the study has ``n_trials`` finished ones."""
 
+    _desync = False
+    """Set when a trial failed on rank 0 after the other tasks had started it (a class default:
+    workers pickled by an older sdpg still unpickle)."""
+
     def __init__(self, sweep: Sweep, worker_index: int = 0):
         self.sweep, self.worker_index = sweep, worker_index
-        self._desync = False  # a trial failed on rank 0 after the other tasks had started it
 
     def __call__(self) -> dict:
         ranks = None
