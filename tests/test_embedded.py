@@ -55,6 +55,7 @@ def test_an_empty_cache_gets_the_shipped_model_without_a_build(tmp_path, monkeyp
     assert abs(acc - recorded) <= 0.1, (acc, recorded)
 
 
+@pytest.mark.slow
 def test_another_recipe_is_built_once_while_other_processes_wait(tmp_path, monkeypatch):
     """A second process that needs the model while it is being built says that it waits, then builds
     nothing: here the test holds the build lock, as a first builder would."""

@@ -590,7 +590,7 @@ def rehearse(
     log: Callable[[str], None] = print,
 ) -> list[Outcome]:
     """Rehearse ``items``; returns one outcome per run (and writes the report files)."""
-    t_start = time.time()
+    t_start, cpu_start = time.time(), _cpu_seconds()
     folder = prepare_folder(Path(folder) if folder else default_folder(ctx.spec_name))
     tag = f"[{ctx.tool}]"
     log(f"{tag} rehearsing {len(items)} runs of {ctx.spec_name} in {folder}")
@@ -711,7 +711,8 @@ def rehearse(
     # ---- the runs: MLflow bookkeeping as a submission does, one local job
     if runnable:
         _run_all(runnable, outcomes, ctx, folder, log)
-    report = write_report(list(outcomes.values()), ctx, folder, time.time() - t_start, models, sources)
+    timing = {"wall_s": time.time() - t_start, "cpu_s": _cpu_seconds() - cpu_start, "load_average": os.getloadavg()[0]}
+    report = write_report(list(outcomes.values()), ctx, folder, timing, models, sources)
     log(report)
     return list(outcomes.values())
 
@@ -891,7 +892,15 @@ def _redact(uri: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def write_report(outcomes: list[Outcome], ctx: Context, folder: Path, seconds: float, models: dict, sources: dict) -> str:
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the rehearsal's local job)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def write_report(outcomes: list[Outcome], ctx: Context, folder: Path, timing: dict, models: dict, sources: dict) -> str:
     """The console text; also writes ``report.md`` and ``report.json`` in ``folder``."""
     n_pass = sum(o.status == "pass" for o in outcomes)
     head = [("run", "result", "steps/s", "wall", "first error")]
@@ -908,7 +917,12 @@ def write_report(outcomes: list[Outcome], ctx: Context, folder: Path, seconds: f
     widths = [max(len(r[i]) for r in head) for i in range(4)]
     table = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in head]
     table.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 11)
-    lines = [f"Rehearsal of {ctx.spec_path} ({ctx.tool}): {n_pass}/{len(outcomes)} runs pass, {seconds:.0f}s", ""]
+    seconds = timing["wall_s"]
+    lines = [
+        f"Rehearsal of {ctx.spec_path} ({ctx.tool}): {n_pass}/{len(outcomes)} runs pass in {seconds:.0f} s "
+        f"({timing['cpu_s']:.0f} s of CPU; load average {timing['load_average']:.1f} on {os.cpu_count()} cores)",
+        "",
+    ]
     lines += table
     for o in outcomes:
         if o.status != "pass" and o.errors:
@@ -962,6 +976,7 @@ def write_report(outcomes: list[Outcome], ctx: Context, folder: Path, seconds: f
         "spec": str(ctx.spec_path),
         "tool": ctx.tool,
         "seconds": seconds,
+        **timing,
         "passed": n_pass,
         "runs": [{**asdict(o), "first_error": o.first_error} for o in outcomes],
         "models": {
