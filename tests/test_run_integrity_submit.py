@@ -24,6 +24,23 @@ import yaml
 from conftest import tiny_overrides_dict
 
 REPO = Path(__file__).resolve().parents[1]
+# A very small built-in model: these tests check bookkeeping, not learning, and must not wait for the
+# default model's build (its own cache entry, built once by the fixture below).
+SMALL_MODEL = {
+    "model.embedded.hidden_size": 64,
+    "model.embedded.num_layers": 1,
+    "model.embedded.num_heads": 4,
+    "model.embedded.pretrain_steps": 20,
+    "model.embedded.pretrain_batch": 16,
+}
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    from sdpg.training.config import load_config
+    from sdpg.training.embedded import ensure_embedded_model
+
+    return ensure_embedded_model(load_config(None, [f"{k}={v}" for k, v in SMALL_MODEL.items()]).model.embedded)
 
 
 def _env(**extra) -> dict:
@@ -36,7 +53,7 @@ def _spec(tmp_path: Path, name: str, executor: str = "local", **extra) -> Path:
     spec = {
         "name": name,
         "base": "embedded",
-        "overrides": {**tiny_overrides_dict(), "run.total_steps": 2, "eval.every": 0, "run.checkpoint_every": 1},
+        "overrides": {**tiny_overrides_dict(), **SMALL_MODEL, "run.total_steps": 2, "eval.every": 0, "run.checkpoint_every": 1},
         "variants": {"a": {}, "b": {"algo.beta": 0.2}},
         "seeds": [0],
         "executor": executor,
@@ -92,8 +109,9 @@ def _check_once(out: Path, n_runs: int) -> None:
         assert json.loads((f / "result.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("store", ["absent", "present"])
-def test_two_local_submissions_at_once_train_each_run_once(tmp_path, tiny_model_built, store):
+def test_two_local_submissions_at_once_train_each_run_once(tmp_path, small_model, store):
     p = _spec(tmp_path, f"twice_{store}")
     out = tmp_path / "outputs" / f"twice_{store}"
     if store == "present":  # an existing store (its schema created), as after an earlier submission
@@ -120,7 +138,8 @@ SECRETS = {
 }
 
 
-def test_secrets_appear_nowhere(tmp_path, tiny_model_built):
+@pytest.mark.slow
+def test_secrets_appear_nowhere(tmp_path, small_model):
     """Secrets in the environment, in config values and in URIs written in the spec: the MLflow store
     (sqlite file), the artifacts beside it, the job logs and the console hold none of them."""
     s = SECRETS
@@ -130,6 +149,7 @@ def test_secrets_appear_nowhere(tmp_path, tiny_model_built):
         # a URI with credentials and a query-string secret, as a user may leave them in a spec comment
         "overrides": {
             **tiny_overrides_dict(),
+            **SMALL_MODEL,
             "run.total_steps": 1,
             "eval.every": 0,
             # config values holding secrets: a token shape, an environment secret's value
@@ -183,8 +203,9 @@ def _squeue_empty(job_ids: list[str]) -> bool:
     return not out.stdout.strip()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("store", ["absent", "present"])
-def test_two_slurm_submissions_at_once_train_each_run_once(tmp_path, tiny_model_built, dev_cluster, store):
+def test_two_slurm_submissions_at_once_train_each_run_once(tmp_path, small_model, dev_cluster, store):
     p = _spec(tmp_path, f"slurm_{store}", executor="slurm", profile="dev")
     out = tmp_path / "outputs" / f"slurm_{store}"
     if store == "present":
@@ -204,3 +225,50 @@ def test_two_slurm_submissions_at_once_train_each_run_once(tmp_path, tiny_model_
         assert time.time() < deadline, f"jobs {ids} still queued or running"
         time.sleep(3)
     _check_once(out, 2)
+
+
+def test_lr_1e6_ends_with_a_failed_mlflow_run_that_says_why(tmp_path, tiny_model_built):
+    """optim.lr=1e6 under sdpg-ablate: the trainer's non-finite guard stops the run; its MLflow run is FAILED
+    with the guard's sentence as ``sdpg.error``, the parent is FAILED, and the console says why. (The default
+    built-in model: it has learnt enough for the update to carry a signal, which the tiny untrained one has not.)"""
+    spec = {
+        "name": "blowup",
+        "base": "embedded",
+        "overrides": {
+            **tiny_overrides_dict(),
+            "optim.lr": 1.0e6,
+            "optim.warmup_steps": 0,
+            "run.total_steps": 8,
+            "eval.every": 0,
+        },
+        "variants": {"a": {}},
+        "seeds": [0],
+        "executor": "local",
+    }
+    p = tmp_path / "blowup.yaml"
+    p.write_text(yaml.safe_dump(spec, sort_keys=False))
+    r = subprocess.run(
+        [sys.executable, "-m", "sdpg", "ablate", str(p)],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert r.returncode == 1 and "not finite" in r.stderr, r.stderr[-3000:]
+    db = sqlite3.connect(tmp_path / "outputs" / "blowup" / "mlflow.db")
+    try:
+        rows = db.execute(
+            "select r.status, t.value from runs r join tags t on t.run_uuid = r.run_uuid where t.key = 'sdpg.error'"
+        ).fetchall()
+        parent = db.execute(
+            "select r.status from runs r join tags t on t.run_uuid = r.run_uuid where t.key = 'sdpg.parent'"
+        ).fetchall()
+    finally:
+        db.close()
+    assert len(rows) == 1, rows
+    status, error = rows[0]
+    assert status == "FAILED" and error.startswith("TrainingFailed: training stopped at step "), error
+    assert "not finite in 3 optimizer steps in a row" in error, error
+    assert parent == [("FAILED",)], parent

@@ -685,13 +685,17 @@ def _last_log_line(job) -> str:
 
 
 def _base_model_pending(run: Run) -> bool:
-    """True while the built-in base model this run starts from is not built yet."""
+    """True while the built-in base model this run starts from is not built yet (never for the
+    default recipe: its model ships with the package and is only copied)."""
     if run.config.model.path != "embedded":
         return False
     from sdpg.paths import cache_root
-    from sdpg.training.embedded import recipe_hash
+    from sdpg.training.embedded import recipe_hash, shipped_recipe
 
-    return not (cache_root() / f"embedded-{recipe_hash(run.config.model.embedded)}" / "sdpg_recipe.json").is_file()
+    h = recipe_hash(run.config.model.embedded)
+    if (shipped_recipe() or {}).get("recipe_hash") == h:
+        return False
+    return not (cache_root() / f"embedded-{h}" / "sdpg_recipe.json").is_file()
 
 
 def _progress(runs: list[Run], jobs: list) -> str:
