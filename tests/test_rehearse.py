@@ -122,6 +122,7 @@ def stand_in(tmp_path_factory):
     return build_stand_in(tmp_path_factory.mktemp("qwen3-stand-in"))
 
 
+@pytest.mark.slow
 def test_paper_table1_rehearses_all_12_runs(workdir, stand_in, capsys):
     t0 = time.time()
     rc = ablate_main(
@@ -163,6 +164,7 @@ def test_paper_table1_rehearses_all_12_runs(workdir, stand_in, capsys):
     assert "12/12 runs pass" in err and "Not rehearsed here" in err and "8 ranks" in err
 
 
+@pytest.mark.slow
 def test_broken_spec_fails_before_anything_runs(workdir, stand_in, capsys):
     """A missing eval file and a scorer that cannot match the data's answers: one sentence each, per run,
     and nothing runs; a broken template placeholder is refused when the spec is read, before any rehearsal."""
@@ -222,6 +224,7 @@ def test_hub_id_without_a_hub_says_so_in_one_line(workdir, monkeypatch, capsys):
     assert report["runs"][0]["status"] == "blocked"
 
 
+@pytest.mark.slow
 def test_sweep_rehearses_its_first_trials_and_objective(workdir, stand_in, capsys):
     from sdpg.cli import sweep_main
 

@@ -91,7 +91,7 @@ def test_micro_batching_does_not_change_the_update(tiny_config):
             "run.total_steps=1",
             "eval.every=0",
             over,
-            "algo.opd_impl=materialised",
+            "optim.loss_impl=materialised",
             "algo.beta=1.0",
             "run.checkpoint_every=1",
             out=name,
@@ -108,7 +108,7 @@ def test_micro_batching_does_not_change_the_update(tiny_config):
 def test_fused_and_materialised_training_agree(tiny_config):
     runs = []
     for impl in ("fused", "materialised"):
-        cfg = tiny_config("run.total_steps=2", "eval.every=0", f"algo.opd_impl={impl}", "algo.beta=1.0", out=impl)
+        cfg = tiny_config("run.total_steps=2", "eval.every=0", f"optim.loss_impl={impl}", "algo.beta=1.0", out=impl)
         train(cfg)
         runs.append(_metrics(cfg.run.output_dir))
     for a, b in zip(*runs):

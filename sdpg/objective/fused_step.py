@@ -200,14 +200,18 @@ def _materialised_step(
 ):
     logits = F.linear(hs, W, b)  # [B, T, V]
     logp = token_logprobs(logits, tokens, st.temperature)  # [B, T]
-    ent = token_entropy(logits, st.temperature)  # [B, T]
+    with torch.set_grad_enabled(st.entropy_coef != 0.0 and torch.is_grad_enabled()):  # a metric unless a bonus
+        ent = token_entropy(logits, st.temperature)  # [B, T]
     old = logp.detach() if old_logp is None else old_logp  # [B, T]
     adv_t = effective_advantages(advantages, token_advantages, old, rollout_logp, mask, st.tis_cap)  # [B, T] | None
     kl = None
     if ht is not None:
         with torch.no_grad():
             zt = F.linear(ht.detach(), W, b)  # [B, T, V]
-        kl = full_vocab_kl(logits.float() / st.kl_student_temperature, zt.float() / st.kl_teacher_temperature)  # [B, T]
+        if st.kl_student_temperature == st.kl_teacher_temperature:
+            kl = full_vocab_kl(logits, zt, st.kl_student_temperature)  # [B, T]
+        else:
+            kl = full_vocab_kl(logits.float() / st.kl_student_temperature, zt.float() / st.kl_teacher_temperature)  # [B, T]
         if st.kl_clamp is not None:
             kl = kl.clamp(max=st.kl_clamp)  # [B, T]
     loss, stats = sdpg_loss(

@@ -386,17 +386,19 @@ def written_as_expected(kind: str, answer: str) -> str:
 
 
 class Scorers:
-    """The configured scorers, one per kind, closed at the end."""
+    """The configured scorers, one per kind and setting, closed at the end."""
 
     def __init__(self):
         self._v: dict[tuple, Any] = {}
 
-    def get(self, cfg: TrainConfig):
+    def get(self, cfg: TrainConfig, kind: str | None = None):
         from sdpg.training.rewards import Verifier
 
-        key = (verifier_kind(cfg), cfg.reward.timeout_s)
+        kind = kind or verifier_kind(cfg)
+        extra = {"boxed_tail_chars": cfg.reward.boxed_tail_chars} if hasattr(cfg.reward, "boxed_tail_chars") else {}
+        key = (kind, cfg.reward.timeout_s, tuple(sorted(extra.items())))
         if key not in self._v:
-            self._v[key] = Verifier(key[0], cfg.reward.timeout_s)
+            self._v[key] = Verifier(kind, cfg.reward.timeout_s, **extra)
         return self._v[key]
 
     def close(self):
@@ -408,45 +410,40 @@ def scorer_checks(
     cfg: TrainConfig, sources: dict[str, list[dict]], student_prompt: str, scorers: Scorers
 ) -> tuple[list[dict], list[str]]:
     """(verdicts, errors): the first gold answers of each file written as the scorer expects must score
-    1; written as the prompt asks (``\\boxed{}``) too; a wrong answer must score 0."""
+    1 (on benchmarks, also under ``eval.extra_scorers``); written as the prompt asks (``\\boxed{}``) too;
+    a wrong answer must score 0."""
     kind = verifier_kind(cfg)
-    v = scorers.get(cfg)
     verdicts, errors = [], []
     asks_boxed = "\\boxed" in (student_prompt or "")
+
+    def judge(k: str, key: str, i: int, gold: str, how: str, text: str) -> float:
+        score = float(scorers.get(cfg, k).correctness([text], [gold])[0])
+        verdicts.append({"source": key, "row": i, "scorer": k, "gold": gold, "response": text, "how": how, "score": score})
+        return score
+
     for key, rows in sources.items():
+        kinds = [kind] + ([k for k in getattr(cfg.eval, "extra_scorers", []) if k != kind] if key != "data.train" else [])
         for i, row in enumerate(rows[: GOLD_CHECKS if key == "data.train" else 1]):
             gold = str(row["answer"])
-            tries = [("as the scorer expects", written_as_expected(kind, gold))]
-            if asks_boxed and kind == "exact":
-                tries.append(("as the prompt asks", written_as_expected("math", gold)))
-            for how, text in tries:
-                score = float(v.correctness([text], [gold])[0])
-                verdicts.append({"source": key, "row": i, "gold": gold, "response": text, "how": how, "score": score})
+            for k in kinds:
+                what = "reward.verifier" if k == kind else "eval.extra_scorers"
+                text = written_as_expected(k, gold)
+                score = judge(k, key, i, gold, "as the scorer expects", text)
                 if score < 1 and not errors:
-                    if how == "as the prompt asks":
+                    errors.append(
+                        f"{what} {k!r} gives {score:g} to the gold answer {_clip(gold, 40)!r} of {key} row {i} written as "
+                        f"it expects ({_clip(text, 60)!r}): it cannot match these answers"
+                    )
+                if asks_boxed and k == "exact":
+                    score = judge(k, key, i, gold, "as the prompt asks", written_as_expected("math", gold))
+                    if score < 1 and not errors:
                         errors.append(
-                            f"the student prompt asks for \\boxed{{}} but reward.verifier {kind!r} gives "
-                            f"{score:g} to the gold answer {_clip(gold, 40)!r} of {key} row {i} written that way: "
-                            f"no response can be rewarded"
-                        )
-                    else:
-                        errors.append(
-                            f"reward.verifier {kind!r} gives {score:g} to the gold answer {_clip(gold, 40)!r} of "
-                            f"{key} row {i} written as it expects ({_clip(text, 60)!r}): it cannot match these answers"
+                            f"the student prompt asks for \\boxed{{}} but {what} {k!r} gives {score:g} to the gold "
+                            f"answer {_clip(gold, 40)!r} of {key} row {i} written that way: no response can be rewarded"
                         )
         if rows and key == "data.train":
             wrong = written_as_expected(kind, WRONG_ANSWER)
-            score = float(v.correctness([wrong], [str(rows[0]["answer"])])[0])
-            verdicts.append(
-                {
-                    "source": key,
-                    "row": 0,
-                    "gold": str(rows[0]["answer"]),
-                    "response": wrong,
-                    "how": "a wrong answer",
-                    "score": score,
-                }
-            )
+            score = judge(kind, key, 0, str(rows[0]["answer"]), "a wrong answer", wrong)
             if score > 0 and not errors:
                 errors.append(
                     f"reward.verifier {kind!r} gives {score:g} to a wrong answer ({wrong!r}) for {key} row 0: "
@@ -593,7 +590,7 @@ def rehearse(
     log: Callable[[str], None] = print,
 ) -> list[Outcome]:
     """Rehearse ``items``; returns one outcome per run (and writes the report files)."""
-    t_start = time.time()
+    t_start, cpu_start = time.time(), _cpu_seconds()
     folder = prepare_folder(Path(folder) if folder else default_folder(ctx.spec_name))
     tag = f"[{ctx.tool}]"
     log(f"{tag} rehearsing {len(items)} runs of {ctx.spec_name} in {folder}")
@@ -714,7 +711,8 @@ def rehearse(
     # ---- the runs: MLflow bookkeeping as a submission does, one local job
     if runnable:
         _run_all(runnable, outcomes, ctx, folder, log)
-    report = write_report(list(outcomes.values()), ctx, folder, time.time() - t_start, models, sources)
+    timing = {"wall_s": time.time() - t_start, "cpu_s": _cpu_seconds() - cpu_start, "load_average": os.getloadavg()[0]}
+    report = write_report(list(outcomes.values()), ctx, folder, timing, models, sources)
     log(report)
     return list(outcomes.values())
 
@@ -894,7 +892,15 @@ def _redact(uri: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def write_report(outcomes: list[Outcome], ctx: Context, folder: Path, seconds: float, models: dict, sources: dict) -> str:
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the rehearsal's local job)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def write_report(outcomes: list[Outcome], ctx: Context, folder: Path, timing: dict, models: dict, sources: dict) -> str:
     """The console text; also writes ``report.md`` and ``report.json`` in ``folder``."""
     n_pass = sum(o.status == "pass" for o in outcomes)
     head = [("run", "result", "steps/s", "wall", "first error")]
@@ -911,7 +917,12 @@ def write_report(outcomes: list[Outcome], ctx: Context, folder: Path, seconds: f
     widths = [max(len(r[i]) for r in head) for i in range(4)]
     table = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in head]
     table.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 11)
-    lines = [f"Rehearsal of {ctx.spec_path} ({ctx.tool}): {n_pass}/{len(outcomes)} runs pass, {seconds:.0f}s", ""]
+    seconds = timing["wall_s"]
+    lines = [
+        f"Rehearsal of {ctx.spec_path} ({ctx.tool}): {n_pass}/{len(outcomes)} runs pass in {seconds:.0f} s "
+        f"({timing['cpu_s']:.0f} s of CPU; load average {timing['load_average']:.1f} on {os.cpu_count()} cores)",
+        "",
+    ]
     lines += table
     for o in outcomes:
         if o.status != "pass" and o.errors:
@@ -934,7 +945,7 @@ def write_report(outcomes: list[Outcome], ctx: Context, folder: Path, seconds: f
         lines += ["", f"Scorer on gold answers ({who}):"]
         for v in map(json.loads, vs):
             lines.append(
-                f"  {v['source']} row {v['row']}: gold {_clip(v['gold'], 30)!r} written {v['how']} "
+                f"  {v['source']} row {v['row']}, {v.get('scorer', '')}: gold {_clip(v['gold'], 30)!r} written {v['how']} "
                 f"{_clip(v['response'], 50)!r} -> {v['score']:g}"
             )
     warnings = sorted({w for o in outcomes for w in o.warnings})
@@ -965,6 +976,7 @@ def write_report(outcomes: list[Outcome], ctx: Context, folder: Path, seconds: f
         "spec": str(ctx.spec_path),
         "tool": ctx.tool,
         "seconds": seconds,
+        **timing,
         "passed": n_pass,
         "runs": [{**asdict(o), "first_error": o.first_error} for o in outcomes],
         "models": {

@@ -310,8 +310,6 @@ class AlgoConfig(Strict):
     opd_exclude_stop: bool = True
     """Leave positions whose sampled token is the end-of-sequence token out of L_OPD+ (as the SDPG
     reference code does: the privileged teacher's view of when to stop is not distilled)."""
-    opd_impl: Literal["fused", "materialised"] = "fused"
-    """Full-vocabulary KL from hidden states chunk by chunk, or from materialised logits."""
     distill_temperature: float = Field(1.0, gt=0)
     """Temperature of p and q inside KL(p || q)."""
     alpha: float = Field(1e-3, ge=0)
@@ -375,6 +373,14 @@ class OptimConfig(Strict):
     micro_batch_tokens: int | None = Field(None, gt=0)
     """Pack micro-batches by a token budget instead: sequences sorted by length, each micro-batch holding
     as many as fit rows x (prompt + its longest response) <= budget, trimmed to its longest response."""
+    loss_impl: Literal["fused", "materialised"] = "fused"
+    """How the update's loss and the no-grad log-prob passes go from last hidden states through the output head:
+    ``fused`` chunk by chunk with gradients formed in the forward, never holding a [B, T, V] tensor
+    (``sdpg.objective.step_loss``); ``materialised`` the logits [B, T, V] under autograd, the reference the
+    tests compare against. Same values and gradients up to float32 round-off (docs/objective.md)."""
+    loss_chunk_size: int | None = Field(None, gt=0)
+    """Positions per chunk of the fused loss; None: the largest power of two whose [chunk, V] float32 buffer
+    stays within 48 MiB on CPU (64 at V = 151,936) or 320 MiB on GPUs (512)."""
     max_nonfinite_steps: int = Field(3, gt=0)
     """An optimizer step whose loss or gradient norm is not finite is skipped (nothing reaches the weights);
     after this many in a row the run stops as failed, with a checkpoint of the last good state."""
@@ -475,7 +481,6 @@ class TrainConfig(Strict):
                 "gate",
                 "opd_norm",
                 "opd_exclude_stop",
-                "opd_impl",
                 "distill_temperature",
             )
             if not a.needs_teacher_logprobs:

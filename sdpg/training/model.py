@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sdpg.objective import token_entropy, token_logprobs
+from sdpg.objective import hidden_token_logprobs, token_entropy, token_logprobs
 from sdpg.training.config import TrainConfig
 
 
@@ -143,15 +143,25 @@ def sampled_token_stats(
     logprobs: bool = True,
     entropy: bool = False,
     keep_logits: bool = False,
+    impl: str = "fused",
+    chunk_size: int | None = None,
 ) -> TokenStats:
     """log pi(y_t) (and the entropy) of the response ``tokens`` [b, T] under ``model`` on ``seq`` [b, P+T]
     (``attn`` [b, P+T]; prompts left-padded to ``prompt_len``). Gradients flow when called with grad enabled.
 
-    The one place the trainer goes from hidden states to the head to token statistics; a chunked
-    computation that never holds [b, T, V] can replace the body without changing any caller that does not
-    ask for ``keep_logits``."""
+    The one place the trainer goes from hidden states to the head to token statistics. Without gradient and
+    with ``impl="fused"`` it runs chunk by chunk (``hidden_token_logprobs``: no [b, T, V] tensor; response
+    padding skipped and read as 0); ``impl="materialised"`` or ``keep_logits`` build the logits [b, T, V]."""
     hidden = response_hidden(model, seq, attn, prompt_len, tokens.shape[1])  # [b, T, H]
     weight, bias = head_of(model)  # after the forward: under FSDP the gathered head
+    if impl == "fused" and not keep_logits and not torch.is_grad_enabled():  # chunked: no [b, T, V] tensor
+        response_mask = attn[:, prompt_len : prompt_len + tokens.shape[1]]  # [b, T] padding is skipped, reads 0
+        logp, ent = hidden_token_logprobs(
+            hidden, weight, bias, tokens, temperature, mask=response_mask, with_entropy=entropy, chunk_size=chunk_size
+        )  # [b, T] each
+        return TokenStats(
+            logp=logp if logprobs else None, entropy=ent, hidden=hidden, head_weight=weight, head_bias=bias, logits=None
+        )
     logits = torch.nn.functional.linear(hidden, weight, bias)  # [b, T, V]
     return TokenStats(
         logp=token_logprobs(logits, tokens, temperature) if logprobs else None,  # [b, T]

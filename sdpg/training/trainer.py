@@ -60,15 +60,14 @@ import yaml
 from torch import Tensor
 
 from sdpg.objective import (
-    FusedKLInputs,
+    StepLossSettings,
     agg_weights,
     beta_at,
-    full_vocab_kl,
     gate_mask,
     group_advantages,
     opsd_token_weights,
     rlsd_advantages,
-    sdpg_loss,
+    step_loss,
 )
 from sdpg.training import distributed as dist
 from sdpg.training.checkpoint import (
@@ -84,6 +83,7 @@ from sdpg.training.data import PromptSampler, build_prompts, read_source
 from sdpg.training.evaluate import evaluate, pass_at_k
 from sdpg.training.model import (
     full_state,
+    head_of,
     load_full_state,
     load_policy,
     resolve_device,
@@ -618,6 +618,7 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
     per-token advantages of RLSD / OPSD."""
     cfg, algo, optim, device = run.cfg, run.cfg.algo, run.cfg.optim, run.device
     temperature, size = cfg.rollout.temperature, optim.micro_batch_size
+    head = {"impl": optim.loss_impl, "chunk_size": optim.loss_chunk_size}  # chunked (no [b, T, V]) unless materialised
     N, T = batch.responses.shape
     started = time.perf_counter()
     batch.n_kept_all = int(dist.all_sum(torch.tensor(float(len(batch.keep)))).item())
@@ -641,16 +642,22 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
             seq, attn, prompt_len = batch.student_seq[rows], batch.student_attn[rows], batch.student_prompt_len
             if entropy_pass and (run.use_fsdp or skipped[rows].any()):
                 batch.entropy[rows] = sampled_token_stats(
-                    run.policy, seq, attn, prompt_len, tokens, temperature, logprobs=False, entropy=True
+                    run.policy, seq, attn, prompt_len, tokens, temperature, logprobs=False, entropy=True, **head
                 ).entropy
             if not batch.on_policy:
-                stats = sampled_token_stats(run.policy, seq, attn, prompt_len, tokens, temperature, entropy=True)
+                stats = sampled_token_stats(run.policy, seq, attn, prompt_len, tokens, temperature, entropy=True, **head)
                 batch.old_logp[rows], batch.entropy[rows] = stats.logp, stats.entropy
             if batch.ref_logp is not None:
-                batch.ref_logp[rows] = sampled_token_stats(run.reference, seq, attn, prompt_len, tokens, temperature).logp
+                batch.ref_logp[rows] = sampled_token_stats(run.reference, seq, attn, prompt_len, tokens, temperature, **head).logp
             if batch.teacher_logp is not None:
                 batch.teacher_logp[rows] = sampled_token_stats(
-                    teacher, batch.teacher_seq[rows], batch.teacher_attn[rows], batch.teacher_prompt_len, tokens, temperature
+                    teacher,
+                    batch.teacher_seq[rows],
+                    batch.teacher_attn[rows],
+                    batch.teacher_prompt_len,
+                    tokens,
+                    temperature,
+                    **head,
                 ).logp
         if algo.advantage in ("rlsd", "opsd"):
             behaviour_logp = batch.old_logp if not batch.on_policy else _policy_logp(run, batch, *student_view)  # [N, T]
@@ -670,10 +677,18 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
 
 def _policy_logp(run: Run, batch: Batch, seq: Tensor, attn: Tensor, prompt_len: int) -> Tensor:
     """log pi_theta(y_t) [N, T] of every row, in micro-batches (the on-policy pi_old, before the update)."""
-    size, temperature = run.cfg.optim.micro_batch_size, run.cfg.rollout.temperature
+    optim, temperature = run.cfg.optim, run.cfg.rollout.temperature
+    size = optim.micro_batch_size
     parts = [
         sampled_token_stats(
-            run.policy, seq[s : s + size], attn[s : s + size], prompt_len, batch.responses[s : s + size], temperature
+            run.policy,
+            seq[s : s + size],
+            attn[s : s + size],
+            prompt_len,
+            batch.responses[s : s + size],
+            temperature,
+            impl=optim.loss_impl,
+            chunk_size=optim.loss_chunk_size,
         ).logp
         for s in range(0, seq.shape[0], size)
     ]  # [b, T] each
@@ -771,7 +786,7 @@ def micro_batch_backward(
     """Forward and backward of the micro-batch at ``positions`` of the minibatch ``rows``; returns whether its
     loss was finite. ``positions`` None: a zero-weight forward/backward that only keeps FSDP's collectives in
     step across ranks."""
-    cfg, algo = run.cfg, run.cfg.algo
+    cfg, algo, optim = run.cfg, run.cfg.algo, run.cfg.optim
     padding = positions is None
     if positions is None:
         positions = torch.tensor([0])
@@ -779,48 +794,17 @@ def micro_batch_backward(
     n_resp = max(1, int(batch.mask[seqs].sum(-1).max()))  # the longest response here; beyond it, padding
     tokens, mask = batch.responses[seqs, :n_resp], batch.mask[seqs, :n_resp]  # [b, tb]
     Ps, Pt = batch.student_prompt_len, batch.teacher_prompt_len
-    materialised_kl = algo.needs_distillation and algo.opd_impl != "fused"
-    student = sampled_token_stats(
-        run.policy,
-        batch.student_seq[seqs, : Ps + n_resp],
-        batch.student_attn[seqs, : Ps + n_resp],
-        Ps,
-        tokens,
-        cfg.rollout.temperature,
-        entropy=batch.on_policy,
-        keep_logits=materialised_kl,
-    )
-    logp = student.logp  # [b, tb]
-    if batch.on_policy and not padding:  # pi_old is this forward's pi_theta (one epoch, one minibatch)
-        batch.entropy[seqs, :n_resp] = student.entropy
-        batch.old_logp[seqs, :n_resp] = logp.detach()
-    old_logp = logp.detach() if batch.on_policy else batch.old_logp[seqs, :n_resp]  # [b, tb]
-    token_adv = batch.token_advantages[seqs, :n_resp] if batch.token_advantages is not None else None  # [b, tb]
-    if batch.engine_logp is not None and cfg.rollout.tis_cap is not None:  # truncated importance sampling
-        log_ratio = old_logp - batch.engine_logp[seqs, :n_resp]  # [b, tb]
-        tis = torch.exp(log_ratio.clamp(max=20.0)).clamp(max=cfg.rollout.tis_cap) * mask  # [b, tb]
-        token_adv = (token_adv if token_adv is not None else batch.advantages[seqs][:, None]) * tis  # [b, tb]
-    opd = None
+    hidden = response_hidden(
+        run.policy, batch.student_seq[seqs, : Ps + n_resp], batch.student_attn[seqs, : Ps + n_resp], Ps, n_resp
+    )  # [b, tb, H]
+    head_weight, head_bias = head_of(run.policy)  # after the forward: under FSDP the gathered head
+    teacher_hidden = None
     if algo.needs_distillation and (run.use_fsdp or bool(opd_weights[positions].any())):
         with torch.no_grad():  # the teacher: the current policy on the privileged prompt (c, x)
             teacher_hidden = response_hidden(
                 run.policy, batch.teacher_seq[seqs, : Pt + n_resp], batch.teacher_attn[seqs, : Pt + n_resp], Pt, n_resp
             )  # [b, tb, H]
-        if algo.opd_impl == "fused":
-            opd = FusedKLInputs(
-                student.hidden, teacher_hidden, student.head_weight, student.head_bias, temperature=algo.distill_temperature
-            )
-        else:
-            teacher_logits = torch.nn.functional.linear(teacher_hidden, student.head_weight, student.head_bias)  # [b, tb, V]
-            opd = full_vocab_kl(student.logits, teacher_logits, algo.distill_temperature)  # [b, tb]
-    loss, stats = sdpg_loss(
-        logp,
-        old_logp,
-        batch.advantages[seqs],
-        mask,
-        token_advantages=token_adv,
-        opd=opd,
-        ref_logp=batch.ref_logp[seqs, :n_resp] if batch.ref_logp is not None else None,
+    settings = StepLossSettings(
         beta=beta_k,
         alpha=algo.alpha,
         kl_mode=algo.kl_mode,
@@ -832,9 +816,33 @@ def micro_batch_backward(
         clip_high=algo.clip_high,
         clip_c=algo.clip_c,
         loss_agg_mode=algo.loss_agg_mode,
+        temperature=cfg.rollout.temperature,
+        kl_student_temperature=algo.distill_temperature,
+        kl_teacher_temperature=algo.distill_temperature,
+        tis_cap=cfg.rollout.tis_cap,
+    )
+    # pi_old: on-policy (one epoch, one minibatch) it is SG[pi_theta] of this very forward, formed inside the loss
+    loss, stats, per_token = step_loss(
+        hidden,
+        head_weight,
+        head_bias,
+        tokens,
+        batch.advantages[seqs],
+        mask,
+        settings,
+        teacher_hidden=teacher_hidden,
+        old_logp=None if batch.on_policy else batch.old_logp[seqs, :n_resp],
+        ref_logp=batch.ref_logp[seqs, :n_resp] if batch.ref_logp is not None else None,
+        rollout_logp=batch.engine_logp[seqs, :n_resp] if batch.engine_logp is not None else None,
+        token_advantages=batch.token_advantages[seqs, :n_resp] if batch.token_advantages is not None else None,
         token_weights=weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
         opd_token_weights=opd_weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
+        impl=optim.loss_impl,
+        chunk_size=optim.loss_chunk_size,
     )
+    if batch.on_policy and not padding:  # pi_old is this forward's pi_theta
+        batch.entropy[seqs, :n_resp] = per_token.entropy
+        batch.old_logp[seqs, :n_resp] = per_token.logp
     if padding:
         loss = loss * 0.0
     elif run.use_fsdp:
