@@ -12,9 +12,21 @@ pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 # One-time steps, here and not inside any test's time limit (pytest-timeout counts fixture set-up):
 # the built-in model into the cache ($SDPG_CACHE or ~/.cache/sdpg; a copy of the one shipped with the
 # package), SLURM's Debian packages for the dev cluster, and vLLM's first import (byte-compiles the package).
-echo "test.sh: one-time steps (built-in model, SLURM packages, vLLM import)" >&2
+echo "test.sh: one-time steps (built-in model, SLURM packages, vLLM import, Chromium)" >&2
 python -m sdpg.training.embedded ensure >/dev/null
 python -c 'from sdpg.orchestration import devcluster; devcluster.install()'
 python -c 'import vllm' >/dev/null 2>&1 || python -c 'import vllm'  # on failure, show why
+# The report tests open pages in a real headless browser: Debian's chromium (as root, or through sudo;
+# nothing to do when it is already there).
+if ! command -v chromium >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+fi
+
+# Lint, format and types first: fast, and a failure here needs no test run to explain it.
+ruff check .
+ruff format --check .
+mypy  # sdpg/objective and the configuration ([tool.mypy] in pyproject.toml)
 
 SDPG_REQUIRE_VLLM=1 python -m pytest -q

@@ -1123,6 +1123,7 @@ def test_max_runs_flag_goes_beyond_the_limit(tmp_path):
     assert proc.stdout.count("-s0") == 6, proc.stdout
 
 
+@pytest.mark.slow
 def test_grid_value_with_path_tricks_stays_inside_outputs(tmp_path, tiny_model_built):
     """A grid value holding '/../..' names a run folder built from sanitized values and a hash: nothing escapes."""
     tpl = "Q:{problem}/../../../../escaped/A:"

@@ -39,6 +39,7 @@ def experiment(tmp_path_factory, tiny_model_built):
     return p, plan
 
 
+@pytest.mark.slow
 def test_report_on_real_runs(experiment, tmp_path):
     spec, plan = experiment
     uri, exp = report.resolve_source(str(spec))
@@ -77,6 +78,7 @@ def test_report_on_real_runs(experiment, tmp_path):
         assert {ln.get_label().split(" ")[0]: ln.get_color() for ln in ax.get_lines()} == colours
 
 
+@pytest.mark.slow
 def test_sdpg_report_command_writes_index_figures_tables(experiment, tmp_path):
     spec, _ = experiment
     from sdpg.cli import report_main
@@ -156,3 +158,214 @@ def test_iqm_and_probability_of_improvement_by_hand():
     row = imp[imp.variant == "x"].iloc[0]
     assert row.p_improve == pytest.approx(0.625) and row.p_lo <= row.p_improve <= row.p_hi
     assert row.iqm_lo <= row.iqm <= row.iqm_hi
+
+
+# --------------------------------------------------------------------------------------------
+# The page as a browser shows it, sample sizes, read-only loading
+# --------------------------------------------------------------------------------------------
+
+
+def _chromium():
+    from sdpg.reporting import browser
+
+    if browser.find_chromium() is None:
+        pytest.fail("no Chromium on this machine: scripts/test.sh installs Debian's chromium (apt-get install chromium)")
+    return browser
+
+
+def _improvement_rows(index: str) -> dict[str, list[str]]:
+    block = index.split("IQM and probability of improvement", 1)[1].split("\n## ", 1)[0]
+    rows = [ln for ln in block.splitlines() if ln.startswith("| ") and not ln.startswith("| Variant")]
+    return {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]] for r in rows}
+
+
+def test_index_html_is_a_real_page_in_headless_chromium(experiment, tmp_path):
+    """The page opened in Chromium: tables are tables, every figure loads once, links reach files, the
+    underlines are underlines; the screenshot beside the report shows something."""
+    browser = _chromium()
+    from matplotlib.image import imread
+
+    from sdpg.cli import report_main
+
+    spec, _ = experiment
+    out = tmp_path / "out"
+    assert report_main([str(spec), "--out", str(out), "--order", *VARIANTS]) == 0
+    index_md = (out / "index.md").read_text()
+    dom = browser.inspect_page(out / "index.html")
+
+    # every Markdown table is an HTML table with its header and one row per variant (never a <pre> of pipes)
+    md_tables = index_md.count("\n|---")
+    assert md_tables >= 4 and len(dom["tables"]) == md_tables and dom["pre"] == 0
+    last_best = next(t for t in dom["tables"] if t["header"][:2] == ["Method", "Seeds"])
+    assert [r[0] for r in last_best["cells"][1:]] == VARIANTS and last_best["rows"] == 1 + len(VARIANTS)
+    assert all(r[1] == "2" for r in last_best["cells"][1:])
+    assert "|" not in " ".join(c for t in dom["tables"] for r in t["cells"] for c in r)
+    # <u> and ** became underline and bold, as many as the Markdown has; nothing escaped
+    assert len(dom["underlined"]) == index_md.count("<u>") and "<u>" not in dom["text"]
+    assert len(dom["bold"]) >= 1 and "**" not in dom["text"]
+    # figures: each once, each decoded by the browser at a real size
+    srcs = [i["src"] for i in dom["images"]]
+    assert sorted(srcs) == ["figures/curves.png", "figures/training.png"]
+    for img in dom["images"]:
+        assert img["complete"] and img["naturalWidth"] > 500 and img["naturalHeight"] > 100 and img["width"] > 200, img
+    # links: every one points at a file of the report (PDFs, LaTeX, CSVs)
+    hrefs = {a["href"] for a in dom["links"]}
+    for need in (
+        "figures/curves.pdf",
+        "figures/training.pdf",
+        "tables/last_best.tex",
+        "tables/last_best.csv",
+        "tables/stability_runs.csv",
+    ):
+        assert need in hrefs, need
+    for h in hrefs:
+        assert (out / h).is_file(), h
+
+    shot = browser.screenshot(out / "index.html", out / "screenshot.png")
+    assert shot == (out / "screenshot.png").resolve()
+    px = imread(shot)[..., :3]  # [H, W, 3] in [0, 1]
+    assert px.shape[1] == 1280 and px.shape[0] >= dom["height"]
+    assert px.std() > 0.05  # not a blank page
+    ink = (px.mean(axis=2) < 0.6).mean()  # text, lines, table borders
+    assert 0.005 < ink < 0.5
+    # the figures are in the picture: many distinct colours (the variants' lines), not just black on white
+    colours = {tuple(c) for c in (px[::4, ::4].reshape(-1, 3) * 255).astype(int) // 32}
+    assert len(colours) > 20
+
+
+def test_one_seed_has_no_intervals_and_says_why_two_seeds_have_both(experiment, tmp_path):
+    from sdpg.cli import report_main
+
+    spec, _ = experiment
+    assert report_main([str(spec), "--out", str(tmp_path / "one"), "--order", *VARIANTS, "--tag", "seed=0"]) == 0
+    assert report_main([str(spec), "--out", str(tmp_path / "two"), "--order", *VARIANTS]) == 0
+    one, two = (tmp_path / "one" / "index.md").read_text(), (tmp_path / "two" / "index.md").read_text()
+
+    # one seed: IQM point values only, no interval, no P(improve), and the page says why
+    rows = _improvement_rows(one)
+    assert set(rows) == set(VARIANTS)
+    for v, cells in rows.items():
+        assert cells[0] == "1"  # the sample size, stated
+        assert float(cells[1]) >= 0 and cells[2] == "–" and cells[3] == "–" and cells[4] == "–", (v, cells)
+    assert "No intervals and no probability of improvement where a variant has fewer than 2 seeds" in one
+    assert "grpo has 1" in one
+    lb_rows = [ln for ln in one.split("## Last and Best", 1)[1].split("## ", 1)[0].splitlines() if ln.startswith("| ")]
+    assert len(lb_rows) == 2 + len(VARIANTS) and not any("±" in ln for ln in lb_rows)
+    assert "one seed gives no interval" in one
+
+    # two seeds: both, with their intervals around the point values
+    rows = _improvement_rows(two)
+    for v, cells in rows.items():
+        assert cells[0] == "2"
+        iqm, (lo, hi) = float(cells[1]), map(float, cells[2].strip("[]").split(","))
+        assert lo <= iqm <= hi
+        if v == "grpo":
+            assert cells[3] == "–"
+        else:
+            p, (plo, phi) = float(cells[3]), map(float, cells[4].strip("[]").split(","))
+            assert 0 <= plo <= p <= phi <= 1
+    assert "fewer than 2 seeds" not in two and "one seed gives no interval" not in two
+    lb_rows = [ln for ln in two.split("## Last and Best", 1)[1].split("## ", 1)[0].splitlines() if ln.startswith("| ")]
+    assert all(ln.count("±") == 2 for ln in lb_rows[2:])  # Last and Best of the one benchmark
+
+    # the same rule in the functions: one value is no interval; one seed per side is no probability
+    assert all(np.isnan(report.bootstrap_ci([0.5])))
+    imp = report.improvement({"a": np.array([[0.2, 0.4]]), "b": np.array([[0.3, 0.1]])}, "a")
+    assert imp.seeds.tolist() == [1, 1] and imp.p_improve.isna().all() and imp.iqm_lo.isna().all()
+    # and no band in the curves for a single seed
+    uri, exp = report.resolve_source(str(spec))
+    df = report.load_runs(uri, exp, tags={"seed": "0"})
+    _, fig = report.paper_grid(df, tmp_path / "g1", order=VARIANTS, keep_figure=True)
+    assert not any(ax.collections for ax in fig.axes)
+    _, fig = report.paper_grid(report.load_runs(uri, exp), tmp_path / "g2", order=VARIANTS, keep_figure=True)
+    assert sum(len(ax.collections) for ax in fig.axes) == 4 * len(VARIANTS)
+
+
+def test_curves_have_no_empty_panel_and_zero_series_are_named(experiment, tmp_path):
+    spec, _ = experiment
+    uri, exp = report.resolve_source(str(spec))
+    df = report.load_runs(uri, exp)
+    # one benchmark: one row of four panels, none blank
+    _, fig = report.paper_grid(df, tmp_path / "grid", order=VARIANTS, keep_figure=True)
+    assert len(fig.axes) == 4 and all(ax.axison and ax.get_lines() for ax in fig.axes)
+    # GRPO's opd_kl is 0 at every step (or not logged): named in the panel, drawn if logged
+    notes = {}
+    _, fig = report.plot_curves(
+        df, ["train/opd_kl", "train/beta"], tmp_path / "tr", order=VARIANTS, keep_figure=True, notes=notes
+    )
+    for ax in fig.axes:
+        text = " ".join(t.get_text() for t in ax.texts)
+        assert "grpo" in text, ax.get_title()
+        drawn = {ln.get_label().split(" ")[0] for ln in ax.get_lines()}
+        grpo = df[(df.variant == "grpo") & (df.metric == ax.get_title())]
+        assert ("grpo" in drawn) == (len(grpo) > 0)
+        assert {"sdpg_urkl", "sdpg_ufkl"} <= drawn
+    assert set(notes) == {"train/opd_kl", "train/beta"}
+    # the legend never covers a panel or its x labels
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    leg = fig.legends[0].get_window_extent(r)
+    for ax in fig.axes:
+        assert not leg.overlaps(ax.get_tightbbox(r))
+
+
+def test_steps_to_threshold_only_with_a_threshold(experiment, tmp_path):
+    from sdpg.cli import report_main
+
+    spec, _ = experiment
+    assert report_main([str(spec), "--out", str(tmp_path / "a")]) == 0
+    assert report_main([str(spec), "--out", str(tmp_path / "b"), "--threshold", "0.0"]) == 0
+    a, b = (tmp_path / "a" / "index.md").read_text(), (tmp_path / "b" / "index.md").read_text()
+    assert "Steps to threshold" not in a and "not computed; give `--threshold X`" in a
+    assert "steps_to_threshold" not in (tmp_path / "a" / "tables" / "stability_runs.csv").read_text()
+    assert "Steps to threshold (0)" in b and "not computed" not in b
+    runs = pd.read_csv(tmp_path / "b" / "tables" / "stability_runs.csv")
+    assert (runs.steps_to_threshold == runs.steps_to_threshold.min()).all()  # every run reaches 0 at its first eval
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(root)): ((p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else (-1, 0))
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def test_report_on_missing_experiment_creates_nothing(experiment, tmp_path):
+    """A read-only command: refused with exit 2, and the disk is as it was (no mlflow.db, no folders)."""
+    import subprocess
+    import sys
+
+    spec, _ = experiment
+    d = tmp_path / "proj"
+    (d / "ablations").mkdir(parents=True)
+    never = {"name": "never_ran", "base": "embedded", "variants": {"a": {}}, "seeds": [0], "executor": "local"}
+    (d / "ablations" / "never_ran.yaml").write_text(yaml.safe_dump(never))
+    store = Path(report.resolve_source(str(spec))[0][len("sqlite:///") :])
+    cases = [
+        ["ablations/never_ran.yaml", "--out", "reports/never"],  # spec whose runs never started
+        ["outputs/never_ran", "--out", "reports/never"],  # output folder not there
+        [f"sqlite:///{d}/outputs/x/mlflow.db#x", "--out", "reports/x"],  # store not there
+        [f"sqlite:///{store}#no_such_experiment", "--out", "reports/y"],
+    ]  # store there, experiment not
+    before, store_before = _tree(d), _tree(store.parent)
+    for args in cases:
+        r = subprocess.run(
+            [sys.executable, "-c", "import sys; from sdpg.cli import report_main; sys.exit(report_main(sys.argv[1:]))", *args],
+            cwd=d,
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 2, (args, r.stderr)
+        err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+        assert len(err) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert _tree(d) == before, args
+        assert _tree(store.parent) == store_before, args
+    assert not (d / "outputs").exists() and not (d / "reports").exists() and not (d / "mlruns").exists()
+
+
+def test_many_variants_get_distinct_colours_and_styles():
+    names = [f"t{i}" for i in range(45)]
+    colours, styles = report.colours_for(names), report.styles_for(names)
+    assert len({(colours[n], str(styles[n])) for n in names}) == 45
+    assert len({colours[n] for n in names[:20]}) == 20  # the first twenty differ in colour alone
+    assert report.colours_for(VARIANTS) == dict(zip(VARIANTS, report.PALETTE))  # few variants: Okabe-Ito

@@ -130,6 +130,7 @@ def test_redact_survives_an_environment_changed_by_another_thread(monkeypatch):
             os.environ.pop(f"_SDPG_CHURN_{i}", None)
 
 
+@pytest.mark.slow
 def test_failed_run_has_error_tag_traceback_artifact_and_ends_its_parent(tmp_path, monkeypatch):
     """A job that raises: its run FAILED with the error as a tag and the traceback as an artifact
     (stored beside mlflow.db, not in ./mlruns); the parent ends with it."""

@@ -58,6 +58,7 @@ def hf_logprobs(policy, prompts, ro, n, tok):
         return token_logprobs(policy.get_output_embeddings()(h), ro.responses)  # [N, T]
 
 
+@pytest.mark.slow
 def test_weights_update_in_memory_and_logprobs_match_transformers(engine_and_policy):
     engine, tok, policy = engine_and_policy
     prompts = [tok.encode(embedded.STUDENT_TEMPLATE.format(**r), add_special_tokens=False) for r in embedded.test_rows(6)]
@@ -77,6 +78,28 @@ def test_weights_update_in_memory_and_logprobs_match_transformers(engine_and_pol
     assert seconds < 5.0
 
 
+@pytest.mark.slow
+def test_a_later_run_in_the_process_gets_the_engine_back_with_the_models_own_weights(engine_and_policy):
+    """vLLM cannot build a second engine in a process once the first is gone: a later run with the same
+    settings (a sweep's next trial, a rehearsal's next run) reuses the engine, which must then hold the
+    weights saved in the model's folder, not the previous run's."""
+    engine, tok, policy = engine_and_policy
+    prompts = [tok.encode(embedded.STUDENT_TEMPLATE.format(**r), add_special_tokens=False) for r in embedded.test_rows(6)]
+    with torch.no_grad():  # the previous run trained: its weights, in the engine
+        g = torch.Generator().manual_seed(1)
+        changed = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in policy.state_dict().items()}
+    engine.sync_weights(changed)
+    later = VLLMRollout(policy.sdpg_source_path, tok, dtype="float32", max_model_len=128, seed=1)
+    assert later.reused and later.llm is engine.llm
+    _, own = load_policy(load_config(None, TINY), torch.device("cpu"))  # the folder's weights
+    ro = later.generate(prompts, 4, max_new_tokens=24, seeds=list(range(6)))
+    diff = ((hf_logprobs(own, prompts, ro, 4, tok) - ro.logprobs).abs() * ro.mask).max().item()
+    assert diff < 1e-4, diff
+    later.close()  # lets go of it; the engine stays for the next run
+    assert engine.llm is not None and VLLMRollout(policy.sdpg_source_path, tok, dtype="float32", max_model_len=128).reused
+
+
+@pytest.mark.slow
 def test_short_sdpg_run_with_vllm_rollouts(tiny_model_built, tmp_path):
     cfg = load_config(
         None,

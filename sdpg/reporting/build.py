@@ -1,18 +1,20 @@
 """sdpg-report SOURCE --out DIR: figures, tables and an index page from an experiment's MLflow runs.
 
 SOURCE is an ablation spec, a sweep spec, an output folder with ``mlflow.db``, or ``URI#EXPERIMENT``.
+The page is written twice from the same text: index.md, and index.html rendered from it by a Markdown
+library. Reading is read-only: a SOURCE with no runs yet is refused before anything is created.
 """
 
 from __future__ import annotations
 
 import argparse
-import html
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from sdpg.reporting import report
+from sdpg.reporting import page, report, sweeps
 
 TRAIN_PANELS = [
     "train/accuracy",
@@ -24,6 +26,155 @@ TRAIN_PANELS = [
     "train/grad_norm",
     "timing/step",
 ]
+BASELINES = ("grpo", "dapo", "dr_grpo")
+
+
+def pd_isna(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _seed_counts(df, variants: list[str]) -> dict[str, int]:
+    n = df.groupby("variant").seed.nunique().to_dict()
+    return {v: int(n.get(v, 0)) for v in variants}
+
+
+def _too_few(counts: dict[str, int]) -> list[str]:
+    few = [f"{v} has {n}" for v, n in counts.items() if n < report.MIN_SEEDS]
+    if len(few) > 4:
+        return [
+            f"{len(few)} of {len(counts)} variants have a single seed"
+            if all(n == 1 for n in counts.values() if n < report.MIN_SEEDS)
+            else f"{len(few)} of {len(counts)} variants have fewer"
+        ]
+    return few
+
+
+def _names(vs: list[str], most: int = 4) -> str:
+    return ", ".join(vs) if len(vs) <= most else f"{len(vs)} of them"
+
+
+def _band_caption(counts: dict[str, int]) -> str:
+    few = [v for v, n in counts.items() if n < report.MIN_SEEDS]
+    s = (
+        f"Lines: mean over seeds (n in the legend). Shaded: 95% bootstrap band over seeds, drawn only for "
+        f"variants with at least {report.MIN_SEEDS} seeds"
+    )
+    if few and len(few) == len(counts):
+        return s + "; none here: every variant has a single seed, so there is no spread over seeds to show."
+    return s + (f"; none for {_names(few)} (a single seed: no spread to show)." if few else ".")
+
+
+def _seeds_line(counts: dict[str, int], noun: str) -> str:
+    if len(set(counts.values())) == 1:
+        n = next(iter(counts.values()))
+        return f"{len(counts)} {noun}, {n} seed{'s' if n != 1 else ''} each" + (
+            f": {', '.join(counts)}" if noun == "variants" else ""
+        )
+    return f"{len(counts)} {noun}: " + ", ".join(f"{v} ({n} seed{'s' if n != 1 else ''})" for v, n in counts.items())
+
+
+def _notes_caption(notes: dict[str, list[str]]) -> str:
+    if not notes:
+        return ""
+    items = "; ".join(f"`{m}`: {', '.join(v)}" for m, v in notes.items())
+    return (
+        f" Series that are identically 0 are drawn dotted at 0 and named (a term the method does not compute), "
+        f"metrics a run did not log are named too: {items}."
+    )
+
+
+def _fmt_cell(mean: float, reached: int, total: int, digits: int) -> str:
+    if reached == 0:
+        return f"never (0/{total})"
+    s = f"{mean:.{digits}f}"
+    return s if reached == total else f"{s} ({reached}/{total} seeds)"
+
+
+STABILITY_TEXT = {
+    "entropy_collapse_step": ("Entropy collapse", "first step at which train/entropy falls below 25% of its first value", 0),
+    "length_collapse_step": (
+        "Length collapse",
+        "first step at which train/response_length falls below 50% of its first value",
+        0,
+    ),
+    "max_reward_drawdown": ("Reward drawdown", "largest fall of train/reward below its running maximum", 3),
+    "late_variance": ("Late variance", "variance of the first benchmark over the last quarter of its evaluations", 5),
+    "steps_to_threshold": ("Steps to threshold", "first step at which the first benchmark reaches the threshold", 0),
+}
+
+
+def stability_section(
+    per_run, summary, threshold: float | None, bench: str | None, order: list[str] | None = None, late_k: int | None = None
+) -> str:
+    if order:
+        rank = {v: i for i, v in enumerate(order)}
+        summary = summary.sort_values("variant", key=lambda s: s.map(lambda v: rank.get(v, len(rank))), kind="stable")
+    cols = [c for c in STABILITY_TEXT if c in summary.columns]
+    head = ["Variant", "Seeds"] + [
+        STABILITY_TEXT[c][0] + (f" ({threshold:g})" if c == "steps_to_threshold" else "") for c in cols
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for _, r in summary.iterrows():
+        n = int(r["seeds"])
+        cells = [
+            "–" if c == "late_variance" and late_k == 1 else _fmt_cell(r[c], n - int(r[f"{c}_never"]), n, STABILITY_TEXT[c][2])
+            for c in cols
+        ]
+        lines.append(f"| {r['variant']} | {n} | " + " | ".join(cells) + " |")
+    what = "; ".join(f"**{STABILITY_TEXT[c][0]}**: {STABILITY_TEXT[c][1]}" for c in cols)
+    text = (
+        "\n".join(lines) + f"\n\nEach cell: mean over the seeds where the event happened; `never (0/n)`: no seed of "
+        f"the variant had it, `(k/n seeds)`: only k of n did. {what}."
+    )
+    if bench:
+        text += f" First benchmark: `{bench}`."
+    if late_k is not None and "late_variance" in cols:
+        text += f" Late variance here is over the last {late_k} evaluation{'s' if late_k != 1 else ''} of each run" + (
+            " (one value has no variance: not shown; run longer or evaluate more often)." if late_k == 1 else "."
+        )
+    if threshold is None:
+        text += " Steps to a threshold: not computed; give `--threshold X` (an accuracy of the first benchmark)."
+    return text + " Per run: [stability_runs.csv](tables/stability_runs.csv).\n"
+
+
+def improvement_section(lb, benches: list[str], variants: list[str], base: str, counts: dict[str, int], out: Path) -> str:
+    scores = {}
+    for var in variants:
+        last = lb[(lb.variant == var) & (lb.kind == "Last")]
+        per = [np.asarray(last[last.metric == m].iloc[0]["per_seed"]) for m in benches if (last.metric == m).any()]
+        if len(per) == len(benches) and len({len(p) for p in per}) == 1:
+            scores[var] = np.stack(per, axis=1)  # [seeds, benchmarks]
+    if base not in scores or len(scores) < 2:
+        return ""
+    imp = report.improvement(scores, base)
+    lines = [f"| Variant | Seeds | IQM (Last) | 95% CI | P(improve over {base}) | 95% CI |", "|---|---|---|---|---|---|"]
+
+    def ci(lo, hi, d):
+        return "–" if math.isnan(lo) else f"[{lo:.{d}f}, {hi:.{d}f}]"
+
+    for _, r in imp.iterrows():
+        pi = "–" if math.isnan(r["p_improve"]) else f"{r['p_improve']:.2f}"
+        lines.append(
+            f"| {r['variant']} | {r['seeds']} | {r['iqm']:.3f} | {ci(r['iqm_lo'], r['iqm_hi'], 3)} | {pi} | "
+            f"{ci(r['p_lo'], r['p_hi'], 2)} |"
+        )
+    text = "\n".join(lines) + "\n\n"
+    few = _too_few({v: counts[v] for v in scores})
+    if few:
+        text += (
+            f"**No intervals and no probability of improvement where a variant has fewer than {report.MIN_SEEDS} "
+            f"seeds** ({', '.join(few)}): over one seed an interval has zero width and P(improve) only counts the "
+            f"benchmarks won, so neither says anything about seed-to-seed variation. Add seeds to the spec "
+            f"(`seeds: [0, 1, 2]`) to get them. "
+        )
+    text += (
+        f"IQM: interquartile mean of the Last scores over seeds x {len(benches)} benchmark(s); P(improve): "
+        f"probability that a seed of the variant beats a seed of {base} on a benchmark, averaged over benchmarks; "
+        f"95% intervals from a stratified bootstrap over seeds within each benchmark (2,000 resamples; rliable, "
+        f"Agarwal et al. 2021).\n"
+    )
+    (out / "tables" / "improvement.md").write_text(text)
+    return text
 
 
 def build_report(
@@ -38,115 +189,241 @@ def build_report(
     log=print,
 ) -> Path:
     out = Path(out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    (out / "tables").mkdir(parents=True, exist_ok=True)
-    uri, exp = report.resolve_source(source)
+    src = report.resolve(source)
+    uri, exp = src.uri, src.experiment
+    if not report.store_exists(uri):
+        how = (
+            f"start it with: sdpg-{'sweep' if src.kind == 'sweep' else 'ablate'} {source}"
+            if source.endswith((".yaml", ".yml"))
+            else "run the experiment first"
+        )
+        raise ValueError(f"{source}: nothing to report yet: no MLflow store at {report.tracking.redact(uri)} ({how})")
     log(f"[sdpg-report] loading runs of {exp!r} from {report.tracking.redact(uri)}")
+    runs = report.run_table(uri, exp, tags)
     df = report.load_runs(uri, exp, tags=tags, cache_dir=out / ".cache")
     if df.empty:
-        raise ValueError(f"experiment {exp!r} has no runs with metrics")
+        raise ValueError(f"{source}: experiment {exp!r} has no runs with metrics yet")
+
+    # a sweep: variants are trials, named by number and parameters; pruned and failed ones kept apart
+    trials = None
+    if src.kind == "sweep" or runs.trial.notna().any():
+        study = sweeps.load_study(src.storage_url, src.study_name)
+        trials = sweeps.trials_frame(study, runs)
+        keys = src.space or list(dict.fromkeys(k for p in trials.params for k in p))
+        names = sweeps.trial_names(trials, keys)
+        # a retried trial (its worker died) reuses the first attempt's runs: they belong to the last attempt
+        latest: dict[int, int] = {}
+        for t in trials.itertuples():
+            origin = int(t.retry_of) if t.retry_of is not None and not pd_isna(t.retry_of) else int(t.number)
+            latest[origin] = max(latest.get(origin, -1), int(t.number))
+        by_run = {
+            r.run_id: names.get(latest.get(int(r.trial), int(r.trial)), r.variant)
+            for r in runs.itertuples()
+            if not pd_isna(r.trial)
+        }
+        df = df.assign(variant=df.run_id.map(by_run).fillna(df.variant))
+        state = {names[int(t.number)]: t.state for t in trials.itertuples() if int(t.number) in names}
+        order = order or [names[n] for n in sorted(names) if names[n] in set(df.variant)]
     variants = order or list(dict.fromkeys(df.variant))
+    variants = [v for v in variants if v in set(df.variant)] or list(dict.fromkeys(df.variant))
+    counts = _seed_counts(df, variants)
     benches = report.benchmark_metrics(df)
     log(f"[sdpg-report] {df.run_id.nunique()} runs, {len(variants)} variants, benchmarks: {', '.join(benches) or 'none'}")
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
     sections: list[tuple[str, str]] = []
 
-    # figures
-    grid = report.paper_grid(df, out / "figures" / "curves", ema=ema, order=variants)
-    sections.append(("Curves", f"![curves](figures/{grid.name})\n\n[PDF](figures/{grid.with_suffix('.pdf').name})"))
-    present = [m for m in TRAIN_PANELS if m in set(df.metric)]
-    if present:
-        tr = report.plot_curves(df, present, out / "figures" / "training", ncols=4, ema=ema, order=variants)
-        sections.append(("Training signals", f"![training](figures/{tr.name})"))
-
-    # tables
-    if benches:
-        lb = report.last_best(df, benches)
-        labels = {m: m.split("/")[1] for m in benches}
-        v, cols, cells = report.table_matrix(lb, benches, variants, labels)
-        for fmt, ext in (("markdown", "md"), ("latex", "tex"), ("csv", "csv")):
-            (out / "tables" / f"last_best.{ext}").write_text(report.render_table(v, cols, cells, fmt))
-        sections.append(
-            (
-                "Last and Best (mean ± 95% CI over seeds; best bold, second underlined)",
-                report.render_table(v, cols, cells, "markdown") + "\n[LaTeX](tables/last_best.tex) · [CSV](tables/last_best.csv)",
+    # a sweep's own sections first: what was tried, how it went, what mattered
+    complete = variants
+    if trials is not None:
+        complete = [v for v in variants if state.get(v) == "complete"]
+        direction = (src.objective or {}).get("direction", "maximize")
+        tt = sweeps.trials_table(trials, keys, src.objective, direction)
+        sweeps.trials_csv(trials, keys, out / "tables" / "trials.csv")
+        counts_by_state = trials.state.value_counts().to_dict()
+        summary = ", ".join(f"{counts_by_state[s]} {s}" for s in sweeps.STATE_ORDER if s in counts_by_state)
+        if trials.attrs.get("duplicates"):
+            summary += (
+                f" ({trials.attrs['duplicates']} more proposals repeated a point another trial holds and were "
+                f"dropped untrained; not listed)"
+            )
+        src_note = (
+            ""
+            if study is not None
+            else (
+                " The Optuna storage was not found, so states come from the MLflow run tags and objective values are not known."
             )
         )
-        ref = reference or variants[0]
-        if ref in variants and len(variants) > 1:
-            d = report.delta_table(lb, benches, ref, order=variants)
+        sections.append(
+            (
+                "Trials",
+                f"{len(trials)} trials: {summary}. Best completed trial in bold. Pruned trials were "
+                f"stopped early by the pruner: the value shown is the last one they reported, at the "
+                f"step given, and they are left out of the Last/Best table below.{src_note}\n\n"
+                f"{tt}\n[CSV](tables/trials.csv)",
+            )
+        )
+        if study is not None:
+            target = (src.objective or {}).get("metric", "objective")
+            png, why = sweeps.plot_history(study, out / "figures" / "optimization_history", target)
+            body = (
+                f"![optimisation history](figures/{png.name})\n\n[PDF](figures/{png.with_suffix('.pdf').name}) · "
+                f"Optuna's optimisation history: the objective of each completed trial and the best so far "
+                f"(pruned trials have no objective and are not in it)."
+                if png
+                else f"Not drawn: {why}."
+            )
+            sections.append(("Optimisation history", body))
+            png, how = sweeps.plot_importance(study, out / "figures" / "param_importances")
+            body = (
+                f"![parameter importances](figures/{png.name})\n\n[PDF](figures/{png.with_suffix('.pdf').name}) · "
+                f"Optuna's parameter importances ({how}, completed trials): the share of the objective's variance "
+                f"each parameter explains."
+                if png
+                else f"Not drawn: {how}."
+            )
+            sections.append(("Parameter importance", body))
+
+    # figures
+    dashed = [v for v in variants if trials is not None and state.get(v) == "pruned"]
+    labels = {v: f"{v} (pruned)" for v in dashed}
+    notes: dict[str, list[str]] = {}
+    grid = report.paper_grid(df, out / "figures" / "curves", ema=ema, order=variants, labels=labels, dashed=dashed, notes=notes)
+    pruned_note = " Dashed: pruned trials (stopped early)." if dashed else ""
+    sections.append(
+        (
+            "Curves",
+            f"![curves](figures/{grid.name})\n\n[PDF](figures/{grid.with_suffix('.pdf').name}) · "
+            f"{_band_caption(counts)}{pruned_note}{_notes_caption(notes)}",
+        )
+    )
+    present = [m for m in TRAIN_PANELS if m in set(df.metric)]
+    if present:
+        notes = {}
+        tr = report.plot_curves(
+            df, present, out / "figures" / "training", ncols=4, ema=ema, order=variants, labels=labels, dashed=dashed, notes=notes
+        )
+        sections.append(
+            (
+                "Training signals",
+                f"![training](figures/{tr.name})\n\n[PDF](figures/{tr.with_suffix('.pdf').name}) · "
+                f"{_band_caption(counts)}{pruned_note}{_notes_caption(notes)}",
+            )
+        )
+
+    # tables (completed variants only: a pruned trial's Last is where it was stopped, not where it ended)
+    if benches and complete:
+        lb = report.last_best(df[df.variant.isin(complete)], benches)
+        labels_b = {m: m.split("/")[1] for m in benches}
+        v, cols, cells = report.table_matrix(lb, benches, complete, labels_b)
+        seeds = [str(counts[x]) for x in v]
+        (out / "tables" / "last_best.md").write_text(report.render_table(v, cols, cells, "markdown"))
+        (out / "tables" / "last_best.tex").write_text(report.render_table(v, cols, cells, "latex"))
+        (out / "tables" / "last_best.csv").write_text(report.render_table(v, cols, cells, "csv", seeds=seeds))
+        few = _too_few({x: counts[x] for x in v})
+        caption = (
+            "Mean over seeds ± half-width of the 95% bootstrap interval over seeds; best per column bold, "
+            "second underlined (ties share a rank); Last: each run's final evaluation, Best: its maximum"
+            + (f"; benchmarks: {', '.join(f'`{m}`' for m in benches)}" if benches else "")
+            + "."
+        )
+        if few:
+            caption += (
+                f" No ± where a variant has fewer than {report.MIN_SEEDS} seeds ({', '.join(few)}): one seed gives no interval."
+            )
+        if trials is not None and len(complete) < len(variants):
+            caption += " Completed trials only."
+        sections.append(
+            (
+                "Last and Best",
+                report.render_table(v, cols, cells, "markdown", seeds=seeds)
+                + "\n"
+                + caption
+                + "\n\n[LaTeX](tables/last_best.tex) · [CSV](tables/last_best.csv) · "
+                "[Markdown](tables/last_best.md)",
+            )
+        )
+        ref = reference or (complete[0] if trials is None else None)
+        if ref in complete and len(complete) > 1:
+            d = report.delta_table(lb, benches, ref, order=complete, labels=labels_b)
             (out / "tables" / "ablation_delta.md").write_text(d)
-            sections.append((f"Differences to {ref}", d))
-        base = baseline or next((x for x in variants if x in ("grpo", "dapo", "dr_grpo")), variants[0])
-        scores = {}
-        for var in variants:
-            last = lb[(lb.variant == var) & (lb.kind == "Last")]
-            per = [np.asarray(last[last.metric == m].iloc[0]["per_seed"]) for m in benches if (last.metric == m).any()]
-            if len(per) == len(benches) and len({len(p) for p in per}) == 1:
-                scores[var] = np.stack(per, axis=1)  # [seeds, benchmarks]
-        if base in scores and len(scores) > 1:
-            imp = report.improvement(scores, base)
-            lines = [f"| Variant | IQM (Last) | 95% CI | P(improve over {base}) | 95% CI |", "|---|---|---|---|---|"]
-            for _, r in imp.iterrows():
-                pi = "–" if np.isnan(r.get("p_improve", np.nan)) else f"{r['p_improve']:.2f}"
-                pci = "–" if np.isnan(r.get("p_lo", np.nan)) else f"[{r['p_lo']:.2f}, {r['p_hi']:.2f}]"
-                lines.append(f"| {r['variant']} | {r['iqm']:.3f} | [{r['iqm_lo']:.3f}, {r['iqm_hi']:.3f}] | {pi} | {pci} |")
-            text = "\n".join(lines) + "\n\nStratified bootstrap over seeds within each benchmark (2,000 resamples).\n"
-            (out / "tables" / "improvement.md").write_text(text)
-            sections.append((f"Against {base}: IQM and probability of improvement", text))
+            sections.append((f"Differences to {ref}", d + "\nMeans over seeds, variant minus reference."))
+        base = baseline or next((x for x in complete if x in BASELINES), complete[0] if trials is None else None)
+        if base in complete:
+            text = improvement_section(lb, benches, complete, base, counts, out)
+            if text:
+                sections.append((f"Against {base}: IQM and probability of improvement", text))
 
     per_run, summary = report.stability(df, benches[0] if benches else None, threshold=threshold)
     per_run.to_csv(out / "tables" / "stability_runs.csv", index=False)
-    cols = [c for c in summary.columns if not c.endswith("_never")]
-    lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
-    for _, r in summary.iterrows():
-        lines.append("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
-    stab = (
-        "\n".join(lines) + "\n\nMeans over seeds (NaN: no seed reached the event). Entropy collapse: first step below 25% of "
-        "the initial entropy; length collapse: below 50% of the initial response length; drawdown: largest fall of "
-        "train/reward from its running maximum; late variance: variance of the first benchmark over the last quarter of "
-        "evaluations. Per run: [stability_runs.csv](tables/stability_runs.csv).\n"
-    )
+    late_k = None
+    if benches:
+        n_evals = int(df[df.metric == benches[0]].groupby("run_id").step.nunique().min())
+        late_k = max(1, int(round(0.25 * n_evals)))  # as report.stability(late_frac=0.25)
+    stab = stability_section(per_run, summary, threshold, benches[0] if benches else None, variants, late_k)
     (out / "tables" / "stability.md").write_text(stab)
     sections.append(("Stability", stab))
 
-    md = [f"# Report: {exp}", "", f"Source: `{source}` · {df.run_id.nunique()} runs · variants: {', '.join(variants)}", ""]
+    seeds_line = _seeds_line(counts, "trials" if trials is not None else "variants")
+    md = [f"# Report: {exp}", "", f"Source: `{source}` · {df.run_id.nunique()} runs · {seeds_line}", ""]
     for title, body in sections:
         md += [f"## {title}", "", body, ""]
-    (out / "index.md").write_text("\n".join(md))
-    (out / "index.html").write_text(_html(exp, sections))
+    text = "\n".join(md)
+    (out / "index.md").write_text(text)
+    (out / "index.html").write_text(page.render_page(text, f"Report: {exp}", out))
     log(f"[sdpg-report] wrote {out / 'index.md'} and {out / 'index.html'}")
     return out / "index.md"
 
 
-def _html(title: str, sections: list[tuple[str, str]]) -> str:
-    body = []
-    for t, b in sections:
-        body.append(f"<h2>{html.escape(t)}</h2>")
-        for block in b.split("\n\n"):
-            if block.startswith("!["):
-                src = block[block.index("(") + 1 : block.index(")")]
-                body.append(f'<img src="{html.escape(src)}" style="max-width:100%">')
-            else:
-                body.append(f"<pre>{html.escape(block)}</pre>")
-    return f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><h1>{html.escape(title)}</h1>" + "\n".join(
-        body
-    )
+def render_folder(folder: str | Path) -> Path:
+    """index.html of a report folder, rendered again from its index.md."""
+    folder = Path(folder)
+    md = folder / "index.md"
+    if not md.is_file():
+        raise ValueError(f"{folder}: no index.md in this folder")
+    out = folder / "index.html"
+    out.write_text(page.render_page(md.read_text(), None, folder))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sdpg-report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source")
-    p.add_argument("--out", required=True)
+    p.add_argument("source", help="ablation spec, sweep spec, output folder with mlflow.db, or URI#EXPERIMENT")
+    p.add_argument("--out", help="folder for index.md, index.html, figures/ and tables/ (required unless --page-only)")
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="only runs with this MLflow tag")
     p.add_argument("--reference", help="variant the ablation deltas are taken against (default: the first)")
     p.add_argument("--baseline", help="RLVR baseline for IQM / probability of improvement (default: grpo if present)")
     p.add_argument("--ema", type=float, default=0.0, help="EMA smoothing factor in [0, 1) for curves")
     p.add_argument("--order", nargs="+", help="variant order (legend, table rows)")
     p.add_argument("--threshold", type=float, help="accuracy threshold for steps-to-threshold")
+    p.add_argument(
+        "--screenshot",
+        action="store_true",
+        help="also save screenshot.png of index.html as headless Chromium renders it (needs chromium)",
+    )
+    p.add_argument(
+        "--page-only",
+        action="store_true",
+        help="SOURCE is a report folder: render its index.html again from its index.md (e.g. after editing it)",
+    )
     a = p.parse_args(argv)
+    if a.out is None and not a.page_only:
+        p.error("the following arguments are required: --out")
     try:
+        if a.page_only:
+            index = render_folder(a.source)
+            if a.screenshot:
+                from sdpg.reporting import browser
+
+                print(f"[sdpg-report] wrote {browser.screenshot(index, index.parent / 'screenshot.png')}", file=sys.stderr)
+            return 0
+        bad = [t for t in a.tag if "=" not in t]
+        if bad:
+            raise ValueError(f"--tag {bad[0]!r}: expected KEY=VALUE")
+        if not 0 <= a.ema < 1:
+            raise ValueError(f"--ema {a.ema}: expected a value in [0, 1)")
         tags = dict(t.split("=", 1) for t in a.tag)
-        build_report(
+        index = build_report(
             a.source,
             a.out,
             tags,
@@ -157,7 +434,12 @@ def main(argv: list[str] | None = None) -> int:
             a.threshold,
             log=lambda m: print(m, file=sys.stderr, flush=True),
         )
-    except (ValueError, OSError) as e:
+        if a.screenshot:
+            from sdpg.reporting import browser
+
+            shot = browser.screenshot(index.with_suffix(".html"), index.parent / "screenshot.png")
+            print(f"[sdpg-report] wrote {shot}", file=sys.stderr, flush=True)
+    except (ValueError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -27,6 +27,8 @@ from sdpg.orchestration import tracking
 # One colour per variant across every figure (Okabe-Ito, colour-blind safe).
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 COLUMNS = ["run_id", "run_name", "variant", "method", "seed", "metric", "step", "value"]
+# Seeds a variant needs before any interval or probability over seeds is stated.
+MIN_SEEDS = 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,32 +101,123 @@ def load_runs(
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
 
 
-def resolve_source(source: str) -> tuple[str, str]:
-    """(tracking uri, experiment) of an ablation spec, a sweep spec, an output folder holding
-    ``mlflow.db``, or ``URI#EXPERIMENT``."""
+class Source:
+    """Where an experiment's runs live: tracking ``uri`` and ``experiment``; for a sweep also its Optuna
+    ``storage_url``, ``study_name`` and ``objective`` (metric, reduce, direction), when they are known."""
+
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        kind: str = "experiment",
+        storage_url: str | None = None,
+        study_name: str | None = None,
+        objective: dict | None = None,
+        space: list[str] | None = None,
+    ):
+        self.uri, self.experiment, self.kind = uri, experiment, kind
+        self.storage_url, self.study_name, self.objective, self.space = storage_url, study_name, objective, space or []
+
+
+def resolve(source: str) -> Source:
+    """The ``Source`` of an ablation spec, a sweep spec, an output folder holding ``mlflow.db``, or
+    ``URI#EXPERIMENT``. Reads only: nothing is created."""
     if "#" in source:
         uri, exp = source.rsplit("#", 1)
-        return uri, exp
+        return Source(uri, exp)
     p = Path(source)
     if p.is_dir():
         db = p / "mlflow.db"
         if not db.is_file():
             raise ValueError(f"{p}: no mlflow.db in this folder")
-        return tracking.default_uri(p), p.name
+        for name, url in (
+            ("optuna.journal", f"journal:{(p / 'optuna.journal').resolve()}"),
+            ("optuna.db", f"sqlite:///{(p / 'optuna.db').resolve()}"),
+        ):
+            if (p / name).is_file():
+                return Source(tracking.default_uri(p), p.name, "sweep", url, p.name)
+        return Source(tracking.default_uri(p), p.name)
     if p.suffix in (".yaml", ".yml") and p.is_file():
         import yaml
 
         data = yaml.safe_load(p.read_text()) or {}
-        if "space" in data:
+        if isinstance(data, dict) and "space" in data:
             from sdpg.orchestration.sweep import Sweep
 
             s = Sweep(p)
-            return s.tracking_uri, s.experiment
+            return Source(
+                s.tracking_uri,
+                s.experiment,
+                "sweep",
+                s.storage_url,
+                s.spec.name,
+                s.spec.objective.model_dump(),
+                list(s.spec.space),
+            )
         from sdpg.orchestration.ablate import load_plan
 
         plan = load_plan(p)
-        return plan.tracking_uri, plan.experiment
+        return Source(plan.tracking_uri, plan.experiment)
+    if p.suffix in (".yaml", ".yml"):
+        raise ValueError(f"{source}: no such spec file")
+    if not p.exists():
+        raise ValueError(
+            f"{source}: no such file or folder (expected an ablation or sweep spec, an output folder "
+            f"holding mlflow.db, or URI#EXPERIMENT)"
+        )
     raise ValueError(f"{source!r}: expected an ablation or sweep spec, an output folder, or URI#EXPERIMENT")
+
+
+def resolve_source(source: str) -> tuple[str, str]:
+    """(tracking uri, experiment) of ``source`` (see ``resolve``)."""
+    s = resolve(source)
+    return s.uri, s.experiment
+
+
+def store_exists(uri: str) -> bool:
+    """False when ``uri`` is a SQLite file or a local folder that is not there: opening it would create
+    an empty store, which a read-only command must not do. Servers and databases are asked instead."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///") :]).is_file()
+    if uri.startswith("file:") or "://" not in uri:
+        return Path(uri[len("file://") :] if uri.startswith("file://") else uri.removeprefix("file:")).is_dir()
+    return True
+
+
+def run_table(uri: str, experiment: str, tags: dict[str, str] | None = None):
+    """One row per child run: run_id, run_name, variant, seed, status, and the sweep tags ``trial``
+    (number), ``trial_state``, ``trial_params`` and ``pruned_at_step`` where present."""
+    import pandas as pd
+
+    c = tracking.client(uri)
+    exp = tracking.retry(c.get_experiment_by_name, experiment)
+    if exp is None:
+        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking.redact(uri)}")
+    flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items())
+    rows = []
+    for r in tracking.retry(
+        c.search_runs, [exp.experiment_id], filter_string=flt, max_results=50000, order_by=["attributes.start_time ASC"]
+    ):
+        t = r.data.tags
+        if "sdpg.run_hash" not in t:
+            continue
+        rows.append(
+            {
+                "run_id": r.info.run_id,
+                "run_name": r.info.run_name,
+                "variant": t.get("variant", r.info.run_name),
+                "seed": int(t.get("seed", 0)),
+                "status": r.info.status,
+                "trial": int(t["sdpg.trial"]) if "sdpg.trial" in t else None,
+                "trial_state": t.get("sdpg.trial_state"),
+                "trial_params": t.get("sdpg.trial_params"),
+                "pruned_at_step": t.get("sdpg.pruned_at_step"),
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=["run_id", "run_name", "variant", "seed", "status", "trial", "trial_state", "trial_params", "pruned_at_step"],
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,13 +226,14 @@ def resolve_source(source: str) -> tuple[str, str]:
 
 
 def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (one value per seed)."""
+    """Percentile bootstrap interval of the mean of ``values`` (one value per seed).
+
+    Fewer than ``MIN_SEEDS`` values give (NaN, NaN): a single seed says nothing about the spread over seeds,
+    and a zero-width interval would claim it does."""
     v = np.asarray(values, dtype=float)
     v = v[~np.isnan(v)]
-    if len(v) == 0:
+    if len(v) < MIN_SEEDS:
         return float("nan"), float("nan")
-    if len(v) < 2:
-        return float(v.mean()), float(v.mean())
     rng = np.random.default_rng(seed)
     means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
     lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
@@ -206,7 +300,9 @@ def stability(
 ):
     """Per run: entropy collapse (first step below ``entropy_frac`` x its first value), response-length
     collapse (first step below ``length_frac`` x its first value), largest reward drawdown from its running
-    maximum, variance of ``eval_metric`` over the last ``late_frac`` of evaluations, steps to ``threshold``."""
+    maximum, variance of ``eval_metric`` over the last ``late_frac`` of evaluations, steps to ``threshold``
+    (only when a threshold is given). The summary holds, per variant and column, the mean over the seeds
+    that reached the event, and ``<col>_never``: how many seeds did not."""
     import pandas as pd
 
     rows = []
@@ -229,11 +325,18 @@ def stability(
             st, ev = series(eval_metric)
             k = max(1, int(round(late_frac * len(ev)))) if len(ev) else 0
             row["late_variance"] = float(np.var(ev[-k:])) if k else float("nan")
-            row["steps_to_threshold"] = (
-                steps_to_threshold(st, ev, threshold) if threshold is not None and len(ev) else float("nan")
-            )
+            if threshold is not None:  # no threshold, no column: NaN would read as "never reached"
+                row["steps_to_threshold"] = steps_to_threshold(st, ev, threshold) if len(ev) else float("nan")
         rows.append(row)
     per_run = pd.DataFrame(rows)
+    return per_run, stability_summary(per_run)
+
+
+def stability_summary(per_run):
+    """Per variant: ``seeds``, and per column the mean over the seeds that reached the event and
+    ``<col>_never``, the number of seeds that did not."""
+    import pandas as pd
+
     summary = []
     for variant, g in per_run.groupby("variant", sort=False):
         s = {"variant": variant, "seeds": len(g)}
@@ -242,7 +345,7 @@ def stability(
             s[col] = float(np.nanmean(v)) if not np.all(np.isnan(v)) else float("nan")
             s[f"{col}_never"] = int(np.isnan(v).sum())
         summary.append(s)
-    return per_run, pd.DataFrame(summary)
+    return pd.DataFrame(summary)
 
 
 def _iqm(x: np.ndarray) -> float:
@@ -263,7 +366,11 @@ def _prob_improvement(x: np.ndarray, y: np.ndarray) -> float:
 
 def improvement(scores: dict[str, np.ndarray], baseline: str, n_boot: int = 2000, seed: int = 0):
     """IQM of each variant and its probability of improvement over ``baseline``, with 95% stratified
-    bootstrap intervals (seeds resampled within each benchmark). ``scores[v]`` is [seeds, benchmarks]."""
+    bootstrap intervals (seeds resampled within each benchmark). ``scores[v]`` is [seeds, benchmarks].
+
+    Each row states its sample size (``seeds``). A variant with fewer than ``MIN_SEEDS`` seeds gets its IQM
+    but no interval; P(improve) and its interval need ``MIN_SEEDS`` seeds on both sides (with one seed each
+    it is only the fraction of benchmarks won, not a probability over seeds); missing values are NaN."""
     import pandas as pd
 
     rng = np.random.default_rng(seed)
@@ -272,12 +379,24 @@ def improvement(scores: dict[str, np.ndarray], baseline: str, n_boot: int = 2000
         idx = rng.integers(0, m.shape[0], size=m.shape)  # per benchmark column, independently
         return np.take_along_axis(m, idx, axis=0)
 
+    nan = float("nan")
     rows = []
     base = scores[baseline]
     for v, m in scores.items():
-        iqms = [_iqm(resample(m)) for _ in range(n_boot)]
-        row = {"variant": v, "iqm": _iqm(m), "iqm_lo": float(np.quantile(iqms, 0.025)), "iqm_hi": float(np.quantile(iqms, 0.975))}
-        if v != baseline:
+        row = {
+            "variant": v,
+            "seeds": int(m.shape[0]),
+            "iqm": _iqm(m),
+            "iqm_lo": nan,
+            "iqm_hi": nan,
+            "p_improve": nan,
+            "p_lo": nan,
+            "p_hi": nan,
+        }
+        if m.shape[0] >= MIN_SEEDS:
+            iqms = [_iqm(resample(m)) for _ in range(n_boot)]
+            row.update(iqm_lo=float(np.quantile(iqms, 0.025)), iqm_hi=float(np.quantile(iqms, 0.975)))
+        if v != baseline and m.shape[0] >= MIN_SEEDS and base.shape[0] >= MIN_SEEDS:
             pis = [_prob_improvement(resample(m), resample(base)) for _ in range(n_boot)]
             row.update(
                 p_improve=_prob_improvement(m, base), p_lo=float(np.quantile(pis, 0.025)), p_hi=float(np.quantile(pis, 0.975))
@@ -307,8 +426,17 @@ def table_matrix(lb, metrics: list[str], order: list[str] | None = None, labels:
     return variants, col_labels, cells
 
 
-def render_table(variants, col_labels, cells, fmt: str = "markdown", digits: int = 3, higher_is_better: bool = True) -> str:
-    """Best cell per column bold, second underlined; mean ± half-width of the 95% CI when n > 1."""
+def render_table(
+    variants,
+    col_labels,
+    cells,
+    fmt: str = "markdown",
+    digits: int = 3,
+    higher_is_better: bool = True,
+    seeds: list[str] | None = None,
+) -> str:
+    """Best cell per column bold, second underlined; mean ± half-width of the 95% CI when n >= MIN_SEEDS.
+    ``seeds`` (one entry per variant) adds a column stating each row's sample size."""
     marks = [[0] * len(col_labels) for _ in variants]
     for j in range(len(col_labels)):
         rk = ranks([cells[i][j][0] for i in range(len(variants))], higher_is_better)
@@ -320,7 +448,7 @@ def render_table(variants, col_labels, cells, fmt: str = "markdown", digits: int
         if math.isnan(mean):
             return "–"
         s = f"{mean:.{digits}f}"
-        if n and n > 1 and not math.isnan(lo):
+        if n and n >= MIN_SEEDS and not math.isnan(lo):
             pm = (hi - lo) / 2
             s += f" ± {pm:.{digits}f}" if fmt != "latex" else f" $\\pm$ {pm:.{digits}f}"
         if fmt == "csv":
@@ -332,16 +460,26 @@ def render_table(variants, col_labels, cells, fmt: str = "markdown", digits: int
         return s
 
     if fmt == "csv":
-        head = "variant," + ",".join(f"{b} {k}" for b, k in col_labels)
+        head = "variant," + ("seeds," if seeds else "") + ",".join(f"{b} {k}" for b, k in col_labels)
+        if seeds:
+            head += "," + ",".join(f"{b} {k} {e}" for b, k in col_labels for e in ("ci_lo", "ci_hi"))
         lines = [head]
         for i, v in enumerate(variants):
-            lines.append(v + "," + ",".join(f"{cells[i][j][0]:.6f}" for j in range(len(col_labels))))
+            row = v + ("," + seeds[i] if seeds else "") + "," + ",".join(f"{cells[i][j][0]:.6f}" for j in range(len(col_labels)))
+            if seeds:
+                row += "," + ",".join(
+                    "" if math.isnan(x) else f"{x:.6f}" for j in range(len(col_labels)) for x in cells[i][j][1:3]
+                )
+            lines.append(row)
         return "\n".join(lines) + "\n"
     if fmt == "markdown":
-        head = "| Method | " + " | ".join(f"{b} {k}" for b, k in col_labels) + " |"
-        lines = [head, "|---" * (len(col_labels) + 1) + "|"]
+        extra = ["Seeds"] if seeds else []
+        head = "| " + " | ".join(["Method", *extra] + [f"{b} {k}" for b, k in col_labels]) + " |"
+        lines = [head, "|---" * (len(col_labels) + 1 + len(extra)) + "|"]
         for i, v in enumerate(variants):
-            lines.append(f"| {v} | " + " | ".join(cell(i, j) for j in range(len(col_labels))) + " |")
+            lines.append(
+                f"| {v} | " + (f"{seeds[i]} | " if seeds else "") + " | ".join(cell(i, j) for j in range(len(col_labels))) + " |"
+            )
         return "\n".join(lines) + "\n"
     if fmt == "latex":
         benches = list(dict.fromkeys(b for b, _ in col_labels))
@@ -360,12 +498,14 @@ def render_table(variants, col_labels, cells, fmt: str = "markdown", digits: int
     raise ValueError(f"unknown table format {fmt!r}")
 
 
-def delta_table(lb, metrics: list[str], reference: str, digits: int = 3, order: list[str] | None = None) -> str:
+def delta_table(
+    lb, metrics: list[str], reference: str, digits: int = 3, order: list[str] | None = None, labels: dict[str, str] | None = None
+) -> str:
     """Markdown table of each variant's Last / Best minus the reference variant's, per benchmark."""
     variants = order or [v for v in dict.fromkeys(lb.variant)]
     if reference not in variants:
         raise ValueError(f"reference variant {reference!r} not among {variants}")
-    head = "| Variant | " + " | ".join(f"{m} {k}" for m in metrics for k in ("Last", "Best")) + " |"
+    head = "| Variant | " + " | ".join(f"{(labels or {}).get(m, m)} {k}" for m in metrics for k in ("Last", "Best")) + " |"
     lines = [head, "|---" * (2 * len(metrics) + 1) + "|"]
 
     def get(v, m, k):
@@ -401,8 +541,43 @@ def table_from_csv(path: str | Path) -> tuple[list[str], list[tuple[str, str]], 
 # --------------------------------------------------------------------------------------------
 
 
+# More than eight series (sweeps): 20 distinct colours (tab20, dark shade of each hue first), then the
+# same colours again with another line style, so no two series look alike.
+_MANY = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
+    "#f7b6d2",
+    "#c7c7c7",
+    "#dbdb8d",
+    "#9edae5",
+]
+_STYLES = ["-", (0, (5, 2)), (0, (1, 1.5)), (0, (5, 2, 1, 2))]
+
+
 def colours_for(variants: list[str]) -> dict[str, str]:
-    return {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(variants)}
+    """One colour per variant: Okabe-Ito (colour-blind safe) up to eight variants, tab20 beyond."""
+    pal = PALETTE if len(variants) <= len(PALETTE) else _MANY
+    return {v: pal[i % len(pal)] for i, v in enumerate(variants)}
+
+
+def styles_for(variants: list[str]) -> dict[str, object]:
+    """Line style per variant: solid until the colours run out, then dashed, dotted, dash-dotted."""
+    pal = PALETTE if len(variants) <= len(PALETTE) else _MANY
+    return {v: _STYLES[(i // len(pal)) % len(_STYLES)] for i, v in enumerate(variants)}
 
 
 def plot_curves(
@@ -416,57 +591,93 @@ def plot_curves(
     panel_w: float = 2.3,
     panel_h: float = 1.9,
     keep_figure: bool = False,
+    labels: dict[str, str] | None = None,
+    dashed: Iterable[str] = (),
+    notes: dict[str, list[str]] | None = None,
 ):
-    """Metric-vs-step panels, one line per variant (mean over seeds, 95% band). A variant whose values
-    are identically 0 for a metric (a term it does not compute) is left out of that panel. PNG + PDF."""
+    """Metric-vs-step panels, one line per variant (mean over seeds; shaded: 95% bootstrap band over seeds,
+    only where a variant has at least ``MIN_SEEDS`` seeds). PNG + PDF.
+
+    Nothing vanishes silently: a variant whose values are identically 0 for a metric (e.g. GRPO's
+    ``train/opd_kl``, a term it does not compute) is drawn as a thin dotted line at 0 and named in a note
+    inside the panel; a variant that did not log the metric is named as such. ``None`` in ``metrics``
+    leaves a blank cell. ``labels`` maps a variant to its legend text, ``dashed`` variants are drawn
+    dashed (e.g. pruned sweep trials). If ``notes`` is given, the panel notes are added to it
+    (metric -> lines) for the page's caption. The legend sits below the panels, never over them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     variants = order or list(dict.fromkeys(df.variant))
-    colours = colours_for(variants)
+    colours, styles = colours_for(variants), styles_for(variants)
+    dashed = set(dashed)
+    ncols = max(1, min(ncols, len(metrics)))
     nrows = int(np.ceil(len(metrics) / ncols))
+    # legend below the panels, in as many columns as fit; the figure is widened if one entry is wider
+    legend_text = [(labels or {}).get(v, v) for v in variants]
+    entry_w = (max((len(t) for t in legend_text), default=10) + 7) * 3.3 / 72 + 0.35  # inches at 6.5 pt
+    width = max(panel_w * ncols, entry_w + 0.2)
+    legend_cols = max(1, min(len(variants), int(width / entry_w)))
+    legend_h = 0.15 * int(np.ceil(len(variants) / legend_cols)) + 0.15
     plt.rcParams.update({"font.size": 7})
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_w * ncols, panel_h * nrows + 0.35), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, panel_h * nrows + legend_h), squeeze=False, layout="constrained")
+    present_metrics = set(df.metric)
     for ax, metric in zip(axes.flat, metrics):
         if metric is None:  # a blank cell of the grid
             ax.axis("off")
             continue
         curves = seed_curves(df, metric, ema)
-        drawn = 0
+        zero, missing = [], []
         for v in variants:
-            if v not in curves or not np.any(curves[v]["per_seed"]):
+            if v not in curves or not len(curves[v]["step"]):
+                if v in set(df.variant):
+                    missing.append(v)
                 continue
             c = curves[v]
-            ax.plot(c["step"], c["mean"], color=colours[v], lw=1.3, label=f"{v} (n={len(c['seeds'])})")
-            ax.fill_between(c["step"], c["lo"], c["hi"], color=colours[v], alpha=0.2, lw=0)
-            drawn += 1
-        if not drawn:
+            ls = (0, (4, 2)) if v in dashed else styles[v]
+            n = len(c["seeds"])
+            label = f"{(labels or {}).get(v, v)} (n={n})"
+            if not np.any(c["per_seed"]):
+                ax.plot(c["step"], c["mean"], color=colours[v], lw=0.9, ls=(0, (1, 1.5)), label=label)
+                zero.append(v)
+                continue
+            ax.plot(c["step"], c["mean"], color=colours[v], lw=1.3, ls=ls, label=label)
+            if n >= MIN_SEEDS:
+                ax.fill_between(c["step"], c["lo"], c["hi"], color=colours[v], alpha=0.2, lw=0)
+        lines = []
+        if zero:
+            lines.append(f"\u2261 0 (dotted): {', '.join(zero)}")
+        if missing:
+            lines.append(f"not logged: {', '.join(missing)}" if metric in present_metrics else "not logged by any run")
+        if lines:
             ax.text(
-                0.5,
-                0.5,
-                "0 for every variant" if metric in set(df.metric) else "not logged",
-                ha="center",
-                va="center",
+                0.02,
+                0.97,
+                "\n".join(lines),
+                ha="left",
+                va="top",
                 transform=ax.transAxes,
-                fontsize=7,
-                color="0.4",
+                fontsize=5.8,
+                color="0.35",
+                bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.85", "alpha": 0.85},
             )
+            if notes is not None:
+                notes.setdefault(metric, []).extend(lines)
         ax.set_title((titles or {}).get(metric, metric), fontsize=7.5)
         ax.set_xlabel("step", fontsize=7)
         ax.tick_params(labelsize=6.5)
         ax.grid(alpha=0.3, lw=0.5)
     for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
-    handles, labels = [], []
+    handles, labs = [], []
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
+            if lab not in labs:
                 handles.append(h)
-                labels.append(lab)
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.35 / (panel_h * nrows + 0.35) + 0.02, 1, 1))
+                labs.append(lab)
+    if handles:
+        fig.legend(handles, labs, loc="outside lower center", ncol=legend_cols, fontsize=6.5, frameon=False)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out.with_suffix(".png"), dpi=200)
@@ -482,12 +693,18 @@ def benchmark_metrics(df) -> list[str]:
     return [m for m in dict.fromkeys(df.metric) if m.startswith("eval/") and "/mean@" in m]
 
 
-def paper_grid(df, out: str | Path, ema: float = 0.0, order: list[str] | None = None, keep_figure: bool = False):
-    """The paper's figure: top row each benchmark's mean@k, bottom row reward, entropy, response length."""
+def paper_grid(df, out: str | Path, ema: float = 0.0, order: list[str] | None = None, keep_figure: bool = False, **kwargs):
+    """The paper's figure: each benchmark's mean@k, then reward, entropy, response length. With three or
+    more benchmarks the benchmarks fill the top row and the training curves the bottom row, as in the
+    paper; with one or two benchmarks everything is one row, so no panel is left empty."""
     benches = benchmark_metrics(df)
     bottom = ["train/reward", "train/entropy", "train/response_length"]
-    ncols = max(len(benches), 3)
-    metrics = benches + [None] * (ncols - len(benches)) + bottom + [None] * (ncols - 3)
+    if len(benches) >= 3:
+        ncols = len(benches)
+        metrics = benches + bottom + [None] * (ncols - 3)
+    else:
+        ncols = len(benches) + 3
+        metrics = benches + bottom
     titles = {m: f"{m.split('/')[1]} {m.split('/')[2]}" for m in benches}
     titles.update({"train/reward": "reward", "train/entropy": "entropy", "train/response_length": "response length"})
-    return plot_curves(df, metrics, out, titles, ncols=ncols, ema=ema, order=order, keep_figure=keep_figure)
+    return plot_curves(df, metrics, out, titles, ncols=ncols, ema=ema, order=order, keep_figure=keep_figure, **kwargs)

@@ -286,20 +286,27 @@ def train(
                 (should_stop is not None and should_stop()) or (stop_after_step is not None and step >= stop_after_step),
                 run.device,
             )
-            if run.nonfinite_in_a_row >= cfg.optim.max_nonfinite_steps:
-                path = save_run_state(run, step)  # nothing non-finite was applied: the weights are the last good ones
-                reason = (
-                    f"training stopped at step {step}: the loss or gradient norm was not finite in "
-                    f"{run.nonfinite_in_a_row} optimizer steps in a row (optim.max_nonfinite_steps="
-                    f"{cfg.optim.max_nonfinite_steps}), none of them applied; the last good state is {path}"
-                )
-                raise TrainingFailed(reason, write_result(run, "failed", step, metrics, reason))
+            stop_if_diverged(run, step, metrics)
             if step == total or stop or (cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0):
                 save_run_state(run, step)
             if stop and step < total:
                 status = "interrupted"
                 break
         return write_result(run, status, step, metrics)
+
+
+def stop_if_diverged(run: Run, step: int, metrics: dict[str, float]) -> None:
+    """After ``optim.max_nonfinite_steps`` skipped updates in a row: a checkpoint of the last good state (nothing
+    non-finite was applied to it), ``result.json`` with status failed, and ``TrainingFailed`` with the reason."""
+    limit = run.cfg.optim.max_nonfinite_steps
+    if run.nonfinite_in_a_row < limit:
+        return
+    path = save_run_state(run, step)
+    reason = (
+        f"training stopped at step {step}: the loss or gradient norm was not finite in {run.nonfinite_in_a_row} "
+        f"optimizer steps in a row (optim.max_nonfinite_steps={limit}), none of them applied; the last good state is {path}"
+    )
+    raise TrainingFailed(reason, write_result(run, "failed", step, metrics, reason))
 
 
 def write_result(run: Run, status: str, step: int, metrics: dict[str, float], reason: str | None = None) -> dict[str, Any]:
