@@ -164,7 +164,8 @@ class Strict(BaseModel):
 
 
 class EmbeddedModelConfig(Strict):
-    """The built-in tiny Qwen3 model, built from a config and pre-trained on the embedded task."""
+    """The built-in tiny Qwen3 model, built from a config and pre-trained on the embedded task. The
+    default recipe's model ships with the package; any other recipe is built once per machine."""
 
     hidden_size: int = Field(128, gt=0)
     """Width of the tiny model."""
@@ -187,7 +188,8 @@ class EmbeddedModelConfig(Strict):
 
 class ModelConfig(Strict):
     path: str = "embedded"
-    """``embedded`` (the built-in tiny model, built and cached on first use), a local folder
+    """``embedded`` (the built-in tiny model, shipped with the package and copied into the cache on first
+    use; a changed ``model.embedded`` recipe is built there once), a local folder
     saved with ``save_pretrained``, or a Hugging Face hub id."""
     embedded: EmbeddedModelConfig = EmbeddedModelConfig()
     """Recipe of the built-in model; used only when ``path`` is ``embedded``."""

@@ -88,11 +88,12 @@ def normalise_row(raw: dict, cfg: DataConfig, source: str, index: int) -> dict:
 
 
 def read_source(source: str, cfg: DataConfig, split: str = "train") -> list[dict]:
-    """Rows of ``embedded``, a .jsonl / .json / .parquet file, or ``hf:NAME[:SPLIT]``."""
+    """Rows of ``embedded`` (or a built-in evaluation set ``embedded:<set>``), a .jsonl / .json / .parquet
+    file, or ``hf:NAME[:SPLIT]``."""
     from sdpg.training import embedded
 
-    if source == "embedded":
-        return embedded.train_rows() if split == "train" else embedded.test_rows()
+    if source == "embedded" or source.startswith("embedded:"):
+        return embedded.rows_of(source, split)
     if source.startswith("hf:"):
         parts = source[3:].split(":")
         try:

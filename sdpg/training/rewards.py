@@ -177,10 +177,13 @@ def _math_worker(conn) -> None:  # runs in the child process
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns that we time it out ourselves
     from math_verify import parse, verify
 
-    # the parser's and sympy's lazy imports happen now, before any answer is timed
-    verify(
-        parse("\\boxed{\\frac{1}{2}}", parsing_timeout=None), parse("\\boxed{0.5}", parsing_timeout=None), timeout_seconds=None
-    )
+    # the parser's and sympy's lazy imports (numbers, sums, symbols) happen now, before any answer is timed
+    for given, gold in (("\\frac{1}{2}", "0.5"), ("2+2", "4"), ("x+x", "2x"), ("\\sqrt{2}", "1.41421356")):
+        verify(
+            parse("\\boxed{" + gold + "}", parsing_timeout=None),
+            parse("\\boxed{" + given + "}", parsing_timeout=None),
+            timeout_seconds=None,
+        )
     conn.send("ready")
     while True:
         msg = conn.recv()
