@@ -24,4 +24,9 @@ if ! command -v chromium >/dev/null 2>&1; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
 fi
 
+# Lint, format and types first: fast, and a failure here needs no test run to explain it.
+ruff check .
+ruff format --check .
+mypy  # sdpg/objective and the configuration ([tool.mypy] in pyproject.toml)
+
 SDPG_REQUIRE_VLLM=1 python -m pytest -q

@@ -10,5 +10,6 @@ DEFAULT_CONFIG_PATH = PACKAGE_ROOT / "training" / "configs" / "embedded.yaml"
 
 
 def cache_root() -> Path:
-    """The cache for built models and vLLM-ready copies: ``$SDPG_CACHE`` or ``~/.cache/sdpg``."""
+    """The cache for the built-in model (copied from the package or built) and vLLM's files: ``$SDPG_CACHE`` or
+    ``~/.cache/sdpg``."""
     return Path(os.environ.get("SDPG_CACHE", Path.home() / ".cache" / "sdpg"))

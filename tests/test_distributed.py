@@ -50,6 +50,7 @@ def one_process(tmp_path_factory, tiny_model_built):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fsdp", ["false", "true"], ids=["replicated", "fsdp2"])
 def test_torchrun_two_ranks_match_one_process(one_process, tmp_path, fsdp):
     out = tmp_path / "two"
@@ -75,6 +76,7 @@ def test_torchrun_two_ranks_match_one_process(one_process, tmp_path, fsdp):
     assert_same_run(one_process, out)
 
 
+@pytest.mark.slow
 def test_two_task_slurm_job_matches_one_process(one_process, tmp_path, dev_cluster):
     spec = {
         "name": "dp2",

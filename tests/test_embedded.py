@@ -55,6 +55,7 @@ def test_an_empty_cache_gets_the_shipped_model_without_a_build(tmp_path, monkeyp
     assert abs(acc - recorded) <= 0.1, (acc, recorded)
 
 
+@pytest.mark.slow
 def test_another_recipe_is_built_once_while_other_processes_wait(tmp_path, monkeypatch):
     """A second process that needs the model while it is being built says that it waits, then builds
     nothing: here the test holds the build lock, as a first builder would."""
@@ -153,3 +154,67 @@ def test_sdpg_ablate_says_a_run_waits_for_a_build_only_when_one_is_needed(tmp_pa
     runs = {r.variant: r for r in load_plan(spec).runs}
     assert _base_model_pending(runs["shipped"]) is False
     assert _base_model_pending(runs["other"]) is True
+
+
+# ------------------------------------------------------------------------------- held-out sets of graded difficulty
+def _ops(row: dict) -> list[int]:
+    return [int(x) for x in row["problem"].split("+")]
+
+
+def test_builtin_eval_sets_are_held_out_graded_and_the_same_in_every_process():
+    train = {r["problem"] for r in embedded.train_rows()}
+    sets = {name: embedded.eval_rows(name) for name in embedded.EVAL_SETS}
+    assert sets["in_distribution"] == embedded.test_rows()  # `embedded` and `embedded:in_distribution` agree
+    for name, rows in sets.items():
+        spec = embedded.EVAL_SETS[name]
+        assert len(rows) == embedded.EVAL_SET_SIZE == len({r["problem"] for r in rows}), name
+        assert not train & {r["problem"] for r in rows}, name
+        for r in rows:
+            ops = _ops(r)
+            assert len(ops) == spec["terms"] and all(spec["low"] <= x <= spec["high"] for x in ops), r
+            assert r["answer"] == str(sum(ops)) and embedded.exact_answer(r["solution"]) == r["answer"]
+    assert all(max(_ops(r)) >= 100 for r in sets["larger_numbers"])
+    # another interpreter with another hash seed draws the same problems
+    code = "from sdpg.training import embedded as e; print([r['problem'] for n in e.EVAL_SETS for r in e.eval_rows(n)])"
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str([r["problem"] for n in sets for r in sets[n]])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (["data.eval={hard: 'embedded:hardest'}"], "key 'data.eval.hard' has bad value 'embedded:hardest': not a built-in set"),
+        (["data.train=embedded:more_terms"], "key 'data.train' has bad value 'embedded:more_terms'"),
+        (
+            ["data.eval={more_terms: 'embedded:more_terms'}", "eval.max_new_tokens=32"],
+            "key 'eval.max_new_tokens' has bad value 32",
+        ),
+    ],
+)
+def test_bad_builtin_set_choices_are_refused_naming_key_and_value(overrides, says):
+    from sdpg.training.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert says in str(e.value)
+
+
+THREE_PANELS = (
+    "data.eval={in_distribution: 'embedded:in_distribution', more_terms: 'embedded:more_terms', "
+    "larger_numbers: 'embedded:larger_numbers'}"
+)
+
+
+def test_a_run_evaluates_the_three_builtin_benchmarks(tiny_config):
+    """The shipped model, before any RL (step 0), solves held-out problems like its training ones more
+    often than either harder set."""
+    from sdpg.training.trainer import train
+
+    cfg = tiny_config(THREE_PANELS, "eval.max_new_tokens=40", "run.total_steps=1", "data.eval_limit=16")
+    train(cfg)
+    rows = [json.loads(x) for x in (Path(cfg.run.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    first = next(r for r in rows if r["step"] == 0)
+    acc = {b: first[f"eval/{b}/mean@2"] for b in ("in_distribution", "more_terms", "larger_numbers")}
+    assert acc["in_distribution"] > max(acc["more_terms"], acc["larger_numbers"]), acc
+    assert first["eval/more_terms/response_length"] > first["eval/in_distribution/response_length"]

@@ -201,6 +201,7 @@ executor: local
     assert not (workdir / "rh2").exists()
 
 
+@pytest.mark.slow
 def test_hub_id_without_a_hub_says_so_in_one_line(workdir, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(workdir / "empty-hf-home"))  # nothing cached
@@ -248,6 +249,7 @@ def test_sweep_rehearses_its_first_trials_and_objective(workdir, stand_in, capsy
     assert not (workdir / "outputs").exists()  # no study, no store of the real sweep
 
 
+@pytest.mark.slow
 def test_scaled_sizes_keep_the_structure():
     """Several minibatches per RL step stay several (2), gradient accumulation stays (2 micro-batches), a
     token budget stays on, several generate calls stay several; a single minibatch stays single."""

@@ -39,6 +39,7 @@ def experiment(tmp_path_factory, tiny_model_built):
     return p, plan
 
 
+@pytest.mark.slow
 def test_report_on_real_runs(experiment, tmp_path):
     spec, plan = experiment
     uri, exp = report.resolve_source(str(spec))
@@ -77,6 +78,7 @@ def test_report_on_real_runs(experiment, tmp_path):
         assert {ln.get_label().split(" ")[0]: ln.get_color() for ln in ax.get_lines()} == colours
 
 
+@pytest.mark.slow
 def test_sdpg_report_command_writes_index_figures_tables(experiment, tmp_path):
     spec, _ = experiment
     from sdpg.cli import report_main

@@ -112,15 +112,29 @@ def test_a_killed_process_resumes_without_duplicates(tmp_path, uninterrupted):
     _assert_same(uninterrupted, out)
 
 
-def test_non_finite_updates_are_skipped_and_end_the_run(tiny_config):
+@pytest.mark.slow
+def test_non_finite_updates_are_skipped_and_end_the_run(tiny_config, tmp_path, monkeypatch):
+    """lr = 1e6 on the embedded task, run as an orchestrated job: the stated sentence, result.json status failed
+    with it, the MLflow run FAILED with it as its error, and a last-good checkpoint whose weights are finite."""
+    from sdpg.orchestration import tracking
+    from sdpg.orchestration.core import Experiment
+    from sdpg.orchestration.launch import TrainJob
+
+    monkeypatch.chdir(tmp_path)
     cfg = tiny_config("optim.lr=1e6", "optim.warmup_steps=0", "run.total_steps=8", "eval.every=0", out="nan")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: e\n")
+    exp = Experiment(tracking.default_uri(tmp_path / "store"), "e", tmp_path / "store", "ablation", "e", spec).open()
+    rid = exp.child(cfg.effective().config_hash(), "nan", cfg, {"variant": "nan"})
     with pytest.raises(TrainingFailed) as failed:
-        train(cfg)
+        TrainJob(cfg.resolved(), exp.uri, rid, exp.parent_id)()
     reason = failed.value.reason
     assert reason.startswith("training stopped at step ")
-    assert "not finite in 3 optimizer steps in a row (optim.max_nonfinite_steps=3)" in reason
+    assert "not finite in 3 optimizer steps in a row (optim.max_nonfinite_steps=3), none of them applied" in reason
     result = json.loads((Path(cfg.run.output_dir) / "result.json").read_text())
     assert result["status"] == "failed" and result["reason"] == reason
+    run = exp.client.get_run(rid)
+    assert run.info.status == "FAILED" and reason in run.data.tags["sdpg.error"]
     logged = rows(cfg.run.output_dir)
     assert sum(r["train/nonfinite_skipped"] for r in logged) == 3
     assert not all(math.isfinite(r["train/grad_norm"]) for r in logged)

@@ -109,6 +109,7 @@ def _check_once(out: Path, n_runs: int) -> None:
         assert json.loads((f / "result.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("store", ["absent", "present"])
 def test_two_local_submissions_at_once_train_each_run_once(tmp_path, small_model, store):
     p = _spec(tmp_path, f"twice_{store}")
@@ -137,6 +138,7 @@ SECRETS = {
 }
 
 
+@pytest.mark.slow
 def test_secrets_appear_nowhere(tmp_path, small_model):
     """Secrets in the environment, in config values and in URIs written in the spec: the MLflow store
     (sqlite file), the artifacts beside it, the job logs and the console hold none of them."""
@@ -201,6 +203,7 @@ def _squeue_empty(job_ids: list[str]) -> bool:
     return not out.stdout.strip()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("store", ["absent", "present"])
 def test_two_slurm_submissions_at_once_train_each_run_once(tmp_path, small_model, dev_cluster, store):
     p = _spec(tmp_path, f"slurm_{store}", executor="slurm", profile="dev")

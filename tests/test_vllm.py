@@ -58,6 +58,7 @@ def hf_logprobs(policy, prompts, ro, n, tok):
         return token_logprobs(policy.get_output_embeddings()(h), ro.responses)  # [N, T]
 
 
+@pytest.mark.slow
 def test_weights_update_in_memory_and_logprobs_match_transformers(engine_and_policy):
     engine, tok, policy = engine_and_policy
     prompts = [tok.encode(embedded.STUDENT_TEMPLATE.format(**r), add_special_tokens=False) for r in embedded.test_rows(6)]
@@ -77,6 +78,7 @@ def test_weights_update_in_memory_and_logprobs_match_transformers(engine_and_pol
     assert seconds < 5.0
 
 
+@pytest.mark.slow
 def test_a_later_run_in_the_process_gets_the_engine_back_with_the_models_own_weights(engine_and_policy):
     """vLLM cannot build a second engine in a process once the first is gone: a later run with the same
     settings (a sweep's next trial, a rehearsal's next run) reuses the engine, which must then hold the
@@ -97,6 +99,7 @@ def test_a_later_run_in_the_process_gets_the_engine_back_with_the_models_own_wei
     assert engine.llm is not None and VLLMRollout(policy.sdpg_source_path, tok, dtype="float32", max_model_len=128).reused
 
 
+@pytest.mark.slow
 def test_short_sdpg_run_with_vllm_rollouts(tiny_model_built, tmp_path):
     cfg = load_config(
         None,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -89,6 +90,63 @@ def train_rows(n: int = 20000) -> list[dict]:
 
 def test_rows(n: int = 200) -> list[dict]:
     return make_rows(n, "test")
+
+
+# --------------------------------------------------------------------------------------------
+# Held-out evaluation sets of graded difficulty
+# --------------------------------------------------------------------------------------------
+
+EVAL_SETS: dict[str, dict] = {
+    "in_distribution": {"terms": 3, "low": 10, "high": 99, "seed": 22},
+    "more_terms": {"terms": 4, "low": 10, "high": 99, "seed": 44},
+    "larger_numbers": {"terms": 3, "low": 10, "high": 199, "seed": 55},
+}
+"""The built-in task family's benchmarks, named ``embedded:<name>`` in ``data.eval`` (three panels, as the
+paper has AIME24 / AIME25 / AMC23). ``in_distribution``: the held-out test split (three two-digit terms,
+as in training; the same rows as ``embedded``). ``more_terms``: four two-digit terms, one more running sum
+than training ever shows. ``larger_numbers``: three terms up to 199, at least one of them three-digit
+(training never shows a three-digit operand). The last two share no problem with training by
+construction; every set has :data:`EVAL_SET_SIZE` distinct problems, the same on every machine."""
+
+EVAL_SET_SIZE = 200
+
+
+def eval_rows(name: str, n: int = EVAL_SET_SIZE) -> list[dict]:
+    """The first ``n`` problems of the built-in evaluation set ``name`` (a key of :data:`EVAL_SETS`)."""
+    if name == "in_distribution":
+        return test_rows(n)
+    spec = EVAL_SETS[name]
+    rng = random.Random(spec["seed"])
+    rows, seen = [], set()
+    while len(rows) < n:
+        ops = [rng.randint(spec["low"], spec["high"]) for _ in range(spec["terms"])]
+        problem = "+".join(map(str, ops))
+        if problem in seen or (spec["high"] >= 100 and max(ops) < 100):
+            continue
+        seen.add(problem)
+        rows.append({"problem": problem, "answer": str(sum(ops)), "solution": solve(ops)})
+    return rows
+
+
+@functools.cache
+def eval_set_response_tokens(name: str) -> int:
+    """Tokens of the longest reference solution of set ``name`` with its stop token: the least
+    ``eval.max_new_tokens`` that lets every problem be answered (one character per token)."""
+    return max(len(r["solution"]) for r in eval_rows(name)) + 1
+
+
+def rows_of(source: str, split: str) -> list[dict]:
+    """Rows of a built-in source: ``embedded`` (its train or test split) or ``embedded:<set>`` (an
+    evaluation set; held out, so never a training source)."""
+    if source == "embedded":
+        return train_rows() if split == "train" else test_rows()
+    name = source.split(":", 1)[1]
+    if split == "train" or name not in EVAL_SETS:
+        from sdpg.training.config import ConfigError
+
+        why = "is held out for evaluation; train on 'embedded'" if name in EVAL_SETS else "is not a built-in set"
+        raise ConfigError(f"data source {source!r} {why} (sets: {', '.join('embedded:' + k for k in EVAL_SETS)})")
+    return eval_rows(name)
 
 
 def exact_answer(response: str) -> str | None:

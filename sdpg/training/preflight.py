@@ -26,7 +26,7 @@ from sdpg.training.redact import redact
 
 PLACEHOLDERS = {
     "data.student_template": {"problem"},
-    "data.teacher_template": {"problem", "context"},
+    "data.teacher_template": {"student", "problem", "context"},
 }
 CONTEXT_PLACEHOLDERS = {"problem", "answer", "solution"}
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -103,6 +103,7 @@ def check_config(cfg: TrainConfig, source: str = "<config>") -> None:
     for i, b in enumerate((b1, b2)):
         if not 0.0 <= b < 1.0:
             raise _bad(source, "optim.betas", list(cfg.optim.betas), f"betas[{i}]={b} must lie in [0, 1) (Adam's moment decays)")
+    _check_builtin_sets(cfg, source)
     a = cfg.algo
     if a.pg_coef == 0 and a.beta == 0:
         raise _bad(
@@ -111,6 +112,31 @@ def check_config(cfg: TrainConfig, source: str = "<config>") -> None:
             a.beta,
             f"with algo.method={a.method} (algo.pg_coef=0) a zero distillation coefficient leaves no training signal",
         )
+
+
+def _check_builtin_sets(cfg: TrainConfig, source: str) -> None:
+    """``embedded:<set>`` names a known built-in evaluation set, only under ``data.eval``, with room in
+    ``eval.max_new_tokens`` for its longest reference solution."""
+    from sdpg.training import embedded
+
+    known = ", ".join("embedded:" + k for k in embedded.EVAL_SETS)
+    if cfg.data.train.startswith("embedded:"):
+        raise _bad(source, "data.train", cfg.data.train, f"the built-in sets ({known}) are held out; train on 'embedded'")
+    for name, src in cfg.data.eval.items():
+        if not src.startswith("embedded:"):
+            continue
+        set_name = src.split(":", 1)[1]
+        if set_name not in embedded.EVAL_SETS:
+            raise _bad(source, f"data.eval.{name}", src, f"not a built-in set (sets: {known})")
+        need = embedded.eval_set_response_tokens(set_name)
+        if cfg.eval.max_new_tokens < need:
+            raise _bad(
+                source,
+                "eval.max_new_tokens",
+                cfg.eval.max_new_tokens,
+                f"data.eval.{name}={src} has reference solutions of up to {need} tokens with the stop token; "
+                f"set eval.max_new_tokens to at least {need}",
+            )
 
 
 # ------------------------------------------------------------------------------------------------ world checks
@@ -208,7 +234,7 @@ def _check_row(file: str, line: int, raw: Any, cfg: TrainConfig, what: str) -> b
 def check_data_file(cfg: TrainConfig, key: str, src: str, source: str, what: str = "train") -> None:
     """A data source named by ``key`` (``data.train`` / ``data.eval.NAME``): exists, has a known format,
     and every row parses and carries its fields."""
-    if src == "embedded" or src.startswith("hf:"):
+    if src == "embedded" or src.startswith(("embedded:", "hf:")):  # built-in sets: check_config
         return
     p = Path(src)
     if not p.exists():
