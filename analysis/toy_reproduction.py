@@ -21,6 +21,7 @@ def main() -> None:
     p.add_argument("--uri", default=f"sqlite:///{Path('outputs/toy_reproduction/mlflow.db').resolve()}")
     p.add_argument("--experiment", default="toy_reproduction")
     p.add_argument("--out", default="docs/figures")
+    p.add_argument("--name", default="toy_reproduction", help="file name of the figure (without .png)")
     a = p.parse_args()
     eval_key = "eval/embedded/mean@4"
     metrics = [eval_key, "train/accuracy", "train/opd_kl", "train/entropy", "train/response_length", "train/ref_kl"]
@@ -29,7 +30,7 @@ def main() -> None:
     png = plot_curves(
         df,
         metrics,
-        Path(a.out) / "toy_reproduction",
+        Path(a.out) / a.name,
         order=order,
         titles={
             eval_key: "held-out accuracy (mean@4)",

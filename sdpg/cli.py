@@ -108,6 +108,11 @@ def sweep_main(argv: list[str] | None = None) -> int:
 
 
 def report_main(argv: list[str] | None = None) -> int:
-    from sdpg.reporting.build import main
+    def run(args: list[str] | None) -> int:
+        from sdpg.reporting.build import main
+        from sdpg.reporting.preflight import check
 
-    return _guarded(main, argv)
+        check(list(sys.argv[1:] if args is None else args))  # before the report writes anything
+        return main(args)
+
+    return _guarded(run, argv)

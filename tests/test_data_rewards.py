@@ -39,7 +39,8 @@ def test_verl_parquet_sentinel_gives_student_and_teacher_prompts(tmp_path):
     assert row["answer"] == "4"
     student, teacher = build_prompts(row, cfg, CharTok())
     assert student == "Solve 2+2. Put the answer in \\boxed{}."
-    assert teacher == "Solve 2+2. Put the answer in \\boxed{}.\n\nReference solution: 2+2=4."
+    # the authors' split: the text before the sentinel, joined directly to what follows it
+    assert teacher == "Solve 2+2. Put the answer in \\boxed{}.Reference solution: 2+2=4."
     student, teacher = build_prompts(row, DataConfig(chat_template="off", context="none"), CharTok())
     assert teacher == student
 

@@ -132,12 +132,14 @@ def run(d, st, impl, chunk=None, tis=False, weights=None, opd_weights=None, ref=
 def compare(d, st, chunk, rel=1e-5, **kw):
     ref_loss, ref_stats, ref_out, ref_grads = run(d, st, "materialised", **kw)
     loss, stats, out, grads = run(d, st, "fused", chunk=chunk, **kw)
-    assert_rel_close(loss, ref_loss, rel, "loss")
+    # the loss sums signed per-token terms (|A| ratio each) and may cancel: its round-off is relative to them
+    assert_rel_close(loss, ref_loss, rel, "loss", scale=d["adv"].abs().max().item())
     assert set(stats) == set(ref_stats)
     m = d["mask"] > 0
     logp_scale = ref_out.logp[m].abs().max().item()
     for k in ref_stats:
-        assert_rel_close(stats[k], ref_stats[k], rel, k, scale=logp_scale if k in ("ppo_kl", "ref_kl") else 0.0)
+        floor = logp_scale if k in ("ppo_kl", "ref_kl") else d["adv"].abs().max().item() if k == "pg_loss" else 0.0
+        assert_rel_close(stats[k], ref_stats[k], rel, k, scale=floor)
     assert_rel_close(out.logp[m], ref_out.logp[m], rel, "logp")
     assert_rel_close(out.entropy[m], ref_out.entropy[m], rel, "entropy")
     if d["ht"] is not None:

@@ -1022,13 +1022,22 @@ def test_train_refuses(tmp_path, files, args, mentions, absent):
 
 # ---------------------------------------------------------------------------------------------- sdpg-report
 @pytest.fixture(scope="module")
-def empty_store(tmp_path_factory) -> Path:
-    """A real MLflow sqlite store holding one experiment 'hx' with no runs."""
+def small_store(tmp_path_factory) -> Path:
+    """A real MLflow sqlite store: experiment 'hx' with one child run (variant 'a', one metric), experiment
+    'empty' with none."""
     root = tmp_path_factory.mktemp("store")
     (root / "outputs" / "hx").mkdir(parents=True)
-    code = "import mlflow, sys; mlflow.set_tracking_uri('sqlite:///' + sys.argv[1]); mlflow.create_experiment('hx')"
+    code = (
+        "import sys; from mlflow.tracking import MlflowClient; c = MlflowClient('sqlite:///' + sys.argv[1]); "
+        "e = c.create_experiment('hx'); c.create_experiment('empty'); "
+        "r = c.create_run(e, tags={'sdpg.run_hash': 'h1', 'variant': 'a', 'seed': '0'}); "
+        "c.log_metric(r.info.run_id, 'train/reward', 0.5, step=1); c.set_terminated(r.info.run_id)"
+    )
     subprocess.run(
-        [sys.executable, "-c", code, str(root / "outputs" / "hx" / "mlflow.db")], check=True, capture_output=True, env=_env()
+        [sys.executable, "-c", code, str(root / "outputs" / "hx" / "mlflow.db")],
+        check=True,
+        capture_output=True,
+        env=_env(),
     )
     return root / "outputs" / "hx"
 
@@ -1065,12 +1074,6 @@ REPORT_CASES = [
 ]
 
 
-# sdpg-report's reading of its sources is being reworked (read-only, no store created); until that lands
-# these cases are expected to fail on the old code, and are checked (not skipped) either way.
-_REPORT_PENDING = pytest.mark.xfail(reason="sdpg-report source validation lands with the report rework", strict=False)
-
-
-@_REPORT_PENDING
 @pytest.mark.parametrize("files,args,mentions,absent", [c[1:] for c in REPORT_CASES], ids=[c[0] for c in REPORT_CASES])
 def test_report_refuses(tmp_path, files, args, mentions, absent):
     refuse(tmp_path, "sdpg-report", args, files, mentions, absent)
@@ -1079,15 +1082,16 @@ def test_report_refuses(tmp_path, files, args, mentions, absent):
 @pytest.mark.parametrize(
     "args,mentions",
     [
-        (["outputs/hx", "--out", "r"], ["hx", "no runs"]),
+        (["sqlite:///outputs/hx/mlflow.db#empty", "--out", "r"], ["empty", "no runs"]),
+        (["sqlite:///outputs/hx/mlflow.db#nosuch", "--out", "r"], ["nosuch"]),
+        (["outputs/hx", "--out", "r", "--order", "a", "zzz"], ["--order", "zzz"]),
         (["outputs/hx", "--out", "r", "--tag", "variant=zzz"], ["variant=zzz"]),
         (["outputs/hx", "--out", "r", "--reference", "zzz"], ["zzz"]),
     ],
-    ids=["no-runs", "tag-matches-nothing", "reference-unknown"],
+    ids=["no-runs", "experiment-missing", "order-unknown", "tag-matches-nothing", "reference-unknown"],
 )
-@_REPORT_PENDING
-def test_report_refuses_on_empty_store(tmp_path, empty_store, args, mentions):
-    shutil.copytree(empty_store, tmp_path / "outputs" / "hx")
+def test_report_refuses_on_a_store(tmp_path, small_store, args, mentions):
+    shutil.copytree(small_store, tmp_path / "outputs" / "hx")
     refuse(tmp_path, "sdpg-report", args, {}, mentions)
 
 
@@ -1138,5 +1142,5 @@ def test_grid_value_with_path_tricks_stays_inside_outputs(tmp_path, tiny_model_b
 
 def test_case_count():
     """The issue asks for at least 100 hostile cases across the four console scripts."""
-    n = len(ABLATE_CASES) + len(SWEEP_CASES) + len(TRAIN_CASES) + len(REPORT_CASES) + 3
+    n = len(ABLATE_CASES) + len(SWEEP_CASES) + len(TRAIN_CASES) + len(REPORT_CASES) + 5
     assert n >= 100, n

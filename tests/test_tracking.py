@@ -20,6 +20,7 @@ def _writer(uri: str, run_id: str, seed: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_sixteen_concurrent_writers_lose_no_metric(tmp_path):
     uri = tracking.default_uri(tmp_path)
     c = tracking.client(uri)
@@ -165,3 +166,12 @@ def test_failed_run_has_error_tag_traceback_artifact_and_ends_its_parent(tmp_pat
     assert (art / "config.yaml").is_file() and not (tmp_path / "mlruns").exists()
     assert c.get_run(exp.parent_id).info.status == "FAILED"
     assert c.get_run(exp.parent_id).info.end_time is not None
+
+
+def test_paths_under_the_working_directory_are_not_masked(monkeypatch, tmp_path):
+    # the shell's PWD is the current folder, not a password: runs logged from a project folder
+    # must keep their output paths
+    monkeypatch.setenv("PWD", str(tmp_path))
+    monkeypatch.setenv("OLDPWD", str(tmp_path / "before"))
+    text = f"output_dir {tmp_path}/outputs/quickstart/runs/a and {tmp_path}/before/x"
+    assert tracking.redact(text) == text

@@ -11,7 +11,8 @@ Two autograd paths, both exact:
 * ``fused_weighted_full_vocab_kl`` takes the per-token weights up front (loss = sum_t w_t KL_t, e.g.
   the gate times the aggregation weights) and forms the gradients during the forward pass, so no
   logits are recomputed: the same four matmuls as the materialised version. Rows whose weight is 0
-  (gated-off sequences, padding) are skipped entirely, teacher included. This is the trainer's path.
+  (gated-off sequences, padding) are skipped entirely, teacher included. The trainer's path until the
+  whole loss was fused (``fused_step.step_loss``, which follows the same design).
 
 The teacher is the same network run on the privileged prompt; it never receives a gradient.
 Gradients flow to the student hidden states and to the output head (weight and bias). Softmax

@@ -1,4 +1,5 @@
-"""The full SDPG objective L = L_out + beta(k) * L_OPD+ + alpha * L_K (eq. 3.5).
+"""The full SDPG objective L = L_out + beta(k) * L_OPD+ + alpha * L_K (eq. 3.5), plus an optional
+entropy bonus (OPSD's script) and the per-token KL clamp of L_OPD+ (the authors' 20).
 
 Baselines are settings of the same function: GRPO/DAPO/Dr.GRPO (beta = 0, alpha and kl_mode
 k3 or 0), RLSD (per-token advantages from ``rlsd_advantages``), OPSD (per-token weights from
@@ -19,6 +20,8 @@ from sdpg.objective.terms import (
     PolicyLossMode,
     RefKLMode,
     agg_weights,
+    clamp_kl,
+    full_vocab_kl,
     gate_mask,
     masked_mean,
     policy_loss,
@@ -39,6 +42,7 @@ class FusedKLInputs:
     lm_head_bias: Tensor | None = None  # [V]
     temperature: float = 1.0
     chunk_size: int | None = None
+    teacher_temperature: float | None = None  # None: ``temperature``; 1.0: only the student's logits divided
 
 
 def opd_weights(token_weights: Tensor, gate: Tensor, opd_norm: OPDNorm, loss_agg_mode: LossAggMode) -> Tensor:
@@ -67,10 +71,14 @@ def sdpg_loss(
     policy_mode: PolicyLossMode = "dapo",
     clip_low: float = 0.2,
     clip_high: float = 0.28,
-    clip_c: float = 10.0,
+    clip_c: float | None = 10.0,
     loss_agg_mode: LossAggMode = "token-mean",
     token_weights: Tensor | None = None,
     opd_token_weights: Tensor | None = None,
+    opd_kl_clamp: float | None = None,
+    entropy: Tensor | None = None,
+    entropy_coef: float = 0.0,
+    entropy_token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """SDPG loss on one (micro-)batch and its statistics.
 
@@ -92,6 +100,11 @@ def sdpg_loss(
         token_weights, opd_token_weights: aggregation weights [B, T] of this micro-batch computed over
             the whole (mini)batch it belongs to, so that micro-batching leaves the loss unchanged;
             default: computed from ``mask`` as if this were the whole batch.
+        opd_kl_clamp: per-token KL of L_OPD clamped at this value (the authors: 20); clamped tokens
+            add a constant and no gradient. None: no clamp.
+        entropy, entropy_coef: per-token entropy of pi_theta [B, T] with gradient and the bonus'
+            coefficient: ``- entropy_coef * sum_t entropy_t * entropy_token_weights_t`` joins the loss.
+        entropy_token_weights: its aggregation weights [B, T]; default over all response tokens of ``mask``.
 
     Returns (loss [], stats) with pg_loss, pg_clipfrac, pg_clipfrac_lower, ppo_kl, opd_kl (mean
     over gated tokens) and opd_tokens (their number), opd_loss, gate_fraction (share of sequences with A > 0), beta, ref_kl
@@ -115,6 +128,15 @@ def sdpg_loss(
     stats["beta"] = torch.tensor(float(beta))
     if opd is not None:
         opd_w = opd_weights(w, g, opd_norm, loss_agg_mode) if opd_token_weights is None else opd_token_weights  # [B, T]
+        if isinstance(opd, FusedKLInputs) and opd.teacher_temperature not in (None, opd.temperature):
+            # the fused kernel divides both sides by one temperature: materialise the logits instead
+            head = (opd.lm_head_weight, opd.lm_head_bias)
+            opd = full_vocab_kl(
+                torch.nn.functional.linear(opd.student_hidden, *head),
+                torch.nn.functional.linear(opd.teacher_hidden, *head),
+                opd.temperature,
+                opd.teacher_temperature,
+            )  # [B, T]
         if isinstance(opd, FusedKLInputs):
             opd_loss, kl_tok = fused_weighted_full_vocab_kl(
                 opd.student_hidden,
@@ -125,8 +147,23 @@ def sdpg_loss(
                 temperature=opd.temperature,
                 chunk_size=opd.chunk_size,
             )  # [], [B, T]
+            over = (kl_tok > opd_kl_clamp) & (opd_w != 0) if opd_kl_clamp is not None else None  # [B, T]
+            if opd_kl_clamp is not None and over is not None and bool(over.any()):
+                # take the clamped tokens' terms (value and gradient) back out; they count as the constant clamp
+                w_over = opd_w * over.float()  # [B, T]
+                over_loss, _ = fused_weighted_full_vocab_kl(
+                    opd.student_hidden,
+                    opd.teacher_hidden,
+                    opd.lm_head_weight,
+                    w_over,
+                    lm_head_bias=opd.lm_head_bias,
+                    temperature=opd.temperature,
+                    chunk_size=opd.chunk_size,
+                )  # []
+                opd_loss = opd_loss - over_loss + (w_over * opd_kl_clamp).sum()  # []
+                kl_tok = clamp_kl(kl_tok, opd_kl_clamp)  # [B, T]
         else:
-            kl_tok = opd  # [B, T]
+            kl_tok = clamp_kl(opd, opd_kl_clamp)  # [B, T]
             opd_loss = (kl_tok * opd_w).sum()  # []
         loss = loss + beta * opd_loss
         distilled = g if opd_token_weights is None else (opd_w > 0).float()  # [B, T] positions in the term
@@ -137,6 +174,16 @@ def sdpg_loss(
         stats["opd_loss"] = zero
         stats["opd_kl"] = zero
         stats["opd_tokens"] = zero
+
+    # entropy bonus
+    if entropy is not None:
+        ew = agg_weights(m, loss_agg_mode) if entropy_token_weights is None else entropy_token_weights  # [B, T]
+        ent = (entropy * ew).sum()  # []
+        if entropy_coef != 0.0:
+            loss = loss - entropy_coef * ent
+        stats["entropy_bonus"] = ent.detach()
+    elif entropy_coef != 0.0:
+        raise ValueError("entropy_coef > 0 needs the per-token entropy (with gradient)")
 
     # L_K
     if ref_logp is not None:

@@ -17,6 +17,7 @@ from torch import Tensor
 
 LossAggMode = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"]
 RefKLMode = Literal["urkl", "ufkl", "rkl", "fkl", "k1", "k2", "k3"]
+RewardKLEstimator = Literal["k1", "k2", "k3", "abs"]
 PolicyLossMode = Literal["dapo", "reinforce"]
 
 REF_KL_MODES: tuple[str, ...] = ("urkl", "ufkl", "rkl", "fkl", "k1", "k2", "k3")
@@ -106,14 +107,14 @@ def policy_loss(
     mask: Tensor,
     clip_low: float = 0.2,
     clip_high: float = 0.28,
-    clip_c: float = 10.0,
+    clip_c: float | None = 10.0,
     mode: PolicyLossMode = "dapo",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Per-token policy-gradient loss [B, T] and clip statistics.
 
     ``mode="dapo"``: the dual-clip PPO surrogate with DAPO's asymmetric "clip-higher" range
     (arXiv 2503.14476): max(-A r, -A clip(r, 1-eps_low, 1+eps_high)), further bounded by -A c for
-    A < 0 (dual clip, arXiv 1912.09729). ``mode="reinforce"``: the on-policy -A log pi.
+    A < 0 (dual clip, arXiv 1912.09729; ``clip_c=None``: no dual clip). ``mode="reinforce"``: the on-policy -A log pi.
     ``advantages`` is [B] (one per sequence) or [B, T] (per token, e.g. RLSD).
     Returns (loss [B, T] zero on padding, stats with pg_clipfrac, pg_clipfrac_lower, ppo_kl).
     """
@@ -130,11 +131,15 @@ def policy_loss(
     loss_unclipped = -adv * ratio  # [B, T]
     loss_clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)  # [B, T]
     loss_ppo = torch.maximum(loss_unclipped, loss_clipped)  # [B, T]
-    loss_dual = torch.minimum(loss_ppo, -adv * clip_c)  # [B, T]
-    loss = torch.where(adv < 0, loss_dual, loss_ppo)  # [B, T]
+    if clip_c is None:
+        loss, dual_clipped = loss_ppo, torch.zeros_like(loss_ppo, dtype=torch.bool)  # [B, T] each
+    else:
+        loss_dual = torch.minimum(loss_ppo, -adv * clip_c)  # [B, T]
+        loss = torch.where(adv < 0, loss_dual, loss_ppo)  # [B, T]
+        dual_clipped = (loss_ppo > -adv * clip_c) & (adv < 0)  # [B, T]
     stats = {
         "pg_clipfrac": masked_mean((loss_clipped > loss_unclipped).float(), m).detach(),
-        "pg_clipfrac_lower": masked_mean(((loss_ppo > -adv * clip_c) & (adv < 0)).float(), m).detach(),
+        "pg_clipfrac_lower": masked_mean(dual_clipped.float(), m).detach(),
         "ppo_kl": masked_mean(-log_ratio, m).detach(),
     }
     return loss * m, stats
@@ -171,6 +176,32 @@ def ref_kl(logp: Tensor, ref_logp: Tensor, mode: RefKLMode) -> Tensor:
     raise ValueError(f"unknown ref_kl mode {mode!r}; expected one of {', '.join(REF_KL_MODES)}")
 
 
+def reward_kl_penalty(old_logp: Tensor, ref_logp: Tensor, mask: Tensor, estimator: RewardKLEstimator = "k1") -> Tensor:
+    """Per-sequence sum_t k_t [B] of a KL estimate on the sampled tokens, log w = log pi_old - log pi_ref
+    (verl's ``use_kl_in_reward``): k1 log w, k2 1/2 log^2 w, k3 1/w - 1 + log w, abs |log w|. No gradient."""
+    log_w = (old_logp - ref_logp).detach().clamp(-20.0, 20.0)  # [B, T]
+    if estimator == "k1":
+        k = log_w  # [B, T]
+    elif estimator == "k2":
+        k = 0.5 * log_w**2  # [B, T]
+    elif estimator == "k3":
+        k = torch.exp(-log_w) - 1.0 + log_w  # [B, T]
+    elif estimator == "abs":
+        k = log_w.abs()  # [B, T]
+    else:
+        raise ValueError(f"unknown reward KL estimator {estimator!r}; expected k1, k2, k3 or abs")
+    return (k * mask.float()).sum(dim=-1)  # [B]
+
+
+def kl_penalised_rewards(
+    scores: Tensor, old_logp: Tensor, ref_logp: Tensor, mask: Tensor, coef: float, estimator: RewardKLEstimator = "k1"
+) -> Tensor:
+    """KL in the reward (GRPO as SDPG's Table 1 runs it): the token rewards carry -coef * k_t and the
+    score sits on the last token, so the sequence reward entering the group advantage is
+    score - coef * sum_t k_t [B]. ``scores`` [B], log-probs and ``mask`` [B, T]."""
+    return scores.float() - coef * reward_kl_penalty(old_logp, ref_logp, mask, estimator)  # [B]
+
+
 # --------------------------------------------------------------------------------------------
 # L_OPD: full-vocabulary distillation towards the privileged self-teacher (materialised)
 # --------------------------------------------------------------------------------------------
@@ -181,16 +212,26 @@ def _upcast(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def full_vocab_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+def full_vocab_kl(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, teacher_temperature: float | None = None
+) -> Tensor:
     """Per-position KL(p_t || SG[q_t]) [B, T] over the whole vocabulary (eq. 3.2).
 
-    p = softmax(student_logits / temperature), q = softmax(teacher_logits / temperature); the
-    teacher is detached, so only the student gets a gradient. Computed in float32 for half-precision
-    inputs. Holds several [B, T, V] tensors: the reference for ``fused_full_vocab_kl``.
+    p = softmax(student_logits / temperature), q = softmax(teacher_logits / teacher_temperature)
+    (``teacher_temperature`` None: ``temperature``; the authors divide only the student's logits, i.e.
+    ``teacher_temperature=1``). The teacher is detached, so only the student gets a gradient. Computed in
+    float32 for half-precision inputs. Holds several [B, T, V] tensors: the reference for ``fused_full_vocab_kl``.
     """
+    t_temp = temperature if teacher_temperature is None else teacher_temperature
     logp = F.log_softmax(_upcast(student_logits) / temperature, dim=-1)  # [B, T, V]
-    logq = F.log_softmax(_upcast(teacher_logits.detach()) / temperature, dim=-1)  # [B, T, V]
+    logq = F.log_softmax(_upcast(teacher_logits.detach()) / t_temp, dim=-1)  # [B, T, V]
     return (logp.exp() * (logp - logq)).sum(dim=-1)  # [B, T]
+
+
+def clamp_kl(kl: Tensor, max_value: float | None) -> Tensor:
+    """min(KL_t, max_value) [B, T] (the authors clamp at 20): a clamped token contributes the constant
+    and no gradient. None: unchanged."""
+    return kl if max_value is None else kl.clamp(max=max_value)  # [B, T]
 
 
 def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
@@ -200,7 +241,7 @@ def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> 
 
 
 def token_entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """Entropy of the next-token distribution [B, T] (no gradient needed: a metric)."""
+    """Entropy of the next-token distribution [B, T]: a metric, and with gradient the entropy bonus."""
     logp = F.log_softmax(_upcast(logits) / temperature, dim=-1)  # [B, T, V]
     return -(logp.exp() * logp).sum(dim=-1)  # [B, T]
 
@@ -226,6 +267,14 @@ def rlsd_advantages(
     delta = (teacher_logp - old_logp).detach()  # [B, T]
     u = torch.exp(torch.sign(adv) * delta).clamp(1.0 - eps_w, 1.0 + eps_w)  # [B, T]
     return adv * ((1.0 - lam) + lam * u)  # [B, T]
+
+
+def rlsd_lambda_at(step: int, lam: float, decay_steps: int) -> float:
+    """RLSD's mixing weight at RL step ``step`` (counted from 1): lam * max(0, 1 - step / decay_steps),
+    reaching 0 at step = decay_steps (the authors' schedule); ``decay_steps`` 0: constant lam."""
+    if decay_steps <= 0:
+        return float(lam)
+    return float(lam * max(0.0, 1.0 - step / decay_steps))
 
 
 def opsd_token_weights(teacher_logp: Tensor, old_logp: Tensor, advantages: Tensor, max_weight: float = 20.0) -> Tensor:

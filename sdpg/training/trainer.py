@@ -17,29 +17,21 @@ the loss are pure functions in ``sdpg.objective``. Metrics leave through ``Metri
 console by default); orchestration (MLflow, SLURM, Optuna) wraps ``train`` and passes its own sinks and
 ``should_stop``; this module imports none of it.
 
-Where this loop departs from the paper's formulas (SDPG, arXiv 2606.04036; the settings of its authors'
-scripts in reference-settings), each either a setting or a choice stated here:
+Where this loop departs from the paper's setup (SDPG, arXiv 2606.04036; the settings of its authors' scripts in
+reference-settings, mapped setting by setting in docs/fidelity.md), each either a setting or a choice stated here:
 
- 1. KL(p || q) divides both the student's and the teacher's logits by ``algo.distill_temperature``; the paper
-    divides only the student's, by the rollout temperature (identical at temperature 1, the paper's value).
- 2. The per-token distillation KL is not clamped at 20 as in the reference code.
- 3. ``algo.opd_exclude_stop`` (default on) leaves the end-of-sequence position out of L_OPD+; the paper
-    distils it like any other response token.
- 4. ``algo.opd_norm="all"`` normalises L_OPD+ like L_out (gated tokens over all response tokens under
-    token-mean); ``"gated"`` divides by the gated tokens only.
- 5. GRPO's reference KL is a loss term (``alpha`` with k3) rather than the paper's per-token penalty
-    inside the reward.
- 6. Log-ratios log(pi/pi_old) and log(pi/pi_ref) are clamped to [-20, 20] inside the objective.
- 7. A group of one response gets A = 0 (its standard deviation is undefined).
- 8. The learning-rate warm-up counts optimizer steps, (s + 1) / warmup at optimizer step s; the paper's
-    scheduler counts RL steps, (k - 1) / 10 at RL step k.
- 9. No entropy bonus (OPSD's reference uses 0.02).
-10. With ``rollout.tis_cap`` the advantages are multiplied by truncated importance weights
+ 1. Log-ratios log(pi/pi_old), log(pi/pi_ref) and the reward's KL estimate are clamped to [-20, 20].
+ 2. A group of one response gets A = 0 (its standard deviation is undefined).
+ 3. With ``rollout.tis_cap`` the advantages are multiplied by truncated importance weights
     min(exp(log pi_old - log pi_engine), cap) between the trainer and the rollout engine (not in the paper).
-11. Rewards are 1 / 0 (correct / not) from the configured verifier plus DAPO's overlong penalty when set;
-    the paper's scorer gives +1 / -1 (the same advantages under std normalisation).
-12. The L_OPD+ teacher is always the current policy on the privileged prompt; ``algo.teacher=frozen``
+ 4. The L_OPD+ teacher is always the current policy on the privileged prompt; ``algo.teacher=frozen``
     changes only the RLSD / OPSD log-ratios.
+ 5. The entropy bonus (OPSD) is aggregated with L_out's weights (with ``algo.pg_norm=gated``: the gated tokens).
+The authors' behaviour is the default elsewhere: fp32 parameters with ``model.dtype`` compute (autocast, or
+FSDP2 mixed precision), minibatches of ``optim.minibatch_prompts`` prompts clipped against the log-probs
+taken before the first update, the lr warm-up counted in RL steps with multiplier (k - 1)/W at RL step k,
+the KL clamp at 20 (``algo.opd_kl_clamp``), the distillation temperature on the student's logits only, the
+end-of-sequence position distilled, GRPO's KL in the reward (``algo.reward_kl_coef``).
 """
 
 from __future__ import annotations
@@ -65,8 +57,11 @@ from sdpg.objective import (
     beta_at,
     gate_mask,
     group_advantages,
+    kl_penalised_rewards,
     opsd_token_weights,
+    reward_kl_penalty,
     rlsd_advantages,
+    rlsd_lambda_at,
     step_loss,
 )
 from sdpg.training import distributed as dist
@@ -78,12 +73,15 @@ from sdpg.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from sdpg.training.config import TrainConfig, build_config, load_config
-from sdpg.training.data import PromptSampler, build_prompts, read_source
+from sdpg.training.config import SCORER_METRIC_NAMES, AlgoConfig, TrainConfig, build_config, load_config
+from sdpg.training.data import PromptSampler, read_source
+from sdpg.training.data import tokenize_prompts as tokenize_prompt_rows
 from sdpg.training.evaluate import evaluate, pass_at_k
 from sdpg.training.model import (
+    compute,
     full_state,
     head_of,
+    in_compute_dtype,
     load_full_state,
     load_policy,
     resolve_device,
@@ -144,6 +142,12 @@ class Run:
     sinks: list[MetricSink] = field(default_factory=list)
     start_step: int = 0
     nonfinite_in_a_row: int = 0  # consecutive optimizer steps skipped for a non-finite loss or gradient norm
+    eval_scorers: dict[str, Verifier] = field(default_factory=dict)  # eval.extra_scorers: metric name -> scorer
+
+    def compute(self):
+        """The context forwards run in: autocast to ``model.dtype`` over fp32 parameters (not under FSDP,
+        whose mixed-precision policy casts)."""
+        return compute(self.cfg, self.device, self.use_fsdp)
 
     @property
     def main_rank(self) -> bool:
@@ -173,6 +177,7 @@ class Batch:
     teacher_attn: Tensor  # [N, Pt+T]
     teacher_prompt_len: int  # Pt
     # score
+    scores: Tensor | None = None  # [N] verifier score (1 or reward.incorrect_reward) plus the overlong penalty
     advantages: Tensor | None = None  # [N]
     all_advantages: Tensor | None = None  # [N_all] every rank's, for global statistics
     keep: Tensor | None = None  # [K] rows the update trains on (all, or DAPO's informative groups)
@@ -370,13 +375,15 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
     if not main_rank:
         tokenizer, policy = load_policy(cfg, device, log)
     seed_everything(cfg.run.seed + 1_000_003 * rank)  # model loading may draw random numbers; ranks sample differently
-    reference = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.algo.needs_reference else None
+    compute_dtype = getattr(torch, cfg.model.dtype)
+    # frozen copies need no master weights: they hold the compute dtype
+    reference = copy.deepcopy(policy).to(compute_dtype).eval().requires_grad_(False) if cfg.algo.needs_reference else None
     use_fsdp = world > 1 and (cfg.model.fsdp is True or (cfg.model.fsdp == "auto" and device.type == "cuda"))
     generator = None
     if use_fsdp:
         if cfg.rollout.backend == "hf":  # sampling runs on an unsharded copy: ranks stop generating at different times
-            generator = copy.deepcopy(policy).eval().requires_grad_(False)
-        shard_fsdp(policy)
+            generator = copy.deepcopy(policy).to(compute_dtype).eval().requires_grad_(False)
+        shard_fsdp(policy, compute_dtype)
 
     # data: prompts tokenised once
     train_rows = read_source(cfg.data.train, cfg.data, "train")[: cfg.data.train_limit]
@@ -391,9 +398,19 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
         cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if cfg.data.train == "embedded" else "math")
     )
     verifier = Verifier(
-        verifier_kind, cfg.reward.timeout_s, cfg.reward.overlong_buffer, cfg.reward.overlong_penalty, cfg.rollout.max_new_tokens
+        verifier_kind,
+        cfg.reward.timeout_s,
+        cfg.reward.overlong_buffer,
+        cfg.reward.overlong_penalty,
+        cfg.rollout.max_new_tokens,
+        cfg.reward.boxed_tail_chars,
     )
     resources.callback(verifier.close)
+    eval_scorers = {}
+    for kind in dict.fromkeys(cfg.eval.extra_scorers if cfg.eval.every > 0 else []):
+        name = SCORER_METRIC_NAMES[kind]
+        eval_scorers[name] = Verifier(kind, cfg.reward.timeout_s, boxed_tail_chars=cfg.reward.boxed_tail_chars)
+        resources.callback(eval_scorers[name].close)
     if cfg.rollout.backend == "vllm":
         max_len = cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
         engine: HFRollout | VLLMRollout = VLLMRollout(
@@ -409,11 +426,12 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
     else:
         engine = HFRollout(generator if generator is not None else policy, tokenizer, cfg.rollout.batch_size)
 
-    # optimizer: AdamW, linear warm-up then constant
+    # optimizer: AdamW on the (fp32) parameters, linear warm-up then constant. The scheduler steps once per
+    # optim.lr_schedule_unit; the k-th unit (from 1) runs at min(1, (k - 1) / warmup) x lr, as the authors'.
     optim = cfg.optim
     optimizer = torch.optim.AdamW(policy.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(1, optim.warmup_steps)) if optim.warmup_steps else 1.0
+        optimizer, lambda s: min(1.0, s / optim.warmup_steps) if optim.warmup_steps else 1.0
     )
 
     run = Run(
@@ -437,6 +455,7 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
         rollout=engine,
         optimizer=optimizer,
         scheduler=scheduler,
+        eval_scorers=eval_scorers,
     )
     run.start_step = resume(run) if cfg.run.resume else 0
     kept_step = run.start_step if cfg.run.resume else -1  # what the sinks keep from an earlier attempt
@@ -467,18 +486,13 @@ def _no_log(msg: str) -> None:
 def tokenize_prompts(
     rows: list[dict], cfg: TrainConfig, tokenizer, what: str, log: Callable[[str], None]
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """Student and teacher prompt ids of every row, cut from the left to ``data.max_prompt_tokens``."""
-    student_ids, teacher_ids, n_cut = [], [], 0
-    limit = cfg.data.max_prompt_tokens
-    for row in rows:
-        student, teacher = (tokenizer.encode(text, add_special_tokens=False) for text in build_prompts(row, cfg.data, tokenizer))
-        n_cut += (len(student) > limit) + (len(teacher) > limit)
-        student_ids.append(student[-limit:])
-        teacher_ids.append(teacher[-limit:])
+    """Student and teacher prompt ids of every row, cut to ``data.max_prompt_tokens``: the student's from the
+    left, the teacher's from the right (as the authors)."""
+    student_ids, teacher_ids, n_cut = tokenize_prompt_rows(rows, cfg.data, tokenizer)
     if n_cut:
         log(
             f"[sdpg] warning: {n_cut} {what} prompts (student and teacher views) longer than "
-            f"data.max_prompt_tokens={limit} were cut from the left"
+            f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} were cut (student from the left, teacher from the right)"
         )
     return student_ids, teacher_ids
 
@@ -547,15 +561,16 @@ def rollout(run: Run, step: int, metrics: dict[str, float]) -> Batch:
     prompt_ids = run.sampler.next(cfg.rollout.prompts_per_step)[run.rank :: run.world]  # one global draw, split
     started = time.perf_counter()
     seeds = [derived_seed(cfg.run.seed, step, "rollout", i) for i in prompt_ids] if cfg.rollout.seed_per_prompt else None
-    samples = run.rollout.generate(
-        [run.student_prompts[i] for i in prompt_ids],
-        G,
-        temperature=cfg.rollout.temperature,
-        top_p=cfg.rollout.top_p,
-        top_k=cfg.rollout.top_k,
-        max_new_tokens=cfg.rollout.max_new_tokens,
-        seeds=seeds,
-    )
+    with run.compute() if isinstance(run.rollout, HFRollout) else contextlib.nullcontext():
+        samples = run.rollout.generate(
+            [run.student_prompts[i] for i in prompt_ids],
+            G,
+            temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+            top_k=cfg.rollout.top_k,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            seeds=seeds,
+        )
     metrics["timing/rollout"] = time.perf_counter() - started
     responses, mask = samples.responses.to(device), samples.mask.to(device)  # [N, T], [N, T]
     pad = run.tokenizer.pad_token_id
@@ -583,13 +598,17 @@ def rollout(run: Run, step: int, metrics: dict[str, float]) -> Batch:
 
 
 def score(run: Run, batch: Batch, metrics: dict[str, float]) -> None:
-    """Rewards, group advantages, reward statistics over all ranks; DAPO's filter of uninformative groups."""
+    """Scores (1 correct, ``reward.incorrect_reward`` otherwise, plus DAPO's overlong penalty), group
+    advantages, reward statistics over all ranks; DAPO's filter of uninformative groups. With the KL in the
+    reward (``algo.reward_kl_coef``) ``logprobs`` recomputes the advantages once log pi_old is known."""
     algo, device, G = run.cfg.algo, run.device, run.cfg.rollout.group_size
     started = time.perf_counter()
     answers = [run.train_rows[i]["answer"] for i in batch.prompt_ids for _ in range(G)]
     correct = torch.tensor(run.verifier.correctness(batch.texts, answers))  # [N]
     lengths = batch.mask.sum(-1)  # [N]
-    rewards = correct + torch.tensor(run.verifier.overlong(lengths.long().tolist()))  # [N]
+    wrong = run.cfg.reward.incorrect_reward
+    rewards = correct + wrong * (1.0 - correct) + torch.tensor(run.verifier.overlong(lengths.long().tolist()))  # [N]
+    batch.scores = rewards.to(device)  # [N]
     batch.advantages = group_advantages(rewards, G, std_norm=algo.std_norm).to(device)  # [N]
     metrics["timing/reward"] = time.perf_counter() - started
     all_rewards, all_correct = dist.all_gather_cat(rewards.to(device)), dist.all_gather_cat(correct.to(device))  # [N_all]
@@ -629,11 +648,18 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
     N, T = batch.responses.shape
     started = time.perf_counter()
     batch.n_kept_all = int(dist.all_sum(torch.tensor(float(len(batch.keep)))).item())
-    minibatch = optim.minibatch_size or max(1, batch.n_kept_all)  # global sequences per optimizer step
-    batch.n_minibatches = max(1, math.ceil(batch.n_kept_all / minibatch)) if batch.n_kept_all else 0
-    batch.on_policy = optim.ppo_epochs == 1 and batch.n_minibatches == 1
+    if optim.minibatch_prompts:  # global prompts per optimizer step, their groups kept whole
+        n_groups = batch.n_kept_all // cfg.rollout.group_size
+        batch.n_minibatches = max(1, math.ceil(n_groups / optim.minibatch_prompts)) if n_groups else 0
+    else:
+        minibatch = optim.minibatch_size or max(1, batch.n_kept_all)  # global sequences per optimizer step
+        batch.n_minibatches = max(1, math.ceil(batch.n_kept_all / minibatch)) if batch.n_kept_all else 0
+    # on-policy: pi_old is read from the update's own forward. Not when the KL enters the reward: the
+    # advantages need pi_old before the update
+    batch.on_policy = optim.ppo_epochs == 1 and batch.n_minibatches <= 1 and algo.reward_kl_coef == 0
     batch.old_logp = torch.zeros(N, T, device=device)  # [N, T]
-    batch.ref_logp = torch.zeros(N, T, device=device) if algo.alpha > 0 else None  # [N, T]
+    need_ref = algo.alpha > 0 or algo.reward_kl_coef > 0
+    batch.ref_logp = torch.zeros(N, T, device=device) if need_ref else None  # [N, T]
     batch.teacher_logp = torch.zeros(N, T, device=device) if algo.needs_teacher_logprobs else None  # [N, T]
     batch.entropy = torch.zeros(N, T, device=device)  # [N, T]
     skipped = torch.ones(N, dtype=torch.bool)
@@ -642,7 +668,7 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
     entropy_pass = batch.on_policy and dist.any_true(bool(skipped.any()), device)
     teacher = run.reference if algo.teacher == "frozen" else run.policy  # the privileged view's weights
     student_view = (batch.student_seq, batch.student_attn, batch.student_prompt_len)
-    with torch.no_grad():
+    with torch.no_grad(), run.compute():
         for first in range(0, N, size):
             rows = slice(first, first + size)
             tokens = batch.responses[rows]  # [b, T]
@@ -666,11 +692,20 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
                     temperature,
                     **head,
                 ).logp
+        if algo.reward_kl_coef > 0:  # the KL in the reward (GRPO as Table 1): score - coef * sum_t k_t
+            rewards = kl_penalised_rewards(
+                batch.scores, batch.old_logp, batch.ref_logp, batch.mask, algo.reward_kl_coef, algo.reward_kl_estimator
+            )  # [N]
+            batch.advantages = group_advantages(rewards, cfg.rollout.group_size, std_norm=algo.std_norm)  # [N]
+            batch.all_advantages = dist.all_gather_cat(batch.advantages)  # [N_all]
+            penalty = reward_kl_penalty(batch.old_logp, batch.ref_logp, batch.mask, algo.reward_kl_estimator)  # [N]
+            metrics["train/reward_kl"] = float(dist.all_gather_cat(penalty).mean())
+            metrics["train/score"] = metrics["train/reward"]
+            metrics["train/reward"] = float(dist.all_gather_cat(rewards).mean())
         if algo.advantage in ("rlsd", "opsd"):
             behaviour_logp = batch.old_logp if not batch.on_policy else _policy_logp(run, batch, *student_view)  # [N, T]
             if algo.advantage == "rlsd":
-                decay = max(0.0, 1.0 - (step - 1) / algo.rlsd_lambda_decay_steps) if algo.rlsd_lambda_decay_steps else 1.0
-                lam = algo.rlsd_lambda * decay
+                lam = rlsd_lambda_at(step, algo.rlsd_lambda, algo.rlsd_lambda_decay_steps)  # k from 1: 0 at k = decay
                 metrics["train/rlsd_lambda"] = lam
                 batch.token_advantages = rlsd_advantages(
                     batch.advantages, batch.teacher_logp, behaviour_logp, algo.rlsd_eps_w, lam
@@ -686,19 +721,20 @@ def _policy_logp(run: Run, batch: Batch, seq: Tensor, attn: Tensor, prompt_len: 
     """log pi_theta(y_t) [N, T] of every row, in micro-batches (the on-policy pi_old, before the update)."""
     optim, temperature = run.cfg.optim, run.cfg.rollout.temperature
     size = optim.micro_batch_size
-    parts = [
-        sampled_token_stats(
-            run.policy,
-            seq[s : s + size],
-            attn[s : s + size],
-            prompt_len,
-            batch.responses[s : s + size],
-            temperature,
-            impl=optim.loss_impl,
-            chunk_size=optim.loss_chunk_size,
-        ).logp
-        for s in range(0, seq.shape[0], size)
-    ]  # [b, T] each
+    with run.compute():
+        parts = [
+            sampled_token_stats(
+                run.policy,
+                seq[s : s + size],
+                attn[s : s + size],
+                prompt_len,
+                batch.responses[s : s + size],
+                temperature,
+                impl=optim.loss_impl,
+                chunk_size=optim.loss_chunk_size,
+            ).logp
+            for s in range(0, seq.shape[0], size)
+        ]  # [b, T] each
     return torch.cat(parts)  # [N, T]
 
 
@@ -708,8 +744,10 @@ def _policy_logp(run: Run, batch: Batch, seq: Tensor, attn: Tensor, prompt_len: 
 
 
 def update(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> tuple[LossStats, float, Tensor]:
-    """ppo_epochs passes over the kept rows, one optimizer step per minibatch; then the rollout engine takes
-    the new weights. Returns the first epoch's loss statistics, beta(k) and the last gradient norm."""
+    """ppo_epochs passes over the kept rows, one optimizer step per minibatch (``optim.minibatch_prompts``:
+    whole groups, in order, as the authors; ``optim.minibatch_size``: sequences drawn at random); the lr
+    schedule steps per optimizer step or once per RL step (``optim.lr_schedule_unit``); then the rollout
+    engine takes the new weights. Returns the first epoch's loss statistics, beta(k) and the last gradient norm."""
     cfg, optim = run.cfg, run.cfg.optim
     if isinstance(run.rollout, VLLMRollout):
         run.rollout.sleep()  # GPU: free the engine's KV cache while training
@@ -718,19 +756,30 @@ def update(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> tupl
     loss_stats = LossStats()
     grad_norm = torch.zeros(())
     metrics["train/skipped_update"] = float(batch.n_kept_all == 0)  # every group uninformative (filter_groups)
+    metrics["train/lr"] = run.scheduler.get_last_lr()[0]  # the lr of this step's (first) update
+    per_update = optim.lr_schedule_unit == "optimizer_step"
     n_nonfinite = 0
     run.policy.train()
     for epoch in range(optim.ppo_epochs if batch.n_kept_all else 0):
-        shuffle = batch.n_minibatches > 1 or optim.ppo_epochs > 1
-        order = batch.keep[torch.randperm(len(batch.keep))] if shuffle else batch.keep
-        for rows in torch.tensor_split(order, batch.n_minibatches):  # the same number of minibatches on every rank
+        if optim.minibatch_prompts:  # consecutive whole groups; the same number of minibatches on every rank
+            groups = batch.keep.view(-1, cfg.rollout.group_size)  # [K/G, G]
+            parts = [part.reshape(-1) for part in torch.tensor_split(groups, batch.n_minibatches)]
+        else:
+            shuffle = batch.n_minibatches > 1 or optim.ppo_epochs > 1
+            order = batch.keep[torch.randperm(len(batch.keep))] if shuffle else batch.keep
+            parts = list(torch.tensor_split(order, batch.n_minibatches))  # the same number of minibatches on every rank
+        for rows in parts:
             grad_norm, applied = optimizer_step(run, batch, rows.to(run.device), beta_k, loss_stats if epoch == 0 else None)
+            if per_update:
+                run.scheduler.step()
             n_nonfinite += not applied
             run.nonfinite_in_a_row = 0 if applied else run.nonfinite_in_a_row + 1
             if run.nonfinite_in_a_row >= optim.max_nonfinite_steps:
                 break
         if run.nonfinite_in_a_row >= optim.max_nonfinite_steps:
             break
+    if not per_update:
+        run.scheduler.step()
     metrics["train/nonfinite_skipped"] = float(n_nonfinite)
     run.policy.eval()
     metrics["timing/update"] = time.perf_counter() - started
@@ -747,16 +796,9 @@ def optimizer_step(run: Run, batch: Batch, rows: Tensor, beta_k: float, loss_sta
     nor the number of ranks changes the update."""
     algo, optim, device = run.cfg.algo, run.cfg.optim, run.device
     mask = batch.mask[rows]  # [M, T]
-    distil = gate_mask(batch.advantages[rows], mask, algo.gate)  # [M, T] tokens L_OPD+ may use
-    if algo.opd_exclude_stop:  # no distillation at the end-of-sequence position
-        distil = distil * (batch.responses[rows] != run.tokenizer.eos_token_id).float()  # [M, T]
-    counts = dist.all_sum(torch.stack([mask.sum(), torch.tensor(float(len(rows)), device=device), distil.sum()]))
-    weights = agg_weights(mask, algo.loss_agg_mode, n_tokens=counts[0], n_seqs=counts[1])  # [M, T]
-    opd_weights = (
-        weights * distil
-        if algo.opd_norm == "all"
-        else agg_weights(distil, algo.loss_agg_mode, n_tokens=counts[2], n_seqs=counts[1])
-    )  # [M, T]
+    weights, opd_weights = minibatch_weights(
+        mask, batch.advantages[rows], batch.responses[rows], run.tokenizer.eos_token_id, algo, dist.all_sum
+    )  # [M, T] each
     run.optimizer.zero_grad(set_to_none=True)
     groups: list[Tensor | None] = list(
         micro_batches(mask.sum(-1), optim.micro_batch_size, optim.micro_batch_tokens, batch.student_prompt_len)
@@ -776,8 +818,41 @@ def optimizer_step(run: Run, batch: Batch, rows: Tensor, beta_k: float, loss_sta
         run.optimizer.zero_grad(set_to_none=True)  # nothing of this minibatch reaches the weights or Adam's moments
         return grad_norm, False
     run.optimizer.step()
-    run.scheduler.step()
     return grad_norm, True
+
+
+def minibatch_weights(
+    mask: Tensor,
+    advantages: Tensor,
+    tokens: Tensor,
+    eos_id: int | None,
+    algo: AlgoConfig,
+    all_sum: Callable[[Tensor], Tensor] = lambda t: t,
+) -> tuple[Tensor, Tensor]:
+    """Aggregation weights [M, T] of a minibatch's L_out (with L_K and the entropy bonus) and of L_OPD+,
+    normalised over the whole minibatch on all ranks (``all_sum`` sums the counts over ranks), so neither
+    micro-batching nor the number of ranks changes the update. ``mask`` [M, T], ``advantages`` [M], ``tokens`` [M, T].
+
+    L_out: over all response tokens, or (``algo.pg_norm`` gated, OPSD) over the tokens of sequences with A > 0.
+    L_OPD+: the gated (and, with ``opd_exclude_stop``, non-EOS) tokens under the all-token weights, or
+    normalised over themselves (``opd_norm`` gated)."""
+    gated = gate_mask(advantages, mask, True)  # [M, T] tokens of sequences with A > 0
+    distil = gate_mask(advantages, mask, algo.gate)  # [M, T] tokens L_OPD+ may use
+    if algo.opd_exclude_stop and eos_id is not None:  # no distillation at the end-of-sequence position
+        distil = distil * (tokens != eos_id).float()  # [M, T]
+    n_seq = torch.tensor(float(mask.shape[0]), device=mask.device)
+    n_gated_seq = (advantages > 0).float().sum()
+    counts = all_sum(torch.stack([mask.sum(), n_seq, distil.sum(), gated.sum(), n_gated_seq]))  # [5]
+    everything = agg_weights(mask, algo.loss_agg_mode, n_tokens=counts[0], n_seqs=counts[1])  # [M, T]
+    if algo.pg_norm == "all":
+        pg = everything  # [M, T]
+    else:
+        pg = agg_weights(gated, algo.loss_agg_mode, n_tokens=counts[3], n_seqs=counts[4])  # [M, T]
+    if algo.opd_norm == "all":
+        opd = everything * distil  # [M, T]
+    else:
+        opd = agg_weights(distil, algo.loss_agg_mode, n_tokens=counts[2], n_seqs=counts[1])  # [M, T]
+    return pg, opd
 
 
 def micro_batch_backward(
@@ -801,16 +876,22 @@ def micro_batch_backward(
     n_resp = max(1, int(batch.mask[seqs].sum(-1).max()))  # the longest response here; beyond it, padding
     tokens, mask = batch.responses[seqs, :n_resp], batch.mask[seqs, :n_resp]  # [b, tb]
     Ps, Pt = batch.student_prompt_len, batch.teacher_prompt_len
-    hidden = response_hidden(
-        run.policy, batch.student_seq[seqs, : Ps + n_resp], batch.student_attn[seqs, : Ps + n_resp], Ps, n_resp
-    )  # [b, tb, H]
+    with run.compute():  # the network in the compute dtype over the fp32 parameters
+        hidden = response_hidden(
+            run.policy, batch.student_seq[seqs, : Ps + n_resp], batch.student_attn[seqs, : Ps + n_resp], Ps, n_resp
+        )  # [b, tb, H]
+        teacher_hidden = None
+        if algo.needs_distillation and (run.use_fsdp or bool(opd_weights[positions].any())):
+            with torch.no_grad():  # the teacher: the current policy on the privileged prompt (c, x)
+                teacher_hidden = response_hidden(
+                    run.policy, batch.teacher_seq[seqs, : Pt + n_resp], batch.teacher_attn[seqs, : Pt + n_resp], Pt, n_resp
+                )  # [b, tb, H]
     head_weight, head_bias = head_of(run.policy)  # after the forward: under FSDP the gathered head
-    teacher_hidden = None
-    if algo.needs_distillation and (run.use_fsdp or bool(opd_weights[positions].any())):
-        with torch.no_grad():  # the teacher: the current policy on the privileged prompt (c, x)
-            teacher_hidden = response_hidden(
-                run.policy, batch.teacher_seq[seqs, : Pt + n_resp], batch.teacher_attn[seqs, : Pt + n_resp], Pt, n_resp
-            )  # [b, tb, H]
+    # the loss runs its own GEMMs outside autocast: hidden states and head in the compute dtype
+    dtype = getattr(torch, cfg.model.dtype)
+    hidden, head_weight, head_bias = in_compute_dtype(dtype, hidden, head_weight, head_bias)
+    if teacher_hidden is not None:
+        teacher_hidden = teacher_hidden.to(dtype)
     settings = StepLossSettings(
         beta=beta_k,
         alpha=algo.alpha,
@@ -823,9 +904,12 @@ def micro_batch_backward(
         clip_high=algo.clip_high,
         clip_c=algo.clip_c,
         loss_agg_mode=algo.loss_agg_mode,
+        entropy_coef=algo.entropy_coef,
         temperature=cfg.rollout.temperature,
         kl_student_temperature=algo.distill_temperature,
-        kl_teacher_temperature=algo.distill_temperature,
+        # the authors divide only the student's logits
+        kl_teacher_temperature=1.0 if algo.distill_temperature_on == "student" else algo.distill_temperature,
+        kl_clamp=algo.opd_kl_clamp,
         tis_cap=cfg.rollout.tis_cap,
     )
     # pi_old: on-policy (one epoch, one minibatch) it is SG[pi_theta] of this very forward, formed inside the loss
@@ -905,7 +989,6 @@ def reduce_metrics(
     entropy = dist.all_sum(torch.stack([(batch.entropy * mask).sum(), mask.sum()]))
     metrics["train/entropy"] = float(entropy[0] / entropy[1].clamp(min=1.0))
     metrics["train/grad_norm"] = float(grad_norm)
-    metrics["train/lr"] = run.scheduler.get_last_lr()[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -920,7 +1003,19 @@ def evaluation_due(run: Run, step: int) -> bool:
 
 def run_evaluation(run: Run, step: int) -> dict[str, float]:
     started = time.perf_counter()
-    metrics = evaluate(run.rollout, run.tokenizer, run.verifier, run.eval_sets, run.cfg, step, run.rank, run.world, run.device)
+    with run.compute() if isinstance(run.rollout, HFRollout) else contextlib.nullcontext():
+        metrics = evaluate(
+            run.rollout,
+            run.tokenizer,
+            run.verifier,
+            run.eval_sets,
+            run.cfg,
+            step,
+            run.rank,
+            run.world,
+            run.device,
+            extra_scorers=run.eval_scorers,
+        )
     metrics["timing/eval"] = time.perf_counter() - started
     return metrics
 

@@ -1,0 +1,129 @@
+"""sdpg-report's checks before anything is written: the source resolves to an MLflow store that exists (a
+report never creates one: opening a missing sqlite file would), the experiment is there and holds runs
+(matching ``--tag``), named variants exist, options are in range, and the output folder can be made.
+Each failure is one ``ConfigError`` sentence naming the source, the option and the value."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from sdpg.training.config import ConfigError
+
+
+def _args(argv: list[str]) -> argparse.Namespace | None:
+    """The options this check needs, read leniently (the report's own parser reports malformed ones)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("source", nargs="?")
+    p.add_argument("--out")
+    p.add_argument("--tag", action="append", default=[])
+    p.add_argument("--reference")
+    p.add_argument("--baseline")
+    p.add_argument("--ema")
+    p.add_argument("--order", nargs="+")
+    p.add_argument("--threshold")
+    p.add_argument("--page-only", action="store_true")
+    try:
+        a, _ = p.parse_known_args(argv)
+    except SystemExit:
+        return None
+    return a
+
+
+def resolve(source: str) -> tuple[str, str]:
+    """(tracking URI, experiment) of a spec, an output folder or ``URI#EXPERIMENT``, without creating anything."""
+    from sdpg.orchestration.core import check_tracking_uri
+    from sdpg.orchestration.names import short_repr
+    from sdpg.orchestration.tracking import default_uri
+
+    if "#" in source:
+        uri, exp = source.rsplit("#", 1)
+        if not exp.strip():
+            raise ConfigError(f"{short_repr(source)}: no experiment after '#' (expected URI#EXPERIMENT)")
+        check_tracking_uri(uri, f"source {short_repr(source)}")
+        return uri, exp
+    p = Path(source)
+    if p.is_dir():
+        if not (p / "mlflow.db").is_file():
+            raise ConfigError(f"{p}: no mlflow.db in this folder (expected an output folder of sdpg-ablate or sdpg-sweep)")
+        return default_uri(p), p.name
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        from sdpg.orchestration.specs import read_yaml
+
+        data = read_yaml(p, "spec")
+        if "space" in data:
+            from sdpg.orchestration.sweep import Sweep
+
+            s = Sweep(p)
+            return s.tracking_uri, s.experiment
+        from sdpg.orchestration.ablate import load_plan
+
+        plan = load_plan(p)
+        return plan.tracking_uri, plan.experiment
+    raise ConfigError(
+        f"{short_repr(source)}: no such file or folder (expected an ablation or sweep spec, an output "
+        f"folder holding mlflow.db, or URI#EXPERIMENT)"
+    )
+
+
+def _store_exists(uri: str) -> bool:
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///") :]).is_file()
+    if uri.startswith("file:") or "://" not in uri:
+        return Path(uri.removeprefix("file://").removeprefix("file:")).is_dir()
+    return True
+
+
+def check(argv: list[str]) -> None:
+    """Raise ConfigError for a report that cannot be made; nothing is created either way."""
+    from sdpg.orchestration.core import check_writable_folder
+    from sdpg.orchestration.names import short_repr
+    from sdpg.orchestration.tracking import redact
+
+    a = _args(argv)
+    if a is None or a.page_only or a.source is None:
+        return
+    bad = [t for t in a.tag if "=" not in t]
+    if bad:
+        raise ConfigError(f"--tag {short_repr(bad[0])}: expected KEY=VALUE")
+    for opt, val, lo, hi in (("--ema", a.ema, 0.0, 1.0), ("--threshold", a.threshold, -math.inf, math.inf)):
+        if val is None:
+            continue
+        try:
+            x = float(val)
+        except ValueError:
+            raise ConfigError(f"{opt} {short_repr(val)}: expected a number") from None
+        if not (math.isfinite(x) and lo <= x and (x < hi or hi == math.inf)):
+            raise ConfigError(f"{opt} {val}: expected a value in [{lo}, {hi})")
+    if a.out is None:
+        return  # the report's parser says --out is required
+    check_writable_folder(Path(a.out), "--out")
+    uri, exp = resolve(a.source)
+    if not _store_exists(uri):
+        raise ConfigError(f"{a.source}: nothing to report yet: no MLflow store at {redact(uri)} (run the experiment first)")
+    from sdpg.orchestration import tracking
+
+    try:
+        c = tracking.client(uri)
+        e = c.get_experiment_by_name(exp)
+    except Exception as err:  # noqa: BLE001 - any failure to read the store is the source's
+        raise ConfigError(
+            f"{a.source}: cannot read the MLflow store at {redact(uri)} "
+            f"({type(err).__name__}: {' '.join(redact(str(err)).split())[:160]})"
+        ) from None
+    if e is None:
+        raise ConfigError(f"{a.source}: no MLflow experiment {exp!r} at {redact(uri)}")
+    tags = dict(t.split("=", 1) for t in a.tag)
+    flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = [r for r in c.search_runs([e.experiment_id], filter_string=flt, max_results=50000) if "sdpg.run_hash" in r.data.tags]
+    if not runs:
+        which = f" with {' '.join('--tag ' + t for t in a.tag)}" if a.tag else ""
+        raise ConfigError(f"{a.source}: experiment {exp!r} has no runs{which}")
+    if any("sdpg.trial" in r.data.tags for r in runs):
+        return  # a sweep: its report names trials itself
+    variants = {r.data.tags.get("variant", r.info.run_name) for r in runs}
+    for opt, names in (("--reference", [a.reference]), ("--baseline", [a.baseline]), ("--order", a.order or [])):
+        for n in names:
+            if n is not None and n not in variants:
+                raise ConfigError(f"{opt} {short_repr(n)}: not a variant of {exp!r} (variants: {', '.join(sorted(variants))})")
