@@ -179,6 +179,7 @@ def _improvement_rows(index: str) -> dict[str, list[str]]:
     return {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]] for r in rows}
 
 
+@pytest.mark.slow
 def test_index_html_is_a_real_page_in_headless_chromium(experiment, tmp_path):
     """The page opened in Chromium: tables are tables, every figure loads once, links reach files, the
     underlines are underlines; the screenshot beside the report shows something."""
@@ -233,6 +234,7 @@ def test_index_html_is_a_real_page_in_headless_chromium(experiment, tmp_path):
     assert len(colours) > 20
 
 
+@pytest.mark.slow
 def test_one_seed_has_no_intervals_and_says_why_two_seeds_have_both(experiment, tmp_path):
     from sdpg.cli import report_main
 
@@ -281,6 +283,7 @@ def test_one_seed_has_no_intervals_and_says_why_two_seeds_have_both(experiment, 
     assert sum(len(ax.collections) for ax in fig.axes) == 4 * len(VARIANTS)
 
 
+@pytest.mark.slow
 def test_curves_have_no_empty_panel_and_zero_series_are_named(experiment, tmp_path):
     spec, _ = experiment
     uri, exp = report.resolve_source(str(spec))
@@ -309,6 +312,7 @@ def test_curves_have_no_empty_panel_and_zero_series_are_named(experiment, tmp_pa
         assert not leg.overlaps(ax.get_tightbbox(r))
 
 
+@pytest.mark.slow
 def test_steps_to_threshold_only_with_a_threshold(experiment, tmp_path):
     from sdpg.cli import report_main
 
@@ -330,6 +334,7 @@ def _tree(root: Path) -> dict[str, tuple[int, int]]:
     }
 
 
+@pytest.mark.slow
 def test_report_on_missing_experiment_creates_nothing(experiment, tmp_path):
     """A read-only command: refused with exit 2, and the disk is as it was (no mlflow.db, no folders)."""
     import subprocess
