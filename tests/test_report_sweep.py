@@ -50,6 +50,7 @@ def sweep_spec(tmp_path_factory, tiny_model_built):
     return p
 
 
+@pytest.mark.slow
 def test_sweep_report_names_trials_marks_pruned_and_plots_the_study(sweep_spec, tmp_path):
     from sdpg.cli import report_main
     from sdpg.reporting import browser

@@ -78,8 +78,9 @@ def _notes_caption(notes: dict[str, list[str]]) -> str:
         return ""
     items = "; ".join(f"`{m}`: {', '.join(v)}" for m, v in notes.items())
     return (
-        f" Series that are identically 0 are drawn dotted at 0 and named (a term the method does not compute), "
-        f"metrics a run did not log are named too: {items}."
+        " Series that are identically 0 (a term the method does not compute, e.g. GRPO's opd_kl, or an event that "
+        "never happened, e.g. no clipped ratio) are drawn dotted at 0 and named; metrics a run did not log are named "
+        f"too: {items}."
     )
 
 

@@ -580,6 +580,14 @@ def styles_for(variants: list[str]) -> dict[str, object]:
     return {v: _STYLES[(i // len(pal)) % len(_STYLES)] for i, v in enumerate(variants)}
 
 
+def _who(names: list[str], variants: list[str]) -> str:
+    """Short list of variants for a panel note: every variant, or their first words (a sweep trial's number)."""
+    if len(names) == len(variants) and len(names) > 1:
+        return "every variant"
+    short = [n.split(" ")[0] for n in names]
+    return ", ".join(short) if len(short) <= 4 else f"{', '.join(short[:4])} and {len(short) - 4} more"
+
+
 def plot_curves(
     df,
     metrics: list[str | None],
@@ -638,20 +646,21 @@ def plot_curves(
             ls = (0, (4, 2)) if v in dashed else styles[v]
             n = len(c["seeds"])
             label = f"{(labels or {}).get(v, v)} (n={n})"
+            marker = "o" if len(c["step"]) < 3 else None  # a run stopped after a step or two is a point, not nothing
             if not np.any(c["per_seed"]):
-                ax.plot(c["step"], c["mean"], color=colours[v], lw=0.9, ls=(0, (1, 1.5)), label=label)
+                ax.plot(c["step"], c["mean"], color=colours[v], lw=0.9, ls=(0, (1, 1.5)), label=label, marker=marker, ms=2)
                 zero.append(v)
                 continue
-            ax.plot(c["step"], c["mean"], color=colours[v], lw=1.3, ls=ls, label=label)
+            ax.plot(c["step"], c["mean"], color=colours[v], lw=1.3, ls=ls, label=label, marker=marker, ms=2.5)
             if n >= MIN_SEEDS:
                 ax.fill_between(c["step"], c["lo"], c["hi"], color=colours[v], alpha=0.2, lw=0)
         lines = []
         if zero:
-            lines.append(f"\u2261 0 (dotted): {', '.join(zero)}")
+            lines.append(f"\u2261 0 (dotted): {_who(zero, variants)}")
         if missing:
-            lines.append(f"not logged: {', '.join(missing)}" if metric in present_metrics else "not logged by any run")
+            lines.append(f"not logged: {_who(missing, variants)}" if metric in present_metrics else "not logged by any run")
         if lines:
-            ax.text(
+            note = ax.text(
                 0.02,
                 0.97,
                 "\n".join(lines),
@@ -661,7 +670,9 @@ def plot_curves(
                 fontsize=5.8,
                 color="0.35",
                 bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.85", "alpha": 0.85},
+                wrap=True,
             )
+            note.set_in_layout(False)  # a long note must not squeeze the panels
             if notes is not None:
                 notes.setdefault(metric, []).extend(lines)
         ax.set_title((titles or {}).get(metric, metric), fontsize=7.5)
