@@ -102,6 +102,10 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("SDPG_TEST_REBUILD") != "1",
+    reason="the full base-model rebuild (about 15-45 min on one thread) runs only with SDPG_TEST_REBUILD=1, not in CI",
+)
 @pytest.mark.timeout(3 * 3600)  # the build itself, on one thread: minutes on a quiet machine
 def test_rebuilding_the_default_recipe_reproduces_the_shipped_weights(tmp_path):
     """Bitwise where the build environment is the shipped one's (torch version, CPU kind, thread
