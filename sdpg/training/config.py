@@ -773,7 +773,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     elif e["type"] == "missing":
         msg = f"{source}: missing required key '{key}'"
     elif e["type"] == "value_error" and isinstance(e.get("input"), dict):  # a check across keys: its message names them
-        msg = f"{source}: {str(e['msg']).removeprefix('Value error, ')}"
+        reason = str(e["msg"]).removeprefix("Value error, ")
+        msg = f"{source}: key '{key}': {reason}" if key else f"{source}: {reason}"
     else:
         reason = " ".join(str(e["msg"]).split())
         msg = f"{source}: key '{key}' has bad value {_short_value(e.get('input'))}: {reason}"
