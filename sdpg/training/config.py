@@ -776,7 +776,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         reason = str(e["msg"]).removeprefix("Value error, ")
         msg = f"{source}: key '{key}': {reason}" if key else f"{source}: {reason}"
     else:
-        reason = " ".join(str(e["msg"]).split())
+        reason = " ".join(str(e["msg"]).removeprefix("Value error, ").split())
         msg = f"{source}: key '{key}' has bad value {_short_value(e.get('input'))}: {reason}"
     if len(errors) > 1:
         msg += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
