@@ -19,7 +19,7 @@ import pytest
 from sdpg.cli import ablate_main
 
 REPO = Path(__file__).resolve().parents[1]
-BENCH = REPO.parents[1] / "shared" / "data" / "benchmarks"
+BENCH = REPO.parent / "shared" / "data" / "benchmarks"
 PAPER_BASE = REPO / "ablations" / "base" / "paper_qwen3_4b.yaml"
 
 QWEN3_CHAT_TEMPLATE = (
