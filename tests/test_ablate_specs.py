@@ -160,7 +160,7 @@ def test_std_norm_dry_run_names_the_runs_that_repeat_others(capsys, monkeypatch,
     assert main([str(spec), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "20 runs (18 distinct)" in out
-    assert "18 distinct runs; 2 duplicates" in out
+    assert "18 distinct runs; 2 duplicates (4 of the 20 runs share an effective config" in out
     for dup, first in dups.items():
         assert f"{dup} = {first}  (algo.kl_mode=ufkl: no effect here)" in out
     assert not (tmp_path / "outputs").exists()

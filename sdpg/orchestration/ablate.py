@@ -311,9 +311,11 @@ def duplicates_note(plan: Plan) -> str:
     dups = plan.duplicates
     if not dups:
         return ""
+    paired = {r.name for r in dups} | {r.same_as for r in dups}
     lines = [
         f"{len(plan.distinct)} distinct runs; {len(dups)} duplicate{'s' if len(dups) > 1 else ''} "
-        f"(same effective config: trained once, reported under both names):"
+        f"({len(paired)} of the {len(plan.runs)} runs share an effective config with another: each set is trained "
+        f"once and reported under every name):"
     ]
     for r in dups:
         why = ", ".join(r.inert) or "nothing"
