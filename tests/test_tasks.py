@@ -93,6 +93,28 @@ def test_the_sum_recipe_and_its_hash_are_unchanged_and_chain_follows_from_task()
     assert json.loads((embedded.SHIPPED_DIR / "sdpg_recipe.json").read_text())["recipe_hash"] == SUM_HASH
 
 
+def test_each_task_ships_its_default_model_and_the_chain_starts_where_the_issue_asks(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for task in embedded.TASKS:
+        meta = embedded.shipped_recipe(task)
+        recipe = EmbeddedModelConfig(task=task)
+        assert meta is not None, f"no {task} model in {embedded.shipped_dir(task)}"
+        assert meta["recipe_hash"] == embedded.recipe_hash(recipe), task
+        assert {k: meta[k] for k in recipe.model_dump()} == recipe.model_dump(), task
+    chain = embedded.shipped_recipe("chain")
+    assert 0.10 <= chain["student_accuracy"] <= 0.25 and chain["teacher_accuracy"] >= 0.9, chain
+    # an empty cache gets the shipped copy (no build), and it measures what its build recorded
+    monkeypatch.setenv("SDPG_CACHE", str(tmp_path / "cache"))
+    lines: list[str] = []
+    path = embedded.ensure_embedded_model(EmbeddedModelConfig(task="chain"), log=lines.append)
+    assert lines == [] and path.name == f"embedded-{chain['recipe_hash']}"
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    assert abs(embedded.student_accuracy(model, tok, task="chain") - chain["student_accuracy"]) <= 0.1
+    assert abs(embedded.sampled_accuracy(model, tok, "chain", "solution") - chain["teacher_accuracy"]) <= 0.1
+
+
 def test_the_chain_base_config_is_the_embedded_one_but_for_the_task():
     import yaml
 
