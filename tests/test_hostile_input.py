@@ -517,6 +517,23 @@ ABLATE_CASES = [
         [],
     ),
     (
+        "profile-setup-literal-token",
+        {
+            "spec.yaml": ablation(),
+            "p.yaml": {"setup": ["module load cuda", "export HF_TOKEN=hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345"]},
+        },
+        ["spec.yaml", "--executor", "slurm", "--profile-file", "p.yaml"],
+        ["p.yaml", "setup", "line 2", "secret"],
+        ["hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345"],
+    ),
+    (
+        "profile-setup-literal-password",
+        {"spec.yaml": ablation(), "p.yaml": {"setup": ["export MLFLOW_TRACKING_URI=postgresql://me:pw4321xyz@db:5432/ml"]}},
+        ["spec.yaml", "--executor", "slurm", "--profile-file", "p.yaml"],
+        ["p.yaml", "setup", "line 1", "secret"],
+        ["pw4321xyz"],
+    ),
+    (
         "executor-unknown",
         {"spec.yaml": ablation(executor="kubernetes")},
         ["spec.yaml"],
