@@ -40,14 +40,17 @@ from sdpg.orchestration.core import (
     NAME_PATTERN,
     Experiment,
     TrackingSpec,
+    active_jobs,
     check_experiment_name,
     check_tracking_uri,
     check_writable_folder,
     job_error,
+    job_history,
     output_folder,
     resolve_base,
     resolve_executor,
     tracking_target,
+    write_jobs,
 )
 from sdpg.orchestration.launch import TrainJob, make_executor
 from sdpg.orchestration.specs import (
@@ -536,97 +539,6 @@ def _child_runs(plan: Plan, exp: Experiment) -> dict[str, str]:
     return run_ids
 
 
-ACTIVE_SLURM_STATES = {
-    "PENDING",
-    "RUNNING",
-    "CONFIGURING",
-    "COMPLETING",
-    "REQUEUED",
-    "REQUEUE_HOLD",
-    "REQUEUE_FED",
-    "RESIZING",
-    "SUSPENDED",
-    "STOPPED",
-    "SIGNALING",
-    "STAGE_OUT",
-}
-
-
-def _job_history(entry: dict) -> list[dict]:
-    """Every job ever submitted for one run (older jobs.json files kept only the last one)."""
-    hist = list(entry.get("jobs") or [])
-    if not hist and entry.get("job_id"):
-        hist = [{k: entry.get(k) for k in ("job_id", "executor", "host", "submitted_at")}]
-    return hist
-
-
-def _local_alive(job_id: str, host: str | None) -> bool:
-    """A local job (its id is the worker's pid) still running on this machine."""
-    import socket
-
-    if host and host != socket.gethostname():
-        return False
-    try:
-        pid = int(str(job_id))
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except (ValueError, OSError):
-        return False
-    state = stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else "?"
-    return state not in ("Z", "X") and "submitit" in cmd
-
-
-def _slurm_active(job_ids: list[str]) -> set[str]:
-    """The ids among ``job_ids`` that SLURM still holds (queued, running, requeued...), one line per array
-    task (``squeue -r``). Raises RuntimeError when the scheduler cannot be asked: resubmitting blind is
-    how a spec came to train twice."""
-    import subprocess
-
-    if not job_ids:
-        return set()
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-r", "-o", "%i %T", "--jobs", ",".join(job_ids)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise RuntimeError(f"cannot ask SLURM about jobs {', '.join(job_ids[:5])}: {e}") from None
-    if out.returncode != 0 and "Invalid job id" not in out.stderr:
-        raise RuntimeError(f"cannot ask SLURM about jobs {', '.join(job_ids[:5])}: {' '.join(out.stderr.split())[:200]}")
-    active = set()
-    for line in out.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1] in ACTIVE_SLURM_STATES:
-            active.add(parts[0])
-    return active
-
-
-def active_jobs(jobs_state: dict, hashes: list[str]) -> dict[str, str]:
-    """Run hash -> id of a job of it that is still queued or running (any job ever submitted for it)."""
-    slurm_ids = [str(j["job_id"]) for h in hashes for j in _job_history(jobs_state.get(h, {})) if j.get("executor") == "slurm"]
-    live_slurm = _slurm_active(slurm_ids)
-    out = {}
-    for h in hashes:
-        for j in reversed(_job_history(jobs_state.get(h, {}))):
-            jid = str(j.get("job_id"))
-            if (j.get("executor") == "slurm" and jid in live_slurm) or (
-                j.get("executor") == "local" and _local_alive(jid, j.get("host"))
-            ):
-                out[h] = jid
-                break
-    return out
-
-
-def _write_jobs(state_file: Path, jobs_state: dict) -> None:
-    """jobs.json replaced atomically (a reader never sees half a file)."""
-    tmp = state_file.with_name(state_file.name + ".tmp")
-    tmp.write_text(json.dumps(jobs_state, indent=1))
-    tmp.replace(state_file)
-
-
 def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None, log=print) -> dict:
     """Create the MLflow experiment, parent and child runs, submit the unfinished runs as one job
     array, record job ids in ``<output_dir>/jobs.json``; wait for local runs. Each duplicate name is
@@ -697,7 +609,7 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
                     jobs = [ex.submit(f) for f in fns]
             now, host = time.time(), socket.gethostname()
             for r, j in zip(todo, jobs):
-                prev = _job_history(jobs_state.get(r.hash, {}))
+                prev = job_history(jobs_state.get(r.hash, {}))
                 rec = {"job_id": str(j.job_id), "executor": plan.executor, "host": host, "submitted_at": now}
                 jobs_state[r.hash] = {
                     "name": r.name,
@@ -708,7 +620,7 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
                     "submitted_at": now,
                     "jobs": [*prev, rec],
                 }
-            _write_jobs(state_file, jobs_state)
+            write_jobs(state_file, jobs_state)
     if todo:
         log(
             f"[sdpg-ablate] submitted {len(todo)} of {len(distinct)} runs ({len(distinct) - len(unfinished)} finished"
@@ -928,11 +840,11 @@ def cancel(plan: Plan, log=print) -> int:
     state_file = plan.output_dir / "jobs.json"
     jobs = json.loads(state_file.read_text()) if state_file.is_file() else {}
     mine = {r.hash for r in plan.distinct}
-    picked = {h: v for h, v in jobs.items() if h in mine and any(j.get("executor") == "slurm" for j in _job_history(v))}
+    picked = {h: v for h, v in jobs.items() if h in mine and any(j.get("executor") == "slurm" for j in job_history(v))}
     if not picked:
         log("[sdpg-ablate] no SLURM jobs recorded for this spec")
         return 0
-    ids = sorted({str(j["job_id"]) for v in picked.values() for j in _job_history(v) if j.get("executor") == "slurm"})
+    ids = sorted({str(j["job_id"]) for v in picked.values() for j in job_history(v) if j.get("executor") == "slurm"})
     subprocess.run(["scancel", *ids], check=False)
     c = tracking.client(plan.tracking_uri)
     parents = set()
