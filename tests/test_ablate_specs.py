@@ -146,6 +146,46 @@ def test_dry_run_shows_each_variant_against_the_previous_one(tmp_path, capsys):
     assert "algo.std_norm=true" in lines[1] and "beta_warmup_steps" not in lines[1] and "output_dir" not in lines[1]
 
 
+def test_decompose_adds_one_piece_per_step():
+    """ablations/decompose.yaml (issue 15): each variant differs from the previous one by exactly its piece."""
+    from sdpg.orchestration.ablate import variant_steps
+
+    plan = load_plan(ROOT / "ablations" / "decompose.yaml")
+    big = plan.spec.variants["opd_beta_large"]["algo.beta"]
+    assert 1e-3 < big <= 1.0 and plan.spec.variants["opd_no_gate"]["algo.beta"] == big
+    assert list(plan.spec.variants) == ["grpo", "clip_higher", "urkl_loss", "opd_beta_paper", "opd_beta_large", "opd_no_gate"]
+    assert [ln.split(": ", 1)[1] for ln in variant_steps(plan).splitlines()] == [
+        "algo.clip_c=10.0, algo.clip_high=0.28",
+        "algo.alpha=0.001, algo.kl_mode=urkl, algo.reward_kl_coef=0.0",
+        "algo.beta=0.001, algo.beta_decay_steps=21, algo.beta_warmup_steps=3, algo.method=sdpg_urkl",
+        f"algo.beta={big}",
+        "algo.gate=false",
+    ]
+    first = {r.variant: r.config for r in plan.runs}
+    g = first["grpo"].algo  # Table 1's GRPO, on the faithful toy settings
+    assert (g.clip_low, g.clip_high, g.clip_c, g.loss_agg_mode) == (0.2, 0.2, None, "token-mean")
+    assert (g.reward_kl_coef, g.reward_kl_estimator, g.alpha, g.beta) == (1e-3, "k1", 0.0, 0.0)
+    o = first["grpo"].optim
+    assert (o.minibatch_prompts, o.lr_schedule_unit) == (2, "rl_step")
+    s = first["opd_beta_paper"].algo  # SDPG-URKL with the paper's beta, schedule scaled 400 -> 24 steps
+    assert (s.beta, s.beta_warmup_steps, s.beta_decay_steps, s.gate, s.opd_kl_clamp, s.opd_exclude_stop) == (
+        1e-3,
+        3,
+        21,
+        True,
+        20.0,
+        False,
+    )
+    assert len(plan.spec.seeds) >= 5 and "task" in plan.spec.group_axes()
+
+
+def test_shipped_sweep_specs_resolve():
+    from sdpg.orchestration.sweep import Sweep
+
+    for spec in sorted((ROOT / "sweeps").glob("*.yaml")):
+        assert Sweep(spec).spec.n_trials > 0, spec
+
+
 def test_shipped_specs_resolve():
     for spec in sorted((ROOT / "ablations").glob("*.yaml")):
         plan = load_plan(spec, executor="local")
