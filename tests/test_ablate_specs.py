@@ -52,6 +52,140 @@ def test_only_filter_and_dry_run_table(tmp_path, capsys):
     assert not (Path.cwd() / "outputs" / "t").exists()
 
 
+GROUPS = """
+name: t
+base: embedded
+overrides: {run.total_steps: 3}
+variants:
+  grpo: {algo.method: grpo}
+  sdpg: {}
+grid:
+  task:
+    short: {}
+    long: {rollout.max_new_tokens: 40, eval.max_new_tokens: 40}
+  algo.alpha: [0.001, 0.01]
+seeds: [0, 1]
+"""
+
+
+def test_grid_of_named_groups_names_hashes_and_filters_runs(tmp_path, capsys):
+    p = write(tmp_path, GROUPS)
+    plan = load_plan(p)
+    assert len(plan.runs) == 2 * 2 * 2 * 2
+    by_name = {r.name: r for r in plan.runs}
+    r = by_name["grpo-task=long-alpha=0.01-s1"]
+    assert r.grid == {"task": "long", "algo.alpha": 0.01} and r.variant == "grpo"
+    # the group's overrides are applied like any layer; the variant's method preset is kept
+    assert r.config.rollout.max_new_tokens == 40 and r.config.algo.alpha == 0.01 and r.config.algo.clip_c is None
+    assert by_name["grpo-task=short-alpha=0.01-s1"].config.rollout.max_new_tokens == 32  # the base's
+    # identity is the effective config: an empty group is the base itself, whatever the group is called
+    plain = load_plan(
+        write(
+            tmp_path,
+            GROUPS.replace("    long: {rollout.max_new_tokens: 40, eval.max_new_tokens: 40}\n", "").replace(
+                "  task:\n    short: {}\n", ""
+            ),
+            "plain.yaml",
+        )
+    )
+    same = {x.name: x.hash for x in plain.runs}
+    assert by_name["sdpg-task=short-alpha=0.001-s0"].hash == same["sdpg-alpha=0.001-s0"]
+    assert len({x.hash for x in plan.runs}) == 16 and not plan.duplicates
+    # --only on the axis name picks the group; on a key inside the group, the resolved value
+    assert {x.grid["task"] for x in load_plan(p, only=["task=long"]).runs} == {"long"}
+    assert len(load_plan(p, only=["task=long", "variant=sdpg"]).runs) == 4
+    assert len(load_plan(p, only=["rollout.max_new_tokens=40"]).runs) == 8
+    assert main([str(p), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "sdpg-task=long-alpha=0.001-s0" in out and "task=long, algo.alpha=0.001" in out
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_named_groups_that_make_no_difference_are_duplicates(tmp_path):
+    # a group whose overrides cannot matter (kl_mode with alpha = 0) repeats the base: trained once
+    text = GROUPS.replace("long: {rollout.max_new_tokens: 40, eval.max_new_tokens: 40}", "ufkl: {algo.kl_mode: ufkl}").replace(
+        "algo.alpha: [0.001, 0.01]", "algo.alpha: [0.0, 0.01]"
+    )
+    plan = load_plan(write(tmp_path, text))
+    dups = {r.name: r.same_as for r in plan.duplicates}
+    assert dups == {f"{v}-task=ufkl-alpha=0.0-s{s}": f"{v}-task=short-alpha=0.0-s{s}" for v in ("grpo", "sdpg") for s in (0, 1)}
+
+
+def test_group_tags_let_reports_group_runs(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    from sdpg.orchestration.ablate import _child_runs, _experiment
+
+    plan = load_plan(write(tmp_path, GROUPS.replace("seeds: [0, 1]", "seeds: [0]").replace("  algo.alpha: [0.001, 0.01]\n", "")))
+    exp = _experiment(plan).open()
+    ids = _child_runs(plan, exp)
+    c = mlflow.tracking.MlflowClient(plan.tracking_uri)
+    got = {}
+    for r in plan.distinct:
+        t = c.get_run(ids[r.hash]).data.tags
+        got[r.name] = (t["variant"], t["grid.task"], t["grid"])
+    assert got == {
+        "grpo-task=short-s0": ("grpo", "short", '{"task": "short"}'),
+        "grpo-task=long-s0": ("grpo", "long", '{"task": "long"}'),
+        "sdpg-task=short-s0": ("sdpg", "short", '{"task": "short"}'),
+        "sdpg-task=long-s0": ("sdpg", "long", '{"task": "long"}'),
+    }
+
+
+def test_dry_run_shows_each_variant_against_the_previous_one(tmp_path, capsys):
+    text = GOOD.replace(
+        "  no_std_norm: {algo.std_norm: false}", "  no_std_norm: {algo.std_norm: false}\n  grpo: {algo.method: grpo}"
+    )
+    assert main([str(write(tmp_path, text)), "--dry-run"]) == 0
+    out = capsys.readouterr().out.split("each variant against the previous one")[1]
+    lines = [ln.strip() for ln in out.splitlines() if " vs " in ln]
+    assert lines[0] == "no_std_norm vs full: algo.std_norm=false"
+    # grpo vs no_std_norm: every setting that differs and can matter, nothing inert (beta's schedule at beta 0)
+    assert lines[1].startswith("grpo vs no_std_norm: ") and "algo.beta=0.0" in lines[1] and "algo.clip_c=null" in lines[1]
+    assert "algo.std_norm=true" in lines[1] and "beta_warmup_steps" not in lines[1] and "output_dir" not in lines[1]
+
+
+def test_decompose_adds_one_piece_per_step():
+    """ablations/decompose.yaml (issue 15): each variant differs from the previous one by exactly its piece."""
+    from sdpg.orchestration.ablate import variant_steps
+
+    plan = load_plan(ROOT / "ablations" / "decompose.yaml")
+    big = plan.spec.variants["opd_beta_large"]["algo.beta"]
+    assert 1e-3 < big <= 1.0 and plan.spec.variants["opd_no_gate"]["algo.beta"] == big
+    assert list(plan.spec.variants) == ["grpo", "clip_higher", "urkl_loss", "opd_beta_paper", "opd_beta_large", "opd_no_gate"]
+    assert [ln.split(": ", 1)[1] for ln in variant_steps(plan).splitlines()] == [
+        "algo.clip_c=10.0, algo.clip_high=0.28",
+        "algo.alpha=0.001, algo.kl_mode=urkl, algo.reward_kl_coef=0.0",
+        "algo.beta=0.001, algo.beta_decay_steps=21, algo.beta_warmup_steps=3, algo.method=sdpg_urkl",
+        f"algo.beta={big}",
+        "algo.gate=false",
+    ]
+    first = {r.variant: r.config for r in plan.runs}
+    g = first["grpo"].algo  # Table 1's GRPO, on the faithful toy settings
+    assert (g.clip_low, g.clip_high, g.clip_c, g.loss_agg_mode) == (0.2, 0.2, None, "token-mean")
+    assert (g.reward_kl_coef, g.reward_kl_estimator, g.alpha, g.beta) == (1e-3, "k1", 0.0, 0.0)
+    o = first["grpo"].optim
+    assert (o.minibatch_prompts, o.lr_schedule_unit) == (2, "rl_step")
+    s = first["opd_beta_paper"].algo  # SDPG-URKL with the paper's beta, schedule scaled 400 -> 24 steps
+    assert (s.beta, s.beta_warmup_steps, s.beta_decay_steps, s.gate, s.opd_kl_clamp, s.opd_exclude_stop) == (
+        1e-3,
+        3,
+        21,
+        True,
+        20.0,
+        False,
+    )
+    assert len(plan.spec.seeds) >= 5 and "task" in plan.spec.group_axes()
+
+
+def test_shipped_sweep_specs_resolve():
+    from sdpg.orchestration.sweep import Sweep
+
+    for spec in sorted((ROOT / "sweeps").glob("*.yaml")):
+        assert Sweep(spec).spec.n_trials > 0, spec
+
+
 def test_shipped_specs_resolve():
     for spec in sorted((ROOT / "ablations").glob("*.yaml")):
         plan = load_plan(spec, executor="local")

@@ -227,6 +227,11 @@ def test_killed_worker_and_rerun_complete_the_study(tmp_path, dev_cluster, tiny_
     os.kill(pid, signal.SIGKILL)
     subprocess.run(["scancel", job.job_id], check=False)
     time.sleep(4)  # its trial's heartbeat goes stale (3 x 1 s)
+    for _ in range(60):  # a relaunch attaches to a job SLURM still holds: wait until it lets go of it
+        q = subprocess.run(["squeue", "-h", "--jobs", str(job.job_id)], capture_output=True, text=True, check=False)
+        if not q.stdout.strip():
+            break
+        time.sleep(1)
     assert [t.state.name for t in load_study(sweep).get_trials()] == ["RUNNING"]
     res = launch(Sweep(p), wait=False)  # rerun the sweep: reaps, re-enqueues, continues
     for j in res["jobs"]:
@@ -240,6 +245,42 @@ def test_killed_worker_and_rerun_complete_the_study(tmp_path, dev_cluster, tiny_
     assert len(finished) == 3
     log = "\n".join(x.read_text() for x in (sweep.output_dir / "submitit").glob("*_log.err"))
     assert "resumed from" in log  # the retry continued the dead trial's checkpoint
+
+
+@pytest.mark.slow
+def test_a_second_launch_attaches_to_running_workers(tmp_path, tiny_model_built):
+    """A second sdpg-sweep of a spec whose workers are still running follows them: no new worker, the
+    budget met once, every run ended (it used to start workers of its own beside them)."""
+    p = write(
+        tmp_path,
+        {
+            **GOOD,
+            "name": "swa",
+            "overrides": {**tiny_overrides_dict(), "run.total_steps": 6, "eval.every": 0, "optim.warmup_steps": 0},
+            "objective": {"metric": "train/accuracy", "reduce": "last"},
+            "pruner": {"type": "none"},
+            "n_trials": 2,
+            "workers": 1,
+            "storage": "journal",
+            "executor": "local",
+            "output_dir": str(tmp_path / "swa"),
+        },
+        "swa.yaml",
+    )
+    sweep = Sweep(p)
+    (job,) = launch(sweep, wait=False)["jobs"]
+    lines: list[str] = []
+    second = launch(Sweep(p), wait=True, log=lines.append)
+    assert second["jobs"] == [] and list(second["attached"].values()) == [str(job.job_id)]
+    assert "1 workers of an earlier launch are still queued or running" in lines[0]
+    job.result()
+    state = json.loads((sweep.output_dir / "jobs.json").read_text())
+    assert list(state) == ["worker-0"] and len(state["worker-0"]["jobs"]) == 1  # nothing submitted twice
+    trials = load_study(sweep).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert all(r.info.status == "FINISHED" for r in mlflow_trial_runs(sweep))
+    # once they have ended, a launch no longer attaches: the budget is spent, nothing to do
+    assert launch(Sweep(p), wait=True, log=lines.append) == {"jobs": []}
 
 
 def _runs_by_trial(sweep):

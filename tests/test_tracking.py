@@ -174,3 +174,28 @@ def test_paths_under_the_working_directory_are_not_masked(monkeypatch, tmp_path)
     monkeypatch.setenv("OLDPWD", str(tmp_path / "before"))
     text = f"output_dir {tmp_path}/outputs/quickstart/runs/a and {tmp_path}/before/x"
     assert tracking.redact(text) == text
+
+
+@pytest.mark.parametrize(
+    "line,literal",
+    [
+        ("module load cuda/12.1", False),
+        ("export HF_TOKEN=$HF_TOKEN", False),
+        ("export HF_TOKEN=${HF_TOKEN}", False),
+        ('export WANDB_API_KEY="$(cat ~/.wandb_key)"', False),
+        ("export PASSWORD=`cat ~/.pw`", False),
+        ("export MLFLOW_TRACKING_URI=postgresql://$DB_USER:$DB_PASS@db/ml", False),
+        ("export WANDB_API_KEY=abc123def456", True),
+        ("export HF_TOKEN=hf_abcdefghijklmnopqrstuvwxyz1234", True),
+        ("export MLFLOW_TRACKING_URI=postgresql://me:pw4321@db/ml", True),
+        ("echo s3cr3t-value-42", True),  # the value of a secret-named variable, written out
+    ],
+)
+def test_setup_lines_refuse_literal_secrets_not_references(line, literal):
+    from sdpg.orchestration.specs import SlurmProfile
+    from sdpg.training.redact import holds_literal_secret
+
+    env = {"MY_SERVICE_TOKEN": "s3cr3t-value-42", "PATH": "/usr/bin"}
+    assert holds_literal_secret(line, env) is literal
+    if not literal:
+        assert SlurmProfile(setup=[line]).setup == [line]

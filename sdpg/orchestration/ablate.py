@@ -6,14 +6,21 @@ A spec (``ablations/*.yaml``) is a diff against a base trainer config:
     base: ../sdpg/training/configs/embedded.yaml       # path relative to the spec, ``embedded``, or a mapping
     overrides: {run.total_steps: 60}          # applied to every run
     variants: {full: {}, no_std_norm: {algo.std_norm: false}}
-    grid: {algo.kl_mode: [urkl, ufkl]}        # optional axes whose values multiply
+    grid:                                     # optional axes whose values multiply
+      algo.kl_mode: [urkl, ufkl]              #   a trainer key and its values, or
+      task:                                   #   named groups of overrides (a mapping)
+        sum: {}
+        chain: {data.train: embedded_chain, model.embedded.task: chain}
     seeds: [0, 1, 2]
     executor: local                           # local | debug | slurm (with profile:) | a profile name
     tracking: {uri: null, experiment: null}   # default: SQLite in the spec's output folder
 
 Each run = base + overrides + variant + grid point + seed, validated as a full TrainConfig and named
-by the hash of its resolved content. Resubmitting skips finished runs, resumes unfinished ones from
-their checkpoints, and reuses each hash's MLflow run.
+by the hash of its resolved content. A grid point of a named-groups axis is the group's name (run names
+``grpo-task=chain-s0``, the MLflow tag ``grid.task=chain``, ``--only task=chain``); its overrides are
+applied like any other layer, so the run's identity is its effective config, never the group's name.
+Resubmitting skips finished runs, resumes unfinished ones from their checkpoints, and reuses each hash's
+MLflow run.
 """
 
 from __future__ import annotations
@@ -33,14 +40,17 @@ from sdpg.orchestration.core import (
     NAME_PATTERN,
     Experiment,
     TrackingSpec,
+    active_jobs,
     check_experiment_name,
     check_tracking_uri,
     check_writable_folder,
     job_error,
+    job_history,
     output_folder,
     resolve_base,
     resolve_executor,
     tracking_target,
+    write_jobs,
 )
 from sdpg.orchestration.launch import TrainJob, make_executor
 from sdpg.orchestration.specs import (
@@ -55,6 +65,8 @@ from sdpg.training.config import (
     TrainConfig,
     apply_layer,
     build_config,
+    deep_merge,
+    expand_dotted,
 )
 
 __all__ = [
@@ -85,8 +97,10 @@ class AblationSpec(Strict):
     """Diff applied to every run (dotted keys allowed)."""
     variants: dict[str, dict[str, Any] | None] = Field(min_length=1)
     """Named diffs on the base; ``{}`` is the base itself."""
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
-    """Axes (dotted trainer keys) whose value lists multiply with the variants."""
+    grid: dict[str, Any] = Field(default_factory=dict)
+    """Axes that multiply with the variants: a dotted trainer key with a list of its values, or an axis name
+    (a word, no dot) with a mapping of named groups, each a diff like a variant (``task: {sum: {}, chain:
+    {data.train: embedded_chain}}``)."""
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     """One run per seed (``run.seed``)."""
     executor: str = "local"
@@ -124,12 +138,56 @@ class AblationSpec(Strict):
     @field_validator("grid")
     @classmethod
     def _grid_axes(cls, v):
+        from sdpg.orchestration.names import name_problem, short_repr
+
         for axis, values in v.items():
+            if isinstance(values, dict):  # named groups of overrides
+                why = name_problem(axis)
+                if why is None and "." in axis:
+                    why = "is an axis of named groups, not a trainer key: it must not hold a dot"
+                if why is not None:
+                    raise ValueError(f"grid axis {short_repr(axis)} (named groups): a name {why}")
+                if not values:
+                    raise ValueError(f"grid axis {axis!r} has no groups")
+                seen: dict[str, str] = {}
+                for group, diff in values.items():
+                    why = name_problem(group)
+                    if why is not None:
+                        raise ValueError(f"grid.{axis} group {short_repr(group)}: a name {why}")
+                    if diff is not None and not isinstance(diff, dict):
+                        raise ValueError(
+                            f"grid.{axis}.{group} has bad value {short_repr(diff)}: a group is a mapping of "
+                            f"overrides ({{}} for the base itself)"
+                        )
+                    text = json.dumps(expand_dotted(diff or {}), sort_keys=True, default=str)
+                    if text in seen:
+                        raise ValueError(f"grid.{axis}: groups {seen[text]!r} and {group!r} are the same overrides")
+                    seen[text] = group
+                continue
+            if not isinstance(values, list):
+                raise ValueError(
+                    f"grid axis {short_repr(axis)} has bad value {short_repr(values)}: expected a list of values "
+                    f"(a trainer key's axis) or a mapping of named groups of overrides"
+                )
             if not values:
                 raise ValueError(f"grid axis {axis!r} has no values")
             if len({json.dumps(x, sort_keys=True) for x in values}) != len(values):
                 raise ValueError(f"grid axis {axis!r} repeats a value: {values}")
         return v
+
+    def group_axes(self) -> list[str]:
+        """The grid axes that hold named groups of overrides (in spec order)."""
+        return [a for a, v in self.grid.items() if isinstance(v, dict)]
+
+    def grid_layer(self, point: dict[str, Any]) -> dict[str, Any]:
+        """The overrides of one grid point: a named group's diff, a trainer key's value."""
+        layer: dict[str, Any] = {}
+        for axis, value in point.items():
+            if isinstance(self.grid[axis], dict):
+                layer = deep_merge(layer, expand_dotted(self.grid[axis][value] or {}))
+            else:
+                layer = deep_merge(layer, expand_dotted({axis: value}))
+        return layer
 
     @field_validator("seeds")
     @classmethod
@@ -232,6 +290,10 @@ def load_plan(
     if spec.overrides:
         build_config(apply_layer(raw_base, spec.overrides), f"{src}: overrides")
     base = apply_layer(raw_base, spec.overrides)
+    for axis in spec.group_axes():  # a group's own errors are the group's, not the first run's
+        for group, diff in spec.grid[axis].items():
+            if diff:
+                build_config(apply_layer(base, diff), f"{src}: grid.{axis}.{group}")
     kind, prof = resolve_executor(
         executor or spec.executor,
         profile or spec.profile,
@@ -247,7 +309,8 @@ def load_plan(
     filters = dict(f.split("=", 1) for f in (only or []))
     # runs: variant x grid point x seed
     axes = list(spec.grid)
-    points = [dict(zip(axes, combo)) for combo in itertools.product(*(spec.grid[a] for a in axes))] or [{}]
+    groups = set(spec.group_axes())
+    points = [dict(zip(axes, combo)) for combo in itertools.product(*(list(spec.grid[a]) for a in axes))] or [{}]
     runs: list[Run] = []
     written: dict[str, str] = {}  # hash of the resolved config -> name: the spec repeats itself
     canonical: dict[str, Run] = {}  # hash of the effective config -> the first run with it
@@ -258,12 +321,13 @@ def load_plan(
                 where = f"{src}: variants.{vname}"
                 data = apply_layer(base, layer)
                 if point:
-                    data = apply_layer(data, point)
+                    data = apply_layer(data, spec.grid_layer(point))
                     where += " with grid " + ",".join(f"{k}={_short(v)}" for k, v in point.items())
                 data = apply_layer(data, {"run.seed": seed})
                 cfg = build_config(data, where)
-                # names and folders from sanitized values (a value holding '/../..' or a newline is not a path)
-                gname = "-".join(f"{k.split('.')[-1]}={sanitize(v)}" for k, v in point.items())
+                # names and folders from sanitized values (a value holding '/../..' or a newline is not a path);
+                # a named group is named by its (checked) name
+                gname = "-".join(f"{k if k in groups else k.split('.')[-1]}={sanitize(v)}" for k, v in point.items())
                 name = f"{vname}{'-' + gname if gname else ''}-s{seed}"
                 raw = cfg.config_hash()
                 if raw in written:
@@ -328,6 +392,8 @@ def _matches(run: Run, key: str, value: str) -> bool:
         return run.variant == value
     if key == "seed":
         return str(run.seed) == value
+    if key in run.grid and "." not in key:  # a named-groups axis: the group's name
+        return str(run.grid[key]) == value
     cur: Any = run.config.resolved()
     for part in key.split("."):
         cur = cur.get(part) if isinstance(cur, dict) else None
@@ -394,6 +460,55 @@ def settings_table(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def variant_steps(plan: Plan) -> str:
+    """Each variant against the one before it in spec order: the settings in which it differs from the
+    previous variant and that matter to it (first grid point and seed of each), so a chain of ablation
+    steps (``decompose.yaml``) can be checked to add one piece at a time. A setting is left out when
+    putting the previous variant's value back would not change what this variant trains (its effective
+    config): e.g. the beta schedule of a variant without distillation."""
+    first: dict[str, TrainConfig] = {}
+    for r in plan.runs:
+        first.setdefault(r.variant, r.config)
+    names = list(first)
+    lines = []
+    for prev, cur in zip(names, names[1:]):
+        a, b = first[cur], first[prev]
+        raw_a, raw_b = a.resolved(), b.resolved()
+        eff_a = a.effective().config_hash()
+        shown = []
+        for item in _differing(raw_a, raw_b):
+            key = item.split("=", 1)[0]
+            if key == "run.output_dir":
+                continue
+            back = _with_value(raw_a, key, _get(raw_b, key))
+            try:
+                matters = TrainConfig.model_validate(back).effective().config_hash() != eff_a
+            except ValueError:  # not valid with the other value: it matters
+                matters = True
+            if matters:
+                shown.append(item)
+        lines.append(f"  {cur} vs {prev}: {', '.join(shown) if shown else 'nothing that matters (the same run)'}")
+    return "\n".join(lines)
+
+
+def _get(d: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+def _with_value(d: dict, dotted: str, value: Any) -> dict:
+    import copy
+
+    out = copy.deepcopy(d)
+    cur = out
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        cur = cur.setdefault(part, {})
+    cur[parts[-1]] = value
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Submission
 # --------------------------------------------------------------------------------------------
@@ -414,6 +529,7 @@ def _child_runs(plan: Plan, exp: Experiment) -> dict[str, str]:
             "method": r.config.algo.method,
             "run_hash": r.hash,
             "grid": json.dumps(r.grid),
+            **{f"grid.{axis}": str(r.grid[axis]) for axis in plan.spec.group_axes() if axis in r.grid},
         }
         if aliases:  # the same run under other names: a report lists it under each
             tags["sdpg.aliases"] = json.dumps(
@@ -421,97 +537,6 @@ def _child_runs(plan: Plan, exp: Experiment) -> dict[str, str]:
             )
         run_ids[r.hash] = exp.child(r.hash, r.name, r.config, tags)
     return run_ids
-
-
-ACTIVE_SLURM_STATES = {
-    "PENDING",
-    "RUNNING",
-    "CONFIGURING",
-    "COMPLETING",
-    "REQUEUED",
-    "REQUEUE_HOLD",
-    "REQUEUE_FED",
-    "RESIZING",
-    "SUSPENDED",
-    "STOPPED",
-    "SIGNALING",
-    "STAGE_OUT",
-}
-
-
-def _job_history(entry: dict) -> list[dict]:
-    """Every job ever submitted for one run (older jobs.json files kept only the last one)."""
-    hist = list(entry.get("jobs") or [])
-    if not hist and entry.get("job_id"):
-        hist = [{k: entry.get(k) for k in ("job_id", "executor", "host", "submitted_at")}]
-    return hist
-
-
-def _local_alive(job_id: str, host: str | None) -> bool:
-    """A local job (its id is the worker's pid) still running on this machine."""
-    import socket
-
-    if host and host != socket.gethostname():
-        return False
-    try:
-        pid = int(str(job_id))
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except (ValueError, OSError):
-        return False
-    state = stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else "?"
-    return state not in ("Z", "X") and "submitit" in cmd
-
-
-def _slurm_active(job_ids: list[str]) -> set[str]:
-    """The ids among ``job_ids`` that SLURM still holds (queued, running, requeued...), one line per array
-    task (``squeue -r``). Raises RuntimeError when the scheduler cannot be asked: resubmitting blind is
-    how a spec came to train twice."""
-    import subprocess
-
-    if not job_ids:
-        return set()
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-r", "-o", "%i %T", "--jobs", ",".join(job_ids)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise RuntimeError(f"cannot ask SLURM about jobs {', '.join(job_ids[:5])}: {e}") from None
-    if out.returncode != 0 and "Invalid job id" not in out.stderr:
-        raise RuntimeError(f"cannot ask SLURM about jobs {', '.join(job_ids[:5])}: {' '.join(out.stderr.split())[:200]}")
-    active = set()
-    for line in out.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1] in ACTIVE_SLURM_STATES:
-            active.add(parts[0])
-    return active
-
-
-def active_jobs(jobs_state: dict, hashes: list[str]) -> dict[str, str]:
-    """Run hash -> id of a job of it that is still queued or running (any job ever submitted for it)."""
-    slurm_ids = [str(j["job_id"]) for h in hashes for j in _job_history(jobs_state.get(h, {})) if j.get("executor") == "slurm"]
-    live_slurm = _slurm_active(slurm_ids)
-    out = {}
-    for h in hashes:
-        for j in reversed(_job_history(jobs_state.get(h, {}))):
-            jid = str(j.get("job_id"))
-            if (j.get("executor") == "slurm" and jid in live_slurm) or (
-                j.get("executor") == "local" and _local_alive(jid, j.get("host"))
-            ):
-                out[h] = jid
-                break
-    return out
-
-
-def _write_jobs(state_file: Path, jobs_state: dict) -> None:
-    """jobs.json replaced atomically (a reader never sees half a file)."""
-    tmp = state_file.with_name(state_file.name + ".tmp")
-    tmp.write_text(json.dumps(jobs_state, indent=1))
-    tmp.replace(state_file)
 
 
 def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None, log=print) -> dict:
@@ -584,7 +609,7 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
                     jobs = [ex.submit(f) for f in fns]
             now, host = time.time(), socket.gethostname()
             for r, j in zip(todo, jobs):
-                prev = _job_history(jobs_state.get(r.hash, {}))
+                prev = job_history(jobs_state.get(r.hash, {}))
                 rec = {"job_id": str(j.job_id), "executor": plan.executor, "host": host, "submitted_at": now}
                 jobs_state[r.hash] = {
                     "name": r.name,
@@ -595,7 +620,7 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
                     "submitted_at": now,
                     "jobs": [*prev, rec],
                 }
-            _write_jobs(state_file, jobs_state)
+            write_jobs(state_file, jobs_state)
     if todo:
         log(
             f"[sdpg-ablate] submitted {len(todo)} of {len(distinct)} runs ({len(distinct) - len(unfinished)} finished"
@@ -713,7 +738,7 @@ def _base_model_pending(run: Run) -> bool:
     from sdpg.training.embedded import recipe_hash, shipped_recipe
 
     h = recipe_hash(run.config.model.embedded)
-    if (shipped_recipe() or {}).get("recipe_hash") == h:
+    if (shipped_recipe(run.config.model.embedded.task) or {}).get("recipe_hash") == h:
         return False
     return not (cache_root() / f"embedded-{h}" / "sdpg_recipe.json").is_file()
 
@@ -815,11 +840,11 @@ def cancel(plan: Plan, log=print) -> int:
     state_file = plan.output_dir / "jobs.json"
     jobs = json.loads(state_file.read_text()) if state_file.is_file() else {}
     mine = {r.hash for r in plan.distinct}
-    picked = {h: v for h, v in jobs.items() if h in mine and any(j.get("executor") == "slurm" for j in _job_history(v))}
+    picked = {h: v for h, v in jobs.items() if h in mine and any(j.get("executor") == "slurm" for j in job_history(v))}
     if not picked:
         log("[sdpg-ablate] no SLURM jobs recorded for this spec")
         return 0
-    ids = sorted({str(j["job_id"]) for v in picked.values() for j in _job_history(v) if j.get("executor") == "slurm"})
+    ids = sorted({str(j["job_id"]) for v in picked.values() for j in job_history(v) if j.get("executor") == "slurm"})
     subprocess.run(["scancel", *ids], check=False)
     c = tracking.client(plan.tracking_uri)
     parents = set()
@@ -936,6 +961,9 @@ def main(argv: list[str] | None = None) -> int:
     print(tracking_redact(table(plan)))
     if a.dry_run:
         print("\nsettings per variant:\n" + settings_table(plan))
+        steps = variant_steps(plan)
+        if steps:
+            print("\neach variant against the previous one (effective config: settings that cannot matter left out):\n" + steps)
         return 0
     if a.rehearse:
         from sdpg.orchestration.rehearse import rehearse_plan

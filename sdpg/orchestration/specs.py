@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from sdpg.training.config import ConfigError, Strict, format_validation_error
 
@@ -60,6 +60,23 @@ class SlurmProfile(Strict):
     """Shell lines run before the job (module load, conda activate, exports)."""
     additional_parameters: dict[str, Any] = Field(default_factory=dict)
     """Other sbatch options, passed through (e.g. {constraint: h100})."""
+
+    @field_validator("setup")
+    @classmethod
+    def _no_literal_secret(cls, lines: list[str]) -> list[str]:
+        """Setup lines are written into every job script as they are; a secret there would sit in plain
+        text in the job folder and in SLURM's records, so a literal one is refused (jobs inherit the
+        submitting shell's environment, which is where a secret belongs)."""
+        from sdpg.training.redact import holds_literal_secret
+
+        for i, line in enumerate(lines):
+            if holds_literal_secret(line):
+                raise ValueError(
+                    f"line {i + 1} holds a literal secret, which would be written into every job script; "
+                    "export it in the submitting shell (jobs inherit the environment) or read it in the line, "
+                    "e.g. export HF_TOKEN=$(cat ~/.hf_token)"
+                )
+        return lines
 
 
 def subcommand_parser(

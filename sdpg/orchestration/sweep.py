@@ -43,14 +43,17 @@ from sdpg.orchestration.core import (
     NAME_PATTERN,
     Experiment,
     TrackingSpec,
+    active_jobs,
     check_experiment_name,
     check_tracking_uri,
     check_writable_folder,
     job_error,
+    job_history,
     output_folder,
     resolve_base,
     resolve_executor,
     tracking_target,
+    write_jobs,
 )
 from sdpg.orchestration.launch import TrainJob, export_distributed_env, make_executor
 from sdpg.orchestration.specs import SlurmProfile, read_yaml, subcommand_parser, validate
@@ -912,27 +915,39 @@ def _launch(sweep: Sweep, workers: int | None, wait: bool | None, log) -> dict:
         lock = file_lock(sweep.output_dir / ".sdpg-submit.lock", wait=True)
         lock.__enter__()
     try:
-        study = load_study(sweep)
-        if not study.get_trials(deepcopy=False):
-            for e in sweep.spec.enqueue:
-                study.enqueue_trial(_typed(e, sweep.spec.space))
-        if sweep.storage_url.startswith("journal:"):
-            reap_stale_trials(study, sweep.spec.heartbeat_s, log=log)
-        n = workers or sweep.spec.workers
-        exp = sweep.experiment_tracker()
-        if finished_count(study) >= sweep.spec.n_trials:
-            log(f"[sdpg-sweep] {sweep.spec.name}: {progress_line(study, sweep.spec.n_trials)}; nothing to do")
-            return {"jobs": []}
-        exp.open()  # the store, experiment and parent run, once, here
-        ex = make_executor(sweep.executor, sweep.output_dir / "submitit", sweep.profile, sweep.spec.name, n)
-        workers_ = [SweepWorker(sweep, i) for i in range(n)]
-        if sweep.executor == "local":
-            jobs = [ex.submit(w) for w in workers_]
-        else:
-            with ex.batch():
+        state_file = sweep.output_dir / "jobs.json"
+        jobs_state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        live = active_jobs(jobs_state, list(jobs_state))
+        attach = live
+        if not live:
+            study = load_study(sweep)
+            if not study.get_trials(deepcopy=False):
+                for e in sweep.spec.enqueue:
+                    study.enqueue_trial(_typed(e, sweep.spec.space))
+            if sweep.storage_url.startswith("journal:"):
+                reap_stale_trials(study, sweep.spec.heartbeat_s, log=log)
+            n = workers or sweep.spec.workers
+            exp = sweep.experiment_tracker()
+            if finished_count(study) >= sweep.spec.n_trials:
+                log(f"[sdpg-sweep] {sweep.spec.name}: {progress_line(study, sweep.spec.n_trials)}; nothing to do")
+                return {"jobs": []}
+            exp.open()  # the store, experiment and parent run, once, here
+            ex = make_executor(sweep.executor, sweep.output_dir / "submitit", sweep.profile, sweep.spec.name, n)
+            workers_ = [SweepWorker(sweep, i) for i in range(n)]
+            if sweep.executor == "local":
                 jobs = [ex.submit(w) for w in workers_]
+            else:
+                with ex.batch():
+                    jobs = [ex.submit(w) for w in workers_]
+            now, host = time.time(), socket.gethostname()
+            for i, j in enumerate(jobs):
+                rec = {"job_id": str(j.job_id), "executor": sweep.executor, "host": host, "submitted_at": now}
+                jobs_state[f"worker-{i}"] = {"jobs": [*job_history(jobs_state.get(f"worker-{i}", {})), rec]}
+            write_jobs(state_file, jobs_state)
     finally:
         lock.__exit__(None, None, None)
+    if attach:
+        return _attach(sweep, attach, jobs_state, wait, log)
     log(
         f"[sdpg-sweep] {sweep.spec.name}: {n} workers ({sweep.executor}): jobs {', '.join(str(j.job_id) for j in jobs)}; "
         f"storage {tracking.redact(sweep.storage_url)}; MLflow {tracking.redact(sweep.tracking_uri)}"
@@ -962,6 +977,26 @@ def _launch(sweep: Sweep, workers: int | None, wait: bool | None, log) -> dict:
         if errors:
             raise RuntimeError("some workers failed:\n" + "\n".join(errors))
     return {"jobs": jobs}
+
+
+def _attach(sweep: Sweep, live: dict[str, str], jobs_state: dict, wait: bool | None, log) -> dict:
+    """Workers of an earlier launch are still queued or running: follow them instead of starting more
+    (a second launch used to add its own workers beside them). With ``wait``, progress by trial state
+    until they end, then the table; their launcher ends the runs they leave open."""
+    log(
+        f"[sdpg-sweep] {sweep.spec.name}: {len(live)} workers of an earlier launch are still queued or running "
+        f"(jobs {', '.join(sorted(set(live.values())))}); attached, no new workers started"
+    )
+    if wait if wait is not None else sweep.executor == "local":
+        last = ""
+        while active_jobs(jobs_state, list(live)):
+            line = progress_line(load_study(sweep), sweep.spec.n_trials)
+            if line != last:
+                log(f"[sdpg-sweep] {line}")
+                last = line
+            time.sleep(2)
+        log(status(sweep))
+    return {"jobs": [], "attached": live}
 
 
 def _settle(sweep: Sweep, exp: Experiment, jobs: list) -> None:

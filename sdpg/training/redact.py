@@ -122,3 +122,17 @@ def redact_obj(obj: Any, env: Mapping[str, str] | None = None, extra: tuple[str,
 def contains_secret(text: str, env: Mapping[str, str] | None = None) -> bool:
     """True when ``redact`` would change ``text``."""
     return redact(text, env) != str(text)
+
+
+SHELL_EXPANSION = re.compile(r"""(["']?)(\$\{[^}]*\}|\$\([^)]*\)|\$\w+|`[^`]*`)\1""")
+"""A shell expansion (``$VAR``, ``${VAR}``, ``$(cmd)``, backticks), optionally quoted: a reference to a
+secret, not the secret."""
+
+
+def holds_literal_secret(shell_line: str, env: Mapping[str, str] | None = None) -> bool:
+    """True when a shell line written into a job script would carry a secret itself (a token, URI
+    credentials, a ``PASSWORD=...`` literal, a secret environment variable's value), not a reference to
+    one: ``export HF_TOKEN=$HF_TOKEN`` or ``$(cat ~/.token)`` are fine."""
+    literal = SHELL_EXPANSION.sub("", shell_line)
+    literal = re.sub(r"://:?@", "://", literal)  # credentials that were only expansions
+    return contains_secret(literal, env)
