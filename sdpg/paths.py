@@ -7,6 +7,12 @@ from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).parent
 DEFAULT_CONFIG_PATH = PACKAGE_ROOT / "training" / "configs" / "embedded.yaml"
+BUILTIN_CONFIGS = {
+    "embedded": DEFAULT_CONFIG_PATH,
+    "embedded_chain": PACKAGE_ROOT / "training" / "configs" / "embedded_chain.yaml",
+}
+"""Base configs a spec can name instead of a path: ``embedded`` (the ``sum`` task, the default) and
+``embedded_chain`` (the ``chain`` task)."""
 
 
 def cache_root() -> Path:

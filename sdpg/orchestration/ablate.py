@@ -741,7 +741,7 @@ def _base_model_pending(run: Run) -> bool:
     from sdpg.training.embedded import recipe_hash, shipped_recipe
 
     h = recipe_hash(run.config.model.embedded)
-    if (shipped_recipe() or {}).get("recipe_hash") == h:
+    if (shipped_recipe(run.config.model.embedded.task) or {}).get("recipe_hash") == h:
         return False
     return not (cache_root() / f"embedded-{h}" / "sdpg_recipe.json").is_file()
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sdpg.orchestration.specs import SlurmProfile, load_profile
-from sdpg.paths import DEFAULT_CONFIG_PATH
+from sdpg.paths import BUILTIN_CONFIGS
 from sdpg.training.config import ConfigError, Strict, TrainConfig, load_yaml
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -42,12 +42,12 @@ class TrackingSpec(Strict):
 
 
 def resolve_base(base: str | dict[str, Any], spec_path: Path) -> dict:
-    """The base trainer config of a spec: an inline mapping, ``embedded`` (the built-in default) or a
-    YAML path relative to the spec file."""
+    """The base trainer config of a spec: an inline mapping, ``embedded`` (the built-in default),
+    ``embedded_chain`` (the built-in chain task) or a YAML path relative to the spec file."""
     if isinstance(base, dict):
         return base
-    if base == "embedded":
-        return load_yaml(DEFAULT_CONFIG_PATH)
+    if base in BUILTIN_CONFIGS:
+        return load_yaml(BUILTIN_CONFIGS[base])
     bp = Path(base) if Path(base).is_absolute() else spec_path.parent / base
     if not bp.is_file():
         raise ConfigError(f"{spec_path}: key 'base' has bad value {base!r}: no such file {bp}")

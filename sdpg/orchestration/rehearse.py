@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from sdpg.training.config import ConfigError, TrainConfig, apply_layer, build_config
+from sdpg.training.embedded import SOURCE_TASK, task_of_source
 
 STEPS = 2
 """RL steps per rehearsed run (the first ends in a checkpoint and a requeue)."""
@@ -266,7 +267,7 @@ def check_source(
     in the same format, to ``out_dir`` (the rehearsal's copy)."""
     from sdpg.training.data import read_source
 
-    if source == "embedded":
+    if source in SOURCE_TASK:
         rows = read_source(source, cfg.data, "train" if key == "data.train" else "test")
         return SourceCheck(rows[:n_keep], source, None, [], len(rows))
     if source.startswith("hf:"):
@@ -375,7 +376,7 @@ def _clip(s: str, n: int) -> str:
 def verifier_kind(cfg: TrainConfig) -> str:
     """The scorer the trainer uses (``auto``: exact on the embedded task, math otherwise)."""
     v = cfg.reward.verifier
-    return v if v != "auto" else ("exact" if cfg.data.train == "embedded" else "math")
+    return v if v != "auto" else ("exact" if task_of_source(cfg.data.train) else "math")
 
 
 def written_as_expected(kind: str, answer: str) -> str:

@@ -15,11 +15,14 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+
+from sdpg.training.embedded import TASK_TARGET_ACCURACY, TASKS
 
 Method = Literal["grpo", "grpo_k3", "dapo", "dr_grpo", "sdpg_urkl", "sdpg_ufkl", "rlsd", "opsd", "opcd"]
 Dtype = Literal["float32", "bfloat16", "float16"]
 ContextType = Literal["none", "answer", "solution", "answer_solution", "custom"]
+EmbeddedTask = Literal[TASKS]  # the built-in tasks (sdpg.training.embedded.TASKS)
 
 # Algorithm presets. Each is a set of AlgoConfig fields. The paper's baselines (grpo, rlsd, opsd) and SDPG follow
 # the SDPG authors' settings (docs/fidelity.md maps every value to its source and its test).
@@ -164,8 +167,14 @@ class Strict(BaseModel):
 
 
 class EmbeddedModelConfig(Strict):
-    """The built-in tiny Qwen3 model, built from a config and pre-trained on the embedded task. The
-    default recipe's model ships with the package; any other recipe is built once per machine."""
+    """The built-in tiny Qwen3 model, built from a config and pre-trained on a built-in task. Each
+    task's default recipe's model ships with the package; any other recipe is built once per machine."""
+
+    task: EmbeddedTask = "sum"
+    """Which built-in task the model is pre-trained on (docs/tasks.md): ``sum`` (three terms, any
+    order; train on ``embedded``) or ``chain`` (four terms, strictly left to right; train on
+    ``embedded_chain``). Left out of the recipe (and so of its hash) when ``sum``, so that the sum
+    model's recipe and hash are those it had before the field existed."""
 
     hidden_size: int = Field(128, gt=0)
     """Width of the tiny model."""
@@ -176,14 +185,31 @@ class EmbeddedModelConfig(Strict):
     pretrain_steps: int = Field(1500, ge=0)
     """Most supervised steps on worked solutions before RL (the cosine schedule's length)."""
     target_accuracy: float = Field(0.3, gt=0, le=1)
-    """Pre-training stops at the first check (every 50 steps) where the student's sampled pass@1
-    on held-out problems reaches this: RL starts from a model that is neither hopeless nor done."""
+    """Pre-training stops at the first check (every 50 steps for ``sum``, 25 for ``chain``) where the
+    student's sampled pass@1 on held-out problems reaches this: RL starts from a model that is neither
+    hopeless nor done. Unset: the task's default (sum 0.3, chain 0.15), so that ``task`` alone picks
+    the shipped model of either task."""
     pretrain_batch: int = Field(64, gt=0)
     """Sequences per pre-training step."""
     pretrain_lr: float = Field(2e-3, gt=0)
     """Pre-training learning rate (AdamW, 50 warm-up steps, cosine over ``pretrain_steps``)."""
     seed: int = 1234
     """Seed of the pre-training run; the build is deterministic for a given seed and recipe."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("target_accuracy") is None:
+            task = data.get("task", "sum")
+            data = {**data, "target_accuracy": TASK_TARGET_ACCURACY.get(task, TASK_TARGET_ACCURACY["sum"])}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _omit_sum_task(self, handler: Any) -> dict:
+        d = handler(self)
+        if d.get("task") == "sum":
+            d.pop("task")
+        return d
 
 
 class ModelConfig(Strict):

@@ -88,11 +88,11 @@ def normalise_row(raw: dict, cfg: DataConfig, source: str, index: int) -> dict:
 
 
 def read_source(source: str, cfg: DataConfig, split: str = "train") -> list[dict]:
-    """Rows of ``embedded`` (or a built-in evaluation set ``embedded:<set>``), a .jsonl / .json / .parquet
-    file, or ``hf:NAME[:SPLIT]``."""
+    """Rows of a built-in task (``embedded``, ``embedded_chain``, or an evaluation set ``<source>:<set>``),
+    a .jsonl / .json / .parquet file, or ``hf:NAME[:SPLIT]``."""
     from sdpg.training import embedded
 
-    if source == "embedded" or source.startswith("embedded:"):
+    if embedded.task_of_source(source) is not None:
         return embedded.rows_of(source, split)
     if source.startswith("hf:"):
         parts = source[3:].split(":")

@@ -1,17 +1,28 @@
-"""The built-in verifiable task and tiny model: what runs with no downloads.
+"""The built-in verifiable tasks and tiny models: what runs with no downloads.
 
-Task: add three numbers with a worked solution, one running sum per step:
+Two tasks (``model.embedded.task``), each with its own training source, held-out evaluation sets and
+base model; docs/tasks.md compares them.
+
+``sum`` (source ``embedded``): add three numbers with a worked solution, one running sum per step:
     problem   ``47+18+36``
     solution  ``47+18=65;65+36=101;#101``
 Any order of the additions is a valid path (``18+36=54;54+47=101;#101`` is also correct), and the
 verifier reads only the final ``#answer``. The privileged teacher sees the reference solution (one
 path, left to right) and/or the answer, so its distribution differs from the student's at every
-intermediate sum and at the choice of path, not only at the final answer.
+intermediate sum and at the choice of path, not only at the final answer. Much of what the
+teacher adds here is *style* (which order), which the verifier does not reward.
 
-Model: a Qwen3 architecture from a config (about 0.8 M parameters), a character tokenizer built
+``chain`` (source ``embedded_chain``): add four two-digit numbers strictly left to right:
+    problem   ``47+18+36+25``
+    solution  ``47+18=65;65+36=101;101+25=126;#126``
+There is one canonical path: the student is pre-trained only on it, so what the teacher's reference
+solution adds is the correct intermediate sums -- the steps where the student errs -- not style.
+
+Models: a Qwen3 architecture from a config (about 0.8 M parameters), a character tokenizer built
 locally, pre-trained deterministically on worked solutions (student prompts in random orders of
-addition, teacher prompts with each kind of privileged context). The default recipe's model ships
-with the package (``assets/embedded``, 3 MB) and is copied into ``$SDPG_CACHE`` (default
+addition for ``sum``, the canonical one for ``chain``; teacher prompts with each kind of privileged
+context). The default recipe's model of each task ships with the package (``assets/embedded``,
+``assets/embedded_chain``, 3 MB each) and is copied into ``$SDPG_CACHE`` (default
 ``~/.cache/sdpg``) on first use; any other recipe is built there once, named by a hash of its recipe.
 """
 
@@ -47,6 +58,30 @@ STUDENT_TEMPLATE = "Q:{problem}\nA:"
 TEACHER_TEMPLATE = "Q:{problem}\n{context}\nA:"
 CONTEXT_TEMPLATES = {"answer": "H:{answer}", "solution": "S:{solution}", "answer_solution": "S:{solution}\nH:{answer}"}
 
+TASKS = ("sum", "chain")
+"""The built-in tasks, the choices of ``model.embedded.task`` (the one list of them)."""
+TASK_SOURCE = {"sum": "embedded", "chain": "embedded_chain"}
+"""Training source (``data.train``) of each task; its evaluation sets are ``<source>:<set>``."""
+SOURCE_TASK = {v: k for k, v in TASK_SOURCE.items()}
+TASK_TERMS = {"sum": 3, "chain": 4}
+"""Two-digit terms per training problem."""
+TASK_TARGET_ACCURACY = {"sum": 0.3, "chain": 0.15}
+"""Default ``model.embedded.target_accuracy`` of each task (the shipped models' recipes): ``chain``
+stops earlier so that RL starts near 10-20% pass@1 while the teacher with the solution is near 100%."""
+TASK_CHECK_TOKENS = {"sum": 32, "chain": 48}
+"""Response cap of the build's accuracy checks (the reference solutions need 26 and 38 tokens)."""
+TASK_CHECK_EVERY = {"sum": 50, "chain": 25}
+"""Steps between the build's accuracy checks: ``chain`` checks more often to stop closer to its target."""
+TASK_TEACHER_TARGET = {"sum": None, "chain": 0.9}
+"""``chain`` also waits, at each check, for the teacher prompt with the reference solution to reach
+this sampled pass@1: its premise is a teacher that knows the steps the student gets wrong."""
+_SPLIT_SEEDS = {"sum": {"train": 11, "test": 22, "pretrain": 33}, "chain": {"train": 111, "test": 122, "pretrain": 133}}
+
+
+def task_of_source(source: str) -> str | None:
+    """The task of a built-in source (``embedded``, ``embedded_chain`` or either's ``:<set>``), else None."""
+    return SOURCE_TASK.get(source.split(":", 1)[0])
+
 
 # --------------------------------------------------------------------------------------------
 # The task
@@ -62,21 +97,23 @@ def solve(operands: list[int]) -> str:
     return ";".join(steps) + f";#{acc}"
 
 
-def make_row(rng: random.Random) -> dict:
-    ops = [rng.randint(10, 99) for _ in range(3)]
+def make_row(rng: random.Random, terms: int = 3) -> dict:
+    ops = [rng.randint(10, 99) for _ in range(terms)]
     return {"problem": "+".join(map(str, ops)), "answer": str(sum(ops)), "solution": solve(ops)}
 
 
-def make_rows(n: int, split: str) -> list[dict]:
-    """``n`` problems of a split; the train and test splits share no problem."""
-    rng = random.Random({"train": 11, "test": 22, "pretrain": 33}[split])
+def make_rows(n: int, split: str, task: str = "sum") -> list[dict]:
+    """``n`` problems of a split of ``task``; the train (and pretrain) splits share no problem with the
+    first 500 of the test split."""
+    seeds, terms = _SPLIT_SEEDS[task], TASK_TERMS[task]
+    rng = random.Random(seeds[split])
     test = set()
     if split != "test":
-        r2 = random.Random(22)
-        test = {make_row(r2)["problem"] for _ in range(500)}
+        r2 = random.Random(seeds["test"])
+        test = {make_row(r2, terms)["problem"] for _ in range(500)}
     rows, seen = [], set()
     while len(rows) < n:
-        row = make_row(rng)
+        row = make_row(rng, terms)
         if row["problem"] in test or (split == "test" and row["problem"] in seen):
             continue
         seen.add(row["problem"])
@@ -84,12 +121,12 @@ def make_rows(n: int, split: str) -> list[dict]:
     return rows
 
 
-def train_rows(n: int = 20000) -> list[dict]:
-    return make_rows(n, "train")
+def train_rows(n: int = 20000, task: str = "sum") -> list[dict]:
+    return make_rows(n, "train", task)
 
 
-def test_rows(n: int = 200) -> list[dict]:
-    return make_rows(n, "test")
+def test_rows(n: int = 200, task: str = "sum") -> list[dict]:
+    return make_rows(n, "test", task)
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,14 +145,26 @@ than training ever shows. ``larger_numbers``: three terms up to 199, at least on
 (training never shows a three-digit operand). The last two share no problem with training by
 construction; every set has :data:`EVAL_SET_SIZE` distinct problems, the same on every machine."""
 
+CHAIN_EVAL_SETS: dict[str, dict] = {
+    "in_distribution": {"terms": 4, "low": 10, "high": 99, "seed": 122},
+    "more_terms": {"terms": 5, "low": 10, "high": 99, "seed": 144},
+    "larger_numbers": {"terms": 4, "low": 10, "high": 199, "seed": 155},
+}
+"""The ``chain`` task's benchmarks, named ``embedded_chain:<name>``, graded as :data:`EVAL_SETS`:
+``in_distribution`` is its held-out test split (four two-digit terms), ``more_terms`` five two-digit
+terms, ``larger_numbers`` four terms up to 199 with at least one three-digit."""
+
+TASK_EVAL_SETS = {"sum": EVAL_SETS, "chain": CHAIN_EVAL_SETS}
+
 EVAL_SET_SIZE = 200
 
 
-def eval_rows(name: str, n: int = EVAL_SET_SIZE) -> list[dict]:
-    """The first ``n`` problems of the built-in evaluation set ``name`` (a key of :data:`EVAL_SETS`)."""
+def eval_rows(name: str, n: int = EVAL_SET_SIZE, task: str = "sum") -> list[dict]:
+    """The first ``n`` problems of ``task``'s built-in evaluation set ``name`` (a key of its
+    :data:`TASK_EVAL_SETS`)."""
     if name == "in_distribution":
-        return test_rows(n)
-    spec = EVAL_SETS[name]
+        return test_rows(n, task)
+    spec = TASK_EVAL_SETS[task][name]
     rng = random.Random(spec["seed"])
     rows, seen = [], set()
     while len(rows) < n:
@@ -129,24 +178,40 @@ def eval_rows(name: str, n: int = EVAL_SET_SIZE) -> list[dict]:
 
 
 @functools.cache
-def eval_set_response_tokens(name: str) -> int:
-    """Tokens of the longest reference solution of set ``name`` with its stop token: the least
-    ``eval.max_new_tokens`` that lets every problem be answered (one character per token)."""
-    return max(len(r["solution"]) for r in eval_rows(name)) + 1
+def eval_set_response_tokens(name: str, task: str = "sum") -> int:
+    """Tokens of the longest reference solution of ``task``'s set ``name`` with its stop token: the
+    least ``eval.max_new_tokens`` that lets every problem be answered (one character per token)."""
+    return max(len(r["solution"]) for r in eval_rows(name, task=task)) + 1
+
+
+@functools.cache
+def train_response_tokens(task: str = "sum") -> tuple[int, ...]:
+    """Tokens of the reference solution of each of ``task``'s training rows with its stop token,
+    ascending: the last is the least ``rollout.max_new_tokens`` that lets every training problem be
+    answered."""
+    return tuple(sorted(len(r["solution"]) + 1 for r in train_rows(task=task)))
+
+
+def builtin_sets(task: str) -> list[str]:
+    """The ``data.eval`` sources of ``task``'s evaluation sets."""
+    return [f"{TASK_SOURCE[task]}:{k}" for k in TASK_EVAL_SETS[task]]
 
 
 def rows_of(source: str, split: str) -> list[dict]:
-    """Rows of a built-in source: ``embedded`` (its train or test split) or ``embedded:<set>`` (an
-    evaluation set; held out, so never a training source)."""
-    if source == "embedded":
-        return train_rows() if split == "train" else test_rows()
+    """Rows of a built-in source: ``embedded`` / ``embedded_chain`` (its train or test split) or
+    ``<source>:<set>`` (an evaluation set; held out, so never a training source)."""
+    task = task_of_source(source)
+    if source in SOURCE_TASK:
+        return train_rows(task=task) if split == "train" else test_rows(task=task)
     name = source.split(":", 1)[1]
-    if split == "train" or name not in EVAL_SETS:
+    sets = TASK_EVAL_SETS.get(task, {})
+    if task is None or split == "train" or name not in sets:
         from sdpg.training.config import ConfigError
 
-        why = "is held out for evaluation; train on 'embedded'" if name in EVAL_SETS else "is not a built-in set"
-        raise ConfigError(f"data source {source!r} {why} (sets: {', '.join('embedded:' + k for k in EVAL_SETS)})")
-    return eval_rows(name)
+        base = TASK_SOURCE.get(task, "embedded")
+        why = f"is held out for evaluation; train on {base!r}" if name in sets else "is not a built-in set"
+        raise ConfigError(f"data source {source!r} {why} (sets: {', '.join(builtin_sets(task or 'sum'))})")
+    return eval_rows(name, task=task)
 
 
 def exact_answer(response: str) -> str | None:
@@ -209,13 +274,17 @@ def recipe_hash(recipe) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-def pretrain_examples(rng: random.Random, row: dict) -> list[tuple[str, str]]:
-    """(prompt, response) pairs for one problem: the student in a random order of addition, and the
-    teacher with each kind of context, answering with the reference solution."""
-    ops = [int(x) for x in row["problem"].split("+")]
-    shuffled = ops[:]
-    rng.shuffle(shuffled)
-    out = [(STUDENT_TEMPLATE.format(problem=row["problem"]), solve(shuffled))]
+def pretrain_examples(rng: random.Random, row: dict, task: str = "sum") -> list[tuple[str, str]]:
+    """(prompt, response) pairs for one problem: the student in a random order of addition (``sum``)
+    or the canonical left-to-right one (``chain``), and the teacher with each kind of context,
+    answering with the reference solution."""
+    if task == "sum":
+        ops = [int(x) for x in row["problem"].split("+")]
+        shuffled = ops[:]
+        rng.shuffle(shuffled)
+        out = [(STUDENT_TEMPLATE.format(problem=row["problem"]), solve(shuffled))]
+    else:
+        out = [(STUDENT_TEMPLATE.format(problem=row["problem"]), row["solution"])]
     kind = rng.choice(list(CONTEXT_TEMPLATES))
     ctx = CONTEXT_TEMPLATES[kind].format(**row)
     out.append((TEACHER_TEMPLATE.format(problem=row["problem"], context=ctx), row["solution"]))
@@ -227,7 +296,8 @@ def _pretrain(model, tokenizer, recipe, log=print) -> dict:
 
     g = torch.Generator().manual_seed(recipe.seed)
     rng = random.Random(recipe.seed)
-    rows = make_rows(max(4096, recipe.pretrain_steps * recipe.pretrain_batch // 2), "pretrain")
+    task = recipe.task
+    rows = make_rows(max(4096, recipe.pretrain_steps * recipe.pretrain_batch // 2), "pretrain", task)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.pretrain_lr, weight_decay=0.01, betas=(0.9, 0.98))
     steps = recipe.pretrain_steps
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -238,13 +308,13 @@ def _pretrain(model, tokenizer, recipe, log=print) -> dict:
     t0, last = time.time(), 0.0
     log(
         f"[embedded] pre-training until student pass@1 >= {recipe.target_accuracy:.2f} "
-        f"(checked every 50 steps; at most {steps} steps)"
+        f"(checked every {TASK_CHECK_EVERY[task]} steps; at most {steps} steps)"
     )
     step = -1
     for step in range(steps):
         pairs = []
         while len(pairs) < recipe.pretrain_batch:
-            pairs += pretrain_examples(rng, rows[int(torch.randint(len(rows), (1,), generator=g))])
+            pairs += pretrain_examples(rng, rows[int(torch.randint(len(rows), (1,), generator=g))], task)
         ids, labels = [], []
         for prompt, resp in pairs[: recipe.pretrain_batch]:
             p = tokenizer.encode(prompt, add_special_tokens=False)
@@ -262,32 +332,55 @@ def _pretrain(model, tokenizer, recipe, log=print) -> dict:
         opt.step()
         sched.step()
         last = float(loss.detach())
-        if (step + 1) % 50 == 0 and step + 1 >= 100:
-            acc = student_accuracy(model, tokenizer)
+        if (step + 1) % TASK_CHECK_EVERY[task] == 0 and step + 1 >= 100:
+            acc = student_accuracy(model, tokenizer, task=task)
+            extra, teacher_ok = "", True
+            if TASK_TEACHER_TARGET[task] is not None:
+                t_acc = sampled_accuracy(model, tokenizer, task, "solution")
+                teacher_ok = t_acc >= TASK_TEACHER_TARGET[task]
+                extra = f", teacher (solution) pass@1 {t_acc:.3f} of {TASK_TEACHER_TARGET[task]:.2f}"
             model.train()
             log(
                 f"[embedded] pre-training step {step + 1}: loss {last:.4f}, pass@1 {acc:.3f} of "
-                f"{recipe.target_accuracy:.2f} ({time.time() - t0:.0f}s)"
+                f"{recipe.target_accuracy:.2f}{extra} ({time.time() - t0:.0f}s)"
             )
-            if acc >= recipe.target_accuracy:
+            if acc >= recipe.target_accuracy and teacher_ok:
                 break
     model.eval()
-    acc = student_accuracy(model, tokenizer)
-    return {"pretrain_loss": last, "pretrain_seconds": time.time() - t0, "pretrain_steps_done": step + 1, "student_accuracy": acc}
+    acc = student_accuracy(model, tokenizer, task=task)
+    out = {"pretrain_loss": last, "pretrain_seconds": time.time() - t0, "pretrain_steps_done": step + 1, "student_accuracy": acc}
+    if task != "sum":  # recorded for the task's documentation; the sum model's record stays as shipped
+        out["teacher_accuracy"] = sampled_accuracy(model, tokenizer, task, "solution")
+    return out
 
 
-def student_accuracy(model, tokenizer, n_problems: int = 64, samples: int = 4) -> float:
-    """Sampled (temperature 1) pass@1 of the student prompt on held-out problems, with its own
-    seeded generator state so that checking does not perturb the build."""
+def student_accuracy(model, tokenizer, n_problems: int = 64, samples: int = 4, task: str = "sum") -> float:
+    """Sampled (temperature 1) pass@1 of the student prompt on held-out problems of ``task``, with its
+    own seeded generator state so that checking does not perturb the build."""
+    return sampled_accuracy(model, tokenizer, task, None, n_problems, samples)
+
+
+def sampled_accuracy(
+    model, tokenizer, task: str = "sum", context: str | None = None, n_problems: int = 64, samples: int = 4
+) -> float:
+    """Sampled (temperature 1) pass@1 on the first ``n_problems`` held-out problems of ``task``: of the
+    student prompt (``context`` None) or of the teacher prompt with a kind of :data:`CONTEXT_TEMPLATES`.
+    Seeded (0) and restoring the global generator state, so that checking does not perturb a build."""
     import torch
 
     from sdpg.training.rollout import HFRollout
 
     state = torch.get_rng_state()
     torch.manual_seed(0)
-    rows = test_rows(n_problems)
-    prompts = [tokenizer.encode(STUDENT_TEMPLATE.format(**r), add_special_tokens=False) for r in rows]
-    ro = HFRollout(model, tokenizer, batch_size=512).generate(prompts, samples, temperature=1.0, max_new_tokens=32)
+    rows = test_rows(n_problems, task)
+    if context is None:
+        texts_in = [STUDENT_TEMPLATE.format(**r) for r in rows]
+    else:
+        texts_in = [TEACHER_TEMPLATE.format(problem=r["problem"], context=CONTEXT_TEMPLATES[context].format(**r)) for r in rows]
+    prompts = [tokenizer.encode(t, add_special_tokens=False) for t in texts_in]
+    ro = HFRollout(model, tokenizer, batch_size=512).generate(
+        prompts, samples, temperature=1.0, max_new_tokens=TASK_CHECK_TOKENS[task]
+    )
     texts = tokenizer.batch_decode(ro.responses, skip_special_tokens=True)
     ok = [exact_answer(t) == r["answer"] for t, r in zip(texts, [r for r in rows for _ in range(samples)])]
     torch.set_rng_state(state)
@@ -316,9 +409,14 @@ def _file_lock(path: Path, on_wait=None):
 # --------------------------------------------------------------------------------------------
 
 SHIPPED_DIR = PACKAGE_ROOT / "training" / "assets" / "embedded"
-"""The default recipe's model as built by :func:`build_embedded_model`, shipped inside the package
+"""The ``sum`` task's default recipe's model as built by :func:`build_embedded_model`, shipped inside the package
 (package data) so that no machine has to build it; ``sdpg_recipe.json`` beside the weights records
 the recipe, its hash and the build environment. Refresh it with ``python -m sdpg.training.embedded ship``."""
+
+
+def shipped_dir(task: str = "sum") -> Path:
+    """Where the package carries ``task``'s default model (``assets/embedded``, ``assets/embedded_chain``)."""
+    return SHIPPED_DIR if task == "sum" else SHIPPED_DIR.with_name(f"embedded_{task}")
 
 
 def build_environment() -> dict:
@@ -334,11 +432,11 @@ def build_environment() -> dict:
     }
 
 
-def shipped_recipe() -> dict | None:
-    """The shipped model's ``sdpg_recipe.json`` (recipe, ``recipe_hash``, build statistics), or None
-    when the package carries no model."""
-    meta = SHIPPED_DIR / "sdpg_recipe.json"
-    if not (meta.is_file() and (SHIPPED_DIR / "model.safetensors").is_file()):
+def shipped_recipe(task: str = "sum") -> dict | None:
+    """``task``'s shipped model's ``sdpg_recipe.json`` (recipe, ``recipe_hash``, build statistics), or
+    None when the package carries no model."""
+    meta = shipped_dir(task) / "sdpg_recipe.json"
+    if not (meta.is_file() and (shipped_dir(task) / "model.safetensors").is_file()):
         return None
     return json.loads(meta.read_text())
 
@@ -383,7 +481,7 @@ def ensure_embedded_model(recipe, log=None) -> Path:
     target = root / f"embedded-{h}"
     if (target / "sdpg_recipe.json").is_file():
         return target
-    shipped = shipped_recipe()
+    shipped = shipped_recipe(recipe.task)
     from_package = shipped is not None and shipped.get("recipe_hash") == h
     what = "copy of the shipped base model" if from_package else "base-model build"
 
@@ -396,7 +494,7 @@ def ensure_embedded_model(recipe, log=None) -> Path:
         tmp = root / f".tmp-{target.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         if from_package:
-            shutil.copytree(SHIPPED_DIR, tmp)
+            shutil.copytree(shipped_dir(recipe.task), tmp)
         else:
             log(f"[embedded] building the base model for recipe {h} (once; other runs wait for it)")
             t0 = time.time()
@@ -407,12 +505,12 @@ def ensure_embedded_model(recipe, log=None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m sdpg.training.embedded [ensure|build OUT|ship [--from DIR]]``.
+    """``python -m sdpg.training.embedded [ensure|build OUT|ship [--from DIR]] [--task sum|chain]``.
 
-    ``ensure`` (default): put the default model into the cache, print its folder (scripts/test.sh runs
-    it before the tests). ``build OUT``: build the default recipe into OUT. ``ship``: refresh the copy
-    shipped with the package, by building, or ``--from DIR`` by taking a finished build of the same
-    recipe (its recorded recipe hash is checked)."""
+    ``ensure`` (default): put the task's default model into the cache, print its folder (scripts/test.sh
+    runs it before the tests). ``build OUT``: build the task's default recipe into OUT (progress on
+    stdout). ``ship``: refresh the copy shipped with the package, by building, or ``--from DIR`` by taking
+    a finished build of the same recipe (its recorded recipe hash is checked)."""
     import argparse
 
     from sdpg.training.config import EmbeddedModelConfig
@@ -421,8 +519,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("command", nargs="?", default="ensure", choices=["ensure", "build", "ship"])
     ap.add_argument("out", nargs="?", help="output folder of `build`")
     ap.add_argument("--from", dest="src", help="`ship`: a finished build folder of the default recipe")
+    ap.add_argument("--task", default="sum", choices=TASKS, help="which built-in task's model (default sum)")
     a = ap.parse_args(argv)
-    recipe = EmbeddedModelConfig()
+    recipe = EmbeddedModelConfig(task=a.task)
     h = recipe_hash(recipe)
     if a.command == "ensure":
         print(ensure_embedded_model(recipe))
@@ -430,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.command == "build":
         if not a.out:
             ap.error("build needs an output folder")
-        build_embedded_model(recipe, Path(a.out))
+        build_embedded_model(recipe, Path(a.out), log=lambda m: print(m, flush=True))
         return 0
     src = Path(a.src) if a.src else None
     if src is None:
@@ -440,17 +539,18 @@ def main(argv: list[str] | None = None) -> int:
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     have = meta.get("recipe_hash") or (src.name.removeprefix("embedded-") if src.name.startswith("embedded-") else None)
     if have != h or {k: meta.get(k) for k in recipe.model_dump()} != recipe.model_dump():
-        print(f"{meta_path}: recipe_hash {have!r} is not the default recipe's {h!r}", file=sys.stderr)
+        print(f"{meta_path}: recipe_hash {have!r} is not the {a.task} task's default recipe's {h!r}", file=sys.stderr)
         return 2
     meta["recipe_hash"] = h
     meta.setdefault("build", build_environment())
-    shutil.rmtree(SHIPPED_DIR, ignore_errors=True)
-    SHIPPED_DIR.mkdir(parents=True)
+    dest = shipped_dir(a.task)
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
     for name in sorted(os.listdir(src)):
         if name != "sdpg_recipe.json" and (src / name).is_file():
-            shutil.copyfile(src / name, SHIPPED_DIR / name)
-    (SHIPPED_DIR / "sdpg_recipe.json").write_text(json.dumps(meta, indent=1) + "\n")
-    print(f"shipped recipe {h} from {src} into {SHIPPED_DIR}")
+            shutil.copyfile(src / name, dest / name)
+    (dest / "sdpg_recipe.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"shipped recipe {h} from {src} into {dest}")
     return 0
 
 

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from sdpg.training import embedded
 from sdpg.training.config import ConfigError, TrainConfig
 from sdpg.training.redact import redact
 
@@ -115,20 +116,45 @@ def check_config(cfg: TrainConfig, source: str = "<config>") -> None:
 
 
 def _check_builtin_sets(cfg: TrainConfig, source: str) -> None:
-    """``embedded:<set>`` names a known built-in evaluation set, only under ``data.eval``, with room in
-    ``eval.max_new_tokens`` for its longest reference solution."""
-    from sdpg.training import embedded
+    """``<task source>:<set>`` (``embedded:more_terms``, ``embedded_chain:larger_numbers``) names a known
+    built-in evaluation set, only under ``data.eval``, with room in ``eval.max_new_tokens`` for its
+    longest reference solution. Training on a built-in task: the built-in model is that task's, and
+    ``rollout.max_new_tokens`` leaves room for every reference solution."""
 
-    known = ", ".join("embedded:" + k for k in embedded.EVAL_SETS)
-    if cfg.data.train.startswith("embedded:"):
-        raise _bad(source, "data.train", cfg.data.train, f"the built-in sets ({known}) are held out; train on 'embedded'")
+    train_task = embedded.task_of_source(cfg.data.train)
+    if train_task is not None and ":" in cfg.data.train:
+        known = ", ".join(embedded.builtin_sets(train_task))
+        base = embedded.TASK_SOURCE[train_task]
+        raise _bad(source, "data.train", cfg.data.train, f"the built-in sets ({known}) are held out; train on {base!r}")
+    if train_task is not None:
+        if cfg.model.path == "embedded" and cfg.model.embedded.task != train_task:
+            raise _bad(
+                source,
+                "model.embedded.task",
+                cfg.model.embedded.task,
+                f"data.train={cfg.data.train} is the {train_task!r} task; set model.embedded.task={train_task}",
+            )
+        # A cap that cuts a few of the longest solutions is a choice (small test runs make it); one that
+        # cuts most of them leaves almost every sample unrewardable, e.g. the chain task under the sum's 32.
+        lengths = embedded.train_response_tokens(train_task)
+        fit = sum(n <= cfg.rollout.max_new_tokens for n in lengths) / len(lengths)
+        if fit < 0.25:
+            raise _bad(
+                source,
+                "rollout.max_new_tokens",
+                cfg.rollout.max_new_tokens,
+                f"only {fit:.0%} of the reference solutions of data.train={cfg.data.train} fit with the stop token "
+                f"(all fit in {lengths[-1]}); set rollout.max_new_tokens to at least {lengths[-1]}",
+            )
     for name, src in cfg.data.eval.items():
-        if not src.startswith("embedded:"):
+        task = embedded.task_of_source(src)
+        if task is None or ":" not in src:
             continue
         set_name = src.split(":", 1)[1]
-        if set_name not in embedded.EVAL_SETS:
+        if set_name not in embedded.TASK_EVAL_SETS[task]:
+            known = ", ".join(embedded.builtin_sets(task))
             raise _bad(source, f"data.eval.{name}", src, f"not a built-in set (sets: {known})")
-        need = embedded.eval_set_response_tokens(set_name)
+        need = embedded.eval_set_response_tokens(set_name, task)
         if cfg.eval.max_new_tokens < need:
             raise _bad(
                 source,
@@ -234,7 +260,7 @@ def _check_row(file: str, line: int, raw: Any, cfg: TrainConfig, what: str) -> b
 def check_data_file(cfg: TrainConfig, key: str, src: str, source: str, what: str = "train") -> None:
     """A data source named by ``key`` (``data.train`` / ``data.eval.NAME``): exists, has a known format,
     and every row parses and carries its fields."""
-    if src == "embedded" or src.startswith(("embedded:", "hf:")):  # built-in sets: check_config
+    if src.startswith("hf:") or embedded.task_of_source(src):  # built-in sets: check_config
         return
     p = Path(src)
     if not p.exists():

@@ -76,6 +76,7 @@ from sdpg.training.checkpoint import (
 from sdpg.training.config import SCORER_METRIC_NAMES, AlgoConfig, TrainConfig, build_config, load_config
 from sdpg.training.data import PromptSampler, read_source
 from sdpg.training.data import tokenize_prompts as tokenize_prompt_rows
+from sdpg.training.embedded import task_of_source
 from sdpg.training.evaluate import evaluate, pass_at_k
 from sdpg.training.model import (
     compute,
@@ -395,7 +396,7 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
     sampler = PromptSampler(len(train_rows), cfg.run.seed, cfg.data.shuffle)
 
     verifier_kind = (
-        cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if cfg.data.train == "embedded" else "math")
+        cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if task_of_source(cfg.data.train) else "math")
     )
     verifier = Verifier(
         verifier_kind,
