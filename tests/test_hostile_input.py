@@ -39,7 +39,7 @@ MAX_LINE = 600  # characters: a sentence, not a dump of the input
 TINY = {
     "rollout.prompts_per_step": 2,
     "rollout.group_size": 2,
-    "rollout.max_new_tokens": 8,
+    "rollout.max_new_tokens": 24,  # room for a quarter of the built-in task's solutions (preflight refuses less)
     "eval.n_samples": 2,
     "eval.every": 1,
     "data.eval_limit": 2,

@@ -158,6 +158,7 @@ def test_bad_chain_choices_are_refused_naming_key_and_value(overrides, says):
     assert says in str(e.value)
 
 
+@pytest.mark.slow
 def test_the_chain_base_config_trains_two_steps_from_its_shipped_model(tmp_path, monkeypatch):
     from sdpg.training.trainer import train
     from tests.conftest import TINY
