@@ -13,6 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from sdpg.objective import (
     StepLossSettings,
     agg_weights,
+    chunk_sizes,
     hidden_token_logprobs,
     opsd_token_weights,
     rlsd_advantages,
@@ -102,7 +103,7 @@ def make_batch(
     }
 
 
-def run(d, st, impl, chunk=None, tis=False, weights=None, opd_weights=None, ref=True):
+def run(d, st, impl, chunk=None, tis=False, weights=None, opd_weights=None, ref=True, student_chunk=None):
     for t in (d["hs"], d["W"], d["b"]):
         if t is not None:
             t.grad = None
@@ -123,6 +124,7 @@ def run(d, st, impl, chunk=None, tis=False, weights=None, opd_weights=None, ref=
         opd_token_weights=opd_weights,
         impl=impl,
         chunk_size=chunk,
+        student_chunk_size=student_chunk,
     )
     (loss * 0.37).backward()  # an upstream scale, as gradient accumulation or FSDP's world size applies
     grads = [t.grad.clone() if t is not None and t.grad is not None else None for t in (d["hs"], d["W"], d["b"])]
@@ -207,6 +209,52 @@ def test_reinforce_and_dual_clip_bind():
     st = StepLossSettings(clip_low=0.05, clip_high=0.05, clip_c=1.5, beta=0.5)  # clips and the dual clip bind
     _, stats, _ = compare(d, st, chunk=4)
     assert stats["pg_clipfrac"] > 0 and stats["pg_clipfrac_lower"] > 0
+
+
+# ------------------------------------------------------------------ student-only rows: larger head GEMMs
+
+
+def test_chunk_sizes_per_path():
+    """Auto: distilled chunks by the [c, V] float32 budget, student-only head GEMMs 4x that; an explicit chunk
+    caps every head GEMM at 2 x chunk rows; never more rows than there are."""
+    V = 151936
+    assert (64 * V * 4 <= 48 * 2**20) and (128 * V * 4 > 48 * 2**20)  # the CPU budget's chunk at Qwen3's V
+    assert chunk_sizes(V, 4096, "cpu") == (64, 256)
+    assert chunk_sizes(V, 4096, "cuda") == (512, 2048)
+    assert chunk_sizes(V, 100, "cpu") == (64, 100)
+    assert chunk_sizes(V, 40, "cpu") == (40, 40)
+    assert chunk_sizes(V, 4096, "cpu", chunk_size=8) == (8, 16)
+    assert chunk_sizes(V, 4096, "cpu", chunk_size=8, student_chunk_size=30) == (8, 30)
+    assert chunk_sizes(V, 4096, "cpu", chunk_size=8, student_chunk_size=3) == (8, 8)  # at least a softmax block
+    assert chunk_sizes(V, 20, "cpu", chunk_size=8, student_chunk_size=30) == (8, 20)
+
+
+@pytest.mark.parametrize("method", ["grpo", "grpo_k3", "sdpg_urkl"])
+@pytest.mark.parametrize("chunk,student_chunk", [(3, 10), (4, 8), (2, 64)])
+def test_student_rows_in_larger_head_gemms(method, chunk, student_chunk):
+    """Student-only rows several softmax blocks per head GEMM (a group size that is not a multiple of the
+    block, one larger than the batch): the same loss, statistics and gradients as the materialised path."""
+    d = make_batch(method=method, seed=zlib.crc32(f"{method}{chunk}{student_chunk}".encode()) % 1000, B=5, T=9)
+    st = settings_for(method, temperature=0.8, entropy_coef=0.01 if chunk == 4 else 0.0)
+    _, _, grads = compare(d, st, chunk, student_chunk=student_chunk)
+    assert grads[0].abs().sum() > 0 and grads[1].abs().sum() > 0 and grads[2].abs().sum() > 0
+
+
+def test_student_rows_in_larger_head_gemms_bf16():
+    """bf16 logits of a student-only group: softmax blocks in float32 copies, dL/dz written back in bf16."""
+    d = make_batch(seed=105, dtype=torch.bfloat16, method="grpo", B=3, T=9, H=32, V=257)
+    st = settings_for("grpo", entropy_coef=0.01)
+    loss, _, _, grads = run(d, st, "fused", chunk=2, student_chunk=7)
+    loss2, _, _, grads2 = run(d, st, "fused", chunk=2)  # head GEMMs of 2 x chunk rows
+    torch.testing.assert_close(loss, loss2, rtol=1e-3, atol=1e-4)
+    d64 = {
+        k: (v.detach().double().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+        for k, v in d.items()
+    }
+    _, _, _, ref_grads = run(d64, st, "materialised")
+    for got, want in zip(grads, ref_grads):
+        assert got.dtype == torch.bfloat16
+        assert (got.double() - want).norm() / want.norm() < 2e-2
 
 
 # ------------------------------------------------------------------ options
@@ -314,6 +362,11 @@ def test_hidden_token_logprobs_match_materialised(dtype):
     lp2, none = hidden_token_logprobs(d["hs"], d["W"], d["b"], d["tokens"], 0.7, with_entropy=False, chunk_size=7)
     assert none is None
     assert_rel_close(lp2, want_lp, rel)
+    lp3, ent3 = hidden_token_logprobs(
+        d["hs"], d["W"], d["b"], d["tokens"], 0.7, mask=d["mask"], chunk_size=3, student_chunk_size=8
+    )  # head GEMMs of 8 rows, softmax 3 at a time
+    assert_rel_close(lp3[m], want_lp[m], rel)
+    assert_rel_close(ent3[m], want_ent[m], rel)
 
 
 # ------------------------------------------------------------------ no [B, T, V] tensor
@@ -360,3 +413,15 @@ def test_no_batch_by_vocabulary_tensor(impl):
         assert probe.largest <= 2 * chunk * V  # student and teacher rows of one chunk
     else:
         assert probe.largest >= B * T * V  # the probe sees the materialised logits
+
+
+def test_student_groups_bound_the_largest_tensor():
+    """GRPO (student rows only) with head GEMMs of 24 rows: no tensor above 24 x V, none [B, T, V]."""
+    B, T, V, H = 4, 32, 1000, 8
+    d = make_batch(B=B, T=T, V=V, H=H, seed=123, method="grpo")
+    with _LargestTensor() as probe:
+        loss, _, _ = step_loss(
+            d["hs"], d["W"], d["b"], d["tokens"], d["adv"], d["mask"], settings_for("grpo"), chunk_size=8, student_chunk_size=24
+        )
+        loss.backward()
+    assert 16 * V < probe.largest <= 24 * V
