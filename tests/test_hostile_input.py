@@ -1284,7 +1284,8 @@ STORE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("files,args,mentions,absent,how", both_ways(STORE_CASES, "no-runs"))
+# sdpg-report already has its real process in the inner loop (test_report_refuses); these need MLflow's import.
+@pytest.mark.parametrize("files,args,mentions,absent,how", both_ways(STORE_CASES, None))
 def test_report_refuses_on_a_store(tmp_path, cli, small_store, files, args, mentions, absent, how):
     shutil.copytree(small_store, tmp_path / "outputs" / "hx")
     refuse(tmp_path, cli, how, "sdpg-report", args, files, mentions, absent)
