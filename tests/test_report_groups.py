@@ -75,6 +75,7 @@ def _table(index: str, title: str) -> dict[str, list[str]]:
     return {r.split("|")[1].strip(): [x.strip() for x in r.split("|")[2:-1]] for r in rows}
 
 
+@pytest.mark.slow  # two full reports with their figures: ~20 s of CPU
 def test_each_group_gets_its_tables_and_each_step_is_compared_with_the_previous(ablation, tmp_path):
     from sdpg.cli import report_main
 

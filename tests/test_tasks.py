@@ -168,6 +168,7 @@ def test_a_response_cap_that_cuts_most_chain_solutions_is_warned_about():
     assert warn_short_responses(load_config(BUILTIN_CONFIGS["embedded_chain"]), lines.append) == 1.0 and lines == []
 
 
+@pytest.mark.slow
 def test_the_chain_base_config_trains_two_steps_from_its_shipped_model(tmp_path, monkeypatch):
     from sdpg.training.trainer import train
     from tests.conftest import TINY
