@@ -176,14 +176,16 @@ def test_decompose_adds_one_piece_per_step():
         20.0,
         False,
     )
-    assert len(plan.spec.seeds) >= 5 and "task" in plan.spec.group_axes()
-
-
-def test_shipped_sweep_specs_resolve():
-    from sdpg.orchestration.sweep import Sweep
-
-    for spec in sorted((ROOT / "sweeps").glob("*.yaml")):
-        assert Sweep(spec).spec.n_trials > 0, spec
+    assert len(plan.spec.seeds) >= 5 and list(plan.spec.grid["task"]) == ["sum", "chain"]
+    assert len(plan.runs) == 60 == len(plan.distinct)
+    # both tasks train the same six steps: a variant's chain run differs from its sum run only by the task
+    by = {(r.variant, r.grid["task"], r.seed): r.config for r in plan.runs}
+    for v in plan.spec.variants:
+        chain, summ = by[(v, "chain", 0)], by[(v, "sum", 0)]
+        assert chain.data.train == "embedded_chain" and chain.model.embedded.task == "chain"
+        assert set(chain.data.eval) == set(summ.data.eval) == {"embedded", "more_terms", "larger_numbers"}
+        assert all(x.startswith("embedded_chain:") for x in chain.data.eval.values())
+        assert chain.algo == summ.algo and chain.optim == summ.optim
 
 
 def test_shipped_specs_resolve():

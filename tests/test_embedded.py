@@ -208,6 +208,7 @@ def test_bad_builtin_set_choices_are_refused_naming_key_and_value(overrides, say
 THREE_PANELS = ("data.eval.more_terms=embedded:more_terms", "data.eval.larger_numbers=embedded:larger_numbers")
 
 
+@pytest.mark.slow
 def test_a_run_evaluates_the_three_builtin_benchmarks_as_three_panels(tiny_config, tmp_path):
     """The shipped model, before any RL (step 0), solves held-out problems like its training ones more
     often than either harder set; the paper-style grid draws the three benchmarks as its top row."""

@@ -86,6 +86,7 @@ class _StepRecorder:
         self.handle.remove()
 
 
+@pytest.mark.slow
 def test_bf16_compute_keeps_fp32_master_weights(tiny_config):
     """One RL step of the paper's shape at lr 1e-6 with bf16 compute: parameters stay fp32 and >= 99% of them
     move; the update equals the fp32 run's on the same rollouts within bf16 tolerance."""
@@ -135,6 +136,7 @@ def test_bf16_compute_keeps_fp32_master_weights(tiny_config):
     assert abs(size - 1) < 5e-2, size
 
 
+@pytest.mark.slow
 def test_first_minibatch_gradient_is_the_on_policy_gradient(tiny_config):
     """With 4 minibatches, the first optimizer step is clipped against the pre-update log-probs of the same
     weights, so its gradient is the on-policy gradient of that minibatch (computed here as a one-minibatch
@@ -161,6 +163,7 @@ def test_first_minibatch_gradient_is_the_on_policy_gradient(tiny_config):
     assert den > 0 and (num / den).item() < 1e-4
 
 
+@pytest.mark.slow
 def test_later_minibatches_are_clipped(tiny_config):
     """At a large lr the policy moves between minibatches, so later minibatches' ratios leave the clip range;
     the first minibatch's ratio is 1 (as the one-minibatch run shows: no clipping at all)."""
@@ -175,6 +178,7 @@ def test_later_minibatches_are_clipped(tiny_config):
     assert clip["many"] > 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "unit,expected",
     [
@@ -260,6 +264,7 @@ def test_eval_reports_both_scorers(tiny_config):
         assert r["eval/embedded/boxed/mean@2"] == 0.0  # the embedded task writes no \boxed{}
 
 
+@pytest.mark.slow
 def test_fsdp2_mixed_precision_keeps_fp32_shards(tmp_path, tiny_model_built):
     """Two gloo ranks with FSDP2 and bf16 compute (MixedPrecisionPolicy, float32 reduction): the run trains, and
     the checkpoint holds float32 weights and AdamW state."""

@@ -1,20 +1,32 @@
-"""Hostile input for the four console scripts, run as a user runs them (subprocesses, cwd = a scratch folder).
+"""Hostile input for the four console scripts: cwd = a scratch folder, as a user runs them.
 
 Every case must end the same way: exit code 2, exactly one line on stderr (one sentence naming the file, the
 key and the value), nothing on stdout, no traceback, and the scratch folder byte-for-byte as it was: nothing
 created, nothing lost. The cases were written from the issue text and the user docs, not from the code.
 Most are refused before a model, a store or a job exists, so the suite stays fast; a case that is wrongly
 accepted trains one tiny step and then fails its assertions.
+
+Every case runs twice: in this process (``run_in_process``: the console script's main function with the
+working directory, environment, argv, warnings and log output a fresh process would have, and every bit of
+process state it may touch put back), and as a real subprocess (``run_cli``: what a user runs). The
+subprocess runs are marked ``slow`` except one per console script, so the inner loop
+(``pytest -m "not slow"``) checks every case in-process plus one real process per script, and the full
+suite checks every case both ways.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 import pytest
@@ -27,7 +39,7 @@ MAX_LINE = 600  # characters: a sentence, not a dump of the input
 TINY = {
     "rollout.prompts_per_step": 2,
     "rollout.group_size": 2,
-    "rollout.max_new_tokens": 8,
+    "rollout.max_new_tokens": 24,  # room for a quarter of the built-in task's solutions (preflight refuses less)
     "eval.n_samples": 2,
     "eval.every": 1,
     "data.eval_limit": 2,
@@ -50,10 +62,11 @@ def _env(extra: dict | None = None) -> dict:
     return env
 
 
+ENTRY = {"sdpg-train": "train_main", "sdpg-ablate": "ablate_main", "sdpg-sweep": "sweep_main", "sdpg-report": "report_main"}
+
+
 def _script(tool: str) -> list[str]:
-    entry = {"sdpg-train": "train_main", "sdpg-ablate": "ablate_main", "sdpg-sweep": "sweep_main", "sdpg-report": "report_main"}[
-        tool
-    ]
+    entry = ENTRY[tool]
     return [sys.executable, "-c", f"import sys; from sdpg.cli import {entry}; sys.exit({entry}())"]
 
 
@@ -68,6 +81,103 @@ def run_cli(tool: str, args: list[str], cwd: Path, env: dict | None = None, time
         errors="replace",
         timeout=timeout,
     )
+
+
+class _RootLogToStderr(logging.Handler):
+    """Records that reach the root logger at WARNING or above: with no handler configured, a fresh process
+    prints them on stderr (logging's last resort); under pytest the root has pytest's handlers instead."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(self.format(record))
+
+
+# Python's default warning filters in a fresh process (no -W, no PYTHONWARNINGS): these categories are not shown.
+_HIDDEN_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
+_SIGNALS = [getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2") if hasattr(signal, n)]
+
+
+def _forget_mlflow_stores() -> None:
+    """MLflow caches one store per tracking URI string; a relative ``sqlite:///outputs/...`` means another file in
+    each scratch folder, so a cached store would read the previous case's database. A fresh process has none."""
+    registry = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if registry is not None:
+        registry._tracking_store_registry._get_store_with_resolved_uri.cache_clear()
+
+
+def _set_environ(wanted: dict) -> None:
+    """os.environ made equal to ``wanted``, key by key (never cleared: other threads may be reading it)."""
+    for k in [k for k in os.environ if k not in wanted]:
+        os.environ.pop(k, None)
+    for k, v in wanted.items():
+        if os.environ.get(k) != v:
+            os.environ[k] = v
+
+
+def run_in_process(capfd, tool: str, args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``run_cli`` without the process: the console script's main function called here with the working
+    directory, environment and argv the subprocess would get, Python's default warning filters, and log
+    records that would reach logging's last-resort handler counted as stderr lines. An exception that escapes
+    prints its traceback to stderr with exit code 1, as the interpreter would. Afterwards the working
+    directory, environment, argv, argparse (the entry points patch its error method), signal handlers, root
+    logger, torch's thread count and MLflow's store cache are as they were."""
+    from sdpg import cli
+
+    args = [str(a) for a in args]
+    saved_env = dict(os.environ)
+    saved_cwd = os.getcwd()
+    saved_argv = sys.argv
+    saved_error = argparse.ArgumentParser.error
+    saved_signals = {s: signal.getsignal(s) for s in _SIGNALS}
+    root = logging.getLogger()
+    saved_root = (root.level, list(root.handlers))
+    torch = sys.modules.get("torch")
+    saved_threads = torch.get_num_threads() if torch is not None else None
+    to_stderr = _RootLogToStderr()
+    capfd.readouterr()  # the case's own set-up output is not the tool's
+    try:
+        _set_environ(_env(env))
+        os.chdir(cwd)
+        sys.argv = ["-c", *args]  # what sys.argv is in `python -c ...`
+        _forget_mlflow_stores()
+        root.addHandler(to_stderr)
+        with warnings.catch_warnings(record=True) as shown:
+            warnings.resetwarnings()
+            warnings.simplefilter("default")
+            for category in _HIDDEN_WARNINGS:
+                warnings.filterwarnings("ignore", category=category)
+            try:
+                code = getattr(cli, ENTRY[tool])(args)
+            except SystemExit as e:
+                code = e.code
+            except Exception:
+                traceback.print_exc()
+                code = 1
+            if code is not None and not isinstance(code, int):  # sys.exit("message"): printed, exit code 1
+                print(code, file=sys.stderr)
+                code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        root.setLevel(saved_root[0])
+        root.handlers[:] = saved_root[1]  # without ours and any the tool added
+        _forget_mlflow_stores()
+        for s, handler in saved_signals.items():
+            if signal.getsignal(s) is not handler and handler is not None:
+                signal.signal(s, handler)
+        if saved_threads is not None:  # sdpg-train sets it from run.threads
+            torch.set_num_threads(saved_threads)
+        argparse.ArgumentParser.error = saved_error
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        _set_environ(saved_env)
+    out, err = capfd.readouterr()
+    err += "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in shown)
+    err += "".join(line + "\n" for line in to_stderr.lines)
+    return subprocess.CompletedProcess(["in-process", tool, *args], 0 if code is None else code, out, err)
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -122,10 +232,38 @@ def assert_refused(proc, before: dict, root: Path, mentions=(), absent=()):
     return line
 
 
-def refuse(tmp_path: Path, tool: str, args, files=None, mentions=(), absent=(), env=None):
+@pytest.fixture
+def cli(capfd):
+    """``cli(how, tool, args, cwd)``: the console script run in this process (``how="in-process"``) or as a
+    subprocess (``how="process"``); either way a ``CompletedProcess`` with returncode, stdout and stderr."""
+
+    def run(how: str, tool: str, args: list[str], cwd: Path, env: dict | None = None, timeout: float = 300):
+        if how == "process":
+            return run_cli(tool, args, cwd, env=env, timeout=timeout)
+        assert how == "in-process", how
+        return run_in_process(capfd, tool, args, cwd, env=env)
+
+    return run
+
+
+def both_ways(cases: list[tuple], real_process_in_inner_loop: str | None) -> list:
+    """Each case as two parameters: in-process (id = the case's name) and as a real subprocess (id ending in
+    ``-process``, marked slow except the case named ``real_process_in_inner_loop``). The last parameter is
+    ``how``, for the ``cli`` fixture."""
+    names = [c[0] for c in cases]
+    assert real_process_in_inner_loop is None or real_process_in_inner_loop in names, real_process_in_inner_loop
+    params = []
+    for name, *rest in cases:
+        params.append(pytest.param(*rest, "in-process", id=name))
+        slow = () if name == real_process_in_inner_loop else (pytest.mark.slow,)
+        params.append(pytest.param(*rest, "process", id=f"{name}-process", marks=slow))
+    return params
+
+
+def refuse(tmp_path: Path, cli, how: str, tool: str, args, files=None, mentions=(), absent=(), env=None):
     write(tmp_path, files or {})
     before = snapshot(tmp_path)
-    proc = run_cli(tool, args, tmp_path, env=env)
+    proc = cli(how, tool, args, tmp_path, env=env)
     return assert_refused(proc, before, tmp_path, mentions, absent)
 
 
@@ -597,9 +735,9 @@ ABLATE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("files,args,mentions,absent", [c[1:] for c in ABLATE_CASES], ids=[c[0] for c in ABLATE_CASES])
-def test_ablate_refuses(tmp_path, files, args, mentions, absent):
-    refuse(tmp_path, "sdpg-ablate", args, files, mentions, absent)
+@pytest.mark.parametrize("files,args,mentions,absent,how", both_ways(ABLATE_CASES, "yaml-python-tag"))
+def test_ablate_refuses(tmp_path, cli, files, args, mentions, absent, how):
+    refuse(tmp_path, cli, how, "sdpg-ablate", args, files, mentions, absent)
     assert not Path("/tmp/sdpg-hostile-pwned").exists()
 
 
@@ -904,9 +1042,9 @@ SWEEP_CASES = [
 ]
 
 
-@pytest.mark.parametrize("files,args,mentions,absent", [c[1:] for c in SWEEP_CASES], ids=[c[0] for c in SWEEP_CASES])
-def test_sweep_refuses(tmp_path, files, args, mentions, absent):
-    refuse(tmp_path, "sdpg-sweep", args, files, mentions, absent)
+@pytest.mark.parametrize("files,args,mentions,absent,how", both_ways(SWEEP_CASES, "executor-path-profile"))
+def test_sweep_refuses(tmp_path, cli, files, args, mentions, absent, how):
+    refuse(tmp_path, cli, how, "sdpg-sweep", args, files, mentions, absent)
     assert not Path("/tmp/sdpg-hostile-pwned").exists()
 
 
@@ -1075,9 +1213,9 @@ TRAIN_CASES = [
 ]
 
 
-@pytest.mark.parametrize("files,args,mentions,absent", [c[1:] for c in TRAIN_CASES], ids=[c[0] for c in TRAIN_CASES])
-def test_train_refuses(tmp_path, files, args, mentions, absent):
-    refuse(tmp_path, "sdpg-train", args, files, mentions, absent)
+@pytest.mark.parametrize("files,args,mentions,absent,how", both_ways(TRAIN_CASES, "data-missing-answer"))
+def test_train_refuses(tmp_path, cli, files, args, mentions, absent, how):
+    refuse(tmp_path, cli, how, "sdpg-train", args, files, mentions, absent)
 
 
 # ---------------------------------------------------------------------------------------------- sdpg-report
@@ -1087,18 +1225,16 @@ def small_store(tmp_path_factory) -> Path:
     'empty' with none."""
     root = tmp_path_factory.mktemp("store")
     (root / "outputs" / "hx").mkdir(parents=True)
-    code = (
-        "import sys; from mlflow.tracking import MlflowClient; c = MlflowClient('sqlite:///' + sys.argv[1]); "
-        "e = c.create_experiment('hx'); c.create_experiment('empty'); "
-        "r = c.create_run(e, tags={'sdpg.run_hash': 'h1', 'variant': 'a', 'seed': '0'}); "
-        "c.log_metric(r.info.run_id, 'train/reward', 0.5, step=1); c.set_terminated(r.info.run_id)"
-    )
-    subprocess.run(
-        [sys.executable, "-c", code, str(root / "outputs" / "hx" / "mlflow.db")],
-        check=True,
-        capture_output=True,
-        env=_env(),
-    )
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient("sqlite:///" + str(root / "outputs" / "hx" / "mlflow.db"))
+    e = c.create_experiment("hx")
+    c.create_experiment("empty")
+    r = c.create_run(e, tags={"sdpg.run_hash": "h1", "variant": "a", "seed": "0"})
+    c.log_metric(r.info.run_id, "train/reward", 0.5, step=1)
+    c.set_terminated(r.info.run_id)
+    c._tracking_client.store.engine.dispose()  # no connection left open on the file the cases copy
+    _forget_mlflow_stores()
     return root / "outputs" / "hx"
 
 
@@ -1134,51 +1270,57 @@ REPORT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("files,args,mentions,absent", [c[1:] for c in REPORT_CASES], ids=[c[0] for c in REPORT_CASES])
-def test_report_refuses(tmp_path, files, args, mentions, absent):
-    refuse(tmp_path, "sdpg-report", args, files, mentions, absent)
+@pytest.mark.parametrize("files,args,mentions,absent,how", both_ways(REPORT_CASES, "source-uri-password-not-echoed"))
+def test_report_refuses(tmp_path, cli, files, args, mentions, absent, how):
+    refuse(tmp_path, cli, how, "sdpg-report", args, files, mentions, absent)
 
 
-@pytest.mark.parametrize(
-    "args,mentions",
-    [
-        (["sqlite:///outputs/hx/mlflow.db#empty", "--out", "r"], ["empty", "no runs"]),
-        (["sqlite:///outputs/hx/mlflow.db#nosuch", "--out", "r"], ["nosuch"]),
-        (["outputs/hx", "--out", "r", "--order", "a", "zzz"], ["--order", "zzz"]),
-        (["outputs/hx", "--out", "r", "--tag", "variant=zzz"], ["variant=zzz"]),
-        (["outputs/hx", "--out", "r", "--reference", "zzz"], ["zzz"]),
-    ],
-    ids=["no-runs", "experiment-missing", "order-unknown", "tag-matches-nothing", "reference-unknown"],
-)
-def test_report_refuses_on_a_store(tmp_path, small_store, args, mentions):
+STORE_CASES = [
+    ("no-runs", {}, ["sqlite:///outputs/hx/mlflow.db#empty", "--out", "r"], ["empty", "no runs"], []),
+    ("experiment-missing", {}, ["sqlite:///outputs/hx/mlflow.db#nosuch", "--out", "r"], ["nosuch"], []),
+    ("order-unknown", {}, ["outputs/hx", "--out", "r", "--order", "a", "zzz"], ["--order", "zzz"], []),
+    ("tag-matches-nothing", {}, ["outputs/hx", "--out", "r", "--tag", "variant=zzz"], ["variant=zzz"], []),
+    ("reference-unknown", {}, ["outputs/hx", "--out", "r", "--reference", "zzz"], ["zzz"], []),
+]
+
+
+# sdpg-report already has its real process in the inner loop (test_report_refuses); these need MLflow's import.
+@pytest.mark.parametrize("files,args,mentions,absent,how", both_ways(STORE_CASES, None))
+def test_report_refuses_on_a_store(tmp_path, cli, small_store, files, args, mentions, absent, how):
     shutil.copytree(small_store, tmp_path / "outputs" / "hx")
-    refuse(tmp_path, "sdpg-report", args, {}, mentions)
+    refuse(tmp_path, cli, how, "sdpg-report", args, files, mentions, absent)
 
 
 # ------------------------------------------------------------------------------------- accepted on purpose
-def test_chat_template_off_is_the_string_off(tmp_path):
+ACCEPTED_WAYS = [pytest.param("in-process", id="in-process"), pytest.param("process", id="process", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("how", ACCEPTED_WAYS)
+def test_chat_template_off_is_the_string_off(tmp_path, cli, how):
     """`data.chat_template=off` on the command line and `off` unquoted in YAML mean the string 'off', not False."""
     write(tmp_path, {"c.yaml": "data:\n  chat_template: off\n"})
     for args in (["--print-config", "data.chat_template=off"], ["c.yaml", "--print-config"]):
-        proc = run_cli("sdpg-train", args, tmp_path)
+        proc = cli(how, "sdpg-train", args, tmp_path)
         assert proc.returncode == 0, proc.stderr
         assert yaml.safe_load(proc.stdout)["data"]["chat_template"] == "off", proc.stdout
 
 
-def test_profile_file_flag_is_the_explicit_way(tmp_path):
+@pytest.mark.parametrize("how", ACCEPTED_WAYS)
+def test_profile_file_flag_is_the_explicit_way(tmp_path, cli, how):
     """A profile outside slurm/ is accepted only through --profile-file; a dry run shows the runs and writes nothing."""
     write(tmp_path, {"spec.yaml": ablation(), "x/mine.yaml": {"partition": "debug"}})
     before = snapshot(tmp_path)
-    proc = run_cli("sdpg-ablate", ["spec.yaml", "--executor", "slurm", "--profile-file", "x/mine.yaml", "--dry-run"], tmp_path)
+    proc = cli(how, "sdpg-ablate", ["spec.yaml", "--executor", "slurm", "--profile-file", "x/mine.yaml", "--dry-run"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "a-s0" in proc.stdout and "b-s0" in proc.stdout
     assert snapshot(tmp_path) == before
 
 
-def test_max_runs_flag_goes_beyond_the_limit(tmp_path):
+@pytest.mark.parametrize("how", ACCEPTED_WAYS)
+def test_max_runs_flag_goes_beyond_the_limit(tmp_path, cli, how):
     """The grid limit is a guard, not a wall: --max-runs lifts it (dry run, so nothing is planned on disk)."""
     write(tmp_path, {"spec.yaml": ablation(grid={"algo.alpha": [0.1, 0.2, 0.3]})})
-    proc = run_cli("sdpg-ablate", ["spec.yaml", "--dry-run", "--max-runs", "6"], tmp_path)
+    proc = cli(how, "sdpg-ablate", ["spec.yaml", "--dry-run", "--max-runs", "6"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("-s0") == 6, proc.stdout
 
@@ -1202,5 +1344,5 @@ def test_grid_value_with_path_tricks_stays_inside_outputs(tmp_path, tiny_model_b
 
 def test_case_count():
     """The issue asks for at least 100 hostile cases across the four console scripts."""
-    n = len(ABLATE_CASES) + len(SWEEP_CASES) + len(TRAIN_CASES) + len(REPORT_CASES) + 5
+    n = len(ABLATE_CASES) + len(SWEEP_CASES) + len(TRAIN_CASES) + len(REPORT_CASES) + len(STORE_CASES)
     assert n >= 100, n

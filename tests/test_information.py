@@ -58,6 +58,10 @@ def test_summary_by_hand():
     assert s.logratio_mean == pytest.approx((math.log(1.5) + math.log(0.4) + 0.0) / 3)
     assert s.student_p_mean == pytest.approx(0.5) and s.teacher_q_mean == pytest.approx((0.75 + 0.2 + 0.5) / 3)
     assert s.kl_by_position == pytest.approx([(kl_a + kl_b) / 2, 0.0]) and s.tokens_by_position == [2, 2]
+    # split by whether a sample wrote the reference solution: sample 0 (one uncertain token, raised), sample 1 (two, neither)
+    split = summarise(token_information(*_example(), threshold=0.5), 5, 0.5, reference=torch.tensor([True, False]))
+    assert split.reference_fraction == 0.5 and split.teacher_higher_fraction_reference == 1.0
+    assert split.teacher_higher_fraction_other == 0.0 and split.uncertain_other_fraction == pytest.approx(2 / 3)
     # a teacher that echoes the student adds nothing
     student, _, tokens, mask = _example()
     echo = summarise(token_information(student, student.clone(), tokens, mask), samples=2, threshold=0.5)
@@ -70,6 +74,7 @@ def test_measure_information_on_the_shipped_sum_model(tiny_config):
     assert stats.samples == 24 and stats.correct == round(acc["student"] * 24) > 0
     assert acc["teacher"] > acc["student"]  # the reference solution helps the shipped model
     assert sum(stats.tokens_by_position) == stats.tokens == int(per["mask"].sum())
+    assert 0 <= stats.reference_fraction <= 1 and per["reference"].shape == (stats.correct,)
     assert stats.kl_mean > 0 and 0 < stats.uncertain <= stats.tokens
     again, acc2, _ = measure_information(cfg, n_problems=6, n_samples=4, log=lambda *_: None)
-    assert again == stats and acc2 == acc  # seeded
+    assert repr(again) == repr(stats) and acc2 == acc  # seeded (repr: NaN where no sample wrote the reference)

@@ -248,7 +248,13 @@ def test_one_seed_has_no_intervals_and_says_why_two_seeds_have_both(experiment, 
     assert set(rows) == set(VARIANTS)
     for v, cells in rows.items():
         assert cells[0] == "1"  # the sample size, stated
-        assert float(cells[1]) >= 0 and cells[2] == "–" and cells[3] == "–" and cells[4] == "–", (v, cells)
+        # cells: IQM, its CI, ΔIQM vs grpo (a point value, like the IQM), its CI, P(improve), its CI
+        assert float(cells[1]) >= 0 and cells[2] == "–" and cells[4] == "–" and cells[5] == "–" and cells[6] == "–", (v, cells)
+        assert (
+            cells[3] == "–"
+            if v == "grpo"
+            else float(cells[3]) == pytest.approx(float(cells[1]) - float(rows["grpo"][1]), abs=2e-3)
+        )
     assert "No intervals and no probability of improvement where a variant has fewer than 2 seeds" in one
     assert "grpo has 1" in one
     lb_rows = [ln for ln in one.split("## Last and Best", 1)[1].split("## ", 1)[0].splitlines() if ln.startswith("| ")]
@@ -262,9 +268,11 @@ def test_one_seed_has_no_intervals_and_says_why_two_seeds_have_both(experiment, 
         iqm, (lo, hi) = float(cells[1]), map(float, cells[2].strip("[]").split(","))
         assert lo <= iqm <= hi
         if v == "grpo":
-            assert cells[3] == "–"
+            assert cells[3] == cells[5] == "–"
         else:
-            p, (plo, phi) = float(cells[3]), map(float, cells[4].strip("[]").split(","))
+            d, (dlo, dhi) = float(cells[3]), map(float, cells[4].strip("[]").split(","))
+            assert dlo <= d + 1e-3 and d - 1e-3 <= dhi
+            p, (plo, phi) = float(cells[5]), map(float, cells[6].strip("[]").split(","))
             assert 0 <= plo <= p <= phi <= 1
     assert "fewer than 2 seeds" not in two and "one seed gives no interval" not in two
     lb_rows = [ln for ln in two.split("## Last and Best", 1)[1].split("## ", 1)[0].splitlines() if ln.startswith("| ")]

@@ -227,6 +227,7 @@ def test_two_slurm_submissions_at_once_train_each_run_once(tmp_path, small_model
     _check_once(out, 2)
 
 
+@pytest.mark.slow
 def test_lr_1e6_ends_with_a_failed_mlflow_run_that_says_why(tmp_path, tiny_model_built):
     """optim.lr=1e6 under sdpg-ablate: the trainer's non-finite guard stops the run; its MLflow run is FAILED
     with the guard's sentence as ``sdpg.error``, the parent is FAILED, and the console says why. (The default

@@ -75,6 +75,7 @@ BAD = [
     ("unknown profile", {**GOOD, "executor": "slurm", "profile": "moon"}, "unknown SLURM profile 'moon'"),
     ("bad storage", {**GOOD, "storage": "redis"}, "key 'storage' has bad value 'redis'"),
     ("ablation without variant", {**GOOD, "ablation": "../ablations/quickstart.yaml"}, "'ablation' needs 'variant'"),
+    ("grid point without ablation", {**GOOD, "grid": {"task": "sum"}}, "this spec has no 'ablation'"),
 ]
 
 
@@ -87,6 +88,26 @@ def test_bad_sweep_spec_is_refused(tmp_path, monkeypatch, capsys, what, spec, ne
     assert needle in str(e.value) and str(p) in str(e.value), str(e.value)
     assert main([str(p)]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_sweep_starts_from_a_grid_point_of_an_ablation_variant(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    abl = {
+        "name": "abl",
+        "base": "embedded",
+        "variants": {"full": {}, "grpo": {"algo.method": "grpo"}},
+        "grid": {"task": {"short": {}, "long": {"rollout.max_new_tokens": 40, "eval.max_new_tokens": 40}}},
+    }
+    (tmp_path / "abl.yaml").write_text(yaml.safe_dump(abl, sort_keys=False))
+    spec = {k: v for k, v in GOOD.items() if k != "base"}
+    first = Sweep(write(tmp_path, {**spec, "ablation": "abl.yaml", "variant": "full"}))
+    assert first.base["rollout"]["max_new_tokens"] == 32  # no grid named: the first point
+    long = Sweep(write(tmp_path, {**spec, "ablation": "abl.yaml", "variant": "full", "grid": {"task": "long"}}))
+    assert long.base["rollout"]["max_new_tokens"] == 40 and long.base["algo"]["method"] == "sdpg_urkl"
+    p = write(tmp_path, {**spec, "ablation": "abl.yaml", "variant": "full", "grid": {"task": "huge"}})
+    with pytest.raises(ConfigError, match="key 'grid' has bad value .*'huge'.* no run of variant 'full'"):
+        Sweep(p)
     assert not (tmp_path / "outputs").exists()
 
 

@@ -142,7 +142,6 @@ def test_the_chain_base_config_is_the_embedded_one_but_for_the_task():
             ["model.embedded.task=sum"],
             "key 'model.embedded.task' has bad value 'sum': data.train=embedded_chain is the 'chain'",
         ),
-        (["rollout.max_new_tokens=32"], "key 'rollout.max_new_tokens' has bad value 32: only 1% of the reference solutions"),
         (
             ["eval.max_new_tokens=40"],
             "key 'eval.max_new_tokens' has bad value 40: data.eval.more_terms=",
@@ -158,6 +157,18 @@ def test_bad_chain_choices_are_refused_naming_key_and_value(overrides, says):
     assert says in str(e.value)
 
 
+def test_a_response_cap_that_cuts_most_chain_solutions_is_warned_about():
+    from sdpg.training.trainer import warn_short_responses
+
+    lines: list[str] = []
+    cfg = load_config(BUILTIN_CONFIGS["embedded_chain"], ["rollout.max_new_tokens=32"])
+    assert warn_short_responses(cfg, lines.append) == pytest.approx(0.01, abs=0.005)
+    assert lines and "rollout.max_new_tokens=32 fits only 1%" in lines[0] and "all fit in 37" in lines[0]
+    lines.clear()
+    assert warn_short_responses(load_config(BUILTIN_CONFIGS["embedded_chain"]), lines.append) == 1.0 and lines == []
+
+
+@pytest.mark.slow
 def test_the_chain_base_config_trains_two_steps_from_its_shipped_model(tmp_path, monkeypatch):
     from sdpg.training.trainer import train
     from tests.conftest import TINY

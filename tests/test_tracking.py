@@ -20,7 +20,6 @@ def _writer(uri: str, run_id: str, seed: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_sixteen_concurrent_writers_lose_no_metric(tmp_path):
     uri = tracking.default_uri(tmp_path)
     c = tracking.client(uri)

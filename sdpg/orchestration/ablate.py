@@ -54,6 +54,7 @@ from sdpg.orchestration.core import (
 )
 from sdpg.orchestration.launch import TrainJob, make_executor
 from sdpg.orchestration.specs import (
+    ReportOptions,
     SlurmProfile,
     read_yaml,
     subcommand_parser,
@@ -113,6 +114,8 @@ class AblationSpec(Strict):
     """Where runs, logs and the default MLflow store go; None: ``outputs/<name>``."""
     tracking: TrackingSpec = TrackingSpec()
     """MLflow settings."""
+    report: ReportOptions = ReportOptions()
+    """How ``sdpg-report`` reads this ablation (``compare: previous`` for a chain of one-piece steps)."""
 
     @field_validator("name")
     @classmethod

@@ -4,13 +4,27 @@ keys refused, pydantic validation, and one-line errors naming the file, the key 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from sdpg.training.config import ConfigError, Strict, format_validation_error
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+Compare = Literal["baseline", "previous"]
+"""What ``sdpg-report`` compares each variant with (IQM difference, probability of improvement): one baseline
+(``--baseline``; default ``grpo`` if present, else the first variant), or the variant before it in the
+spec's order (a chain of ablation steps, each adding one piece)."""
+COMPARE: tuple[str, ...] = get_args(Compare)
+
+
+class ReportOptions(Strict):
+    """How ``sdpg-report SPEC`` reads an ablation (its command-line options override these)."""
+
+    compare: Compare = "baseline"
+    """Each variant against the ``baseline`` or against the ``previous`` variant in spec order."""
 
 
 def read_yaml(path: str | Path, what: str = "file") -> dict:

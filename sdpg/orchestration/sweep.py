@@ -174,6 +174,9 @@ class SweepSpec(Strict):
     """Instead of ``base``: an ablation spec path; ``variant`` names which of its runs to start from."""
     variant: str | None = None
     """Variant of ``ablation``."""
+    grid: dict[str, Any] = Field(default_factory=dict)
+    """With ``ablation``: the grid point of the variant to start from, e.g. ``{task: chain}`` (a named group's
+    name, or a trainer key's value); axes not named take their first value."""
     overrides: dict[str, Any] = Field(default_factory=dict)
     """Diff applied to every trial."""
     space: dict[str, Param] = Field(min_length=1)
@@ -222,6 +225,8 @@ class SweepSpec(Strict):
 
         if self.ablation and not self.variant:
             raise ValueError("'ablation' needs 'variant'")
+        if self.grid and not self.ablation:
+            raise ValueError("'grid' picks a grid point of an 'ablation' spec's variant; this spec has no 'ablation'")
         if self.sampler.type == "grid":
             no_step = [k for k, p in self.space.items() if p.type == "float" and p.step is None]
             if no_step:
@@ -266,6 +271,14 @@ class Sweep:
             runs = [r for r in plan.runs if r.variant == spec.variant]
             if not runs:
                 raise ConfigError(f"{src}: key 'variant' has bad value {spec.variant!r}: not a variant of {spec.ablation}")
+            picked = [r for r in runs if all(k in r.grid and r.grid[k] == v for k, v in spec.grid.items())]
+            if not picked:
+                points = sorted({json.dumps(r.grid) for r in runs})
+                raise ConfigError(
+                    f"{src}: key 'grid' has bad value {spec.grid!r}: no run of variant {spec.variant!r} of "
+                    f"{spec.ablation} has it (grid points: {', '.join(points)[:300]})"
+                )
+            runs = picked
             base = runs[0].config.resolved()
         else:
             base = resolve_base(spec.base, path)

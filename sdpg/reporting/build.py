@@ -105,7 +105,13 @@ STABILITY_TEXT = {
 
 
 def stability_section(
-    per_run, summary, threshold: float | None, bench: str | None, order: list[str] | None = None, late_k: int | None = None
+    per_run,
+    summary,
+    threshold: float | None,
+    bench: str | None,
+    order: list[str] | None = None,
+    late_k: int | None = None,
+    tag: str = "",
 ) -> str:
     if order:
         rank = {v: i for i, v in enumerate(order)}
@@ -135,30 +141,71 @@ def stability_section(
         )
     if threshold is None:
         text += " Steps to a threshold: not computed; give `--threshold X` (an accuracy of the first benchmark)."
-    return text + " Per run: [stability_runs.csv](tables/stability_runs.csv).\n"
+    return text + f" Per run: [stability_runs{tag}.csv](tables/stability_runs{tag}.csv).\n"
 
 
-def improvement_section(lb, benches: list[str], variants: list[str], base: str, counts: dict[str, int], out: Path) -> str:
+def _ci(lo: float, hi: float, d: int) -> str:
+    return "–" if math.isnan(lo) else f"[{lo:.{d}f}, {hi:.{d}f}]"
+
+
+def _num(x: float, d: int, sign: bool = False) -> str:
+    return "–" if math.isnan(x) else (f"{x:+.{d}f}" if sign else f"{x:.{d}f}")
+
+
+def improvement_section(
+    lb,
+    benches: list[str],
+    variants: list[str],
+    base: str | None,
+    counts: dict[str, int],
+    out: Path,
+    compare: str = "baseline",
+    tag: str = "",
+) -> str:
+    """IQM of the Last scores and, per variant, against ``base`` (``compare="baseline"``) or against the
+    variant before it (``"previous"``): the IQM difference and the probability of improvement with 95%
+    intervals. Written to ``tables/improvement{tag}.md`` and returned ("" when there is nothing to compare)."""
     scores = {}
     for var in variants:
         last = lb[(lb.variant == var) & (lb.kind == "Last")]
         per = [np.asarray(last[last.metric == m].iloc[0]["per_seed"]) for m in benches if (last.metric == m).any()]
         if len(per) == len(benches) and len({len(p) for p in per}) == 1:
             scores[var] = np.stack(per, axis=1)  # [seeds, benchmarks]
-    if base not in scores or len(scores) < 2:
+    if len(scores) < 2 or (compare == "baseline" and base not in scores):
         return ""
-    imp = report.improvement(scores, base)
-    lines = [f"| Variant | Seeds | IQM (Last) | 95% CI | P(improve over {base}) | 95% CI |", "|---|---|---|---|---|---|"]
-
-    def ci(lo, hi, d):
-        return "–" if math.isnan(lo) else f"[{lo:.{d}f}, {hi:.{d}f}]"
-
-    for _, r in imp.iterrows():
-        pi = "–" if math.isnan(r["p_improve"]) else f"{r['p_improve']:.2f}"
-        lines.append(
-            f"| {r['variant']} | {r['seeds']} | {r['iqm']:.3f} | {ci(r['iqm_lo'], r['iqm_hi'], 3)} | {pi} | "
-            f"{ci(r['p_lo'], r['p_hi'], 2)} |"
-        )
+    imp = report.improvement(scores, base, compare=compare)
+    if compare == "previous":
+        lines = [
+            "| Variant | Seeds | IQM (Last) | 95% CI | Against | ΔIQM | 95% CI | P(improve) | 95% CI | Intervals separate? |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for _, r in imp.iterrows():
+            if pd_isna(r["against"]):
+                tail = "(first) | – | – | – | – | –"
+            else:
+                sep = "–"
+                if not math.isnan(r["d_lo"]):
+                    sep = "yes: better" if r["d_lo"] > 0 else "yes: worse" if r["d_hi"] < 0 else "no"
+                tail = (
+                    f"{r['against']} | {_num(r['d_iqm'], 3, True)} | {_ci(r['d_lo'], r['d_hi'], 3)} | "
+                    f"{_num(r['p_improve'], 2)} | {_ci(r['p_lo'], r['p_hi'], 2)} | {sep}"
+                )
+            lines.append(f"| {r['variant']} | {r['seeds']} | {r['iqm']:.3f} | {_ci(r['iqm_lo'], r['iqm_hi'], 3)} | {tail} |")
+        who = "the variant before it (the previous step)"
+        skipped = [v for v in variants if v not in scores]
+    else:
+        lines = [
+            f"| Variant | Seeds | IQM (Last) | 95% CI | ΔIQM vs {base} | 95% CI | P(improve over {base}) | 95% CI |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for _, r in imp.iterrows():
+            lines.append(
+                f"| {r['variant']} | {r['seeds']} | {r['iqm']:.3f} | {_ci(r['iqm_lo'], r['iqm_hi'], 3)} | "
+                f"{_num(r['d_iqm'], 3, True)} | {_ci(r['d_lo'], r['d_hi'], 3)} | {_num(r['p_improve'], 2)} | "
+                f"{_ci(r['p_lo'], r['p_hi'], 2)} |"
+            )
+        who = base
+        skipped = []
     text = "\n".join(lines) + "\n\n"
     few = _too_few({v: counts[v] for v in scores})
     if few:
@@ -168,13 +215,25 @@ def improvement_section(lb, benches: list[str], variants: list[str], base: str, 
             f"benchmarks won, so neither says anything about seed-to-seed variation. Add seeds to the spec "
             f"(`seeds: [0, 1, 2]`) to get them. "
         )
+    if skipped:
+        text += (
+            f"Left out (no Last score on every benchmark yet): {', '.join(skipped)}; the next step is compared "
+            f"with the one before it. "
+        )
     text += (
-        f"IQM: interquartile mean of the Last scores over seeds x {len(benches)} benchmark(s); P(improve): "
-        f"probability that a seed of the variant beats a seed of {base} on a benchmark, averaged over benchmarks; "
-        f"95% intervals from a stratified bootstrap over seeds within each benchmark (2,000 resamples; rliable, "
-        f"Agarwal et al. 2021).\n"
+        f"IQM: interquartile mean of the Last scores over seeds x {len(benches)} benchmark(s); ΔIQM: the variant's "
+        f"IQM minus that of {who}; P(improve): probability that a seed of the variant beats a seed of {who} on a "
+        f"benchmark, averaged over benchmarks (ties count one half). 95% intervals from a stratified bootstrap over "
+        f"seeds within each benchmark, both sides resampled independently (2,000 resamples; rliable, Agarwal et al. "
+        f"2021)."
     )
-    (out / "tables" / "improvement.md").write_text(text)
+    if compare == "previous":
+        text += (
+            " An effect is called one only when the intervals separate: the ΔIQM interval excludes 0 (then "
+            "P(improve)'s lies on the same side of 0.5 in all but borderline cases)."
+        )
+    text += "\n"
+    (out / "tables" / f"improvement{tag}.md").write_text(text)
     return text
 
 
@@ -188,9 +247,17 @@ def build_report(
     order: list[str] | None = None,
     threshold: float | None = None,
     log=print,
+    compare: str | None = None,
 ) -> Path:
+    """The report of ``source`` in ``out``. Runs tagged with named grid groups (``grid.<axis>``, e.g.
+    ``task=chain``) get one part each: curves, Last/Best, comparisons and stability per group. ``compare``
+    (default: the spec's ``report.compare``, else ``baseline``) says what IQM differences and probabilities of
+    improvement are taken against: the ``baseline`` or the ``previous`` variant in order."""
     out = Path(out)
     src = report.resolve(source)
+    compare = compare or src.compare or "baseline"
+    if compare not in report.COMPARE:
+        raise ValueError(f"--compare {compare!r}: expected one of {', '.join(report.COMPARE)}")
     uri, exp = src.uri, src.experiment
     if not report.store_exists(uri):
         how = (
@@ -204,6 +271,10 @@ def build_report(
     df = report.load_runs(uri, exp, tags=tags, cache_dir=out / ".cache")
     if df.empty:
         raise ValueError(f"{source}: experiment {exp!r} has no runs with metrics yet")
+    df = df.assign(group=df.run_id.map(dict(zip(runs.run_id, runs.group))).fillna(""))
+    if not order and src.variants:  # an ablation: the spec's order, then any variant the spec no longer has
+        present = list(dict.fromkeys(df.variant))
+        order = [v for v in src.variants if v in present] + [v for v in present if v not in src.variants]
 
     # a sweep: variants are trials, named by number and parameters; pruned and failed ones kept apart
     trials = None
@@ -232,7 +303,7 @@ def build_report(
     log(f"[sdpg-report] {df.run_id.nunique()} runs, {len(variants)} variants, benchmarks: {', '.join(benches) or 'none'}")
     (out / "figures").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
-    sections: list[tuple[str, str]] = []
+    sections: list[tuple] = []  # (title, body) or (title, body, heading level)
 
     # a sweep's own sections first: what was tried, how it went, what mattered
     complete = variants
@@ -285,90 +356,130 @@ def build_report(
             )
             sections.append(("Parameter importance", body))
 
-    # figures
-    dashed = [v for v in variants if trials is not None and state.get(v) == "pruned"]
-    labels = {v: f"{v} (pruned)" for v in dashed}
-    notes: dict[str, list[str]] = {}
-    grid = report.paper_grid(df, out / "figures" / "curves", ema=ema, order=variants, labels=labels, dashed=dashed, notes=notes)
-    pruned_note = " Dashed: pruned trials (stopped early)." if dashed else ""
-    sections.append(
-        (
-            "Curves",
-            f"![curves](figures/{grid.name})\n\n[PDF](figures/{grid.with_suffix('.pdf').name}) · "
-            f"{_band_caption(counts)}{pruned_note}{_notes_caption(notes)}",
+    def group_sections(df, variants, counts, benches, complete, tag: str) -> list[tuple]:
+        """Figures, tables and stability of one set of runs (every run, or one named grid group's); ``tag``
+        suffixes the group's file names."""
+        sections: list[tuple] = []
+        # figures
+        dashed = [v for v in variants if trials is not None and state.get(v) == "pruned"]
+        labels = {v: f"{v} (pruned)" for v in dashed}
+        notes: dict[str, list[str]] = {}
+        grid = report.paper_grid(
+            df, out / "figures" / f"curves{tag}", ema=ema, order=variants, labels=labels, dashed=dashed, notes=notes
         )
-    )
-    present = [m for m in TRAIN_PANELS if m in set(df.metric)]
-    if present:
-        notes = {}
-        tr = report.plot_curves(
-            df, present, out / "figures" / "training", ncols=4, ema=ema, order=variants, labels=labels, dashed=dashed, notes=notes
-        )
+        pruned_note = " Dashed: pruned trials (stopped early)." if dashed else ""
         sections.append(
             (
-                "Training signals",
-                f"![training](figures/{tr.name})\n\n[PDF](figures/{tr.with_suffix('.pdf').name}) · "
+                "Curves",
+                f"![curves](figures/{grid.name})\n\n[PDF](figures/{grid.with_suffix('.pdf').name}) · "
                 f"{_band_caption(counts)}{pruned_note}{_notes_caption(notes)}",
             )
         )
-
-    # tables (completed variants only: a pruned trial's Last is where it was stopped, not where it ended)
-    if benches and complete:
-        lb = report.last_best(df[df.variant.isin(complete)], benches)
-        labels_b = {m: m.split("/")[1] for m in benches}
-        v, cols, cells = report.table_matrix(lb, benches, complete, labels_b)
-        seeds = [str(counts[x]) for x in v]
-        (out / "tables" / "last_best.md").write_text(report.render_table(v, cols, cells, "markdown"))
-        (out / "tables" / "last_best.tex").write_text(report.render_table(v, cols, cells, "latex"))
-        (out / "tables" / "last_best.csv").write_text(report.render_table(v, cols, cells, "csv", seeds=seeds))
-        few = _too_few({x: counts[x] for x in v})
-        caption = (
-            "Mean over seeds ± half-width of the 95% bootstrap interval over seeds; best per column bold, "
-            "second underlined (ties share a rank); Last: each run's final evaluation, Best: its maximum"
-            + (f"; benchmarks: {', '.join(f'`{m}`' for m in benches)}" if benches else "")
-            + "."
-        )
-        if few:
-            caption += (
-                f" No ± where a variant has fewer than {report.MIN_SEEDS} seeds ({', '.join(few)}): one seed gives no interval."
+        present = [m for m in TRAIN_PANELS if m in set(df.metric)]
+        if present:
+            notes = {}
+            tr = report.plot_curves(
+                df,
+                present,
+                out / "figures" / f"training{tag}",
+                ncols=4,
+                ema=ema,
+                order=variants,
+                labels=labels,
+                dashed=dashed,
+                notes=notes,
             )
-        if trials is not None and len(complete) < len(variants):
-            caption += " Completed trials only."
-        sections.append(
-            (
-                "Last and Best",
-                report.render_table(v, cols, cells, "markdown", seeds=seeds)
-                + "\n"
-                + caption
-                + "\n\n[LaTeX](tables/last_best.tex) · [CSV](tables/last_best.csv) · "
-                "[Markdown](tables/last_best.md)",
+            sections.append(
+                (
+                    "Training signals",
+                    f"![training](figures/{tr.name})\n\n[PDF](figures/{tr.with_suffix('.pdf').name}) · "
+                    f"{_band_caption(counts)}{pruned_note}{_notes_caption(notes)}",
+                )
             )
-        )
-        ref = reference or (complete[0] if trials is None else None)
-        if ref in complete and len(complete) > 1:
-            d = report.delta_table(lb, benches, ref, order=complete, labels=labels_b)
-            (out / "tables" / "ablation_delta.md").write_text(d)
-            sections.append((f"Differences to {ref}", d + "\nMeans over seeds, variant minus reference."))
-        base = baseline or next((x for x in complete if x in BASELINES), complete[0] if trials is None else None)
-        if base in complete:
-            text = improvement_section(lb, benches, complete, base, counts, out)
-            if text:
-                sections.append((f"Against {base}: IQM and probability of improvement", text))
 
-    per_run, summary = report.stability(df, benches[0] if benches else None, threshold=threshold)
-    per_run.to_csv(out / "tables" / "stability_runs.csv", index=False)
-    late_k = None
-    if benches:
-        n_evals = int(df[df.metric == benches[0]].groupby("run_id").step.nunique().min())
-        late_k = max(1, int(round(0.25 * n_evals)))  # as report.stability(late_frac=0.25)
-    stab = stability_section(per_run, summary, threshold, benches[0] if benches else None, variants, late_k)
-    (out / "tables" / "stability.md").write_text(stab)
-    sections.append(("Stability", stab))
+        # tables (completed variants only: a pruned trial's Last is where it was stopped, not where it ended)
+        if benches and complete:
+            lb = report.last_best(df[df.variant.isin(complete)], benches)
+            labels_b = {m: m.split("/")[1] for m in benches}
+            v, cols, cells = report.table_matrix(lb, benches, complete, labels_b)
+            seeds = [str(counts[x]) for x in v]
+            (out / "tables" / f"last_best{tag}.md").write_text(report.render_table(v, cols, cells, "markdown"))
+            (out / "tables" / f"last_best{tag}.tex").write_text(report.render_table(v, cols, cells, "latex"))
+            (out / "tables" / f"last_best{tag}.csv").write_text(report.render_table(v, cols, cells, "csv", seeds=seeds))
+            few = _too_few({x: counts[x] for x in v})
+            caption = (
+                "Mean over seeds ± half-width of the 95% bootstrap interval over seeds; best per column bold, "
+                "second underlined (ties share a rank); Last: each run's final evaluation, Best: its maximum"
+                + (f"; benchmarks: {', '.join(f'`{m}`' for m in benches)}" if benches else "")
+                + "."
+            )
+            if few:
+                caption += (
+                    f" No ± where a variant has fewer than {report.MIN_SEEDS} seeds ({', '.join(few)}): one seed "
+                    "gives no interval."
+                )
+            if trials is not None and len(complete) < len(variants):
+                caption += " Completed trials only."
+            sections.append(
+                (
+                    "Last and Best",
+                    report.render_table(v, cols, cells, "markdown", seeds=seeds)
+                    + "\n"
+                    + caption
+                    + f"\n\n[LaTeX](tables/last_best{tag}.tex) · [CSV](tables/last_best{tag}.csv) · "
+                    f"[Markdown](tables/last_best{tag}.md)",
+                )
+            )
+            ref = reference or (complete[0] if trials is None else None)
+            if ref in complete and len(complete) > 1:
+                d = report.delta_table(lb, benches, ref, order=complete, labels=labels_b)
+                (out / "tables" / f"ablation_delta{tag}.md").write_text(d)
+                sections.append((f"Differences to {ref}", d + "\nMeans over seeds, variant minus reference."))
+            if compare == "previous" and trials is None:
+                text = improvement_section(lb, benches, complete, None, counts, out, "previous", tag)
+                if text:
+                    sections.append(("Each step against the previous one: IQM difference and probability of improvement", text))
+            else:
+                base = baseline or next((x for x in complete if x in BASELINES), complete[0] if trials is None else None)
+                if base in complete:
+                    text = improvement_section(lb, benches, complete, base, counts, out, "baseline", tag)
+                    if text:
+                        sections.append((f"Against {base}: IQM and probability of improvement", text))
+
+        per_run, summary = report.stability(df, benches[0] if benches else None, threshold=threshold)
+        per_run.to_csv(out / "tables" / f"stability_runs{tag}.csv", index=False)
+        late_k = None
+        if benches:
+            n_evals = int(df[df.metric == benches[0]].groupby("run_id").step.nunique().min())
+            late_k = max(1, int(round(0.25 * n_evals)))  # as report.stability(late_frac=0.25)
+        stab = stability_section(per_run, summary, threshold, benches[0] if benches else None, variants, late_k, tag)
+        (out / "tables" / f"stability{tag}.md").write_text(stab)
+        sections.append(("Stability", stab))
+
+        return sections
+
+    groups = list(dict.fromkeys(df.group))
+    if groups == [""]:
+        sections += group_sections(df, variants, counts, benches, complete, "")
+    else:
+        for g in groups:
+            d = df[df.group == g]
+            vs = [v for v in variants if v in set(d.variant)]
+            gc = _seed_counts(d, vs)
+            tag = "_" + "_".join(part.replace("=", "-") for part in g.split(", "))
+            head = (
+                f"Runs of the grid group `{g}`: {d.run_id.nunique()} runs · {_seeds_line(gc, 'variants')}"
+                if g
+                else f"Runs without a grid group (logged before groups were tagged): {d.run_id.nunique()} runs"
+            )
+            sections.append((g or "no group", head, 2))
+            for title, body in group_sections(d, vs, gc, report.benchmark_metrics(d), [v for v in complete if v in vs], tag):
+                sections.append((f"{title} ({g})", body, 3))
 
     seeds_line = _seeds_line(counts, "trials" if trials is not None else "variants")
     md = [f"# Report: {exp}", "", f"Source: `{source}` · {df.run_id.nunique()} runs · {seeds_line}", ""]
-    for title, body in sections:
-        md += [f"## {title}", "", body, ""]
+    for title, body, *level in sections:
+        md += [f"{'#' * (level[0] if level else 2)} {title}", "", body, ""]
     text = "\n".join(md)
     (out / "index.md").write_text(text)
     (out / "index.html").write_text(page.render_page(text, f"Report: {exp}", out))
@@ -394,6 +505,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="only runs with this MLflow tag")
     p.add_argument("--reference", help="variant the ablation deltas are taken against (default: the first)")
     p.add_argument("--baseline", help="RLVR baseline for IQM / probability of improvement (default: grpo if present)")
+    p.add_argument(
+        "--compare",
+        choices=report.COMPARE,
+        help="IQM difference and P(improve) of each variant against the baseline, or against the previous variant "
+        "in order (a chain of one-piece ablation steps); default: the spec's report.compare, else baseline",
+    )
     p.add_argument("--ema", type=float, default=0.0, help="EMA smoothing factor in [0, 1) for curves")
     p.add_argument("--order", nargs="+", help="variant order (legend, table rows)")
     p.add_argument("--threshold", type=float, help="accuracy threshold for steps-to-threshold")
@@ -423,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--tag {bad[0]!r}: expected KEY=VALUE")
         if not 0 <= a.ema < 1:
             raise ValueError(f"--ema {a.ema}: expected a value in [0, 1)")
+        if a.baseline is not None and a.compare == "previous":
+            raise ValueError(f"--baseline {a.baseline!r}: each variant is compared with the previous one (--compare previous)")
         tags = dict(t.split("=", 1) for t in a.tag)
         index = build_report(
             a.source,
@@ -434,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
             a.order,
             a.threshold,
             log=lambda m: print(m, file=sys.stderr, flush=True),
+            compare=a.compare,
         )
         if a.screenshot:
             from sdpg.reporting import browser

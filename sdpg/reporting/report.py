@@ -9,8 +9,9 @@
   as Markdown, LaTeX (booktabs) or CSV with the best cell bold and the second underlined.
 * ``stability``: entropy collapse, response-length collapse, reward drawdown, late variance, steps to a
   threshold, per run and per variant.
-* ``improvement``: IQM and probability of improvement over a baseline, stratified bootstrap over
-  seeds within each benchmark (the method of rliable, Agarwal et al. 2021, in numpy).
+* ``improvement``: IQM, and the IQM difference and probability of improvement over a baseline or over the
+  previous variant (a chain of ablation steps), stratified bootstrap over seeds within each benchmark (the
+  method of rliable, Agarwal et al. 2021, in numpy).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sdpg.orchestration import tracking
+from sdpg.orchestration.specs import COMPARE
 
 # One colour per variant across every figure (Okabe-Ito, colour-blind safe).
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
@@ -103,7 +105,8 @@ def load_runs(
 
 class Source:
     """Where an experiment's runs live: tracking ``uri`` and ``experiment``; for a sweep also its Optuna
-    ``storage_url``, ``study_name`` and ``objective`` (metric, reduce, direction), when they are known."""
+    ``storage_url``, ``study_name`` and ``objective`` (metric, reduce, direction), when they are known; for an
+    ablation spec its ``compare`` mode (``report.compare``) and its ``variants`` in spec order."""
 
     def __init__(
         self,
@@ -114,9 +117,12 @@ class Source:
         study_name: str | None = None,
         objective: dict | None = None,
         space: list[str] | None = None,
+        compare: str | None = None,
+        variants: list[str] | None = None,
     ):
         self.uri, self.experiment, self.kind = uri, experiment, kind
         self.storage_url, self.study_name, self.objective, self.space = storage_url, study_name, objective, space or []
+        self.compare, self.variants = compare, variants or []
 
 
 def resolve(source: str) -> Source:
@@ -157,7 +163,7 @@ def resolve(source: str) -> Source:
         from sdpg.orchestration.ablate import load_plan
 
         plan = load_plan(p)
-        return Source(plan.tracking_uri, plan.experiment)
+        return Source(plan.tracking_uri, plan.experiment, compare=plan.spec.report.compare, variants=list(plan.spec.variants))
     if p.suffix in (".yaml", ".yml"):
         raise ValueError(f"{source}: no such spec file")
     if not p.exists():
@@ -185,8 +191,9 @@ def store_exists(uri: str) -> bool:
 
 
 def run_table(uri: str, experiment: str, tags: dict[str, str] | None = None):
-    """One row per child run: run_id, run_name, variant, seed, status, and the sweep tags ``trial``
-    (number), ``trial_state``, ``trial_params`` and ``pruned_at_step`` where present."""
+    """One row per child run: run_id, run_name, variant, seed, status, the sweep tags ``trial``
+    (number), ``trial_state``, ``trial_params`` and ``pruned_at_step`` where present, and ``group``: the run's
+    named grid groups (``grid.<axis>`` tags, e.g. ``task=chain``; ``""`` for none)."""
     import pandas as pd
 
     c = tracking.client(uri)
@@ -212,12 +219,29 @@ def run_table(uri: str, experiment: str, tags: dict[str, str] | None = None):
                 "trial_state": t.get("sdpg.trial_state"),
                 "trial_params": t.get("sdpg.trial_params"),
                 "pruned_at_step": t.get("sdpg.pruned_at_step"),
+                "group": group_label({k[len("grid.") :]: v for k, v in t.items() if k.startswith("grid.")}),
             }
         )
     return pd.DataFrame(
         rows,
-        columns=["run_id", "run_name", "variant", "seed", "status", "trial", "trial_state", "trial_params", "pruned_at_step"],
+        columns=[
+            "run_id",
+            "run_name",
+            "variant",
+            "seed",
+            "status",
+            "trial",
+            "trial_state",
+            "trial_params",
+            "pruned_at_step",
+            "group",
+        ],
     )
+
+
+def group_label(groups: dict[str, str]) -> str:
+    """A run's named grid groups as one label (``task=chain``; several axes joined by ``, ``); ``""`` for none."""
+    return ", ".join(f"{k}={groups[k]}" for k in sorted(groups))
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,43 +388,52 @@ def _prob_improvement(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(ps))
 
 
-def improvement(scores: dict[str, np.ndarray], baseline: str, n_boot: int = 2000, seed: int = 0):
-    """IQM of each variant and its probability of improvement over ``baseline``, with 95% stratified
-    bootstrap intervals (seeds resampled within each benchmark). ``scores[v]`` is [seeds, benchmarks].
+def improvement(
+    scores: dict[str, np.ndarray], baseline: str | None = None, n_boot: int = 2000, seed: int = 0, compare: str = "baseline"
+):
+    """IQM of each variant, and against another variant (``baseline``, or with ``compare="previous"`` the one
+    before it in the order of ``scores``): the IQM difference and the probability of improvement, each with a
+    95% stratified bootstrap interval (seeds resampled within each benchmark, both sides independently, the
+    same draws for both statistics). ``scores[v]`` is [seeds, benchmarks].
 
-    Each row states its sample size (``seeds``). A variant with fewer than ``MIN_SEEDS`` seeds gets its IQM
-    but no interval; P(improve) and its interval need ``MIN_SEEDS`` seeds on both sides (with one seed each
-    it is only the fraction of benchmarks won, not a probability over seeds); missing values are NaN."""
+    Columns: variant, against (None for the baseline itself and the first variant), seeds, iqm, iqm_lo, iqm_hi,
+    d_iqm (iqm - the other's), d_lo, d_hi, p_improve, p_lo, p_hi. Each row states its sample size. A variant
+    with fewer than ``MIN_SEEDS`` seeds gets its IQM but no interval; the comparisons need ``MIN_SEEDS`` seeds
+    on both sides (with one seed each P(improve) is only the fraction of benchmarks won, not a probability over
+    seeds); missing values are NaN."""
     import pandas as pd
 
+    if compare not in COMPARE:
+        raise ValueError(f"compare {compare!r}: expected one of {', '.join(COMPARE)}")
+    if compare == "baseline" and baseline not in scores:
+        raise ValueError(f"baseline {baseline!r} not among {list(scores)}")
     rng = np.random.default_rng(seed)
 
     def resample(m):
         idx = rng.integers(0, m.shape[0], size=m.shape)  # per benchmark column, independently
         return np.take_along_axis(m, idx, axis=0)
 
+    def q(xs):
+        return float(np.quantile(xs, 0.025)), float(np.quantile(xs, 0.975))
+
     nan = float("nan")
     rows = []
-    base = scores[baseline]
-    for v, m in scores.items():
-        row = {
-            "variant": v,
-            "seeds": int(m.shape[0]),
-            "iqm": _iqm(m),
-            "iqm_lo": nan,
-            "iqm_hi": nan,
-            "p_improve": nan,
-            "p_lo": nan,
-            "p_hi": nan,
-        }
+    names = list(scores)
+    for i, (v, m) in enumerate(scores.items()):
+        against = (baseline if v != baseline else None) if compare == "baseline" else (names[i - 1] if i else None)
+        row = {"variant": v, "against": against, "seeds": int(m.shape[0]), "iqm": _iqm(m), "iqm_lo": nan, "iqm_hi": nan}
+        row.update(d_iqm=nan, d_lo=nan, d_hi=nan, p_improve=nan, p_lo=nan, p_hi=nan)
         if m.shape[0] >= MIN_SEEDS:
             iqms = [_iqm(resample(m)) for _ in range(n_boot)]
-            row.update(iqm_lo=float(np.quantile(iqms, 0.025)), iqm_hi=float(np.quantile(iqms, 0.975)))
-        if v != baseline and m.shape[0] >= MIN_SEEDS and base.shape[0] >= MIN_SEEDS:
-            pis = [_prob_improvement(resample(m), resample(base)) for _ in range(n_boot)]
-            row.update(
-                p_improve=_prob_improvement(m, base), p_lo=float(np.quantile(pis, 0.025)), p_hi=float(np.quantile(pis, 0.975))
-            )
+            row["iqm_lo"], row["iqm_hi"] = q(iqms)
+        if against is not None:
+            other = scores[against]
+            row["d_iqm"] = _iqm(m) - _iqm(other)
+            if m.shape[0] >= MIN_SEEDS and other.shape[0] >= MIN_SEEDS:
+                draws = [(resample(m), resample(other)) for _ in range(n_boot)]
+                row["d_lo"], row["d_hi"] = q([_iqm(a) - _iqm(b) for a, b in draws])
+                row["p_improve"] = _prob_improvement(m, other)
+                row["p_lo"], row["p_hi"] = q([_prob_improvement(a, b) for a, b in draws])
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -51,6 +51,10 @@ class InformationStats:
     teacher_q_mean: float  # at uncertain tokens: mean q(y_t)
     kl_by_position: list[float]  # mean KL at response position t over the correct samples that reach t
     tokens_by_position: list[int]  # correct samples that reach position t
+    reference_fraction: float = float("nan")  # correct samples whose response is the reference solution itself
+    teacher_higher_fraction_reference: float = float("nan")  # q(y)>p(y) at uncertain tokens of those samples
+    teacher_higher_fraction_other: float = float("nan")  # ... and of the other correct samples
+    uncertain_other_fraction: float = float("nan")  # share of the uncertain tokens that lie in the other samples
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,8 +77,10 @@ def token_information(
     return {"kl": kl, "entropy": entropy, "logp": logp, "logq": logq, "uncertain": uncertain, "mask": m}
 
 
-def summarise(per_token: dict[str, Tensor], samples: int, threshold: float) -> InformationStats:
-    """The figure's numbers from :func:`token_information`'s tensors (concatenated over batches)."""
+def summarise(per_token: dict[str, Tensor], samples: int, threshold: float, reference: Tensor | None = None) -> InformationStats:
+    """The figure's numbers from :func:`token_information`'s tensors (concatenated over batches).
+    ``reference`` [B] bool: which samples wrote the reference solution itself (their working, not only
+    their answer, is the one the teacher was shown); splits the q > p share by it."""
     m, u = per_token["mask"], per_token["uncertain"].bool()  # [B, T], [B, T]
     kl, logp, logq = per_token["kl"], per_token["logp"], per_token["logq"]  # [B, T] each
     n_tok, n_unc = int(m.sum()), int(u.sum())
@@ -86,6 +92,16 @@ def summarise(per_token: dict[str, Tensor], samples: int, threshold: float) -> I
     def mean(x: Tensor) -> float:
         return float(x.float().mean()) if x.numel() else float("nan")
 
+    split = {}
+    if reference is not None:
+        ref = reference.bool()[:, None].expand_as(u)  # [B, T]
+        higher = logq > logp  # [B, T]
+        split = {
+            "reference_fraction": mean(reference.bool()),
+            "teacher_higher_fraction_reference": mean(higher[u & ref]),
+            "teacher_higher_fraction_other": mean(higher[u & ~ref]),
+            "uncertain_other_fraction": int((u & ~ref).sum()) / max(n_unc, 1),
+        }
     return InformationStats(
         samples=samples,
         correct=int(m.shape[0]),
@@ -103,6 +119,7 @@ def summarise(per_token: dict[str, Tensor], samples: int, threshold: float) -> I
         teacher_q_mean=mean(q_u),
         kl_by_position=[float(x) for x in kl_pos[:last]],
         tokens_by_position=[int(x) for x in per_pos[:last]],
+        **split,
     )
 
 
@@ -122,7 +139,7 @@ def measure_information(
     the correct ones (``reward.verifier``), and measure them under the student and the teacher prompt
     (``data.context``). Returns the stats and the sampled pass@1 of the student and of the teacher prompt
     on the same problems (``{"student": ..., "teacher": ...}``), and the per-token tensors of
-    :func:`token_information` [correct samples, T] (for histograms)."""
+    :func:`token_information` [correct samples, T] (for histograms) with ``reference`` [correct samples]."""
     from sdpg.training.data import read_source, tokenize_prompts
     from sdpg.training.embedded import task_of_source
     from sdpg.training.model import load_policy, resolve_device, sampled_token_stats
@@ -148,8 +165,10 @@ def measure_information(
         accuracy[view] = float(ok.mean())
     verifier.close()
     keep = ok.bool()  # the student's correct samples (the last view sampled)
+    texts = tokenizer.batch_decode(ro.responses, skip_special_tokens=True)
     idx = [i for i in range(len(rows)) for _ in range(n_samples)]
     kept = [j for j in range(len(idx)) if keep[j]]
+    reference = torch.tensor([texts[j].strip() == (rows[idx[j]].get("solution") or "").strip() for j in kept], dtype=torch.bool)
     parts: dict[str, list[Tensor]] = {}
     pad = tokenizer.pad_token_id
     for first in range(0, len(kept), batch_size):
@@ -170,4 +189,5 @@ def measure_information(
     if not cat:
         z = torch.zeros(0, 0)
         cat = {k: z for k in ("kl", "entropy", "logp", "logq", "uncertain", "mask")}
-    return summarise(cat, len(idx), threshold), accuracy, cat
+    cat["reference"] = reference
+    return summarise(cat, len(idx), threshold, reference), accuracy, cat

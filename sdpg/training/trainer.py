@@ -76,7 +76,7 @@ from sdpg.training.checkpoint import (
 from sdpg.training.config import SCORER_METRIC_NAMES, AlgoConfig, TrainConfig, build_config, load_config
 from sdpg.training.data import PromptSampler, read_source
 from sdpg.training.data import tokenize_prompts as tokenize_prompt_rows
-from sdpg.training.embedded import task_of_source
+from sdpg.training.embedded import task_of_source, train_response_tokens
 from sdpg.training.evaluate import evaluate, pass_at_k
 from sdpg.training.model import (
     compute,
@@ -388,6 +388,7 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
 
     # data: prompts tokenised once
     train_rows = read_source(cfg.data.train, cfg.data, "train")[: cfg.data.train_limit]
+    warn_short_responses(cfg, log)
     student_prompts, teacher_prompts = tokenize_prompts(train_rows, cfg, tokenizer, "training", log)
     eval_sets = {}
     for name, source in cfg.data.eval.items():
@@ -482,6 +483,23 @@ def _stderr_log(msg: str) -> None:
 
 def _no_log(msg: str) -> None:
     pass
+
+
+def warn_short_responses(cfg: TrainConfig, log: Callable[[str], None]) -> float | None:
+    """On a built-in task, the share of its training solutions that fit in ``rollout.max_new_tokens`` with the
+    stop token; a warning when under a quarter do (e.g. the chain task under the sum task's 32: 1%), where almost
+    every sample is cut before its answer. A short cap stays allowed (smoke tests use one)."""
+    task = task_of_source(cfg.data.train)
+    if task is None:
+        return None
+    lengths = train_response_tokens(task)
+    fit = sum(n <= cfg.rollout.max_new_tokens for n in lengths) / len(lengths)
+    if fit < 0.25:
+        log(
+            f"[sdpg] warning: rollout.max_new_tokens={cfg.rollout.max_new_tokens} fits only {fit:.0%} of the reference "
+            f"solutions of data.train={cfg.data.train} (all fit in {lengths[-1]}): most samples are cut before their answer"
+        )
+    return fit
 
 
 def tokenize_prompts(
