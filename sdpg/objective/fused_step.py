@@ -30,7 +30,8 @@ Student-only rows go through the head ``student_chunk_size`` at a time (``chunk_
 distilled chunk's positions): a head GEMM of only c rows streams the [V, H] head three times per c rows
 (logits, dL/dh, read-modify-write of dL/dW) and on CPU made GRPO's fused step 1.37x the materialised time;
 their softmax arithmetic still runs ``chunk_size`` rows at a time inside the group's logits buffer, which
-then receives dL/dz in place. Softmax arithmetic is float32; GEMMs run in the input dtype (bf16 on GPUs).
+then receives dL/dz in place. Distilled chunks' dL/dz is gathered the same way, so that every dL/dh and dL/dW GEMM
+has ``student_chunk_size`` rows. Softmax arithmetic is float32; GEMMs run in the input dtype (bf16 on GPUs).
 """
 
 from __future__ import annotations
@@ -179,7 +180,8 @@ def step_loss(
         token_advantages, token_weights, opd_token_weights: as in ``sdpg_loss``.
         impl: "fused" (chunked, the default) or "materialised" (the reference).
         chunk_size: positions per chunk (fused); None: by a memory budget (``chunk_sizes``).
-        student_chunk_size: student-only positions per head GEMM (fused); None: ``chunk_sizes``.
+        student_chunk_size: positions per dL/dh and dL/dW GEMM, and student-only positions per logits GEMM
+            (fused); None: ``chunk_sizes``.
     """
     if impl not in STEP_LOSS_IMPLS:
         raise ValueError(f"unknown step loss impl {impl!r}; expected one of {', '.join(STEP_LOSS_IMPLS)}")
@@ -416,20 +418,30 @@ class _FusedStep(torch.autograd.Function):
         grad_w = torch.zeros_like(W) if need_w else None  # [V, H]
         grad_b = torch.zeros(W.shape[0], dtype=torch.float32, device=W.device) if need_b else None  # [V]
         total = torch.zeros((), dtype=torch.float64, device=hs.device)
-        c = plan.chunk_size
-        for s in range(0, plan.rows_d.numel(), c):  # distilled: c student + c teacher rows per head GEMM
-            r = plan.rows_d[s : s + c]  # [c]
-            h = hs[r]  # [c, H]
-            z = F.linear(torch.cat([h, ht[r]]), W, b).float()  # [2c, V]
-            lp, en, kl_c, value, dz = _chunk_terms(z, r, plan, need_grad, teacher=True)
-            logp[r], ent[r] = lp, en
-            assert kl_c is not None  # a teacher chunk has its KL
-            kl[r] = kl_c if plan.st.kl_clamp is None else kl_c.clamp(max=plan.st.kl_clamp)
-            total += value
-            if dz is not None:
-                gh = _accumulate_grads(dz, h, W, grad_w, grad_b)  # [c, H]
+        c, G = plan.chunk_size, plan.student_chunk_size
+        for s in range(0, plan.rows_d.numel(), G):  # distilled: c student + c teacher rows per logits GEMM,
+            rg = plan.rows_d[s : s + G]  # [G]       dL/dz of G rows gathered for one dL/dh and one dL/dW GEMM
+            hg = hs[rg]  # [G, H]
+            dzg = None  # [G, V] in the head's dtype
+            for j in range(0, rg.numel(), c):
+                r, h = rg[j : j + c], hg[j : j + c]  # [c], [c, H]
+                z = F.linear(torch.cat([h, ht[r]]), W, b).float()  # [2c, V]
+                lp, en, kl_c, value, dz = _chunk_terms(z, r, plan, need_grad, teacher=True)
+                logp[r], ent[r] = lp, en
+                assert kl_c is not None  # a teacher chunk has its KL
+                kl[r] = kl_c if plan.st.kl_clamp is None else kl_c.clamp(max=plan.st.kl_clamp)
+                total += value
+                if dz is not None:
+                    if grad_b is not None:
+                        grad_b += dz.sum(dim=0)  # [V]
+                    if dzg is None:
+                        dzg = torch.empty(rg.numel(), W.shape[0], dtype=W.dtype, device=W.device)  # [G, V]
+                    dzg[j : j + c] = dz
+                del z, dz
+            if dzg is not None:
+                gh = _accumulate_grads(dzg, hg, W, grad_w, None)  # [G, H]
                 if grad_hs is not None:
-                    grad_hs[r] = gh.to(hs.dtype)
+                    grad_hs[rg] = gh.to(hs.dtype)
         G = plan.student_chunk_size
         for s in range(0, plan.rows_s.numel(), G):  # student rows only: G per head GEMM, softmax c at a time
             r = plan.rows_s[s : s + G]  # [G]
