@@ -244,6 +244,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--chunk", type=int, default=None, help="rows per chunk; default: auto")
     p.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
+    p.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS, help="which impls to run (default: all)")
     p.add_argument("--trainer-steps", type=int, default=6, help="steps of each trainer run; 0 skips part 2")
     p.add_argument("--trainer-overrides", nargs="*", default=[], help="key=value for the trainer runs")
     p.add_argument("--out", default="bench/results/step_memory.json")
@@ -259,7 +260,7 @@ def main() -> None:
     rows, skipped, last_peak = [], [], {}
     for T in sorted(a.T):
         for loss_name in a.losses:
-            for impl in IMPLS:
+            for impl in a.impls:
                 if impl == "kl_fused_only" and loss_name != "sdpg":
                     continue  # without a teacher it is the materialised path
                 key = (loss_name, impl)

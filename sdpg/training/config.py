@@ -481,7 +481,8 @@ class OptimConfig(Strict):
     tests compare against. Same values and gradients up to float32 round-off (docs/objective.md)."""
     loss_chunk_size: int | None = Field(None, gt=0)
     """Positions per chunk of the fused loss; None: the largest power of two whose [chunk, V] float32 buffer
-    stays within 48 MiB on CPU (64 at V = 151,936) or 320 MiB on GPUs (512)."""
+    stays within 48 MiB on CPU (64 at V = 151,936) or 320 MiB on GPUs (512), with rows that need no teacher
+    going through the head 4 chunks at a time. A value given caps every head GEMM at 2 chunks' rows."""
     max_nonfinite_steps: int = Field(3, gt=0)
     """An optimizer step whose loss or gradient norm is not finite is skipped (nothing reaches the weights);
     after this many in a row the run stops as failed, with a checkpoint of the last good state."""
