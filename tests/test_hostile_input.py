@@ -1267,6 +1267,14 @@ REPORT_CASES = [
         [],
     ),
     ("missing-out", {"spec.yaml": ablation()}, ["spec.yaml"], ["--out"], []),
+    ("compare-unknown", {"spec.yaml": ablation()}, ["spec.yaml", "--out", "r", "--compare", "next"], ["--compare", "next"], []),
+    (
+        "spec-report-compare-unknown",
+        {"spec.yaml": ablation(report={"compare": "next"})},
+        ["spec.yaml", "--out", "r"],
+        ["spec.yaml", "report.compare", "next"],
+        [],
+    ),
 ]
 
 

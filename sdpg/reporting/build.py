@@ -299,7 +299,7 @@ def build_report(
     variants = order or list(dict.fromkeys(df.variant))
     variants = [v for v in variants if v in set(df.variant)] or list(dict.fromkeys(df.variant))
     counts = _seed_counts(df, variants)
-    benches = report.benchmark_metrics(df)
+    benches = report.benchmark_metrics(df, src.benchmarks)
     log(f"[sdpg-report] {df.run_id.nunique()} runs, {len(variants)} variants, benchmarks: {', '.join(benches) or 'none'}")
     (out / "figures").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
@@ -365,7 +365,14 @@ def build_report(
         labels = {v: f"{v} (pruned)" for v in dashed}
         notes: dict[str, list[str]] = {}
         grid = report.paper_grid(
-            df, out / "figures" / f"curves{tag}", ema=ema, order=variants, labels=labels, dashed=dashed, notes=notes
+            df,
+            out / "figures" / f"curves{tag}",
+            ema=ema,
+            order=variants,
+            labels=labels,
+            dashed=dashed,
+            notes=notes,
+            benchmarks=src.benchmarks,
         )
         pruned_note = " Dashed: pruned trials (stopped early)." if dashed else ""
         sections.append(
@@ -473,7 +480,9 @@ def build_report(
                 else f"Runs without a grid group (logged before groups were tagged): {d.run_id.nunique()} runs"
             )
             sections.append((g or "no group", head, 2))
-            for title, body in group_sections(d, vs, gc, report.benchmark_metrics(d), [v for v in complete if v in vs], tag):
+            for title, body in group_sections(
+                d, vs, gc, report.benchmark_metrics(d, src.benchmarks), [v for v in complete if v in vs], tag
+            ):
                 sections.append((f"{title} ({g})", body, 3))
 
     seeds_line = _seeds_line(counts, "trials" if trials is not None else "variants")

@@ -20,6 +20,7 @@ def _args(argv: list[str]) -> argparse.Namespace | None:
     p.add_argument("--tag", action="append", default=[])
     p.add_argument("--reference")
     p.add_argument("--baseline")
+    p.add_argument("--compare")
     p.add_argument("--ema")
     p.add_argument("--order", nargs="+")
     p.add_argument("--threshold")
@@ -87,6 +88,14 @@ def check(argv: list[str]) -> None:
     bad = [t for t in a.tag if "=" not in t]
     if bad:
         raise ConfigError(f"--tag {short_repr(bad[0])}: expected KEY=VALUE")
+    from sdpg.orchestration.specs import COMPARE
+
+    if a.compare is not None and a.compare not in COMPARE:
+        raise ConfigError(f"--compare {short_repr(a.compare)}: expected one of {', '.join(COMPARE)}")
+    if a.compare == "previous" and a.baseline is not None:
+        raise ConfigError(
+            f"--baseline {short_repr(a.baseline)}: each variant is compared with the previous one (--compare previous)"
+        )
     for opt, val, lo, hi in (("--ema", a.ema, 0.0, 1.0), ("--threshold", a.threshold, -math.inf, math.inf)):
         if val is None:
             continue

@@ -106,7 +106,8 @@ def load_runs(
 class Source:
     """Where an experiment's runs live: tracking ``uri`` and ``experiment``; for a sweep also its Optuna
     ``storage_url``, ``study_name`` and ``objective`` (metric, reduce, direction), when they are known; for an
-    ablation spec its ``compare`` mode (``report.compare``) and its ``variants`` in spec order."""
+    ablation spec its ``compare`` mode (``report.compare``), its ``variants`` in spec order and its
+    ``benchmarks`` (``data.eval`` names) in config order."""
 
     def __init__(
         self,
@@ -119,10 +120,11 @@ class Source:
         space: list[str] | None = None,
         compare: str | None = None,
         variants: list[str] | None = None,
+        benchmarks: list[str] | None = None,
     ):
         self.uri, self.experiment, self.kind = uri, experiment, kind
         self.storage_url, self.study_name, self.objective, self.space = storage_url, study_name, objective, space or []
-        self.compare, self.variants = compare, variants or []
+        self.compare, self.variants, self.benchmarks = compare, variants or [], benchmarks or []
 
 
 def resolve(source: str) -> Source:
@@ -159,11 +161,18 @@ def resolve(source: str) -> Source:
                 s.spec.name,
                 s.spec.objective.model_dump(),
                 list(s.spec.space),
+                benchmarks=list((s.base.get("data") or {}).get("eval") or {}),
             )
         from sdpg.orchestration.ablate import load_plan
 
         plan = load_plan(p)
-        return Source(plan.tracking_uri, plan.experiment, compare=plan.spec.report.compare, variants=list(plan.spec.variants))
+        return Source(
+            plan.tracking_uri,
+            plan.experiment,
+            compare=plan.spec.report.compare,
+            variants=list(plan.spec.variants),
+            benchmarks=list(plan.runs[0].config.data.eval) if plan.runs else None,
+        )
     if p.suffix in (".yaml", ".yml"):
         raise ValueError(f"{source}: no such spec file")
     if not p.exists():
@@ -732,16 +741,30 @@ def plot_curves(
     return out.with_suffix(".png")
 
 
-def benchmark_metrics(df) -> list[str]:
-    """``eval/<bench>/mean@<k>`` keys present, in order of first appearance."""
-    return [m for m in dict.fromkeys(df.metric) if m.startswith("eval/") and "/mean@" in m]
+def benchmark_metrics(df, order: list[str] | None = None) -> list[str]:
+    """``eval/<bench>/mean@<k>`` keys present, in order of first appearance, or in the order of the benchmark
+    names ``order`` (e.g. a spec's ``data.eval`` keys: graded difficulty) with any others after them."""
+    found = [m for m in dict.fromkeys(df.metric) if m.startswith("eval/") and "/mean@" in m]
+    if order:
+        rank = {b: i for i, b in enumerate(order)}
+        found.sort(key=lambda m: rank.get(m.split("/")[1], len(rank)))  # stable: unknown ones keep their order
+    return found
 
 
-def paper_grid(df, out: str | Path, ema: float = 0.0, order: list[str] | None = None, keep_figure: bool = False, **kwargs):
+def paper_grid(
+    df,
+    out: str | Path,
+    ema: float = 0.0,
+    order: list[str] | None = None,
+    keep_figure: bool = False,
+    benchmarks: list[str] | None = None,
+    **kwargs,
+):
     """The paper's figure: each benchmark's mean@k, then reward, entropy, response length. With three or
     more benchmarks the benchmarks fill the top row and the training curves the bottom row, as in the
-    paper; with one or two benchmarks everything is one row, so no panel is left empty."""
-    benches = benchmark_metrics(df)
+    paper; with one or two benchmarks everything is one row, so no panel is left empty. ``benchmarks``:
+    the benchmark names in panel order (default: as they appear)."""
+    benches = benchmark_metrics(df, benchmarks)
     bottom = ["train/reward", "train/entropy", "train/response_length"]
     if len(benches) >= 3:
         ncols = len(benches)
