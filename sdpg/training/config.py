@@ -17,12 +17,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
-from sdpg.training.embedded import TASK_TARGET_ACCURACY, TASKS
+from sdpg.training.embedded import TASK_TARGET_ACCURACY, Task
 
 Method = Literal["grpo", "grpo_k3", "dapo", "dr_grpo", "sdpg_urkl", "sdpg_ufkl", "rlsd", "opsd", "opcd"]
 Dtype = Literal["float32", "bfloat16", "float16"]
 ContextType = Literal["none", "answer", "solution", "answer_solution", "custom"]
-EmbeddedTask = Literal[TASKS]  # the built-in tasks (sdpg.training.embedded.TASKS)
+EmbeddedTask = Task  # the built-in tasks (sdpg.training.embedded.Task)
 
 # Algorithm presets. Each is a set of AlgoConfig fields. The paper's baselines (grpo, rlsd, opsd) and SDPG follow
 # the SDPG authors' settings (docs/fidelity.md maps every value to its source and its test).

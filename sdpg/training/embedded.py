@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal, get_args
 
 from sdpg.paths import PACKAGE_ROOT, cache_root
 
@@ -58,8 +59,9 @@ STUDENT_TEMPLATE = "Q:{problem}\nA:"
 TEACHER_TEMPLATE = "Q:{problem}\n{context}\nA:"
 CONTEXT_TEMPLATES = {"answer": "H:{answer}", "solution": "S:{solution}", "answer_solution": "S:{solution}\nH:{answer}"}
 
-TASKS = ("sum", "chain")
+Task = Literal["sum", "chain"]
 """The built-in tasks, the choices of ``model.embedded.task`` (the one list of them)."""
+TASKS: tuple[str, ...] = get_args(Task)
 TASK_SOURCE = {"sum": "embedded", "chain": "embedded_chain"}
 """Training source (``data.train``) of each task; its evaluation sets are ``<source>:<set>``."""
 SOURCE_TASK = {v: k for k, v in TASK_SOURCE.items()}
