@@ -70,8 +70,9 @@ def main() -> None:
                 pci = "–" if np.isnan(r.p_lo) else f"[{r.p_lo:.2f}, {r.p_hi:.2f}]"
                 pim = "–" if np.isnan(r.p_improve) else f"{r.p_improve:.2f}"
                 mean = float(np.mean(scores[r.variant]))
+                against = r.against if isinstance(r.against, str) else "(first)"
                 lines.append(
-                    f"| {r.variant} | {r.seeds} | {mean:.3f} | {fmt(r.iqm)} | {r.against if isinstance(r.against, str) else '(first)'} | "
+                    f"| {r.variant} | {r.seeds} | {mean:.3f} | {fmt(r.iqm)} | {against} | "
                     f"{fmt(r.d_iqm, True)} | {ci} | {pim} | {pci} | {sep} |"
                 )
             lines.append("")
