@@ -28,6 +28,8 @@ def per_seed(df, variant: str, metric: str, how: str) -> np.ndarray:
     g = df[(df.variant == variant) & (df.metric == metric)]
     out = []
     for _, s in g.sort_values("step").groupby("seed"):
+        if s["step"].max() < df["step"].max():  # a run still training (or stopped early): not a result yet
+            continue
         v = s["value"].to_numpy()
         out.append({"last": v[-1], "best": v.max(), "auc": v.mean()}[how])
     return np.array(out, dtype=float)
