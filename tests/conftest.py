@@ -8,10 +8,36 @@ scripts/test.sh installs SLURM and imports vLLM once before pytest."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# The benchmark files (AIME24/25, AMC23, MATH-500 as JSONL) live in shared/ beside the repository, as in CI's clone.
+BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
+
+# The relevant part of Qwen3's chat template: ChatML turns, and an empty think block after the generation
+# prompt only when enable_thinking is false.
+QWEN3_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def math_verifier():
+    """math-verify in its worker process, shared by a module's tests."""
+    from sdpg.training.rewards import MathVerifier
+
+    v = MathVerifier(timeout_s=5.0)
+    yield v
+    v.close()
+
 
 # The built-in model (shipped with the package), at small batch sizes.
 TINY = [

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
+from conftest import BENCH
 
 from sdpg.training.config import ConfigError, DataConfig, load_config
 from sdpg.training.data import PromptSampler, build_prompts, read_source
 from sdpg.training.rewards import MathVerifier, Verifier, exact_reward, last_boxed
-
-# the benchmark files live in shared/ beside the repository (as in CI's clone)
-BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
 
 
 class CharTok:
@@ -111,13 +108,6 @@ def test_last_boxed_and_exact():
     assert exact_reward("1+2=3;#3", "3") == 1.0
     assert exact_reward("1+2=3;#4", "3") == 0.0
     assert exact_reward("no answer", "3") == 0.0
-
-
-@pytest.fixture(scope="module")
-def math_verifier():
-    v = MathVerifier(timeout_s=5.0)
-    yield v
-    v.close()
 
 
 @pytest.mark.parametrize("bench", ["aime24", "aime25", "amc23", "math500"])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import BENCH, QWEN3_CHAT_TEMPLATE
 
 from sdpg.objective import (
     clamp_kl,
@@ -24,22 +25,10 @@ from sdpg.objective import (
 from sdpg.objective.loss import FusedKLInputs
 from sdpg.training.config import METHOD_PRESETS, ConfigError, DataConfig, load_config
 from sdpg.training.data import build_prompts, read_source, tokenize_prompts
-from sdpg.training.rewards import MathVerifier, Verifier, boxed_extract, boxed_reward, minerva_normalise
+from sdpg.training.rewards import Verifier, boxed_extract, boxed_reward, minerva_normalise
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
 PAPER_BASE = ROOT / "ablations" / "base" / "paper_qwen3_4b.yaml"
-
-# The relevant part of Qwen3's chat template: ChatML turns, and an empty think block after the generation
-# prompt only when enable_thinking is false.
-QWEN3_CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
-    "{%- endif %}"
-)
 
 
 @pytest.fixture(scope="module")
@@ -122,13 +111,6 @@ def test_student_cut_from_the_left_teacher_from_the_right(qwen3_like_tokenizer):
 
 
 # ------------------------------------------------------------------ the authors' boxed scorer
-
-
-@pytest.fixture(scope="module")
-def math_verifier():
-    v = MathVerifier(timeout_s=5.0)
-    yield v
-    v.close()
 
 
 @pytest.mark.parametrize("bench", ["aime24", "aime25", "amc23", "math500"])

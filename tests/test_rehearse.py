@@ -15,21 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import BENCH, QWEN3_CHAT_TEMPLATE
 
 from sdpg.cli import ablate_main
 
 REPO = Path(__file__).resolve().parents[1]
-BENCH = REPO.parent / "shared" / "data" / "benchmarks"
 PAPER_BASE = REPO / "ablations" / "base" / "paper_qwen3_4b.yaml"
 
-QWEN3_CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
-    "{%- endif %}"
-)
 STUDENT = (
     "Solve the following math problem step by step. Present your final answer inside \\boxed{{}}, for example "
     "\\boxed{{42}}.\n{question}\nRemember to put your final answer inside \\boxed{{}}."
