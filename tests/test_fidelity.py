@@ -422,10 +422,33 @@ def test_grpo_k3_keeps_the_deepseekmath_form():
     assert (a["kl_mode"], a["alpha"], a["loss_agg_mode"], a["reward_kl_coef"]) == ("k3", 1e-3, "seq-mean-token-mean", 0.0)
 
 
-def test_missing_vllm_is_a_validation_error(monkeypatch):
+def test_missing_vllm_is_refused_by_the_world_check_not_the_schema(monkeypatch, tmp_path, capsys):
+    """A laptop without vLLM plans (dry run, printed config, a warning naming what the jobs need); training or
+    submitting there is refused in one line, exit 2, before anything exists."""
+    from sdpg.cli import ablate_main, train_main
+    from sdpg.training.preflight import check_world
+
     monkeypatch.setitem(sys.modules, "vllm", None)  # as on a machine without the package
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(PAPER_BASE)  # the config is valid anywhere
     with pytest.raises(ConfigError, match=r"key 'rollout.backend' has bad value 'vllm'.*not installed"):
-        load_config(PAPER_BASE)
+        check_world(cfg, str(PAPER_BASE))
+    spec = str(ROOT / "ablations" / "paper_table1.yaml")
+    for argv, main, rc, where in [
+        ([spec, "--dry-run"], ablate_main, 0, "out"),
+        ([str(PAPER_BASE), "--print-config"], train_main, 0, "out"),
+        ([spec], ablate_main, 2, "err"),
+        ([str(PAPER_BASE)], train_main, 2, "err"),
+    ]:
+        assert main(argv) == rc, argv
+        out, err = capsys.readouterr()
+        vllm_lines = [ln for ln in err.splitlines() if "'rollout.backend' has bad value 'vllm'" in ln]
+        if rc == 0:
+            assert "rollout:" in out or "settings per variant" in out
+            assert len(vllm_lines) == 1 and vllm_lines[0].startswith("warning: ") and "sdpg[rehearse]" in vllm_lines[0]
+        else:
+            assert err.count("\n") == 1 and err.startswith("error: ") and len(vllm_lines) == 1, err
+    assert list(tmp_path.iterdir()) == []  # nothing created by any of them
 
 
 def test_bf16_parameters_only_on_request():

@@ -865,6 +865,22 @@ def cancel(plan: Plan, log=print) -> int:
     return len(ids)
 
 
+def dry_run_warnings(plan: Plan) -> list[str]:
+    """What submitting the plan from here would refuse (vLLM not installed, a data file not here...): one
+    sentence each, naming the runs it concerns."""
+    from sdpg.training.preflight import world_warnings
+
+    found: dict[str, list[str]] = {}
+    for r in plan.distinct:
+        for w in world_warnings(r.config, str(plan.path), local=plan.executor in ("local", "debug")):
+            found.setdefault(w, []).append(r.name)
+    n = len(plan.distinct)
+    return [
+        f"{w} (submitting from here is refused; {'all ' + str(n) + ' runs' if len(names) == n else 'runs ' + ', '.join(names)})"
+        for w, names in found.items()
+    ]
+
+
 def tracking_redact(text: str) -> str:
     from sdpg.orchestration.tracking import redact
 
@@ -943,7 +959,8 @@ def main(argv: list[str] | None = None) -> int:
             a.only,
             max_runs=a.max_runs,
             profile_file=a.profile_file,
-            check_world=sub == "run" and not a.rehearse,  # a rehearsal checks every run's files itself
+            # a rehearsal checks every run's files itself; a dry run says what is missing here as warnings
+            check_world=sub == "run" and not a.rehearse and not a.dry_run,
         )
     except ConfigError as e:
         from sdpg.orchestration.tracking import redact
@@ -967,6 +984,8 @@ def main(argv: list[str] | None = None) -> int:
         steps = variant_steps(plan)
         if steps:
             print("\neach variant against the previous one (effective config: settings that cannot matter left out):\n" + steps)
+        for w in dry_run_warnings(plan):
+            print(f"warning: {tracking_redact(w)}", file=sys.stderr)
         return 0
     if a.rehearse:
         from sdpg.orchestration.rehearse import rehearse_plan

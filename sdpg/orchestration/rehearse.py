@@ -592,6 +592,15 @@ def rehearse(
 ) -> list[Outcome]:
     """Rehearse ``items``; returns one outcome per run (and writes the report files)."""
     t_start, cpu_start = time.time(), _cpu_seconds()
+    if vllm_available() and any(it.config.rollout.backend == "vllm" for it in items):
+        from sdpg._media import MEDIA_PACKAGES, mismatch
+
+        stray = [why for n in MEDIA_PACKAGES if (why := mismatch(n))]
+        if stray:  # vLLM's model check in its child process would fail every run the same way
+            raise ConfigError(
+                f"{ctx.spec_path}: rollout.backend is vllm and {stray[0]}, which stops vLLM's model check; "
+                "python -m sdpg.environment --fix uninstalls the media packages built for another torch"
+            )
     folder = prepare_folder(Path(folder) if folder else default_folder(ctx.spec_name))
     tag = f"[{ctx.tool}]"
     log(f"{tag} rehearsing {len(items)} runs of {ctx.spec_name} in {folder}")
@@ -927,7 +936,7 @@ def write_report(outcomes: list[Outcome], ctx: Context, folder: Path, timing: di
     lines += table
     for o in outcomes:
         if o.status != "pass" and o.errors:
-            lines.append(f"\n{o.name} {o.status}s:")
+            lines.append(f"\n{o.name}: {o.status}")
             lines += [f"  - {e}" for e in o.errors]
     # prompts: each distinct rendering once
     shown: dict[tuple, list[str]] = {}
