@@ -434,11 +434,11 @@ def test_missing_vllm_is_refused_by_the_world_check_not_the_schema(monkeypatch, 
     with pytest.raises(ConfigError, match=r"key 'rollout.backend' has bad value 'vllm'.*not installed"):
         check_world(cfg, str(PAPER_BASE))
     spec = str(ROOT / "ablations" / "paper_table1.yaml")
-    for argv, main, rc, where in [
-        ([spec, "--dry-run"], ablate_main, 0, "out"),
-        ([str(PAPER_BASE), "--print-config"], train_main, 0, "out"),
-        ([spec], ablate_main, 2, "err"),
-        ([str(PAPER_BASE)], train_main, 2, "err"),
+    for argv, main, rc in [
+        ([spec, "--dry-run"], ablate_main, 0),
+        ([str(PAPER_BASE), "--print-config"], train_main, 0),
+        ([spec], ablate_main, 2),
+        ([str(PAPER_BASE)], train_main, 2),
     ]:
         assert main(argv) == rc, argv
         out, err = capsys.readouterr()

@@ -1228,8 +1228,8 @@ def small_store(tmp_path_factory) -> Path:
     from mlflow.tracking import MlflowClient
 
     c = MlflowClient("sqlite:///" + str(root / "outputs" / "hx" / "mlflow.db"))
-    e = c.create_experiment("hx")
-    c.create_experiment("empty")
+    e = c.create_experiment("hx", artifact_location=(root / "artifacts").as_uri())  # nothing under ./mlruns
+    c.create_experiment("empty", artifact_location=(root / "artifacts").as_uri())
     r = c.create_run(e, tags={"sdpg.run_hash": "h1", "variant": "a", "seed": "0"})
     c.log_metric(r.info.run_id, "train/reward", 0.5, step=1)
     c.set_terminated(r.info.run_id)

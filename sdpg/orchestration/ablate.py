@@ -934,7 +934,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(
             "--rehearse-model",
             metavar="PATH",
-            help="with --rehearse: a local folder (config.json and tokenizer) standing in for model.path",
+            help="with --rehearse: a local folder (config.json and tokenizer) standing in for model.path, "
+            "or builtin: a Qwen3 stand-in made here (no hub)",
+        )
+        p.add_argument(
+            "--rehearse-data",
+            choices=["builtin"],
+            help="with --rehearse: data files not found here are replaced by stand-in rows in their format (no data)",
         )
         p.add_argument("--rehearse-dir", metavar="DIR", help="with --rehearse: its folder (default rehearsals/NAME)")
         p.add_argument(
@@ -991,7 +997,7 @@ def main(argv: list[str] | None = None) -> int:
         from sdpg.orchestration.rehearse import rehearse_plan
 
         try:
-            return rehearse_plan(plan, a.rehearse_model, a.rehearse_dir)
+            return rehearse_plan(plan, a.rehearse_model, a.rehearse_dir, stand_in_data=a.rehearse_data)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

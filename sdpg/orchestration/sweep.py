@@ -1147,7 +1147,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(
             "--rehearse-model",
             metavar="PATH",
-            help="with --rehearse: a local folder (config.json and tokenizer) standing in for model.path",
+            help="with --rehearse: a local folder (config.json and tokenizer) standing in for model.path, "
+            "or builtin: a Qwen3 stand-in made here (no hub)",
+        )
+        p.add_argument(
+            "--rehearse-data",
+            choices=["builtin"],
+            help="with --rehearse: data files not found here are replaced by stand-in rows in their format (no data)",
         )
         p.add_argument("--rehearse-dir", metavar="DIR", help="with --rehearse: its folder (default rehearsals/NAME)")
     if sub == "export":
@@ -1168,7 +1174,7 @@ def main(argv: list[str] | None = None) -> int:
         elif a.rehearse:
             from sdpg.orchestration.rehearse import rehearse_sweep
 
-            return rehearse_sweep(sweep, a.rehearse_model, a.rehearse_dir)
+            return rehearse_sweep(sweep, a.rehearse_model, a.rehearse_dir, stand_in_data=a.rehearse_data)
         else:
             launch(sweep, a.workers, a.wait, log=lambda m: print(m, file=sys.stderr, flush=True))
     except ConfigError as e:

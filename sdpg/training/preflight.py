@@ -307,7 +307,10 @@ def check_data_file(cfg: TrainConfig, key: str, src: str, source: str, what: str
         )
 
 
-VLLM_INSTALL = "pip install 'sdpg[vllm]' where the jobs run on GPUs; on a CPU pip install 'sdpg[rehearse]' && python -m sdpg.environment --fix"
+VLLM_INSTALL = (
+    "pip install 'sdpg[vllm]' where the jobs run on GPUs; "
+    "on a CPU pip install 'sdpg[rehearse]' && python -m sdpg.environment --fix"
+)
 
 
 def _check_packages(source: str, cfg: TrainConfig) -> None:
