@@ -398,3 +398,23 @@ def test_many_variants_get_distinct_colours_and_styles():
     assert len({(colours[n], str(styles[n])) for n in names}) == 45
     assert len({colours[n] for n in names[:20]}) == 20  # the first twenty differ in colour alone
     assert report.colours_for(VARIANTS) == dict(zip(VARIANTS, report.PALETTE))  # few variants: Okabe-Ito
+
+
+def test_axes_have_units_and_an_inert_gate_is_not_drawn(tmp_path):
+    """Every panel's y-axis says what it measures (timing in s); GRPO's gate fraction, computed at beta = 0
+    where it gates nothing, is named in the panel instead of drawn as a curve."""
+    import pandas as pd
+
+    rows = []
+    for variant, beta in (("sdpg", 0.1), ("grpo", 0.0)):
+        for step in (1, 2, 3):
+            for metric, value in (("train/beta", beta), ("train/gate_fraction", 0.5 + step / 10), ("timing/step", 2.0)):
+                rows.append({"variant": variant, "seed": 0, "step": step, "metric": metric, "value": value, "run_id": variant})
+    df = pd.DataFrame(rows)
+    _, fig = report.plot_curves(df, ["train/gate_fraction", "timing/step"], tmp_path / "f", keep_figure=True)
+    gate, timing = fig.axes[:2]
+    assert gate.get_ylabel() == "fraction of tokens" and timing.get_ylabel() == "s" and gate.get_xlabel() == "step"
+    assert [ln.get_label() for ln in gate.get_lines()] == ["sdpg (n=1)"]  # grpo's curve not drawn...
+    assert any("inert at \u03b2 = 0, not drawn: grpo" in t.get_text() for t in gate.texts)  # ...but named
+    assert len(timing.get_lines()) == 2  # timing is not inert
+    assert report.y_label("eval/aime24/mean@32") == "accuracy (mean@32)"

@@ -1125,13 +1125,19 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         run_help="start the workers (they pull trials until n_trials have finished)",
     )
-    p.add_argument(
-        "--executor", choices=("local", "slurm"), help="where workers run: local processes or a SLURM array (default: the spec's)"
-    )
-    p.add_argument(
-        "--n-trials", type=int, metavar="N", help="finished (complete or pruned) trials to collect, replacing the spec's n_trials"
-    )
+    p.set_defaults(executor=None, n_trials=None)
     if sub == "run":
+        p.add_argument(
+            "--executor",
+            choices=("local", "slurm"),
+            help="where workers run: local processes or a SLURM array (default: the spec's)",
+        )
+        p.add_argument(
+            "--n-trials",
+            type=int,
+            metavar="N",
+            help="finished (complete or pruned) trials to collect, replacing the spec's n_trials",
+        )
         p.add_argument("--workers", type=int, metavar="N", help="workers pulling trials at once (default: the spec's)")
         p.add_argument(
             "--wait",
