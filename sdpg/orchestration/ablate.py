@@ -784,7 +784,8 @@ class Progress:
                 state, step, m = run_state(r)
                 if r.name in self.shown:  # seen running: say how it ended, once
                     acc = m.get("train/accuracy")
-                    end = f"{r.name}: {state} at step {step}" + (f" acc {acc:.2f}" if acc is not None else "")
+                    how = "finished" if state == "finished" else "stopped unfinished"
+                    end = f"{r.name}: {how} at step {step}" + (f" acc {acc:.2f}" if acc is not None else "")
                     lines.append((r.name, end, ""))
                 continue
             running += 1
