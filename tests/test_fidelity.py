@@ -445,7 +445,7 @@ def test_missing_vllm_is_refused_by_the_world_check_not_the_schema(monkeypatch, 
         vllm_lines = [ln for ln in err.splitlines() if "'rollout.backend' has bad value 'vllm'" in ln]
         if rc == 0:
             assert "rollout:" in out or "settings per variant" in out
-            assert len(vllm_lines) == 1 and vllm_lines[0].startswith("warning: ") and "sdpg[rehearse]" in vllm_lines[0]
+            assert len(vllm_lines) == 1 and vllm_lines[0].startswith("warning: ") and ".[rehearse]" in vllm_lines[0]
         else:
             assert err.count("\n") == 1 and err.startswith("error: ") and len(vllm_lines) == 1, err
     assert list(tmp_path.iterdir()) == []  # nothing created by any of them

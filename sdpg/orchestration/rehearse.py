@@ -905,7 +905,7 @@ def not_rehearsed(cfg: TrainConfig, ctx: Context, world: int, have_vllm: bool) -
         )
     if cfg.rollout.backend == "vllm" and not have_vllm:
         out.append(
-            "the vLLM rollout backend: vLLM is not installed here (pip install 'sdpg[rehearse]' && python -m "
+            "the vLLM rollout backend: vLLM is not installed here (pip install -e '.[rehearse]' && python -m "
             "sdpg.environment --fix), so rollouts ran on the hf backend "
             "(the engine, its weight sync and rollout log-prob ratios were not rehearsed)"
         )

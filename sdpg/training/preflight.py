@@ -308,8 +308,8 @@ def check_data_file(cfg: TrainConfig, key: str, src: str, source: str, what: str
 
 
 VLLM_INSTALL = (
-    "pip install 'sdpg[vllm]' where the jobs run on GPUs; "
-    "on a CPU pip install 'sdpg[rehearse]' && python -m sdpg.environment --fix"
+    "in the sdpg checkout: pip install -e '.[vllm]' where the jobs run on GPUs; "
+    "on a CPU pip install -e '.[rehearse]' && python -m sdpg.environment --fix"
 )
 
 
