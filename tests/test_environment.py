@@ -7,6 +7,7 @@ real stray one does, with metadata that requires another torch, first on the pat
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -52,6 +53,15 @@ def test_a_stray_torchvision_stops_transformers_but_not_sdpg(tmp_path):
     )
     assert with_sdpg.returncode == 0, with_sdpg.stderr[-2000:]
     assert with_sdpg.stdout.split() == ["['torchvision']", "loaded"]
+    if importlib.util.find_spec("vllm") is not None:  # vLLM's own child process would still meet it: refused first
+        refused = python(
+            "from sdpg.training.config import load_config; from sdpg.training.preflight import check_world\n"
+            "try:\n    check_world(load_config(None, ['rollout.backend=vllm']))\n"
+            "except Exception as e:\n    print(e)",
+            fake,
+            tmp_path,
+        )
+        assert "torchvision 0.99.0 requires torch>=99.0" in refused.stdout and "sdpg.environment --fix" in refused.stdout
     told = python("from sdpg.environment import main; main([])", fake, tmp_path)  # names it, uninstalls nothing
     assert told.returncode == 0 and "torchvision 0.99.0 requires torch>=99.0" in told.stdout, told.stderr
     assert "would uninstall" in told.stdout and (fake / "torchvision").is_dir()
