@@ -939,11 +939,13 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         run_help="print the runs, then train the unfinished ones (--dry-run: print only)",
     )
-    p.add_argument(
-        "--executor",
-        choices=EXECUTORS,
-        help="where runs execute: local (processes here), debug (this process), slurm (default: the spec's)",
-    )
+    p.set_defaults(executor=None)
+    if sub == "run":  # where the runs go: status and cancel read where each job went from jobs.json
+        p.add_argument(
+            "--executor",
+            choices=EXECUTORS,
+            help="where runs execute: local (processes here), debug (this process), slurm (default: the spec's)",
+        )
     p.add_argument(
         "--only",
         action="append",
