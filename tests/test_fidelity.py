@@ -25,7 +25,7 @@ from sdpg.objective import (
 from sdpg.objective.loss import FusedKLInputs
 from sdpg.training.config import METHOD_PRESETS, ConfigError, DataConfig, load_config
 from sdpg.training.data import build_prompts, read_source, tokenize_prompts
-from sdpg.training.rewards import Verifier, boxed_extract, boxed_reward, minerva_normalise
+from sdpg.training.rewards import Verifier, boxed_judge, boxed_reward, minerva_normalise
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_BASE = ROOT / "ablations" / "base" / "paper_qwen3_4b.yaml"
@@ -171,7 +171,12 @@ BOXED_CASES = [
     ("Work.\nAnswer: 42\n", "42", 1.0),  # the Answer: line fallback
     ("Work.\nanswer: $42$", "42", 1.0),
     ("Answer: 1\nlater: Answer: 42", "42", 1.0),  # the last one
-    ("\\boxed{41}\nAnswer: 42", "42", 0.0),  # a box wins over an Answer: line
+    ("\\boxed{41}\nAnswer: 42", "42", 1.0),  # a wrong box: the Answer: line is tried (the authors' fallback)
+    ("\\boxed{42}\nAnswer: 41", "42", 1.0),  # a correct box wins
+    ("Work.\nAnswer:\n42", "42", 0.0),  # the answer on the next line does not count
+    ("**Answer:** 42", "42", 1.0),  # asterisks stripped
+    ("\\boxed{42 ft}", "42", 0.0),  # ft is not in the fork's unit list
+    ("\\boxed{42 feet}", "42", 1.0),
     ("\\boxed{7}" + PAD * 100 + "\nAnswer: 42", "42", 1.0),  # box outside the tail: the line inside it counts
 ]
 
@@ -187,7 +192,8 @@ def test_minerva_normalisation_hand_values():
     assert minerva_normalise("5 \\text{ cm}") == "5"
     assert minerva_normalise("\\dfrac14") == "\\dfrac{1}{4}"
     assert minerva_normalise("x = \\$5") == "5"
-    assert boxed_extract("\\boxed{\\frac{1}{\\sqrt{2}}} end") == "\\frac{1}{\\sqrt{2}}"
+    assert boxed_judge("\\boxed{\\frac{1}{\\sqrt{2}}} end", "\\frac{1}{\\sqrt{2}}") == (True, "\\frac{1}{\\sqrt{2}}")
+    assert boxed_judge("no answer here", "2") == (False, None)
 
 
 def test_boxed_reward_is_plus_minus_one_in_the_paper_config():
