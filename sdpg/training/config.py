@@ -274,8 +274,26 @@ class DataConfig(Strict):
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra arguments of ``tokenizer.apply_chat_template`` (the paper: ``enable_thinking: true`` for Qwen3)."""
     max_prompt_tokens: int = Field(2048, gt=0)
-    """Longer prompts are cut, with a warning: student prompts from the left (the question's end and the
-    chat template's generation prompt stay), teacher prompts from the right (as the authors)."""
+    """Longest prompt in tokens (chat template included). Teacher prompts are cut from the right at it (as the
+    authors); a longer student prompt is handled per ``overlong_prompts``."""
+    overlong_prompts: Literal["error", "drop", "cut_left"] = "error"
+    """A student prompt longer than ``max_prompt_tokens``: ``error`` stops at data preparation naming the set,
+    the row and its length (the authors never cut the student prompt); ``drop`` leaves the row out and logs how
+    many were; ``cut_left`` keeps its last tokens (the question's end and the generation prompt)."""
+    answer_format: Literal["boxed", "answer_colon"] = "boxed"
+    """Answer instruction of verl-format rows. ``boxed``: DAPO's "The last line of your response should be of
+    the form Answer: $Answer ..." is replaced (once per message, before the sentinel split) by "Present your
+    final answer inside \\boxed{}, for example \\boxed{42}.", as the authors' ``data.answer_format=boxed``
+    (all their paper scripts); ``answer_colon``: rows as written."""
+    problem_instruction: Literal["auto", "strip", "keep"] = "auto"
+    """A plain row whose question ends with one of ``problem_instructions`` (the benchmark files' "Please
+    reason step by step, and put your final answer within \\boxed{}."): ``strip`` removes it before the
+    template; ``keep`` leaves it; ``auto`` strips when the student template asks for ``\\boxed{}`` itself
+    (``sdpg_fig4``, the default custom template), so the prompt carries one instruction, not two."""
+    problem_instructions: list[str] = Field(
+        default_factory=lambda: ["Please reason step by step, and put your final answer within \\boxed{}."]
+    )
+    """Trailing instructions of questions that ``problem_instruction`` removes (exact text)."""
     train_limit: int | None = Field(None, gt=0)
     """Use only the first N training rows."""
     eval_limit: int | None = Field(None, gt=0)
@@ -624,6 +642,8 @@ class TrainConfig(Strict):
             reset("algo", AlgoConfig, "reward_kl_estimator")
         if self.data.prompt_template != "custom":
             reset("data", DataConfig, "student_template", "teacher_template")
+        if self.data.problem_instruction == "keep":
+            reset("data", DataConfig, "problem_instructions")
         if self.reward.verifier != "boxed" and "boxed" not in self.eval.extra_scorers:
             reset("reward", RewardConfig, "boxed_tail_chars")
         if a.advantage != "rlsd":
