@@ -206,6 +206,17 @@ def test_student_prompts_are_never_cut_by_default(qwen3_like_tokenizer):
     assert "\n" not in msg and "data.overlong_prompts" in msg
 
 
+def test_over_long_student_prompt_stops_training_in_one_sentence(tmp_path, capsys):
+    from sdpg.cli import train_main
+
+    out = tmp_path / "run"
+    args = [f"run.output_dir={out}", "data.max_prompt_tokens=4", "run.total_steps=1", "run.threads=1", "eval.every=0"]
+    assert train_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "data.train=embedded:" in err and "data.max_prompt_tokens=4" in err and "data.overlong_prompts" in err
+    assert {p.name for p in out.iterdir()} <= {".sdpg-run.lock"}  # nothing written but the run's lock
+
+
 def test_overlong_student_prompts_dropped_and_counted(qwen3_like_tokenizer):
     cfg = DataConfig(
         chat_template="off", context="answer", student_template="{problem}", max_prompt_tokens=8, overlong_prompts="drop"

@@ -370,9 +370,6 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
     if cfg.rollout.prompts_per_step % world:
         raise ValueError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the {world} ranks")
     main_rank = rank == 0
-    if main_rank:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.resolved(), sort_keys=False))
     log = _stderr_log if main_rank else _no_log
     seed_everything(cfg.run.seed)
 
@@ -403,6 +400,9 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
         eval_rows, eval_prompts, _ = tokenize_prompts(eval_rows, cfg, tokenizer, f"data.eval.{name}", log)
         eval_sets[name] = (eval_rows, eval_prompts)
     sampler = PromptSampler(len(train_rows), cfg.run.seed, cfg.data.shuffle)
+    if main_rank:  # after the data are read: bad data (a missing file, an over-long prompt) leave nothing behind
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.resolved(), sort_keys=False))
 
     verifier_kind = (
         cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if task_of_source(cfg.data.train) else "math")
