@@ -350,8 +350,9 @@ class RolloutConfig(Strict):
 class RewardConfig(Strict):
     verifier: Literal["auto", "exact", "math", "boxed"] = "auto"
     """``exact``: the text after the last ``#`` equals the answer (embedded task); ``math``: HF
-    math-verify on the last ``\\boxed{}`` (gold parsed first); ``boxed``: the SDPG authors' string match
-    (last ``\\boxed{}`` in the last 500 characters, Minerva normalisation, ``Answer:`` fallback);
+    math-verify on the last ``\\boxed{}`` (gold parsed first); ``boxed``: the SDPG authors' string match, equal to
+    their ``compute_score_boxed`` (last ``\\boxed{}`` in the last 500 characters, and whenever it is absent or
+    wrong the last same-line ``Answer:``; Minerva normalisation);
     auto: exact for the embedded task, else math."""
     incorrect_reward: float = 0.0
     """Score of a response judged wrong (correct scores 1). The authors' boxed scorer gives -1: the same
