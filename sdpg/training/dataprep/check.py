@@ -3,7 +3,8 @@
 Two tests per (training row, benchmark row): the same problem after normalisation (``text.normalise``: the
 instruction wrappers, TeX spacing, case and white space do not count), and a shared word n-gram (13 by
 default, as in the usual contamination checks) -- which finds a benchmark problem that was lightly reworded
-or embedded in a longer text. A benchmark problem shorter than n words is checked for the exact match only.
+or embedded in a longer text. A benchmark problem shorter than n words is checked for the exact match only, and
+an n-gram that occurs in more than one distinct benchmark problem is boilerplate, not evidence.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def find_contamination(train: list[str], benches: dict[str, list[str]], n: int) 
     """Offending (training row, benchmark row) pairs, and per-benchmark counts."""
     exact_index: dict[str, list[tuple[str, int]]] = {}
     gram_index: dict[tuple[str, ...], list[tuple[str, int]]] = {}
+    gram_texts: dict[tuple[str, ...], set[str]] = {}
     for b, problems in benches.items():
         for j, p in enumerate(problems):
             norm = T.normalise(p)
@@ -52,6 +54,12 @@ def find_contamination(train: list[str], benches: dict[str, list[str]], n: int) 
             if len(toks) >= n:
                 for g in T.ngrams(toks, n):
                     gram_index.setdefault(g, []).append((b, j))
+                    gram_texts.setdefault(g, set()).add(norm)
+    # boilerplate ("... where m and n are relatively prime positive integers. Find m+n"): an n-gram of more than
+    # one distinct benchmark problem is no evidence of any one of them
+    boilerplate = [g for g, texts in gram_texts.items() if len(texts) > 1]
+    for g in boilerplate:
+        del gram_index[g]
     pairs: list[dict] = []
     per = {b: {"rows": len(ps), "exact": 0, "ngram": 0, "benchmark_rows_found": 0} for b, ps in benches.items()}
     found: dict[str, set[int]] = {b: set() for b in benches}

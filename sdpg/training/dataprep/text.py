@@ -32,10 +32,21 @@ WRAPPERS: tuple[tuple[str, str, str], ...] = (
 
 
 def unwrap(problem: str) -> tuple[str, str | None]:
-    """The question without a known instruction wrapper, and the wrapper's name (None when there was none)."""
+    """The question without known instruction wrappers (nested ones too), and the outermost one's name (None when
+    there was none)."""
+    inner, name = _unwrap_once(problem)
+    while name is not None:
+        inner, more = _unwrap_once(inner)
+        if more is None:
+            break
+    return inner, name
+
+
+def _unwrap_once(problem: str) -> tuple[str, str | None]:
     for name, prefix, suffix in WRAPPERS:
-        m_pre = re.search(prefix, problem) if prefix else None
-        m_suf = re.search(suffix, problem)
+        # case and white space inside the wrapper do not matter
+        m_pre = re.search(prefix.replace(" ", r"\s+"), problem, re.I) if prefix else None
+        m_suf = re.search(suffix.replace(" ", r"\s+"), problem, re.I)
         if (prefix and m_pre is None) or m_suf is None:
             continue
         start = m_pre.end() if m_pre else 0
@@ -123,7 +134,7 @@ def answer_text(value) -> tuple[str | None, str | None]:
             return None, f"answer is not finite ({value})"
         return (str(int(value)) if value.is_integer() else repr(value)), "number"
     if isinstance(value, (list, tuple)):
-        parts = [answer_text(v)[0] for v in value]
+        parts = [None if isinstance(v, (list, tuple, dict)) else answer_text(v)[0] for v in value]
         if not parts or any(p is None or p == "" for p in parts):
             return None, "answer is an empty or nested list"
         return (parts[0], "list") if len(parts) == 1 else (", ".join(parts), "list")
