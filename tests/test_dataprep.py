@@ -237,3 +237,85 @@ def test_hostile_inputs(tmp_path, capsys):
          "bin.csv", "mine.jsonl", "empty.jsonl", "empty.csv", "ok.csv", "csv.jsonl", "csv.jsonl.card.json", "csv.jsonl.card.md"]
     )
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------------------------
+# contexts: the built-in model as teacher
+# --------------------------------------------------------------------------------------------
+
+
+def _contexts_cmd(rows: Path, out: Path, backend: str = "hf") -> list[str]:
+    return [sys.executable, "-m", "sdpg.training.dataprep", "contexts", str(rows), "--out", str(out), "--verl-out",
+            str(out.with_suffix(".parquet")), "--teacher", "embedded", "--template", "embedded", "--k", "2",
+            "--max-new-tokens", "32", "--shard-size", "3", "--backend", backend]  # fmt: skip
+
+
+def _prepared(tmp_path: Path, n: int = 12) -> Path:
+    from sdpg.training.embedded import train_rows
+
+    out = tmp_path / "rows.jsonl"
+    assert run_data("prepare", write_jsonl(tmp_path / "src.jsonl", train_rows(n)), "--out", out, "--tokenizer", "embedded") == 0
+    return out
+
+
+def _kill_when(cmd: list[str], ready, timeout: float = 300) -> None:
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not ready() and proc.poll() is None and time.time() - t0 < timeout:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before the kill point"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_contexts_verified_resumable_and_trainable(tmp_path):
+    from sdpg.training.rewards import exact_reward
+
+    rows = _prepared(tmp_path)
+    whole, cut = tmp_path / "whole" / "ctx.jsonl", tmp_path / "cut" / "ctx.jsonl"
+    whole.parent.mkdir()
+    cut.parent.mkdir()
+    subprocess.run(_contexts_cmd(rows, whole), env=ENV, check=True, timeout=600)
+    got = read_jsonl(whole)
+    assert [r["id"] for r in got] == [r["id"] for r in read_jsonl(rows)]
+    res = card(whole)["steps"][-1]["results"]
+    assert 0 < res["verified"] < len(got) and res["pass_rate_within_k"] == round(res["verified"] / len(got), 4)
+    assert all(exact_reward(r["solution"], r["answer"]) == 1.0 for r in got if r["solution"] is not None)
+    assert any(r["solution"] is None and r["context_attempts"] == 2 for r in got)
+    # killed at three points (model loading, after one shard, after three), then finished: the same bytes
+    parts = cut.with_name(".ctx.jsonl.parts")
+    _kill_when(_contexts_cmd(rows, cut), lambda: (parts / "run.json").is_file())
+    _kill_when(_contexts_cmd(rows, cut), lambda: (parts / "shard-00000.jsonl").is_file())
+    _kill_when(_contexts_cmd(rows, cut), lambda: (parts / "shard-00002.jsonl").is_file())
+    assert not cut.exists() and not any(p.suffix == ".tmp" for p in parts.iterdir())
+    done = subprocess.run(_contexts_cmd(rows, cut), env=ENV, check=True, timeout=600, capture_output=True, text=True)
+    assert "resuming: 3 of 4 shards already done" in done.stderr and "ETA" in done.stderr
+    for name in ("ctx.jsonl", "ctx.parquet", "ctx.jsonl.card.json", "ctx.jsonl.card.md", "ctx.parquet.card.json"):
+        assert (cut.parent / name).read_bytes() == (whole.parent / name).read_bytes(), name
+    assert not parts.exists()
+    # both formats train with sdpg-train
+    from tests.conftest import TINY
+
+    for data in (whole, whole.with_suffix(".parquet")):
+        out = tmp_path / f"run-{data.suffix[1:]}"
+        cmd = [sys.executable, "-c", "import sys; from sdpg.cli import train_main; sys.exit(train_main(sys.argv[1:]))",
+               *TINY, f"data.train={data}", "run.total_steps=2", "eval.every=0", f"run.output_dir={out}"]  # fmt: skip
+        r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "finished at step 2" in r.stderr
+
+
+@pytest.mark.slow
+def test_contexts_with_vllm_on_cpu(tmp_path):
+    if os.environ.get("SDPG_REQUIRE_VLLM") != "1":
+        pytest.importorskip("vllm")
+    from sdpg.training.rewards import exact_reward
+
+    rows = _prepared(tmp_path, n=6)
+    out = tmp_path / "ctx.jsonl"
+    subprocess.run(_contexts_cmd(rows, out, backend="vllm"), env=ENV, check=True, timeout=600)
+    got = read_jsonl(out)
+    assert len(got) == 6 and card(out)["steps"][-1]["settings"]["teacher"] == "embedded"
+    assert all(exact_reward(r["solution"], r["answer"]) == 1.0 for r in got if r["solution"] is not None)
+    assert card(out)["steps"][-1]["results"]["attempts"] >= 6
