@@ -96,7 +96,10 @@ def test_prepare_reads_the_authors_verl_format_back(tmp_path):
     out = tmp_path / "rows.jsonl"
     assert run_data("prepare", path, "--out", out, "--tokenizer", "embedded") == 0
     got = read_jsonl(out)
-    assert [g["problem"] for g in got] == [r["problem"].replace("\nPlease reason step by step, and put your final answer within \\boxed{}.", "").strip() for r in rows]
+    assert [g["problem"] for g in got] == [
+        r["problem"].replace("\nPlease reason step by step, and put your final answer within \\boxed{}.", "").strip()
+        for r in rows
+    ]
     assert [g["solution"] for g in got] == [r["solution"] for r in rows]
     assert [g["answer"] for g in got] == [r["answer"] for r in rows]
     assert card(out)["steps"][0]["unwrapped"] == {"sdpg_fig4": 6}
@@ -113,7 +116,18 @@ def test_datasets_source_offline_same_code_as_the_hub(tmp_path):
     outs = []
     for ref in ("saved", "files"):
         out = tmp_path / f"{ref}.jsonl"
-        code = run_data("prepare", f"hf:{tmp_path / ref}", "--out", out, "--problem-key", "question", "--answer-key", "final", "--tokenizer", "embedded")
+        code = run_data(
+            "prepare",
+            f"hf:{tmp_path / ref}",
+            "--out",
+            out,
+            "--problem-key",
+            "question",
+            "--answer-key",
+            "final",
+            "--tokenizer",
+            "embedded",
+        )
         assert code == 0
         outs.append(read_jsonl(out))
         c = card(out)["steps"][0]
@@ -233,8 +247,23 @@ def test_hostile_inputs(tmp_path, capsys):
     assert run_data("contexts", out, "--out", tmp_path / "c.jsonl", "--teacher", "embedded", "--template", "nope") == 2
     assert "--template 'nope'" in one_error(capsys)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == sorted(
-        ["q.jsonl", "mixed.jsonl", "out.jsonl", "out.jsonl.card.json", "out.jsonl.card.md", "bin.jsonl", "bin.parquet",
-         "bin.csv", "mine.jsonl", "empty.jsonl", "empty.csv", "ok.csv", "csv.jsonl", "csv.jsonl.card.json", "csv.jsonl.card.md"]
+        [
+            "q.jsonl",
+            "mixed.jsonl",
+            "out.jsonl",
+            "out.jsonl.card.json",
+            "out.jsonl.card.md",
+            "bin.jsonl",
+            "bin.parquet",
+            "bin.csv",
+            "mine.jsonl",
+            "empty.jsonl",
+            "empty.csv",
+            "ok.csv",
+            "csv.jsonl",
+            "csv.jsonl.card.json",
+            "csv.jsonl.card.md",
+        ]
     )
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
 

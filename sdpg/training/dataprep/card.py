@@ -63,7 +63,11 @@ def render_markdown(card: dict) -> str:
                 ("", "rows"),
             )
             if step["unwrapped"]:
-                md += ["Instruction wrappers removed from problems: " + ", ".join(f"{k} ({v})" for k, v in step["unwrapped"].items()), ""]
+                md += [
+                    "Instruction wrappers removed from problems: "
+                    + ", ".join(f"{k} ({v})" for k, v in step["unwrapped"].items()),
+                    "",
+                ]
             d = step["duplicates"]
             md += [
                 "## Duplicates",
@@ -73,7 +77,10 @@ def render_markdown(card: dict) -> str:
                 "",
             ]
             if d["pairs"]:
-                md += _table([(p["kind"], p["kept"], p["dropped"], p.get("similarity", 1.0)) for p in d["pairs"][:20]], ("kind", "kept id", "dropped id", "similarity"))
+                md += _table(
+                    [(p["kind"], p["kept"], p["dropped"], p.get("similarity", 1.0)) for p in d["pairs"][:20]],
+                    ("kind", "kept id", "dropped id", "similarity"),
+                )
             if step["dropped_examples"]:
                 md += ["Dropped rows (first 20):", ""]
                 md += _table([(e["index"], e["reason"]) for e in step["dropped_examples"][:20]], ("source row", "why"))
@@ -85,7 +92,11 @@ def render_markdown(card: dict) -> str:
             ln = step["lengths"]
             md += [f"## Lengths (tokens of `{ln['tokenizer']}`)", ""]
             md += _table(
-                [(field, *(s[q] for q in ("p50", "p90", "p99", "max", "mean"))) for field, s in ln.items() if isinstance(s, dict)],
+                [
+                    (field, *(s[q] for q in ("p50", "p90", "p99", "max", "mean")))
+                    for field, s in ln.items()
+                    if isinstance(s, dict)
+                ],
                 ("field", "p50", "p90", "p99", "max", "mean"),
             )
         elif kind == "contexts":
@@ -106,7 +117,10 @@ def render_markdown(card: dict) -> str:
             )
             if step["pairs"]:
                 md += _table(
-                    [(p["benchmark"], p["bench_index"], p["train_id"], p["kind"], _short(p["evidence"], 70)) for p in step["pairs"][:30]],
+                    [
+                        (p["benchmark"], p["bench_index"], p["train_id"], p["kind"], _short(p["evidence"], 70))
+                        for p in step["pairs"][:30]
+                    ],
                     ("benchmark", "bench row", "train id", "kind", "shared text"),
                 )
     return "\n".join(md).rstrip() + "\n"
@@ -116,7 +130,10 @@ def card_files(out: Path, card: dict) -> list[tuple[Path, bytes]]:
     from sdpg.training.dataprep.sources import card_paths
 
     md_path, json_path = card_paths(out)
-    return [(json_path, (json.dumps(card, indent=1, ensure_ascii=False) + "\n").encode()), (md_path, render_markdown(card).encode())]
+    return [
+        (json_path, (json.dumps(card, indent=1, ensure_ascii=False) + "\n").encode()),
+        (md_path, render_markdown(card).encode()),
+    ]
 
 
 def new_card(out: Path, fmt: str, rows: list[dict], steps: list[dict]) -> dict:

@@ -121,7 +121,10 @@ def check(o: CheckOptions) -> dict:
             file=sys.stderr,
         )
     for p in pairs:
-        print(f"  {p['benchmark']}[{p['bench_index']}] ~ train[{p['train_index']}] id {p['train_id']}: {p['kind']}: {p['evidence'][:100]}")
+        print(
+            f"  {p['benchmark']}[{p['bench_index']}] ~ train[{p['train_index']}] id {p['train_id']}: "
+            f"{p['kind']}: {p['evidence'][:100]}"
+        )
     files: list[tuple[Path, bytes]] = []
     train_path = Path(o.train)
     in_card = load_card(train_path) if train_path.is_file() else None

@@ -141,7 +141,9 @@ class Teacher:
 
             self.tokenizer = AutoTokenizer.from_pretrained(path)
         except Exception as e:
-            raise ConfigError(f"--teacher {o.teacher!r}: cannot load its tokenizer ({type(e).__name__}: {str(e)[:200]})") from None
+            raise ConfigError(
+                f"--teacher {o.teacher!r}: cannot load its tokenizer ({type(e).__name__}: {str(e)[:200]})"
+            ) from None
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if backend == "vllm":
@@ -170,7 +172,9 @@ class Teacher:
 
     def generate(self, prompts: list[list[int]], seeds: list[int]) -> list[str]:
         o = self.o
-        out = self.engine.generate(prompts, n=1, temperature=o.temperature, top_p=o.top_p, max_new_tokens=o.max_new_tokens, seeds=seeds)
+        out = self.engine.generate(
+            prompts, n=1, temperature=o.temperature, top_p=o.top_p, max_new_tokens=o.max_new_tokens, seeds=seeds
+        )
         texts = []
         for ids, m in zip(out.responses, out.mask):
             text = self.tokenizer.decode(ids[m.bool()].tolist(), skip_special_tokens=True)
@@ -181,7 +185,18 @@ class Teacher:
 
 
 def _settings(o: ContextOptions, template: str, scorer: str) -> dict:
-    keep = ("teacher", "template", "k", "temperature", "top_p", "max_new_tokens", "seed", "shard_size", "chat_template", "keep_thinking")
+    keep = (
+        "teacher",
+        "template",
+        "k",
+        "temperature",
+        "top_p",
+        "max_new_tokens",
+        "seed",
+        "shard_size",
+        "chat_template",
+        "keep_thinking",
+    )
     d = {k: v for k, v in asdict(o).items() if k in keep}
     return {**d, "template_text": template, "scorer": scorer}
 
@@ -200,7 +215,9 @@ def generate_contexts(o: ContextOptions) -> dict:
     try:
         template.format(problem="", answer="")
     except (KeyError, IndexError, ValueError) as e:
-        raise ConfigError(f"--template-text {template[:60]!r}: {type(e).__name__} {e} (write literal braces as {{{{ }}}})") from None
+        raise ConfigError(
+            f"--template-text {template[:60]!r}: {type(e).__name__} {e} (write literal braces as {{{{ }}}})"
+        ) from None
     scorer = o.scorer or (TEMPLATES[o.template][1] if o.template in TEMPLATES else "boxed")
     if scorer not in SCORERS:
         raise ConfigError(f"--scorer {scorer!r}: not one of {', '.join(SCORERS)}")
@@ -243,8 +260,10 @@ def generate_contexts(o: ContextOptions) -> dict:
         from sdpg.training.rewards import Verifier
 
         verifier = Verifier(scorer)
-        _log(f"teacher {o.teacher} ({teacher.backend}), template {o.template if o.template_text is None else 'custom'}, "
-             f"scorer {scorer}, k={o.k}: {sum(len(shards[s]) for s in todo)} rows in {len(todo)} shards")
+        _log(
+            f"teacher {o.teacher} ({teacher.backend}), template {o.template if o.template_text is None else 'custom'}, "
+            f"scorer {scorer}, k={o.k}: {sum(len(shards[s]) for s in todo)} rows in {len(todo)} shards"
+        )
     t0, n_done, n_rows = time.time(), 0, sum(len(shards[s]) for s in todo)
     try:
         for s in todo:
@@ -253,8 +272,10 @@ def generate_contexts(o: ContextOptions) -> dict:
             n_done += len(out_rows)
             rate = n_done / max(time.time() - t0, 1e-9)
             ok = sum(r["solution"] is not None for r in out_rows) / len(out_rows)
-            _log(f"shard {s + 1}/{len(shards)}: {n_done}/{n_rows} rows, {rate:.2f} rows/s, "
-                 f"ETA {_fmt_s((n_rows - n_done) / rate)}, verified in this shard {ok:.1%}")
+            _log(
+                f"shard {s + 1}/{len(shards)}: {n_done}/{n_rows} rows, {rate:.2f} rows/s, "
+                f"ETA {_fmt_s((n_rows - n_done) / rate)}, verified in this shard {ok:.1%}"
+            )
     finally:
         if verifier is not None:
             verifier.close()
@@ -322,6 +343,8 @@ def _assemble(o: ContextOptions, parts: Path, n_shards: int, settings: dict, inp
         files = card_files(o.verl_out, new_card(o.verl_out, "verl", vrows, steps)) + files + [(o.verl_out, vdata)]
     write_atomic(files)
     shutil.rmtree(parts, ignore_errors=True)
-    _log(f"{verified}/{len(rows)} rows with a verified solution (pass rate within k={o.k}: {results['pass_rate_within_k']:.1%}); "
-         f"{len(rows) - verified} kept without one; wrote {o.out}" + (f" and {o.verl_out}" if o.verl_out else ""))
+    _log(
+        f"{verified}/{len(rows)} rows with a verified solution (pass rate within k={o.k}: {results['pass_rate_within_k']:.1%}); "
+        f"{len(rows) - verified} kept without one; wrote {o.out}" + (f" and {o.verl_out}" if o.verl_out else "")
+    )
     return new_card(o.out, "rows", rows, steps)

@@ -28,17 +28,25 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--problem-key", default="problem", help="column with the question (dotted for nested: prompt.0.content)")
     pr.add_argument("--answer-key", default="answer", help="column with the reference answer (e.g. reward_model.ground_truth)")
     pr.add_argument("--solution-key", default="solution", help="column with a worked solution (optional)")
-    pr.add_argument("--tokenizer", default="Qwen/Qwen3-4B", help="tokenizer of the card's length statistics (hub id, folder, or 'embedded')")
+    pr.add_argument(
+        "--tokenizer", default="Qwen/Qwen3-4B", help="tokenizer of the card's length statistics (hub id, folder, or 'embedded')"
+    )
     pr.add_argument("--near-ngram", type=int, default=8, help="word n-gram of the near-duplicate test (default 8)")
-    pr.add_argument("--near-threshold", type=float, default=0.8, help="n-gram Jaccard similarity that makes a near duplicate (default 0.8)")
+    pr.add_argument(
+        "--near-threshold", type=float, default=0.8, help="n-gram Jaccard similarity that makes a near duplicate (default 0.8)"
+    )
     pr.add_argument("--max-problem-chars", type=int, default=20000, help="longer problems are dropped (default 20000)")
-    pr.add_argument("--keep-instructions", action="store_true", help="keep known instruction wrappers (DAPO's, Fig. 4's) in problems")
+    pr.add_argument(
+        "--keep-instructions", action="store_true", help="keep known instruction wrappers (DAPO's, Fig. 4's) in problems"
+    )
     pr.add_argument("--overwrite", action="store_true", help="replace an output that holds a different dataset")
 
     cx = sub.add_parser("contexts", help="verified teacher solutions per row (rejection sampling, resumable)")
     cx.add_argument("input", help="prepared rows (.jsonl / .parquet with problem, answer)")
     cx.add_argument("--out", required=True, type=Path, help="output rows with `solution`: .jsonl or .parquet")
-    cx.add_argument("--verl-out", type=Path, default=None, help="also write the SDPG authors' verl parquet (sentinel, Fig. 4 prompts)")
+    cx.add_argument(
+        "--verl-out", type=Path, default=None, help="also write the SDPG authors' verl parquet (sentinel, Fig. 4 prompts)"
+    )
     cx.add_argument("--teacher", required=True, help="model folder or hub id; 'embedded' is the built-in task's model")
     cx.add_argument("--template", default="boxed", help=f"named teacher prompt: {', '.join(TEMPLATES)} (default boxed)")
     cx.add_argument("--template-text", default=None, help="your own teacher prompt with {problem} (and optionally {answer})")
@@ -49,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     cx.add_argument("--max-new-tokens", type=int, default=4096)
     cx.add_argument("--seed", type=int, default=0)
     cx.add_argument("--shard-size", type=int, default=256, help="rows per resumable shard (default 256)")
-    cx.add_argument("--backend", choices=("auto", "vllm", "hf"), default="auto", help="auto: vLLM where installed, else transformers")
+    cx.add_argument(
+        "--backend", choices=("auto", "vllm", "hf"), default="auto", help="auto: vLLM where installed, else transformers"
+    )
     cx.add_argument("--chat-template", choices=("auto", "on", "off"), default="auto")
     cx.add_argument("--keep-thinking", action="store_true", help="keep a leading <think> block in the solution")
     cx.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")

@@ -79,7 +79,9 @@ def load_tokenizer(name: str):
 
         return AutoTokenizer.from_pretrained(name)
     except Exception as e:
-        raise ConfigError(f"--tokenizer {name!r}: cannot load it ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+        raise ConfigError(
+            f"--tokenizer {name!r}: cannot load it ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        ) from None
 
 
 def token_lengths(tokenizer, texts: list[str]) -> list[int]:
@@ -151,7 +153,8 @@ def build_rows(src: Source, o: PrepareOptions) -> tuple[list[dict], dict]:
         if isinstance(problem, (int, float)) and not isinstance(problem, bool):
             problem = str(problem)
         if not isinstance(problem, str) or not problem.strip():
-            drop(i, f"problem ({o.problem_key}) is {'missing' if problem is None else 'empty' if problem == '' else 'a ' + type(problem).__name__}", "no problem")
+            what = "missing" if problem is None else "empty" if isinstance(problem, str) else "a " + type(problem).__name__
+            drop(i, f"problem ({o.problem_key}) is {what}", "no problem")
             continue
         if len(problem) > o.max_problem_chars:
             drop(i, f"problem has {len(problem)} characters (> --max-problem-chars {o.max_problem_chars})", "problem too long")
@@ -168,7 +171,9 @@ def build_rows(src: Source, o: PrepareOptions) -> tuple[list[dict], dict]:
                 unwrapped[wrapper] += 1
         if solution is not None and not isinstance(solution, str):
             solution = None
-        rows.append({"id": T.row_id(problem), "problem": problem.strip(), "answer": ans, "solution": solution or None, "source_index": i})
+        rows.append(
+            {"id": T.row_id(problem), "problem": problem.strip(), "answer": ans, "solution": solution or None, "source_index": i}
+        )
 
     # exact duplicates: the same id
     seen: dict[str, dict] = {}
@@ -188,7 +193,11 @@ def build_rows(src: Source, o: PrepareOptions) -> tuple[list[dict], dict]:
             pairs.append({"kind": "exact", "kept": first["id"], "dropped": r["id"], "similarity": 1.0})
     near = near_duplicates(kept, o.near_ngram, o.near_threshold)
     for i, (j, sim) in near.items():
-        drop(kept[i]["source_index"], f"near duplicate (similarity {sim}) of source row {kept[j]['source_index']}", "near duplicate")
+        drop(
+            kept[i]["source_index"],
+            f"near duplicate (similarity {sim}) of source row {kept[j]['source_index']}",
+            "near duplicate",
+        )
         if len(pairs) < MAX_EXAMPLES:
             pairs.append({"kind": "near", "kept": kept[j]["id"], "dropped": kept[i]["id"], "similarity": sim})
     kept = [r for i, r in enumerate(kept) if i not in near]
@@ -206,7 +215,11 @@ def build_rows(src: Source, o: PrepareOptions) -> tuple[list[dict], dict]:
         "source": {**src.meta, "verl_format": verl},
         "columns": {"problem": o.problem_key, "answer": o.answer_key, "solution": o.solution_key}
         if not verl
-        else {"problem": "prompt (before [TEACHER_CONTEXT_TOKEN])", "answer": "reward_model.ground_truth", "solution": "extra_info.solution / hint"},
+        else {
+            "problem": "prompt (before [TEACHER_CONTEXT_TOKEN])",
+            "answer": "reward_model.ground_truth",
+            "solution": "extra_info.solution / hint",
+        },
         "counts": {"read": len(src.raws), "kept": len(kept), "dropped": dict(dropped)},
         "unwrapped": dict(unwrapped),
         "duplicates": {
@@ -218,7 +231,10 @@ def build_rows(src: Source, o: PrepareOptions) -> tuple[list[dict], dict]:
             "pairs": pairs,
         },
         "dropped_examples": examples,
-        "answers": {"kinds": {k: kinds.get(k, 0) for k in T.ANSWER_KINDS}, "converted": {"number": converted["number"], "list": converted["list"]}},
+        "answers": {
+            "kinds": {k: kinds.get(k, 0) for k in T.ANSWER_KINDS},
+            "converted": {"number": converted["number"], "list": converted["list"]},
+        },
         "lengths": lengths,
         "with_solution": len(sols),
     }
