@@ -55,7 +55,11 @@ def render_markdown(card: dict) -> str:
             src = step["source"]
             md += ["## Source", ""]
             md += _table([(k, v) for k, v in src.items() if v is not None and k != "columns"], ("field", "value"))
-            md += _table(list(step["columns"].items()), ("row field", "source column"))
+            kept = step["counts"]["kept"]
+            have = {"problem": kept, "answer": kept, "solution": step.get("with_solution", 0)}
+            md += _table(
+                [(k, v, have.get(k, "")) for k, v in step["columns"].items()], ("row field", "source column", "rows with it")
+            )
             c = step["counts"]
             md += ["## Rows", ""]
             md += _table(

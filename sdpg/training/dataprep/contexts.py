@@ -149,7 +149,11 @@ class Teacher:
         if backend == "vllm":
             from sdpg.training.rollout import VLLMRollout
 
-            self.engine = VLLMRollout(path, self.tokenizer, dtype="auto" if o.dtype == "auto" else o.dtype, max_model_len=8192)
+            from transformers import AutoConfig
+
+            # the model's own context length, at most 32k tokens (prompt and response must fit in it)
+            limit = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None) or 32768
+            self.engine = VLLMRollout(path, self.tokenizer, dtype=o.dtype, max_model_len=min(int(limit), 32768))
         else:
             import torch
             from transformers import AutoModelForCausalLM

@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--keep-instructions", action="store_true", help="keep known instruction wrappers (DAPO's, Fig. 4's) in problems"
     )
+    pr.add_argument("--limit", type=int, default=None, help="read only the first N rows of the source")
     pr.add_argument("--overwrite", action="store_true", help="replace an output that holds a different dataset")
 
     cx = sub.add_parser("contexts", help="verified teacher solutions per row (rejection sampling, resumable)")
@@ -81,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.command == "prepare":
         from sdpg.training.dataprep.prepare import PrepareOptions, prepare
 
-        if a.near_ngram < 1 or not 0 < a.near_threshold <= 1 or a.max_problem_chars < 1:
+        if a.near_ngram < 1 or not 0 < a.near_threshold <= 1 or a.max_problem_chars < 1 or (a.limit is not None and a.limit < 1):
             raise ConfigError(
                 f"sdpg-data prepare: --near-ngram {a.near_ngram} must be >= 1, --near-threshold {a.near_threshold} in (0, 1], "
-                f"--max-problem-chars {a.max_problem_chars} >= 1"
+                f"--max-problem-chars {a.max_problem_chars} and --limit {a.limit} >= 1"
             )
         opts = {k: v for k, v in vars(a).items() if k != "command"}
         card = prepare(PrepareOptions(**opts))

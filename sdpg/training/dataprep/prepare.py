@@ -32,6 +32,7 @@ class PrepareOptions:
     near_threshold: float = 0.8
     max_problem_chars: int = 20000
     keep_instructions: bool = False
+    limit: int | None = None
     overwrite: bool = False
 
 
@@ -245,6 +246,9 @@ def prepare(o: PrepareOptions) -> dict:
     """Read, clean and write; returns the card."""
     check_output(o.out, o.overwrite)  # before the (possibly long) read: refuse early
     src = read_source(o.source, o.split, o.revision, o.name)
+    if o.limit is not None:
+        src.raws = src.raws[: o.limit]
+        src.meta["limit"] = o.limit
     rows, step = build_rows(src, o)
     data = rows_bytes(rows, o.out.suffix)
     check_output(o.out, o.overwrite, data)

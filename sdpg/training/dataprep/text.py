@@ -95,7 +95,18 @@ def ngrams(tokens: list[str], n: int) -> set[tuple[str, ...]]:
 # Answers
 # --------------------------------------------------------------------------------------------
 
-ANSWER_KINDS = ("integer", "decimal", "fraction", "multiple_choice", "tuple_or_interval", "tex_expression", "text", "other")
+ANSWER_KINDS = (
+    "integer",
+    "decimal",
+    "fraction",
+    "multiple_choice",
+    "tuple_or_interval",
+    "list",
+    "tex_expression",
+    "expression",
+    "text",
+    "other",
+)
 """Answer-format classes of the data card, most specific first."""
 
 
@@ -113,8 +124,12 @@ def answer_kind(answer: str) -> str:
         return "tuple_or_interval"
     if "\\" in a or "^" in a or "_" in a:
         return "tex_expression"
-    if re.fullmatch(r"[A-Za-z][A-Za-z \-']*", a):
+    if re.fullmatch(r"[^,]+(,[^,]+)+", a):
+        return "list"
+    if re.fullmatch(r"[A-Za-z]+( [A-Za-z]+)*", a):
         return "text"
+    if re.fullmatch(r"[\w\s+\-*/=().<>]+", a):
+        return "expression"
     return "other"
 
 
