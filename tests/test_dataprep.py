@@ -66,6 +66,9 @@ def test_prepare_benchmarks_counts_stable_ids_and_planted_duplicates(tmp_path):
     assert len({r["id"] for r in got}) == 100
     assert c["answers"]["kinds"]["integer"] == 100 and c["lengths"]["problem"]["max"] > c["lengths"]["problem"]["p50"] > 0
     assert out.with_name("rows.jsonl.card.md").read_text().startswith("# Data card: `rows.jsonl`")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # readable as any file the user writes, not 0600
     # ids are stable: a second run (other file, parquet) gives the same ids; rerunning onto the same file is a no-op
     out2 = tmp_path / "again.parquet"
     assert run_data("prepare", src, "--out", out2, "--tokenizer", "embedded") == 0
@@ -323,6 +326,8 @@ def test_contexts_verified_resumable_and_trainable(tmp_path):
     for name in ("ctx.jsonl", "ctx.parquet", "ctx.jsonl.card.json", "ctx.jsonl.card.md", "ctx.parquet.card.json"):
         assert (cut.parent / name).read_bytes() == (whole.parent / name).read_bytes(), name
     assert not parts.exists()
+    again = subprocess.run(_contexts_cmd(rows, cut), env=ENV, check=True, timeout=600, capture_output=True, text=True)
+    assert "already holds this run's output" in again.stderr and (cut.parent / "ctx.jsonl").read_bytes() == whole.read_bytes()
     # both formats train with sdpg-train
     from tests.conftest import TINY
 

@@ -147,9 +147,9 @@ class Teacher:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if backend == "vllm":
-            from sdpg.training.rollout import VLLMRollout
-
             from transformers import AutoConfig
+
+            from sdpg.training.rollout import VLLMRollout
 
             # the model's own context length, at most 32k tokens (prompt and response must fit in it)
             limit = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None) or 32768
@@ -238,6 +238,14 @@ def generate_contexts(o: ContextOptions) -> dict:
 
     parts = _parts_dir(o.out)
     mpath = parts / "run.json"
+    done_card = load_card(o.out) if o.out.is_file() and not parts.exists() else None
+    last = (done_card or {}).get("steps", [{}])[-1]
+    if last.get("step") == "contexts" and last.get("input_sha256") == manifest["input_sha256"]:
+        if {k: v for k, v in last["settings"].items() if k != "input"} == settings and (
+            o.verl_out is None or o.verl_out.is_file()
+        ):
+            _log(f"{o.out} already holds this run's output ({last['results']['verified']}/{last['results']['rows']} verified)")
+            return done_card
     if parts.is_dir() and mpath.is_file():
         old = json.loads(mpath.read_text())
         if old != manifest:
@@ -335,7 +343,14 @@ def _assemble(o: ContextOptions, parts: Path, n_shards: int, settings: dict, inp
     }
     in_card = load_card(Path(o.input)) if Path(o.input).is_file() else None
     steps = list(in_card["steps"]) if in_card else []
-    steps.append({"step": "contexts", "settings": {"input": o.input, **settings}, "results": results})
+    steps.append(
+        {
+            "step": "contexts",
+            "settings": {"input": o.input, **settings},
+            "input_sha256": content_sha256(inputs),
+            "results": results,
+        }
+    )
     files = card_files(o.out, new_card(o.out, "rows", rows, steps))
     data = rows_bytes(rows, o.out.suffix)
     check_output(o.out, o.overwrite, data)

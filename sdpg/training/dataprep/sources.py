@@ -114,6 +114,13 @@ def read_hf(ref: str, split: str, revision: str | None, name: str | None) -> Sou
         raise
     except Exception as e:  # the library's many error types: one line naming the source
         raise ConfigError(f"source 'hf:{ref}' (split {split!r}, revision {revision!r}): {type(e).__name__}: {e}") from None
+    if not folder.exists():  # a hub id: the commit the revision resolved to, so the card pins the data
+        try:
+            from huggingface_hub import HfApi
+
+            meta["resolved_revision"] = HfApi().dataset_info(ref, revision=revision).sha
+        except Exception:  # offline or a private mirror: the card says so
+            meta["resolved_revision"] = "unknown (hub not reachable)"
     meta["fingerprint"] = getattr(ds, "_fingerprint", None)
     meta["columns"] = list(ds.column_names)
     return Source([dict(r) for r in ds], meta)
@@ -179,9 +186,12 @@ def check_output(out: Path, overwrite: bool, new_bytes: bytes | None = None, wha
 def write_atomic(files: list[tuple[Path, bytes]]) -> None:
     """Write every file to a temporary name beside it, then rename each into place (data files last)."""
     tmps = []
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         for path, data in files:
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.fchmod(fd, 0o666 & ~umask)  # as open() would create it (mkstemp makes 0600)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
