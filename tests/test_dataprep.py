@@ -353,3 +353,18 @@ def test_contexts_with_vllm_on_cpu(tmp_path):
     assert len(got) == 6 and card(out)["steps"][-1]["settings"]["teacher"] == "embedded"
     assert all(exact_reward(r["solution"], r["answer"]) == 1.0 for r in got if r["solution"] is not None)
     assert card(out)["steps"][-1]["results"]["attempts"] >= 6
+
+
+def test_console_script_in_a_real_process(tmp_path):
+    """The entry as a user runs it: --help lists the subcommands; bad input is one line, exit 2, nothing written."""
+    cmd = [sys.executable, "-c", "import sys; from sdpg.cli import data_main; sys.exit(data_main())"]
+    h = subprocess.run([*cmd, "--help"], env=ENV, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert h.returncode == 0 and all(c in h.stdout for c in ("prepare", "contexts", "check"))
+    (tmp_path / "x.parquet").write_bytes(b"\x00\x01binary" * 100)
+    r = subprocess.run(
+        [*cmd, "prepare", "x.parquet", "--out", "o.jsonl"], env=ENV, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "x.parquet" in r.stderr and "not a parquet file" in r.stderr
+    r = subprocess.run([*cmd, "prepare"], env=ENV, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--out" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.parquet"]
