@@ -368,3 +368,39 @@ def test_console_script_in_a_real_process(tmp_path):
     r = subprocess.run([*cmd, "prepare"], env=ENV, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--out" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.parquet"]
+
+
+def test_contexts_refuses_before_loading_a_teacher(tmp_path, capsys):
+    """Outputs that hold something else, a half-done run with other settings, bad paths: refused, nothing touched."""
+    rows = tmp_path / "rows.jsonl"
+    assert run_data("prepare", BENCH / "amc23.jsonl", "--out", rows, "--tokenizer", "embedded") == 0
+    capsys.readouterr()
+    base = ("contexts", rows, "--teacher", "embedded", "--template", "embedded")
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"x": 1}\n')
+    assert run_data(*base, "--out", other) == 2 and "different dataset" in one_error(capsys)
+    assert other.read_text() == '{"x": 1}\n'
+    assert run_data(*base, "--out", tmp_path / "c.jsonl", "--verl-out", tmp_path / "c.jsonl2") == 2
+    assert "--verl-out" in one_error(capsys)
+    assert run_data(*base, "--out", tmp_path / "nowhere" / "c.jsonl") == 2 and "does not exist" in one_error(capsys)
+    (tmp_path / "link.jsonl").symlink_to(other)
+    assert run_data(*base, "--out", tmp_path / "link.jsonl") == 2 and "symlink" in one_error(capsys)
+    assert run_data(*base, "--out", tmp_path / "c.jsonl", "--template-text", "no slot") == 2 and "{problem}" in one_error(capsys)
+    assert run_data(*base, "--out", tmp_path / "c.jsonl", "--template-text", "{problem} {oops}") == 2
+    assert "oops" in one_error(capsys)
+    assert run_data(*base, "--out", tmp_path / "c.jsonl", "--k", "0") == 2 and "--k 0" in one_error(capsys)
+    # a half-done run with another k: named, and kept
+    parts = tmp_path / ".c.jsonl.parts"
+    parts.mkdir()
+    from sdpg.training.dataprep.contexts import ContextOptions, _settings
+    from sdpg.training.dataprep.sources import content_sha256
+
+    ins = [{"id": r["id"], "problem": r["problem"], "answer": r["answer"]} for r in read_jsonl(rows)]
+    opts = ContextOptions(input=str(rows), out=tmp_path / "c.jsonl", teacher="embedded", template="embedded", k=3)
+    settings = _settings(opts, "Q:{problem}\nA:", "exact")
+    (parts / "run.json").write_text(json.dumps({"input_sha256": content_sha256(ins), "rows": len(ins), "settings": settings}))
+    (parts / "shard-00000.jsonl").write_text("{}\n")
+    assert run_data(*base, "--out", tmp_path / "c.jsonl") == 2
+    msg = one_error(capsys)
+    assert "unfinished run" in msg and "k: 3 vs 4" in msg and "--overwrite" in msg
+    assert (parts / "shard-00000.jsonl").read_text() == "{}\n" and not (tmp_path / "c.jsonl").exists()
