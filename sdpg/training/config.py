@@ -233,7 +233,9 @@ class ModelConfig(Strict):
     """Recompute activations in the backward pass (large models)."""
     fsdp: bool | Literal["auto"] = "auto"
     """Shard parameters, gradients and optimizer states over the data-parallel ranks with FSDP2
-    (``fully_shard`` per decoder layer and at the root): true, false, or auto (on GPUs with several ranks)."""
+    (``fully_shard`` per decoder layer and at the root): true, false, or auto (on GPUs with several ranks).
+    True also shards a single rank started by a launcher (``torchrun --nproc_per_node 1``): the cluster's code
+    path on one GPU."""
     trust_remote_code: bool = False
     """Passed to transformers when loading from a path or the hub."""
     attn_implementation: str | None = None
