@@ -253,7 +253,9 @@ class DataConfig(Strict):
     answer_key: str = "answer"
     """Row field with the reference answer."""
     solution_key: str = "solution"
-    """Row field with a worked solution (optional per row)."""
+    """Row field with a worked solution (optional per row). The built-in tasks' training rows also carry the
+    context-type study's negative controls: ``solution_corrupted`` (one running sum wrong, the answer kept) and
+    ``solution_shuffled`` (another problem's solution)."""
     context: ContextType = "answer_solution"
     """Privileged context c the teacher sees (SDPG sec. 4, Fig. 4): none, the answer, the solution,
     both with the paper's hint instruction, or ``custom`` (``context_templates.custom``)."""
