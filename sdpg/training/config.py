@@ -233,7 +233,9 @@ class ModelConfig(Strict):
     """Recompute activations in the backward pass (large models)."""
     fsdp: bool | Literal["auto"] = "auto"
     """Shard parameters, gradients and optimizer states over the data-parallel ranks with FSDP2
-    (``fully_shard`` per decoder layer and at the root): true, false, or auto (on GPUs with several ranks)."""
+    (``fully_shard`` per decoder layer and at the root): true, false, or auto (on GPUs with several ranks).
+    True also shards a single rank started by a launcher (``torchrun --nproc_per_node 1``): the cluster's code
+    path on one GPU."""
     trust_remote_code: bool = False
     """Passed to transformers when loading from a path or the hub."""
     attn_implementation: str | None = None
@@ -251,7 +253,9 @@ class DataConfig(Strict):
     answer_key: str = "answer"
     """Row field with the reference answer."""
     solution_key: str = "solution"
-    """Row field with a worked solution (optional per row)."""
+    """Row field with a worked solution (optional per row). The built-in tasks' training rows also carry the
+    context-type study's negative controls: ``solution_corrupted`` (one running sum wrong, the answer kept) and
+    ``solution_shuffled`` (another problem's solution)."""
     context: ContextType = "answer_solution"
     """Privileged context c the teacher sees (SDPG sec. 4, Fig. 4): none, the answer, the solution,
     both with the paper's hint instruction, or ``custom`` (``context_templates.custom``)."""

@@ -111,7 +111,13 @@ def read_source(source: str, cfg: DataConfig, split: str = "train") -> list[dict
     from sdpg.training import embedded
 
     if embedded.task_of_source(source) is not None:
-        return embedded.rows_of(source, split)
+        rows = embedded.rows_of(source, split)
+        if split == "train" and cfg.solution_key != "solution":  # e.g. a negative control (CONTROL_SOLUTION_KEYS)
+            if cfg.solution_key not in rows[0]:
+                keys = ", ".join(k for k in rows[0] if k.startswith("solution"))
+                raise ConfigError(f"data.solution_key: {cfg.solution_key!r} is not a field of {source!r} (fields: {keys})")
+            rows = [{**r, "solution": r[cfg.solution_key]} for r in rows]
+        return rows
     if source.startswith("hf:"):
         parts = source[3:].split(":")
         try:

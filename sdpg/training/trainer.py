@@ -361,7 +361,7 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     device = resolve_device(cfg.model.device)
-    rank, world, owns_group = dist.init(device)
+    rank, world, owns_group = dist.init(device, single_rank_group=cfg.model.fsdp is True)
     if owns_group:
         resources.callback(dist.shutdown)
     if device.type == "cuda" and world > 1:
@@ -383,7 +383,9 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
     compute_dtype = getattr(torch, cfg.model.dtype)
     # frozen copies need no master weights: they hold the compute dtype
     reference = copy.deepcopy(policy).to(compute_dtype).eval().requires_grad_(False) if cfg.algo.needs_reference else None
-    use_fsdp = world > 1 and (cfg.model.fsdp is True or (cfg.model.fsdp == "auto" and device.type == "cuda"))
+    use_fsdp = (world > 1 and cfg.model.fsdp == "auto" and device.type == "cuda") or (
+        cfg.model.fsdp is True and dist.initialized()
+    )
     generator = None
     if use_fsdp:
         if cfg.rollout.backend == "hf":  # sampling runs on an unsharded copy: ranks stop generating at different times
