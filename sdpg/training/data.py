@@ -201,6 +201,13 @@ def problem_text(row: dict, cfg: DataConfig) -> str:
     return problem
 
 
+def fig4_message(problem: str, context: str) -> str:
+    """The user message of an authors'-format row with the Fig. 4 prompts: ``<student>\\n[TEACHER_CONTEXT_TOKEN]\\n\\n
+    <context>`` (no sentinel without a context). ``sdpg_fig4`` splits it as the authors' dataset code does."""
+    student = FIG4_STUDENT.format(problem=problem) + FIG4_BEFORE_SENTINEL
+    return student + TEACHER_SENTINEL + FIG4_AFTER_SENTINEL + context if context else student
+
+
 def build_prompts(row: dict, cfg: DataConfig, tokenizer) -> tuple[str, str]:
     """(student prompt x, teacher prompt: x with the privileged context c appended), as text ready to tokenize."""
     if "student_prompt" in row:
@@ -210,9 +217,9 @@ def build_prompts(row: dict, cfg: DataConfig, tokenizer) -> tuple[str, str]:
     else:
         problem = problem_text(row, cfg)
         ctx = render_context(row, cfg)
-        if cfg.prompt_template == "sdpg_fig4":
-            student = FIG4_STUDENT.format(problem=problem) + FIG4_BEFORE_SENTINEL
-            teacher = student + FIG4_AFTER_SENTINEL + ctx if ctx else student
+        if cfg.prompt_template == "sdpg_fig4":  # split as the authors' rows are
+            student, _, after = fig4_message(problem, ctx).partition(TEACHER_SENTINEL)
+            teacher = student + after
         else:
             student = cfg.student_template.format(problem=problem)
             teacher = cfg.teacher_template.format(student=student, problem=problem, context=ctx) if ctx else student
