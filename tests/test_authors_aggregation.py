@@ -392,6 +392,30 @@ def test_max_epochs_stops_the_builtin_task_after_two_passes(tiny_config):
     assert ckpt["step"] == 4 and ckpt["sampler"]["epoch"] == 1 and ckpt["sampler"]["pos"] == 8
 
 
+def test_authors_aggregation_in_the_trainer_equals_exact_with_one_micro_batch(tiny_config):
+    """Same rollouts, one update (the gradient read from Adam's first moment): with one micro-batch holding the
+    whole minibatch (a huge budget) the authors' aggregation is the exact token-mean; with a small budget
+    (several micro-batches of responses of different lengths: 48 tokens let most samples end) it is not."""
+    moments = []
+    for name, over in (
+        ("exact", []),
+        ("one", ["optim.micro_batch_tokens=100000"]),
+        ("several", ["optim.micro_batch_tokens=60"]),
+    ):
+        authors = ["optim.micro_batch_packing=balanced", "optim.loss_aggregation=micro_batch"] if over else []
+        cfg = tiny_config(
+            "run.total_steps=1", "eval.every=0", "algo.beta=1.0", "run.checkpoint_every=1", "rollout.max_new_tokens=48",
+            *over, *authors, out=name,
+        )  # fmt: skip
+        tr.train(cfg)
+        ck = torch.load(sorted((Path(cfg.run.output_dir) / "checkpoints").glob("*.pt"))[-1], weights_only=False)
+        moments.append(torch.cat([st["exp_avg"].flatten() for st in ck["optimizer"]["state"].values()]))
+    exact, one, several = moments
+    scale = exact.abs().max().item()
+    assert (one - exact).abs().max().item() <= 1e-4 * scale
+    assert (several - exact).abs().max().item() > 1e-2 * scale
+
+
 def test_the_authors_settings_train_on_the_builtin_task(tiny_config):
     """One RL step of the paper's make-up at tiny size: 2 minibatches of 2 prompts, balanced order, verl's token-budget
     micro-batches and per-micro-batch aggregation, bf16 distillation; the update is applied and finite."""
@@ -410,3 +434,28 @@ def test_the_authors_settings_train_on_the_builtin_task(tiny_config):
     m = result["metrics"]
     assert result["status"] == "finished" and m["train/nonfinite_skipped"] == 0
     assert math.isfinite(m["train/pg_loss"]) and math.isfinite(m["train/opd_kl"]) and m["train/grad_norm"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fsdp", ["false", "true"], ids=["replicated", "fsdp2"])
+def test_the_authors_settings_on_two_torchrun_ranks(tmp_path, fsdp):
+    """Two gloo ranks, replicated or sharded: rows re-dealt across ranks, verl's micro-batch count the same on
+    both (FSDP pads none), the per-micro-batch weights over 2 ranks; two steps finish with finite updates."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import TINY
+
+    out = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "sdpg", "train"]
+    cmd += [*TINY, "run.total_steps=2", "eval.every=0", "algo.beta=1.0", "algo.distill_dtype=bfloat16"]
+    cmd += ["optim.minibatch_prompts=2", "optim.minibatch_order=balanced", "optim.micro_batch_tokens=120"]
+    cmd += ["optim.micro_batch_packing=balanced", "optim.loss_aggregation=micro_batch", f"model.fsdp={fsdp}"]
+    cmd += [f"run.output_dir={out}"]
+    r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["world_size"] == 2 and result["step"] == 2
+    rows = [json.loads(x) for x in open(out / "metrics.jsonl")]
+    assert all(row["train/nonfinite_skipped"] == 0 and math.isfinite(row["train/pg_loss"]) for row in rows)
