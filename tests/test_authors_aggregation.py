@@ -378,6 +378,21 @@ def test_sampler_drops_the_incomplete_last_step_of_each_epoch():
     assert tr.last_step(load_config(None, ["run.total_steps=400"]), 13_900) == 400  # no epoch limit by default
 
 
+def test_max_epochs_with_too_few_rows_is_refused_before_anything_exists(tmp_path):
+    from sdpg.training.preflight import check_world
+
+    data = tmp_path / "three.jsonl"
+    data.write_text("".join(json.dumps({"problem": f"{i}+1?", "answer": str(i + 1)}) + "\n" for i in range(3)))
+    out = tmp_path / "run"
+    over = [f"data.train={data}", "data.eval={}", f"run.output_dir={out}", "rollout.prompts_per_step=4"]
+    check_world(load_config(None, over), "cfg")  # without an epoch limit the 3 rows are drawn again and again
+    with pytest.raises(ConfigError, match="3 training rows make no complete step of rollout.prompts_per_step=4"):
+        check_world(load_config(None, [*over, "run.max_epochs=1"]), "cfg")
+    with pytest.raises(ConfigError, match="run.max_epochs"):
+        load_config(None, ["run.max_epochs=0"])
+    assert not out.exists()
+
+
 def test_max_epochs_stops_the_builtin_task_after_two_passes(tiny_config):
     """10 training rows, 4 prompts a step: 2 whole steps an epoch, so run.max_epochs=2 stops at step 4 of 50, and
     beta(k) keeps the schedule of 50 steps."""
