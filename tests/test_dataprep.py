@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import BENCH
 
 from sdpg.cli import data_main
-from conftest import BENCH
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
 
