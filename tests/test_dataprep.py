@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import BENCH
 
 from sdpg.cli import data_main
-from tests.conftest import BENCH
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
 
@@ -329,7 +329,7 @@ def test_contexts_verified_resumable_and_trainable(tmp_path):
     again = subprocess.run(_contexts_cmd(rows, cut), env=ENV, check=True, timeout=600, capture_output=True, text=True)
     assert "already holds this run's output" in again.stderr and (cut.parent / "ctx.jsonl").read_bytes() == whole.read_bytes()
     # both formats train with sdpg-train
-    from tests.conftest import TINY
+    from conftest import TINY
 
     for data in (whole, whole.with_suffix(".parquet")):
         out = tmp_path / f"run-{data.suffix[1:]}"

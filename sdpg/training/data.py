@@ -277,10 +277,12 @@ def tokenize_prompts(rows: list[dict], cfg: DataConfig, tokenizer, where: str = 
 
 
 class PromptSampler:
-    """Endless, seeded, resumable stream of training rows: shuffled each epoch."""
+    """Endless, seeded, resumable stream of training rows: shuffled each epoch. With ``drop_last`` (a draw
+    size k), an epoch ends when fewer than k of its rows are left, and they are skipped (a step never mixes
+    two epochs); without, a draw continues into the next epoch."""
 
-    def __init__(self, n_rows: int, seed: int, shuffle: bool = True):
-        self.n, self.seed, self.shuffle = n_rows, seed, shuffle
+    def __init__(self, n_rows: int, seed: int, shuffle: bool = True, drop_last: int | None = None):
+        self.n, self.seed, self.shuffle, self.drop_last = n_rows, seed, shuffle, drop_last
         self.epoch, self.pos = 0, 0
         self._order = self._make_order()
 
@@ -291,7 +293,10 @@ class PromptSampler:
         return order
 
     def next(self, k: int) -> list[int]:
-        out = []
+        out: list[int] = []
+        if self.drop_last is not None and self.pos + self.drop_last > self.n:
+            self.epoch, self.pos = self.epoch + 1, 0
+            self._order = self._make_order()
         while len(out) < k:
             if self.pos >= self.n:
                 self.epoch, self.pos = self.epoch + 1, 0
