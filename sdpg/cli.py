@@ -32,6 +32,7 @@ def _one_line_argparse() -> None:
 
 def _guarded(fn, argv):
     """Run an entry point; input errors raised anywhere below become one line and exit code 2."""
+    from sdpg.fsio import LinkRefused, WriteRefused
     from sdpg.training.config import ConfigError
     from sdpg.training.locks import LockBusy
     from sdpg.training.safe_yaml import YamlInputError
@@ -39,7 +40,7 @@ def _guarded(fn, argv):
     _one_line_argparse()
     try:
         return fn(argv)
-    except (ConfigError, YamlInputError, LockBusy) as e:
+    except (ConfigError, YamlInputError, LockBusy, LinkRefused, WriteRefused) as e:
         return _fail(str(e))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

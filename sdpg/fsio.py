@@ -39,9 +39,8 @@ class LinkRefused(ValueError):
 
     def __init__(self, path: str | Path, what: str = "a symbolic link"):
         self.path = Path(path)
-        super().__init__(
-            f"{path}: is {what}; sdpg never writes through links (remove it or choose another folder); nothing was written"
-        )
+        why = "sdpg never writes through links" if "link" in what else "sdpg writes only plain files and folders"
+        super().__init__(f"{path}: is {what}; {why} (remove it or choose another path); nothing was written")
 
 
 class WriteRefused(ValueError):
@@ -250,6 +249,17 @@ def write_json(path: str | Path, obj: Any, *, root: str | Path | None = None, **
     return write_text(path, json.dumps(obj, **dump), root=root)
 
 
+def save_figure(fig: Any, out: str | Path, dpi: int = 200) -> tuple[Path, Path]:
+    """A matplotlib figure as ``out``.png (``dpi``) and ``out``.pdf, each written like ``write_bytes``."""
+    out = Path(out)
+    png, pdf = out.with_suffix(".png"), out.with_suffix(".pdf")
+    with atomic_open(png, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
+    with atomic_open(pdf, "wb") as f:
+        fig.savefig(f, format="pdf")
+    return png, pdf
+
+
 def _open_nofollow(path: Path, flags: int, root: str | Path | None, perm: int = 0o644) -> int:
     with _folder(path, root) as dfd:
         try:
@@ -303,12 +313,13 @@ def open_lock(path: str | Path, *, root: str | Path | None = None) -> int:
     return fd
 
 
-def check_writable_target(path: str | Path) -> None:
-    """Refuse, before anything is written, a link or a special file (``/dev/full``, a FIFO) at ``path`` and a
-    folder on a pseudo filesystem (``/proc``, ``/sys``) on the way to it."""
+def check_writable_target(path: str | Path, *, allow_link: bool = False) -> None:
+    """Refuse, before anything is written, a link (unless ``allow_link``: an output root the user named may be
+    one, but never a dangling one) or a special file (``/dev/full``, a FIFO) at ``path``, and a path on a
+    system pseudo filesystem (``/proc``, ``/sys``, ``/dev`` except ``/dev/shm``)."""
     p = Path(os.path.abspath(path))
-    if os.path.islink(p):
-        raise LinkRefused(p)
+    if os.path.islink(p) and not (allow_link and os.path.exists(p)):
+        raise LinkRefused(p, "a symbolic link" if os.path.exists(p) else "a symbolic link to nothing")
     if os.path.exists(p) and not (os.path.isfile(p) or os.path.isdir(p)):
         raise LinkRefused(p, "not a plain file")
     top = p.parts[1] if len(p.parts) > 1 else ""

@@ -35,6 +35,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from sdpg import fsio
 from sdpg.orchestration.core import (
     EXECUTORS,
     NAME_PATTERN,
@@ -561,7 +562,7 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
 
     distinct = plan.distinct
     check_writable_folder(plan.output_dir, str(plan.path))
-    plan.output_dir.mkdir(parents=True, exist_ok=True)
+    fsio.ensure_dir(plan.output_dir)
     lock_path = plan.output_dir / ".sdpg-submit.lock"
     with contextlib.ExitStack() as stack:
         try:
@@ -599,6 +600,9 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
                 return {"submitted": [], "attached": {}, "experiment_id": exp.experiment_id, "parent_run_id": exp.parent_id}
             jobs = []
         else:
+            for r in todo:  # run folders and submitit's folder made here, so a link planted at one is refused now
+                fsio.ensure_dir(r.config.run.output_dir, root=_root_of(Path(r.config.run.output_dir), plan.output_dir))
+            fsio.ensure_dir(plan.output_dir / "submitit", root=plan.output_dir)
             ex = make_executor(
                 plan.executor, plan.output_dir / "submitit", plan.profile, plan.spec.name, max_parallel or plan.spec.max_parallel
             )
@@ -863,6 +867,15 @@ def cancel(plan: Plan, log=print) -> int:
         tracking.end_parent_if_done(c, p)
     log(f"[sdpg-ablate] cancelled {len(ids)} jobs: {', '.join(ids)}")
     return len(ids)
+
+
+def _root_of(folder: Path, root: Path) -> Path:
+    """``root`` when ``folder`` lies inside it (no link allowed in between), else ``folder``'s parent."""
+    try:
+        folder.resolve().relative_to(root.resolve())
+        return root
+    except ValueError:
+        return folder.parent
 
 
 def tracking_redact(text: str) -> str:

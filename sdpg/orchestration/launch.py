@@ -23,6 +23,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Protocol
 
+from sdpg import fsio
 from sdpg.orchestration.core import EXECUTORS
 from sdpg.orchestration.specs import SlurmProfile
 
@@ -83,7 +84,7 @@ class TrainJob:
         out_dir = Path(cfg.run.output_dir)
         run_lock = file_lock(out_dir / RUN_LOCK, timeout=self.lock_wait_s, info={"mlflow_run": self.run_id or ""})
         try:
-            out_dir.mkdir(parents=True, exist_ok=True)
+            fsio.ensure_dir(out_dir, root=out_dir.parent)  # the run folder itself is never a link
             run_lock.__enter__()
         except LockBusy as e:
             signal.signal(signal.SIGUSR2, previous if previous is not None else signal.SIG_DFL)

@@ -9,6 +9,8 @@ import argparse
 import math
 from pathlib import Path
 
+from sdpg import fsio
+
 from sdpg.training.config import ConfigError
 
 
@@ -107,7 +109,7 @@ def check(argv: list[str]) -> None:
             raise ConfigError(f"{opt} {val}: expected a value in [{lo}, {hi})")
     if a.out is None:
         return  # the report's parser says --out is required
-    check_writable_folder(Path(a.out), "--out")
+    check_writable_folder(fsio.expand_path(a.out, "--out"), "--out")
     uri, exp = resolve(a.source)
     if not _store_exists(uri):
         raise ConfigError(f"{a.source}: nothing to report yet: no MLflow store at {redact(uri)} (run the experiment first)")

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import sys
 import time
@@ -51,6 +50,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from sdpg import fsio
 from sdpg.objective import (
     StepLossSettings,
     agg_weights,
@@ -328,7 +328,7 @@ def write_result(run: Run, status: str, step: int, metrics: dict[str, float], re
     if reason is not None:
         result["reason"] = reason
     if run.main_rank:
-        (run.out / "result.json").write_text(json.dumps(result, indent=1))
+        fsio.write_json(run.out / "result.json", result, root=run.out, indent=1)
     return result
 
 
@@ -364,8 +364,8 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
         raise ValueError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the {world} ranks")
     main_rank = rank == 0
     if main_rank:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.resolved(), sort_keys=False))
+        fsio.ensure_dir(out)
+        fsio.write_text(out / "config.yaml", yaml.safe_dump(cfg.resolved(), sort_keys=False), root=out)
     log = _stderr_log if main_rank else _no_log
     seed_everything(cfg.run.seed)
 
