@@ -69,7 +69,12 @@ def _train(argv: list[str] | None) -> int:
 
         print(yaml.safe_dump(cfg.resolved(), sort_keys=False))
         return 0
+    from sdpg.fsio import check_no_links
+    from sdpg.training.locks import RUN_LOCK
     from sdpg.training.preflight import check_world
+
+    # every file the run writes, checked before the first is written: a link there is refused, nothing changed
+    check_no_links(cfg.run.output_dir, ("config.yaml", "result.json", "metrics.jsonl", RUN_LOCK), ("checkpoints",))
 
     check_world(cfg, str(path or "sdpg-train") + (" + overrides" if overrides else ""), local=True)
     from sdpg.training.locks import run_folder_lock

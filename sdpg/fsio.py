@@ -325,3 +325,39 @@ def check_writable_target(path: str | Path, *, allow_link: bool = False) -> None
     top = p.parts[1] if len(p.parts) > 1 else ""
     if top in ("proc", "sys") or (top == "dev" and (len(p.parts) < 3 or p.parts[2] != "shm")):
         raise WriteRefused(f"{path}: is under /{top}, a system folder, not a place for outputs; nothing was written")
+
+
+def check_no_links(folder: str | Path, names: tuple[str, ...] = (), sub: tuple[str, ...] = ()) -> None:
+    """Refuse (``LinkRefused``), before a command writes anything, a link at ``folder/name`` for each of
+    ``names``, or anywhere directly inside ``folder/s`` for each of ``sub`` (e.g. ``checkpoints``)."""
+    folder = Path(folder)
+    if os.path.islink(folder) and not os.path.exists(folder):
+        raise LinkRefused(folder, "a symbolic link to nothing")
+    for name in (*names, *sub):
+        p = folder / name
+        if os.path.islink(p):
+            raise LinkRefused(p)
+    for s in sub:
+        d = folder / s
+        if os.path.isdir(d):
+            for child in sorted(os.listdir(d)):
+                if os.path.islink(d / child):
+                    raise LinkRefused(d / child)
+
+
+def check_no_links_below(root: str | Path, paths: list[str | Path] | tuple[str | Path, ...]) -> None:
+    """Refuse (``LinkRefused``) a link at any of ``paths`` or at a folder between ``root`` and it (paths
+    outside ``root``: only the path itself is checked); run before a command writes anything."""
+    root = Path(os.path.abspath(root))
+    for path in paths:
+        p = Path(os.path.abspath(path))
+        try:
+            rel = p.relative_to(root)
+        except ValueError:
+            rel, here = Path(p.name), p.parent
+        else:
+            here = root
+        for part in rel.parts:
+            here = here / part
+            if os.path.islink(here):
+                raise LinkRefused(here)

@@ -562,6 +562,12 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
 
     distinct = plan.distinct
     check_writable_folder(plan.output_dir, str(plan.path))
+    # every path this submission writes, checked before the first write: a link there is refused, nothing changed
+    fsio.check_no_links_below(
+        plan.output_dir,
+        [plan.output_dir / n for n in (".sdpg-submit.lock", ".sdpg-store.lock", "jobs.json", "submitit", "mlflow.db")]
+        + [Path(r.config.run.output_dir) / n for r in distinct for n in (".sdpg-run.lock", "config.yaml", "result.json")],
+    )
     fsio.ensure_dir(plan.output_dir)
     lock_path = plan.output_dir / ".sdpg-submit.lock"
     with contextlib.ExitStack() as stack:

@@ -930,6 +930,22 @@ def launch(sweep: Sweep, workers: int | None = None, wait: bool | None = None, l
     """Start the workers (enqueueing the spec's points into a new study); with ``wait``, follow
     the trials by state, then end every run left open and print the table."""
     check_writable_folder(sweep.output_dir, str(sweep.path))
+    fsio.check_no_links_below(  # every file the launch writes, before the first write
+        sweep.output_dir,
+        [
+            sweep.output_dir / n
+            for n in (
+                ".sdpg-submit.lock",
+                ".sdpg-store.lock",
+                ".ask.lock",
+                "jobs.json",
+                "optuna.journal",
+                "optuna.db",
+                "mlflow.db",
+            )
+        ]
+        + [sweep.output_dir / "submitit", sweep.output_dir / "trials"],
+    )
     # Optuna's first study import stores an ImportError whose traceback keeps the calling frames
     # alive for the life of the process; made here, it pins this frame, which holds no jobs
     # (jobs pinned until exit print 'Exception ignored in LocalJob.__del__' at shutdown).

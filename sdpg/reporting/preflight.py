@@ -10,7 +10,6 @@ import math
 from pathlib import Path
 
 from sdpg import fsio
-
 from sdpg.training.config import ConfigError
 
 

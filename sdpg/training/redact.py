@@ -35,7 +35,9 @@ SECRET_NAME = re.compile(
 _SAFE_ENV_NAMES = {"SSH_AUTH_SOCK", "GPG_AGENT_INFO", "XAUTHORITY", "TOKENIZERS_PARALLELISM", "PATH", "PWD", "OLDPWD"}
 """Secret-looking names that hold paths or sockets, not secrets (left alone, or every path would vanish)."""
 
-URI_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)(?P<cred>[^\s@?#'\"]+@)", re.IGNORECASE)
+URI_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)(?P<cred>[^\s'\"<>]+@)", re.IGNORECASE)
+"""Everything between ``scheme://`` and the last ``@`` of the URI: a password holding ``#``, ``?`` or ``/``
+(not percent-encoded, as people write them) is masked whole; a later ``@`` in the path masks more, never less."""
 QUERY_SECRET = re.compile(
     r"(?P<key>(?<![\w.-])[\w.-]*?(?:token|secret|passw(?:or)?d|pwd|api[_-]?key|apikey|access[_-]?key|private[_-]?key"
     r"|credentials?|client[_-]?secret|signature))(?P<sep>=|:[ \t]*)(?P<val>\"[^\"\n]*\"|'[^'\n]*'|[^\s&;,'\"}\])]+)",
@@ -44,10 +46,12 @@ QUERY_SECRET = re.compile(
 """``password=..`` / ``?token=..`` / ``secret: ..``: the key must end in the secret word (``max_prompt_tokens``
 is not a secret)."""
 TOKEN_SHAPES = re.compile(
-    r"\b(?:gh[pousr]_[A-Za-z0-9]{16,}|github_pat_[A-Za-z0-9_]{20,}|hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,}"
+    r"(?<![A-Za-z0-9])(?:gh[pousr]_[A-Za-z0-9]{16,}|github_pat_[A-Za-z0-9_]{20,}|hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,}"
     r"|(?:AKIA|ASIA)[A-Z0-9]{16}|xox[abposr]-[A-Za-z0-9-]{10,}|glpat-[A-Za-z0-9_-]{16,}"
     r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})"
 )
+"""Known token shapes, also right after ``_`` or ``-`` (``key_hf_...``): only a letter or digit before one
+means it is part of a longer word."""
 BEARER = re.compile(r"(?P<pre>\b(?:Bearer|Basic|token)\s+)[A-Za-z0-9._~+/=-]{12,}", re.IGNORECASE)
 
 
