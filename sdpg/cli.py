@@ -35,9 +35,11 @@ def _guarded(fn, argv):
     from sdpg.fsio import LinkRefused, WriteRefused
     from sdpg.training.config import ConfigError
     from sdpg.training.locks import LockBusy
+    from sdpg.training.redact import redact_console
     from sdpg.training.safe_yaml import YamlInputError
 
     _one_line_argparse()
+    restore = redact_console()  # every line a command prints passes the redaction
     try:
         return fn(argv)
     except (ConfigError, YamlInputError, LockBusy, LinkRefused, WriteRefused) as e:
@@ -45,6 +47,8 @@ def _guarded(fn, argv):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        restore()
 
 
 def _train(argv: list[str] | None) -> int:

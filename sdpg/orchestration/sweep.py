@@ -82,6 +82,13 @@ class Param(Strict):
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("categorical parameter needs a non-empty 'choices'")
+            from sdpg.training.redact import contains_secret
+
+            if any(contains_secret(json.dumps(c, default=str)) for c in self.choices):
+                raise ValueError(
+                    "a choice looks like a secret (a token, a key, credentials): Optuna stores choices in plain "
+                    "text in its journal and database; put the secret in an environment variable instead"
+                )
             return self
         if self.low is None or self.high is None:
             raise ValueError(f"{self.type} parameter needs 'low' and 'high'")

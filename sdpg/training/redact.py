@@ -140,3 +140,104 @@ def holds_literal_secret(shell_line: str, env: Mapping[str, str] | None = None) 
     literal = SHELL_EXPANSION.sub("", shell_line)
     literal = re.sub(r"://:?@", "://", literal)  # credentials that were only expansions
     return contains_secret(literal, env)
+
+
+# --------------------------------------------------------------------------------------------
+# References instead of secrets (what a job pickle holds), and the console
+
+
+def find_secrets(text: str, env: Mapping[str, str] | None = None) -> list[str]:
+    """The secret substrings of ``text`` (the parts ``redact`` masks), longest first."""
+    s = str(text)
+    found = {v for v in secret_values(env) if v in s}
+    found |= {m.group("cred")[:-1] for m in URI_CREDENTIALS.finditer(s)}
+    found |= {m.group("val") for m in QUERY_SECRET.finditer(s)}
+    found |= {m.group(0) for m in TOKEN_SHAPES.finditer(s)}
+    found |= {m.group(0)[len(m.group("pre")) :] for m in BEARER.finditer(s)}
+    found = {f for f in found if f and not REFERENCE.fullmatch(f) and f != MASK}
+    return sorted(found, key=len, reverse=True)
+
+
+REFERENCE = re.compile(r"\$\{(SDPG_SECRET_[0-9a-f]{16})\}")
+"""How a secret is written where a job pickle would otherwise hold it: ``${SDPG_SECRET_<hash>}``, the name of
+an environment variable the submitting process sets and the job inherits (local processes inherit the
+environment; ``sbatch`` exports it by default)."""
+
+
+def to_references(text: str) -> str:
+    """``text`` with every secret replaced by a reference ``${SDPG_SECRET_<hash>}``; the value is put into
+    this process's environment under that name (so ``redact`` masks it too, by its secret-looking name)."""
+    import hashlib
+
+    s = str(text)
+    for secret in find_secrets(s):
+        name = "SDPG_SECRET_" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+        os.environ[name] = secret
+        s = s.replace(secret, "${" + name + "}")
+    return s
+
+
+def from_references(text: str) -> str:
+    """``text`` with every ``${SDPG_SECRET_<hash>}`` replaced by the environment's value; a reference whose
+    variable is missing (a job started without the submitter's environment) is a ``KeyError`` naming it."""
+
+    def value(m: re.Match) -> str:
+        try:
+            return os.environ[m.group(1)]
+        except KeyError:
+            raise KeyError(
+                f"{m.group(1)} is not in this job's environment (the job needs a secret its submitter had; "
+                f"submit with the environment exported)"
+            ) from None
+
+    return REFERENCE.sub(value, text) if "${SDPG_SECRET_" in text else text
+
+
+class RedactingStream:
+    """A text stream (``sys.stdout``, ``sys.stderr``, a log file) whose every ``write`` is redacted."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, s: str) -> int:
+        self._stream.write(redact(s) if isinstance(s, str) and s.strip() else s)
+        return len(s)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def redact_console() -> Any:
+    """Make ``sys.stdout``, ``sys.stderr`` and every logging handler writing to them redact what they write;
+    returns a function that puts them back. Idempotent: already redacting streams are left as they are."""
+    import logging
+    import sys
+
+    saved: list[tuple[Any, str, Any]] = []
+    originals = {}
+    for attr in ("stdout", "stderr"):
+        stream = getattr(sys, attr)
+        if stream is not None and not isinstance(stream, RedactingStream):
+            wrapped = RedactingStream(stream)
+            originals[id(stream)] = wrapped
+            saved.append((sys, attr, stream))
+            setattr(sys, attr, wrapped)
+    loggers = [logging.getLogger()] + [
+        lg for lg in list(logging.Logger.manager.loggerDict.values()) if isinstance(lg, logging.Logger)
+    ]
+    for lg in loggers:
+        for h in list(lg.handlers):
+            stream = getattr(h, "stream", None)
+            if isinstance(h, logging.StreamHandler) and stream is not None and id(stream) in originals:
+                saved.append((h, "stream", stream))
+                h.stream = originals[id(stream)]
+
+    def restore() -> None:
+        for obj, attr, value in reversed(saved):
+            setattr(obj, attr, value)
+
+    return restore
