@@ -562,6 +562,7 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
 
     distinct = plan.distinct
     check_writable_folder(plan.output_dir, str(plan.path))
+    tracking.check_server(plan.tracking_uri, "tracking.uri", str(plan.path))
     # every path this submission writes, checked before the first write: a link there is refused, nothing changed
     fsio.check_no_links_below(
         plan.output_dir,

@@ -191,6 +191,7 @@ class Experiment:
         from sdpg.orchestration import tracking
         from sdpg.training.locks import file_lock
 
+        tracking.check_server(self.uri, "tracking.uri")
         fsio.ensure_dir(self.output_dir)
         # One creator at a time: two commands started together on a new store both ran MLflow's schema
         # migration (one died in alembic, leaving _alembic_tmp_runs) and could both create the parent run.

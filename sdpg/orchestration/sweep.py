@@ -937,6 +937,10 @@ def launch(sweep: Sweep, workers: int | None = None, wait: bool | None = None, l
     """Start the workers (enqueueing the spec's points into a new study); with ``wait``, follow
     the trials by state, then end every run left open and print the table."""
     check_writable_folder(sweep.output_dir, str(sweep.path))
+    from sdpg.orchestration.tracking import check_server
+
+    check_server(sweep.tracking_uri, "tracking.uri", str(sweep.path))
+    check_server(sweep.storage_url, "storage", str(sweep.path))
     fsio.check_no_links_below(  # every file the launch writes, before the first write
         sweep.output_dir,
         [

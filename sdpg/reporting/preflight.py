@@ -114,6 +114,7 @@ def check(argv: list[str]) -> None:
         raise ConfigError(f"{a.source}: nothing to report yet: no MLflow store at {redact(uri)} (run the experiment first)")
     from sdpg.orchestration import tracking
 
+    tracking.check_server(uri, "tracking.uri", str(a.source))
     try:
         c = tracking.client(uri)
         e = c.get_experiment_by_name(exp)
