@@ -148,6 +148,13 @@ def check_experiment_name(name: str | None, where: str) -> None:
             f"{where}: key 'tracking.experiment' has bad value {short_repr(name)}: an experiment name "
             f"is one line of at most 200 printable characters"
         )
+    from sdpg.training.redact import contains_secret
+
+    if contains_secret(name):
+        raise ConfigError(
+            f"{where}: key 'tracking.experiment' has bad value {short_repr(name)}: an experiment name looks like a "
+            f"secret (a token or key): it is shown in MLflow and every console line"
+        )
 
 
 def output_folder(output_dir: str | None, name: str) -> Path:
