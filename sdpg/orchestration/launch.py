@@ -46,12 +46,18 @@ class TrialHook(Protocol):
 class _ReferencingPickler(pickle.Pickler):
     """Pickles every string holding a secret as a reference (``redact.to_references``)."""
 
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._made: set[str] = set()
+
     def persistent_id(self, obj: Any) -> Any:
-        if type(obj) is str and len(obj) >= 6:
+        if type(obj) is str and len(obj) >= 6 and obj not in self._made:
             from sdpg.training.redact import find_secrets, to_references
 
             if find_secrets(obj):
-                return ("sdpg-ref", to_references(obj))
+                ref = to_references(obj)
+                self._made.add(ref)  # the reference itself is pickled as it is
+                return ("sdpg-ref", ref)
         return None
 
 

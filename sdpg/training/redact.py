@@ -148,7 +148,7 @@ def holds_literal_secret(shell_line: str, env: Mapping[str, str] | None = None) 
 
 def find_secrets(text: str, env: Mapping[str, str] | None = None) -> list[str]:
     """The secret substrings of ``text`` (the parts ``redact`` masks), longest first."""
-    s = str(text)
+    s = REFERENCE.sub(" ", str(text))  # a reference is not a secret (nor is what surrounds it)
     found = {v for v in secret_values(env) if v in s}
     found |= {m.group("cred")[:-1] for m in URI_CREDENTIALS.finditer(s)}
     found |= {m.group("val") for m in QUERY_SECRET.finditer(s)}
