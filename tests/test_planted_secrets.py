@@ -115,7 +115,7 @@ def test_no_planted_secret_is_written_or_printed(tmp_path, tiny_model_built):
     run("sdpg-sweep", specs / "secsweep.yaml")
     run("sdpg-sweep", "status", specs / "secsweep.yaml")
     run("sdpg-sweep", "export", specs / "secsweep.yaml", "--out", work / "best.yaml")
-    run("sdpg-train", f"run.output_dir={work / 'direct'}", "--print-config", f"data.context_templates.answer={_template('x')}")
+    run("sdpg-train", f"run.output_dir={work / 'direct'}", f"data.context_templates.answer={_template('x')}", "--print-config")
 
     # everything ran and wrote what it writes, so the search below searched something
     out = work / "outputs"
