@@ -410,3 +410,24 @@ def test_output_dir_with_home_or_unset_variable(tmp_path, capfd, monkeypatch):
     assert r.returncode == 2 and "/proc" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert list(work.iterdir()) == []
     json.dumps(r.stderr)
+
+
+# --------------------------------------------------------------------------------------------- servers
+@pytest.mark.parametrize("tool", ["sdpg-ablate", "sdpg-sweep"])
+def test_a_tracking_server_that_does_not_answer_is_one_line_within_seconds(tmp_path, capfd, tool):
+    import time
+
+    if tool == "sdpg-ablate":
+        spec = _ablate_spec(tmp_path, tracking={"uri": "http://user:pa#ss@127.0.0.1:9/"})
+    else:
+        spec = tmp_path / "sk.yaml"
+        spec.write_text(yaml.safe_dump({**SWEEP, "tracking": {"uri": "http://user:pa#ss@127.0.0.1:9/"}}))
+    before = snapshot(tmp_path)
+    t0 = time.monotonic()
+    r = run_in_process(capfd, tool, [spec], tmp_path)
+    took = time.monotonic() - t0
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+    assert "does not answer" in lines[0] and "tracking.uri" in lines[0] and "pa#ss" not in r.stderr + r.stdout
+    assert took < 60, took
+    assert snapshot(tmp_path) == before, "the refused command created something"

@@ -38,23 +38,22 @@ def check_server(uri: str | None, key: str, where: str = "", timeout: float = SE
     a server that does not answer is a ``ConfigError`` naming ``key`` and the URI (credentials redacted),
     instead of MLflow's or SQLAlchemy's retries waiting for minutes without a word. Files and SQLite are
     not servers: nothing is done."""
+    import re
     import socket
-    from urllib.parse import urlsplit
 
     from sdpg.training.config import ConfigError
 
     if not uri or "://" not in uri:
         return
-    parts = urlsplit(uri)
-    scheme = parts.scheme.split("+")[0].lower()
+    # the host is what follows the last '@' (a password may hold '#', '?' or '/', which urlsplit misreads)
+    m = re.match(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?:[^\s]*@)?(?P<host>\[[^\]]+\]|[^:/?#@\s]+)(?::(?P<port>\d+))?", uri)
+    if m is None:
+        return
+    scheme = m.group("scheme").split("+")[0].lower()
     if scheme not in _DEFAULT_PORTS:
         return
-    try:
-        host, port = parts.hostname, parts.port or _DEFAULT_PORTS[scheme]
-    except ValueError as e:
-        raise ConfigError(f"{where + ': ' if where else ''}key '{key}' has bad value {redact(uri)}: {e}") from None
-    if not host:
-        return
+    host = m.group("host").strip("[]")
+    port = int(m.group("port")) if m.group("port") else _DEFAULT_PORTS[scheme]
     t0 = time.monotonic()
     try:
         with socket.create_connection((host, port), timeout=timeout):
