@@ -431,3 +431,15 @@ def test_a_tracking_server_that_does_not_answer_is_one_line_within_seconds(tmp_p
     assert "does not answer" in lines[0] and "tracking.uri" in lines[0] and "pa#ss" not in r.stderr + r.stdout
     assert took < 60, took
     assert snapshot(tmp_path) == before, "the refused command created something"
+
+
+@pytest.mark.parametrize("name", ["index.md", "index.html", "tables/last_best.md", "figures/curves.png"])
+def test_sdpg_report_refuses_a_link_in_its_out_folder_before_writing(tmp_path, capfd, name):
+    spec = _ablate_spec(tmp_path)
+    victim = _victim(tmp_path)
+    link = _plant(tmp_path / "rep" / name, victim)
+    before = snapshot(tmp_path)
+    r = run_in_process(capfd, "sdpg-report", [spec, "--out", tmp_path / "rep"], tmp_path)
+    _one_line_exit_2(r, name.split("/")[-1])
+    _intact(victim, link)
+    assert snapshot(tmp_path) == before
