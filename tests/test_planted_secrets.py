@@ -150,8 +150,21 @@ def test_secret_looking_names_are_refused(tmp_path, capfd):
         assert sorted(os.listdir(tmp_path)) == before
 
 
-def test_secret_looking_sweep_choice_is_refused(tmp_path, capfd):
+def test_secret_looking_sweep_choice_and_study_name_are_refused(tmp_path, capfd):
     from test_hostile_input import run_in_process
+
+    named = {
+        "name": "hf_QwErTyUiOpAsDfGhJkLzXcVbNm",
+        "base": "embedded",
+        "space": {"algo.beta": {"type": "float", "low": 0.01, "high": 1.0}},
+        "objective": {"metric": "eval/embedded/mean@4"},
+        "n_trials": 1,
+    }
+    p = tmp_path / "sw.yaml"
+    p.write_text(yaml.safe_dump(named))
+    r = run_in_process(capfd, "sdpg-sweep", [p], tmp_path)
+    assert r.returncode == 2 and "looks like a secret" in r.stderr and "hf_QwEr" not in r.stderr, r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["sw.yaml"]
 
     spec = {
         "name": "sw",
