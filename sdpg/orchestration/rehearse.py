@@ -675,11 +675,21 @@ def rehearse(
                     (len(tok.encode(s, add_special_tokens=False)), len(tok.encode(t, add_special_tokens=False)))
                     for s, t in (build_prompts(r, cfg.data, tok) for r in rows["data.train"])
                 ]
-                longest = max(max(a, b) for a, b in lens)
-                if longest > cfg.data.max_prompt_tokens:
+                limit, mode = cfg.data.max_prompt_tokens, cfg.data.overlong_prompts
+                longest_student, longest_teacher = max(a for a, _ in lens), max(b for _, b in lens)
+                if longest_student > limit:
+                    finding = (
+                        f"of the first {len(lens)} training rows, a student prompt has {longest_student} tokens, more "
+                        f"than data.max_prompt_tokens={limit}"
+                    )
+                    if mode == "error":  # the trainer would stop at data preparation
+                        o.errors.append(f"{finding}; student prompts are never cut unless data.overlong_prompts says so")
+                    else:
+                        o.warnings.append(f"{finding}: such rows are {'left out' if mode == 'drop' else 'cut from the left'}")
+                if longest_teacher > limit:
                     o.warnings.append(
-                        f"of the first {len(lens)} training rows, a prompt has {longest} tokens, more than "
-                        f"data.max_prompt_tokens={cfg.data.max_prompt_tokens}: prompts are cut"
+                        f"of the first {len(lens)} training rows, a teacher prompt has {longest_teacher} tokens, more "
+                        f"than data.max_prompt_tokens={limit}: teacher prompts are cut from the right"
                     )
             if rows and not o.errors:
                 verdicts, errs = scorer_checks(cfg, rows, o.student_prompt or "", scorers)
