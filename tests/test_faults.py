@@ -167,23 +167,19 @@ def test_report_tag_with_a_quote_is_one_line(tmp_path, cli, small_store_faults):
 
 
 @pytest.mark.parametrize(
-    "axis,values,n",
+    "axis,values,shown",
     [
-        ("algo.beta", [0.0, -0.0, 0.2], 2),
-        ("algo.beta", [0.2, 0.20000000000000001], 1),
-        ("run.total_steps", [1, 1.0], 1),
+        ("algo.beta", [0.0, -0.0, 0.2], "0.0 and -0.0"),
+        ("algo.beta", [0.2, 0.20000000000000001], "0.2 and 0.2"),
+        ("run.total_steps", [1, 1.0], "1 and 1.0"),
+        ("algo.beta", [1e-1, 0.1], "0.1 and 0.1"),
     ],
-    ids=["zero-and-minus-zero", "same-float-twice", "int-and-float"],
+    ids=["zero-and-minus-zero", "same-float-twice", "int-and-float", "exponent-and-decimal"],
 )
-def test_values_equal_as_numbers_are_one_grid_value(tmp_path, cli, axis, values, n):
-    """Values equal as numbers on one axis are one grid value: one run, not the same run trained twice."""
-    write(tmp_path, {"spec.yaml": ablation(variants={"a": {}}, grid={axis: values})})
-    before = snapshot(tmp_path)
-    proc = cli(IN, "sdpg-ablate", ["spec.yaml", "--dry-run"], tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    runs = [ln for ln in proc.stdout.splitlines() if ln.startswith("a-") and "-s0" in ln.split()[0]]
-    assert len(runs) == n, proc.stdout
-    assert snapshot(tmp_path) == before
+def test_values_equal_as_numbers_are_one_grid_value(tmp_path, cli, axis, values, shown):
+    """Values equal as numbers on one axis are one grid value: refused as a repeat (the run would be trained
+    twice), naming the axis and the two values."""
+    refuse(tmp_path, cli, IN, "sdpg-ablate", ["spec.yaml"], {"spec.yaml": ablation(grid={axis: values})}, [axis, "repeats", shown])
 
 
 # ========================================================================================= 2. data rows

@@ -62,6 +62,8 @@ from sdpg.orchestration.specs import (
 )
 from sdpg.training.config import (
     ConfigError,
+    FolderPath,
+    Seed,
     Strict,
     TrainConfig,
     apply_layer,
@@ -87,6 +89,18 @@ __all__ = [
 ]
 
 
+def _same_value(x: Any, y: Any) -> bool:
+    """Two grid values that configure the same thing: numbers equal as numbers (0.0 and -0.0, 1 and 1.0; a
+    boolean is not a number), anything else equal as JSON."""
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if number(x) and number(y):
+        return bool(x == y)
+    return json.dumps(x, sort_keys=True) == json.dumps(y, sort_keys=True)
+
+
 class AblationSpec(Strict):
     name: str
     """Name of the ablation: the MLflow experiment and the output folder (``[A-Za-z0-9._-]``, at most 100
@@ -102,15 +116,15 @@ class AblationSpec(Strict):
     """Axes that multiply with the variants: a dotted trainer key with a list of its values, or an axis name
     (a word, no dot) with a mapping of named groups, each a diff like a variant (``task: {sum: {}, chain:
     {data.train: embedded_chain}}``)."""
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    """One run per seed (``run.seed``)."""
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
+    """One run per seed (``run.seed``), each in [0, 2**32)."""
     executor: str = "local"
     """``local`` (processes here), ``debug`` (this process), ``slurm`` (with ``profile``) or a profile name."""
     profile: str | None = None
     """SLURM profile from ``slurm/`` (or $SDPG_SLURM_PROFILES)."""
     max_parallel: int = Field(4, gt=0)
     """Runs at a time (SLURM array parallelism)."""
-    output_dir: str | None = None
+    output_dir: FolderPath | None = None
     """Where runs, logs and the default MLflow store go; None: ``outputs/<name>``."""
     tracking: TrackingSpec = TrackingSpec()
     """MLflow settings."""
@@ -174,8 +188,10 @@ class AblationSpec(Strict):
                 )
             if not values:
                 raise ValueError(f"grid axis {axis!r} has no values")
-            if len({json.dumps(x, sort_keys=True) for x in values}) != len(values):
-                raise ValueError(f"grid axis {axis!r} repeats a value: {values}")
+            for i, x in enumerate(values):
+                same = [y for y in values[:i] if _same_value(x, y)]
+                if same:  # 0.0 and -0.0, 1 and 1.0: one value, which would train one run twice
+                    raise ValueError(f"grid axis {axis!r} repeats a value: {same[0]!r} and {x!r} are equal")
         return v
 
     def group_axes(self) -> list[str]:

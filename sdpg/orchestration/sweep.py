@@ -57,7 +57,7 @@ from sdpg.orchestration.core import (
 )
 from sdpg.orchestration.launch import TrainJob, export_distributed_env, make_executor
 from sdpg.orchestration.specs import SlurmProfile, read_yaml, subcommand_parser, validate
-from sdpg.training.config import ConfigError, Strict, apply_layer, build_config
+from sdpg.training.config import ConfigError, FolderPath, Seed, Strict, apply_layer, build_config
 
 NAME = NAME_PATTERN  # the former name
 
@@ -141,8 +141,8 @@ class Objective(Strict):
 class SamplerSpec(Strict):
     type: Literal["tpe", "gp", "cmaes", "grid", "random"] = "tpe"
     """Optuna sampler."""
-    seed: int = 0
-    """Sampler seed."""
+    seed: Seed = 0
+    """Sampler seed, in [0, 2**32)."""
 
 
 class PrunerSpec(Strict):
@@ -189,8 +189,8 @@ class SweepSpec(Strict):
     """Early stopping of hopeless trials."""
     n_trials: int = Field(gt=0)
     """Finished (complete or pruned) trials to collect."""
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    """Training seeds per trial; the objective is their mean."""
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
+    """Training seeds per trial (each in [0, 2**32)); the objective is their mean."""
     enqueue: list[dict[str, Any]] = Field(default_factory=list)
     """Parameter sets to try first (e.g. the paper's coefficients)."""
     storage: str = "journal"
@@ -204,7 +204,7 @@ class SweepSpec(Strict):
     """``local``, ``slurm`` (with ``profile``) or a profile name."""
     profile: str | None = None
     """SLURM profile."""
-    output_dir: str | None = None
+    output_dir: FolderPath | None = None
     """Default ``outputs/<name>``."""
     tracking: TrackingSpec = TrackingSpec()
     """``uri`` and ``experiment`` for MLflow (defaults: SQLite in the output folder, the sweep name)."""

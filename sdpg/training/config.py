@@ -13,9 +13,9 @@ import hashlib
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from sdpg.training.embedded import TASK_TARGET_ACCURACY, Task
 
@@ -162,8 +162,88 @@ VerifierName = Literal["exact", "math", "boxed"]
 SCORER_METRIC_NAMES = {"exact": "exact", "math": "math_verify", "boxed": "boxed"}
 
 
+SEED_RANGE = 2**32
+"""Seeds lie in [0, 2**32): what NumPy's generators (and Optuna's samplers, built on them) accept."""
+Seed = Annotated[int, Field(ge=0, lt=SEED_RANGE)]
+"""A seed field: a whole number in [0, 2**32)."""
+
+
+def _literal_path(path: str) -> str:
+    """A folder path is taken as written: ``$HOME/x`` or ``~/x`` would become folders named ``$HOME`` or ``~``."""
+    import re
+
+    m = re.search(r"\$(\{?[A-Za-z_][A-Za-z0-9_]*\}?)", path)
+    if m:
+        raise ValueError(f"{m.group(0)} is not expanded (no shell reads this value); write the path itself")
+    if path == "~" or path.startswith("~/"):
+        raise ValueError("~ is not expanded (no shell reads this value); write the path itself")
+    return path
+
+
+FolderPath = Annotated[str, AfterValidator(_literal_path)]
+"""A folder named in a spec or config: no shell syntax."""
+INT_LIMIT = 2**63
+"""Whole numbers beyond a signed 64-bit integer fit no tensor, array or SLURM field: refused everywhere."""
+
+
+def _accepts(annotation: Any, kind: type) -> bool:
+    """Whether a field's type admits values of ``kind`` itself (``bool`` is an ``int`` to Python, not to a spec)."""
+    import typing
+
+    if annotation is kind:
+        return True
+    if annotation is Any:
+        return True
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Literal:
+        return any(isinstance(a, kind) for a in args)
+    return any(_accepts(a, kind) for a in args if a is not type(None))
+
+
+def _kind_problem(value: Any, annotation: Any) -> str | None:
+    """Why ``value`` is of the wrong kind for ``annotation``: a boolean where no boolean is allowed, a whole
+    number beyond 64 bits, a float that is not finite. Looks into lists and mapping values."""
+    import math
+    import typing
+
+    if annotation is Any:  # free-form (overrides, kwargs): checked where the values land, under their own keys
+        return None
+    if isinstance(value, bool):
+        return None if _accepts(annotation, bool) else f"{str(value).lower()} is a boolean, not a number"
+    if isinstance(value, int) and abs(value) >= INT_LIMIT:
+        return f"{value} is beyond a 64-bit integer"
+    if isinstance(value, float) and not math.isfinite(value) and (_accepts(annotation, float) or _accepts(annotation, int)):
+        return f"{value} is not a finite number"
+    inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if isinstance(value, (list, tuple)) and origin in (list, tuple, set):
+        for v in value:
+            for a in inner or [Any]:
+                why = _kind_problem(v, a)
+                if why:
+                    return why
+    if isinstance(value, dict) and origin is dict and len(inner) == 2:
+        for v in value.values():
+            why = _kind_problem(v, inner[1])
+            if why:
+                return why
+    return None
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_kinds(cls, value: Any, info: Any) -> Any:
+        """No booleans as counts or numbers, no whole number beyond 64 bits, no infinite or NaN float: checked
+        before pydantic's coercion (which reads ``true`` as 1), in every spec and config model."""
+        field = cls.model_fields.get(info.field_name) if info.field_name else None
+        if field is not None:
+            why = _kind_problem(value, field.annotation)
+            if why:
+                raise ValueError(why)
+        return value
 
 
 class EmbeddedModelConfig(Strict):
@@ -523,10 +603,10 @@ class EvalConfig(Strict):
 
 
 class RunConfig(Strict):
-    output_dir: str = "runs/default"
+    output_dir: FolderPath = "runs/default"
     """Folder of the run: resolved config, metrics.jsonl, checkpoints."""
-    seed: int = 0
-    """Seed of everything random in the run."""
+    seed: Seed = 0
+    """Seed of everything random in the run, in [0, 2**32)."""
     total_steps: int = Field(400, gt=0)
     """RL steps T (the paper: 400)."""
     checkpoint_every: int = Field(50, ge=0)
