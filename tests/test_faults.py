@@ -259,9 +259,15 @@ def test_a_number_answer_is_accepted_as_text(tmp_path):
 @pytest.mark.parametrize("key", ["data.train", "data.eval.bench"])
 def test_a_fifo_as_data_is_refused_without_waiting(tmp_path, cli, key):
     """Opening a FIFO for reading waits for a writer forever: it is refused by its kind, never opened."""
-    _fifo(tmp_path, "pipe.jsonl")
-    args = [a for a in TRAIN if not a.startswith("eval.every")] + ["eval.every=1", f"{key}=pipe.jsonl"]
-    refuse(tmp_path, cli, IN, "sdpg-train", args, {}, [key, "pipe.jsonl", "not a regular file"])
+    (tmp_path / "in").mkdir()
+    _fifo(tmp_path / "in", "pipe.jsonl")
+    (tmp_path / "work").mkdir()
+    args = [a for a in TRAIN if not a.startswith("eval.every")] + ["eval.every=1", f"{key}={tmp_path / 'in' / 'pipe.jsonl'}"]
+    before = snapshot(tmp_path / "work")
+    proc = cli(IN, "sdpg-train", args, tmp_path / "work")
+    assert_refused(proc, before, tmp_path / "work", [key, "pipe.jsonl", "not a regular file", "fifo"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "work"]
+    assert [p.name for p in (tmp_path / "in").iterdir()] == ["pipe.jsonl"]
 
 
 @pytest.mark.timeout(60)

@@ -358,6 +358,9 @@ class DataConfig(Strict):
     chat template's generation prompt stay), teacher prompts from the right (as the authors)."""
     train_limit: int | None = Field(None, gt=0)
     """Use only the first N training rows."""
+    max_row_bytes: int = Field(1_048_576, gt=0)
+    """Largest row of a data file, in bytes of its JSON line (1 MiB): a longer row is refused, naming its line,
+    before it is read whole (one 50 MB problem once took 12 GB of memory in the tokenizer)."""
     eval_limit: int | None = Field(None, gt=0)
     """Evaluate only the first N problems of each benchmark."""
     shuffle: bool = True
