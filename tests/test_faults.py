@@ -16,14 +16,12 @@ import os
 import resource
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 from test_hostile_input import (
     GOOD_ROWS,
     TINY,
@@ -63,6 +61,7 @@ def one_line(proc) -> str:
 
 
 # ===================================================================================== 1. strict types
+GROUPS = "name: hx\nbase: embedded\nvariants: {{a: {{}}}}\nseeds: [0]\ngrid:\n  task:\n    {key}: {{}}\n    chain: {{b: 1}}\n"
 # (id, files, args, mentions): every one refused before anything exists.
 SPEC_TYPE_CASES = [
     ("ablate-seed-true", {"spec.yaml": ablation(seeds=[True])}, ["spec.yaml"], ["spec.yaml", "seeds", "true"]),
@@ -102,13 +101,13 @@ SPEC_TYPE_CASES = [
     ),
     (
         "ablate-grid-group-null-key",
-        {"spec.yaml": "name: hx\nbase: embedded\nvariants: {a: {}}\nseeds: [0]\ngrid:\n  task:\n    ~: {}\n    chain: {algo.beta: 0.2}\n"},
+        {"spec.yaml": GROUPS.format(key="~")},
         ["spec.yaml"],
         ["spec.yaml", "grid.task", "none"],
     ),
     (
         "ablate-grid-group-int-key",
-        {"spec.yaml": "name: hx\nbase: embedded\nvariants: {a: {}}\nseeds: [0]\ngrid:\n  task:\n    1: {}\n    chain: {algo.beta: 0.2}\n"},
+        {"spec.yaml": GROUPS.format(key="1")},
         ["spec.yaml"],
         ["spec.yaml", "grid.task", "1"],
     ),
@@ -179,7 +178,9 @@ def test_report_tag_with_a_quote_is_one_line(tmp_path, cli, small_store_faults):
 def test_values_equal_as_numbers_are_one_grid_value(tmp_path, cli, axis, values, shown):
     """Values equal as numbers on one axis are one grid value: refused as a repeat (the run would be trained
     twice), naming the axis and the two values."""
-    refuse(tmp_path, cli, IN, "sdpg-ablate", ["spec.yaml"], {"spec.yaml": ablation(grid={axis: values})}, [axis, "repeats", shown])
+    refuse(
+        tmp_path, cli, IN, "sdpg-ablate", ["spec.yaml"], {"spec.yaml": ablation(grid={axis: values})}, [axis, "repeats", shown]
+    )
 
 
 # ========================================================================================= 2. data rows
@@ -273,7 +274,9 @@ def test_a_fifo_as_data_is_refused_without_waiting(tmp_path, cli, key):
 @pytest.mark.timeout(60)
 def test_a_symlink_to_dev_zero_is_refused(tmp_path, cli):
     (tmp_path / "zero.jsonl").symlink_to("/dev/zero")
-    refuse(tmp_path, cli, IN, "sdpg-train", TRAIN + ["data.train=zero.jsonl"], {}, ["data.train", "zero.jsonl", "not a regular file"])
+    refuse(
+        tmp_path, cli, IN, "sdpg-train", TRAIN + ["data.train=zero.jsonl"], {}, ["data.train", "zero.jsonl", "not a regular file"]
+    )
 
 
 @pytest.mark.timeout(60)
@@ -426,9 +429,7 @@ def test_sweep_on_a_bad_study_is_one_line(tmp_path, cli, content):
     write(tmp_path, {"s.yaml": spec})
     folder = tmp_path / "outputs" / "sx"
     folder.mkdir(parents=True)
-    (folder / "study.db").write_bytes(content)
     (folder / "optuna.db").write_bytes(content)
-    (folder / "study.log").write_bytes(content)
     for args in (["s.yaml"], ["status", "s.yaml"]):
         refuse(tmp_path, cli, IN, "sdpg-sweep", args, {}, ["outputs/sx"])
 
@@ -518,7 +519,7 @@ def test_an_older_sweep_folder_without_a_kind_mark_is_recognised(tmp_path, cli):
     write(tmp_path, {"a.yaml": ablation(name="same")})
     folder = tmp_path / "outputs" / "same"
     folder.mkdir(parents=True)
-    (folder / "study.log").write_text("")
+    (folder / "optuna.journal").write_text("")
     refuse(tmp_path, cli, IN, "sdpg-ablate", ["a.yaml"], {}, ["outputs/same", "sweep"])
 
 

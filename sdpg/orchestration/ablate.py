@@ -42,11 +42,14 @@ from sdpg.orchestration.core import (
     TrackingSpec,
     active_jobs,
     check_experiment_name,
+    check_folder_kind,
+    check_sqlite_store,
     check_tracking_uri,
     check_writable_folder,
     job_error,
     job_history,
     output_folder,
+    read_jobs,
     resolve_base,
     resolve_executor,
     tracking_target,
@@ -71,6 +74,7 @@ from sdpg.training.config import (
     deep_merge,
     expand_dotted,
 )
+from sdpg.training.records import jsonl_rows, read_json_object
 
 __all__ = [
     "NAME_PATTERN",
@@ -325,6 +329,7 @@ def load_plan(
     check_experiment_name(spec.tracking.experiment, src)
     out = output_folder(spec.output_dir, spec.name)
     check_writable_folder(out, src)
+    check_folder_kind(out, "ablation", spec.name, src)
     filters = dict(f.split("=", 1) for f in (only or []))
     # runs: variant x grid point x seed
     axes = list(spec.grid)
@@ -384,6 +389,8 @@ def load_plan(
     if filters and not runs:
         raise ConfigError(f"--only {' --only '.join(only or [])}: matches no run of {src}")
     uri, experiment = tracking_target(spec.tracking, out, spec.name)
+    if check_world:  # a submission opens the store; status and dry runs only read run folders
+        check_sqlite_store(uri, "MLflow store")
     return Plan(
         spec=spec, path=path, output_dir=out, runs=runs, executor=kind, profile=prof, tracking_uri=uri, experiment=experiment
     )
@@ -427,18 +434,12 @@ def _matches(run: Run, key: str, value: str) -> bool:
 def run_state(run: Run) -> tuple[str, int, dict]:
     """(state, last step, last metrics) from the run's folder: new, partial, running?, finished."""
     out = Path(run.config.run.output_dir)
-    res = out / "result.json"
-    last, metrics = 0, {}
-    mfile = out / "metrics.jsonl"
-    if mfile.is_file():
-        lines = [ln for ln in mfile.read_text().splitlines() if ln.strip()]
-        if lines:
-            metrics = json.loads(lines[-1])
-            last = metrics.get("step", 0)
-    if res.is_file():
-        r = json.loads(res.read_text())
-        if r.get("status") == "finished" and r.get("step") == run.config.run.total_steps:
-            return "finished", last, metrics
+    rows = jsonl_rows(out / "metrics.jsonl")  # a last line cut by a kill is left out
+    metrics = rows[-1] if rows else {}
+    last = metrics.get("step", 0)
+    r, _ = read_json_object(out / "result.json")  # empty or cut short (killed while writing): not finished
+    if r is not None and r.get("status") == "finished" and r.get("step") == run.config.run.total_steps:
+        return "finished", last, metrics
     if any((out / "checkpoints").glob("*.pt")) if (out / "checkpoints").is_dir() else False:
         return "partial", last, metrics
     return ("started" if last else "new"), last, metrics
@@ -589,7 +590,7 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
             )
             stack.enter_context(file_lock(lock_path, wait=True))
         state_file = plan.output_dir / "jobs.json"
-        jobs_state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        jobs_state = read_jobs(state_file, log, set_aside=True)
         unfinished = [r for r in distinct if run_state(r)[0] != "finished"]
         attached = active_jobs(jobs_state, [r.hash for r in unfinished])
         todo = [r for r in unfinished if r.hash not in attached]
@@ -813,11 +814,11 @@ def watch(plan: Plan, jobs: list, runs: list[Run] | None = None, log=print, ever
 def status(plan: Plan) -> str:
     """Each run's state and last metrics, from its folder, the scheduler and MLflow."""
     state_file = plan.output_dir / "jobs.json"
-    jobs = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    sched = _scheduler_states([v["job_id"] for v in jobs.values() if v.get("executor") == "slurm"])
+    jobs = read_jobs(state_file, lambda m: print(m, file=sys.stderr))
+    sched = _scheduler_states([str(v.get("job_id")) for v in jobs.values() if v.get("executor") == "slurm"])
     extra = {}
     for h, v in jobs.items():
-        s = sched.get(v["job_id"])
+        s = sched.get(str(v.get("job_id")))
         if s and s not in ("COMPLETED",):
             extra[h] = f"{s.lower()} ({v['job_id']})"
     lines = [table(plan, extra), ""]
@@ -857,7 +858,7 @@ def cancel(plan: Plan, log=print) -> int:
     from sdpg.orchestration import tracking
 
     state_file = plan.output_dir / "jobs.json"
-    jobs = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    jobs = read_jobs(state_file, log)
     mine = {r.hash for r in plan.distinct}
     picked = {h: v for h, v in jobs.items() if h in mine and any(j.get("executor") == "slurm" for j in job_history(v))}
     if not picked:

@@ -45,11 +45,14 @@ from sdpg.orchestration.core import (
     TrackingSpec,
     active_jobs,
     check_experiment_name,
+    check_folder_kind,
+    check_sqlite_store,
     check_tracking_uri,
     check_writable_folder,
     job_error,
     job_history,
     output_folder,
+    read_jobs,
     resolve_base,
     resolve_executor,
     tracking_target,
@@ -289,6 +292,7 @@ class Sweep:
         check_tracking_uri(spec.tracking.uri, src)
         check_experiment_name(spec.tracking.experiment, src)
         check_writable_folder(self.output_dir, src)
+        check_folder_kind(self.output_dir, "sweep", spec.name, src)
         for i, e in enumerate(spec.enqueue):  # every enqueued point inside the space, before any study exists
             for k, v in e.items():
                 if k not in spec.space:
@@ -331,6 +335,9 @@ class Sweep:
         self.profile: SlurmProfile | None = prof
         self.storage_url = self._storage_url()
         self.tracking_uri, self.experiment = tracking_target(spec.tracking, self.output_dir, spec.name)
+        check_sqlite_store(self.storage_url, "Optuna study")  # status reads it too
+        if check_world:
+            check_sqlite_store(self.tracking_uri, "MLflow store")
 
     def experiment_tracker(self) -> Experiment:
         return Experiment(self.tracking_uri, self.experiment, self.output_dir, "sweep", self.spec.name, self.path)
@@ -929,7 +936,7 @@ def _launch(sweep: Sweep, workers: int | None, wait: bool | None, log) -> dict:
         lock.__enter__()
     try:
         state_file = sweep.output_dir / "jobs.json"
-        jobs_state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        jobs_state = read_jobs(state_file, log, set_aside=True)
         live = active_jobs(jobs_state, list(jobs_state))
         attach = live
         if not live:

@@ -141,7 +141,8 @@ def row_problem(raw: dict, cfg: DataConfig) -> str | None:
             return f"verl 'prompt' is {_kind(prompt)}, expected a list of messages ({{role, content}})"
         for msg in prompt:
             if not isinstance(msg, dict) or not isinstance(msg.get("content"), str):
-                return f"verl 'prompt' holds {_kind(msg) if not isinstance(msg, dict) else 'a message without text content'}, expected messages {{role, content}}"
+                what = "a message without text content" if isinstance(msg, dict) else _kind(msg)
+                return f"verl 'prompt' holds {what}, expected messages {{role, content}}"
             why = _text_problem(msg["content"], "prompt.content", empty_ok=True)
             if why:
                 return why

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from sdpg.training import embedded
-from sdpg.training.data import jsonl_lines, regular_file_problem, row_problem
 from sdpg.training.config import ConfigError, TrainConfig
+from sdpg.training.data import jsonl_lines, regular_file_problem, row_problem
 from sdpg.training.redact import redact
 
 PLACEHOLDERS = {
@@ -290,11 +290,15 @@ def check_data_file(cfg: TrainConfig, key: str, src: str, source: str, what: str
         offset = 0
         for ln, raw_line in jsonl_lines(p, cfg.data.max_row_bytes):
             if b"\x00" in raw_line:
-                raise ConfigError(f"{p}: is binary, not JSON text (NUL byte at offset {offset + raw_line.index(0)}), named by {key}")
+                raise ConfigError(
+                    f"{p}: is binary, not JSON text (NUL byte at offset {offset + raw_line.index(0)}), named by {key}"
+                )
             try:
                 lines.append(raw_line.decode("utf-8"))
             except UnicodeDecodeError as e:
-                raise ConfigError(f"{p}: is not UTF-8 text (byte 0x{raw_line[e.start]:02x} on line {ln}), named by {key}") from None
+                raise ConfigError(
+                    f"{p}: is not UTF-8 text (byte 0x{raw_line[e.start]:02x} on line {ln}), named by {key}"
+                ) from None
             offset += len(raw_line)
         text = "".join(lines)
         if p.suffix == ".json" and text.lstrip().startswith("["):
