@@ -49,6 +49,7 @@ def _guarded(fn, argv):
 def _train(argv: list[str] | None) -> int:
     import argparse
     import os
+    from pathlib import Path
 
     from sdpg.training.config import load_config
 
@@ -72,7 +73,10 @@ def _train(argv: list[str] | None) -> int:
 
     check_world(cfg, str(path or "sdpg-train") + (" + overrides" if overrides else ""), local=True)
     from sdpg.training.locks import run_folder_lock
-    from sdpg.training.trainer import TrainingFailed, train
+    from sdpg.training.trainer import TrainingFailed, check_newest_checkpoint, train
+
+    if cfg.run.resume:  # a refused resume (another config, no readable checkpoint) before the run folder is touched
+        check_newest_checkpoint(Path(cfg.run.output_dir), cfg)
 
     rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0)
     try:

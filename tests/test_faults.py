@@ -473,7 +473,8 @@ def test_a_report_cache_cut_short_is_rebuilt(tmp_path, cli, small_store_faults, 
     cache = tmp_path / "r" / ".cache"
     entries = sorted(p for p in cache.rglob("*") if p.is_file())
     assert entries, "the report keeps a cache"
-    tables = {p.name: p.read_bytes() for p in (tmp_path / "r").glob("*.csv")}
+    tables = {p.name: p.read_bytes() for p in (tmp_path / "r").rglob("*.csv")}
+    assert tables, "the report writes its tables as CSV"
     victim = next(p for p in entries if p.suffix == ".parquet")
     if damage == "truncated":
         victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
@@ -488,7 +489,7 @@ def test_a_report_cache_cut_short_is_rebuilt(tmp_path, cli, small_store_faults, 
             m.unlink()
         victim.write_bytes(victim.read_bytes()[:-8])
     _report(cli, tmp_path)
-    assert {p.name: p.read_bytes() for p in (tmp_path / "r").glob("*.csv")} == tables
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").rglob("*.csv")} == tables
     import pyarrow.parquet as pq
 
     pq.read_table(victim)  # rebuilt whole

@@ -738,11 +738,83 @@ class TrainConfig(Strict):
             reset("model", ModelConfig, "embedded")
         return TrainConfig.model_validate(d)
 
+    def resume_identity(self) -> dict[str, Any]:
+        """What a checkpoint must share with the config that resumes it, as dotted key -> value: the effective
+        config less the execution settings (``EXECUTION_SETTINGS``: threads, logging, checkpoint cadence, the
+        output folder, and ``run.total_steps``, which ``resume_refusal`` checks on its own). Evaluation
+        settings are execution settings only with ``rollout.seed_per_prompt``: otherwise evaluations sample
+        from the training random stream, so their cadence and size change what is trained next."""
+        flat: dict[str, Any] = {}
+
+        def walk(d: Any, prefix: str) -> None:
+            if isinstance(d, dict) and d and prefix not in ("data.eval", "data.chat_template_kwargs"):
+                for k, v in d.items():
+                    walk(v, f"{prefix}.{k}" if prefix else str(k))
+            else:
+                flat[prefix] = d
+
+        walk(self.effective().resolved(), "")
+        drop = set(EXECUTION_SETTINGS)
+        if self.rollout.seed_per_prompt:
+            drop |= {k for k in flat if k.startswith("eval.")} | {"data.eval", "data.eval_limit"}
+        return {k: v for k, v in flat.items() if k not in drop}
+
     def config_hash(self, exclude_output: bool = True) -> str:
         d = self.resolved()
         if exclude_output:
             d["run"].pop("output_dir", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+EXECUTION_SETTINGS = (
+    "run.output_dir",
+    "run.threads",
+    "run.log_samples",
+    "run.checkpoint_every",
+    "run.keep_checkpoints",
+    "run.resume",
+    "run.total_steps",
+)
+"""Settings that cannot change what a run trains: a resume may change them (``run.total_steps`` within
+``resume_refusal``'s rule)."""
+
+
+def resume_refusal(saved: dict[str, Any], saved_total: int | None, step: int, cfg: TrainConfig) -> str | None:
+    """Why ``cfg`` cannot continue a checkpoint of ``step`` whose run had ``saved`` (``resume_identity``) and
+    ``saved_total`` steps, naming the settings that differ and both values; None when it can. Extending or
+    shortening a run (``run.total_steps``) is allowed down to the checkpoint's step, unless a schedule that
+    ends at ``run.total_steps`` (beta's decay window) moved for a step already trained, or the old last step's
+    evaluation drew from the training random stream where the longer run would not evaluate."""
+    mine = cfg.resume_identity()
+    differ = [k for k in sorted(set(saved) | set(mine)) if saved.get(k, "(unset)") != mine.get(k, "(unset)")]
+    if differ:
+        lead = ("eval.every", "algo.method")  # the setting a user changed, before those it switches on or off
+        first = [k for k in differ if k in lead] + [k for k in differ if k not in lead]
+        shown = "; ".join(
+            f"{k}={_short_value(saved.get(k, '(unset)'))} there, {_short_value(mine.get(k, '(unset)'))} here" for k in first[:3]
+        )
+        more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""
+        why = ""
+        if any(k.startswith(("eval.", "data.eval")) for k in first[:3]) and not cfg.rollout.seed_per_prompt:
+            why = " (evaluations sample from the training random stream unless rollout.seed_per_prompt=true)"
+        return f"{shown}{more}{why}"
+    total = cfg.run.total_steps
+    if total < step:
+        return f"run.total_steps={total} is below step {step} of the checkpoint"
+    if saved_total is not None and saved_total != total:
+        a = cfg.algo
+        if a.beta > 0 and a.beta_decay_steps > 0 and min(saved_total, total) - step < a.beta_decay_steps:
+            return (
+                f"run.total_steps={total} (was {saved_total}) moves beta's decay window (algo.beta_decay_steps="
+                f"{a.beta_decay_steps}) over steps already trained"
+            )
+        every = cfg.eval.every
+        if step == saved_total and every > 0 and saved_total % every and not cfg.rollout.seed_per_prompt:
+            return (
+                f"run.total_steps={total} (was {saved_total}): the old last step {saved_total} was evaluated (eval.every="
+                f"{every}), drawing from the training random stream (set rollout.seed_per_prompt=true in new runs)"
+            )
+    return None
 
 
 def method_settings(cfg: TrainConfig) -> dict[str, str]:

@@ -73,7 +73,15 @@ from sdpg.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from sdpg.training.config import SCORER_METRIC_NAMES, AlgoConfig, TrainConfig, build_config, load_config
+from sdpg.training.config import (
+    SCORER_METRIC_NAMES,
+    AlgoConfig,
+    ConfigError,
+    TrainConfig,
+    build_config,
+    load_config,
+    resume_refusal,
+)
 from sdpg.training.data import PromptSampler, read_source
 from sdpg.training.data import tokenize_prompts as tokenize_prompt_rows
 from sdpg.training.embedded import task_of_source, train_response_tokens
@@ -363,9 +371,10 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
     if cfg.rollout.prompts_per_step % world:
         raise ValueError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the {world} ranks")
     main_rank = rank == 0
+    if cfg.run.resume:
+        check_newest_checkpoint(out, cfg)  # a refused resume costs seconds, and changes nothing
     if main_rank:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.resolved(), sort_keys=False))
     log = _stderr_log if main_rank else _no_log
     seed_everything(cfg.run.seed)
 
@@ -460,6 +469,8 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
         eval_scorers=eval_scorers,
     )
     run.start_step = resume(run) if cfg.run.resume else 0
+    if main_rank:  # after the resume check: a refused resume leaves the config of the run it refused
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.resolved(), sort_keys=False))
     kept_step = run.start_step if cfg.run.resume else -1  # what the sinks keep from an earlier attempt
     if not main_rank:
         run.sinks = []  # rank 0 logs for all
@@ -528,11 +539,7 @@ def resume(run: Run) -> int:
             run.log(f"[sdpg] warning: skipped {e}")
             skipped.append(path)
             continue
-        if state["config_hash"] != cfg.config_hash():
-            raise RuntimeError(
-                f"{path} was written by another config (hash {state['config_hash']} != {cfg.config_hash()}); "
-                f"use a new run.output_dir or run.resume=false"
-            )
+        check_resumable(path, state, cfg)
         load_full_state(run.policy, run.optimizer, state["model"], state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
         run.sampler.load_state_dict(state["sampler"])
@@ -555,6 +562,45 @@ def resume(run: Run) -> int:
         for path in skipped:
             path.rename(path.with_name(path.name + ".corrupt"))
     return state["step"]
+
+
+def check_newest_checkpoint(out: Path, cfg: TrainConfig) -> None:
+    """Before anything is loaded or written: the newest checkpoint that reads (tensors left on disk) can be
+    resumed by ``cfg`` (``check_resumable``), and a folder whose every checkpoint is unreadable is one
+    ``ConfigError`` naming the folder and what to do, with nothing renamed."""
+    found = checkpoints(out)
+    reasons = []
+    for path in reversed(found):
+        try:
+            state = load_checkpoint(path, "cpu", mmap=True)
+        except CheckpointError as e:
+            cause = e.__cause__
+            reasons.append(f"{path.name}: {type(cause).__name__ if cause else 'CheckpointError'}")
+            continue
+        check_resumable(path, state, cfg)
+        return
+    if found:
+        raise ConfigError(
+            f"no checkpoint in {checkpoint_dir(out)} can be read ({', '.join(reasons[:3])}): move them away to start "
+            f"over, or set run.resume=false"
+        )
+
+
+def check_resumable(path: Path, state: dict, cfg: TrainConfig) -> None:
+    """A checkpoint continues only the run that wrote it: ``ConfigError`` naming the setting that differs
+    (execution settings may change; ``sdpg.training.config.resume_refusal``). Checkpoints written before the
+    identity was recorded are compared by their config hash."""
+    if "identity" in state:
+        why = resume_refusal(state["identity"], state.get("total_steps"), state["step"], cfg)
+    elif state["config_hash"] != cfg.config_hash():
+        why = f"an earlier config (hash {state['config_hash']}; this one {cfg.config_hash()})"
+    else:
+        why = None
+    if why:
+        raise ConfigError(
+            f"cannot resume {path} (step {state['step']}): {why}; "
+            f"set it back, use a new run.output_dir, or set run.resume=false to start over"
+        )
 
 
 def sync_rollout_weights(run: Run) -> float:
@@ -1064,6 +1110,8 @@ def save_run_state(run: Run, step: int) -> Path:
                 "sampler": run.sampler.state_dict(),
                 "rng": rngs if run.world > 1 else rngs[0],
                 "config_hash": run.cfg.config_hash(),
+                "identity": run.cfg.resume_identity(),  # what a resume must share (execution settings aside)
+                "total_steps": run.cfg.run.total_steps,
             },
             run.cfg.run.keep_checkpoints,
         )
