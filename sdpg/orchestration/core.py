@@ -188,9 +188,7 @@ def check_folder_kind(out: Path, kind: str, name: str, where: str) -> None:
     jobs.json as its own (a sweep once attached to an ablation's job as if it were its worker)."""
     other = folder_kind(out)
     if other is not None and other != kind:
-        raise ConfigError(
-            f"{where}: {out} holds the {other} {name!r}, not a {kind}; give this {kind} another name or output_dir"
-        )
+        raise ConfigError(f"{where}: {out} holds the {other} {name!r}, not a {kind}; give this {kind} another name or output_dir")
 
 
 def mark_folder_kind(out: Path, kind: str) -> None:

@@ -61,3 +61,14 @@ def jsonl_rows(path: str | Path) -> list[dict]:
         if isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row.get("step"), bool):
             rows.append(row)
     return rows
+
+
+class WriteFailed(RuntimeError):
+    """A run could not write one of its files (a full disk, a file-size limit, a folder or file made
+    unwritable): ``path`` and ``step`` say which and when, ``cause`` is the ``OSError``. The trainer raises it
+    so that ``sdpg-train`` can say in one line what failed and where the run can resume from."""
+
+    def __init__(self, path: str | Path, step: int | None, cause: OSError):
+        self.path, self.step, self.cause = Path(path), step, cause
+        reason = cause.strerror or str(cause) or type(cause).__name__
+        super().__init__(f"cannot write {self.path} ({reason})")

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from sdpg.training.records import WriteFailed
+
 
 class MetricSink(Protocol):
     """Receives a step's metrics. A sink may also define ``rewind(step)``: the trainer calls it once it knows
@@ -60,9 +62,12 @@ class JsonlSink:
 
     def _rewrite(self) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in self._rows))
-        os.replace(tmp, self.path)
-        self._open()
+        try:
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in self._rows))
+            os.replace(tmp, self.path)
+            self._open()
+        except OSError as e:
+            raise WriteFailed(self.path, self._rows[-1]["step"] if self._rows else None, e) from e
 
     def rewind(self, step: int) -> None:
         """Drop the rows after ``step`` (the run continues from there)."""
@@ -81,13 +86,19 @@ class JsonlSink:
             return
         row = {"step": step, **new}
         self._rows.append(row)
-        self._f.write(json.dumps(row) + "\n")
-        self._f.flush()
+        try:
+            self._f.write(json.dumps(row) + "\n")
+            self._f.flush()
+        except OSError as e:  # a full disk, a file made unwritable: the run stops, saying which file
+            raise WriteFailed(self.path, step, e) from e
 
     def close(self) -> None:
         if self._f is not None:
-            self._f.close()
-            self._f = None
+            f, self._f = self._f, None
+            try:
+                f.close()
+            except OSError:  # what a failed write left in the buffer; the failure itself was raised by log
+                pass
 
 
 class ConsoleSink:

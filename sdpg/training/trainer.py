@@ -99,6 +99,7 @@ from sdpg.training.model import (
     shard_fsdp,
 )
 from sdpg.training.randomness import derived_seed, rng_state, seed_everything, set_rng_state
+from sdpg.training.records import WriteFailed
 from sdpg.training.rewards import Verifier
 from sdpg.training.rollout import HFRollout, VLLMRollout, left_pad
 from sdpg.training.sinks import ConsoleSink, JsonlSink, MetricSink, default_sinks
@@ -1090,6 +1091,23 @@ def log_metrics(run: Run, metrics: dict[str, float], step: int) -> None:
         sink.log(metrics, step)
 
 
+@contextlib.contextmanager
+def _writing(path: Path, step: int):
+    """An ``OSError`` while writing ``path`` becomes ``WriteFailed`` naming it and the step; also one that
+    torch's zip writer turned into a ``RuntimeError`` while closing the cut file (its cause or context)."""
+    try:
+        yield
+    except OSError as e:
+        raise WriteFailed(path, step, e) from e
+    except RuntimeError as e:
+        cause = e.__cause__ or e.__context__
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise WriteFailed(path, step, cause) from e
+
+
 def save_run_state(run: Run, step: int) -> Path:
     """A resumable checkpoint of ``step``: a collective (every rank takes part), written by rank 0."""
     rngs = [rng_state()]
@@ -1099,21 +1117,22 @@ def save_run_state(run: Run, step: int) -> Path:
     model_state, optim_state = full_state(run.policy, run.optimizer)  # a collective under FSDP
     path = checkpoint_dir(run.out) / f"step_{step:07d}.pt"
     if run.main_rank:
-        path = save_checkpoint(
-            run.out,
-            step,
-            {
-                "step": step,
-                "model": model_state,
-                "optimizer": optim_state,
-                "scheduler": run.scheduler.state_dict(),
-                "sampler": run.sampler.state_dict(),
-                "rng": rngs if run.world > 1 else rngs[0],
-                "config_hash": run.cfg.config_hash(),
-                "identity": run.cfg.resume_identity(),  # what a resume must share (execution settings aside)
-                "total_steps": run.cfg.run.total_steps,
-            },
-            run.cfg.run.keep_checkpoints,
-        )
+        with _writing(path, step):
+            path = save_checkpoint(
+                run.out,
+                step,
+                {
+                    "step": step,
+                    "model": model_state,
+                    "optimizer": optim_state,
+                    "scheduler": run.scheduler.state_dict(),
+                    "sampler": run.sampler.state_dict(),
+                    "rng": rngs if run.world > 1 else rngs[0],
+                    "config_hash": run.cfg.config_hash(),
+                    "identity": run.cfg.resume_identity(),  # what a resume must share (execution settings aside)
+                    "total_steps": run.cfg.run.total_steps,
+                },
+                run.cfg.run.keep_checkpoints,
+            )
     dist.barrier()
     return path
