@@ -464,7 +464,10 @@ def _report(cli, root: Path):
     return proc
 
 
-@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage", "no-completion-mark"])
+@pytest.mark.parametrize(
+    "damage",
+    ["truncated", *(pytest.param(d, marks=pytest.mark.slow) for d in ("empty", "garbage", "no-completion-mark"))],
+)
 def test_a_report_cache_cut_short_is_rebuilt(tmp_path, cli, small_store_faults, damage):
     """A report killed while writing its cache leaves a cut file: the next report rebuilds that entry, and the
     numbers are those of the first report."""
@@ -609,9 +612,9 @@ def test_execution_settings_may_change_on_resume(tmp_path, cli, half_run, refere
     "change,named",
     [
         (["optim.lr=2e-5"], "optim.lr"),
-        (["algo.beta=0.3"], "algo.beta"),
-        (["run.seed=7"], "run.seed"),
-        (["rollout.group_size=4"], "rollout.group_size"),
+        pytest.param(["algo.beta=0.3"], "algo.beta", marks=pytest.mark.slow),
+        pytest.param(["run.seed=7"], "run.seed", marks=pytest.mark.slow),
+        pytest.param(["rollout.group_size=4"], "rollout.group_size", marks=pytest.mark.slow),
         (["eval.every=1"], "eval.every"),
     ],
     ids=["lr", "beta", "seed", "group-size", "eval-cadence-drawing-from-the-training-stream"],
@@ -625,6 +628,7 @@ def test_a_real_change_is_refused_naming_the_setting(tmp_path, cli, half_run, ch
     assert "hash" not in line
 
 
+@pytest.mark.slow
 def test_shrinking_below_the_checkpoint_is_refused(tmp_path, cli, half_run):
     out = _copy(half_run, tmp_path)
     before = snapshot(tmp_path)
@@ -632,6 +636,7 @@ def test_shrinking_below_the_checkpoint_is_refused(tmp_path, cli, half_run):
     assert_refused(proc, before, tmp_path, ["run.total_steps", "1", "step 2"])
 
 
+@pytest.mark.slow
 def test_extending_under_a_decay_schedule_that_moves_is_refused(tmp_path, cli, half_run):
     """beta's decay window ends at run.total_steps: extending moves beta(k) of steps already trained."""
     from sdpg.training.config import load_config
