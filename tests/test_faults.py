@@ -434,6 +434,17 @@ def test_sweep_on_a_bad_study_is_one_line(tmp_path, cli, content):
         refuse(tmp_path, cli, IN, "sdpg-sweep", args, {}, ["outputs/sx"])
 
 
+def test_sweep_on_a_garbled_journal_is_one_line(tmp_path, cli):
+    """The default storage, a journal file: a garbled line (not a cut last one, which Optuna drops) is one line."""
+    write(tmp_path, {"s.yaml": sweep()})
+    folder = tmp_path / "outputs" / "sx"
+    folder.mkdir(parents=True)
+    (folder / ".sdpg-kind").write_text("sweep\n")
+    (folder / "optuna.journal").write_bytes(b"\x00\x01garbage\n" + b'{"op_code": 0}\n')
+    for args in (["s.yaml"], ["status", "s.yaml"]):
+        refuse(tmp_path, cli, IN, "sdpg-sweep", args, {}, ["optuna.journal", "line 1", "move it away"])
+
+
 # ------------------------------------------------------------------------------------- report cache
 @pytest.fixture(scope="module")
 def small_store_faults(tmp_path_factory) -> Path:

@@ -134,6 +134,30 @@ def check_tracking_uri(uri: str | None, where: str) -> None:
             raise ConfigError(f"{where}: key 'tracking.uri' has bad value {short_repr(uri)}: no folder {db.parent} for the store")
 
 
+def check_journal(url: str) -> None:
+    """An Optuna journal file (``journal:PATH``) whose lines are JSON but for a last one cut by a kill (which
+    Optuna drops itself): a garbled line elsewhere is one line naming the file and what to do."""
+    if not url.startswith("journal:"):
+        return
+    path = Path(url[len("journal:") :])
+    if not path.is_file():
+        return
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as e:
+        raise ConfigError(f"{path}: the Optuna study cannot be read ({e.strerror or e})") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    for n, line in enumerate(lines[:-1], start=1):
+        try:
+            json.loads(line)
+        except ValueError:
+            raise ConfigError(
+                f"{path}: the Optuna study cannot be read (line {n} is not JSON); move it away to start a new study "
+                f"(what the trials trained stays in their folders)"
+            ) from None
+
+
 def check_sqlite_store(uri: str, what: str) -> None:
     """An existing SQLite file behind ``uri`` (``sqlite:///PATH``; other URIs pass) opens as a database, checked
     read-only before anything is written: a store cut short or overwritten is one line naming the file and

@@ -46,6 +46,7 @@ from sdpg.orchestration.core import (
     active_jobs,
     check_experiment_name,
     check_folder_kind,
+    check_journal,
     check_sqlite_store,
     check_tracking_uri,
     check_writable_folder,
@@ -336,6 +337,7 @@ class Sweep:
         self.storage_url = self._storage_url()
         self.tracking_uri, self.experiment = tracking_target(spec.tracking, self.output_dir, spec.name)
         check_sqlite_store(self.storage_url, "Optuna study")  # status reads it too
+        check_journal(self.storage_url)
         if check_world:
             check_sqlite_store(self.tracking_uri, "MLflow store")
 
