@@ -864,3 +864,33 @@ def test_a_cut_last_metrics_line_is_dropped_on_resume(tmp_path, cli, half_run):
     sink = JsonlSink(out / "metrics.jsonl", 2)
     sink.close()
     assert _rows(out) == whole
+
+
+@pytest.mark.slow
+def test_a_resubmission_recovers_from_every_cut_bookkeeping_file(tmp_path, cli, tiny_model_built):
+    """A finished ablation whose jobs.json is garbage, one run's result.json empty (killed while writing it) and
+    its metrics.jsonl's last line cut: the resubmission says so in one line, sets jobs.json aside, and ends with
+    every run finished and every step logged once."""
+    write(tmp_path, {"spec.yaml": SPEC})
+    first = cli(IN, "sdpg-ablate", ["spec.yaml"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = _plan_runs(tmp_path)
+    whole = [_rows(out) for out in runs]
+    assert all([r["step"] for r in rows] == [1, 2] for rows in whole), whole
+    jobs = tmp_path / "outputs" / "hx" / "jobs.json"
+    jobs.write_bytes(b"\x00garbage")
+    (runs[0] / "result.json").write_bytes(b"")
+    with open(runs[0] / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "train/rew')
+    again = cli(IN, "sdpg-ablate", ["spec.yaml"], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Traceback" not in again.stderr
+    warnings_ = [ln for ln in again.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warnings_) == 1 and str(jobs) in warnings_[0] and "jobs.json.corrupt" in warnings_[0], again.stderr
+    assert (jobs.parent / "jobs.json.corrupt").read_bytes() == b"\x00garbage"
+    assert isinstance(json.loads(jobs.read_text()), dict)
+    assert json.loads((runs[0] / "result.json").read_text())["status"] == "finished"
+    assert [_rows(out) for out in runs] == whole  # nothing trained twice, the cut row gone
+    status = cli(IN, "sdpg-ablate", ["status", "spec.yaml"], tmp_path)
+    assert status.returncode == 0 and status.stderr.strip() == "", status.stderr
+    assert sum("finished" in ln for ln in status.stdout.splitlines()) == 2, status.stdout
