@@ -52,11 +52,11 @@ def save_checkpoint(out: Path, step: int, state: dict, keep: int) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict:
+def load_checkpoint(path: Path, map_location: torch.device | str = "cpu", mmap: bool = False) -> dict:
     """The state saved by ``save_checkpoint``; ``CheckpointError`` naming the file when it does not read
-    or lacks what a resume needs."""
+    or lacks what a resume needs. ``mmap``: tensors stay on disk until touched (a cheap look at the rest)."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
     except Exception as e:  # truncated or garbled files raise anything from RuntimeError to UnpicklingError
         reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {reason})") from e
