@@ -69,6 +69,7 @@ from sdpg.training.config import (
     deep_merge,
     expand_dotted,
 )
+from sdpg.training.metrics import is_mean_at
 
 __all__ = [
     "NAME_PATTERN",
@@ -807,7 +808,7 @@ def status(plan: Plan) -> str:
     lines = [table(plan, extra), ""]
     for r in plan.runs:
         _, step, m = run_state(r)
-        keys = [k for k in sorted(m) if k.startswith("eval/") and "mean@" in k] + ["train/accuracy", "train/entropy"]
+        keys = [k for k in sorted(m) if is_mean_at(k)] + ["train/accuracy", "train/entropy"]
         shown = " ".join(f"{k}={m[k]:.3f}" for k in keys if k in m)
         if shown:
             lines.append(f"{r.name}: {shown}" + (f" (= {r.same_as})" if r.same_as else ""))

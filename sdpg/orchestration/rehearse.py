@@ -813,9 +813,9 @@ def _run_all(runnable: list[tuple[RunItem, TrainConfig]], outcomes: dict[str, Ou
 
 def _scaled_objective(objective: str | None, small: TrainConfig) -> str | None:
     """The sweep objective under the rehearsal's eval sample count (``mean@32`` is logged as ``mean@2``)."""
-    if not objective or "/mean@" not in objective:
-        return objective
-    return objective.rsplit("@", 1)[0] + f"@{small.eval.n_samples}"
+    from sdpg.training.metrics import with_samples
+
+    return with_samples(objective, small.eval.n_samples) if objective else objective
 
 
 def _tracking_check(c, run_id: str) -> str | None:

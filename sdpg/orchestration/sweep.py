@@ -347,14 +347,16 @@ class Sweep:
 
     def metric_ok(self, cfg, src: str) -> None:
         m = self.spec.objective.metric
-        ok_eval = [f"eval/{b}/mean@{cfg.eval.n_samples}" for b in cfg.data.eval] + [
-            f"eval/{b}/{x}" for b in cfg.data.eval for x in ["response_length", "greedy"] + [f"pass@{k}" for k in cfg.eval.pass_k]
-        ]
+        from sdpg.training import metrics as names
+        from sdpg.training.config import SCORER_METRIC_NAMES
+
+        scorers = [SCORER_METRIC_NAMES[s] for s in cfg.eval.extra_scorers]
+        ok_eval = names.eval_names(cfg.data.eval, cfg.eval.n_samples, cfg.eval.pass_k, cfg.eval.greedy, scorers)
         if m.startswith("eval/"):
             if m not in ok_eval:
                 raise ConfigError(
                     f"{src}: key 'objective.metric' has bad value {m!r}: this config evaluates "
-                    f"{', '.join(ok_eval[: len(cfg.data.eval)])}"
+                    f"{', '.join(names.mean_at(b, cfg.eval.n_samples) for b in cfg.data.eval)}"
                 )
             if cfg.eval.every <= 0:
                 raise ConfigError(
@@ -364,10 +366,8 @@ class Sweep:
         elif not (m.startswith("train/") or m.startswith("timing/")):
             raise ConfigError(f"{src}: key 'objective.metric' has bad value {m!r}: expected eval/..., train/... or timing/...")
         else:
-            from sdpg.training.preflight import produced_metric_names
-
-            known = produced_metric_names()
-            if known and m not in known:
+            known = names.declared()
+            if m not in known:
                 same = sorted(k for k in known if k.split("/")[0] == m.split("/")[0])
                 raise ConfigError(
                     f"{src}: key 'objective.metric' has bad value {m!r}: the trainer never logs it "

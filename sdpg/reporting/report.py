@@ -25,6 +25,7 @@ import numpy as np
 
 from sdpg.orchestration import tracking
 from sdpg.orchestration.specs import COMPARE
+from sdpg.training.metrics import is_mean_at, parse_eval
 
 # One colour per variant across every figure (Okabe-Ito, colour-blind safe).
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
@@ -744,10 +745,10 @@ def plot_curves(
 def benchmark_metrics(df, order: list[str] | None = None) -> list[str]:
     """``eval/<bench>/mean@<k>`` keys present, in order of first appearance, or in the order of the benchmark
     names ``order`` (e.g. a spec's ``data.eval`` keys: graded difficulty) with any others after them."""
-    found = [m for m in dict.fromkeys(df.metric) if m.startswith("eval/") and "/mean@" in m]
+    found = [m for m in dict.fromkeys(df.metric) if is_mean_at(m)]
     if order:
         rank = {b: i for i, b in enumerate(order)}
-        found.sort(key=lambda m: rank.get(m.split("/")[1], len(rank)))  # stable: unknown ones keep their order
+        found.sort(key=lambda m: rank.get(parse_eval(m).bench, len(rank)))  # type: ignore[union-attr]  # stable: unknown ones keep their order
     return found
 
 

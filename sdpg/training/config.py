@@ -12,149 +12,44 @@ import copy
 import hashlib
 import importlib.util
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
+from sdpg.objective.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES, REF_KL_MODES
 from sdpg.training.embedded import TASK_TARGET_ACCURACY, Task
+from sdpg.training.methods import DEFAULT_METHOD, METHOD_PRESETS, OPTIM_PRESETS
 
-Method = Literal["grpo", "grpo_k3", "dapo", "dr_grpo", "sdpg_urkl", "sdpg_ufkl", "rlsd", "opsd", "opcd"]
+
+def _registered(table: Mapping[str, Any]) -> AfterValidator:
+    """A choice list read from a registry when a config is validated, so that a registered piece is a choice."""
+
+    def check(value: str) -> str:
+        if value not in table:
+            raise ValueError(f"expected one of {', '.join(table)}")
+        return value
+
+    return AfterValidator(check)
+
+
+Method = Annotated[str, _registered(METHOD_PRESETS)]  # sdpg.training.methods
+RefKLModeName = Annotated[str, _registered(REF_KL_MODES)]  # sdpg.objective.registry
+PolicyLossName = Annotated[str, _registered(POLICY_LOSSES)]
+AdvantageName = Annotated[str, _registered(ADVANTAGE_ESTIMATORS)]
 Dtype = Literal["float32", "bfloat16", "float16"]
 ContextType = Literal["none", "answer", "solution", "answer_solution", "custom"]
 EmbeddedTask = Task  # the built-in tasks (sdpg.training.embedded.Task)
-
-# Algorithm presets. Each is a set of AlgoConfig fields. The paper's baselines (grpo, rlsd, opsd) and SDPG follow
-# the SDPG authors' settings (docs/fidelity.md maps every value to its source and its test).
-_PAPER_COMMON: dict[str, Any] = dict(
-    policy_loss="dapo",
-    std_norm=True,
-    loss_agg_mode="token-mean",
-    advantage="group",
-    pg_coef=1.0,
-    gate=True,
-    filter_groups=False,
-    entropy_coef=0.0,
-    pg_norm="all",
-    reward_kl_coef=0.0,
-    reward_kl_estimator="k1",
-)
-METHOD_PRESETS: dict[str, dict[str, Any]] = {
-    # GRPO as SDPG's Table 1 runs it: clip 0.2/0.2 without dual clip, token-mean, and the reference KL in the
-    # reward (k1, coefficient 1e-3: sequence reward = score - 1e-3 * sum_t k1_t), no KL loss term.
-    "grpo": dict(
-        _PAPER_COMMON,
-        clip_low=0.2,
-        clip_high=0.2,
-        clip_c=None,
-        beta=0.0,
-        alpha=0.0,
-        kl_mode="k3",
-        reward_kl_coef=1e-3,
-        reward_kl_estimator="k1",
-    ),
-    # DeepSeekMath-style GRPO (arXiv 2402.03300): k3 KL loss term, per-sequence token mean (this toolkit's
-    # former "grpo" preset, unchanged: symmetric clip 0.2, dual clip c = 10, alpha 1e-3).
-    "grpo_k3": dict(
-        _PAPER_COMMON,
-        clip_low=0.2,
-        clip_high=0.2,
-        clip_c=10.0,
-        loss_agg_mode="seq-mean-token-mean",
-        beta=0.0,
-        alpha=1e-3,
-        kl_mode="k3",
-    ),
-    # DAPO (arXiv 2503.14476): clip-higher, token-mean, no KL, dynamic sampling of informative groups.
-    "dapo": dict(_PAPER_COMMON, clip_low=0.2, clip_high=0.28, clip_c=10.0, beta=0.0, alpha=0.0, kl_mode="k3", filter_groups=True),
-    # Dr.GRPO (arXiv 2503.20783): no std normalisation, no length normalisation.
-    "dr_grpo": dict(
-        _PAPER_COMMON,
-        clip_low=0.2,
-        clip_high=0.2,
-        clip_c=10.0,
-        std_norm=False,
-        loss_agg_mode="seq-mean-token-sum",
-        beta=0.0,
-        alpha=0.0,
-        kl_mode="k3",
-    ),
-    # SDPG (arXiv 2606.04036) with the URKL / UFKL reference surrogate; the paper's coefficients.
-    "sdpg_urkl": dict(
-        _PAPER_COMMON,
-        clip_low=0.2,
-        clip_high=0.28,
-        clip_c=10.0,
-        beta=1e-3,
-        beta_warmup_steps=50,
-        beta_decay_steps=350,
-        alpha=1e-3,
-        kl_mode="urkl",
-    ),
-    "sdpg_ufkl": dict(
-        _PAPER_COMMON,
-        clip_low=0.2,
-        clip_high=0.28,
-        clip_c=10.0,
-        beta=1e-3,
-        beta_warmup_steps=50,
-        beta_decay_steps=350,
-        alpha=1e-3,
-        kl_mode="ufkl",
-    ),
-    # RLSD (arXiv 2604.03128) as run by the SDPG authors: framework clip 0.2/0.2/c = 3, evidence-weighted
-    # per-token advantages, lambda = 0.5 * max(0, 1 - k/50) (k from 1), eps_w 0.2.
-    "rlsd": dict(
-        _PAPER_COMMON,
-        clip_low=0.2,
-        clip_high=0.2,
-        clip_c=3.0,
-        beta=0.0,
-        alpha=0.0,
-        kl_mode="k3",
-        advantage="rlsd",
-        rlsd_eps_w=0.2,
-        rlsd_lambda=0.5,
-        rlsd_lambda_decay_steps=50,
-        teacher="current",
-    ),
-    # OPSD (arXiv 2601.18734) as run by the SDPG authors: clamped teacher log-ratio weights on correct sequences,
-    # PPO-clipped 0.2/0.2 (framework c = 3), frozen initial teacher, loss normalised over the gated tokens only,
-    # entropy bonus 0.02 (and lr 5e-7: OPTIM_PRESETS).
-    "opsd": dict(
-        _PAPER_COMMON,
-        clip_low=0.2,
-        clip_high=0.2,
-        clip_c=3.0,
-        beta=0.0,
-        alpha=0.0,
-        kl_mode="k3",
-        advantage="opsd",
-        teacher="frozen",
-        pg_norm="gated",
-        entropy_coef=0.02,
-    ),
-    # OPCD (arXiv 2602.12275): pure full-vocabulary self-distillation, no verifier term, no gate.
-    "opcd": dict(
-        _PAPER_COMMON,
-        clip_low=0.2,
-        clip_high=0.28,
-        clip_c=10.0,
-        beta=1.0,
-        beta_warmup_steps=0,
-        beta_decay_steps=0,
-        gate=False,
-        alpha=0.0,
-        kl_mode="k3",
-        pg_coef=0.0,
-    ),
-}
-
-# Optimizer settings a method brings along, applied unless the config writes the key itself
-# (OPSD's script trains at lr 5e-7, half the others' 1e-6).
-OPTIM_PRESETS: dict[str, dict[str, Any]] = {"opsd": {"lr": 5e-7}}
-
-ADVANTAGES_NEEDING_TEACHER = ("rlsd", "opsd")
 
 
 VerifierName = Literal["exact", "math", "boxed"]
@@ -350,9 +245,10 @@ class RewardConfig(Strict):
 
 
 class AlgoConfig(Strict):
-    method: Method = "sdpg_urkl"
-    """Preset: grpo, grpo_k3, dapo, dr_grpo, sdpg_urkl, sdpg_ufkl, rlsd, opsd, opcd (see METHOD_PRESETS)."""
-    policy_loss: Literal["dapo", "reinforce"] = "dapo"
+    method: Method = DEFAULT_METHOD
+    """Preset: grpo, grpo_k3, dapo, dr_grpo, sdpg_urkl, sdpg_ufkl, rlsd, opsd, opcd, or any other registered in
+    ``sdpg.training.methods``."""
+    policy_loss: PolicyLossName = "dapo"
     """L_out: DAPO dual-clip PPO surrogate (arXiv 2503.14476) or on-policy REINFORCE."""
     clip_low: float = Field(0.2, ge=0)
     """PPO epsilon_low."""
@@ -364,7 +260,7 @@ class AlgoConfig(Strict):
     """Divide group advantages by the group std (GRPO); off = Dr.GRPO (arXiv 2503.20783)."""
     loss_agg_mode: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = "token-mean"
     """Aggregation of every term (DAPO's token-mean by default)."""
-    advantage: Literal["group", "rlsd", "opsd"] = "group"
+    advantage: AdvantageName = "group"
     """Advantages for L_out: group-relative; RLSD evidence weighting (arXiv 2604.03128); OPSD
     clamped teacher log-ratios (arXiv 2601.18734)."""
     pg_coef: float = Field(1.0, ge=0)
@@ -392,7 +288,7 @@ class AlgoConfig(Strict):
     """Temperature inside KL(p || q) (see ``distill_temperature_on``)."""
     alpha: float = Field(1e-3, ge=0)
     """Coefficient of L_K, the reference-KL surrogate; 0 drops the frozen reference."""
-    kl_mode: Literal["urkl", "ufkl", "rkl", "fkl", "k1", "k2", "k3"] = "urkl"
+    kl_mode: RefKLModeName = "urkl"
     """L_K surrogate (SDPG sec. 3.4, app. A.2) or GRPO's k3."""
     reward_kl_coef: float = Field(0.0, ge=0)
     """KL to the reference in the reward (verl's ``use_kl_in_reward``; the authors' GRPO: 1e-3): the per-token
@@ -426,7 +322,7 @@ class AlgoConfig(Strict):
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            method = data.get("method", "sdpg_urkl")
+            method = data.get("method", DEFAULT_METHOD)
             preset = METHOD_PRESETS.get(method)
             if preset is not None:
                 return {**preset, **data}
@@ -434,7 +330,7 @@ class AlgoConfig(Strict):
 
     @property
     def needs_teacher_logprobs(self) -> bool:
-        return self.advantage in ADVANTAGES_NEEDING_TEACHER
+        return ADVANTAGE_ESTIMATORS[self.advantage].needs_teacher
 
     @property
     def needs_distillation(self) -> bool:
@@ -564,7 +460,7 @@ class TrainConfig(Strict):
     def _apply_optim_preset(cls, data: Any) -> Any:
         if isinstance(data, dict):
             algo = data.get("algo")
-            method = algo.get("method", "sdpg_urkl") if isinstance(algo, dict) else "sdpg_urkl"
+            method = algo.get("method", DEFAULT_METHOD) if isinstance(algo, dict) else DEFAULT_METHOD
             preset = OPTIM_PRESETS.get(method)
             optim = data.get("optim", {})
             if preset and isinstance(optim, dict):
@@ -761,7 +657,7 @@ def apply_layer(base: dict, layer: dict) -> dict:
     layer = expand_dotted(layer)
     base = copy.deepcopy(base)
     new_method = (layer.get("algo") or {}).get("method") if isinstance(layer.get("algo"), dict) else None
-    old_method = (base.get("algo") or {}).get("method", "sdpg_urkl") if isinstance(base.get("algo"), dict) else "sdpg_urkl"
+    old_method = (base.get("algo") or {}).get("method", DEFAULT_METHOD) if isinstance(base.get("algo"), dict) else DEFAULT_METHOD
     if new_method is not None and new_method != old_method:
         base["algo"] = {}
         if isinstance(base.get("optim"), dict):  # the new method's optimizer settings (OPSD's lr) replace the base's

@@ -315,32 +315,3 @@ def check_world(cfg: TrainConfig, source: str = "<config>", local: bool = True) 
     for name, src in cfg.data.eval.items():
         check_data_file(cfg, f"data.eval.{name}", src, source, "eval")
     _check_output_dir(source, cfg.run.output_dir)
-
-
-_METRIC_NAMES: set[str] | None = None
-
-
-def produced_metric_names() -> set[str]:
-    """``train/...`` and ``timing/...`` metric names the trainer can log, read from the training and objective
-    sources: literal names, plus ``train/<stat>`` for every statistic the loss functions return (the
-    trainer logs those under ``train/``). Used to refuse a sweep objective that would never be logged
-    (a sweep on ``train/bogus`` once ran 44 failing trials in 200 s). Empty when the sources cannot be read."""
-    global _METRIC_NAMES
-    if _METRIC_NAMES is None:
-        root = Path(__file__).resolve().parents[1]
-        names: set[str] = set()
-        for folder in ("training", "objective"):
-            for f in (root / folder).glob("*.py"):
-                try:
-                    text = f.read_text()
-                except OSError:
-                    continue
-                names.update(re.findall(r"[\"']((?:train|timing)/[A-Za-z0-9_@]+)[\"']", text))
-                names.update("train/" + k for k in re.findall(r"stats\[[\"']([A-Za-z0-9_]+)[\"']\]", text))
-                if folder == "objective":  # statistics: dict keys, update(k=...) keywords, dataclass fields
-                    names.update("train/" + k for k in re.findall(r"[\"']([a-z][a-z0-9_]*)[\"']\s*:", text))
-                    for args in re.findall(r"\.update\(([^)]*)\)", text):
-                        names.update("train/" + k for k in re.findall(r"\b([a-z][a-z0-9_]*)=", args))
-                    names.update("train/" + k for k in re.findall(r"(?m)^    ([a-z][a-z0-9_]*): (?:Tensor|float|torch)", text))
-        _METRIC_NAMES = names
-    return _METRIC_NAMES

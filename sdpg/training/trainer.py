@@ -52,16 +52,15 @@ import yaml
 from torch import Tensor
 
 from sdpg.objective import (
+    ADVANTAGE_ESTIMATORS,
+    AdvantageInputs,
     StepLossSettings,
     agg_weights,
     beta_at,
     gate_mask,
     group_advantages,
     kl_penalised_rewards,
-    opsd_token_weights,
     reward_kl_penalty,
-    rlsd_advantages,
-    rlsd_lambda_at,
     step_loss,
 )
 from sdpg.training import distributed as dist
@@ -78,6 +77,7 @@ from sdpg.training.data import PromptSampler, read_source
 from sdpg.training.data import tokenize_prompts as tokenize_prompt_rows
 from sdpg.training.embedded import task_of_source, train_response_tokens
 from sdpg.training.evaluate import evaluate, pass_at_k
+from sdpg.training.metrics import ADDITIVE_STATS, LOSS_STATS
 from sdpg.training.model import (
     compute,
     full_state,
@@ -191,10 +191,6 @@ class Batch:
     teacher_logp: Tensor | None = None  # [N, T]
     entropy: Tensor | None = None  # [N, T]
     token_advantages: Tensor | None = None  # [N, T] RLSD / OPSD
-
-
-LOSS_STATS = ("pg_loss", "pg_clipfrac", "pg_clipfrac_lower", "ppo_kl", "opd_loss", "opd_kl", "ref_kl", "ref_kl_surrogate")
-ADDITIVE_STATS = ("pg_loss", "opd_loss")  # terms of the loss: micro-batch parts add up
 
 
 class LossStats:
@@ -721,18 +717,12 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
             metrics["train/reward_kl"] = float(dist.all_gather_cat(penalty).mean())
             metrics["train/score"] = metrics["train/reward"]
             metrics["train/reward"] = float(dist.all_gather_cat(rewards).mean())
-        if algo.advantage in ("rlsd", "opsd"):
+        estimator = ADVANTAGE_ESTIMATORS[algo.advantage]
+        if estimator.token_advantages is not None:  # per-token advantages (RLSD, OPSD)
             behaviour_logp = batch.old_logp if not batch.on_policy else _policy_logp(run, batch, *student_view)  # [N, T]
-            if algo.advantage == "rlsd":
-                lam = rlsd_lambda_at(step, algo.rlsd_lambda, algo.rlsd_lambda_decay_steps)  # k from 1: 0 at k = decay
-                metrics["train/rlsd_lambda"] = lam
-                batch.token_advantages = rlsd_advantages(
-                    batch.advantages, batch.teacher_logp, behaviour_logp, algo.rlsd_eps_w, lam
-                )  # [N, T]
-            else:
-                batch.token_advantages = opsd_token_weights(
-                    batch.teacher_logp, behaviour_logp, batch.advantages, algo.opsd_max_weight
-                )  # [N, T]
+            inputs = AdvantageInputs(batch.advantages, batch.teacher_logp, behaviour_logp, step, algo.model_dump())
+            batch.token_advantages, extra = estimator.token_advantages(inputs)  # [N, T]
+            metrics.update({f"train/{k}": v for k, v in extra.items()})
     metrics["timing/logprobs"] = time.perf_counter() - started
 
 
