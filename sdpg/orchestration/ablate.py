@@ -35,6 +35,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from sdpg.orchestration import scheduler
 from sdpg.orchestration.core import (
     EXECUTORS,
     NAME_PATTERN,
@@ -799,7 +800,7 @@ def status(plan: Plan) -> str:
     """Each run's state and last metrics, from its folder, the scheduler and MLflow."""
     state_file = plan.output_dir / "jobs.json"
     jobs = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    sched = _scheduler_states([v["job_id"] for v in jobs.values() if v.get("executor") == "slurm"])
+    sched = scheduler.slurm_states([v["job_id"] for v in jobs.values() if v.get("executor") == "slurm"])
     extra = {}
     for h, v in jobs.items():
         s = sched.get(v["job_id"])
@@ -815,30 +816,9 @@ def status(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def _scheduler_states(job_ids: list[str]) -> dict[str, str]:
-    import subprocess
-
-    if not job_ids:
-        return {}
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True, text=True, timeout=20, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    res = {}
-    for line in out.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            res[parts[0].split("_")[0] if "_[" in parts[0] else parts[0]] = parts[1]
-    return res
-
-
 def cancel(plan: Plan, log=print) -> int:
     """scancel the recorded SLURM jobs of the plan's runs; their unfinished MLflow runs end KILLED
-    (and the parent with them)."""
-    import subprocess
-
+    (and the parent with them). Raises SchedulerUnavailable, with nothing marked, when SLURM refuses."""
     from sdpg.orchestration import tracking
 
     state_file = plan.output_dir / "jobs.json"
@@ -849,7 +829,7 @@ def cancel(plan: Plan, log=print) -> int:
         log("[sdpg-ablate] no SLURM jobs recorded for this spec")
         return 0
     ids = sorted({str(j["job_id"]) for v in picked.values() for j in job_history(v) if j.get("executor") == "slurm"})
-    subprocess.run(["scancel", *ids], check=False)
+    scheduler.cancel_slurm(ids)
     c = tracking.client(plan.tracking_uri)
     parents = set()
     for v in picked.values():
@@ -951,12 +931,16 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"error: {' '.join(redact(str(e)).split())}", file=sys.stderr)
         return 2
-    if sub == "status":
-        print(tracking_redact(status(plan)))
-        return 0
-    if sub == "cancel":
-        cancel(plan)
-        return 0
+    try:
+        if sub == "status":
+            print(tracking_redact(status(plan)))
+            return 0
+        if sub == "cancel":
+            cancel(plan)
+            return 0
+    except scheduler.SchedulerUnavailable as e:
+        print(f"error: {tracking_redact(str(e))}", file=sys.stderr)
+        return 1
     n, k = len(plan.runs), len(plan.distinct)
     print(
         f"{plan.spec.name}: {n} runs{f' ({k} distinct)' if k != n else ''}, executor {plan.executor}"

@@ -130,15 +130,23 @@ class Source:
 
 def resolve(source: str) -> Source:
     """The ``Source`` of an ablation spec, a sweep spec, an output folder holding ``mlflow.db``, or
-    ``URI#EXPERIMENT``. Reads only: nothing is created."""
+    ``URI#EXPERIMENT``. Reads only: nothing is created. A bad source raises ConfigError (a ValueError) naming it;
+    the one resolver of a report's source (``sdpg-report``'s check before anything runs uses it too)."""
+    from sdpg.orchestration.core import check_tracking_uri
+    from sdpg.orchestration.names import short_repr
+    from sdpg.training.config import ConfigError
+
     if "#" in source:
         uri, exp = source.rsplit("#", 1)
+        if not exp.strip():
+            raise ConfigError(f"{short_repr(source)}: no experiment after '#' (expected URI#EXPERIMENT)")
+        check_tracking_uri(uri, f"source {short_repr(source)}")
         return Source(uri, exp)
     p = Path(source)
     if p.is_dir():
         db = p / "mlflow.db"
         if not db.is_file():
-            raise ValueError(f"{p}: no mlflow.db in this folder")
+            raise ConfigError(f"{p}: no mlflow.db in this folder (expected an output folder of sdpg-ablate or sdpg-sweep)")
         for name, url in (
             ("optuna.journal", f"journal:{(p / 'optuna.journal').resolve()}"),
             ("optuna.db", f"sqlite:///{(p / 'optuna.db').resolve()}"),
@@ -146,11 +154,11 @@ def resolve(source: str) -> Source:
             if (p / name).is_file():
                 return Source(tracking.default_uri(p), p.name, "sweep", url, p.name)
         return Source(tracking.default_uri(p), p.name)
-    if p.suffix in (".yaml", ".yml") and p.is_file():
-        import yaml
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        from sdpg.orchestration.specs import read_yaml
 
-        data = yaml.safe_load(p.read_text()) or {}
-        if isinstance(data, dict) and "space" in data:
+        data = read_yaml(p, "spec")
+        if "space" in data:
             from sdpg.orchestration.sweep import Sweep
 
             s = Sweep(p)
@@ -174,14 +182,10 @@ def resolve(source: str) -> Source:
             variants=list(plan.spec.variants),
             benchmarks=list(plan.runs[0].config.data.eval) if plan.runs else None,
         )
-    if p.suffix in (".yaml", ".yml"):
-        raise ValueError(f"{source}: no such spec file")
-    if not p.exists():
-        raise ValueError(
-            f"{source}: no such file or folder (expected an ablation or sweep spec, an output folder "
-            f"holding mlflow.db, or URI#EXPERIMENT)"
-        )
-    raise ValueError(f"{source!r}: expected an ablation or sweep spec, an output folder, or URI#EXPERIMENT")
+    raise ConfigError(
+        f"{short_repr(source)}: no such file or folder (expected an ablation or sweep spec, an output "
+        f"folder holding mlflow.db, or URI#EXPERIMENT)"
+    )
 
 
 def resolve_source(source: str) -> tuple[str, str]:

@@ -28,8 +28,6 @@ context). The default recipe's model of each task ships with the package (``asse
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -44,6 +42,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from sdpg.paths import PACKAGE_ROOT, cache_root
+from sdpg.training.locks import file_lock
 
 RECIPE_VERSION = 3
 BUILD_THREADS = 1
@@ -389,23 +388,6 @@ def sampled_accuracy(
     return sum(ok) / len(ok)
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path, on_wait=None):
-    """An exclusive lock on ``path``; ``on_wait()`` is called once if another process holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait()
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 # --------------------------------------------------------------------------------------------
 # The shipped copy, the build, and the cache
 # --------------------------------------------------------------------------------------------
@@ -490,7 +472,8 @@ def ensure_embedded_model(recipe, log=None) -> Path:
     def waiting():
         log(f"[embedded] waiting for another process's {what} (recipe {h})")
 
-    with _file_lock(root / f".embedded-{h}.lock", on_wait=waiting):
+    root.mkdir(parents=True, exist_ok=True)
+    with file_lock(root / f".embedded-{h}.lock", on_wait=waiting):
         if (target / "sdpg_recipe.json").is_file():
             return target
         tmp = root / f".tmp-{target.name}-{os.getpid()}"
