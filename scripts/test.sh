@@ -27,6 +27,6 @@ fi
 # Lint, format and types first: fast, and a failure here needs no test run to explain it.
 ruff check .
 ruff format --check .
-mypy  # sdpg/objective and the configuration ([tool.mypy] in pyproject.toml)
+mypy  # the whole package ([tool.mypy] in pyproject.toml)
 
 SDPG_REQUIRE_VLLM=1 python -m pytest -q

@@ -27,7 +27,7 @@ def _one_line_argparse() -> None:
         _fail(f"{self.prog}: {message} (see {self.prog.split()[0]} --help)")
         raise SystemExit(2)
 
-    argparse.ArgumentParser.error = error
+    argparse.ArgumentParser.error = error  # type: ignore[method-assign]
 
 
 def _guarded(fn, argv):

@@ -72,7 +72,10 @@ def beta_at(step: int, total_steps: int, beta: float, warmup_steps: int = 0, dec
 
 
 def agg_weights(
-    mask: Tensor, mode: LossAggMode = "token-mean", n_tokens: float | None = None, n_seqs: float | None = None
+    mask: Tensor,
+    mode: LossAggMode = "token-mean",
+    n_tokens: float | Tensor | None = None,
+    n_seqs: float | Tensor | None = None,
 ) -> Tensor:
     """Per-token weights [B, T] such that ``(x * agg_weights(mask, mode)).sum()`` aggregates x.
 

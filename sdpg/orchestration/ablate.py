@@ -453,7 +453,7 @@ def settings_table(plan: Plan) -> str:
     ``--dry-run`` shows what each variant will train with before any GPU hour is spent."""
     from sdpg.training.config import method_settings
 
-    first = {}
+    first: dict[str, Any] = {}
     for r in plan.runs:
         first.setdefault(r.variant, r.config)
     cols = {v: method_settings(c) for v, c in first.items()}
@@ -497,9 +497,10 @@ def variant_steps(plan: Plan) -> str:
 
 
 def _get(d: dict, dotted: str) -> Any:
+    cur: Any = d
     for part in dotted.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
-    return d
+        cur = cur.get(part) if isinstance(cur, dict) else None
+    return cur
 
 
 def _with_value(d: dict, dotted: str, value: Any) -> dict:

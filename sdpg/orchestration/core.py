@@ -202,6 +202,12 @@ class Experiment:
             tracking.retry(c.log_text, self.parent_id, tracking.redact(self.spec_path.read_text()), f"{self.kind}_spec.yaml")
         return self
 
+    def ids(self) -> tuple[str, str]:
+        """(experiment id, parent run id), known once ``open`` has run."""
+        if self.experiment_id is None or self.parent_id is None:
+            raise RuntimeError(f"the MLflow experiment of {self.spec_name!r} is not open")
+        return self.experiment_id, self.parent_id
+
     def child(self, key: str, name: str, config: TrainConfig, tags: dict[str, Any]) -> str:
         """The run of ``key`` (an effective-config hash, or a trial's key), created once with the
         config's parameters and ``config.yaml``."""
@@ -210,10 +216,11 @@ class Experiment:
         from sdpg.orchestration import tracking
 
         resolved = config.resolved()
+        experiment_id, parent_id = self.ids()
         rid, _ = tracking.ensure_child_run(
             self.client,
-            self.experiment_id,
-            self.parent_id,
+            experiment_id,
+            parent_id,
             key,
             name,
             tags={"git_commit": tracking.git_commit(), "spec": self.spec_name, **tags},
@@ -225,12 +232,12 @@ class Experiment:
     def end_if_done(self) -> str | None:
         from sdpg.orchestration import tracking
 
-        return tracking.end_parent_if_done(self.client, self.parent_id)
+        return tracking.end_parent_if_done(self.client, self.ids()[1])
 
     def end(self, status: str = "FINISHED") -> None:
         from sdpg.orchestration import tracking
 
-        tracking.finish_run(self.client, self.parent_id, status)
+        tracking.finish_run(self.client, self.ids()[1], status)
 
 
 def job_error(e: BaseException) -> str:

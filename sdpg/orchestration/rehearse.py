@@ -414,7 +414,8 @@ def scorer_checks(
     1 (on benchmarks, also under ``eval.extra_scorers``); written as the prompt asks (``\\boxed{}``) too;
     a wrong answer must score 0."""
     kind = verifier_kind(cfg)
-    verdicts, errors = [], []
+    verdicts: list[Any] = []
+    errors: list[str] = []
     asks_boxed = "\\boxed" in (student_prompt or "")
 
     def judge(k: str, key: str, i: int, gold: str, how: str, text: str) -> float:
@@ -655,10 +656,10 @@ def rehearse(
             rows = {k: c.rows for k, c in checked.items() if c.rows}
             err = next(
                 (
-                    e
+                    why
                     for k, rs in rows.items()
                     for i, row in enumerate(rs[: GOLD_CHECKS if k == "data.train" else 1])
-                    if (e := template_error(row, cfg, tok, f"{k} row {i}"))
+                    if (why := template_error(row, cfg, tok, f"{k} row {i}"))
                 ),
                 None,
             )
@@ -752,7 +753,7 @@ def _run_all(runnable: list[tuple[RunItem, TrainConfig]], outcomes: dict[str, Ou
             for j in pending:
                 res = results_dir / f"{j['name']}.json"
                 if j["name"] not in seen and res.is_file():
-                    seen.add(j["name"])
+                    seen.add(str(j["name"]))
                     r = json.loads(res.read_text())
                     n_done = sum(1 for x in jobs if (results_dir / f"{x['name']}.json").is_file())
                     sps = f", {r['steps_per_s']:.2f} steps/s" if r.get("steps_per_s") else ""
@@ -793,7 +794,7 @@ def _run_all(runnable: list[tuple[RunItem, TrainConfig]], outcomes: dict[str, Ou
         o.metrics = r.get("metrics", {})
         if r.get("error"):
             o.errors.append(r["error"])
-        rid = next(j["run_id"] for j in jobs if j["name"] == it.name)
+        rid = str(next(j["run_id"] for j in jobs if j["name"] == it.name))
         diff = o.metrics.get("train/rollout_logprob_diff")
         limit = 1e-3 if small.model.dtype == "float32" else 2e-2
         if diff is not None and diff > limit:
@@ -847,7 +848,7 @@ def not_rehearsed(cfg: TrainConfig, ctx: Context, world: int, have_vllm: bool) -
             f"here, and the preemption path (stop, checkpoint, requeue, resume) was taken in-process"
         )
     if world > 1:
-        fsdp = cfg.model.fsdp is True or (cfg.model.fsdp == "auto" and getattr(p, "gpus_per_node", 0))
+        fsdp = cfg.model.fsdp is True or (cfg.model.fsdp == "auto" and (getattr(p, "gpus_per_node", 0) or 0) > 0)
         out.append(
             f"{world} ranks ({p.nodes} node(s) x {p.tasks_per_node} tasks): torch.distributed collectives"
             f"{', FSDP2 sharding and full-state checkpoint gathering' if fsdp else ''} are not exercised by a one-process run"

@@ -110,6 +110,7 @@ class Param(Strict):
         if self.type == "categorical":
             return len(self.choices or [])
         step = self.step or 1
+        assert self.low is not None and self.high is not None  # a numeric dimension (validated)
         return int(math.floor((self.high - self.low) / step + 1e-9)) + 1
 
     def contains(self, v: Any) -> str | None:
@@ -118,6 +119,7 @@ class Param(Strict):
             return None if v in (self.choices or []) else f"not one of the choices {self.choices}"
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return f"not a number (a {self.type} dimension from {self.low} to {self.high})"
+        assert self.low is not None and self.high is not None  # a numeric dimension (validated)
         if not self.low <= v <= self.high:
             return f"outside the space [{self.low}, {self.high}]"
         if self.type == "int" and v != int(v):
@@ -234,7 +236,7 @@ class SweepSpec(Strict):
             sizes = {k: p.grid_points() for k, p in self.space.items()}
             total = math.prod(sizes.values())  # from the bounds: nothing is listed before it is known to fit
             if total > MAX_SWEEP_GRID:
-                big = max(sizes, key=sizes.get)
+                big = max(sizes, key=lambda k: sizes[k])
                 raise ValueError(
                     f"the grid sampler's space holds {total:.3g} points (space.{big}: {sizes[big]:.3g} "
                     f"with its step), more than {MAX_SWEEP_GRID}; use a coarser step or another sampler"
@@ -457,8 +459,9 @@ def make_sampler(spec: SweepSpec, seed: int | None = None):
     grid = {}
     for k, p in spec.space.items():
         if p.type == "categorical":
-            grid[k] = list(p.choices)
+            grid[k] = list(p.choices or [])
         else:
+            assert p.low is not None and p.high is not None  # a numeric dimension (validated)
             n = int(math.floor((p.high - p.low) / (p.step or 1) + 1e-9)) + 1
             grid[k] = [p.low + i * (p.step or 1) for i in range(n)]
     return optuna.samplers.GridSampler(grid, seed=seed)
@@ -935,8 +938,8 @@ def _launch(sweep: Sweep, workers: int | None, wait: bool | None, log) -> dict:
         if not live:
             study = load_study(sweep)
             if not study.get_trials(deepcopy=False):
-                for e in sweep.spec.enqueue:
-                    study.enqueue_trial(_typed(e, sweep.spec.space))
+                for point in sweep.spec.enqueue:
+                    study.enqueue_trial(_typed(point, sweep.spec.space))
             if sweep.storage_url.startswith("journal:"):
                 reap_stale_trials(study, sweep.spec.heartbeat_s, log=log)
             n = workers or sweep.spec.workers
@@ -1018,7 +1021,7 @@ def _settle(sweep: Sweep, exp: Experiment, jobs: list) -> None:
     from sdpg.orchestration import tracking
 
     c = exp.client
-    for r in tracking.child_runs(c, exp.parent_id):
+    for r in tracking.child_runs(c, exp.ids()[1]):
         if r.info.status not in tracking.TERMINAL:
             tracking.fail_run(c, r.info.run_id, "its worker ended without finishing it")
     done = finished_count(load_study(sweep)) >= sweep.spec.n_trials

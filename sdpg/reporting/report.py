@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -569,7 +569,7 @@ def delta_table(
     return "\n".join(lines) + "\n"
 
 
-def table_from_csv(path: str | Path) -> tuple[list[str], list[tuple[str, str]], list[list[tuple]]]:
+def table_from_csv(path: str | Path) -> tuple[list[str], list[tuple[str, ...]], list[list[tuple]]]:
     """A table given as CSV (``method, <bench> Last, <bench> Best, ...``) in the matrix form of
     ``table_matrix``, e.g. the paper's Table 1 (analysis/paper_table1.csv)."""
     import csv
@@ -637,7 +637,7 @@ def _who(names: list[str], variants: list[str]) -> str:
 
 def plot_curves(
     df,
-    metrics: list[str | None],
+    metrics: Sequence[str | None],
     out: str | Path,
     titles: dict[str, str] | None = None,
     ncols: int = 3,
@@ -771,12 +771,13 @@ def paper_grid(
     the benchmark names in panel order (default: as they appear)."""
     benches = benchmark_metrics(df, benchmarks)
     bottom = ["train/reward", "train/entropy", "train/response_length"]
+    metrics: list[str | None]
     if len(benches) >= 3:
         ncols = len(benches)
-        metrics = benches + bottom + [None] * (ncols - 3)
+        metrics = [*benches, *bottom, *([None] * (ncols - 3))]
     else:
         ncols = len(benches) + 3
-        metrics = benches + bottom
+        metrics = [*benches, *bottom]
     titles = {m: f"{m.split('/')[1]} {m.split('/')[2]}" for m in benches}
     titles.update({"train/reward": "reward", "train/entropy": "entropy", "train/response_length": "response length"})
     return plot_curves(df, metrics, out, titles, ncols=ncols, ema=ema, order=order, keep_figure=keep_figure, **kwargs)

@@ -193,7 +193,7 @@ class PromptSampler:
         return order
 
     def next(self, k: int) -> list[int]:
-        out = []
+        out: list[int] = []
         while len(out) < k:
             if self.pos >= self.n:
                 self.epoch, self.pos = self.epoch + 1, 0

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 # The statistics of ``sdpg.objective.sdpg_loss`` the trainer logs as ``train/<stat>`` (first epoch, exact
 # whatever the micro-batching); ADDITIVE ones are loss terms summed over micro-batches.
@@ -123,10 +123,10 @@ def parse_eval(name: str) -> EvalMetric | None:
         return None
     bench, scorer, at_kind, k, plain = m.groups()
     if plain is not None:
-        return None if scorer else EvalMetric(bench, plain)
+        return None if scorer else EvalMetric(bench, cast(EvalKind, plain))
     if at_kind == "pass" and scorer:
         return None
-    return EvalMetric(bench, at_kind, int(k), scorer)
+    return EvalMetric(bench, cast(EvalKind, at_kind), int(k), scorer)
 
 
 def is_mean_at(name: str) -> bool:

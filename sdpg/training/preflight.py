@@ -143,7 +143,7 @@ def _check_builtin_sets(cfg: TrainConfig, source: str) -> None:
             known = ", ".join(embedded.builtin_sets(task))
             raise _bad(source, f"data.eval.{name}", src, f"not a built-in set (sets: {known})")
         need = embedded.eval_set_response_tokens(set_name, task)
-        if cfg.eval.max_new_tokens < need:
+        if (cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens) < need:
             raise _bad(
                 source,
                 "eval.max_new_tokens",
@@ -277,8 +277,8 @@ def check_data_file(cfg: TrainConfig, key: str, src: str, source: str, what: str
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
-            line = data[: e.start].count(b"\n") + 1
-            raise ConfigError(f"{p}: is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}), named by {key}") from None
+            line_no = data[: e.start].count(b"\n") + 1
+            raise ConfigError(f"{p}: is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line_no}), named by {key}") from None
         if p.suffix == ".json" and text.lstrip().startswith("["):
             try:
                 rows = json.loads(text)

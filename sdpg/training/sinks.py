@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TextIO
 
 
 class MetricSink(Protocol):
@@ -33,7 +33,7 @@ class JsonlSink:
     def __init__(self, path: str | Path, resume_step: int | None = 0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = None
+        self._f: TextIO | None = None
         self._rows = self._read()
         if resume_step is not None:
             self.rewind(resume_step)
@@ -81,6 +81,7 @@ class JsonlSink:
             return
         row = {"step": step, **new}
         self._rows.append(row)
+        assert self._f is not None, "log after close"
         self._f.write(json.dumps(row) + "\n")
         self._f.flush()
 

@@ -177,19 +177,19 @@ class Batch:
     teacher_seq: Tensor  # [N, Pt+T] left-padded (c, x), then y
     teacher_attn: Tensor  # [N, Pt+T]
     teacher_prompt_len: int  # Pt
-    # score
-    scores: Tensor | None = None  # [N] verifier score (1 or reward.incorrect_reward) plus the overlong penalty
-    advantages: Tensor | None = None  # [N]
-    all_advantages: Tensor | None = None  # [N_all] every rank's, for global statistics
-    keep: Tensor | None = None  # [K] rows the update trains on (all, or DAPO's informative groups)
+    # score (fields without a default are set by their phase; reading one earlier is an AttributeError)
+    scores: Tensor = field(init=False)  # [N] verifier score (1 or reward.incorrect_reward) plus the overlong penalty
+    advantages: Tensor = field(init=False)  # [N]
+    all_advantages: Tensor = field(init=False)  # [N_all] every rank's, for global statistics
+    keep: Tensor = field(init=False)  # [K] rows the update trains on (all, or DAPO's informative groups)
     # logprobs
     n_kept_all: int = 0  # kept sequences over all ranks
     n_minibatches: int = 0
     on_policy: bool = True  # one epoch, one minibatch: pi_old = pi_theta, taken in the update's forward
-    old_logp: Tensor | None = None  # [N, T]
-    ref_logp: Tensor | None = None  # [N, T]
-    teacher_logp: Tensor | None = None  # [N, T]
-    entropy: Tensor | None = None  # [N, T]
+    old_logp: Tensor = field(init=False)  # [N, T]
+    ref_logp: Tensor | None = None  # [N, T] when there is a reference (L_K, KL in the reward, frozen teacher)
+    teacher_logp: Tensor | None = None  # [N, T] when the advantage needs the teacher
+    entropy: Tensor = field(init=False)  # [N, T]
     token_advantages: Tensor | None = None  # [N, T] RLSD / OPSD
 
 
@@ -267,6 +267,7 @@ def train(
     total = cfg.run.total_steps
     with contextlib.ExitStack() as resources:
         run = set_up(cfg, sinks, resources)
+        metrics: dict[str, float]
         status, step, metrics = "finished", run.start_step, {}
         if run.start_step == 0 and evaluation_due(run, 0):
             log_metrics(run, run_evaluation(run, 0), 0)
@@ -561,6 +562,7 @@ def sync_rollout_weights(run: Run) -> float:
         if isinstance(run.rollout, VLLMRollout):
             run.rollout.sync_weights(state)
         else:
+            assert run.generator is not None  # separate_engine: vLLM or the generation copy
             run.generator.load_state_dict(state)
     return time.perf_counter() - started
 
@@ -659,7 +661,10 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
     per-token advantages of RLSD / OPSD."""
     cfg, algo, optim, device = run.cfg, run.cfg.algo, run.cfg.optim, run.device
     temperature, size = cfg.rollout.temperature, optim.micro_batch_size
-    head = {"impl": optim.loss_impl, "chunk_size": optim.loss_chunk_size}  # chunked (no [b, T, V]) unless materialised
+    head: dict[str, Any] = {
+        "impl": optim.loss_impl,
+        "chunk_size": optim.loss_chunk_size,
+    }  # chunked (no [b, T, V]) unless materialised
     N, T = batch.responses.shape
     started = time.perf_counter()
     batch.n_kept_all = int(dist.all_sum(torch.tensor(float(len(batch.keep)))).item())
@@ -689,25 +694,32 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
             tokens = batch.responses[rows]  # [b, T]
             seq, attn, prompt_len = batch.student_seq[rows], batch.student_attn[rows], batch.student_prompt_len
             if entropy_pass and (run.use_fsdp or skipped[rows].any()):
-                batch.entropy[rows] = sampled_token_stats(
-                    run.policy, seq, attn, prompt_len, tokens, temperature, logprobs=False, entropy=True, **head
-                ).entropy
+                batch.entropy[rows] = _asked(
+                    sampled_token_stats(
+                        run.policy, seq, attn, prompt_len, tokens, temperature, logprobs=False, entropy=True, **head
+                    ).entropy
+                )
             if not batch.on_policy:
                 stats = sampled_token_stats(run.policy, seq, attn, prompt_len, tokens, temperature, entropy=True, **head)
-                batch.old_logp[rows], batch.entropy[rows] = stats.logp, stats.entropy
+                batch.old_logp[rows], batch.entropy[rows] = _asked(stats.logp), _asked(stats.entropy)
             if batch.ref_logp is not None:
-                batch.ref_logp[rows] = sampled_token_stats(run.reference, seq, attn, prompt_len, tokens, temperature, **head).logp
+                batch.ref_logp[rows] = _asked(
+                    sampled_token_stats(run.reference, seq, attn, prompt_len, tokens, temperature, **head).logp
+                )
             if batch.teacher_logp is not None:
-                batch.teacher_logp[rows] = sampled_token_stats(
-                    teacher,
-                    batch.teacher_seq[rows],
-                    batch.teacher_attn[rows],
-                    batch.teacher_prompt_len,
-                    tokens,
-                    temperature,
-                    **head,
-                ).logp
+                batch.teacher_logp[rows] = _asked(
+                    sampled_token_stats(
+                        teacher,
+                        batch.teacher_seq[rows],
+                        batch.teacher_attn[rows],
+                        batch.teacher_prompt_len,
+                        tokens,
+                        temperature,
+                        **head,
+                    ).logp
+                )
         if algo.reward_kl_coef > 0:  # the KL in the reward (GRPO as Table 1): score - coef * sum_t k_t
+            assert batch.ref_logp is not None
             rewards = kl_penalised_rewards(
                 batch.scores, batch.old_logp, batch.ref_logp, batch.mask, algo.reward_kl_coef, algo.reward_kl_estimator
             )  # [N]
@@ -726,22 +738,30 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
     metrics["timing/logprobs"] = time.perf_counter() - started
 
 
+def _asked(x: Tensor | None) -> Tensor:
+    """A statistic that was asked for (``sampled_token_stats`` leaves the others None)."""
+    assert x is not None
+    return x
+
+
 def _policy_logp(run: Run, batch: Batch, seq: Tensor, attn: Tensor, prompt_len: int) -> Tensor:
     """log pi_theta(y_t) [N, T] of every row, in micro-batches (the on-policy pi_old, before the update)."""
     optim, temperature = run.cfg.optim, run.cfg.rollout.temperature
     size = optim.micro_batch_size
     with run.compute():
         parts = [
-            sampled_token_stats(
-                run.policy,
-                seq[s : s + size],
-                attn[s : s + size],
-                prompt_len,
-                batch.responses[s : s + size],
-                temperature,
-                impl=optim.loss_impl,
-                chunk_size=optim.loss_chunk_size,
-            ).logp
+            _asked(
+                sampled_token_stats(
+                    run.policy,
+                    seq[s : s + size],
+                    attn[s : s + size],
+                    prompt_len,
+                    batch.responses[s : s + size],
+                    temperature,
+                    impl=optim.loss_impl,
+                    chunk_size=optim.loss_chunk_size,
+                ).logp
+            )
             for s in range(0, seq.shape[0], size)
         ]  # [b, T] each
     return torch.cat(parts)  # [N, T]
@@ -765,7 +785,7 @@ def update(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> tupl
     loss_stats = LossStats()
     grad_norm = torch.zeros(())
     metrics["train/skipped_update"] = float(batch.n_kept_all == 0)  # every group uninformative (filter_groups)
-    metrics["train/lr"] = run.scheduler.get_last_lr()[0]  # the lr of this step's (first) update
+    metrics["train/lr"] = float(run.scheduler.get_last_lr()[0])  # the lr of this step's (first) update
     per_update = optim.lr_schedule_unit == "optimizer_step"
     n_nonfinite = 0
     run.policy.train()
@@ -961,7 +981,9 @@ def micro_batches(lengths: Tensor, size: int, token_budget: int | None, prompt_l
     M = len(lengths)
     if not token_budget:
         return [torch.arange(s, min(s + size, M)) for s in range(0, M, size)]
-    groups, current, current_max = [], [], 0
+    groups: list[Tensor] = []
+    current: list[int] = []
+    current_max = 0
     for i in torch.argsort(lengths, descending=True, stable=True).tolist():
         need = int(lengths[i]) + prompt_len
         if current and (len(current) + 1) * max(current_max, need) > token_budget:
@@ -1036,7 +1058,7 @@ def log_metrics(run: Run, metrics: dict[str, float], step: int) -> None:
 
 def save_run_state(run: Run, step: int) -> Path:
     """A resumable checkpoint of ``step``: a collective (every rank takes part), written by rank 0."""
-    rngs = [rng_state()]
+    rngs: list[Any] = [rng_state()]
     if dist.active():
         rngs = [None] * run.world
         torch.distributed.all_gather_object(rngs, rng_state())
