@@ -1046,8 +1046,6 @@ def rehearse_plan(plan, stand_in: str | None = None, folder: str | None = None, 
 def sweep_items(sweep) -> list[RunItem]:
     """The trials a sweep starts with (its enqueued parameter sets) and the two corners of its space,
     each for every seed, resolved as a worker resolves a trial."""
-    from sdpg.orchestration.sweep import _typed
-
     spec = sweep.spec
     sets = [(f"enqueue{i}", dict(e)) for i, e in enumerate(spec.enqueue)]
     sets.append(("low", {k: (p.choices[0] if p.type == "categorical" else p.low) for k, p in spec.space.items()}))
@@ -1055,7 +1053,7 @@ def sweep_items(sweep) -> list[RunItem]:
     items, seen = [], set()
     for name, params in sets:
         for seed in spec.seeds:
-            cfg = sweep.trial_config(_typed(params, spec.space), seed, 0, f"{sweep.path}: {name}")
+            cfg = sweep.trial_config(sweep.typed(params), seed, 0, f"{sweep.path}: {name}")
             h = cfg.effective().config_hash()
             if h in seen:
                 continue
@@ -1068,11 +1066,8 @@ def rehearse_sweep(sweep, stand_in: str | None = None, folder: str | None = None
     """``sdpg-sweep SPEC --rehearse``: the enqueued trials and the corners of the space; the sampler and
     pruner are built, and every trial must log the objective."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    from sdpg.orchestration.sweep import make_pruner, make_sampler
-
     try:
-        make_sampler(sweep.spec)
-        make_pruner(sweep.spec)
+        sweep.build_sampler_and_pruner()
     except Exception as e:
         log(f"[sdpg-sweep] the sampler or pruner cannot be built here: {one_sentence(e)}")
         return 1

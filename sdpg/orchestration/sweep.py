@@ -343,6 +343,15 @@ class Sweep:
         data = apply_layer(data, {"run.output_dir": str(self.output_dir / "trials" / f"trial_{origin:04d}-s{seed}")})
         return build_config(data, where)
 
+    def typed(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` with int dimensions rounded to ints, as a worker passes a trial's values."""
+        return _typed(params, self.spec.space)
+
+    def build_sampler_and_pruner(self) -> None:
+        """Build the spec's sampler and pruner here; raises what Optuna raises when they cannot be."""
+        make_sampler(self.spec)
+        make_pruner(self.spec)
+
     def point_key(self, params: dict[str, Any]) -> str:
         """The identity of a point of the space: the effective config it trains (seed aside)."""
         return build_config(apply_layer(self.base, params)).effective().config_hash()

@@ -19,17 +19,16 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
-    model_serializer,
     model_validator,
 )
 
 from sdpg.objective.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES, REF_KL_MODES
-from sdpg.training.embedded import TASK_TARGET_ACCURACY, Task
+from sdpg.training.errors import ConfigError
 from sdpg.training.methods import DEFAULT_METHOD, METHOD_PRESETS, OPTIM_PRESETS
+from sdpg.training.recipe import EmbeddedModelConfig, Strict
 
 
 def _registered(table: Mapping[str, Any]) -> AfterValidator:
@@ -49,62 +48,11 @@ PolicyLossName = Annotated[str, _registered(POLICY_LOSSES)]
 AdvantageName = Annotated[str, _registered(ADVANTAGE_ESTIMATORS)]
 Dtype = Literal["float32", "bfloat16", "float16"]
 ContextType = Literal["none", "answer", "solution", "answer_solution", "custom"]
-EmbeddedTask = Task  # the built-in tasks (sdpg.training.embedded.Task)
 
 
 VerifierName = Literal["exact", "math", "boxed"]
 # Metric-name segment of each scorer in ``eval/<bench>/<scorer>/mean@k``.
 SCORER_METRIC_NAMES = {"exact": "exact", "math": "math_verify", "boxed": "boxed"}
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
-
-
-class EmbeddedModelConfig(Strict):
-    """The built-in tiny Qwen3 model, built from a config and pre-trained on a built-in task. Each
-    task's default recipe's model ships with the package; any other recipe is built once per machine."""
-
-    task: EmbeddedTask = "sum"
-    """Which built-in task the model is pre-trained on (docs/tasks.md): ``sum`` (three terms, any
-    order; train on ``embedded``) or ``chain`` (four terms, strictly left to right; train on
-    ``embedded_chain``). Left out of the recipe (and so of its hash) when ``sum``, so that the sum
-    model's recipe and hash are those it had before the field existed."""
-
-    hidden_size: int = Field(128, gt=0)
-    """Width of the tiny model."""
-    num_layers: int = Field(4, gt=0)
-    """Transformer blocks."""
-    num_heads: int = Field(4, gt=0)
-    """Attention heads (2 key/value heads)."""
-    pretrain_steps: int = Field(1500, ge=0)
-    """Most supervised steps on worked solutions before RL (the cosine schedule's length)."""
-    target_accuracy: float = Field(0.3, gt=0, le=1)
-    """Pre-training stops at the first check (every 50 steps for ``sum``, 25 for ``chain``) where the
-    student's sampled pass@1 on held-out problems reaches this: RL starts from a model that is neither
-    hopeless nor done. Unset: the task's default (sum 0.3, chain 0.15), so that ``task`` alone picks
-    the shipped model of either task."""
-    pretrain_batch: int = Field(64, gt=0)
-    """Sequences per pre-training step."""
-    pretrain_lr: float = Field(2e-3, gt=0)
-    """Pre-training learning rate (AdamW, 50 warm-up steps, cosine over ``pretrain_steps``)."""
-    seed: int = 1234
-    """Seed of the pre-training run; the build is deterministic for a given seed and recipe."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _task_defaults(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("target_accuracy") is None:
-            task = data.get("task", "sum")
-            data = {**data, "target_accuracy": TASK_TARGET_ACCURACY.get(task, TASK_TARGET_ACCURACY["sum"])}
-        return data
-
-    @model_serializer(mode="wrap")
-    def _omit_sum_task(self, handler: Any) -> dict:
-        d = handler(self)
-        if d.get("task") == "sum":
-            d.pop("task")
-        return d
 
 
 class ModelConfig(Strict):
@@ -596,10 +544,6 @@ def method_settings(cfg: TrainConfig) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 # Loading: YAML + dotted overrides, errors naming the file, the key and the value
 # --------------------------------------------------------------------------------------------
-
-
-class ConfigError(ValueError):
-    """A bad config: the message names the source, the key and the value."""
 
 
 def parse_value(text: str) -> Any:

@@ -39,10 +39,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Literal, get_args
 
 from sdpg.paths import PACKAGE_ROOT, cache_root
+from sdpg.training.errors import ConfigError
 from sdpg.training.locks import file_lock
+from sdpg.training.recipe import TASK_TARGET_ACCURACY, TASKS, EmbeddedModelConfig, Task
+
+__all__ = ["TASKS", "TASK_TARGET_ACCURACY", "Task"]  # the task facts live in sdpg.training.recipe
 
 RECIPE_VERSION = 3
 BUILD_THREADS = 1
@@ -58,17 +61,11 @@ STUDENT_TEMPLATE = "Q:{problem}\nA:"
 TEACHER_TEMPLATE = "Q:{problem}\n{context}\nA:"
 CONTEXT_TEMPLATES = {"answer": "H:{answer}", "solution": "S:{solution}", "answer_solution": "S:{solution}\nH:{answer}"}
 
-Task = Literal["sum", "chain"]
-"""The built-in tasks, the choices of ``model.embedded.task`` (the one list of them)."""
-TASKS: tuple[str, ...] = get_args(Task)
 TASK_SOURCE = {"sum": "embedded", "chain": "embedded_chain"}
 """Training source (``data.train``) of each task; its evaluation sets are ``<source>:<set>``."""
 SOURCE_TASK = {v: k for k, v in TASK_SOURCE.items()}
 TASK_TERMS = {"sum": 3, "chain": 4}
 """Two-digit terms per training problem."""
-TASK_TARGET_ACCURACY = {"sum": 0.3, "chain": 0.15}
-"""Default ``model.embedded.target_accuracy`` of each task (the shipped models' recipes): ``chain``
-stops earlier so that RL starts near 10-20% pass@1 while the teacher with the solution is near 100%."""
 TASK_CHECK_TOKENS = {"sum": 32, "chain": 48}
 """Response cap of the build's accuracy checks (the reference solutions need 26 and 38 tokens)."""
 TASK_CHECK_EVERY = {"sum": 50, "chain": 25}
@@ -210,8 +207,6 @@ def rows_of(source: str, split: str) -> list[dict]:
     name = source.split(":", 1)[1]
     sets = TASK_EVAL_SETS.get(task, {}) if task is not None else {}
     if task is None or split == "train" or name not in sets:
-        from sdpg.training.config import ConfigError
-
         base = TASK_SOURCE.get(task, "embedded") if task is not None else "embedded"
         why = f"is held out for evaluation; train on {base!r}" if name in sets else "is not a built-in set"
         raise ConfigError(f"data source {source!r} {why} (sets: {', '.join(builtin_sets(task or 'sum'))})")
@@ -501,8 +496,6 @@ def main(argv: list[str] | None = None) -> int:
     stdout). ``ship``: refresh the copy shipped with the package, by building, or ``--from DIR`` by taking
     a finished build of the same recipe (its recorded recipe hash is checked)."""
     import argparse
-
-    from sdpg.training.config import EmbeddedModelConfig
 
     ap = argparse.ArgumentParser(prog="python -m sdpg.training.embedded", description=main.__doc__)
     ap.add_argument("command", nargs="?", default="ensure", choices=["ensure", "build", "ship"])

@@ -19,10 +19,13 @@ import re
 import string
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdpg.training import embedded
-from sdpg.training.config import ConfigError, TrainConfig
+from sdpg.training.errors import ConfigError
+
+if TYPE_CHECKING:  # types only: the configuration calls these checks
+    from sdpg.training.config import TrainConfig
 from sdpg.training.redact import redact
 
 PLACEHOLDERS = {
