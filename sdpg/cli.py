@@ -107,6 +107,13 @@ def sweep_main(argv: list[str] | None = None) -> int:
     return _guarded(main, argv)
 
 
+def data_main(argv: list[str] | None = None) -> int:
+    """sdpg-data {prepare,contexts,check}: make training data (docs/data.md)."""
+    from sdpg.training.dataprep.main import main
+
+    return _guarded(main, argv)
+
+
 def report_main(argv: list[str] | None = None) -> int:
     def run(args: list[str] | None) -> int:
         from sdpg.reporting.build import main

@@ -93,6 +93,7 @@ def test_sdpg_report_command_writes_index_figures_tables(experiment, tmp_path):
         "tables/last_best.tex",
         "tables/last_best.csv",
         "tables/stability_runs.csv",
+        "tables/scores_runs.csv",
         "tables/improvement.md",
     ):
         assert (out / f).is_file(), f
@@ -106,6 +107,27 @@ def test_sdpg_report_command_writes_index_figures_tables(experiment, tmp_path):
         assert link in index, link
     assert "| grpo |" in index and "Against grpo" in index
     assert (out / "index.html").read_text().count("<img") == 2
+    # the per-run scores beside the tables, from which analysis/recompute.py gives the report's IQMs again
+    import contextlib
+    import io
+    import runpy
+
+    scores = pd.read_csv(out / "tables" / "scores_runs.csv")
+    assert len(scores) == scores.run_id.nunique() and {"variant", "seed"} <= set(scores.columns)
+    buf = io.StringIO()
+    argv = ["recompute.py", str(out / "tables" / "scores_runs.csv"), "--baseline", "grpo"]
+    with contextlib.redirect_stdout(buf), pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.argv", argv)
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(str(Path(__file__).resolve().parents[1] / "analysis" / "recompute.py"), run_name="__main__")
+    assert done.value.code == 0
+    improvement_md = (out / "tables" / "improvement.md").read_text()
+    rows = buf.getvalue().splitlines()[2:]
+    assert len(rows) == len(VARIANTS)
+    for line in rows:
+        variant, _, _, iqm = line.split()[:4]
+        row = next(r for r in improvement_md.splitlines() if r.startswith(f"| {variant} |"))
+        assert f"| {float(iqm):.3f} |" in row, (line, row)
     assert report_main([str(tmp_path / "nowhere.yaml"), "--out", str(tmp_path / "x")]) == 2
 
 

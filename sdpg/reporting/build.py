@@ -455,6 +455,8 @@ def build_report(
 
         per_run, summary = report.stability(df, benches[0] if benches else None, threshold=threshold)
         per_run.to_csv(out / "tables" / f"stability_runs{tag}.csv", index=False)
+        if benches:  # every run's scores, from which the tables above are computed
+            report.run_scores(df, benches).to_csv(out / "tables" / f"scores_runs{tag}.csv", index=False)
         late_k = None
         if benches:
             n_evals = int(df[df.metric == benches[0]].groupby("run_id").step.nunique().min())

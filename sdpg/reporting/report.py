@@ -321,6 +321,21 @@ def last_best(df, metrics: list[str]):
     return pd.DataFrame(rows, columns=["variant", "metric", "kind", "mean", "lo", "hi", "n", "per_seed"])
 
 
+def run_scores(df, metrics: list[str]):
+    """Per run (one row: run_id, variant, seed) and benchmark: ``<metric> Last`` (final evaluation), ``Best``
+    (maximum) and ``AUC`` (mean over its evaluations). The numbers every table of a report is computed from,
+    written beside it so that a reader can recompute any of them (``analysis/recompute.py``)."""
+    import pandas as pd
+
+    rows: dict[tuple, dict] = {}
+    keys = ["run_id", "variant", "seed", "metric"]
+    for (rid, variant, seed, metric), g in df[df.metric.isin(metrics)].groupby(keys, sort=False):
+        v = g.sort_values("step").value.to_numpy(dtype=float)
+        row = rows.setdefault((rid, variant, seed), {"run_id": rid, "variant": variant, "seed": seed})
+        row.update({f"{metric} Last": v[-1], f"{metric} Best": v.max(), f"{metric} AUC": v.mean()})
+    return pd.DataFrame(list(rows.values()))
+
+
 def ranks(values: list[float], higher_is_better: bool = True) -> list[int]:
     """Dense rank per value (1 = best); ties share a rank, so two equal best values are both bold and
     the next distinct value is underlined."""

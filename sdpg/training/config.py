@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from sdpg.objective.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES, REF_KL_MODES
+from sdpg.objective.terms import DistillDtype
 from sdpg.training.errors import ConfigError
 from sdpg.training.methods import DEFAULT_METHOD, METHOD_PRESETS, OPTIM_PRESETS
 from sdpg.training.recipe import EmbeddedModelConfig, Strict
@@ -76,7 +77,9 @@ class ModelConfig(Strict):
     """Recompute activations in the backward pass (large models)."""
     fsdp: bool | Literal["auto"] = "auto"
     """Shard parameters, gradients and optimizer states over the data-parallel ranks with FSDP2
-    (``fully_shard`` per decoder layer and at the root): true, false, or auto (on GPUs with several ranks)."""
+    (``fully_shard`` per decoder layer and at the root): true, false, or auto (on GPUs with several ranks).
+    True also shards a single rank started by a launcher (``torchrun --nproc_per_node 1``): the cluster's code
+    path on one GPU."""
     trust_remote_code: bool = False
     """Passed to transformers when loading from a path or the hub."""
     attn_implementation: str | None = None
@@ -94,7 +97,9 @@ class DataConfig(Strict):
     answer_key: str = "answer"
     """Row field with the reference answer."""
     solution_key: str = "solution"
-    """Row field with a worked solution (optional per row)."""
+    """Row field with a worked solution (optional per row). The built-in tasks' training rows also carry the
+    context-type study's negative controls: ``solution_corrupted`` (one running sum wrong, the answer kept) and
+    ``solution_shuffled`` (another problem's solution)."""
     context: ContextType = "answer_solution"
     """Privileged context c the teacher sees (SDPG sec. 4, Fig. 4): none, the answer, the solution,
     both with the paper's hint instruction, or ``custom`` (``context_templates.custom``)."""
@@ -234,6 +239,10 @@ class AlgoConfig(Strict):
     the same at temperature 1) or both."""
     distill_temperature: float = Field(1.0, gt=0)
     """Temperature inside KL(p || q) (see ``distill_temperature_on``)."""
+    distill_dtype: DistillDtype = "float32"
+    """Precision of the full-vocabulary log-softmax of student and teacher inside KL(p || q). float32 (the
+    default: the KL of the logits as they are); bfloat16 as the authors' code, which takes both log-softmaxes,
+    p and the per-token KL in bf16 (mean KL 0.02739 vs 0.02689 in float32 on the same logits at V = 151,936)."""
     alpha: float = Field(1e-3, ge=0)
     """Coefficient of L_K, the reference-KL surrogate; 0 drops the frozen reference."""
     kl_mode: RefKLModeName = "urkl"
@@ -246,8 +255,11 @@ class AlgoConfig(Strict):
     """Per-token estimate k_t in the KL reward penalty, log w = log pi_old - log pi_ref: k1 log w (the
     authors'), k2 1/2 log^2 w, k3 1/w - 1 + log w, abs |log w|."""
     entropy_coef: float = Field(0.0, ge=0)
-    """Entropy bonus: coef * (aggregated token entropy of pi_theta) is subtracted from the loss, over all
-    response tokens (OPSD's script: 0.02; SDPG, GRPO, RLSD: 0)."""
+    """Entropy bonus: coef * (aggregated token entropy of pi_theta) is subtracted from the loss
+    (OPSD's script: 0.02; SDPG, GRPO, RLSD: 0), over the tokens ``entropy_tokens`` names."""
+    entropy_tokens: Literal["all", "pg"] = "all"
+    """Tokens the entropy bonus is averaged over: all response tokens (the authors, OPSD included) or L_out's
+    tokens (with ``pg_norm`` gated: the gated ones). The same unless ``pg_norm`` is gated."""
     pg_norm: Literal["all", "gated"] = "all"
     """Normaliser of L_out and L_K: all response tokens, or only the tokens of sequences with A > 0
     (OPSD's script, whose weights are zero elsewhere)."""
@@ -316,8 +328,24 @@ class OptimConfig(Strict):
     micro_batch_size: int = Field(8, gt=0)
     """Sequences per forward/backward (gradient accumulation)."""
     micro_batch_tokens: int | None = Field(None, gt=0)
-    """Pack micro-batches by a token budget instead: sequences sorted by length, each micro-batch holding
-    as many as fit rows x (prompt + its longest response) <= budget, trimmed to its longest response."""
+    """Pack micro-batches by a token budget instead (``micro_batch_packing`` says how), each trimmed to its
+    longest response. The authors: 6,144 tokens per GPU (verl's ``use_dynamic_bsz``)."""
+    micro_batch_packing: Literal["padded", "balanced"] = "padded"
+    """How ``micro_batch_tokens`` splits a minibatch. ``padded``: sequences sorted by length, each micro-batch
+    holding as many as fit rows x (prompt + its longest response) <= budget. ``balanced``: verl's dynamic
+    batch size, as the authors: ceil(prompt + response tokens / budget) micro-batches (the largest count over
+    ranks on every rank), sequences spread over them by Karmarkar-Karp on verl's workload estimate, the
+    lightest at both ends; one may exceed the budget (sdpg.training.balance)."""
+    loss_aggregation: Literal["minibatch", "micro_batch"] = "minibatch"
+    """``minibatch``: every term aggregated exactly over the whole minibatch on all ranks (``loss_agg_mode``
+    over its tokens), whatever the micro-batching and the number of ranks: the default. ``micro_batch``: as the
+    authors' verl path: each micro-batch's own aggregate, scaled by its share of the rank's minibatch
+    sequences, averaged over ranks; it depends on the micro-batching (a long sequence weighs somewhat less)."""
+    minibatch_order: Literal["groups", "balanced"] = "groups"
+    """Which sequences make up each minibatch. ``groups``: whole groups in sampling order (the default).
+    ``balanced``: verl's ``_balance_batch`` as the authors: the step's sequences split over the ranks by
+    length (groups split), each rank's share short -> long -> short, minibatches consecutive slices of it
+    (sdpg.training.balance). Not with ``algo.filter_groups``."""
     loss_impl: Literal["fused", "materialised"] = "fused"
     """How the update's loss and the no-grad log-prob passes go from last hidden states through the output head:
     ``fused`` chunk by chunk with gradients formed in the forward, never holding a [B, T, V] tensor
@@ -372,7 +400,12 @@ class RunConfig(Strict):
     seed: int = 0
     """Seed of everything random in the run."""
     total_steps: int = Field(400, gt=0)
-    """RL steps T (the paper: 400)."""
+    """RL steps T (the paper: 400); also the length of the beta schedule, whatever ``max_epochs``."""
+    max_epochs: int | None = Field(None, gt=0)
+    """Stop after this many passes over the training rows, each epoch dropping its last incomplete step
+    (the authors' ``total_epochs=2`` with ``drop_last``: floor(rows / prompts_per_step) steps per epoch,
+    about 216 steps for 13.9k rows of 128 prompts), or at ``total_steps`` if sooner. None: no epoch limit,
+    and a step may take rows from two epochs."""
     checkpoint_every: int = Field(50, ge=0)
     """Save a resumable checkpoint every N steps (and at the end); 0: only at the end."""
     keep_checkpoints: int = Field(1, gt=0)
@@ -422,6 +455,17 @@ class TrainConfig(Strict):
             raise ValueError(f"optim.minibatch_prompts={mp} exceeds rollout.prompts_per_step={self.rollout.prompts_per_step}")
         return self
 
+    @model_validator(mode="after")
+    def _balanced_needs_every_row(self):
+        if self.optim.minibatch_order == "balanced" and self.algo.filter_groups:
+            raise ValueError(
+                "optim.minibatch_order=balanced splits the whole step over the ranks and cannot follow "
+                "algo.filter_groups=true; use optim.minibatch_order=groups"
+            )
+        if self.optim.micro_batch_packing == "balanced" and self.optim.micro_batch_tokens is None:
+            raise ValueError("optim.micro_batch_packing=balanced needs optim.micro_batch_tokens (the authors: 6144)")
+        return self
+
     def resolved(self) -> dict[str, Any]:
         """Every field, presets applied: what is logged and hashed."""
         return self.model_dump(mode="json")
@@ -457,6 +501,7 @@ class TrainConfig(Strict):
                 "opd_norm",
                 "opd_exclude_stop",
                 "distill_temperature",
+                "distill_dtype",
                 "opd_kl_clamp",
                 "distill_temperature_on",
             )
@@ -466,6 +511,10 @@ class TrainConfig(Strict):
             reset("algo", AlgoConfig, "teacher")
         if a.reward_kl_coef == 0:
             reset("algo", AlgoConfig, "reward_kl_estimator")
+        if a.entropy_coef == 0 or a.pg_norm == "all":  # the bonus' tokens differ only under gated L_out
+            reset("algo", AlgoConfig, "entropy_tokens")
+        if self.optim.micro_batch_tokens is None:
+            reset("optim", OptimConfig, "micro_batch_packing")
         if self.data.prompt_template != "custom":
             reset("data", DataConfig, "student_template", "teacher_template")
         if self.reward.verifier != "boxed" and "boxed" not in self.eval.extra_scorers:
@@ -522,7 +571,9 @@ def method_settings(cfg: TrainConfig) -> dict[str, str]:
     return {
         "method": a.method,
         "clip low/high/c": f"{a.clip_low:g}/{a.clip_high:g}/{'off' if a.clip_c is None else f'{a.clip_c:g}'}",
-        "aggregation": a.loss_agg_mode + (" (gated)" if a.pg_norm == "gated" else ""),
+        "aggregation": a.loss_agg_mode
+        + (" (gated)" if a.pg_norm == "gated" else "")
+        + (" per micro-batch" if o.loss_aggregation == "micro_batch" else ""),
         "advantage": adv,
         "KL to reference": ", ".join(kl) or "none",
         "OPD+ beta (warm/decay)": f"{a.beta:g} ({a.beta_warmup_steps}/{a.beta_decay_steps})" if on else "off",
@@ -535,7 +586,7 @@ def method_settings(cfg: TrainConfig) -> dict[str, str]:
         "entropy bonus": f"{a.entropy_coef:g}",
         "reward": f"{r.verifier} 1/{r.incorrect_reward:g}" + (f", overlong {r.overlong_buffer}" if r.overlong_buffer else ""),
         "lr (warm-up unit)": f"{o.lr:g} ({o.warmup_steps} {o.lr_schedule_unit})",
-        "minibatch x epochs": f"{mb} x {o.ppo_epochs}",
+        "minibatch x epochs": f"{mb} x {o.ppo_epochs}" + (", balanced order" if o.minibatch_order == "balanced" else ""),
         "params/compute dtype": f"{m.param_dtype}/{m.dtype}",
         "rollouts": f"{cfg.rollout.backend} {cfg.rollout.prompts_per_step}x{cfg.rollout.group_size}",
     }

@@ -93,7 +93,13 @@ def read_source(source: str, cfg: DataConfig, split: str = "train") -> list[dict
     from sdpg.training import embedded
 
     if embedded.task_of_source(source) is not None:
-        return embedded.rows_of(source, split)
+        rows = embedded.rows_of(source, split)
+        if split == "train" and cfg.solution_key != "solution":  # e.g. a negative control (CONTROL_SOLUTION_KEYS)
+            if cfg.solution_key not in rows[0]:
+                keys = ", ".join(k for k in rows[0] if k.startswith("solution"))
+                raise ConfigError(f"data.solution_key: {cfg.solution_key!r} is not a field of {source!r} (fields: {keys})")
+            rows = [{**r, "solution": r[cfg.solution_key]} for r in rows]
+        return rows
     if source.startswith("hf:"):
         parts = source[3:].split(":")
         try:
@@ -179,10 +185,12 @@ def tokenize_prompts(rows: list[dict], cfg: DataConfig, tokenizer) -> tuple[list
 
 
 class PromptSampler:
-    """Endless, seeded, resumable stream of training rows: shuffled each epoch."""
+    """Endless, seeded, resumable stream of training rows: shuffled each epoch. With ``drop_last`` (a draw
+    size k), an epoch ends when fewer than k of its rows are left, and they are skipped (a step never mixes
+    two epochs); without, a draw continues into the next epoch."""
 
-    def __init__(self, n_rows: int, seed: int, shuffle: bool = True):
-        self.n, self.seed, self.shuffle = n_rows, seed, shuffle
+    def __init__(self, n_rows: int, seed: int, shuffle: bool = True, drop_last: int | None = None):
+        self.n, self.seed, self.shuffle, self.drop_last = n_rows, seed, shuffle, drop_last
         self.epoch, self.pos = 0, 0
         self._order = self._make_order()
 
@@ -194,6 +202,9 @@ class PromptSampler:
 
     def next(self, k: int) -> list[int]:
         out: list[int] = []
+        if self.drop_last is not None and self.pos + self.drop_last > self.n:
+            self.epoch, self.pos = self.epoch + 1, 0
+            self._order = self._make_order()
         while len(out) < k:
             if self.pos >= self.n:
                 self.epoch, self.pos = self.epoch + 1, 0

@@ -121,6 +121,7 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
         teacher="frozen",
         pg_norm="gated",
         entropy_coef=0.02,
+        entropy_tokens="all",
     ),
     # OPCD (arXiv 2602.12275): pure full-vocabulary self-distillation, no verifier term, no gate.
     "opcd": dict(

@@ -302,6 +302,12 @@ def check_data_file(cfg: TrainConfig, key: str, src: str, source: str, what: str
             n += 1
     if n == 0:
         raise ConfigError(f"{p}: is empty (no rows), named by {key}")
+    used = min(n, cfg.data.train_limit or n)
+    if what == "train" and cfg.run.max_epochs is not None and used < cfg.rollout.prompts_per_step:
+        raise ConfigError(
+            f"{p}: {used} training rows make no complete step of rollout.prompts_per_step={cfg.rollout.prompts_per_step}, "
+            f"and run.max_epochs={cfg.run.max_epochs} drops an epoch's incomplete step"
+        )
     if what == "train" and cfg.data.context in ("solution",) and rows_with_solution == 0:
         raise ConfigError(
             f"{p}: no row has a '{cfg.data.solution_key}' field, but data.context is "
