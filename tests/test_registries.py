@@ -96,3 +96,21 @@ def test_a_registered_method_is_a_preset_and_trains(tiny_config, half_grpo_metho
     last = [json.loads(x) for x in open(f"{cfg.run.output_dir}/metrics.jsonl")][-1]
     assert last["train/pg_clipfrac"] == 0.0  # REINFORCE clips nothing
     assert last["train/opd_kl"] == 0.0  # beta 0: no distillation
+
+
+def test_a_privileged_context_type_is_one_entry(tmp_path, monkeypatch):
+    """A new context type added to PRIVILEGED_CONTEXTS alone is a config choice and renders under both the
+    custom prompts and the paper's Fig. 4 prompts (a missing Fig. 4 template was a KeyError before)."""
+    from sdpg.training.contexts import PRIVILEGED_CONTEXTS, PrivilegedContext
+    from sdpg.training.data import render_context
+
+    monkeypatch.setitem(PRIVILEGED_CONTEXTS, "test_hint", PrivilegedContext(default="A={answer}", fig4="[Hint] {answer}"))
+    row = {"problem": "1+1", "answer": "2", "solution": "1+1=2"}
+    custom = build_config({"data": {"context": "test_hint"}}, "cfg.yaml")
+    fig4 = build_config({"data": {"context": "test_hint", "prompt_template": "sdpg_fig4"}}, "cfg.yaml")
+    assert render_context(row, custom.data) == "A=2" and render_context(row, fig4.data) == "[Hint] 2"
+    over = build_config({"data": {"context": "test_hint", "context_templates": {"test_hint": "B={answer}"}}}, "cfg.yaml")
+    assert render_context(row, over.data) == "B=2"
+    monkeypatch.delitem(PRIVILEGED_CONTEXTS, "test_hint")
+    with pytest.raises(ConfigError, match=r"key 'data.context' has bad value 'test_hint': expected one of none, answer"):
+        build_config({"data": {"context": "test_hint"}}, "cfg.yaml")

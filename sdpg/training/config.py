@@ -12,7 +12,7 @@ import copy
 import hashlib
 import importlib.util
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,17 +27,20 @@ from pydantic import (
 
 from sdpg.objective.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES, REF_KL_MODES
 from sdpg.objective.terms import DistillDtype
+from sdpg.training.contexts import context_types, templated_contexts
 from sdpg.training.errors import ConfigError
 from sdpg.training.methods import DEFAULT_METHOD, METHOD_PRESETS, OPTIM_PRESETS
 from sdpg.training.recipe import EmbeddedModelConfig, Strict
 
 
-def _registered(table: Mapping[str, Any]) -> AfterValidator:
-    """A choice list read from a registry when a config is validated, so that a registered piece is a choice."""
+def _registered(table: Mapping[str, Any] | Callable[[], Iterable[str]]) -> AfterValidator:
+    """A choice list read from a registry (or a function listing the choices) when a config is validated, so
+    that a registered piece is a choice."""
 
     def check(value: str) -> str:
-        if value not in table:
-            raise ValueError(f"expected one of {', '.join(table)}")
+        choices = list(table() if callable(table) else table)
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
         return value
 
     return AfterValidator(check)
@@ -48,7 +51,8 @@ RefKLModeName = Annotated[str, _registered(REF_KL_MODES)]  # sdpg.objective.regi
 PolicyLossName = Annotated[str, _registered(POLICY_LOSSES)]
 AdvantageName = Annotated[str, _registered(ADVANTAGE_ESTIMATORS)]
 Dtype = Literal["float32", "bfloat16", "float16"]
-ContextType = Literal["none", "answer", "solution", "answer_solution", "custom"]
+ContextType = Annotated[str, _registered(context_types)]  # sdpg.training.contexts
+TemplatedContext = Annotated[str, _registered(templated_contexts)]
 
 
 VerifierName = Literal["exact", "math", "boxed"]
@@ -103,7 +107,7 @@ class DataConfig(Strict):
     context: ContextType = "answer_solution"
     """Privileged context c the teacher sees (SDPG sec. 4, Fig. 4): none, the answer, the solution,
     both with the paper's hint instruction, or ``custom`` (``context_templates.custom``)."""
-    context_templates: dict[Literal["answer", "solution", "answer_solution", "custom"], str] = Field(default_factory=dict)
+    context_templates: dict[TemplatedContext, str] = Field(default_factory=dict)
     """Per context type, a template with ``{problem}``, ``{answer}``, ``{solution}`` replacing the
     built-in one (sdpg.training.data.DEFAULT_CONTEXT_TEMPLATES)."""
     prompt_template: Literal["custom", "sdpg_fig4"] = "custom"

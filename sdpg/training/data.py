@@ -15,21 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from sdpg.training.config import ConfigError, DataConfig
+from sdpg.training.contexts import PRIVILEGED_CONTEXTS
 
 TEACHER_SENTINEL = "[TEACHER_CONTEXT_TOKEN]"
 
-# Privileged-context templates; ``answer_solution`` follows the hint of SDPG's Fig. 4.
-DEFAULT_CONTEXT_TEMPLATES = {
-    "none": "",
-    "answer": "The reference answer to this problem is {answer}.",
-    "solution": "Here is a reference solution to this problem:\n{solution}",
-    "answer_solution": (
-        "Here is a reference solution to this problem:\n{solution}\n"
-        "The final answer is {answer}.\n"
-        "After understanding the reference solution, please try to solve this problem using your own "
-        "approach below, without referring to the reference solution."
-    ),
-}
+# Privileged-context templates, read from the one list of context types (sdpg.training.contexts).
+DEFAULT_CONTEXT_TEMPLATES = {"none": "", **{k: c.default for k, c in PRIVILEGED_CONTEXTS.items()}}
 
 
 # The SDPG paper's prompts (Fig. 4), ``data.prompt_template: sdpg_fig4``. The teacher sees the student prompt
@@ -38,16 +29,7 @@ FIG4_STUDENT = (
     "Solve the following math problem step by step. Present your final answer inside \\boxed{{}}, "
     "for example \\boxed{{42}}.\n{problem}\nRemember to put your final answer inside \\boxed{{}}."
 )
-FIG4_INSTRUCTION = (
-    "[Instruction] If possible, derive the answer {answer} using an alternative, equally rigorous mathematical "
-    "approach (e.g., algebraic vs geometric, or different substitution). If no alternative exists, articulate the "
-    "standard approach with exceptional clarity. Do NOT state that you were given the answer or reference."
-)
-FIG4_CONTEXT_TEMPLATES = {
-    "answer_solution": "[Hint] The correct answer is {answer}. A common way to solve this is:\n{solution}\n" + FIG4_INSTRUCTION,
-    "answer": "[Hint] The correct answer is {answer}.\n" + FIG4_INSTRUCTION,
-    "solution": "[Hint] A common way to solve this is:\n{solution}",
-}
+FIG4_CONTEXT_TEMPLATES = {k: c.fig4 for k, c in PRIVILEGED_CONTEXTS.items()}
 FIG4_JOIN = "\n"  # between the student prompt and the context
 
 
@@ -137,7 +119,8 @@ def render_context(row: dict, cfg: DataConfig) -> str:
     """The privileged context c for one row, per ``data.context`` and ``data.prompt_template``."""
     if cfg.context == "none":
         return ""
-    builtin = FIG4_CONTEXT_TEMPLATES if cfg.prompt_template == "sdpg_fig4" else DEFAULT_CONTEXT_TEMPLATES
+    fig4 = cfg.prompt_template == "sdpg_fig4"
+    builtin = {k: c.fig4 if fig4 else c.default for k, c in PRIVILEGED_CONTEXTS.items()}  # read now: the one list
     template = cfg.context_templates.get(cfg.context) or builtin[cfg.context]
     solution = row.get("solution")
     if "{solution}" in template and not solution:
