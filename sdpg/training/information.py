@@ -151,7 +151,8 @@ def measure_information(
     model.eval()
     source = source or next(iter(cfg.data.eval.values()))
     rows = read_source(source, cfg.data, "test")[:n_problems]
-    student, teacher, _ = tokenize_prompts(rows, cfg.data, tokenizer)
+    ids = tokenize_prompts(rows, cfg.data, tokenizer, f"source={source}")
+    rows, student, teacher = ids.rows, ids.student, ids.teacher
     kind = cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if task_of_source(cfg.data.train) else "math")
     verifier = Verifier(kind)
     engine = HFRollout(model, tokenizer, batch_size=batch_size)
@@ -176,10 +177,10 @@ def measure_information(
         tokens, mask = ro.responses[rows_b], ro.mask[rows_b]  # [b, T], [b, T]
         logits = {}
         for view, prompts in (("student", student), ("teacher", teacher)):
-            ids, attn = left_pad([prompts[idx[j]] for j in rows_b], pad)  # [b, P]
-            seq, seq_attn = torch.cat([ids, tokens], 1).to(device), torch.cat([attn, mask.long()], 1).to(device)  # [b, P+T]
+            p_ids, attn = left_pad([prompts[idx[j]] for j in rows_b], pad)  # [b, P]
+            seq, seq_attn = torch.cat([p_ids, tokens], 1).to(device), torch.cat([attn, mask.long()], 1).to(device)  # [b, P+T]
             view_logits = sampled_token_stats(
-                model, seq, seq_attn, ids.shape[1], tokens.to(device), logprobs=False, keep_logits=True
+                model, seq, seq_attn, p_ids.shape[1], tokens.to(device), logprobs=False, keep_logits=True
             ).logits  # [b, T, V]
             assert view_logits is not None  # keep_logits
             logits[view] = view_logits

@@ -79,7 +79,14 @@ from sdpg.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from sdpg.training.config import SCORER_METRIC_NAMES, AlgoConfig, TrainConfig, build_config, load_config
+from sdpg.training.config import (
+    SCORER_METRIC_NAMES,
+    AlgoConfig,
+    ConfigError,
+    TrainConfig,
+    build_config,
+    load_config,
+)
 from sdpg.training.data import PromptSampler, read_source
 from sdpg.training.data import tokenize_prompts as tokenize_prompt_rows
 from sdpg.training.embedded import task_of_source, train_response_tokens
@@ -388,9 +395,6 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
     if cfg.rollout.prompts_per_step % world:
         raise ValueError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the {world} ranks")
     main_rank = rank == 0
-    if main_rank:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.resolved(), sort_keys=False))
     log = _stderr_log if main_rank else _no_log
     seed_everything(cfg.run.seed)
 
@@ -416,14 +420,18 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
     # data: prompts tokenised once
     train_rows = read_source(cfg.data.train, cfg.data, "train")[: cfg.data.train_limit]
     warn_short_responses(cfg, log)
-    student_prompts, teacher_prompts = tokenize_prompts(train_rows, cfg, tokenizer, "training", log)
+    train_rows, student_prompts, teacher_prompts = tokenize_prompts(train_rows, cfg, tokenizer, "data.train", log)
     eval_sets = {}
     for name, source in cfg.data.eval.items():
         eval_rows = read_source(source, cfg.data, "test")[: cfg.data.eval_limit]
-        eval_sets[name] = (eval_rows, tokenize_prompts(eval_rows, cfg, tokenizer, name, log)[0])
+        eval_rows, eval_prompts, _ = tokenize_prompts(eval_rows, cfg, tokenizer, f"data.eval.{name}", log)
+        eval_sets[name] = (eval_rows, eval_prompts)
     # with an epoch limit, each epoch drops its incomplete last step (the authors' drop_last)
     whole_steps = cfg.rollout.prompts_per_step if cfg.run.max_epochs is not None else None
     sampler = PromptSampler(len(train_rows), cfg.run.seed, cfg.data.shuffle, whole_steps)
+    if main_rank:  # after the data are read: bad data (a missing file, an over-long prompt) leave nothing behind
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.resolved(), sort_keys=False))
 
     verifier_kind = (
         cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if task_of_source(cfg.data.train) else "math")
@@ -532,17 +540,23 @@ def warn_short_responses(cfg: TrainConfig, log: Callable[[str], None]) -> float 
 
 
 def tokenize_prompts(
-    rows: list[dict], cfg: TrainConfig, tokenizer, what: str, log: Callable[[str], None]
-) -> tuple[list[list[int]], list[list[int]]]:
-    """Student and teacher prompt ids of every row, cut to ``data.max_prompt_tokens``: the student's from the
-    left, the teacher's from the right (as the authors)."""
-    student_ids, teacher_ids, n_cut = tokenize_prompt_rows(rows, cfg.data, tokenizer)
-    if n_cut:
-        log(
-            f"[sdpg] warning: {n_cut} {what} prompts (student and teacher views) longer than "
-            f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} were cut (student from the left, teacher from the right)"
-        )
-    return student_ids, teacher_ids
+    rows: list[dict], cfg: TrainConfig, tokenizer, key: str, log: Callable[[str], None]
+) -> tuple[list[dict], list[list[int]], list[list[int]]]:
+    """The rows kept, and their student and teacher prompt ids (``data.max_prompt_tokens``: the teacher's cut
+    from the right as the authors'; an over-long student prompt per ``data.overlong_prompts``, by default an error
+    naming ``key`` and its source)."""
+    source = cfg.data.train if key == "data.train" else cfg.data.eval.get(key.removeprefix("data.eval."), "")
+    ids = tokenize_prompt_rows(rows, cfg.data, tokenizer, f"{key}={source}")
+    limit = cfg.data.max_prompt_tokens
+    if ids.dropped:
+        log(f"[sdpg] warning: {key}: {ids.dropped} of {len(rows)} rows left out (student prompt over {limit} tokens)")
+    if ids.student_cut:
+        log(f"[sdpg] warning: {key}: {ids.student_cut} student prompts longer than {limit} tokens were cut from the left")
+    if ids.teacher_cut and key == "data.train" and (cfg.algo.needs_teacher_logprobs or cfg.algo.needs_distillation):
+        log(f"[sdpg] warning: {key}: {ids.teacher_cut} teacher prompts longer than {limit} tokens were cut from the right")
+    if not ids.rows and rows:
+        raise ConfigError(f"{key}={source}: every row's student prompt is longer than data.max_prompt_tokens={limit}")
+    return ids.rows, ids.student, ids.teacher
 
 
 def resume(run: Run) -> int:

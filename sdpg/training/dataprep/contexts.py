@@ -8,8 +8,9 @@ wrong one. Work goes in shards under ``<out>.parts/``, each written whole or not
 input and settings continues after the last complete shard, and the outputs are assembled once all are there.
 
 Outputs: the plain rows (``solution`` = the verified response) and, with ``--verl-out``, the SDPG authors' verl
-parquet: the user message ``<Fig. 4 student prompt>[TEACHER_CONTEXT_TOKEN]\\n<Fig. 4 hint>``, so the trainer's
-verl path sees the same student and teacher prompts as its plain-row path with ``data.prompt_template: sdpg_fig4``.
+parquet: the user message ``<Fig. 4 student prompt>\\n[TEACHER_CONTEXT_TOKEN]\\n\\n<Fig. 4 hint>`` (the authors'
+layout, ``sdpg.training.data.fig4_message``), so the trainer's verl path sees the same student and teacher prompts
+as its plain-row path with ``data.prompt_template: sdpg_fig4``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sdpg.training.config import ConfigError
-from sdpg.training.data import FIG4_CONTEXT_TEMPLATES, FIG4_JOIN, FIG4_STUDENT, TEACHER_SENTINEL
+from sdpg.training.config import ConfigError, DataConfig
+from sdpg.training.data import FIG4_CONTEXT_TEMPLATES, fig4_message, problem_text
 from sdpg.training.dataprep import text as T
 from sdpg.training.dataprep.card import card_files, load_card, new_card
 from sdpg.training.dataprep.sources import check_output, content_sha256, read_source, rows_bytes, write_atomic
@@ -92,12 +93,12 @@ def _fmt_s(s: float) -> str:
 
 def verl_row(row: dict, index: int) -> dict:
     """One row in the SDPG authors' verl format, with the Fig. 4 prompts (answer-only hint without a solution)."""
-    student = FIG4_STUDENT.format(problem=row["problem"])
+    problem = problem_text(row, DataConfig(prompt_template="sdpg_fig4"))  # a benchmark's own instruction removed
     kind = "answer_solution" if row.get("solution") else "answer"
     ctx = FIG4_CONTEXT_TEMPLATES[kind].format(answer=row["answer"], solution=row.get("solution") or "")
     return {
         "data_source": "sdpg-data",
-        "prompt": [{"role": "user", "content": student + TEACHER_SENTINEL + FIG4_JOIN + ctx}],
+        "prompt": [{"role": "user", "content": fig4_message(problem, ctx)}],
         "ability": "math",
         "reward_model": {"style": "rule", "ground_truth": row["answer"]},
         "extra_info": {"index": index, "id": row["id"], "solution": row.get("solution")},
