@@ -81,7 +81,13 @@ def _graph() -> dict[str, set[str]]:
     return {_module(p): _imports(p, modules) for p in files}
 
 
+# root modules that sit inside a layer: the safe writer redacts through sdpg.training.redact
+ROOT_IN_LAYER = {"sdpg.fsio": "training"}
+
+
 def _layer(module: str) -> int:
+    if module in ROOT_IN_LAYER:
+        return LAYERS.index(ROOT_IN_LAYER[module])
     if module.endswith("__main__"):  # ``python -m ...`` entry points: the command layer
         return len(LAYERS)
     top = module.split(".")[1] if module.count(".") else module

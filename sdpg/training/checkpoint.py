@@ -9,10 +9,11 @@ skipped by ``resume`` (renamed to ``*.pt.corrupt``), which falls back to the nex
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
+
+from sdpg import fsio
 
 REQUIRED_KEYS = ("step", "model", "optimizer", "scheduler", "sampler", "rng", "config_hash")
 
@@ -42,26 +43,13 @@ def step_of(path: Path) -> int:
 def save_checkpoint(out: Path, step: int, state: dict, keep: int) -> Path:
     """Write ``state`` as the checkpoint of ``step`` atomically; delete all but the newest ``keep``."""
     folder = checkpoint_dir(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    fsio.ensure_dir(folder, root=out)
     path = folder / f"step_{step:07d}.pt"
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
+    with fsio.atomic_open(path, "wb", root=out) as f:  # temporary file, fsync, rename, fsync of the folder
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(folder)
     for old in checkpoints(out)[:-keep]:
         old.unlink()
     return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict:

@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -409,7 +410,9 @@ class EvalConfig(Strict):
 
 class RunConfig(Strict):
     output_dir: str = "runs/default"
-    """Folder of the run: resolved config, metrics.jsonl, checkpoints."""
+    """Folder of the run: resolved config, metrics.jsonl, checkpoints. A leading ``~`` and ``$VAR`` /
+    ``${VAR}`` are expanded when the config is read; an unset variable is refused (never a folder named
+    ``$HOME``)."""
     seed: int = 0
     """Seed of everything random in the run."""
     total_steps: int = Field(400, gt=0)
@@ -429,6 +432,15 @@ class RunConfig(Strict):
     """torch CPU threads; None: torch's default."""
     log_samples: int = Field(2, ge=0)
     """Responses printed per eval/log step, for a look at what the model writes."""
+
+    @field_validator("output_dir")
+    @classmethod
+    def _expand_output_dir(cls, v: str) -> str:
+        from sdpg.fsio import check_writable_target, expand_path
+
+        p = expand_path(v, "run.output_dir")
+        check_writable_target(p, allow_link=True)
+        return str(p)
 
 
 class TrainConfig(Strict):

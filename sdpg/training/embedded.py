@@ -40,6 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from sdpg import fsio
 from sdpg.paths import PACKAGE_ROOT, cache_root
 from sdpg.training.errors import ConfigError
 from sdpg.training.locks import file_lock
@@ -472,7 +473,7 @@ def build_embedded_model(recipe, out: Path, log=print) -> dict:
         stats = _pretrain(model, tokenizer, recipe, log)
     finally:
         torch.set_num_threads(threads)
-    out.mkdir(parents=True, exist_ok=True)
+    fsio.ensure_dir(out)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     meta = {
@@ -482,7 +483,7 @@ def build_embedded_model(recipe, out: Path, log=print) -> dict:
         **stats,
         "build": build_environment(),
     }
-    (out / "sdpg_recipe.json").write_text(json.dumps(meta, indent=1))
+    fsio.write_json(out / "sdpg_recipe.json", meta, indent=1)
     return meta
 
 
@@ -506,7 +507,7 @@ def ensure_embedded_model(recipe, log=None) -> Path:
     def waiting():
         log(f"[embedded] waiting for another process's {what} (recipe {h})")
 
-    root.mkdir(parents=True, exist_ok=True)
+    fsio.ensure_dir(root)
     with file_lock(root / f".embedded-{h}.lock", on_wait=waiting):
         if (target / "sdpg_recipe.json").is_file():
             return target
@@ -562,11 +563,11 @@ def main(argv: list[str] | None = None) -> int:
     meta.setdefault("build", build_environment())
     dest = shipped_dir(a.task)
     shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
+    fsio.ensure_dir(dest)
     for name in sorted(os.listdir(src)):
         if name != "sdpg_recipe.json" and (src / name).is_file():
             shutil.copyfile(src / name, dest / name)
-    (dest / "sdpg_recipe.json").write_text(json.dumps(meta, indent=1) + "\n")
+    fsio.write_text(dest / "sdpg_recipe.json", json.dumps(meta, indent=1) + "\n")
     print(f"shipped recipe {h} from {src} into {dest}")
     return 0
 

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from sdpg import fsio
+
 RUN_LOCK = ".sdpg-run.lock"
 """Name of the lock file inside a run folder."""
 
@@ -64,7 +66,7 @@ def file_lock(
     raises it after that many seconds of waiting; ``on_wait()`` is called once when the lock is busy and
     this process waits for it."""
     p = Path(path)
-    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = fsio.open_lock(p)
     try:
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -93,7 +95,7 @@ def file_lock(
 def run_folder_lock(output_dir: str | Path, *, wait: bool = False, info: dict | None = None):
     """The one-writer lock of a run folder (``<output_dir>/.sdpg-run.lock``); the folder is created."""
     d = Path(output_dir)
-    d.mkdir(parents=True, exist_ok=True)
+    fsio.ensure_dir(d)
     return file_lock(d / RUN_LOCK, wait=wait, info=info)
 
 
