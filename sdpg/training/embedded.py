@@ -38,6 +38,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sdpg import fsio
@@ -487,6 +488,12 @@ def build_embedded_model(recipe, out: Path, log=print) -> dict:
     return meta
 
 
+def _file_lock(path: Path, on_wait: Callable[[], None] | None = None):
+    """The cache's build lock (``sdpg.training.locks.file_lock``, never through a link), its folder made first."""
+    fsio.ensure_dir(path.parent)
+    return file_lock(path, on_wait=on_wait)
+
+
 def ensure_embedded_model(recipe, log=None) -> Path:
     """The folder of the built-in model for ``recipe`` in the cache (``$SDPG_CACHE/embedded-<hash>``).
 
@@ -507,8 +514,7 @@ def ensure_embedded_model(recipe, log=None) -> Path:
     def waiting():
         log(f"[embedded] waiting for another process's {what} (recipe {h})")
 
-    fsio.ensure_dir(root)
-    with file_lock(root / f".embedded-{h}.lock", on_wait=waiting):
+    with _file_lock(root / f".embedded-{h}.lock", on_wait=waiting):
         if (target / "sdpg_recipe.json").is_file():
             return target
         tmp = root / f".tmp-{target.name}-{os.getpid()}"
