@@ -30,7 +30,7 @@ fi
 # Lint, format and types first: fast, and a failure here needs no test run to explain it.
 ruff check .
 ruff format --check .
-mypy  # sdpg/objective and the configuration ([tool.mypy] in pyproject.toml)
+mypy  # the whole package ([tool.mypy] in pyproject.toml)
 
 # Tests write only under their temporary folders: the working tree (ignored files included, caches of Python,
 # pytest, ruff and mypy aside) must be the same after pytest as before it.

@@ -7,6 +7,7 @@ Every entry point answers bad input the same way: one line on stderr naming the 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 
 def _fail(msg: str) -> int:
@@ -27,7 +28,7 @@ def _one_line_argparse() -> None:
         _fail(f"{self.prog}: {message} (see {self.prog.split()[0]} --help)")
         raise SystemExit(2)
 
-    argparse.ArgumentParser.error = error
+    argparse.ArgumentParser.error = error  # type: ignore[method-assign]
 
 
 def _guarded(fn, argv):
@@ -128,7 +129,7 @@ def _resume_point(output_dir: str) -> str:
     so every ``step_*.pt`` on disk is whole)."""
     from sdpg.training.checkpoint import checkpoints, step_of
 
-    found = checkpoints(output_dir)
+    found = checkpoints(Path(output_dir))
     if not found:
         return f"no checkpoint in {output_dir} yet (a resume starts the run over)"
     return f"the last complete checkpoint is {found[-1]} (step {step_of(found[-1])})"

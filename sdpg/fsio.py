@@ -26,7 +26,7 @@ import errno
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -345,7 +345,7 @@ def check_no_links(folder: str | Path, names: tuple[str, ...] = (), sub: tuple[s
                     raise LinkRefused(d / child)
 
 
-def check_no_links_below(root: str | Path, paths: list[str | Path] | tuple[str | Path, ...]) -> None:
+def check_no_links_below(root: str | Path, paths: Sequence[str | Path]) -> None:
     """Refuse (``LinkRefused``) a link at any of ``paths`` or at a folder between ``root`` and it (paths
     outside ``root``: only the path itself is checked); run before a command writes anything."""
     root = Path(os.path.abspath(root))

@@ -15,8 +15,17 @@ from sdpg.objective.fused_step import (
     step_loss,
 )
 from sdpg.objective.loss import FusedKLInputs, opd_weights, sdpg_loss
-from sdpg.objective.terms import (
+from sdpg.objective.registry import (
+    ADVANTAGE_ESTIMATORS,
+    POLICY_LOSSES,
     REF_KL_MODES,
+    AdvantageEstimator,
+    AdvantageInputs,
+    register_advantage,
+    register_policy_loss,
+    register_ref_kl,
+)
+from sdpg.objective.terms import (
     agg_weights,
     aggregate,
     beta_at,
@@ -38,7 +47,11 @@ from sdpg.objective.terms import (
 )
 
 __all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "AdvantageEstimator",
+    "AdvantageInputs",
     "FusedKLInputs",
+    "POLICY_LOSSES",
     "REF_KL_MODES",
     "STEP_LOSS_IMPLS",
     "StepLossSettings",
@@ -61,6 +74,9 @@ __all__ = [
     "opd_weights",
     "opsd_token_weights",
     "policy_loss",
+    "register_advantage",
+    "register_policy_loss",
+    "register_ref_kl",
     "ref_kl",
     "reward_kl_penalty",
     "rlsd_advantages",

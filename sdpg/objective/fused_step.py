@@ -106,7 +106,7 @@ class StepLossSettings:
     policy_mode: PolicyLossMode = "dapo"
     clip_low: float = 0.2
     clip_high: float = 0.28
-    clip_c: float = 10.0
+    clip_c: float | None = 10.0
     loss_agg_mode: LossAggMode = "token-mean"
     entropy_coef: float = 0.0  # entropy bonus: -entropy_coef * sum_t w_t H_t
     temperature: float = 1.0  # divides the student's logits for log pi(y_t) and H_t

@@ -53,6 +53,50 @@ def opd_weights(token_weights: Tensor, gate: Tensor, opd_norm: OPDNorm, loss_agg
     return agg_weights(gate, loss_agg_mode)  # [B, T]
 
 
+def opd_term(opd: Tensor | FusedKLInputs, opd_w: Tensor, opd_kl_clamp: float | None) -> tuple[Tensor, Tensor]:
+    """L_OPD+ = sum_t w_t min(KL_t, clamp) [] and the (clamped) per-token KL [B, T], from a materialised KL
+    [B, T] or from hidden states through the fused kernel (``FusedKLInputs``); ``opd_w`` [B, T] are the
+    term's aggregation weights. A clamped token counts as the constant clamp and gets no gradient."""
+    if isinstance(opd, FusedKLInputs) and opd.teacher_temperature not in (None, opd.temperature):
+        # the fused kernel divides both sides by one temperature: materialise the logits instead
+        head = (opd.lm_head_weight, opd.lm_head_bias)
+        opd = full_vocab_kl(
+            torch.nn.functional.linear(opd.student_hidden, *head),
+            torch.nn.functional.linear(opd.teacher_hidden, *head),
+            opd.temperature,
+            opd.teacher_temperature,
+        )  # [B, T]
+    if isinstance(opd, FusedKLInputs):
+        opd_loss, kl_tok = fused_weighted_full_vocab_kl(
+            opd.student_hidden,
+            opd.teacher_hidden,
+            opd.lm_head_weight,
+            opd_w,
+            lm_head_bias=opd.lm_head_bias,
+            temperature=opd.temperature,
+            chunk_size=opd.chunk_size,
+        )  # [], [B, T]
+        over = (kl_tok > opd_kl_clamp) & (opd_w != 0) if opd_kl_clamp is not None else None  # [B, T]
+        if opd_kl_clamp is not None and over is not None and bool(over.any()):
+            # take the clamped tokens' terms (value and gradient) back out; they count as the constant clamp
+            w_over = opd_w * over.float()  # [B, T]
+            over_loss, _ = fused_weighted_full_vocab_kl(
+                opd.student_hidden,
+                opd.teacher_hidden,
+                opd.lm_head_weight,
+                w_over,
+                lm_head_bias=opd.lm_head_bias,
+                temperature=opd.temperature,
+                chunk_size=opd.chunk_size,
+            )  # []
+            opd_loss = opd_loss - over_loss + (w_over * opd_kl_clamp).sum()  # []
+            kl_tok = clamp_kl(kl_tok, opd_kl_clamp)  # [B, T]
+    else:
+        kl_tok = clamp_kl(opd, opd_kl_clamp)  # [B, T]
+        opd_loss = (kl_tok * opd_w).sum()  # []
+    return opd_loss, kl_tok
+
+
 def sdpg_loss(
     logp: Tensor,
     old_logp: Tensor,
@@ -128,43 +172,7 @@ def sdpg_loss(
     stats["beta"] = torch.tensor(float(beta))
     if opd is not None:
         opd_w = opd_weights(w, g, opd_norm, loss_agg_mode) if opd_token_weights is None else opd_token_weights  # [B, T]
-        if isinstance(opd, FusedKLInputs) and opd.teacher_temperature not in (None, opd.temperature):
-            # the fused kernel divides both sides by one temperature: materialise the logits instead
-            head = (opd.lm_head_weight, opd.lm_head_bias)
-            opd = full_vocab_kl(
-                torch.nn.functional.linear(opd.student_hidden, *head),
-                torch.nn.functional.linear(opd.teacher_hidden, *head),
-                opd.temperature,
-                opd.teacher_temperature,
-            )  # [B, T]
-        if isinstance(opd, FusedKLInputs):
-            opd_loss, kl_tok = fused_weighted_full_vocab_kl(
-                opd.student_hidden,
-                opd.teacher_hidden,
-                opd.lm_head_weight,
-                opd_w,
-                lm_head_bias=opd.lm_head_bias,
-                temperature=opd.temperature,
-                chunk_size=opd.chunk_size,
-            )  # [], [B, T]
-            over = (kl_tok > opd_kl_clamp) & (opd_w != 0) if opd_kl_clamp is not None else None  # [B, T]
-            if opd_kl_clamp is not None and over is not None and bool(over.any()):
-                # take the clamped tokens' terms (value and gradient) back out; they count as the constant clamp
-                w_over = opd_w * over.float()  # [B, T]
-                over_loss, _ = fused_weighted_full_vocab_kl(
-                    opd.student_hidden,
-                    opd.teacher_hidden,
-                    opd.lm_head_weight,
-                    w_over,
-                    lm_head_bias=opd.lm_head_bias,
-                    temperature=opd.temperature,
-                    chunk_size=opd.chunk_size,
-                )  # []
-                opd_loss = opd_loss - over_loss + (w_over * opd_kl_clamp).sum()  # []
-                kl_tok = clamp_kl(kl_tok, opd_kl_clamp)  # [B, T]
-        else:
-            kl_tok = clamp_kl(opd, opd_kl_clamp)  # [B, T]
-            opd_loss = (kl_tok * opd_w).sum()  # []
+        opd_loss, kl_tok = opd_term(opd, opd_w, opd_kl_clamp)  # [], [B, T]
         loss = loss + beta * opd_loss
         distilled = g if opd_token_weights is None else (opd_w > 0).float()  # [B, T] positions in the term
         stats["opd_loss"] = opd_loss.detach()

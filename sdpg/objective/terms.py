@@ -15,13 +15,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LossAggMode = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"]
-RefKLMode = Literal["urkl", "ufkl", "rkl", "fkl", "k1", "k2", "k3"]
-RewardKLEstimator = Literal["k1", "k2", "k3", "abs"]
-PolicyLossMode = Literal["dapo", "reinforce"]
-DistillDtype = Literal["float32", "bfloat16"]
+from sdpg.objective.registry import (
+    POLICY_LOSSES,
+    REF_KL_MODES,
+    AdvantageEstimator,
+    AdvantageInputs,
+    lookup,
+    register_advantage,
+    register_policy_loss,
+    register_ref_kl,
+)
 
-REF_KL_MODES: tuple[str, ...] = ("urkl", "ufkl", "rkl", "fkl", "k1", "k2", "k3")
+LossAggMode = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"]
+RefKLMode = str  # a name registered in REF_KL_MODES (urkl, ufkl, rkl, fkl, k1, k2, k3 built in)
+RewardKLEstimator = Literal["k1", "k2", "k3", "abs"]
+PolicyLossMode = str  # a name registered in POLICY_LOSSES (dapo, reinforce built in)
+DistillDtype = Literal["float32", "bfloat16"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -64,7 +73,10 @@ def beta_at(step: int, total_steps: int, beta: float, warmup_steps: int = 0, dec
 
 
 def agg_weights(
-    mask: Tensor, mode: LossAggMode = "token-mean", n_tokens: float | None = None, n_seqs: float | None = None
+    mask: Tensor,
+    mode: LossAggMode = "token-mean",
+    n_tokens: float | Tensor | None = None,
+    n_seqs: float | Tensor | None = None,
 ) -> Tensor:
     """Per-token weights [B, T] such that ``(x * agg_weights(mask, mode)).sum()`` aggregates x.
 
@@ -111,22 +123,23 @@ def policy_loss(
     clip_c: float | None = 10.0,
     mode: PolicyLossMode = "dapo",
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-token policy-gradient loss [B, T] and clip statistics.
+    """Per-token policy-gradient loss [B, T] and clip statistics, by the loss registered as ``mode``.
 
-    ``mode="dapo"``: the dual-clip PPO surrogate with DAPO's asymmetric "clip-higher" range
-    (arXiv 2503.14476): max(-A r, -A clip(r, 1-eps_low, 1+eps_high)), further bounded by -A c for
-    A < 0 (dual clip, arXiv 1912.09729; ``clip_c=None``: no dual clip). ``mode="reinforce"``: the on-policy -A log pi.
     ``advantages`` is [B] (one per sequence) or [B, T] (per token, e.g. RLSD).
     Returns (loss [B, T] zero on padding, stats with pg_clipfrac, pg_clipfrac_lower, ppo_kl).
     """
+    fn = lookup(POLICY_LOSSES, "policy loss mode", mode)
     adv = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(logp)  # [B, T]
-    m = mask.float()  # [B, T]
-    if mode == "reinforce":
-        loss = -adv * logp  # [B, T]
-        zero = logp.new_zeros(())
-        return loss * m, {"pg_clipfrac": zero, "pg_clipfrac_lower": zero, "ppo_kl": zero}
-    if mode != "dapo":
-        raise ValueError(f"unknown policy loss mode {mode!r}; expected dapo or reinforce")
+    return fn(logp, old_logp, adv, mask.float(), clip_low, clip_high, clip_c)
+
+
+@register_policy_loss("dapo")
+def dapo_loss(
+    logp: Tensor, old_logp: Tensor, adv: Tensor, m: Tensor, clip_low: float, clip_high: float, clip_c: float | None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The dual-clip PPO surrogate with DAPO's asymmetric "clip-higher" range (arXiv 2503.14476):
+    max(-A r, -A clip(r, 1-eps_low, 1+eps_high)), further bounded by -A c for A < 0 (dual clip,
+    arXiv 1912.09729; ``clip_c=None``: no dual clip). ``adv`` and ``m`` [B, T]."""
     log_ratio = (logp - old_logp).clamp(-20.0, 20.0)  # [B, T]
     ratio = torch.exp(log_ratio)  # [B, T]
     loss_unclipped = -adv * ratio  # [B, T]
@@ -146,13 +159,24 @@ def policy_loss(
     return loss * m, stats
 
 
+@register_policy_loss("reinforce")
+def reinforce_loss(
+    logp: Tensor, old_logp: Tensor, adv: Tensor, m: Tensor, clip_low: float, clip_high: float, clip_c: float | None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The on-policy REINFORCE loss -A log pi [B, T]; no clipping, so zero clip statistics."""
+    loss = -adv * logp  # [B, T]
+    zero = logp.new_zeros(())
+    return loss * m, {"pg_clipfrac": zero, "pg_clipfrac_lower": zero, "ppo_kl": zero}
+
+
 # --------------------------------------------------------------------------------------------
 # L_K: the per-token surrogate against a frozen reference
 # --------------------------------------------------------------------------------------------
 
 
 def ref_kl(logp: Tensor, ref_logp: Tensor, mode: RefKLMode) -> Tensor:
-    """Per-token reference-KL surrogate [B, T] on the sampled tokens, w = pi_theta / pi_ref.
+    """Per-token reference-KL surrogate [B, T] on the sampled tokens, w = pi_theta / pi_ref, by the
+    surrogate registered as ``mode`` (``REF_KL_MODES``).
 
     SDPG's surrogates (sec. 3.4, app. A.2), whose expected gradient under y ~ pi_theta is exactly
     the gradient of a divergence: ``urkl`` 1/2 log^2 w -> UKL(pi_theta || pi_ref);
@@ -161,20 +185,44 @@ def ref_kl(logp: Tensor, ref_logp: Tensor, mode: RefKLMode) -> Tensor:
     ``k1`` log w, ``k2`` 1/2 log^2 w, ``k3`` 1/w - 1 + log w (GRPO's).
     The log-ratio is clamped to [-20, 20] so a rare token cannot overflow 1/w.
     """
+    fn = lookup(REF_KL_MODES, "ref_kl mode", mode)
     log_w = (logp - ref_logp).clamp(-20.0, 20.0)  # [B, T]
-    if mode in ("urkl", "k2"):
-        return 0.5 * log_w**2  # [B, T]
-    if mode == "ufkl":
-        return torch.exp(-log_w) + log_w  # [B, T]
-    if mode == "rkl":
-        return 0.5 * (log_w + 1.0) ** 2  # [B, T]
-    if mode == "fkl":
-        return torch.exp(-log_w)  # [B, T]
-    if mode == "k1":
-        return log_w  # [B, T]
-    if mode == "k3":
-        return torch.exp(-log_w) - 1.0 + log_w  # [B, T]
-    raise ValueError(f"unknown ref_kl mode {mode!r}; expected one of {', '.join(REF_KL_MODES)}")
+    return fn(log_w)  # [B, T]
+
+
+@register_ref_kl("urkl")
+def _urkl(log_w: Tensor) -> Tensor:
+    return 0.5 * log_w**2  # [B, T]
+
+
+@register_ref_kl("ufkl")
+def _ufkl(log_w: Tensor) -> Tensor:
+    return torch.exp(-log_w) + log_w  # [B, T]
+
+
+@register_ref_kl("rkl")
+def _rkl(log_w: Tensor) -> Tensor:
+    return 0.5 * (log_w + 1.0) ** 2  # [B, T]
+
+
+@register_ref_kl("fkl")
+def _fkl(log_w: Tensor) -> Tensor:
+    return torch.exp(-log_w)  # [B, T]
+
+
+@register_ref_kl("k1")
+def _k1(log_w: Tensor) -> Tensor:
+    return log_w  # [B, T]
+
+
+@register_ref_kl("k2")
+def _k2(log_w: Tensor) -> Tensor:
+    return 0.5 * log_w**2  # [B, T]
+
+
+@register_ref_kl("k3")
+def _k3(log_w: Tensor) -> Tensor:
+    return torch.exp(-log_w) - 1.0 + log_w  # [B, T]
 
 
 def reward_kl_penalty(old_logp: Tensor, ref_logp: Tensor, mask: Tensor, estimator: RewardKLEstimator = "k1") -> Tensor:
@@ -307,3 +355,25 @@ def gate_mask(advantages: Tensor, mask: Tensor, enabled: bool = True) -> Tensor:
     if not enabled:
         return mask.float()  # [B, T]
     return mask.float() * (advantages > 0).float()[:, None]  # [B, T]
+
+
+# --------------------------------------------------------------------------------------------
+# Advantage estimators (``algo.advantage``)
+# --------------------------------------------------------------------------------------------
+
+
+def _rlsd_estimator(x: AdvantageInputs) -> tuple[Tensor, dict[str, float]]:
+    assert x.teacher_logp is not None
+    s = x.settings
+    lam = rlsd_lambda_at(x.step, s["rlsd_lambda"], s["rlsd_lambda_decay_steps"])  # k from 1: 0 at k = decay
+    return rlsd_advantages(x.advantages, x.teacher_logp, x.behaviour_logp, s["rlsd_eps_w"], lam), {"rlsd_lambda": lam}
+
+
+def _opsd_estimator(x: AdvantageInputs) -> tuple[Tensor, dict[str, float]]:
+    assert x.teacher_logp is not None
+    return opsd_token_weights(x.teacher_logp, x.behaviour_logp, x.advantages, x.settings["opsd_max_weight"]), {}
+
+
+register_advantage(AdvantageEstimator("group"))
+register_advantage(AdvantageEstimator("rlsd", needs_teacher=True, token_advantages=_rlsd_estimator))
+register_advantage(AdvantageEstimator("opsd", needs_teacher=True, token_advantages=_opsd_estimator))

@@ -36,6 +36,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from sdpg import fsio
+from sdpg.orchestration import scheduler
 from sdpg.orchestration.core import (
     EXECUTORS,
     NAME_PATTERN,
@@ -75,6 +76,7 @@ from sdpg.training.config import (
     deep_merge,
     expand_dotted,
 )
+from sdpg.training.metrics import is_mean_at
 from sdpg.training.records import jsonl_rows, read_json_object
 
 __all__ = [
@@ -469,7 +471,7 @@ def settings_table(plan: Plan) -> str:
     ``--dry-run`` shows what each variant will train with before any GPU hour is spent."""
     from sdpg.training.config import method_settings
 
-    first = {}
+    first: dict[str, Any] = {}
     for r in plan.runs:
         first.setdefault(r.variant, r.config)
     cols = {v: method_settings(c) for v, c in first.items()}
@@ -513,9 +515,10 @@ def variant_steps(plan: Plan) -> str:
 
 
 def _get(d: dict, dotted: str) -> Any:
+    cur: Any = d
     for part in dotted.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
-    return d
+        cur = cur.get(part) if isinstance(cur, dict) else None
+    return cur
 
 
 def _with_value(d: dict, dotted: str, value: Any) -> dict:
@@ -865,7 +868,7 @@ def status(plan: Plan) -> str:
     """Each run's state and last metrics, from its folder, the scheduler and MLflow."""
     state_file = plan.output_dir / "jobs.json"
     jobs = read_jobs(state_file, lambda m: print(m, file=sys.stderr))
-    sched = _scheduler_states([str(v.get("job_id")) for v in jobs.values() if v.get("executor") == "slurm"])
+    sched = scheduler.slurm_states([str(v.get("job_id")) for v in jobs.values() if v.get("executor") == "slurm"])
     extra = {}
     for h, v in jobs.items():
         s = sched.get(str(v.get("job_id")))
@@ -874,37 +877,16 @@ def status(plan: Plan) -> str:
     lines = [table(plan, extra), ""]
     for r in plan.runs:
         _, step, m = run_state(r)
-        keys = [k for k in sorted(m) if k.startswith("eval/") and "mean@" in k] + ["train/accuracy", "train/entropy"]
+        keys = [k for k in sorted(m) if is_mean_at(k)] + ["train/accuracy", "train/entropy"]
         shown = " ".join(f"{k}={m[k]:.3f}" for k in keys if k in m)
         if shown:
             lines.append(f"{r.name}: {shown}" + (f" (= {r.same_as})" if r.same_as else ""))
     return "\n".join(lines)
 
 
-def _scheduler_states(job_ids: list[str]) -> dict[str, str]:
-    import subprocess
-
-    if not job_ids:
-        return {}
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True, text=True, timeout=20, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    res = {}
-    for line in out.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            res[parts[0].split("_")[0] if "_[" in parts[0] else parts[0]] = parts[1]
-    return res
-
-
 def cancel(plan: Plan, log=print) -> int:
     """scancel the recorded SLURM jobs of the plan's runs; their unfinished MLflow runs end KILLED
-    (and the parent with them)."""
-    import subprocess
-
+    (and the parent with them). Raises SchedulerUnavailable, with nothing marked, when SLURM refuses."""
     from sdpg.orchestration import tracking
 
     state_file = plan.output_dir / "jobs.json"
@@ -915,7 +897,7 @@ def cancel(plan: Plan, log=print) -> int:
         log("[sdpg-ablate] no SLURM jobs recorded for this spec")
         return 0
     ids = sorted({str(j["job_id"]) for v in picked.values() for j in job_history(v) if j.get("executor") == "slurm"})
-    subprocess.run(["scancel", *ids], check=False)
+    scheduler.cancel_slurm(ids)
     c = tracking.client(plan.tracking_uri)
     parents = set()
     for v in picked.values():
@@ -1051,12 +1033,16 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"error: {' '.join(redact(str(e)).split())}", file=sys.stderr)
         return 2
-    if sub == "status":
-        print(tracking_redact(status(plan)))
-        return 0
-    if sub == "cancel":
-        cancel(plan)
-        return 0
+    try:
+        if sub == "status":
+            print(tracking_redact(status(plan)))
+            return 0
+        if sub == "cancel":
+            cancel(plan)
+            return 0
+    except scheduler.SchedulerUnavailable as e:
+        print(f"error: {tracking_redact(str(e))}", file=sys.stderr)
+        return 1
     n, k = len(plan.runs), len(plan.distinct)
     print(
         f"{plan.spec.name}: {n} runs{f' ({k} distinct)' if k != n else ''}, executor {plan.executor}"

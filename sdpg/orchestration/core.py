@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sdpg import fsio
+from sdpg.orchestration.scheduler import local_alive, slurm_active
 from sdpg.orchestration.specs import SlurmProfile, load_profile
 from sdpg.paths import BUILTIN_CONFIGS
 from sdpg.training.config import ConfigError, Strict, TrainConfig, load_yaml
@@ -312,6 +313,12 @@ class Experiment:
             tracking.retry(c.log_text, self.parent_id, tracking.redact(self.spec_path.read_text()), f"{self.kind}_spec.yaml")
         return self
 
+    def ids(self) -> tuple[str, str]:
+        """(experiment id, parent run id), known once ``open`` has run."""
+        if self.experiment_id is None or self.parent_id is None:
+            raise RuntimeError(f"the MLflow experiment of {self.spec_name!r} is not open")
+        return self.experiment_id, self.parent_id
+
     def child(self, key: str, name: str, config: TrainConfig, tags: dict[str, Any]) -> str:
         """The run of ``key`` (an effective-config hash, or a trial's key), created once with the
         config's parameters and ``config.yaml``."""
@@ -320,10 +327,11 @@ class Experiment:
         from sdpg.orchestration import tracking
 
         resolved = config.resolved()
+        experiment_id, parent_id = self.ids()
         rid, _ = tracking.ensure_child_run(
             self.client,
-            self.experiment_id,
-            self.parent_id,
+            experiment_id,
+            parent_id,
             key,
             name,
             tags={"git_commit": tracking.git_commit(), "spec": self.spec_name, **tags},
@@ -335,12 +343,12 @@ class Experiment:
     def end_if_done(self) -> str | None:
         from sdpg.orchestration import tracking
 
-        return tracking.end_parent_if_done(self.client, self.parent_id)
+        return tracking.end_parent_if_done(self.client, self.ids()[1])
 
     def end(self, status: str = "FINISHED") -> None:
         from sdpg.orchestration import tracking
 
-        tracking.finish_run(self.client, self.parent_id, status)
+        tracking.finish_run(self.client, self.ids()[1], status)
 
 
 def job_error(e: BaseException) -> str:
@@ -353,24 +361,9 @@ def job_error(e: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Jobs already submitted: asked of the scheduler (SLURM) or the process table (local), so that a
-# second submission attaches to them instead of training the same thing twice
+# Jobs already submitted: asked of the scheduler (SLURM) or the process table (local)
+# (sdpg.orchestration.scheduler), so that a second submission attaches to them instead of training the same thing twice
 # --------------------------------------------------------------------------------------------
-
-ACTIVE_SLURM_STATES = {
-    "PENDING",
-    "RUNNING",
-    "CONFIGURING",
-    "COMPLETING",
-    "REQUEUED",
-    "REQUEUE_HOLD",
-    "REQUEUE_FED",
-    "RESIZING",
-    "SUSPENDED",
-    "STOPPED",
-    "SIGNALING",
-    "STAGE_OUT",
-}
 
 
 def job_history(entry: dict) -> list[dict]:
@@ -381,60 +374,16 @@ def job_history(entry: dict) -> list[dict]:
     return hist
 
 
-def _local_alive(job_id: str, host: str | None) -> bool:
-    """A local job (its id is the worker's pid) still running on this machine."""
-    import socket
-
-    if host and host != socket.gethostname():
-        return False
-    try:
-        pid = int(str(job_id))
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except (ValueError, OSError):
-        return False
-    state = stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else "?"
-    return state not in ("Z", "X") and "submitit" in cmd
-
-
-def _slurm_active(job_ids: list[str]) -> set[str]:
-    """The ids among ``job_ids`` that SLURM still holds (queued, running, requeued...), one line per array
-    task (``squeue -r``). Raises RuntimeError when the scheduler cannot be asked: resubmitting blind is
-    how a spec came to train twice."""
-    import subprocess
-
-    if not job_ids:
-        return set()
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-r", "-o", "%i %T", "--jobs", ",".join(job_ids)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise RuntimeError(f"cannot ask SLURM about jobs {', '.join(job_ids[:5])}: {e}") from None
-    if out.returncode != 0 and "Invalid job id" not in out.stderr:
-        raise RuntimeError(f"cannot ask SLURM about jobs {', '.join(job_ids[:5])}: {' '.join(out.stderr.split())[:200]}")
-    active = set()
-    for line in out.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1] in ACTIVE_SLURM_STATES:
-            active.add(parts[0])
-    return active
-
-
 def active_jobs(jobs_state: dict, hashes: list[str]) -> dict[str, str]:
     """Run hash -> id of a job of it that is still queued or running (any job ever submitted for it)."""
     slurm_ids = [str(j["job_id"]) for h in hashes for j in job_history(jobs_state.get(h, {})) if j.get("executor") == "slurm"]
-    live_slurm = _slurm_active(slurm_ids)
+    live_slurm = slurm_active(slurm_ids)
     out = {}
     for h in hashes:
         for j in reversed(job_history(jobs_state.get(h, {}))):
             jid = str(j.get("job_id"))
             if (j.get("executor") == "slurm" and jid in live_slurm) or (
-                j.get("executor") == "local" and _local_alive(jid, j.get("host"))
+                j.get("executor") == "local" and local_alive(jid, j.get("host"))
             ):
                 out[h] = jid
                 break

@@ -173,6 +173,7 @@ class TrainJob:
             if tracked:
                 from sdpg.orchestration.tracking import client
 
+                assert self.tracking_uri is not None
                 self._end(client(self.tracking_uri), "FAILED", error=e, tb=traceback.format_exc())
             raise
         try:
@@ -183,7 +184,7 @@ class TrainJob:
     def _run_locked(self, cfg, trial, requeue, preempted, previous, should_stop, tracked) -> dict:
         from sdpg.training.trainer import default_sinks, latest_checkpoint, train
 
-        c = None
+        c: Any = None  # the MLflow client, when tracked
         done = _finished_result(Path(cfg.run.output_dir), cfg.run.total_steps)
         if done is not None:  # trained meanwhile by the job that held the folder
             signal.signal(signal.SIGUSR2, previous if previous is not None else signal.SIG_DFL)
@@ -192,6 +193,7 @@ class TrainJob:
             if tracked:
                 from sdpg.orchestration.tracking import MlflowSink
 
+                assert self.tracking_uri is not None and self.run_id is not None
                 mlflow_sink = MlflowSink(self.tracking_uri, self.run_id)
                 c = mlflow_sink.c
             out = Path(cfg.run.output_dir)
@@ -230,6 +232,7 @@ class TrainJob:
         """End this job's MLflow run, then its parent if no sibling is still running."""
         from sdpg.orchestration import tracking
 
+        assert self.run_id is not None  # only tracked jobs end a run
         try:
             if error is not None and status == "FAILED":
                 tracking.fail_run(c, self.run_id, error, tb)

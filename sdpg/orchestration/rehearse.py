@@ -417,7 +417,8 @@ def scorer_checks(
     1 (on benchmarks, also under ``eval.extra_scorers``); written as the prompt asks (``\\boxed{}``) too;
     a wrong answer must score 0."""
     kind = verifier_kind(cfg)
-    verdicts, errors = [], []
+    verdicts: list[Any] = []
+    errors: list[str] = []
     asks_boxed = "\\boxed" in (student_prompt or "")
 
     def judge(k: str, key: str, i: int, gold: str, how: str, text: str) -> float:
@@ -692,10 +693,10 @@ def rehearse(
             rows = {k: c.rows for k, c in checked.items() if c.rows}
             err = next(
                 (
-                    e
+                    why
                     for k, rs in rows.items()
                     for i, row in enumerate(rs[: GOLD_CHECKS if k == "data.train" else 1])
-                    if (e := template_error(row, cfg, tok, f"{k} row {i}"))
+                    if (why := template_error(row, cfg, tok, f"{k} row {i}"))
                 ),
                 None,
             )
@@ -799,7 +800,7 @@ def _run_all(runnable: list[tuple[RunItem, TrainConfig]], outcomes: dict[str, Ou
             for j in pending:
                 res = results_dir / f"{j['name']}.json"
                 if j["name"] not in seen and res.is_file():
-                    seen.add(j["name"])
+                    seen.add(str(j["name"]))
                     r = json.loads(res.read_text())
                     n_done = sum(1 for x in jobs if (results_dir / f"{x['name']}.json").is_file())
                     sps = f", {r['steps_per_s']:.2f} steps/s" if r.get("steps_per_s") else ""
@@ -841,7 +842,7 @@ def _run_all(runnable: list[tuple[RunItem, TrainConfig]], outcomes: dict[str, Ou
         o.metrics = r.get("metrics", {})
         if r.get("error"):
             o.errors.append(r["error"])
-        rid = next(j["run_id"] for j in jobs if j["name"] == it.name)
+        rid = str(next(j["run_id"] for j in jobs if j["name"] == it.name))
         diff = o.metrics.get("train/rollout_logprob_diff")
         limit = 1e-3 if small.model.dtype == "float32" else 2e-2
         if diff is not None and diff > limit:
@@ -861,9 +862,9 @@ def _run_all(runnable: list[tuple[RunItem, TrainConfig]], outcomes: dict[str, Ou
 
 def _scaled_objective(objective: str | None, small: TrainConfig) -> str | None:
     """The sweep objective under the rehearsal's eval sample count (``mean@32`` is logged as ``mean@2``)."""
-    if not objective or "/mean@" not in objective:
-        return objective
-    return objective.rsplit("@", 1)[0] + f"@{small.eval.n_samples}"
+    from sdpg.training.metrics import with_samples
+
+    return with_samples(objective, small.eval.n_samples) if objective else objective
 
 
 def _tracking_check(c, run_id: str) -> str | None:
@@ -895,7 +896,7 @@ def not_rehearsed(cfg: TrainConfig, ctx: Context, world: int, have_vllm: bool) -
             f"here, and the preemption path (stop, checkpoint, requeue, resume) was taken in-process"
         )
     if world > 1:
-        fsdp = cfg.model.fsdp is True or (cfg.model.fsdp == "auto" and getattr(p, "gpus_per_node", 0))
+        fsdp = cfg.model.fsdp is True or (cfg.model.fsdp == "auto" and (getattr(p, "gpus_per_node", 0) or 0) > 0)
         out.append(
             f"{world} ranks ({p.nodes} node(s) x {p.tasks_per_node} tasks): torch.distributed collectives"
             f"{', FSDP2 sharding and full-state checkpoint gathering' if fsdp else ''} are not exercised by a one-process run"
@@ -1094,8 +1095,6 @@ def rehearse_plan(plan, stand_in: str | None = None, folder: str | None = None, 
 def sweep_items(sweep) -> list[RunItem]:
     """The trials a sweep starts with (its enqueued parameter sets) and the two corners of its space,
     each for every seed, resolved as a worker resolves a trial."""
-    from sdpg.orchestration.sweep import _typed
-
     spec = sweep.spec
     sets = [(f"enqueue{i}", dict(e)) for i, e in enumerate(spec.enqueue)]
     sets.append(("low", {k: (p.choices[0] if p.type == "categorical" else p.low) for k, p in spec.space.items()}))
@@ -1103,7 +1102,7 @@ def sweep_items(sweep) -> list[RunItem]:
     items, seen = [], set()
     for name, params in sets:
         for seed in spec.seeds:
-            cfg = sweep.trial_config(_typed(params, spec.space), seed, 0, f"{sweep.path}: {name}")
+            cfg = sweep.trial_config(sweep.typed(params), seed, 0, f"{sweep.path}: {name}")
             h = cfg.effective().config_hash()
             if h in seen:
                 continue
@@ -1116,11 +1115,8 @@ def rehearse_sweep(sweep, stand_in: str | None = None, folder: str | None = None
     """``sdpg-sweep SPEC --rehearse``: the enqueued trials and the corners of the space; the sampler and
     pruner are built, and every trial must log the objective."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    from sdpg.orchestration.sweep import make_pruner, make_sampler
-
     try:
-        make_sampler(sweep.spec)
-        make_pruner(sweep.spec)
+        sweep.build_sampler_and_pruner()
     except Exception as e:
         log(f"[sdpg-sweep] the sampler or pruner cannot be built here: {one_sentence(e)}")
         return 1

@@ -122,6 +122,7 @@ class Param(Strict):
         if self.type == "categorical":
             return len(self.choices or [])
         step = self.step or 1
+        assert self.low is not None and self.high is not None  # a numeric dimension (validated)
         return int(math.floor((self.high - self.low) / step + 1e-9)) + 1
 
     def contains(self, v: Any) -> str | None:
@@ -130,6 +131,7 @@ class Param(Strict):
             return None if v in (self.choices or []) else f"not one of the choices {self.choices}"
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return f"not a number (a {self.type} dimension from {self.low} to {self.high})"
+        assert self.low is not None and self.high is not None  # a numeric dimension (validated)
         if not self.low <= v <= self.high:
             return f"outside the space [{self.low}, {self.high}]"
         if self.type == "int" and v != int(v):
@@ -246,7 +248,7 @@ class SweepSpec(Strict):
             sizes = {k: p.grid_points() for k, p in self.space.items()}
             total = math.prod(sizes.values())  # from the bounds: nothing is listed before it is known to fit
             if total > MAX_SWEEP_GRID:
-                big = max(sizes, key=sizes.get)
+                big = max(sizes, key=lambda k: sizes[k])
                 raise ValueError(
                     f"the grid sampler's space holds {total:.3g} points (space.{big}: {sizes[big]:.3g} "
                     f"with its step), more than {MAX_SWEEP_GRID}; use a coarser step or another sampler"
@@ -358,20 +360,31 @@ class Sweep:
         data = apply_layer(data, {"run.output_dir": str(self.output_dir / "trials" / f"trial_{origin:04d}-s{seed}")})
         return build_config(data, where)
 
+    def typed(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` with int dimensions rounded to ints, as a worker passes a trial's values."""
+        return _typed(params, self.spec.space)
+
+    def build_sampler_and_pruner(self) -> None:
+        """Build the spec's sampler and pruner here; raises what Optuna raises when they cannot be."""
+        make_sampler(self.spec)
+        make_pruner(self.spec)
+
     def point_key(self, params: dict[str, Any]) -> str:
         """The identity of a point of the space: the effective config it trains (seed aside)."""
         return build_config(apply_layer(self.base, params)).effective().config_hash()
 
     def metric_ok(self, cfg, src: str) -> None:
         m = self.spec.objective.metric
-        ok_eval = [f"eval/{b}/mean@{cfg.eval.n_samples}" for b in cfg.data.eval] + [
-            f"eval/{b}/{x}" for b in cfg.data.eval for x in ["response_length", "greedy"] + [f"pass@{k}" for k in cfg.eval.pass_k]
-        ]
+        from sdpg.training import metrics as names
+        from sdpg.training.config import SCORER_METRIC_NAMES
+
+        scorers = [SCORER_METRIC_NAMES[s] for s in cfg.eval.extra_scorers]
+        ok_eval = names.eval_names(cfg.data.eval, cfg.eval.n_samples, cfg.eval.pass_k, cfg.eval.greedy, scorers)
         if m.startswith("eval/"):
             if m not in ok_eval:
                 raise ConfigError(
                     f"{src}: key 'objective.metric' has bad value {m!r}: this config evaluates "
-                    f"{', '.join(ok_eval[: len(cfg.data.eval)])}"
+                    f"{', '.join(names.mean_at(b, cfg.eval.n_samples) for b in cfg.data.eval)}"
                 )
             if cfg.eval.every <= 0:
                 raise ConfigError(
@@ -381,10 +394,8 @@ class Sweep:
         elif not (m.startswith("train/") or m.startswith("timing/")):
             raise ConfigError(f"{src}: key 'objective.metric' has bad value {m!r}: expected eval/..., train/... or timing/...")
         else:
-            from sdpg.training.preflight import produced_metric_names
-
-            known = produced_metric_names()
-            if known and m not in known:
+            known = names.declared()
+            if m not in known:
                 same = sorted(k for k in known if k.split("/")[0] == m.split("/")[0])
                 raise ConfigError(
                     f"{src}: key 'objective.metric' has bad value {m!r}: the trainer never logs it "
@@ -476,8 +487,9 @@ def make_sampler(spec: SweepSpec, seed: int | None = None):
     grid = {}
     for k, p in spec.space.items():
         if p.type == "categorical":
-            grid[k] = list(p.choices)
+            grid[k] = list(p.choices or [])
         else:
+            assert p.low is not None and p.high is not None  # a numeric dimension (validated)
             n = int(math.floor((p.high - p.low) / (p.step or 1) + 1e-9)) + 1
             grid[k] = [p.low + i * (p.step or 1) for i in range(n)]
     return optuna.samplers.GridSampler(grid, seed=seed)
@@ -998,8 +1010,8 @@ def _launch(sweep: Sweep, workers: int | None, wait: bool | None, log) -> dict:
         if not live:
             study = load_study(sweep)
             if not study.get_trials(deepcopy=False):
-                for e in sweep.spec.enqueue:
-                    study.enqueue_trial(_typed(e, sweep.spec.space))
+                for point in sweep.spec.enqueue:
+                    study.enqueue_trial(_typed(point, sweep.spec.space))
             if sweep.storage_url.startswith("journal:"):
                 reap_stale_trials(study, sweep.spec.heartbeat_s, log=log)
             n = workers or sweep.spec.workers
@@ -1081,7 +1093,7 @@ def _settle(sweep: Sweep, exp: Experiment, jobs: list) -> None:
     from sdpg.orchestration import tracking
 
     c = exp.client
-    for r in tracking.child_runs(c, exp.parent_id):
+    for r in tracking.child_runs(c, exp.ids()[1]):
         if r.info.status not in tracking.TERMINAL:
             tracking.fail_run(c, r.info.run_id, "its worker ended without finishing it")
     done = finished_count(load_study(sweep)) >= sweep.spec.n_trials

@@ -205,7 +205,7 @@ def improvement_section(
                 f"{_num(r['d_iqm'], 3, True)} | {_ci(r['d_lo'], r['d_hi'], 3)} | {_num(r['p_improve'], 2)} | "
                 f"{_ci(r['p_lo'], r['p_hi'], 2)} |"
             )
-        who = base
+        who = str(base)
         skipped = []
     text = "\n".join(lines) + "\n\n"
     few = _too_few({v: counts[v] for v in scores})
@@ -443,7 +443,7 @@ def build_report(
             )
             ref = reference or (complete[0] if trials is None else None)
             if ref in complete and len(complete) > 1:
-                d = report.delta_table(lb, benches, ref, order=complete, labels=labels_b)
+                d = report.delta_table(lb, benches, str(ref), order=complete, labels=labels_b)
                 fsio.write_text(out / "tables" / f"ablation_delta{tag}.md", d)
                 caveat = (
                     f" With fewer than {report.MIN_SEEDS} seeds ({', '.join(few)}) a difference is one run's against "

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
 from sdpg import fsio
 from sdpg.training.config import ConfigError
@@ -34,47 +33,12 @@ def _args(argv: list[str]) -> argparse.Namespace | None:
 
 
 def resolve(source: str) -> tuple[str, str]:
-    """(tracking URI, experiment) of a spec, an output folder or ``URI#EXPERIMENT``, without creating anything."""
-    from sdpg.orchestration.core import check_tracking_uri
-    from sdpg.orchestration.names import short_repr
-    from sdpg.orchestration.tracking import default_uri
+    """(tracking URI, experiment) of a spec, an output folder or ``URI#EXPERIMENT``, without creating anything
+    (``sdpg.reporting.report.resolve``)."""
+    from sdpg.reporting.report import resolve as resolve_source
 
-    if "#" in source:
-        uri, exp = source.rsplit("#", 1)
-        if not exp.strip():
-            raise ConfigError(f"{short_repr(source)}: no experiment after '#' (expected URI#EXPERIMENT)")
-        check_tracking_uri(uri, f"source {short_repr(source)}")
-        return uri, exp
-    p = Path(source)
-    if p.is_dir():
-        if not (p / "mlflow.db").is_file():
-            raise ConfigError(f"{p}: no mlflow.db in this folder (expected an output folder of sdpg-ablate or sdpg-sweep)")
-        return default_uri(p), p.name
-    if p.suffix in (".yaml", ".yml") or p.is_file():
-        from sdpg.orchestration.specs import read_yaml
-
-        data = read_yaml(p, "spec")
-        if "space" in data:
-            from sdpg.orchestration.sweep import Sweep
-
-            s = Sweep(p)
-            return s.tracking_uri, s.experiment
-        from sdpg.orchestration.ablate import load_plan
-
-        plan = load_plan(p)
-        return plan.tracking_uri, plan.experiment
-    raise ConfigError(
-        f"{short_repr(source)}: no such file or folder (expected an ablation or sweep spec, an output "
-        f"folder holding mlflow.db, or URI#EXPERIMENT)"
-    )
-
-
-def _store_exists(uri: str) -> bool:
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///") :]).is_file()
-    if uri.startswith("file:") or "://" not in uri:
-        return Path(uri.removeprefix("file://").removeprefix("file:")).is_dir()
-    return True
+    s = resolve_source(source)
+    return s.uri, s.experiment
 
 
 def check(argv: list[str]) -> None:
@@ -116,7 +80,9 @@ def check(argv: list[str]) -> None:
     # every file the report writes, before the first: a link there is one line, nothing written
     fsio.check_no_links(out, ("index.md", "index.html"), ("tables", "figures"))
     uri, exp = resolve(a.source)
-    if not _store_exists(uri):
+    from sdpg.reporting.report import store_exists
+
+    if not store_exists(uri):
         raise ConfigError(f"{a.source}: nothing to report yet: no MLflow store at {redact(uri)} (run the experiment first)")
     from sdpg.orchestration import tracking
 

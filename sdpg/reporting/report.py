@@ -20,7 +20,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,6 +29,7 @@ import numpy as np
 from sdpg import fsio
 from sdpg.orchestration import tracking
 from sdpg.orchestration.specs import COMPARE
+from sdpg.training.metrics import is_mean_at, parse_eval
 
 # One colour per variant across every figure (Okabe-Ito, colour-blind safe).
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
@@ -175,15 +176,23 @@ class Source:
 
 def resolve(source: str) -> Source:
     """The ``Source`` of an ablation spec, a sweep spec, an output folder holding ``mlflow.db``, or
-    ``URI#EXPERIMENT``. Reads only: nothing is created."""
+    ``URI#EXPERIMENT``. Reads only: nothing is created. A bad source raises ConfigError (a ValueError) naming it;
+    the one resolver of a report's source (``sdpg-report``'s check before anything runs uses it too)."""
+    from sdpg.orchestration.core import check_tracking_uri
+    from sdpg.orchestration.names import short_repr
+    from sdpg.training.config import ConfigError
+
     if "#" in source:
         uri, exp = source.rsplit("#", 1)
+        if not exp.strip():
+            raise ConfigError(f"{short_repr(source)}: no experiment after '#' (expected URI#EXPERIMENT)")
+        check_tracking_uri(uri, f"source {short_repr(source)}")
         return Source(uri, exp)
     p = Path(source)
     if p.is_dir():
         db = p / "mlflow.db"
         if not db.is_file():
-            raise ValueError(f"{p}: no mlflow.db in this folder")
+            raise ConfigError(f"{p}: no mlflow.db in this folder (expected an output folder of sdpg-ablate or sdpg-sweep)")
         for name, url in (
             ("optuna.journal", f"journal:{(p / 'optuna.journal').resolve()}"),
             ("optuna.db", f"sqlite:///{(p / 'optuna.db').resolve()}"),
@@ -191,11 +200,11 @@ def resolve(source: str) -> Source:
             if (p / name).is_file():
                 return Source(tracking.default_uri(p), p.name, "sweep", url, p.name)
         return Source(tracking.default_uri(p), p.name)
-    if p.suffix in (".yaml", ".yml") and p.is_file():
-        import yaml
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        from sdpg.orchestration.specs import read_yaml
 
-        data = yaml.safe_load(p.read_text()) or {}
-        if isinstance(data, dict) and "space" in data:
+        data = read_yaml(p, "spec")
+        if "space" in data:
             from sdpg.orchestration.sweep import Sweep
 
             s = Sweep(p)
@@ -219,14 +228,10 @@ def resolve(source: str) -> Source:
             variants=list(plan.spec.variants),
             benchmarks=list(plan.runs[0].config.data.eval) if plan.runs else None,
         )
-    if p.suffix in (".yaml", ".yml"):
-        raise ValueError(f"{source}: no such spec file")
-    if not p.exists():
-        raise ValueError(
-            f"{source}: no such file or folder (expected an ablation or sweep spec, an output folder "
-            f"holding mlflow.db, or URI#EXPERIMENT)"
-        )
-    raise ValueError(f"{source!r}: expected an ablation or sweep spec, an output folder, or URI#EXPERIMENT")
+    raise ConfigError(
+        f"{short_repr(source)}: no such file or folder (expected an ablation or sweep spec, an output "
+        f"folder holding mlflow.db, or URI#EXPERIMENT)"
+    )
 
 
 def resolve_source(source: str) -> tuple[str, str]:
@@ -634,7 +639,7 @@ def delta_table(
     return "\n".join(lines) + "\n"
 
 
-def table_from_csv(path: str | Path) -> tuple[list[str], list[tuple[str, str]], list[list[tuple]]]:
+def table_from_csv(path: str | Path) -> tuple[list[str], list[tuple[str, ...]], list[list[tuple]]]:
     """A table given as CSV (``method, <bench> Last, <bench> Best, ...``) in the matrix form of
     ``table_matrix``, e.g. the paper's Table 1 (analysis/paper_table1.csv)."""
     import csv
@@ -735,7 +740,7 @@ def _beta_zero(df, variants: list[str]) -> set[str]:
 
 def plot_curves(
     df,
-    metrics: list[str | None],
+    metrics: Sequence[str | None],
     out: str | Path,
     titles: dict[str, str] | None = None,
     ncols: int = 3,
@@ -853,10 +858,10 @@ def plot_curves(
 def benchmark_metrics(df, order: list[str] | None = None) -> list[str]:
     """``eval/<bench>/mean@<k>`` keys present, in order of first appearance, or in the order of the benchmark
     names ``order`` (e.g. a spec's ``data.eval`` keys: graded difficulty) with any others after them."""
-    found = [m for m in dict.fromkeys(df.metric) if m.startswith("eval/") and "/mean@" in m]
+    found = [m for m in dict.fromkeys(df.metric) if is_mean_at(m)]
     if order:
         rank = {b: i for i, b in enumerate(order)}
-        found.sort(key=lambda m: rank.get(m.split("/")[1], len(rank)))  # stable: unknown ones keep their order
+        found.sort(key=lambda m: rank.get(parse_eval(m).bench, len(rank)))  # type: ignore[union-attr]  # stable: unknown ones keep their order
     return found
 
 
@@ -875,12 +880,13 @@ def paper_grid(
     the benchmark names in panel order (default: as they appear)."""
     benches = benchmark_metrics(df, benchmarks)
     bottom = ["train/reward", "train/entropy", "train/response_length"]
+    metrics: list[str | None]
     if len(benches) >= 3:
         ncols = len(benches)
-        metrics = benches + bottom + [None] * (ncols - 3)
+        metrics = [*benches, *bottom, *([None] * (ncols - 3))]
     else:
         ncols = len(benches) + 3
-        metrics = benches + bottom
+        metrics = [*benches, *bottom]
     titles = {m: f"{m.split('/')[1]} {m.split('/')[2]}" for m in benches}
     titles.update({"train/reward": "reward", "train/entropy": "entropy", "train/response_length": "response length"})
     return plot_curves(df, metrics, out, titles, ncols=ncols, ema=ema, order=order, keep_figure=keep_figure, **kwargs)

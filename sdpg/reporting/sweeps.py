@@ -12,6 +12,7 @@ import json
 import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 from sdpg import fsio
 
@@ -45,6 +46,7 @@ def load_study(storage_url: str | None, study_name: str | None):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    assert storage_url is not None  # storage_exists(None) is False
     storage = _storage(storage_url)
     names = [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)]
     if study_name not in names:
@@ -94,14 +96,14 @@ def trials_frame(study=None, runs=None):
                 else "running"
             )
             params = json.loads(g.trial_params.dropna().iloc[0]) if g.trial_params.notna().any() else {}
-            at = g.pruned_at_step.dropna() if "pruned_at_step" in g else []
+            pruned: Any = g.pruned_at_step.dropna() if "pruned_at_step" in g else []
             rows.append(
                 {
                     "number": int(number),
                     "state": state,
                     "value": math.nan,
                     "params": params,
-                    "last_step": int(at.iloc[0]) if len(at) else None,
+                    "last_step": int(pruned.iloc[0]) if len(pruned) else None,
                     "last_value": math.nan,
                     "retry_of": None,
                     "duplicate_of": None,
@@ -251,7 +253,8 @@ def plot_importance(study, out: Path) -> tuple[Path | None, str]:
             with warnings.catch_warnings(), matplotlib.rc_context():
                 warnings.simplefilter("ignore")
                 ax = optuna.visualization.matplotlib.plot_param_importances(
-                    study, evaluator=make(seed=0) if name == "fANOVA" else make()
+                    study,
+                    evaluator=make(seed=0) if name == "fANOVA" else make(),  # type: ignore[call-arg]
                 )
                 return _save(ax, out), name
         except Exception as e:  # fANOVA needs scikit-learn; PED-ANOVA needs enough trials

@@ -11,166 +11,25 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
-    model_serializer,
     model_validator,
 )
 
+from sdpg.objective.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES, REF_KL_MODES
 from sdpg.objective.terms import DistillDtype
-from sdpg.training.embedded import TASK_TARGET_ACCURACY, Task
-
-Method = Literal["grpo", "grpo_k3", "dapo", "dr_grpo", "sdpg_urkl", "sdpg_ufkl", "rlsd", "opsd", "opcd"]
-Dtype = Literal["float32", "bfloat16", "float16"]
-ContextType = Literal["none", "answer", "solution", "answer_solution", "custom"]
-EmbeddedTask = Task  # the built-in tasks (sdpg.training.embedded.Task)
-
-# Algorithm presets. Each is a set of AlgoConfig fields. The paper's baselines (grpo, rlsd, opsd) and SDPG follow
-# the SDPG authors' settings (docs/fidelity.md maps every value to its source and its test).
-_PAPER_COMMON: dict[str, Any] = dict(
-    policy_loss="dapo",
-    std_norm=True,
-    loss_agg_mode="token-mean",
-    advantage="group",
-    pg_coef=1.0,
-    gate=True,
-    filter_groups=False,
-    entropy_coef=0.0,
-    pg_norm="all",
-    reward_kl_coef=0.0,
-    reward_kl_estimator="k1",
-)
-METHOD_PRESETS: dict[str, dict[str, Any]] = {
-    # GRPO as SDPG's Table 1 runs it: clip 0.2/0.2 without dual clip, token-mean, and the reference KL in the
-    # reward (k1, coefficient 1e-3: sequence reward = score - 1e-3 * sum_t k1_t), no KL loss term.
-    "grpo": dict(
-        _PAPER_COMMON,
-        clip_low=0.2,
-        clip_high=0.2,
-        clip_c=None,
-        beta=0.0,
-        alpha=0.0,
-        kl_mode="k3",
-        reward_kl_coef=1e-3,
-        reward_kl_estimator="k1",
-    ),
-    # DeepSeekMath-style GRPO (arXiv 2402.03300): k3 KL loss term, per-sequence token mean (this toolkit's
-    # former "grpo" preset, unchanged: symmetric clip 0.2, dual clip c = 10, alpha 1e-3).
-    "grpo_k3": dict(
-        _PAPER_COMMON,
-        clip_low=0.2,
-        clip_high=0.2,
-        clip_c=10.0,
-        loss_agg_mode="seq-mean-token-mean",
-        beta=0.0,
-        alpha=1e-3,
-        kl_mode="k3",
-    ),
-    # DAPO (arXiv 2503.14476): clip-higher, token-mean, no KL, dynamic sampling of informative groups.
-    "dapo": dict(_PAPER_COMMON, clip_low=0.2, clip_high=0.28, clip_c=10.0, beta=0.0, alpha=0.0, kl_mode="k3", filter_groups=True),
-    # Dr.GRPO (arXiv 2503.20783): no std normalisation, no length normalisation.
-    "dr_grpo": dict(
-        _PAPER_COMMON,
-        clip_low=0.2,
-        clip_high=0.2,
-        clip_c=10.0,
-        std_norm=False,
-        loss_agg_mode="seq-mean-token-sum",
-        beta=0.0,
-        alpha=0.0,
-        kl_mode="k3",
-    ),
-    # SDPG (arXiv 2606.04036) with the URKL / UFKL reference surrogate; the paper's coefficients.
-    "sdpg_urkl": dict(
-        _PAPER_COMMON,
-        clip_low=0.2,
-        clip_high=0.28,
-        clip_c=10.0,
-        beta=1e-3,
-        beta_warmup_steps=50,
-        beta_decay_steps=350,
-        alpha=1e-3,
-        kl_mode="urkl",
-    ),
-    "sdpg_ufkl": dict(
-        _PAPER_COMMON,
-        clip_low=0.2,
-        clip_high=0.28,
-        clip_c=10.0,
-        beta=1e-3,
-        beta_warmup_steps=50,
-        beta_decay_steps=350,
-        alpha=1e-3,
-        kl_mode="ufkl",
-    ),
-    # RLSD (arXiv 2604.03128) as run by the SDPG authors: framework clip 0.2/0.2/c = 3, evidence-weighted
-    # per-token advantages, lambda = 0.5 * max(0, 1 - k/50) (k from 1), eps_w 0.2.
-    "rlsd": dict(
-        _PAPER_COMMON,
-        clip_low=0.2,
-        clip_high=0.2,
-        clip_c=3.0,
-        beta=0.0,
-        alpha=0.0,
-        kl_mode="k3",
-        advantage="rlsd",
-        rlsd_eps_w=0.2,
-        rlsd_lambda=0.5,
-        rlsd_lambda_decay_steps=50,
-        teacher="current",
-    ),
-    # OPSD (arXiv 2601.18734) as run by the SDPG authors: clamped teacher log-ratio weights on correct sequences,
-    # PPO-clipped 0.2/0.2 (framework c = 3), frozen initial teacher, loss normalised over the gated tokens only,
-    # entropy bonus 0.02 (and lr 5e-7: OPTIM_PRESETS).
-    "opsd": dict(
-        _PAPER_COMMON,
-        clip_low=0.2,
-        clip_high=0.2,
-        clip_c=3.0,
-        beta=0.0,
-        alpha=0.0,
-        kl_mode="k3",
-        advantage="opsd",
-        teacher="frozen",
-        pg_norm="gated",
-        entropy_coef=0.02,
-        entropy_tokens="all",
-    ),
-    # OPCD (arXiv 2602.12275): pure full-vocabulary self-distillation, no verifier term, no gate.
-    "opcd": dict(
-        _PAPER_COMMON,
-        clip_low=0.2,
-        clip_high=0.28,
-        clip_c=10.0,
-        beta=1.0,
-        beta_warmup_steps=0,
-        beta_decay_steps=0,
-        gate=False,
-        alpha=0.0,
-        kl_mode="k3",
-        pg_coef=0.0,
-    ),
-}
-
-# Optimizer settings a method brings along, applied unless the config writes the key itself
-# (OPSD's script trains at lr 5e-7, half the others' 1e-6).
-OPTIM_PRESETS: dict[str, dict[str, Any]] = {"opsd": {"lr": 5e-7}}
-
-ADVANTAGES_NEEDING_TEACHER = ("rlsd", "opsd")
-
-
-VerifierName = Literal["exact", "math", "boxed"]
-# Metric-name segment of each scorer in ``eval/<bench>/<scorer>/mean@k``.
-SCORER_METRIC_NAMES = {"exact": "exact", "math": "math_verify", "boxed": "boxed"}
-
+from sdpg.training.contexts import context_types, templated_contexts
+from sdpg.training.errors import ConfigError
+from sdpg.training.methods import DEFAULT_METHOD, METHOD_PRESETS, OPTIM_PRESETS
+from sdpg.training.recipe import EmbeddedModelConfig, Strict
 
 SEED_RANGE = 2**32
 """Seeds lie in [0, 2**32): what NumPy's generators (and Optuna's samplers, built on them) accept."""
@@ -191,114 +50,33 @@ def _expanded_path(path: str) -> str:
 
 FolderPath = Annotated[str, AfterValidator(_expanded_path)]
 """A folder named in a spec or config: ``~`` and ``$VAR`` expanded, an unset variable refused."""
-INT_LIMIT = 2**63
-"""Whole numbers beyond a signed 64-bit integer fit no tensor, array or SLURM field: refused everywhere."""
 
 
-def _accepts(annotation: Any, kind: type) -> bool:
-    """Whether a field's type admits values of ``kind`` itself (``bool`` is an ``int`` to Python, not to a spec)."""
-    import typing
+def _registered(table: Mapping[str, Any] | Callable[[], Iterable[str]]) -> AfterValidator:
+    """A choice list read from a registry (or a function listing the choices) when a config is validated, so
+    that a registered piece is a choice."""
 
-    if annotation is kind:
-        return True
-    if annotation is Any:
-        return True
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) is Literal:
-        return any(isinstance(a, kind) for a in args)
-    return any(_accepts(a, kind) for a in args if a is not type(None))
-
-
-def _kind_problem(value: Any, annotation: Any) -> str | None:
-    """Why ``value`` is of the wrong kind for ``annotation``: a boolean where no boolean is allowed, a whole
-    number beyond 64 bits, a float that is not finite. Looks into lists and mapping values."""
-    import math
-    import typing
-
-    if annotation is Any:  # free-form (overrides, kwargs): checked where the values land, under their own keys
-        return None
-    if isinstance(value, bool):
-        return None if _accepts(annotation, bool) else f"{str(value).lower()} is a boolean, not a number"
-    if isinstance(value, int) and abs(value) >= INT_LIMIT:
-        return f"{value} is beyond a 64-bit integer"
-    if isinstance(value, float) and not math.isfinite(value) and (_accepts(annotation, float) or _accepts(annotation, int)):
-        return f"{value} is not a finite number"
-    inner = [a for a in typing.get_args(annotation) if a is not type(None)]
-    origin = typing.get_origin(annotation)
-    if isinstance(value, (list, tuple)) and origin in (list, tuple, set):
-        for v in value:
-            for a in inner or [Any]:
-                why = _kind_problem(v, a)
-                if why:
-                    return why
-    if isinstance(value, dict) and origin is dict and len(inner) == 2:
-        for v in value.values():
-            why = _kind_problem(v, inner[1])
-            if why:
-                return why
-    return None
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _strict_kinds(cls, value: Any, info: Any) -> Any:
-        """No booleans as counts or numbers, no whole number beyond 64 bits, no infinite or NaN float: checked
-        before pydantic's coercion (which reads ``true`` as 1), in every spec and config model."""
-        field = cls.model_fields.get(info.field_name) if info.field_name else None
-        if field is not None:
-            why = _kind_problem(value, field.annotation)
-            if why:
-                raise ValueError(why)
+    def check(value: str) -> str:
+        choices = list(table() if callable(table) else table)
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
         return value
 
+    return AfterValidator(check)
 
-class EmbeddedModelConfig(Strict):
-    """The built-in tiny Qwen3 model, built from a config and pre-trained on a built-in task. Each
-    task's default recipe's model ships with the package; any other recipe is built once per machine."""
 
-    task: EmbeddedTask = "sum"
-    """Which built-in task the model is pre-trained on (docs/tasks.md): ``sum`` (three terms, any
-    order; train on ``embedded``) or ``chain`` (four terms, strictly left to right; train on
-    ``embedded_chain``). Left out of the recipe (and so of its hash) when ``sum``, so that the sum
-    model's recipe and hash are those it had before the field existed."""
+Method = Annotated[str, _registered(METHOD_PRESETS)]  # sdpg.training.methods
+RefKLModeName = Annotated[str, _registered(REF_KL_MODES)]  # sdpg.objective.registry
+PolicyLossName = Annotated[str, _registered(POLICY_LOSSES)]
+AdvantageName = Annotated[str, _registered(ADVANTAGE_ESTIMATORS)]
+Dtype = Literal["float32", "bfloat16", "float16"]
+ContextType = Annotated[str, _registered(context_types)]  # sdpg.training.contexts
+TemplatedContext = Annotated[str, _registered(templated_contexts)]
 
-    hidden_size: int = Field(128, gt=0)
-    """Width of the tiny model."""
-    num_layers: int = Field(4, gt=0)
-    """Transformer blocks."""
-    num_heads: int = Field(4, gt=0)
-    """Attention heads (2 key/value heads)."""
-    pretrain_steps: int = Field(1500, ge=0)
-    """Most supervised steps on worked solutions before RL (the cosine schedule's length)."""
-    target_accuracy: float = Field(0.3, gt=0, le=1)
-    """Pre-training stops at the first check (every 50 steps for ``sum``, 25 for ``chain``) where the
-    student's sampled pass@1 on held-out problems reaches this: RL starts from a model that is neither
-    hopeless nor done. Unset: the task's default (sum 0.3, chain 0.15), so that ``task`` alone picks
-    the shipped model of either task."""
-    pretrain_batch: int = Field(64, gt=0)
-    """Sequences per pre-training step."""
-    pretrain_lr: float = Field(2e-3, gt=0)
-    """Pre-training learning rate (AdamW, 50 warm-up steps, cosine over ``pretrain_steps``)."""
-    seed: int = 1234
-    """Seed of the pre-training run; the build is deterministic for a given seed and recipe."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _task_defaults(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("target_accuracy") is None:
-            task = data.get("task", "sum")
-            data = {**data, "target_accuracy": TASK_TARGET_ACCURACY.get(task, TASK_TARGET_ACCURACY["sum"])}
-        return data
-
-    @model_serializer(mode="wrap")
-    def _omit_sum_task(self, handler: Any) -> dict:
-        d = handler(self)
-        if d.get("task") == "sum":
-            d.pop("task")
-        return d
+VerifierName = Literal["exact", "math", "boxed"]
+# Metric-name segment of each scorer in ``eval/<bench>/<scorer>/mean@k``.
+SCORER_METRIC_NAMES = {"exact": "exact", "math": "math_verify", "boxed": "boxed"}
 
 
 class ModelConfig(Strict):
@@ -348,7 +126,7 @@ class DataConfig(Strict):
     context: ContextType = "answer_solution"
     """Privileged context c the teacher sees (SDPG sec. 4, Fig. 4): none, the answer, the solution,
     both with the paper's hint instruction, or ``custom`` (``context_templates.custom``)."""
-    context_templates: dict[Literal["answer", "solution", "answer_solution", "custom"], str] = Field(default_factory=dict)
+    context_templates: dict[TemplatedContext, str] = Field(default_factory=dict)
     """Per context type, a template with ``{problem}``, ``{answer}``, ``{solution}`` replacing the
     built-in one (sdpg.training.data.DEFAULT_CONTEXT_TEMPLATES)."""
     prompt_template: Literal["custom", "sdpg_fig4"] = "custom"
@@ -457,9 +235,10 @@ class RewardConfig(Strict):
 
 
 class AlgoConfig(Strict):
-    method: Method = "sdpg_urkl"
-    """Preset: grpo, grpo_k3, dapo, dr_grpo, sdpg_urkl, sdpg_ufkl, rlsd, opsd, opcd (see METHOD_PRESETS)."""
-    policy_loss: Literal["dapo", "reinforce"] = "dapo"
+    method: Method = DEFAULT_METHOD
+    """Preset: grpo, grpo_k3, dapo, dr_grpo, sdpg_urkl, sdpg_ufkl, rlsd, opsd, opcd, or any other registered in
+    ``sdpg.training.methods``."""
+    policy_loss: PolicyLossName = "dapo"
     """L_out: DAPO dual-clip PPO surrogate (arXiv 2503.14476) or on-policy REINFORCE."""
     clip_low: float = Field(0.2, ge=0)
     """PPO epsilon_low."""
@@ -471,7 +250,7 @@ class AlgoConfig(Strict):
     """Divide group advantages by the group std (GRPO); off = Dr.GRPO (arXiv 2503.20783)."""
     loss_agg_mode: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = "token-mean"
     """Aggregation of every term (DAPO's token-mean by default)."""
-    advantage: Literal["group", "rlsd", "opsd"] = "group"
+    advantage: AdvantageName = "group"
     """Advantages for L_out: group-relative; RLSD evidence weighting (arXiv 2604.03128); OPSD
     clamped teacher log-ratios (arXiv 2601.18734)."""
     pg_coef: float = Field(1.0, ge=0)
@@ -503,7 +282,7 @@ class AlgoConfig(Strict):
     p and the per-token KL in bf16 (mean KL 0.02739 vs 0.02689 in float32 on the same logits at V = 151,936)."""
     alpha: float = Field(1e-3, ge=0)
     """Coefficient of L_K, the reference-KL surrogate; 0 drops the frozen reference."""
-    kl_mode: Literal["urkl", "ufkl", "rkl", "fkl", "k1", "k2", "k3"] = "urkl"
+    kl_mode: RefKLModeName = "urkl"
     """L_K surrogate (SDPG sec. 3.4, app. A.2) or GRPO's k3."""
     reward_kl_coef: float = Field(0.0, ge=0)
     """KL to the reference in the reward (verl's ``use_kl_in_reward``; the authors' GRPO: 1e-3): the per-token
@@ -540,7 +319,7 @@ class AlgoConfig(Strict):
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            method = data.get("method", "sdpg_urkl")
+            method = data.get("method", DEFAULT_METHOD)
             preset = METHOD_PRESETS.get(method)
             if preset is not None:
                 return {**preset, **data}
@@ -548,7 +327,7 @@ class AlgoConfig(Strict):
 
     @property
     def needs_teacher_logprobs(self) -> bool:
-        return self.advantage in ADVANTAGES_NEEDING_TEACHER
+        return ADVANTAGE_ESTIMATORS[self.advantage].needs_teacher
 
     @property
     def needs_distillation(self) -> bool:
@@ -710,7 +489,7 @@ class TrainConfig(Strict):
     def _apply_optim_preset(cls, data: Any) -> Any:
         if isinstance(data, dict):
             algo = data.get("algo")
-            method = algo.get("method", "sdpg_urkl") if isinstance(algo, dict) else "sdpg_urkl"
+            method = algo.get("method", DEFAULT_METHOD) if isinstance(algo, dict) else DEFAULT_METHOD
             preset = OPTIM_PRESETS.get(method)
             optim = data.get("optim", {})
             if preset and isinstance(optim, dict):
@@ -940,10 +719,6 @@ def method_settings(cfg: TrainConfig) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
-class ConfigError(ValueError):
-    """A bad config: the message names the source, the key and the value."""
-
-
 def parse_value(text: str) -> Any:
     """A command-line override value, read as YAML 1.2 (``1e-3``, ``true``, ``[a, b]``, ``null``; ``off`` stays
     the string ``off``) with the safe loader's limits; text that is not YAML is the text itself."""
@@ -999,7 +774,7 @@ def apply_layer(base: dict, layer: dict) -> dict:
     layer = expand_dotted(layer)
     base = copy.deepcopy(base)
     new_method = (layer.get("algo") or {}).get("method") if isinstance(layer.get("algo"), dict) else None
-    old_method = (base.get("algo") or {}).get("method", "sdpg_urkl") if isinstance(base.get("algo"), dict) else "sdpg_urkl"
+    old_method = (base.get("algo") or {}).get("method", DEFAULT_METHOD) if isinstance(base.get("algo"), dict) else DEFAULT_METHOD
     if new_method is not None and new_method != old_method:
         base["algo"] = {}
         if isinstance(base.get("optim"), dict):  # the new method's optimizer settings (OPSD's lr) replace the base's

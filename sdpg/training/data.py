@@ -13,29 +13,18 @@ benchmark instruction loses it first when the template brings one (``data.proble
 from __future__ import annotations
 
 import json
-import math
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sdpg.training.config import ConfigError, DataConfig
+from sdpg.training.contexts import PRIVILEGED_CONTEXTS
+from sdpg.training.rows import _get, _kind, jsonl_lines, regular_file_problem, row_problem  # noqa: F401 (re-exported)
 
 TEACHER_SENTINEL = "[TEACHER_CONTEXT_TOKEN]"
 
-# Privileged-context templates; ``answer_solution`` follows the hint of SDPG's Fig. 4.
-DEFAULT_CONTEXT_TEMPLATES = {
-    "none": "",
-    "answer": "The reference answer to this problem is {answer}.",
-    "solution": "Here is a reference solution to this problem:\n{solution}",
-    "answer_solution": (
-        "Here is a reference solution to this problem:\n{solution}\n"
-        "The final answer is {answer}.\n"
-        "After understanding the reference solution, please try to solve this problem using your own "
-        "approach below, without referring to the reference solution."
-    ),
-}
+# Privileged-context templates, read from the one list of context types (sdpg.training.contexts).
+DEFAULT_CONTEXT_TEMPLATES = {"none": "", **{k: c.default for k, c in PRIVILEGED_CONTEXTS.items()}}
 
 
 # The answer-format instructions of the authors' data: DAPO-Math's ("Answer: $Answer" on the last line) and the
@@ -57,147 +46,9 @@ FIG4_STUDENT = (
     + BOXED_INSTRUCTION.replace("{", "{{").replace("}", "}}")
     + "\n\n{problem}\n\nRemember to put your final answer inside \\boxed{{}}."
 )
-FIG4_INSTRUCTION = (
-    "[Instruction] If possible, derive the answer {answer} using an alternative, equally rigorous mathematical "
-    "approach (e.g., algebraic vs geometric, or different substitution). If no alternative exists, articulate the "
-    "standard approach with exceptional clarity. Do NOT state that you were given the answer or reference."
-)
-FIG4_CONTEXT_TEMPLATES = {
-    "answer_solution": "[Hint] The correct answer is {answer}. A common way to solve this is:\n{solution}\n\n" + FIG4_INSTRUCTION,
-    "answer": "[Hint] The correct answer is {answer}.\n\n" + FIG4_INSTRUCTION,
-    "solution": "[Hint] A common way to solve this is:\n{solution}",
-}
+FIG4_CONTEXT_TEMPLATES = {k: c.fig4 for k, c in PRIVILEGED_CONTEXTS.items()}
 FIG4_BEFORE_SENTINEL = "\n"  # the sentinel's line follows the reminder: the student prompt's last character
 FIG4_AFTER_SENTINEL = "\n\n"  # [Hint] opens a new paragraph
-
-
-def regular_file_problem(path: str | Path) -> str | None:
-    """Why ``path`` cannot be read as a data file by its kind (checked before it is opened: opening a FIFO
-    waits for a writer; ``/dev/zero`` never ends), or None for a regular file (symlinks followed)."""
-    import stat
-
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as e:
-        return f"cannot be read ({e.strerror or e})"
-    if stat.S_ISREG(mode):
-        return None
-    kind = (
-        "a folder"
-        if stat.S_ISDIR(mode)
-        else "a FIFO"
-        if stat.S_ISFIFO(mode)
-        else "a device"
-        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-        else "a socket"
-        if stat.S_ISSOCK(mode)
-        else "not a file"
-    )
-    return f"is not a regular file ({kind})"
-
-
-def jsonl_lines(path: Path, max_row_bytes: int):
-    """(line number, bytes) of each line of a JSON-lines file, each read with a bound: a line longer than
-    ``max_row_bytes`` raises ConfigError naming it and the setting before the rest of it is read."""
-    with open(path, "rb") as f:
-        n = 0
-        while True:
-            line = f.readline(max_row_bytes + 2)
-            if not line:
-                return
-            n += 1
-            if len(line.rstrip(b"\r\n")) > max_row_bytes:
-                raise ConfigError(
-                    f"{path}: line {n}: row longer than data.max_row_bytes={max_row_bytes} bytes; "
-                    f"shorten the row or raise data.max_row_bytes"
-                )
-            yield n, line
-
-
-def _text_problem(value: Any, what: str, empty_ok: bool = False) -> str | None:
-    if not isinstance(value, str):
-        return None
-    if not empty_ok and not value.strip():
-        return f"'{what}' is empty"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return f"'{what}' holds a lone UTF-16 surrogate (\\u{ord(value[_surrogate_at(value)]):04x}), not valid Unicode"
-    return None
-
-
-def _surrogate_at(value: str) -> int:
-    return next(i for i, ch in enumerate(value) if 0xD800 <= ord(ch) <= 0xDFFF)
-
-
-def _answer_problem(value: Any, what: str) -> str | None:
-    """A reference answer is text, or a finite number written as JSON (``42``); not a boolean, NaN or a list."""
-    if isinstance(value, bool):
-        return f"'{what}' is a boolean ({str(value).lower()}), expected text or a number"
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"'{what}' is {value!r}, not a finite number"
-    if isinstance(value, (int, float)):
-        return None
-    if not isinstance(value, str):
-        return f"'{what}' is {_kind(value)}, expected text or a number"
-    return _text_problem(value, what)
-
-
-def _kind(value: Any) -> str:
-    return {list: "an array", dict: "an object", bool: "a boolean", type(None): "null", int: "a number", float: "a number"}.get(
-        type(value), type(value).__name__
-    )
-
-
-def row_problem(raw: dict, cfg: DataConfig) -> str | None:
-    """Why a row (a JSON object) cannot be trained or scored on, or None: problem text that is not empty,
-    an answer that is text or a finite number, an optional solution that is text, no lone surrogates; a
-    verl row's prompt a list of messages with text content and a usable ground truth."""
-    if "prompt" in raw and "reward_model" in raw:  # verl format
-        prompt = raw["prompt"]
-        if not isinstance(prompt, (list, tuple)) or not prompt:
-            return f"verl 'prompt' is {_kind(prompt)}, expected a list of messages ({{role, content}})"
-        for msg in prompt:
-            if not isinstance(msg, dict) or not isinstance(msg.get("content"), str):
-                what = "a message without text content" if isinstance(msg, dict) else _kind(msg)
-                return f"verl 'prompt' holds {what}, expected messages {{role, content}}"
-            why = _text_problem(msg["content"], "prompt.content", empty_ok=True)
-            if why:
-                return why
-        rm = raw["reward_model"]
-        gt = rm.get("ground_truth") if isinstance(rm, dict) else None
-        if gt is None:
-            return "verl row without reward_model.ground_truth"
-        return _answer_problem(gt, "reward_model.ground_truth")
-    problem, answer = _get(raw, cfg.problem_key), _get(raw, cfg.answer_key)
-    if problem is not None:
-        if not isinstance(problem, str):
-            return f"'{cfg.problem_key}' is {_kind(problem)}, expected text"
-        why = _text_problem(problem, cfg.problem_key)
-        if why:
-            return why
-    if answer is not None:
-        why = _answer_problem(answer, cfg.answer_key)
-        if why:
-            return why
-    solution = _get(raw, cfg.solution_key)
-    if solution is not None:
-        if not isinstance(solution, str):
-            return f"'{cfg.solution_key}' is {_kind(solution)}, expected text"
-        return _text_problem(solution, cfg.solution_key, empty_ok=True)
-    return None
-
-
-def _get(row: dict, dotted: str) -> Any:
-    cur: Any = row
-    for part in dotted.split("."):
-        if isinstance(cur, dict):
-            cur = cur.get(part)
-        elif isinstance(cur, (list, tuple)) and part.isdigit() and int(part) < len(cur):
-            cur = cur[int(part)]
-        else:
-            return None
-    return cur
 
 
 def normalise_row(raw: dict, cfg: DataConfig, source: str, index: int) -> dict:
@@ -278,7 +129,8 @@ def render_context(row: dict, cfg: DataConfig) -> str:
     """The privileged context c for one row, per ``data.context`` and ``data.prompt_template``."""
     if cfg.context == "none":
         return ""
-    builtin = FIG4_CONTEXT_TEMPLATES if cfg.prompt_template == "sdpg_fig4" else DEFAULT_CONTEXT_TEMPLATES
+    fig4 = cfg.prompt_template == "sdpg_fig4"
+    builtin = {k: c.fig4 if fig4 else c.default for k, c in PRIVILEGED_CONTEXTS.items()}  # read now: the one list
     template = cfg.context_templates.get(cfg.context) or builtin[cfg.context]
     solution = row.get("solution")
     if "{solution}" in template and not solution:

@@ -62,7 +62,7 @@ def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
     for p in params:  # a rank that saw no rows (or a branch unused this step) still sends zeros
         if p.requires_grad and p.grad is None:
             p.grad = torch.zeros_like(p)
-    grads = [p.grad for p in params if p.requires_grad]
+    grads = [p.grad for p in params if p.requires_grad and p.grad is not None]  # every one, after the loop above
     flat = torch.cat([g.reshape(-1) for g in grads])  # [sum of numel]
     dist.all_reduce(flat)
     offset = 0

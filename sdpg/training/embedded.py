@@ -28,8 +28,6 @@ context). The default recipe's model of each task ships with the package (``asse
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -40,11 +38,16 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, get_args
 
 from sdpg import fsio
 from sdpg.paths import PACKAGE_ROOT, cache_root
+from sdpg.training.errors import ConfigError
+from sdpg.training.locks import file_lock
+from sdpg.training.recipe import TASK_TARGET_ACCURACY, TASKS, EmbeddedModelConfig, Task
+
+__all__ = ["TASKS", "TASK_TARGET_ACCURACY", "Task"]  # the task facts live in sdpg.training.recipe
 
 RECIPE_VERSION = 3
 BUILD_THREADS = 1
@@ -60,17 +63,11 @@ STUDENT_TEMPLATE = "Q:{problem}\nA:"
 TEACHER_TEMPLATE = "Q:{problem}\n{context}\nA:"
 CONTEXT_TEMPLATES = {"answer": "H:{answer}", "solution": "S:{solution}", "answer_solution": "S:{solution}\nH:{answer}"}
 
-Task = Literal["sum", "chain"]
-"""The built-in tasks, the choices of ``model.embedded.task`` (the one list of them)."""
-TASKS: tuple[str, ...] = get_args(Task)
 TASK_SOURCE = {"sum": "embedded", "chain": "embedded_chain"}
 """Training source (``data.train``) of each task; its evaluation sets are ``<source>:<set>``."""
 SOURCE_TASK = {v: k for k, v in TASK_SOURCE.items()}
 TASK_TERMS = {"sum": 3, "chain": 4}
 """Two-digit terms per training problem."""
-TASK_TARGET_ACCURACY = {"sum": 0.3, "chain": 0.15}
-"""Default ``model.embedded.target_accuracy`` of each task (the shipped models' recipes): ``chain``
-stops earlier so that RL starts near 10-20% pass@1 while the teacher with the solution is near 100%."""
 TASK_CHECK_TOKENS = {"sum": 32, "chain": 48}
 """Response cap of the build's accuracy checks (the reference solutions need 26 and 38 tokens)."""
 TASK_CHECK_EVERY = {"sum": 50, "chain": 25}
@@ -149,7 +146,8 @@ def make_rows(n: int, split: str, task: str = "sum") -> list[dict]:
     if split != "test":
         r2 = random.Random(seeds["test"])
         test = {make_row(r2, terms)["problem"] for _ in range(500)}
-    rows, seen = [], set()
+    rows: list[dict] = []
+    seen: set[str] = set()
     while len(rows) < n:
         row = make_row(rng, terms)
         if row["problem"] in test or (split == "test" and row["problem"] in seen):
@@ -204,7 +202,8 @@ def eval_rows(name: str, n: int = EVAL_SET_SIZE, task: str = "sum") -> list[dict
         return test_rows(n, task)
     spec = TASK_EVAL_SETS[task][name]
     rng = random.Random(spec["seed"])
-    rows, seen = [], set()
+    rows: list[dict] = []
+    seen: set[str] = set()
     while len(rows) < n:
         ops = [rng.randint(spec["low"], spec["high"]) for _ in range(spec["terms"])]
         problem = "+".join(map(str, ops))
@@ -240,13 +239,12 @@ def rows_of(source: str, split: str) -> list[dict]:
     ``<source>:<set>`` (an evaluation set; held out, so never a training source)."""
     task = task_of_source(source)
     if source in SOURCE_TASK:
-        return train_rows(task=task) if split == "train" else test_rows(task=task)
+        known = SOURCE_TASK[source]
+        return train_rows(task=known) if split == "train" else test_rows(task=known)
     name = source.split(":", 1)[1]
-    sets = TASK_EVAL_SETS.get(task, {})
+    sets = TASK_EVAL_SETS.get(task, {}) if task is not None else {}
     if task is None or split == "train" or name not in sets:
-        from sdpg.training.config import ConfigError
-
-        base = TASK_SOURCE.get(task, "embedded")
+        base = TASK_SOURCE.get(task, "embedded") if task is not None else "embedded"
         why = f"is held out for evaluation; train on {base!r}" if name in sets else "is not a built-in set"
         raise ConfigError(f"data source {source!r} {why} (sets: {', '.join(builtin_sets(task or 'sum'))})")
     return eval_rows(name, task=task)
@@ -287,7 +285,7 @@ def build_model(recipe, tokenizer):
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    cfg = Qwen3Config(
+    cfg = Qwen3Config(  # type: ignore[call-arg]  # rope_theta: not in the stubs of newer transformers
         vocab_size=len(tokenizer),
         hidden_size=recipe.hidden_size,
         intermediate_size=3 * recipe.hidden_size,
@@ -350,7 +348,7 @@ def _pretrain(model, tokenizer, recipe, log=print) -> dict:
     )
     step = -1
     for step in range(steps):
-        pairs = []
+        pairs: list[tuple[str, str]] = []
         while len(pairs) < recipe.pretrain_batch:
             pairs += pretrain_examples(rng, rows[int(torch.randint(len(rows), (1,), generator=g))], task)
         ids, labels = [], []
@@ -373,10 +371,11 @@ def _pretrain(model, tokenizer, recipe, log=print) -> dict:
         if (step + 1) % TASK_CHECK_EVERY[task] == 0 and step + 1 >= 100:
             acc = student_accuracy(model, tokenizer, task=task)
             extra, teacher_ok = "", True
-            if TASK_TEACHER_TARGET[task] is not None:
+            teacher_target = TASK_TEACHER_TARGET[task]
+            if teacher_target is not None:
                 t_acc = sampled_accuracy(model, tokenizer, task, "solution")
-                teacher_ok = t_acc >= TASK_TEACHER_TARGET[task]
-                extra = f", teacher (solution) pass@1 {t_acc:.3f} of {TASK_TEACHER_TARGET[task]:.2f}"
+                teacher_ok = t_acc >= teacher_target
+                extra = f", teacher (solution) pass@1 {t_acc:.3f} of {teacher_target:.2f}"
             model.train()
             log(
                 f"[embedded] pre-training step {step + 1}: loss {last:.4f}, pass@1 {acc:.3f} of "
@@ -423,23 +422,6 @@ def sampled_accuracy(
     ok = [exact_answer(t) == r["answer"] for t, r in zip(texts, [r for r in rows for _ in range(samples)])]
     torch.set_rng_state(state)
     return sum(ok) / len(ok)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path, on_wait=None):
-    """An exclusive lock on ``path``; ``on_wait()`` is called once if another process holds it."""
-    fsio.ensure_dir(path.parent)
-    with os.fdopen(fsio.open_lock(path), "r+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait()
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,6 +488,12 @@ def build_embedded_model(recipe, out: Path, log=print) -> dict:
     return meta
 
 
+def _file_lock(path: Path, on_wait: Callable[[], None] | None = None):
+    """The cache's build lock (``sdpg.training.locks.file_lock``, never through a link), its folder made first."""
+    fsio.ensure_dir(path.parent)
+    return file_lock(path, on_wait=on_wait)
+
+
 def ensure_embedded_model(recipe, log=None) -> Path:
     """The folder of the built-in model for ``recipe`` in the cache (``$SDPG_CACHE/embedded-<hash>``).
 
@@ -550,8 +538,6 @@ def main(argv: list[str] | None = None) -> int:
     stdout). ``ship``: refresh the copy shipped with the package, by building, or ``--from DIR`` by taking
     a finished build of the same recipe (its recorded recipe hash is checked)."""
     import argparse
-
-    from sdpg.training.config import EmbeddedModelConfig
 
     ap = argparse.ArgumentParser(prog="python -m sdpg.training.embedded", description=main.__doc__)
     ap.add_argument("command", nargs="?", default="ensure", choices=["ensure", "build", "ship"])

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from sdpg.training import distributed as dist
+from sdpg.training import metrics as names
 from sdpg.training.config import TrainConfig
 from sdpg.training.randomness import derived_seed
 from sdpg.training.rewards import Verifier
@@ -57,16 +58,16 @@ def evaluate(
         correct = torch.tensor(verifier.correctness(texts, answers), device=device).view(len(mine), k)  # [n_local, k]
         lengths = samples.mask.sum(-1).to(device).view(len(mine), k)  # [n_local, k]
         correct, lengths = dist.all_gather_cat(correct), dist.all_gather_cat(lengths)  # [n, k]
-        metrics[f"eval/{name}/mean@{k}"] = float(correct.mean())
+        metrics[names.mean_at(name, k)] = float(correct.mean())
         for scorer_name, scorer in (extra_scorers or {}).items():
             other = torch.tensor(scorer.correctness(texts, answers), device=device).view(len(mine), k)  # [n_local, k]
-            metrics[f"eval/{name}/{scorer_name}/mean@{k}"] = float(dist.all_gather_cat(other).mean())
-        metrics[f"eval/{name}/response_length"] = float(lengths.float().mean())
+            metrics[names.mean_at(name, k, scorer_name)] = float(dist.all_gather_cat(other).mean())
+        metrics[names.response_length(name)] = float(lengths.float().mean())
         for kk in settings.pass_k:
-            metrics[f"eval/{name}/pass@{kk}"] = float(np.mean([pass_at_k(k, int(c), kk) for c in correct.sum(-1)]))
+            metrics[names.pass_at(name, kk)] = float(np.mean([pass_at_k(k, int(c), kk) for c in correct.sum(-1)]))
         if settings.greedy:
             greedy = rollout.generate([prompt_ids[i] for i in mine], 1, greedy=True, max_new_tokens=max_new)
             greedy_texts = tokenizer.batch_decode(greedy.responses, skip_special_tokens=True)
             ok = torch.tensor(verifier.correctness(greedy_texts, [rows[i]["answer"] for i in mine]), device=device)  # [n_local]
-            metrics[f"eval/{name}/greedy"] = float(dist.all_gather_cat(ok).mean())
+            metrics[names.greedy(name)] = float(dist.all_gather_cat(ok).mean())
     return metrics

@@ -177,11 +177,13 @@ def measure_information(
         tokens, mask = ro.responses[rows_b], ro.mask[rows_b]  # [b, T], [b, T]
         logits = {}
         for view, prompts in (("student", student), ("teacher", teacher)):
-            ids, attn = left_pad([prompts[idx[j]] for j in rows_b], pad)  # [b, P]
-            seq, seq_attn = torch.cat([ids, tokens], 1).to(device), torch.cat([attn, mask.long()], 1).to(device)  # [b, P+T]
-            logits[view] = sampled_token_stats(
-                model, seq, seq_attn, ids.shape[1], tokens.to(device), logprobs=False, keep_logits=True
+            p_ids, attn = left_pad([prompts[idx[j]] for j in rows_b], pad)  # [b, P]
+            seq, seq_attn = torch.cat([p_ids, tokens], 1).to(device), torch.cat([attn, mask.long()], 1).to(device)  # [b, P+T]
+            view_logits = sampled_token_stats(
+                model, seq, seq_attn, p_ids.shape[1], tokens.to(device), logprobs=False, keep_logits=True
             ).logits  # [b, T, V]
+            assert view_logits is not None  # keep_logits
+            logits[view] = view_logits
         per = token_information(logits["student"], logits["teacher"], tokens.to(device), mask.to(device), threshold)
         for k, v in per.items():
             parts.setdefault(k, []).append(v.cpu())

@@ -17,7 +17,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sdpg import fsio
@@ -53,11 +53,18 @@ def read_holder(path: str | Path) -> dict:
 
 @contextlib.contextmanager
 def file_lock(
-    path: str | Path, *, wait: bool = True, timeout: float | None = None, shared: bool = False, info: dict | None = None
+    path: str | Path,
+    *,
+    wait: bool = True,
+    timeout: float | None = None,
+    shared: bool = False,
+    info: dict | None = None,
+    on_wait: Callable[[], None] | None = None,
 ) -> Iterator[Path]:
     """Hold an exclusive (or shared) lock on ``path`` (created if absent; its folder must exist) for the
     ``with`` block. ``wait=False`` raises ``LockBusy`` at once when another process holds it; ``timeout``
-    raises it after that many seconds of waiting."""
+    raises it after that many seconds of waiting; ``on_wait()`` is called once when the lock is busy and
+    this process waits for it."""
     p = Path(path)
     fd = fsio.open_lock(p)
     try:
@@ -65,13 +72,16 @@ def file_lock(
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
-                fcntl.flock(fd, mode | (fcntl.LOCK_NB if (not wait or deadline is not None) else 0))
+                fcntl.flock(fd, mode | (fcntl.LOCK_NB if (not wait or deadline is not None or on_wait) else 0))
                 break
             except OSError as e:
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise
                 if not wait or (deadline is not None and time.monotonic() >= deadline):
                     raise LockBusy(p, read_holder(p)) from None
+                if on_wait is not None:
+                    on_wait()
+                    on_wait = None
                 time.sleep(0.05)
         if not shared:
             data = json.dumps(_holder_info(info)).encode()

@@ -36,7 +36,7 @@ def load_policy(cfg: TrainConfig, device: torch.device, log=print):
     kwargs: dict[str, Any] = {"dtype": getattr(torch, cfg.model.param_dtype), "trust_remote_code": cfg.model.trust_remote_code}
     if cfg.model.attn_implementation:
         kwargs["attn_implementation"] = cfg.model.attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)  # type: ignore[arg-type]
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
@@ -78,7 +78,7 @@ def shard_fsdp(model, compute_dtype: torch.dtype | None = None) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     param_dtype = next(model.parameters()).dtype
-    kw = {}
+    kw: dict[str, Any] = {}
     if compute_dtype is not None and compute_dtype != param_dtype:
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
     backbone = getattr(model, model.base_model_prefix)

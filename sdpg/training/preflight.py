@@ -20,12 +20,15 @@ import string
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdpg.training import embedded
-from sdpg.training.config import ConfigError, TrainConfig
-from sdpg.training.data import jsonl_lines, regular_file_problem, row_problem
+from sdpg.training.errors import ConfigError
+
+if TYPE_CHECKING:  # types only: the configuration calls these checks
+    from sdpg.training.config import TrainConfig
 from sdpg.training.redact import redact
+from sdpg.training.rows import jsonl_lines, regular_file_problem, row_problem
 
 PLACEHOLDERS = {
     "data.student_template": {"problem"},
@@ -145,7 +148,7 @@ def _check_builtin_sets(cfg: TrainConfig, source: str) -> None:
             known = ", ".join(embedded.builtin_sets(task))
             raise _bad(source, f"data.eval.{name}", src, f"not a built-in set (sets: {known})")
         need = embedded.eval_set_response_tokens(set_name, task)
-        if cfg.eval.max_new_tokens < need:
+        if (cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens) < need:
             raise _bad(
                 source,
                 "eval.max_new_tokens",
@@ -403,32 +406,3 @@ def world_warnings(cfg: TrainConfig, source: str = "<config>", local: bool = Tru
         except ConfigError as e:
             out.append(" ".join(str(e).split()))
     return out
-
-
-_METRIC_NAMES: set[str] | None = None
-
-
-def produced_metric_names() -> set[str]:
-    """``train/...`` and ``timing/...`` metric names the trainer can log, read from the training and objective
-    sources: literal names, plus ``train/<stat>`` for every statistic the loss functions return (the
-    trainer logs those under ``train/``). Used to refuse a sweep objective that would never be logged
-    (a sweep on ``train/bogus`` once ran 44 failing trials in 200 s). Empty when the sources cannot be read."""
-    global _METRIC_NAMES
-    if _METRIC_NAMES is None:
-        root = Path(__file__).resolve().parents[1]
-        names: set[str] = set()
-        for folder in ("training", "objective"):
-            for f in (root / folder).glob("*.py"):
-                try:
-                    text = f.read_text()
-                except OSError:
-                    continue
-                names.update(re.findall(r"[\"']((?:train|timing)/[A-Za-z0-9_@]+)[\"']", text))
-                names.update("train/" + k for k in re.findall(r"stats\[[\"']([A-Za-z0-9_]+)[\"']\]", text))
-                if folder == "objective":  # statistics: dict keys, update(k=...) keywords, dataclass fields
-                    names.update("train/" + k for k in re.findall(r"[\"']([a-z][a-z0-9_]*)[\"']\s*:", text))
-                    for args in re.findall(r"\.update\(([^)]*)\)", text):
-                        names.update("train/" + k for k in re.findall(r"\b([a-z][a-z0-9_]*)=", args))
-                    names.update("train/" + k for k in re.findall(r"(?m)^    ([a-z][a-z0-9_]*): (?:Tensor|float|torch)", text))
-        _METRIC_NAMES = names
-    return _METRIC_NAMES

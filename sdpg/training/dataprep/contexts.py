@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sdpg import fsio
 from sdpg.training.config import ConfigError, DataConfig
@@ -30,6 +31,9 @@ from sdpg.training.data import FIG4_CONTEXT_TEMPLATES, fig4_message, problem_tex
 from sdpg.training.dataprep import text as T
 from sdpg.training.dataprep.card import card_files, load_card, new_card
 from sdpg.training.dataprep.sources import check_output, content_sha256, read_source, rows_bytes, write_atomic
+
+if TYPE_CHECKING:
+    from sdpg.training.rollout import RolloutEngine
 
 TEMPLATES: dict[str, tuple[str, str]] = {
     "boxed": (
@@ -128,6 +132,7 @@ class Teacher:
     def __init__(self, o: ContextOptions):
         import importlib.util
 
+        self.engine: RolloutEngine
         path = o.teacher
         if path in ("embedded", "embedded_chain"):
             from sdpg.training.config import EmbeddedModelConfig
@@ -167,13 +172,13 @@ class Teacher:
                 model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
             except Exception as e:
                 raise ConfigError(f"--teacher {o.teacher!r}: cannot load it ({type(e).__name__}: {str(e)[:200]})") from None
-            model.to("cuda" if torch.cuda.is_available() else "cpu")
+            model.to("cuda" if torch.cuda.is_available() else "cpu")  # type: ignore[arg-type]
             self.engine = HFRollout(model, self.tokenizer, o.batch_size)
 
     def prompt_ids(self, text: str) -> list[int]:
         tok, mode = self.tokenizer, self.o.chat_template
         if mode == "on" or (mode == "auto" and getattr(tok, "chat_template", None)):
-            text = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+            text = str(tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True))
         return tok.encode(text, add_special_tokens=False)
 
     def generate(self, prompts: list[list[int]], seeds: list[int]) -> list[str]:
@@ -183,7 +188,7 @@ class Teacher:
         )
         texts = []
         for ids, m in zip(out.responses, out.mask):
-            text = self.tokenizer.decode(ids[m.bool()].tolist(), skip_special_tokens=True)
+            text = str(self.tokenizer.decode(ids[m.bool()].tolist(), skip_special_tokens=True))
             if not o.keep_thinking:
                 text = re.sub(r"^\s*<think>.*?</think>\s*", "", text, flags=re.S)
             texts.append(text.strip())
@@ -242,7 +247,7 @@ def generate_contexts(o: ContextOptions) -> dict:
     mpath = parts / "run.json"
     done_card = load_card(o.out) if o.out.is_file() and not parts.exists() else None
     last = (done_card or {}).get("steps", [{}])[-1]
-    if last.get("step") == "contexts" and last.get("input_sha256") == manifest["input_sha256"]:
+    if done_card is not None and last.get("step") == "contexts" and last.get("input_sha256") == manifest["input_sha256"]:
         if {k: v for k, v in last["settings"].items() if k != "input"} == settings and (
             o.verl_out is None or o.verl_out.is_file()
         ):
@@ -274,6 +279,7 @@ def generate_contexts(o: ContextOptions) -> dict:
         from sdpg.training.rewards import Verifier
 
         verifier = Verifier(scorer)
+        assert teacher is not None
         _log(
             f"teacher {o.teacher} ({teacher.backend}), template {o.template if o.template_text is None else 'custom'}, "
             f"scorer {scorer}, k={o.k}: {sum(len(shards[s]) for s in todo)} rows in {len(todo)} shards"
@@ -281,6 +287,7 @@ def generate_contexts(o: ContextOptions) -> dict:
     t0, n_done, n_rows = time.time(), 0, sum(len(shards[s]) for s in todo)
     try:
         for s in todo:
+            assert teacher is not None  # built when there is work left
             out_rows = _run_shard(shards[s], teacher, verifier, template, o)
             write_atomic([(parts / f"shard-{s:05d}.jsonl", rows_bytes(out_rows, ".jsonl"))])
             n_done += len(out_rows)

@@ -167,6 +167,18 @@ def card_paths(out: Path) -> tuple[Path, Path]:
     return out.with_name(out.name + ".card.md"), out.with_name(out.name + ".card.json")
 
 
+def load_card(path: Path) -> dict | None:
+    """The card JSON beside a data file, or None."""
+    p = card_paths(path)[1]
+    if not p.is_file():
+        return None
+    try:
+        card = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return card if isinstance(card, dict) and card.get("sdpg_data_card") else None
+
+
 def check_output(out: Path, overwrite: bool, new_bytes: bytes | None = None, what: str = "--out") -> None:
     """Refuse an output path that holds something else, unless ``overwrite``. Holding the same bytes is fine."""
     if out.suffix not in OUTPUT_SUFFIXES:
@@ -176,8 +188,6 @@ def check_output(out: Path, overwrite: bool, new_bytes: bytes | None = None, wha
     if not out.parent.is_dir():
         raise ConfigError(f"{what} {str(out)!r}: folder {str(out.parent)!r} does not exist")
     if out.exists() and not overwrite:
-        from sdpg.training.dataprep.card import load_card
-
         # before the work: a file without a data card is not ours; after it: only the same bytes may stay
         if (new_bytes is None and load_card(out) is None) or (new_bytes is not None and out.read_bytes() != new_bytes):
             raise ConfigError(f"{what} {str(out)!r} already holds a different dataset; pass --overwrite to replace it")

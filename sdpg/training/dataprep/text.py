@@ -150,9 +150,10 @@ def answer_text(value) -> tuple[str | None, str | None]:
         return (str(int(value)) if value.is_integer() else repr(value)), "number"
     if isinstance(value, (list, tuple)):
         parts = [None if isinstance(v, (list, tuple, dict)) else answer_text(v)[0] for v in value]
-        if not parts or any(p is None or p == "" for p in parts):
+        texts = [p for p in parts if p]
+        if not parts or len(texts) != len(parts):
             return None, "answer is an empty or nested list"
-        return (parts[0], "list") if len(parts) == 1 else (", ".join(parts), "list")
+        return (texts[0], "list") if len(texts) == 1 else (", ".join(texts), "list")
     if isinstance(value, str):
         return (value.strip(), None) if value.strip() else (None, "empty answer")
     return None, f"answer is a {type(value).__name__}"
