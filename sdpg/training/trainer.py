@@ -298,6 +298,8 @@ def train(
             if stop and step < total:
                 status = "interrupted"
                 break
+        if status == "finished":
+            export_final_policy(run, step)
         return write_result(run, status, step, metrics)
 
 
@@ -1042,6 +1044,25 @@ def run_evaluation(run: Run, step: int) -> dict[str, float]:
 def log_metrics(run: Run, metrics: dict[str, float], step: int) -> None:
     for sink in run.sinks:
         sink.log(metrics, step)
+
+
+def export_final_policy(run: Run, step: int) -> Path:
+    """The finished policy as a Hugging Face folder in ``<run>/hf`` (``sdpg.training.export``): a collective
+    under FSDP, written by rank 0."""
+    from sdpg.training.export import EXPORT_DIRNAME, write_hf_folder
+
+    started = time.perf_counter()
+    model_state, _ = full_state(run.policy)  # a collective under FSDP; the full state on rank 0
+    dest = run.out / EXPORT_DIRNAME
+    if run.main_rank:
+        write_hf_folder(
+            run.policy.config, run.tokenizer, model_state, run.cfg, step, dest, source=f"{run.out.resolve()} step {step}"
+        )
+        size = sum(f.stat().st_size for f in dest.iterdir()) / 2**20
+        seconds = time.perf_counter() - started
+        run.log(f"[sdpg] exported the policy of step {step} to {dest} ({run.cfg.model.dtype}, {size:.1f} MiB, {seconds:.1f} s)")
+    dist.barrier()
+    return dest
 
 
 def save_run_state(run: Run, step: int) -> Path:
