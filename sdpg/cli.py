@@ -131,6 +131,13 @@ def sweep_main(argv: list[str] | None = None) -> int:
     return _guarded(main, argv)
 
 
+def eval_main(argv: list[str] | None = None) -> int:
+    """sdpg-eval MODEL [CONFIG.yaml] [key.path=value ...]: a model on benchmarks, logged to MLflow."""
+    from sdpg.orchestration.evaluation import main
+
+    return _guarded(main, argv)
+
+
 def report_main(argv: list[str] | None = None) -> int:
     def run(args: list[str] | None) -> int:
         from sdpg.reporting.build import main

@@ -4,7 +4,8 @@
 compute dtype (``model.dtype``: the weights are stored in it, as the rollout engine and the evaluation saw
 them), ``generation_config.json``, the tokenizer with its chat template, and ``sdpg_export.json``: the run's
 config hash, the step, the dtypes, the prompt template and where the folder came from. The same facts are in
-``config.json`` under ``sdpg`` so a loader that keeps only the model config still has them.
+``config.json`` under ``sdpg`` so a loader that keeps only the model config still has them; ``sdpg_config.yaml``
+is the run's resolved config.
 
 A folder is complete or absent: it is written beside its destination under a temporary name and renamed
 into place. An end-of-run export goes to ``<run>/hf``; ``sdpg-train export RUN_DIR [--step k] --out DIR``
@@ -24,12 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from sdpg.training.config import ConfigError, TrainConfig
 
 EXPORT_DIRNAME = "hf"
 """The end-of-run export inside a run folder."""
 META_FILE = "sdpg_export.json"
+CONFIG_FILE = "sdpg_config.yaml"
+"""The run's resolved config: ``sdpg-eval`` of the folder evaluates with the run's settings."""
 
 
 class ExportError(ConfigError):
@@ -88,6 +92,7 @@ def write_hf_folder(
         skeleton.save_pretrained(tmp, state_dict=_cast_state(state, dtype))
         tokenizer.save_pretrained(tmp)  # the chat template travels with it
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(cfg.resolved(), sort_keys=False))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
