@@ -140,3 +140,41 @@ def test_hostile_eval_one_line_exit_2_nothing_created(tmp_path, capsys, case, ti
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
     assert not into.exists()
+
+
+@pytest.mark.slow
+def test_report_shows_eval_runs_as_rows_with_include_evals(tmp_path, capsys, tiny_model_built):
+    """An ablation's MLflow experiment plus sdpg-eval of its base model: a row of its own in the report's
+    tables with --include-evals (or a sdpg.kind=eval tag filter), absent without; its step-0 numbers are the
+    training run's."""
+    import pandas as pd
+    import yaml
+    from conftest import tiny_overrides_dict
+
+    from sdpg.cli import report_main
+    from sdpg.orchestration.ablate import load_plan, submit
+
+    overrides = {
+        **tiny_overrides_dict(),
+        "run.total_steps": 2,
+        "eval.every": 2,
+        "rollout.seed_per_prompt": True,
+        "data.eval_limit": 4,
+    }
+    spec = {"name": "rep", "base": "embedded", "overrides": overrides, "variants": {"sdpg": {}}, "seeds": [0]}
+    spec.update({"executor": "local", "output_dir": str(tmp_path / "rep")})
+    (tmp_path / "rep.yaml").write_text(yaml.safe_dump(spec))
+    plan = load_plan(tmp_path / "rep.yaml")
+    submit(plan, wait=True, log=lambda m: None)
+    run_dir = plan.runs[0].config.run.output_dir
+    assert eval_main(["embedded", f"{run_dir}/config.yaml", "--into", str(tmp_path / "rep")]) == 0
+    capsys.readouterr()
+
+    assert report_main([str(tmp_path / "rep.yaml"), "--out", str(tmp_path / "with"), "--include-evals"]) == 0
+    assert report_main([str(tmp_path / "rep.yaml"), "--out", str(tmp_path / "without")]) == 0
+    md_with, md_without = (tmp_path / "with" / "index.md").read_text(), (tmp_path / "without" / "index.md").read_text()
+    assert "| base" in md_with and "| base" not in md_without
+    first = {json.loads(x)["step"]: json.loads(x) for x in open(f"{run_dir}/metrics.jsonl")}[0]
+    table = pd.read_csv(tmp_path / "with" / "tables" / "last_best.csv").set_index("variant")
+    assert table.loc["base", "embedded Last"] == pytest.approx(first["eval/embedded/mean@2"], abs=1e-6)
+    assert "base" not in set(pd.read_csv(tmp_path / "without" / "tables" / "last_best.csv").variant)

@@ -248,12 +248,16 @@ def build_report(
     threshold: float | None = None,
     log=print,
     compare: str | None = None,
+    include_evals: bool = False,
 ) -> Path:
     """The report of ``source`` in ``out``. Runs tagged with named grid groups (``grid.<axis>``, e.g.
     ``task=chain``) get one part each: curves, Last/Best, comparisons and stability per group. ``compare``
     (default: the spec's ``report.compare``, else ``baseline``) says what IQM differences and probabilities of
-    improvement are taken against: the ``baseline`` or the ``previous`` variant in order."""
+    improvement are taken against: the ``baseline`` or the ``previous`` variant in order. ``include_evals`` (or
+    a ``sdpg.kind=eval`` tag filter): ``sdpg-eval`` runs as rows of their own (a base model, a checkpoint), each
+    one point at its step, after the spec's variants."""
     out = Path(out)
+    include_evals = include_evals or (tags or {}).get("sdpg.kind") == "eval"
     src = report.resolve(source)
     compare = compare or src.compare or "baseline"
     if compare not in report.COMPARE:
@@ -267,8 +271,8 @@ def build_report(
         )
         raise ValueError(f"{source}: nothing to report yet: no MLflow store at {report.tracking.redact(uri)} ({how})")
     log(f"[sdpg-report] loading runs of {exp!r} from {report.tracking.redact(uri)}")
-    runs = report.run_table(uri, exp, tags)
-    df = report.load_runs(uri, exp, tags=tags, cache_dir=out / ".cache")
+    runs = report.run_table(uri, exp, tags, include_evals=include_evals)
+    df = report.load_runs(uri, exp, tags=tags, cache_dir=out / ".cache", include_evals=include_evals)
     if df.empty:
         raise ValueError(f"{source}: experiment {exp!r} has no runs with metrics yet")
     df = df.assign(group=df.run_id.map(dict(zip(runs.run_id, runs.group))).fillna(""))
@@ -524,6 +528,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--order", nargs="+", help="variant order (legend, table rows)")
     p.add_argument("--threshold", type=float, help="accuracy threshold for steps-to-threshold")
     p.add_argument(
+        "--include-evals",
+        action="store_true",
+        help="also show sdpg-eval runs in the experiment (base models, checkpoints) as rows, one point at their step",
+    )
+    p.add_argument(
         "--screenshot",
         action="store_true",
         help="also save screenshot.png of index.html as headless Chromium renders it (needs chromium)",
@@ -563,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
             a.threshold,
             log=lambda m: print(m, file=sys.stderr, flush=True),
             compare=a.compare,
+            include_evals=a.include_evals,
         )
         if a.screenshot:
             from sdpg.reporting import browser
