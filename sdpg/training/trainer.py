@@ -69,9 +69,12 @@ from sdpg.training.checkpoint import (
     CheckpointError,
     checkpoint_dir,
     checkpoints,
+    disk_usage,
     latest_checkpoint,
     load_checkpoint,
+    load_sharded_state,
     save_checkpoint,
+    save_sharded_checkpoint,
 )
 from sdpg.training.config import SCORER_METRIC_NAMES, AlgoConfig, TrainConfig, build_config, load_config
 from sdpg.training.data import PromptSampler, read_source
@@ -535,7 +538,10 @@ def resume(run: Run) -> int:
                 f"{path} was written by another config (hash {state['config_hash']} != {cfg.config_hash()}); "
                 f"use a new run.output_dir or run.resume=false"
             )
-        load_full_state(run.policy, run.optimizer, state["model"], state["optimizer"])
+        if state.get("sharded") is not None:
+            load_sharded_state(path, run.policy, run.optimizer)  # a collective; DCP reshards to this run's ranks
+        else:
+            load_full_state(run.policy, run.optimizer, state["model"], state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
         run.sampler.load_state_dict(state["sampler"])
         rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
@@ -543,6 +549,11 @@ def resume(run: Run) -> int:
             set_rng_state(rngs[run.rank])
         else:  # another world size: every rank starts a fresh stream derived from the step
             seed_everything(derived_seed(cfg.run.seed, state["step"], "resume", run.rank))
+            run.log(
+                f"[sdpg] warning: resharded {path.name} from {len(rngs)} ranks to {run.world}: the resume is not bitwise "
+                f"exact: each rank's random stream is new (derived from the step) and each rank now samples another "
+                f"share of every step's prompts, so sampling and the order of floating-point sums differ from the original run"
+            )
         run.log(f"[sdpg] resumed from {path} at step {state['step']}")
         break
     else:
@@ -1066,11 +1077,33 @@ def export_final_policy(run: Run, step: int) -> Path:
 
 
 def save_run_state(run: Run, step: int) -> Path:
-    """A resumable checkpoint of ``step``: a collective (every rank takes part), written by rank 0."""
+    """A resumable checkpoint of ``step``: a collective (every rank takes part), written by rank 0; under FSDP
+    a sharded checkpoint every rank writes its shards of (``save_sharded_checkpoint``), no full state gathered."""
     rngs = [rng_state()]
     if dist.active():
         rngs = [None] * run.world
         torch.distributed.all_gather_object(rngs, rng_state())
+    if run.use_fsdp:
+        started = time.perf_counter()
+        run_state = {
+            "step": step,
+            "scheduler": run.scheduler.state_dict(),
+            "sampler": run.sampler.state_dict(),
+            "rng": rngs,
+            "config_hash": run.cfg.config_hash(),
+            "world_size": run.world,
+        }
+        path = save_sharded_checkpoint(
+            run.out, step, run.policy, run.optimizer, run_state, run.cfg.run.keep_checkpoints, run.rank
+        )
+        if run.main_rank:
+            kept = checkpoints(run.out)
+            sizes = ", ".join(f"{p.name} {disk_usage(p) / 2**20:.1f} MiB" for p in kept)
+            run.log(
+                f"[sdpg] sharded checkpoint of step {step} by {run.world} ranks in {time.perf_counter() - started:.1f} s; "
+                f"kept {len(kept)} (run.keep_checkpoints={run.cfg.run.keep_checkpoints}): {sizes}"
+            )
+        return path
     model_state, optim_state = full_state(run.policy, run.optimizer)  # a collective under FSDP
     path = checkpoint_dir(run.out) / f"step_{step:07d}.pt"
     if run.main_rank:
