@@ -18,7 +18,14 @@ from conftest import TINY
 
 from sdpg.training.checkpoint import COMPLETE, checkpoints, load_checkpoint
 
-DP = ["rollout.seed_per_prompt=true", "run.total_steps=4", "algo.beta=1.0", "model.fsdp=true", "eval.every=2", "run.keep_checkpoints=3"]
+DP = [
+    "rollout.seed_per_prompt=true",
+    "run.total_steps=4",
+    "algo.beta=1.0",
+    "model.fsdp=true",
+    "eval.every=2",
+    "run.keep_checkpoints=3",
+]
 
 DRIVER = """
 import sys
@@ -59,7 +66,9 @@ def uninterrupted(tmp_path_factory, tiny_model_built):
 def test_sharded_checkpoints_are_folders_every_rank_wrote(uninterrupted):
     out, log = uninterrupted
     found = checkpoints(out)
-    assert [p.name for p in found] == ["step_0000002", "step_0000003", "step_0000004"] or [p.name for p in found][-1] == "step_0000004"
+    assert [p.name for p in found] == ["step_0000002", "step_0000003", "step_0000004"] or [p.name for p in found][
+        -1
+    ] == "step_0000004"
     last = found[-1]
     assert last.is_dir() and (last / COMPLETE).is_file() and (last / ".metadata").is_file()
     assert len(list(last.glob("*.distcp"))) == 2  # one file of shards per rank
@@ -73,7 +82,7 @@ def test_resume_on_two_ranks_is_exact_and_on_one_rank_reshards(uninterrupted, tm
     full, _ = uninterrupted
     part = tmp_path / "part"
     launch(tmp_path, part, 2, 2)
-    assert [p.name for p in checkpoints(part)] == ["step_0000002"]
+    assert [p.name for p in checkpoints(part)] == ["step_0000001", "step_0000002"]
     one = tmp_path / "one"
     shutil.copytree(part, one)
     r = launch(tmp_path, part, 2)
@@ -95,4 +104,56 @@ def test_a_folder_without_its_mark_is_never_loaded(uninterrupted, tmp_path):
     newest = checkpoints(out)[-1]
     (newest / COMPLETE).unlink()  # as a save killed between its shards and its mark leaves it
     assert newest not in checkpoints(out)
-    assert checkpoints(out)[-1].name == "step_0000003"
+    (out / "result.json").unlink()
+    r = launch(tmp_path, out, 2)
+    assert f"resumed from {out / 'checkpoints' / 'step_0000003'} at step 3" in r.stderr
+    assert metrics(out) == metrics(full)  # step 4 once, as the uninterrupted run computed it
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["folder_created", "shards_written", "renamed"])
+def test_sigkill_during_a_save_resumes_from_the_last_complete_checkpoint(uninterrupted, tmp_path, point):
+    """SIGKILL of every rank while step 2 is being saved: right after its temporary folder appears, after the
+    shards' metadata is written (before the mark), or right after the rename (retention still to run)."""
+    full, _ = uninterrupted
+    out = tmp_path / "run"
+    proc = launch(tmp_path, out, 2, 0, wait=False)
+    tmp, final = out / "checkpoints" / "step_0000002.tmp", out / "checkpoints" / "step_0000002"
+    seen = {
+        "folder_created": lambda: tmp.is_dir(),
+        "shards_written": lambda: (tmp / ".metadata").is_file(),
+        "renamed": final.is_dir,
+    }
+    deadline = time.monotonic() + 600
+    try:
+        while not seen[point]():
+            assert proc.poll() is None, "the run ended before the save of step 2"
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    complete = [p.name for p in checkpoints(out)]
+    assert complete[-1] == ("step_0000002" if point == "renamed" else "step_0000001"), complete
+    r = launch(tmp_path, out, 2)
+    assert f"at step {int(complete[-1][5:])}" in r.stderr
+    m = metrics(out)
+    assert [x["step"] for x in m] == [0, 1, 2, 3, 4]  # no step twice
+    assert m == metrics(full)
+    assert not (out / "checkpoints" / "step_0000002.tmp").exists()
+
+
+@pytest.mark.slow
+def test_export_and_eval_of_a_sharded_run_read_its_shards(uninterrupted, tmp_path, capsys):
+    """``sdpg-train export`` of the sharded checkpoint gives the weights the run exported at its end."""
+    import torch
+    from safetensors.torch import load_file
+
+    from sdpg.cli import train_main
+
+    full, _ = uninterrupted
+    assert train_main(["export", str(full), "--out", str(tmp_path / "x")]) == 0
+    a, b = load_file(str(tmp_path / "x" / "model.safetensors")), load_file(str(full / "hf" / "model.safetensors"))
+    assert set(b) <= set(a)
+    for k in b:
+        assert torch.equal(a[k], b[k]), k

@@ -186,3 +186,24 @@ def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dic
     if state["step"] != step_of(path):
         raise CheckpointError(f"checkpoint {path} holds step {state['step']}, not the step of its name")
     return state
+
+
+def sharded_model_state(path: Path) -> dict[str, torch.Tensor]:
+    """The full model state dict of the sharded checkpoint ``path`` in this one process (no process group,
+    no optimizer state read): for an export or an evaluation of a sharded run."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    try:
+        metadata = dcp.FileSystemReader(str(path)).read_metadata()
+        state = {
+            key[len("model.") :]: torch.empty(m.size, dtype=m.properties.dtype)
+            for key, m in metadata.state_dict_metadata.items()
+            if key.startswith("model.") and isinstance(m, TensorStorageMetadata)
+        }
+        box = {"model": state}
+        dcp.load(box, checkpoint_id=str(path))
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"checkpoint {path}: its shards cannot be read ({type(e).__name__}: {reason[:200]})") from e
+    return box["model"]

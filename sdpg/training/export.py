@@ -125,7 +125,14 @@ def run_config(run_dir: Path) -> TrainConfig:
 def pick_checkpoint(run_dir: Path, step: int | None, cfg: TrainConfig, log=print) -> tuple[int, dict]:
     """The state of checkpoint ``step`` of a run (``None``: the newest that reads, older ones as fallback),
     checked to belong to the run's config."""
-    from sdpg.training.checkpoint import CheckpointError, checkpoint_dir, checkpoints, load_checkpoint, step_of
+    from sdpg.training.checkpoint import (
+        CheckpointError,
+        checkpoint_dir,
+        checkpoints,
+        load_checkpoint,
+        sharded_model_state,
+        step_of,
+    )
 
     found = checkpoints(run_dir)
     if step is not None:
@@ -139,6 +146,8 @@ def pick_checkpoint(run_dir: Path, step: int | None, cfg: TrainConfig, log=print
     for path in reversed(found):
         try:
             state = load_checkpoint(path)
+            if state.get("sharded") is not None:  # the model's shards gathered here, the optimizer's left
+                state["model"] = sharded_model_state(path)
         except CheckpointError as e:
             errors.append(str(e))
             continue
