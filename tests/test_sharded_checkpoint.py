@@ -45,11 +45,26 @@ def launch(tmp_path: Path, out: Path, ranks: int, stop: int = 0, *extra: str, wa
     cmd += [str(driver), str(stop), *TINY, *DP, f"run.output_dir={out}", *extra]
     if ranks == 1:
         cmd = [sys.executable, str(driver), str(stop), *TINY, *DP, f"run.output_dir={out}", *extra]
-    if not wait:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    if not wait:  # output to a file: a pipe nobody reads would block the run once full
+        log = open(tmp_path / f"{out.name}.log", "w")
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
     return r
+
+
+def children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parent = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if parent == pid:
+                found.append(int(d.name))
+    return found
 
 
 def metrics(out: Path) -> list[dict]:
@@ -129,7 +144,9 @@ def test_sigkill_during_a_save_resumes_from_the_last_complete_checkpoint(uninter
             assert proc.poll() is None, "the run ended before the save of step 2"
             assert time.monotonic() < deadline
             time.sleep(0.001)
-    finally:
+    finally:  # torchrun's workers run in process groups of their own: each one killed, then torchrun
+        for child in children(proc.pid):
+            os.kill(child, signal.SIGKILL)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     complete = [p.name for p in checkpoints(out)]
