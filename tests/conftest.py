@@ -12,21 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from sdpg.orchestration.standins import QWEN3_STYLE_CHAT_TEMPLATE
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # The benchmark files (AIME24/25, AMC23, MATH-500 as JSONL) live in shared/ beside the repository, as in CI's clone.
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
 
-# The relevant part of Qwen3's chat template: ChatML turns, and an empty think block after the generation
-# prompt only when enable_thinking is false.
-QWEN3_CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
-    "{%- endif %}"
-)
+# ChatML turns and a thinking switch, as Qwen3's chat template (the rehearsal's built-in stand-in uses it too)
+QWEN3_CHAT_TEMPLATE = QWEN3_STYLE_CHAT_TEMPLATE
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ child runs ended, artifacts beside the spec's mlflow.db, progress lines whole, a
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,13 @@ def test_quickstart_shaped_grid_ends_its_parent_and_keeps_artifacts_in_its_folde
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Exception ignored" not in r.stderr, r.stderr[-3000:]
+    # the console: timestamped lines, none said twice in a row about a run, and the next command at the end
+    progress = [ln for ln in r.stderr.splitlines() if ln.startswith("[sdpg-ablate ")]
+    assert progress and all(re.match(r"\[sdpg-ablate \d\d:\d\d:\d\d\] ", ln) for ln in progress), progress
+    bodies = [ln.split("] ", 1)[1] for ln in progress]
+    assert len(bodies) == len(set(bodies)), bodies
+    assert any(b.startswith("grpo-s0: finished at step 2") for b in bodies), bodies
+    assert any(ln.endswith(f"sdpg-report {p} --out reports/qs") for ln in r.stderr.rstrip().splitlines()[-2:]), r.stderr[-800:]
     plan = load_plan(p)
     assert {r.variant for r in plan.runs} == {"sdpg_urkl", "grpo"}
     assert all(run_state(x)[0] == "finished" for x in plan.runs)
@@ -110,3 +118,52 @@ def test_a_run_that_fails_is_failed_in_mlflow_and_so_is_its_parent(tmp_path):
     assert child.info.status == "FAILED" and error.startswith("ValueError"), error
     assert "Traceback" in (Path(child.info.artifact_uri.removeprefix("file://")) / "error.txt").read_text()
     assert parent.info.status == "FAILED" and parent.info.end_time
+
+
+def test_progress_says_each_change_once_with_the_time_and_the_time_left(tmp_path):
+    """The console of a local run: the counts when they change, a run's line when its step changes (the time
+    left alone is no change), the time of day on every line, and how each run ended."""
+    import json
+
+    from sdpg.orchestration.ablate import Progress, Run
+    from sdpg.training.config import load_config
+
+    cfg = load_config(None, [f"run.output_dir={tmp_path / 'a'}", "run.total_steps=10"])
+    run = Run(name="a-s0", variant="a", grid={}, seed=0, config=cfg, hash="h", diff={})
+    (tmp_path / "a").mkdir()
+
+    class Job:
+        finished = False
+        paths = type("P", (), {"stderr": tmp_path / "none.err"})
+
+        def done(self):
+            return self.finished
+
+    now, said = [36000.0], []
+    progress, job = Progress([run], said.append, clock=lambda: now[0]), Job()
+
+    def step(n, acc):
+        with open(tmp_path / "a" / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": n, "train/accuracy": acc}) + "\n")
+
+    progress.update([job])  # started, no step yet
+    step(1, 0.5)
+    progress.update([job])
+    now[0] += 10
+    progress.update([job])  # nothing new: nothing said
+    step(2, 0.5)
+    progress.update([job])  # one step in 10 s, 8 to go
+    now[0] += 5
+    progress.update([job])  # only the time left would change: nothing said
+    job.finished = True
+    progress.update([job])
+    bodies = [ln.split("] ", 1)[1] for ln in said]
+    assert all(re.match(r"\[sdpg-ablate \d\d:\d\d:\d\d\] ", ln) for ln in said), said
+    assert bodies == [
+        "0/1 runs done, 1 running, 0 queued",
+        "a-s0: queued",
+        "a-s0: step 1/10 acc 0.50",
+        "a-s0: step 2/10 acc 0.50, ~80 s left",
+        "1/1 runs done, 0 running, 0 queued",
+        "a-s0: stopped unfinished at step 2 acc 0.50",  # no result.json: it did not finish
+    ], bodies

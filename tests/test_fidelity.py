@@ -25,7 +25,7 @@ from sdpg.objective import (
 from sdpg.objective.loss import FusedKLInputs
 from sdpg.training.config import METHOD_PRESETS, ConfigError, DataConfig, load_config
 from sdpg.training.data import build_prompts, read_source, tokenize_prompts
-from sdpg.training.rewards import Verifier, boxed_extract, boxed_reward, minerva_normalise
+from sdpg.training.rewards import Verifier, boxed_judge, boxed_reward, minerva_normalise
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_BASE = ROOT / "ablations" / "base" / "paper_qwen3_4b.yaml"
@@ -41,19 +41,63 @@ def qwen3_like_tokenizer():
 
 
 # ------------------------------------------------------------------ prompts (paper Fig. 4)
+# Expected strings written from the note (reference-settings, "Prompts"): paragraphs are "\n\n"; a plain row is
+# laid out as the authors' rows, "<student>\n[TEACHER_CONTEXT_TOKEN]\n\n[Hint] ...:\n<solution>\n\n[Instruction] ...",
+# the student seeing the text before the sentinel, the teacher that text joined directly to the text after it.
 
 FIG4_STUDENT_TEXT = (
     "Solve the following math problem step by step. Present your final answer inside \\boxed{}, for example \\boxed{42}.\n"
+    "\n"
     "What is $1+1$?\n"
-    "Remember to put your final answer inside \\boxed{}."
+    "\n"
+    "Remember to put your final answer inside \\boxed{}.\n"  # the line break before the sentinel
 )
-FIG4_CONTEXT_TEXT = (
-    "[Hint] The correct answer is 2. A common way to solve this is:\n"
-    "Add one and one: $1+1=2$.\n"
+FIG4_INSTRUCTION_TEXT = (
     "[Instruction] If possible, derive the answer 2 using an alternative, equally rigorous mathematical approach "
     "(e.g., algebraic vs geometric, or different substitution). If no alternative exists, articulate the standard "
     "approach with exceptional clarity. Do NOT state that you were given the answer or reference."
 )
+FIG4_CONTEXT_TEXT = (
+    "\n"  # after the sentinel: [Hint] opens a new paragraph
+    "\n"
+    "[Hint] The correct answer is 2. A common way to solve this is:\n"
+    "Add one and one: $1+1=2$.\n"
+    "\n" + FIG4_INSTRUCTION_TEXT
+)
+BENCH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+DAPO_QUESTION = "Let $x$ be the number with $x+3=10$. Find $x$."
+DAPO_ROW_TEXT = (
+    "Solve the following math problem step by step. The last line of your response should be of the form "
+    "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n"
+    + DAPO_QUESTION
+    + '\n\nRemember to put your answer on its own line after "Answer:".'
+)
+DAPO_ROW_REWRITTEN = (
+    "Solve the following math problem step by step. Present your final answer inside \\boxed{}, for example "
+    "\\boxed{42}.\n\n" + DAPO_QUESTION + '\n\nRemember to put your answer on its own line after "Answer:".'
+)
+BOXED_ROW_TEXT = (
+    "Solve the following math problem step by step. Present your final answer inside \\boxed{}, for example "
+    "\\boxed{42}.\n\n" + DAPO_QUESTION + "\n\nRemember to put your final answer inside \\boxed{}."
+)
+VERL_CONTEXT = "\n\n[Hint] The correct answer is 7. A common way to solve this is:\nSubtract 3.\n\n[Instruction] Derive 7."
+
+
+def _chatml(user: str, system: str | None = None) -> str:
+    head = f"<|im_start|>system\n{system}<|im_end|>\n" if system is not None else ""
+    return f"{head}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def _verl_file(tmp_path, contents: list[str], system: str | None = None) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = []
+    for c in contents:
+        messages = ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": c}]
+        rows.append({"prompt": messages, "reward_model": {"ground_truth": "7"}})
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "verl.parquet")
+    return str(tmp_path / "verl.parquet")
 
 
 def test_fig4_prompts_through_a_qwen3_chat_template_character_by_character(qwen3_like_tokenizer):
@@ -61,11 +105,43 @@ def test_fig4_prompts_through_a_qwen3_chat_template_character_by_character(qwen3
     assert cfg.prompt_template == "sdpg_fig4" and cfg.chat_template_kwargs == {"enable_thinking": True}
     row = {"problem": "What is $1+1$?", "answer": "2", "solution": "Add one and one: $1+1=2$."}
     student, teacher = build_prompts(row, cfg, qwen3_like_tokenizer)
-    assert student == f"<|im_start|>user\n{FIG4_STUDENT_TEXT}<|im_end|>\n<|im_start|>assistant\n"
-    assert teacher == f"<|im_start|>user\n{FIG4_STUDENT_TEXT}\n{FIG4_CONTEXT_TEXT}<|im_end|>\n<|im_start|>assistant\n"
+    assert student == _chatml(FIG4_STUDENT_TEXT)
+    assert teacher == _chatml(FIG4_STUDENT_TEXT + FIG4_CONTEXT_TEXT)
+    # the same row written as the authors' verl row gives the same two prompts
+    s2, t2 = build_prompts(
+        {"student_prompt": FIG4_STUDENT_TEXT, "teacher_prompt": FIG4_STUDENT_TEXT + FIG4_CONTEXT_TEXT}, cfg, qwen3_like_tokenizer
+    )
+    assert (s2, t2) == (student, teacher)
     # the keyword arguments reach the template: thinking off adds the empty think block
     off = cfg.model_copy(update={"chat_template_kwargs": {"enable_thinking": False}})
     assert build_prompts(row, off, qwen3_like_tokenizer)[0].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    # without a worked solution the hint keeps the answer, the instruction still its own paragraph
+    _, t_answer = build_prompts({"problem": "What is $1+1$?", "answer": "2"}, cfg, qwen3_like_tokenizer)
+    assert t_answer == _chatml(FIG4_STUDENT_TEXT + "\n\n[Hint] The correct answer is 2.\n\n" + FIG4_INSTRUCTION_TEXT)
+
+
+def test_benchmark_instruction_is_not_repeated(qwen3_like_tokenizer):
+    """A benchmark question ending with its own instruction gets the template's only (``problem_instruction``)."""
+    cfg = load_config(PAPER_BASE).data
+    row = {"problem": "What is $1+1$?\n" + BENCH_INSTRUCTION, "answer": "2", "solution": "Add one and one: $1+1=2$."}
+    student, teacher = build_prompts(row, cfg, qwen3_like_tokenizer)
+    assert student == _chatml(FIG4_STUDENT_TEXT)
+    assert teacher == _chatml(FIG4_STUDENT_TEXT + FIG4_CONTEXT_TEXT)
+    kept = build_prompts(row, cfg.model_copy(update={"problem_instruction": "keep"}), qwen3_like_tokenizer)[0]
+    assert kept == _chatml(FIG4_STUDENT_TEXT.replace("$1+1$?\n", "$1+1$?\n" + BENCH_INSTRUCTION + "\n"))
+    # the default custom template carries the instruction itself: auto strips the row's; a template without one keeps it
+    custom = DataConfig(chat_template="off", context="none")
+    assert build_prompts(row, custom, None)[0] == "What is $1+1$?\n\n" + BENCH_INSTRUCTION
+    bare = DataConfig(chat_template="off", context="none", student_template="Q: {problem}")
+    assert build_prompts(row, bare, None)[0] == "Q: What is $1+1$?\n" + BENCH_INSTRUCTION
+    # a question that merely mentions the instruction elsewhere is left alone
+    mid = {"problem": BENCH_INSTRUCTION + " What is $1+1$?", "answer": "2"}
+    assert build_prompts(mid, custom, None)[0] == mid["problem"] + "\n\n" + BENCH_INSTRUCTION
+    # every benchmark question in shared/ ends with it, and loses it
+    for f in sorted(BENCH.glob("*.jsonl")):
+        for line in open(f):
+            s = build_prompts({"problem": json.loads(line)["problem"], "answer": "0"}, cfg, qwen3_like_tokenizer)[0]
+            assert s.count("step by step") == 1 and "Please reason" not in s, f.name
 
 
 def test_custom_template_appends_the_context_after_the_student_prompt():
@@ -75,39 +151,99 @@ def test_custom_template_appends_the_context_after_the_student_prompt():
     assert t == "Q P (box it)\n\nThe reference answer to this problem is 7."
 
 
-def test_verl_sentinel_split_keeps_every_character(tmp_path, qwen3_like_tokenizer):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+@pytest.mark.parametrize("answer_format", ["boxed", "answer_colon"])
+def test_verl_rows_of_both_formats_through_a_qwen3_chat_template(tmp_path, qwen3_like_tokenizer, answer_format):
+    """DAPO-format rows get the boxed instruction (``data.answer_format: boxed``, the authors'), once per message,
+    before the split; rows already in the boxed format are used as written; the system message too is rewritten."""
+    dapo_instruction = DAPO_ROW_TEXT.split("step by step. ")[1].split("\n")[0]
+    system = "Be brief. " + dapo_instruction
+    source = _verl_file(
+        tmp_path,
+        [DAPO_ROW_TEXT + "[TEACHER_CONTEXT_TOKEN]" + VERL_CONTEXT, BOXED_ROW_TEXT + "[TEACHER_CONTEXT_TOKEN]" + VERL_CONTEXT],
+        system,
+    )
+    cfg = load_config(PAPER_BASE).data.model_copy(update={"answer_format": answer_format})
+    assert load_config(PAPER_BASE).data.answer_format == "boxed"
+    dapo_row, boxed_row = read_source(source, cfg)
+    rewritten = answer_format == "boxed"
+    student_text = DAPO_ROW_REWRITTEN if rewritten else DAPO_ROW_TEXT
+    sys_text = "Be brief. Present your final answer inside \\boxed{}, for example \\boxed{42}." if rewritten else system
+    assert build_prompts(dapo_row, cfg, qwen3_like_tokenizer) == (
+        _chatml(student_text, sys_text),
+        _chatml(student_text + VERL_CONTEXT, sys_text),
+    )
+    assert build_prompts(boxed_row, cfg, qwen3_like_tokenizer) == (
+        _chatml(BOXED_ROW_TEXT, sys_text),
+        _chatml(BOXED_ROW_TEXT + VERL_CONTEXT, sys_text),
+    )
+    # once per message: a second copy (here in the context) stays
+    (twice,) = read_source(_verl_file(tmp_path, [DAPO_ROW_TEXT + "[TEACHER_CONTEXT_TOKEN]\n" + dapo_instruction]), cfg)
+    assert twice["teacher_prompt"] == student_text + "\n" + dapo_instruction
 
+
+def test_verl_sentinel_split_keeps_every_character(tmp_path, qwen3_like_tokenizer):
     student = "  Solve: 3*3?\nPut it in \\boxed{}.\n"
     ctx = "\n[Hint] The correct answer is 9.  "
-    rows = [
-        {
-            "prompt": [
-                {"role": "system", "content": "Be brief."},
-                {"role": "user", "content": student + "[TEACHER_CONTEXT_TOKEN]" + ctx},
-            ],
-            "reward_model": {"ground_truth": "9"},
-        }
-    ]
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet")
+    source = _verl_file(tmp_path, [student + "[TEACHER_CONTEXT_TOKEN]" + ctx], "Be brief.")
     cfg = DataConfig(chat_template="on", chat_template_kwargs={"enable_thinking": True})
-    (row,) = read_source(str(tmp_path / "t.parquet"), cfg)
+    (row,) = read_source(source, cfg)
     s, t = build_prompts(row, cfg, qwen3_like_tokenizer)
-    system = "<|im_start|>system\nBe brief.<|im_end|>\n"
-    assert s == f"{system}<|im_start|>user\n{student}<|im_end|>\n<|im_start|>assistant\n"
-    assert t == f"{system}<|im_start|>user\n{student}{ctx}<|im_end|>\n<|im_start|>assistant\n"
+    assert s == _chatml(student, "Be brief.")
+    assert t == _chatml(student + ctx, "Be brief.")
 
 
-def test_student_cut_from_the_left_teacher_from_the_right(qwen3_like_tokenizer):
+def _long_rows():
+    return [{"problem": "a b", "answer": "z"}, {"problem": "a b c d e f g h i j k l", "answer": "z"}]
+
+
+def test_student_prompts_are_never_cut_by_default(qwen3_like_tokenizer):
     cfg = DataConfig(chat_template="off", context="answer", student_template="{problem}", max_prompt_tokens=8)
-    rows = [{"problem": "a b c d e f g h i j k l", "answer": "z"}]
-    (s,), (t,), cut = tokenize_prompts(rows, cfg, qwen3_like_tokenizer)
+    assert DataConfig().overlong_prompts == "error" and load_config(PAPER_BASE).data.overlong_prompts == "error"
+    with pytest.raises(ConfigError) as e:
+        tokenize_prompts(_long_rows(), cfg, qwen3_like_tokenizer, "data.train=rows.jsonl")
+    msg = str(e.value)
+    assert msg.startswith("data.train=rows.jsonl: 1 of 2 rows") and "data.max_prompt_tokens=8" in msg and "row 1:" in msg
+    assert "\n" not in msg and "data.overlong_prompts" in msg
+
+
+def test_over_long_student_prompt_stops_training_in_one_sentence(tmp_path, capsys):
+    from sdpg.cli import train_main
+
+    out = tmp_path / "run"
+    args = [f"run.output_dir={out}", "data.max_prompt_tokens=4", "run.total_steps=1", "run.threads=1", "eval.every=0"]
+    assert train_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "data.train=embedded:" in err and "data.max_prompt_tokens=4" in err and "data.overlong_prompts" in err
+    assert {p.name for p in out.iterdir()} <= {".sdpg-run.lock"}  # nothing written but the run's lock
+
+
+def test_overlong_student_prompts_dropped_and_counted(qwen3_like_tokenizer):
+    cfg = DataConfig(
+        chat_template="off", context="answer", student_template="{problem}", max_prompt_tokens=8, overlong_prompts="drop"
+    )
+    rows = _long_rows()
+    ids = tokenize_prompts(rows, cfg, qwen3_like_tokenizer)
+    assert ids.rows == rows[:1] and ids.dropped == 1 and ids.student_cut == 0 and len(ids.student) == len(ids.teacher) == 1
+    s_full = qwen3_like_tokenizer.encode(build_prompts(rows[0], cfg, qwen3_like_tokenizer)[0], add_special_tokens=False)
+    assert ids.student == [s_full]
+
+
+def test_student_cut_from_the_left_only_on_request_teacher_from_the_right(qwen3_like_tokenizer):
+    cfg = DataConfig(
+        chat_template="off", context="answer", student_template="{problem}", max_prompt_tokens=8, overlong_prompts="cut_left"
+    )
+    rows = _long_rows()[1:]
+    ids = tokenize_prompts(rows, cfg, qwen3_like_tokenizer)
     s_full, t_full = (
         qwen3_like_tokenizer.encode(x, add_special_tokens=False) for x in build_prompts(rows[0], cfg, qwen3_like_tokenizer)
     )
-    assert len(s_full) > 8 and len(t_full) > 8 and cut == 2
-    assert s == s_full[-8:] and t == t_full[:8]
+    assert len(s_full) > 8 and len(t_full) > 8 and ids.student_cut == 1 and ids.teacher_cut == 1
+    assert ids.student == [s_full[-8:]] and ids.teacher == [t_full[:8]]
+    # the teacher prompt is cut from the right whatever the student's setting
+    short = [{"problem": "a", "answer": "z " * 20}]
+    ids = tokenize_prompts(short, cfg.model_copy(update={"overlong_prompts": "error"}), qwen3_like_tokenizer)
+    t_full = qwen3_like_tokenizer.encode(build_prompts(short[0], cfg, qwen3_like_tokenizer)[1], add_special_tokens=False)
+    assert len(t_full) > 8 and ids.teacher == [t_full[:8]] and ids.teacher_cut == 1
 
 
 # ------------------------------------------------------------------ the authors' boxed scorer
@@ -171,7 +307,12 @@ BOXED_CASES = [
     ("Work.\nAnswer: 42\n", "42", 1.0),  # the Answer: line fallback
     ("Work.\nanswer: $42$", "42", 1.0),
     ("Answer: 1\nlater: Answer: 42", "42", 1.0),  # the last one
-    ("\\boxed{41}\nAnswer: 42", "42", 0.0),  # a box wins over an Answer: line
+    ("\\boxed{41}\nAnswer: 42", "42", 1.0),  # a wrong box: the Answer: line is tried (the authors' fallback)
+    ("\\boxed{42}\nAnswer: 41", "42", 1.0),  # a correct box wins
+    ("Work.\nAnswer:\n42", "42", 0.0),  # the answer on the next line does not count
+    ("**Answer:** 42", "42", 1.0),  # asterisks stripped
+    ("\\boxed{42 ft}", "42", 0.0),  # ft is not in the fork's unit list
+    ("\\boxed{42 feet}", "42", 1.0),
     ("\\boxed{7}" + PAD * 100 + "\nAnswer: 42", "42", 1.0),  # box outside the tail: the line inside it counts
 ]
 
@@ -187,7 +328,8 @@ def test_minerva_normalisation_hand_values():
     assert minerva_normalise("5 \\text{ cm}") == "5"
     assert minerva_normalise("\\dfrac14") == "\\dfrac{1}{4}"
     assert minerva_normalise("x = \\$5") == "5"
-    assert boxed_extract("\\boxed{\\frac{1}{\\sqrt{2}}} end") == "\\frac{1}{\\sqrt{2}}"
+    assert boxed_judge("\\boxed{\\frac{1}{\\sqrt{2}}} end", "\\frac{1}{\\sqrt{2}}") == (True, "\\frac{1}{\\sqrt{2}}")
+    assert boxed_judge("no answer here", "2") == (False, None)
 
 
 def test_boxed_reward_is_plus_minus_one_in_the_paper_config():
@@ -379,6 +521,13 @@ COMMON = {
     "rollout.backend": "vllm",
     "rollout.max_new_tokens": 4096,
     "data.max_prompt_tokens": 2048,
+    "data.overlong_prompts": "error",
+    "data.answer_format": "boxed",
+    "data.problem_instruction": "auto",
+    "data.prompt_template": "sdpg_fig4",
+    "reward.verifier": "boxed",
+    "reward.incorrect_reward": -1.0,
+    "reward.boxed_tail_chars": 500,
     "model.dtype": "bfloat16",
     "model.param_dtype": "float32",
     "eval.n_samples": 32,
@@ -422,10 +571,33 @@ def test_grpo_k3_keeps_the_deepseekmath_form():
     assert (a["kl_mode"], a["alpha"], a["loss_agg_mode"], a["reward_kl_coef"]) == ("k3", 1e-3, "seq-mean-token-mean", 0.0)
 
 
-def test_missing_vllm_is_a_validation_error(monkeypatch):
+def test_missing_vllm_is_refused_by_the_world_check_not_the_schema(monkeypatch, tmp_path, capsys):
+    """A laptop without vLLM plans (dry run, printed config, a warning naming what the jobs need); training or
+    submitting there is refused in one line, exit 2, before anything exists."""
+    from sdpg.cli import ablate_main, train_main
+    from sdpg.training.preflight import check_world
+
     monkeypatch.setitem(sys.modules, "vllm", None)  # as on a machine without the package
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(PAPER_BASE)  # the config is valid anywhere
     with pytest.raises(ConfigError, match=r"key 'rollout.backend' has bad value 'vllm'.*not installed"):
-        load_config(PAPER_BASE)
+        check_world(cfg, str(PAPER_BASE))
+    spec = str(ROOT / "ablations" / "paper_table1.yaml")
+    for argv, main, rc in [
+        ([spec, "--dry-run"], ablate_main, 0),
+        ([str(PAPER_BASE), "--print-config"], train_main, 0),
+        ([spec], ablate_main, 2),
+        ([str(PAPER_BASE)], train_main, 2),
+    ]:
+        assert main(argv) == rc, argv
+        out, err = capsys.readouterr()
+        vllm_lines = [ln for ln in err.splitlines() if "'rollout.backend' has bad value 'vllm'" in ln]
+        if rc == 0:
+            assert "rollout:" in out or "settings per variant" in out
+            assert len(vllm_lines) == 1 and vllm_lines[0].startswith("warning: ") and ".[rehearse]" in vllm_lines[0]
+        else:
+            assert err.count("\n") == 1 and err.startswith("error: ") and len(vllm_lines) == 1, err
+    assert list(tmp_path.iterdir()) == []  # nothing created by any of them
 
 
 def test_bf16_parameters_only_on_request():

@@ -1,23 +1,23 @@
 """Rehearsals (``sdpg-ablate SPEC --rehearse``): the paper's Table 1 spec, all 12 runs for 2 steps on a
 shrunk stand-in of its model; a broken spec caught before anything runs; a hub id with no hub.
 
-The stand-in for ``Qwen/Qwen3-4B`` is built here without a network: a small Qwen3 config and a
-character tokenizer with a Qwen3-style chat template. The training data is a verl-format parquet (rows
-with the ``[TEACHER_CONTEXT_TOKEN]`` sentinel, the paper's prompts) written here; the benchmarks are the
+Table 1 is rehearsed as the README tells a laptop user to: ``--rehearse-model builtin --rehearse-data builtin``,
+no hub, no data files. The other tests use the same built-in Qwen3 stand-in as a model folder, a verl-format
+parquet (rows with the ``[TEACHER_CONTEXT_TOKEN]`` sentinel, the paper's prompts) written here, and the
 shared AIME24 / AIME25 / AMC23 files."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import string
 import time
 from pathlib import Path
 
 import pytest
-from conftest import BENCH, QWEN3_CHAT_TEMPLATE
+from conftest import BENCH
 
 from sdpg.cli import ablate_main
+from sdpg.orchestration import standins
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_BASE = REPO / "ablations" / "base" / "paper_qwen3_4b.yaml"
@@ -31,50 +31,6 @@ CONTEXT = (
     "derive the answer {answer} using an alternative, equally rigorous mathematical approach. Do NOT state that "
     "you were given the answer or reference."
 )
-PROBLEMS = [
-    ("What is $7 + 11$?", "18", "$7 + 11 = 18$."),
-    ("What is half of one?", "\\frac{1}{2}", "$1/2$."),
-    ("Simplify $\\sqrt{18}$.", "3\\sqrt{2}", "$\\sqrt{9 \\cdot 2} = 3\\sqrt{2}$."),
-    ("How many sides has a hexagon?", "6", "A hexagon has six sides."),
-]
-
-
-def build_stand_in(out: Path) -> Path:
-    """A tiny Qwen3 with a character tokenizer and a Qwen3-style chat template, saved like a hub model."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
-    vocab = {t: i for i, t in enumerate(specials + sorted(set(string.printable)))}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tk.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token="<unk>",
-        additional_special_tokens=["<|im_start|>"],
-        clean_up_tokenization_spaces=False,
-    )
-    tok.chat_template = QWEN3_CHAT_TEMPLATE
-    cfg = Qwen3Config(
-        vocab_size=len(tok),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        max_position_embeddings=8192,
-        tie_word_embeddings=True,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.pad_token_id,
-    )
-    Qwen3ForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 def write_verl_parquet(path: Path, n: int = 12) -> None:
@@ -83,7 +39,7 @@ def write_verl_parquet(path: Path, n: int = 12) -> None:
 
     rows = []
     for i in range(n):
-        q, a, s = PROBLEMS[i % len(PROBLEMS)]
+        q, a, s = standins.PROBLEMS[i % len(standins.PROBLEMS)]
         content = STUDENT.format(question=q) + "[TEACHER_CONTEXT_TOKEN]" + CONTEXT.format(answer=a, solution=s)
         rows.append(
             {
@@ -111,18 +67,26 @@ def workdir(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def stand_in(tmp_path_factory):
-    return build_stand_in(tmp_path_factory.mktemp("qwen3-stand-in"))
+    return standins.write_model(tmp_path_factory.mktemp("qwen3-stand-in"))
 
 
 @pytest.mark.slow
-def test_paper_table1_rehearses_all_12_runs(workdir, stand_in, capsys):
+def test_paper_table1_rehearses_all_12_runs(tmp_path, monkeypatch, capsys):
+    """The README's laptop rehearsal: no hub (offline, nothing cached), none of the authors' data, only the
+    documented installs; the project's own stand-ins for the model and the data files."""
+    workdir = tmp_path
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(workdir / "empty-hf-home"))
     t0 = time.time()
     rc = ablate_main(
         [
             str(REPO / "ablations" / "paper_table1.yaml"),
             "--rehearse",
             "--rehearse-model",
-            str(stand_in),
+            "builtin",
+            "--rehearse-data",
+            "builtin",
             "--rehearse-dir",
             str(workdir / "rh"),
         ]
@@ -155,6 +119,10 @@ def test_paper_table1_rehearses_all_12_runs(workdir, stand_in, capsys):
     assert (workdir / "rh" / "mlflow.db").is_file()
     assert not (workdir / "outputs").exists() and not (workdir / "runs").exists()
     assert "12/12 runs pass" in err and "Not rehearsed here" in err and "8 ranks" in err
+    # the stand-ins are said to be stand-ins, once per file, and the spec's folders hold nothing of them
+    notes = [ln for ln in err.splitlines() if "(--rehearse-data builtin)" in ln]
+    assert len(notes) == 4 and "'data/dapo_math_17k.parquet'" in notes[0] and "verl format" in notes[0], notes
+    assert sorted(p.name for p in workdir.iterdir()) == ["rh"]
 
 
 @pytest.mark.slow
@@ -213,7 +181,7 @@ def test_hub_id_without_a_hub_says_so_in_one_line(workdir, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert rc == 1
     lines = [ln for ln in err.splitlines() if "hub cannot be reached" in ln]
-    assert lines and "--rehearse-model PATH" in lines[0], err[-2000:]
+    assert lines and "--rehearse-model PATH" in lines[0] and "--rehearse-model builtin" in lines[0], err[-2000:]
     report = json.loads((workdir / "rh" / "report.json").read_text())
     assert report["runs"][0]["status"] == "blocked"
 

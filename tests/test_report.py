@@ -93,6 +93,7 @@ def test_sdpg_report_command_writes_index_figures_tables(experiment, tmp_path):
         "tables/last_best.tex",
         "tables/last_best.csv",
         "tables/stability_runs.csv",
+        "tables/scores_runs.csv",
         "tables/improvement.md",
     ):
         assert (out / f).is_file(), f
@@ -106,6 +107,27 @@ def test_sdpg_report_command_writes_index_figures_tables(experiment, tmp_path):
         assert link in index, link
     assert "| grpo |" in index and "Against grpo" in index
     assert (out / "index.html").read_text().count("<img") == 2
+    # the per-run scores beside the tables, from which analysis/recompute.py gives the report's IQMs again
+    import contextlib
+    import io
+    import runpy
+
+    scores = pd.read_csv(out / "tables" / "scores_runs.csv")
+    assert len(scores) == scores.run_id.nunique() and {"variant", "seed"} <= set(scores.columns)
+    buf = io.StringIO()
+    argv = ["recompute.py", str(out / "tables" / "scores_runs.csv"), "--baseline", "grpo"]
+    with contextlib.redirect_stdout(buf), pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.argv", argv)
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(str(Path(__file__).resolve().parents[1] / "analysis" / "recompute.py"), run_name="__main__")
+    assert done.value.code == 0
+    improvement_md = (out / "tables" / "improvement.md").read_text()
+    rows = buf.getvalue().splitlines()[2:]
+    assert len(rows) == len(VARIANTS)
+    for line in rows:
+        variant, _, _, iqm = line.split()[:4]
+        row = next(r for r in improvement_md.splitlines() if r.startswith(f"| {variant} |"))
+        assert f"| {float(iqm):.3f} |" in row, (line, row)
     assert report_main([str(tmp_path / "nowhere.yaml"), "--out", str(tmp_path / "x")]) == 2
 
 
@@ -123,6 +145,18 @@ def test_paper_table1_marks_best_and_second():
     assert all("**" not in c and "<u>" not in c for c in rows["GRPO"])
     tex = report.render_table(variants, cols, cells, "latex")
     assert "\\toprule" in tex and "\\textbf{0.408}" in tex and "\\underline{0.401}" in tex and "\\bottomrule" in tex
+
+
+def test_one_seed_per_variant_marks_no_best():
+    """0.559 against 0.539 over one seed each is not a ranking: no bold, no underline; at two seeds both marks."""
+    one = [[(0.559, float("nan"), float("nan"), 1)], [(0.539, float("nan"), float("nan"), 1)]]
+    two = [[(0.559, 0.52, 0.60, 2)], [(0.539, 0.50, 0.58, 2)]]
+    mixed = [[(0.559, 0.52, 0.60, 2)], [(0.539, float("nan"), float("nan"), 1)]]
+    for cells, marked in ((one, False), (two, True), (mixed, False)):
+        for fmt, bold in (("markdown", "**"), ("latex", "\\textbf")):
+            text = report.render_table(["sdpg", "grpo"], [("aime24", "Last")], cells, fmt)
+            assert (bold in text) is marked, (fmt, text)
+    assert "**0.559 ± 0.040**" in report.render_table(["sdpg", "grpo"], [("aime24", "Last")], two)
 
 
 def test_stability_by_hand():
@@ -260,6 +294,9 @@ def test_one_seed_has_no_intervals_and_says_why_two_seeds_have_both(experiment, 
     lb_rows = [ln for ln in one.split("## Last and Best", 1)[1].split("## ", 1)[0].splitlines() if ln.startswith("| ")]
     assert len(lb_rows) == 1 + len(VARIANTS) and not any("±" in ln for ln in lb_rows)  # header + one row each
     assert "one seed gives no interval" in one
+    # nor a best: one seed cannot order the variants, so nothing is bold or underlined, and differences say so
+    assert not any("**" in ln or "<u>" in ln for ln in lb_rows) and "no best marked" in one
+    assert "does not say which method is better" in one.split("## Differences to grpo", 1)[1].split("## ", 1)[0]
 
     # two seeds: both, with their intervals around the point values
     rows = _improvement_rows(two)
@@ -277,6 +314,7 @@ def test_one_seed_has_no_intervals_and_says_why_two_seeds_have_both(experiment, 
     assert "fewer than 2 seeds" not in two and "one seed gives no interval" not in two
     lb_rows = [ln for ln in two.split("## Last and Best", 1)[1].split("## ", 1)[0].splitlines() if ln.startswith("| ")]
     assert len(lb_rows) == 1 + len(VARIANTS) and all(ln.count("±") == 2 for ln in lb_rows[1:])  # Last, Best
+    assert any("**" in ln for ln in lb_rows[1:]) and "best per column bold" in two and "does not say which" not in two
 
     # the same rule in the functions: one value is no interval; one seed per side is no probability
     assert all(np.isnan(report.bootstrap_ci([0.5])))
@@ -382,3 +420,23 @@ def test_many_variants_get_distinct_colours_and_styles():
     assert len({(colours[n], str(styles[n])) for n in names}) == 45
     assert len({colours[n] for n in names[:20]}) == 20  # the first twenty differ in colour alone
     assert report.colours_for(VARIANTS) == dict(zip(VARIANTS, report.PALETTE))  # few variants: Okabe-Ito
+
+
+def test_axes_have_units_and_an_inert_gate_is_not_drawn(tmp_path):
+    """Every panel's y-axis says what it measures (timing in s); GRPO's gate fraction, computed at beta = 0
+    where it gates nothing, is named in the panel instead of drawn as a curve."""
+    import pandas as pd
+
+    rows = []
+    for variant, beta in (("sdpg", 0.1), ("grpo", 0.0)):
+        for step in (1, 2, 3):
+            for metric, value in (("train/beta", beta), ("train/gate_fraction", 0.5 + step / 10), ("timing/step", 2.0)):
+                rows.append({"variant": variant, "seed": 0, "step": step, "metric": metric, "value": value, "run_id": variant})
+    df = pd.DataFrame(rows)
+    _, fig = report.plot_curves(df, ["train/gate_fraction", "timing/step"], tmp_path / "f", keep_figure=True)
+    gate, timing = fig.axes[:2]
+    assert gate.get_ylabel() == "fraction of tokens" and timing.get_ylabel() == "s" and gate.get_xlabel() == "step"
+    assert [ln.get_label() for ln in gate.get_lines()] == ["sdpg (n=1)"]  # grpo's curve not drawn...
+    assert any("inert at \u03b2 = 0, not drawn: grpo" in t.get_text() for t in gate.texts)  # ...but named
+    assert len(timing.get_lines()) == 2  # timing is not inert
+    assert report.y_label("eval/aime24/mean@32") == "accuracy (mean@32)"

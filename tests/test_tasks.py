@@ -170,8 +170,9 @@ def test_a_response_cap_that_cuts_most_chain_solutions_is_warned_about():
 
 @pytest.mark.slow
 def test_the_chain_base_config_trains_two_steps_from_its_shipped_model(tmp_path, monkeypatch):
+    from conftest import TINY
+
     from sdpg.training.trainer import train
-    from tests.conftest import TINY
 
     monkeypatch.setenv("SDPG_CACHE", str(tmp_path / "cache"))  # an empty cache: the shipped copy, no build
     tiny = [x for x in TINY if not x.startswith("rollout.max_new_tokens")]

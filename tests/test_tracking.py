@@ -23,7 +23,7 @@ def _writer(uri: str, run_id: str, seed: int) -> None:
 def test_sixteen_concurrent_writers_lose_no_metric(tmp_path):
     uri = tracking.default_uri(tmp_path)
     c = tracking.client(uri)
-    exp = tracking.get_or_create_experiment(c, "concurrency")
+    exp = tracking.get_or_create_experiment(c, "concurrency", (tmp_path / "artifacts").as_uri())
     parent = tracking.ensure_parent_run(c, exp, "concurrency", "ablation", {})
     run_ids = [
         tracking.ensure_child_run(c, exp, parent, f"h{i}", f"r{i}", {"seed": i}, {"a.b": i}, "x: 1\n")[0] for i in range(16)
@@ -49,7 +49,7 @@ def test_sixteen_concurrent_writers_lose_no_metric(tmp_path):
 def test_child_run_is_found_again_by_hash(tmp_path):
     uri = tracking.default_uri(tmp_path)
     c = tracking.client(uri)
-    exp = tracking.get_or_create_experiment(c, "e")
+    exp = tracking.get_or_create_experiment(c, "e", (tmp_path / "artifacts").as_uri())
     parent = tracking.ensure_parent_run(c, exp, "e", "ablation", {})
     assert tracking.ensure_parent_run(c, exp, "e", "ablation", {}) == parent
     a, created_a = tracking.ensure_child_run(c, exp, parent, "abc", "r", {}, {}, "")
@@ -60,7 +60,7 @@ def test_child_run_is_found_again_by_hash(tmp_path):
 def test_sink_skips_steps_already_logged(tmp_path):
     uri = tracking.default_uri(tmp_path)
     c = tracking.client(uri)
-    exp = tracking.get_or_create_experiment(c, "e")
+    exp = tracking.get_or_create_experiment(c, "e", (tmp_path / "artifacts").as_uri())
     rid = tracking.ensure_child_run(c, exp, tracking.ensure_parent_run(c, exp, "e", "a", {}), "h", "r", {}, {}, "")[0]
     s = tracking.MlflowSink(uri, rid)
     for step in (1, 2, 3):
@@ -77,7 +77,7 @@ def test_sink_dedupes_every_key_not_only_the_reward(tmp_path):
     no key gets a second value at step 0, whether or not ``train/reward`` was logged."""
     uri = tracking.default_uri(tmp_path)
     c = tracking.client(uri)
-    exp = tracking.get_or_create_experiment(c, "e")
+    exp = tracking.get_or_create_experiment(c, "e", (tmp_path / "artifacts").as_uri())
     rid = tracking.ensure_child_run(c, exp, tracking.ensure_parent_run(c, exp, "e", "a", {}), "h", "r", {}, {}, "")[0]
     tracking.MlflowSink(uri, rid).log({"eval/b/mean@2": 0.5, "timing/eval": 1.0}, 0)
     again = tracking.MlflowSink(uri, rid)

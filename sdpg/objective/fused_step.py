@@ -46,6 +46,7 @@ from torch import Tensor
 from sdpg.objective.fused import _accumulate_grads, auto_chunk_size
 from sdpg.objective.loss import OPDNorm, opd_weights, sdpg_loss
 from sdpg.objective.terms import (
+    DistillDtype,
     LossAggMode,
     PolicyLossMode,
     RefKLMode,
@@ -113,10 +114,19 @@ class StepLossSettings:
     kl_teacher_temperature: float = 1.0  # q = softmax(z_t / this); the authors: 1 (teacher undivided)
     kl_clamp: float | None = None  # per-token min(KL_t, clamp): clamped positions get no gradient
     tis_cap: float | None = None  # truncated importance sampling against rollout_logp; None: off
+    distill_dtype: DistillDtype = "float32"  # the KL's two log-softmaxes; bfloat16 as the authors
 
     def sdpg_kwargs(self) -> dict:
         d = asdict(self)
-        for k in ("entropy_coef", "temperature", "kl_student_temperature", "kl_teacher_temperature", "kl_clamp", "tis_cap"):
+        for k in (
+            "entropy_coef",
+            "temperature",
+            "kl_student_temperature",
+            "kl_teacher_temperature",
+            "kl_clamp",
+            "tis_cap",
+            "distill_dtype",
+        ):
             d.pop(k)
         return d
 
@@ -162,6 +172,7 @@ def step_loss(
     token_advantages: Tensor | None = None,
     token_weights: Tensor | None = None,
     opd_token_weights: Tensor | None = None,
+    entropy_token_weights: Tensor | None = None,
     impl: StepLossImpl = "fused",
     chunk_size: int | None = None,
     student_chunk_size: int | None = None,
@@ -178,6 +189,7 @@ def step_loss(
         ref_logp: frozen reference's log-probs [B, T] (needed when alpha > 0).
         rollout_logp: the rollout engine's log-probs [B, T], for TIS (``settings.tis_cap``).
         token_advantages, token_weights, opd_token_weights: as in ``sdpg_loss``.
+        entropy_token_weights: aggregation weights of the entropy bonus [B, T]; None: ``token_weights``.
         impl: "fused" (chunked, the default) or "materialised" (the reference).
         chunk_size: positions per chunk (fused); None: by a memory budget (``chunk_sizes``).
         student_chunk_size: positions per dL/dh and dL/dW GEMM, and student-only positions per logits GEMM
@@ -208,6 +220,7 @@ def step_loss(
         token_advantages,
         token_weights,
         opd_token_weights,
+        entropy_token_weights,
         (chunk_size, student_chunk_size),
     )
 
@@ -232,6 +245,7 @@ def _materialised_step(
     token_advantages,
     token_weights,
     opd_token_weights,
+    entropy_token_weights,
     chunks,
 ):
     logits = F.linear(hs, W, b)  # [B, T, V]
@@ -244,7 +258,9 @@ def _materialised_step(
     if ht is not None:
         with torch.no_grad():
             zt = F.linear(ht.detach(), W, b)  # [B, T, V]
-        if st.kl_student_temperature == st.kl_teacher_temperature:
+        if st.distill_dtype != "float32":  # the authors': both log-softmaxes and the KL in bf16
+            kl = full_vocab_kl(logits, zt, st.kl_student_temperature, st.kl_teacher_temperature, dtype=st.distill_dtype)
+        elif st.kl_student_temperature == st.kl_teacher_temperature:
             kl = full_vocab_kl(logits, zt, st.kl_student_temperature)  # [B, T]
         else:
             kl = full_vocab_kl(logits.float() / st.kl_student_temperature, zt.float() / st.kl_teacher_temperature)  # [B, T]
@@ -264,6 +280,7 @@ def _materialised_step(
     )
     if st.entropy_coef != 0.0:
         w = agg_weights(mask, st.loss_agg_mode) if token_weights is None else token_weights  # [B, T]
+        w = w if entropy_token_weights is None else entropy_token_weights  # [B, T]
         loss = loss - st.entropy_coef * (ent * w).sum()
     return loss, stats, TokenOutputs(logp.detach(), ent.detach(), kl.detach() if kl is not None else None)
 
@@ -276,7 +293,7 @@ def _materialised_step(
 class _Plan:
     """Everything per token, flattened to [N], that the chunks read; and the per-chunk dL/dlog p."""
 
-    def __init__(self, st, tokens, advantages, mask, old_logp, ref_logp, rollout_logp, token_advantages, w, opd_w, chunks):
+    def __init__(self, st, tokens, advantages, mask, old_logp, ref_logp, rollout_logp, token_advantages, w, opd_w, ent_w, chunks):
         N = tokens.numel()
         self.st = st
         self.chunk_size, self.student_chunk_size = chunks  # positions per distilled chunk / student-only GEMM
@@ -289,10 +306,10 @@ class _Plan:
         self.ro = rollout_logp.reshape(N).float() if rollout_logp is not None and st.tis_cap is not None else None
         self.w = w.reshape(N).float()  # [N]
         self.k = st.beta * opd_w.reshape(N).float() if opd_w is not None else None  # [N] dL/dKL before the clamp
-        self.e = -st.entropy_coef * self.w  # [N] dL/dH
+        self.e = -st.entropy_coef * ent_w.reshape(N).float()  # [N] dL/dH
         distilled = opd_w.reshape(N) != 0 if opd_w is not None else torch.zeros(N, dtype=torch.bool, device=tokens.device)
         self.rows_d = distilled.nonzero().view(-1)  # [n_d] student + teacher rows
-        self.rows_s = (((self.m != 0) | (self.w != 0)) & ~distilled).nonzero().view(-1)  # [n_s] student rows only
+        self.rows_s = (((self.m != 0) | (self.w != 0) | (self.e != 0)) & ~distilled).nonzero().view(-1)  # [n_s] student rows
 
     def token_terms(self, r: Tensor, logp: Tensor) -> tuple[Tensor, Tensor]:
         """L_out and L_K of rows ``r`` at log p = ``logp`` [c]: values [c] and dL/dlog p [c], by autograd
@@ -342,14 +359,26 @@ def _chunk_terms(z: Tensor, r: Tensor, plan: _Plan, need_grad: bool, teacher: bo
     st = plan.st
     c, tau, tau_s = r.shape[0], st.temperature, st.kl_student_temperature
     y = plan.y[r]  # [c]
-    same_tau = not teacher or tau_s == tau
-    ls_kl = None if same_tau else _log_softmax_(z[:c] / tau_s, 1.0)  # [c, V] student log-probs inside the KL
+    half = teacher and st.distill_dtype != "float32"  # the KL's log-softmaxes in bf16 (the authors')
+    same_tau = not teacher or (tau_s == tau and not half)
+    ls_kl: Tensor | None = None  # [c, V] the student's log-probs inside the KL, when not ``ls``
+    if half:
+        ls_kl = F.log_softmax(z[:c].to(torch.bfloat16) / tau_s, dim=-1)  # [c, V] bf16
+    elif not same_tau:
+        ls_kl = _log_softmax_(z[:c] / tau_s, 1.0)  # [c, V]
     ls = _log_softmax_(z[:c], tau)  # [c, V] log p
     logp = ls.gather(1, y[:, None]).squeeze(1)  # [c]
     p = ls.exp()  # [c, V]
     ent = -_rowdot(p, ls)  # [c]
     kl = diff = p_kl = None
-    if teacher:
+    if half:
+        lq = F.log_softmax(z[c:].to(torch.bfloat16) / st.kl_teacher_temperature, dim=-1)  # [c, V] bf16 log q
+        assert ls_kl is not None
+        p_kl = ls_kl.exp()  # [c, V] bf16
+        diff = ls_kl - lq  # [c, V] bf16
+        kl = (p_kl * diff).sum(-1).float()  # [c] as the authors: products and sum in bf16
+        diff, p_kl = diff.float(), p_kl.float()  # [c, V] each: the gradient's arithmetic in float32
+    elif teacher:
         lq = _log_softmax_(z[c:], st.kl_teacher_temperature)  # [c, V] log q
         if same_tau:
             ls_for_kl, p_kl = ls, p  # [c, V] each
@@ -489,6 +518,7 @@ def _fused_step(
     token_advantages,
     token_weights,
     opd_token_weights,
+    entropy_token_weights,
     chunks,
 ):
     B, T, H = hs.shape
@@ -498,6 +528,7 @@ def _fused_step(
     if ht is not None:
         g = gate_mask(advantages, m, st.gate)  # [B, T]
         opd_w = opd_weights(w, g, st.opd_norm, st.loss_agg_mode) if opd_token_weights is None else opd_token_weights
+    ent_w = w if entropy_token_weights is None else entropy_token_weights  # [B, T]
     chunks = chunk_sizes(W.shape[0], B * T, hs.device, *chunks)
     plan = _Plan(
         st,
@@ -510,6 +541,7 @@ def _fused_step(
         token_advantages,
         w.detach(),
         opd_w.detach() if opd_w is not None else None,
+        ent_w.detach(),
         chunks,
     )
     ht_flat = ht.detach().reshape(B * T, H) if ht is not None else None  # [N, H]

@@ -19,6 +19,7 @@ LossAggMode = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"]
 RefKLMode = Literal["urkl", "ufkl", "rkl", "fkl", "k1", "k2", "k3"]
 RewardKLEstimator = Literal["k1", "k2", "k3", "abs"]
 PolicyLossMode = Literal["dapo", "reinforce"]
+DistillDtype = Literal["float32", "bfloat16"]
 
 REF_KL_MODES: tuple[str, ...] = ("urkl", "ufkl", "rkl", "fkl", "k1", "k2", "k3")
 
@@ -213,16 +214,26 @@ def _upcast(x: Tensor) -> Tensor:
 
 
 def full_vocab_kl(
-    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, teacher_temperature: float | None = None
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    temperature: float = 1.0,
+    teacher_temperature: float | None = None,
+    dtype: DistillDtype = "float32",
 ) -> Tensor:
     """Per-position KL(p_t || SG[q_t]) [B, T] over the whole vocabulary (eq. 3.2).
 
     p = softmax(student_logits / temperature), q = softmax(teacher_logits / teacher_temperature)
     (``teacher_temperature`` None: ``temperature``; the authors divide only the student's logits, i.e.
     ``teacher_temperature=1``). The teacher is detached, so only the student gets a gradient. Computed in
-    float32 for half-precision inputs. Holds several [B, T, V] tensors: the reference for ``fused_full_vocab_kl``.
+    float32 for half-precision inputs; ``dtype`` bfloat16: as the authors' code, the logits in bf16, both
+    log-softmaxes, p, the products and the sum in bf16 (the result returned in float32). Holds several
+    [B, T, V] tensors: the reference for ``fused_full_vocab_kl``.
     """
     t_temp = temperature if teacher_temperature is None else teacher_temperature
+    if dtype == "bfloat16":
+        logp = F.log_softmax(student_logits.to(torch.bfloat16) / temperature, dim=-1)  # [B, T, V] bf16
+        logq = F.log_softmax(teacher_logits.detach().to(torch.bfloat16) / t_temp, dim=-1)  # [B, T, V] bf16
+        return (logp.exp() * (logp - logq)).sum(dim=-1).float()  # [B, T]
     logp = F.log_softmax(_upcast(student_logits) / temperature, dim=-1)  # [B, T, V]
     logq = F.log_softmax(_upcast(teacher_logits.detach()) / t_temp, dim=-1)  # [B, T, V]
     return (logp.exp() * (logp - logq)).sum(dim=-1)  # [B, T]

@@ -579,6 +579,7 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
         unfinished = [r for r in distinct if run_state(r)[0] != "finished"]
         attached = active_jobs(jobs_state, [r.hash for r in unfinished])
         todo = [r for r in unfinished if r.hash not in attached]
+        progress = Progress(todo, log)
         exp = _experiment(plan).open()
         c = exp.client
         run_ids = _child_runs(plan, exp)
@@ -606,9 +607,7 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
             )
             fns = [TrainJob(r.config.resolved(), plan.tracking_uri, run_ids[r.hash], exp.parent_id) for r in todo]
             if plan.executor == "local":
-                jobs = _submit_local(
-                    ex, fns, max_parallel or plan.spec.max_parallel, lambda js: log("[sdpg-ablate] " + _progress(todo, js))
-                )
+                jobs = _submit_local(ex, fns, max_parallel or plan.spec.max_parallel, progress.update)
             else:
                 with ex.batch():
                     jobs = [ex.submit(f) for f in fns]
@@ -640,13 +639,14 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
     if wait if wait is not None else plan.executor in ("local", "debug"):
         try:
             if jobs:
-                watch(plan, jobs, todo, log=log)
+                watch(plan, jobs, todo, log=log, progress=progress)
         finally:
             if jobs:
                 _settle(exp, jobs, [run_ids[r.hash] for r in todo])
         _wait_attached(plan, jobs_state, attached, log)
         log(status(plan))
         log(f"[sdpg-ablate] done; open the runs with: mlflow ui --backend-store-uri {tracking.redact(plan.tracking_uri)}")
+        log(f"[sdpg-ablate] next, the report (figures, tables, a page): sdpg-report {plan.path} --out reports/{plan.spec.name}")
     return {
         "submitted": [r.hash for r in todo],
         "attached": attached,
@@ -748,44 +748,83 @@ def _base_model_pending(run: Run) -> bool:
     return not (cache_root() / f"embedded-{h}" / "sdpg_recipe.json").is_file()
 
 
-def _progress(runs: list[Run], jobs: list) -> str:
-    """Counts of done / running / queued runs, then one line per running run: its step and accuracy;
-    before its first step, the last line its job logged (whole), or that it waits for the base
-    model's build."""
-    done, running, queued = 0, [], 0
-    for i, r in enumerate(runs):
-        if i >= len(jobs):
-            queued += 1
-            continue
-        if jobs[i].done():
-            done += 1
-            continue
-        _, step, m = run_state(r)
-        acc = m.get("train/accuracy")
-        if step == 0:
-            line = _last_log_line(jobs[i])
-            if not line.startswith("[embedded]") and line != "queued" and _base_model_pending(r):
-                line = "waiting for the base model's build (once per machine; another run is building it)"
-        else:
-            line = f"step {step}/{r.config.run.total_steps}" + (f" acc {acc:.2f}" if acc is not None else "")
-        running.append(f"{r.name}: {line}")
-    head = f"{done}/{len(runs)} runs done, {len(running)} running, {queued} queued"
-    return "\n  ".join([head, *running])
+class Progress:
+    """The console of a local ablation: a line when something changes, never the same line again. Each
+    line has the time of day; the counts line when a run starts or ends; per running run its step,
+    accuracy and time left at its own pace since its first step seen (or, before its first step, the last
+    line its job logged, or that it waits for the base model's build); per finished run its end."""
+
+    def __init__(self, runs: list[Run], log=print, clock=time.time):
+        self.runs, self.log, self.clock = runs, log, clock
+        self.shown: dict[str, str] = {}  # what was last said about each run (and the counts)
+        self.first: dict[str, tuple[float, int]] = {}  # run -> (time, step) when a step was first seen
+
+    def _say(self, key: str, text: str, extra: str = "") -> None:
+        """Log ``text`` (with ``extra``, e.g. the time left, which alone is no change) unless it was the last said."""
+        if self.shown.get(key) != text:
+            self.shown[key] = text
+            self.log(f"[sdpg-ablate {time.strftime('%H:%M:%S', time.localtime(self.clock()))}] {text}{extra}")
+
+    def _eta(self, r: Run, step: int) -> str:
+        now = self.clock()
+        t0, s0 = self.first.setdefault(r.name, (now, step))
+        total = r.config.run.total_steps
+        if step <= s0 or now <= t0 or step >= total:
+            return ""
+        left = (total - step) * (now - t0) / (step - s0)
+        return f", ~{_duration(left)} left"
+
+    def update(self, jobs: list) -> None:
+        done, running, queued = 0, 0, 0
+        lines: list[tuple[str, str, str]] = []
+        for i, r in enumerate(self.runs):
+            if i >= len(jobs):
+                queued += 1
+                continue
+            if jobs[i].done():
+                done += 1
+                state, step, m = run_state(r)
+                if r.name in self.shown:  # seen running: say how it ended, once
+                    acc = m.get("train/accuracy")
+                    how = "finished" if state == "finished" else "stopped unfinished"
+                    end = f"{r.name}: {how} at step {step}" + (f" acc {acc:.2f}" if acc is not None else "")
+                    lines.append((r.name, end, ""))
+                continue
+            running += 1
+            _, step, m = run_state(r)
+            acc = m.get("train/accuracy")
+            eta = ""
+            if step == 0:
+                line = _last_log_line(jobs[i])
+                if not line.startswith("[embedded]") and line != "queued" and _base_model_pending(r):
+                    line = "waiting for the base model's build (once per machine; another run is building it)"
+            else:
+                line = f"step {step}/{r.config.run.total_steps}" + (f" acc {acc:.2f}" if acc is not None else "")
+                eta = self._eta(r, step)
+            lines.append((r.name, f"{r.name}: {line}", eta))
+        self._say("", f"{done}/{len(self.runs)} runs done, {running} running, {queued} queued")
+        for key, text, extra in lines:
+            self._say(key, text, extra)
 
 
-def watch(plan: Plan, jobs: list, runs: list[Run] | None = None, log=print, every_s: float = 10.0) -> None:
-    """Progress lines until every job is done: each run's step and accuracy, or, before its first
-    step, the last line its job logged (e.g. the base model's build). Raises if any failed."""
-    runs = runs or plan.distinct
-    last_print = 0.0
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def watch(plan: Plan, jobs: list, runs: list[Run] | None = None, log=print, every_s: float = 10.0, progress=None) -> None:
+    """Progress until every job is done (``Progress``: a timestamped line per change). Raises if any failed."""
+    progress = progress or Progress(runs or plan.distinct, log)
     while True:
         done = [j.done() for j in jobs]
-        if time.time() - last_print >= every_s or all(done):
-            log("[sdpg-ablate] " + _progress(runs, jobs))
-            last_print = time.time()
+        progress.update(jobs)
         if all(done):
             break
-        time.sleep(1.0)
+        time.sleep(every_s)
     failed = []
     for j in jobs:
         try:
@@ -867,6 +906,22 @@ def cancel(plan: Plan, log=print) -> int:
     return len(ids)
 
 
+def dry_run_warnings(plan: Plan) -> list[str]:
+    """What submitting the plan from here would refuse (vLLM not installed, a data file not here...): one
+    sentence each, naming the runs it concerns."""
+    from sdpg.training.preflight import world_warnings
+
+    found: dict[str, list[str]] = {}
+    for r in plan.distinct:
+        for w in world_warnings(r.config, str(plan.path), local=plan.executor in ("local", "debug")):
+            found.setdefault(w, []).append(r.name)
+    n = len(plan.distinct)
+    return [
+        f"{w} (submitting from here is refused; {'all ' + str(n) + ' runs' if len(names) == n else 'runs ' + ', '.join(names)})"
+        for w, names in found.items()
+    ]
+
+
 def tracking_redact(text: str) -> str:
     from sdpg.orchestration.tracking import redact
 
@@ -886,11 +941,13 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         run_help="print the runs, then train the unfinished ones (--dry-run: print only)",
     )
-    p.add_argument(
-        "--executor",
-        choices=EXECUTORS,
-        help="where runs execute: local (processes here), debug (this process), slurm (default: the spec's)",
-    )
+    p.set_defaults(executor=None)
+    if sub == "run":  # where the runs go: status and cancel read where each job went from jobs.json
+        p.add_argument(
+            "--executor",
+            choices=EXECUTORS,
+            help="where runs execute: local (processes here), debug (this process), slurm (default: the spec's)",
+        )
     p.add_argument(
         "--only",
         action="append",
@@ -920,7 +977,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(
             "--rehearse-model",
             metavar="PATH",
-            help="with --rehearse: a local folder (config.json and tokenizer) standing in for model.path",
+            help="with --rehearse: a local folder (config.json and tokenizer) standing in for model.path, "
+            "or builtin: a Qwen3 stand-in made here (no hub)",
+        )
+        p.add_argument(
+            "--rehearse-data",
+            choices=["builtin"],
+            help="with --rehearse: data files not found here are replaced by stand-in rows in their format (no data)",
         )
         p.add_argument("--rehearse-dir", metavar="DIR", help="with --rehearse: its folder (default rehearsals/NAME)")
         p.add_argument(
@@ -945,7 +1008,8 @@ def main(argv: list[str] | None = None) -> int:
             a.only,
             max_runs=a.max_runs,
             profile_file=a.profile_file,
-            check_world=sub == "run" and not a.rehearse,  # a rehearsal checks every run's files itself
+            # a rehearsal checks every run's files itself; a dry run says what is missing here as warnings
+            check_world=sub == "run" and not a.rehearse and not a.dry_run,
         )
     except ConfigError as e:
         from sdpg.orchestration.tracking import redact
@@ -969,12 +1033,14 @@ def main(argv: list[str] | None = None) -> int:
         steps = variant_steps(plan)
         if steps:
             print("\neach variant against the previous one (effective config: settings that cannot matter left out):\n" + steps)
+        for w in dry_run_warnings(plan):
+            print(f"warning: {tracking_redact(w)}", file=sys.stderr)
         return 0
     if a.rehearse:
         from sdpg.orchestration.rehearse import rehearse_plan
 
         try:
-            return rehearse_plan(plan, a.rehearse_model, a.rehearse_dir)
+            return rehearse_plan(plan, a.rehearse_model, a.rehearse_dir, stand_in_data=a.rehearse_data)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdpg.orchestration import standins
 from sdpg.training.config import ConfigError, TrainConfig, apply_layer, build_config
 from sdpg.training.embedded import SOURCE_TASK, task_of_source
 
@@ -290,7 +291,7 @@ def check_source(
             None,
             None,
             f"{spec}: key {key!r} has bad value {source!r}: no such file (relative paths are read from where the job "
-            f"starts, here {Path.cwd()})",
+            f"starts, here {Path.cwd()}; --rehearse-data builtin rehearses on stand-in rows instead)",
             [],
         )
     try:
@@ -561,6 +562,13 @@ def rehearse_run(job: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
+def _missing_file(src: str) -> bool:
+    """A data file (not a built-in set, not a hub dataset) that is not found from here."""
+    if src in SOURCE_TASK or task_of_source(src) or src.startswith("hf:"):
+        return False
+    return not Path(src).expanduser().is_file()
+
+
 def vllm_available() -> bool:
     import importlib.util
 
@@ -589,9 +597,21 @@ def rehearse(
     folder: str | Path | None = None,
     stand_in: str | None = None,
     log: Callable[[str], None] = print,
+    stand_in_data: str | None = None,
 ) -> list[Outcome]:
-    """Rehearse ``items``; returns one outcome per run (and writes the report files)."""
+    """Rehearse ``items``; returns one outcome per run (and writes the report files). ``stand_in``: a model
+    folder standing in for ``model.path``, or ``builtin``; ``stand_in_data``: ``builtin`` replaces the data
+    files that are not here by stand-in rows (``sdpg.orchestration.standins``)."""
     t_start, cpu_start = time.time(), _cpu_seconds()
+    if vllm_available() and any(it.config.rollout.backend == "vllm" for it in items):
+        from sdpg._media import MEDIA_PACKAGES, mismatch
+
+        stray = [why for n in MEDIA_PACKAGES if (why := mismatch(n))]
+        if stray:  # vLLM's model check in its child process would fail every run the same way
+            raise ConfigError(
+                f"{ctx.spec_path}: rollout.backend is vllm and {stray[0]}, which stops vLLM's model check; "
+                "python -m sdpg.environment --fix uninstalls the media packages built for another torch"
+            )
     folder = prepare_folder(Path(folder) if folder else default_folder(ctx.spec_name))
     tag = f"[{ctx.tool}]"
     log(f"{tag} rehearsing {len(items)} runs of {ctx.spec_name} in {folder}")
@@ -603,6 +623,9 @@ def rehearse(
     from sdpg.training.shrink import ModelSourceError, shrink_model
 
     models: dict[tuple, Any] = {}
+    if stand_in == standins.BUILTIN:
+        stand_in = str(standins.write_model(folder / "models" / "builtin-qwen3"))
+        log(f"{tag} --rehearse-model builtin: a Qwen3 config, character tokenizer and chat template written here")
     for it in items:
         key = (it.config.model.path, it.config.model.trust_remote_code)
         if key in models:
@@ -616,12 +639,22 @@ def rehearse(
 
     # ---- data, read once per distinct source and row format
     sources: dict[tuple, SourceCheck] = {}
+    stand_in_notes: dict[tuple, str] = {}
 
     def source(key: str, src: str, cfg: TrainConfig) -> SourceCheck:
         k = (src, cfg.data.problem_key, cfg.data.answer_key, cfg.data.solution_key, key == "data.train")
         if k not in sources:
+            read = src
+            if stand_in_data == standins.BUILTIN and _missing_file(src):
+                read, stand_in_notes[k] = standins.write_data(key, src, cfg, folder / "data", len(sources))
             sources[k] = check_source(
-                key, src, cfg, folder / "data", TRAIN_ROWS if key == "data.train" else EVAL_ROWS, len(sources), str(ctx.spec_path)
+                key,
+                read,
+                cfg,
+                folder / "data",
+                TRAIN_ROWS if key == "data.train" else EVAL_ROWS,
+                len(sources),
+                spec=str(ctx.spec_path),
             )
         return sources[k]
 
@@ -642,7 +675,8 @@ def rehearse(
             errs, warns = structure_checks(cfg, world, getattr(model, "max_positions", None))
             o.errors += errs
             o.warnings += warns
-            o.not_rehearsed = not_rehearsed(cfg, ctx, world, have_vllm)
+            o.not_rehearsed = [n for kk, n in stand_in_notes.items() if kk[0] in data_srcs.values()]
+            o.not_rehearsed += not_rehearsed(cfg, ctx, world, have_vllm)
             if isinstance(model, Exception):
                 o.status = "blocked"
                 o.errors.insert(0, str(model))
@@ -672,11 +706,21 @@ def rehearse(
                     (len(tok.encode(s, add_special_tokens=False)), len(tok.encode(t, add_special_tokens=False)))
                     for s, t in (build_prompts(r, cfg.data, tok) for r in rows["data.train"])
                 ]
-                longest = max(max(a, b) for a, b in lens)
-                if longest > cfg.data.max_prompt_tokens:
+                limit, mode = cfg.data.max_prompt_tokens, cfg.data.overlong_prompts
+                longest_student, longest_teacher = max(a for a, _ in lens), max(b for _, b in lens)
+                if longest_student > limit:
+                    finding = (
+                        f"of the first {len(lens)} training rows, a student prompt has {longest_student} tokens, more "
+                        f"than data.max_prompt_tokens={limit}"
+                    )
+                    if mode == "error":  # the trainer would stop at data preparation
+                        o.errors.append(f"{finding}; student prompts are never cut unless data.overlong_prompts says so")
+                    else:
+                        o.warnings.append(f"{finding}: such rows are {'left out' if mode == 'drop' else 'cut from the left'}")
+                if longest_teacher > limit:
                     o.warnings.append(
-                        f"of the first {len(lens)} training rows, a prompt has {longest} tokens, more than "
-                        f"data.max_prompt_tokens={cfg.data.max_prompt_tokens}: prompts are cut"
+                        f"of the first {len(lens)} training rows, a teacher prompt has {longest_teacher} tokens, more "
+                        f"than data.max_prompt_tokens={limit}: teacher prompts are cut from the right"
                     )
             if rows and not o.errors:
                 verdicts, errs = scorer_checks(cfg, rows, o.student_prompt or "", scorers)
@@ -871,7 +915,8 @@ def not_rehearsed(cfg: TrainConfig, ctx: Context, world: int, have_vllm: bool) -
         )
     if cfg.rollout.backend == "vllm" and not have_vllm:
         out.append(
-            "the vLLM rollout backend: vLLM is not installed here, so rollouts ran on the hf backend "
+            "the vLLM rollout backend: vLLM is not installed here (pip install -e '.[rehearse]' && python -m "
+            "sdpg.environment --fix), so rollouts ran on the hf backend "
             "(the engine, its weight sync and rollout log-prob ratios were not rehearsed)"
         )
     out.append(
@@ -927,7 +972,7 @@ def write_report(outcomes: list[Outcome], ctx: Context, folder: Path, timing: di
     lines += table
     for o in outcomes:
         if o.status != "pass" and o.errors:
-            lines.append(f"\n{o.name} {o.status}s:")
+            lines.append(f"\n{o.name}: {o.status}")
             lines += [f"  - {e}" for e in o.errors]
     # prompts: each distinct rendering once
     shown: dict[tuple, list[str]] = {}
@@ -1020,7 +1065,7 @@ def exit_code(outcomes: list[Outcome]) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def rehearse_plan(plan, stand_in: str | None = None, folder: str | None = None, log=None) -> int:
+def rehearse_plan(plan, stand_in: str | None = None, folder: str | None = None, log=None, stand_in_data=None) -> int:
     """``sdpg-ablate SPEC --rehearse``: every run of the plan."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     items = [RunItem(r.name, r.hash, r.config) for r in plan.distinct]
@@ -1039,7 +1084,7 @@ def rehearse_plan(plan, stand_in: str | None = None, folder: str | None = None, 
         plan.spec.profile if plan.executor == "slurm" else None,
         plan.tracking_uri,
     )
-    return exit_code(rehearse(items, ctx, folder, stand_in, log))
+    return exit_code(rehearse(items, ctx, folder, stand_in, log, stand_in_data))
 
 
 def sweep_items(sweep) -> list[RunItem]:
@@ -1063,7 +1108,7 @@ def sweep_items(sweep) -> list[RunItem]:
     return items
 
 
-def rehearse_sweep(sweep, stand_in: str | None = None, folder: str | None = None, log=None) -> int:
+def rehearse_sweep(sweep, stand_in: str | None = None, folder: str | None = None, log=None, stand_in_data=None) -> int:
     """``sdpg-sweep SPEC --rehearse``: the enqueued trials and the corners of the space; the sampler and
     pruner are built, and every trial must log the objective."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
@@ -1086,4 +1131,4 @@ def rehearse_sweep(sweep, stand_in: str | None = None, folder: str | None = None
         sweep.tracking_uri,
         objective=sweep.spec.objective.metric,
     )
-    return exit_code(rehearse(sweep_items(sweep), ctx, folder, stand_in, log))
+    return exit_code(rehearse(sweep_items(sweep), ctx, folder, stand_in, log, stand_in_data))

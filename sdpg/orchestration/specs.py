@@ -117,6 +117,8 @@ def subcommand_parser(
         + "\n".join(f"  {prog} {k.ljust(width)} SPEC  {h}" for k, h in {"[run]": run_help, **helps}.items())
         + f"\n\n{prog} SUBCOMMAND --help shows the options of each."
     )
+    if sub != "run":  # a subcommand's help is its own: its line and its options
+        description, epilog = f"{prog} {sub} SPEC: {helps[sub]}.", f"{prog} --help lists the other commands."
     p = argparse.ArgumentParser(
         prog=f"{prog}{'' if sub == 'run' else ' ' + sub}",
         description=description,
@@ -124,14 +126,16 @@ def subcommand_parser(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("spec", help="the spec file (YAML)")
-    p.add_argument(
-        "--profile", metavar="NAME", help="SLURM profile slurm/NAME.yaml (or in $SDPG_SLURM_PROFILES), replacing the spec's"
-    )
-    p.add_argument(
-        "--profile-file",
-        metavar="PATH",
-        help="a SLURM profile outside the profile folders, by path (replaces --profile and the spec's)",
-    )
+    p.set_defaults(profile=None, profile_file=None)
+    if sub == "run":  # where the runs go: only submitting asks
+        p.add_argument(
+            "--profile", metavar="NAME", help="SLURM profile slurm/NAME.yaml (or in $SDPG_SLURM_PROFILES), replacing the spec's"
+        )
+        p.add_argument(
+            "--profile-file",
+            metavar="PATH",
+            help="a SLURM profile outside the profile folders, by path (replaces --profile and the spec's)",
+        )
     return sub, argv, p
 
 

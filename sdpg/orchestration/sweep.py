@@ -1125,13 +1125,19 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         run_help="start the workers (they pull trials until n_trials have finished)",
     )
-    p.add_argument(
-        "--executor", choices=("local", "slurm"), help="where workers run: local processes or a SLURM array (default: the spec's)"
-    )
-    p.add_argument(
-        "--n-trials", type=int, metavar="N", help="finished (complete or pruned) trials to collect, replacing the spec's n_trials"
-    )
+    p.set_defaults(executor=None, n_trials=None)
     if sub == "run":
+        p.add_argument(
+            "--executor",
+            choices=("local", "slurm"),
+            help="where workers run: local processes or a SLURM array (default: the spec's)",
+        )
+        p.add_argument(
+            "--n-trials",
+            type=int,
+            metavar="N",
+            help="finished (complete or pruned) trials to collect, replacing the spec's n_trials",
+        )
         p.add_argument("--workers", type=int, metavar="N", help="workers pulling trials at once (default: the spec's)")
         p.add_argument(
             "--wait",
@@ -1147,7 +1153,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(
             "--rehearse-model",
             metavar="PATH",
-            help="with --rehearse: a local folder (config.json and tokenizer) standing in for model.path",
+            help="with --rehearse: a local folder (config.json and tokenizer) standing in for model.path, "
+            "or builtin: a Qwen3 stand-in made here (no hub)",
+        )
+        p.add_argument(
+            "--rehearse-data",
+            choices=["builtin"],
+            help="with --rehearse: data files not found here are replaced by stand-in rows in their format (no data)",
         )
         p.add_argument("--rehearse-dir", metavar="DIR", help="with --rehearse: its folder (default rehearsals/NAME)")
     if sub == "export":
@@ -1168,7 +1180,7 @@ def main(argv: list[str] | None = None) -> int:
         elif a.rehearse:
             from sdpg.orchestration.rehearse import rehearse_sweep
 
-            return rehearse_sweep(sweep, a.rehearse_model, a.rehearse_dir)
+            return rehearse_sweep(sweep, a.rehearse_model, a.rehearse_dir, stand_in_data=a.rehearse_data)
         else:
             launch(sweep, a.workers, a.wait, log=lambda m: print(m, file=sys.stderr, flush=True))
     except ConfigError as e:

@@ -418,9 +418,12 @@ def build_report(
             (out / "tables" / f"last_best{tag}.tex").write_text(report.render_table(v, cols, cells, "latex"))
             (out / "tables" / f"last_best{tag}.csv").write_text(report.render_table(v, cols, cells, "csv", seeds=seeds))
             few = _too_few({x: counts[x] for x in v})
+            marked = "best per column bold, second underlined (ties share a rank)"
+            if few:
+                marked = f"no best marked: with fewer than {report.MIN_SEEDS} seeds a variant's mean cannot be ordered"
             caption = (
-                "Mean over seeds ± half-width of the 95% bootstrap interval over seeds; best per column bold, "
-                "second underlined (ties share a rank); Last: each run's final evaluation, Best: its maximum"
+                f"Mean over seeds ± half-width of the 95% bootstrap interval over seeds; {marked}; "
+                "Last: each run's final evaluation, Best: its maximum"
                 + (f"; benchmarks: {', '.join(f'`{m}`' for m in benches)}" if benches else "")
                 + "."
             )
@@ -445,7 +448,13 @@ def build_report(
             if ref in complete and len(complete) > 1:
                 d = report.delta_table(lb, benches, ref, order=complete, labels=labels_b)
                 (out / "tables" / f"ablation_delta{tag}.md").write_text(d)
-                sections.append((f"Differences to {ref}", d + "\nMeans over seeds, variant minus reference."))
+                caveat = (
+                    f" With fewer than {report.MIN_SEEDS} seeds ({', '.join(few)}) a difference is one run's against "
+                    "another's: it does not say which method is better (seed-to-seed spread is often as large)."
+                    if few
+                    else ""
+                )
+                sections.append((f"Differences to {ref}", d + "\nMeans over seeds, variant minus reference." + caveat))
             if compare == "previous" and trials is None:
                 text = improvement_section(lb, benches, complete, None, counts, out, "previous", tag)
                 if text:
@@ -459,6 +468,8 @@ def build_report(
 
         per_run, summary = report.stability(df, benches[0] if benches else None, threshold=threshold)
         per_run.to_csv(out / "tables" / f"stability_runs{tag}.csv", index=False)
+        if benches:  # every run's scores, from which the tables above are computed
+            report.run_scores(df, benches).to_csv(out / "tables" / f"scores_runs{tag}.csv", index=False)
         late_k = None
         if benches:
             n_evals = int(df[df.metric == benches[0]].groupby("run_id").step.nunique().min())

@@ -319,6 +319,21 @@ def last_best(df, metrics: list[str]):
     return pd.DataFrame(rows, columns=["variant", "metric", "kind", "mean", "lo", "hi", "n", "per_seed"])
 
 
+def run_scores(df, metrics: list[str]):
+    """Per run (one row: run_id, variant, seed) and benchmark: ``<metric> Last`` (final evaluation), ``Best``
+    (maximum) and ``AUC`` (mean over its evaluations). The numbers every table of a report is computed from,
+    written beside it so that a reader can recompute any of them (``analysis/recompute.py``)."""
+    import pandas as pd
+
+    rows: dict[tuple, dict] = {}
+    keys = ["run_id", "variant", "seed", "metric"]
+    for (rid, variant, seed, metric), g in df[df.metric.isin(metrics)].groupby(keys, sort=False):
+        v = g.sort_values("step").value.to_numpy(dtype=float)
+        row = rows.setdefault((rid, variant, seed), {"run_id": rid, "variant": variant, "seed": seed})
+        row.update({f"{metric} Last": v[-1], f"{metric} Best": v.max(), f"{metric} AUC": v.mean()})
+    return pd.DataFrame(list(rows.values()))
+
+
 def ranks(values: list[float], higher_is_better: bool = True) -> list[int]:
     """Dense rank per value (1 = best); ties share a rank, so two equal best values are both bold and
     the next distinct value is underlined."""
@@ -471,6 +486,12 @@ def table_matrix(lb, metrics: list[str], order: list[str] | None = None, labels:
     return variants, col_labels, cells
 
 
+def ranked(column) -> bool:
+    """Whether a table column's cells ``(mean, lo, hi, n)`` may be marked best / second: every variant with a
+    value has at least MIN_SEEDS seeds (the paper's own numbers, n unknown, count as given)."""
+    return all(n is None or n >= MIN_SEEDS for mean, _lo, _hi, n in column if not math.isnan(mean))
+
+
 def render_table(
     variants,
     col_labels,
@@ -481,9 +502,12 @@ def render_table(
     seeds: list[str] | None = None,
 ) -> str:
     """Best cell per column bold, second underlined; mean ± half-width of the 95% CI when n >= MIN_SEEDS.
-    ``seeds`` (one entry per variant) adds a column stating each row's sample size."""
+    A column where a variant has fewer than MIN_SEEDS seeds gets no marks: one seed cannot order variants
+    (``ranked``). ``seeds`` (one entry per variant) adds a column stating each row's sample size."""
     marks = [[0] * len(col_labels) for _ in variants]
     for j in range(len(col_labels)):
+        if not ranked([cells[i][j] for i in range(len(variants))]):
+            continue
         rk = ranks([cells[i][j][0] for i in range(len(variants))], higher_is_better)
         for i in range(len(variants)):
             marks[i][j] = rk[i]
@@ -577,7 +601,7 @@ def table_from_csv(path: str | Path) -> tuple[list[str], list[tuple[str, str]], 
     head, body = rows[0], rows[1:]
     col_labels = [tuple(h.rsplit(" ", 1)) for h in head[1:]]
     variants = [r[0] for r in body]
-    cells = [[(float(x), float("nan"), float("nan"), 1) for x in r[1:]] for r in body]
+    cells = [[(float(x), float("nan"), float("nan"), None) for x in r[1:]] for r in body]  # n: not stated
     return variants, col_labels, cells
 
 
@@ -633,6 +657,39 @@ def _who(names: list[str], variants: list[str]) -> str:
     return ", ".join(short) if len(short) <= 4 else f"{', '.join(short[:4])} and {len(short) - 4} more"
 
 
+# The y-axis of each metric: what is measured and its unit.
+Y_LABELS = {
+    "train/reward": "reward",
+    "train/accuracy": "fraction correct",
+    "train/entropy": "nats / token",
+    "train/response_length": "tokens",
+    "train/opd_kl": "nats / token",
+    "train/gate_fraction": "fraction of tokens",
+    "train/beta": "β",
+    "train/ref_kl": "nats / token",
+    "train/pg_clipfrac": "fraction of tokens",
+    "train/grad_norm": "L2 norm",
+}
+INERT_AT_ZERO_BETA = ("train/gate_fraction",)
+"""Metrics that describe the distillation term: with β = 0 throughout a run they are computed but act on nothing."""
+
+
+def y_label(metric: str) -> str:
+    """The y-axis label of ``metric``: ``eval/<bench>/mean@k`` is an accuracy, ``timing/*`` seconds."""
+    if metric.startswith("eval/"):
+        stat = metric.rsplit("/", 1)[-1]
+        return f"accuracy ({stat})" if stat.startswith(("mean@", "pass@", "maj@")) else stat
+    if metric.startswith("timing/"):
+        return "s"
+    return Y_LABELS.get(metric, "")
+
+
+def _beta_zero(df, variants: list[str]) -> set[str]:
+    """Variants whose logged ``train/beta`` is 0 at every step of every seed (no distillation term)."""
+    rows = df[df.metric == "train/beta"]
+    return {v for v in variants if len(rows[rows.variant == v]) and not np.any(rows[rows.variant == v].value.to_numpy())}
+
+
 def plot_curves(
     df,
     metrics: list[str | None],
@@ -676,13 +733,17 @@ def plot_curves(
     plt.rcParams.update({"font.size": 7})
     fig, axes = plt.subplots(nrows, ncols, figsize=(width, panel_h * nrows + legend_h), squeeze=False, layout="constrained")
     present_metrics = set(df.metric)
+    no_beta = _beta_zero(df, variants)
     for ax, metric in zip(axes.flat, metrics):
         if metric is None:  # a blank cell of the grid
             ax.axis("off")
             continue
         curves = seed_curves(df, metric, ema)
-        zero, missing = [], []
+        zero, missing, inert = [], [], []
         for v in variants:
+            if metric in INERT_AT_ZERO_BETA and v in no_beta and v in curves:
+                inert.append(v)  # computed, but gates a term with weight 0: a curve would read as a finding
+                continue
             if v not in curves or not len(curves[v]["step"]):
                 if v in set(df.variant):
                     missing.append(v)
@@ -704,6 +765,8 @@ def plot_curves(
             lines.append(f"\u2261 0 (dotted): {_who(zero, variants)}")
         if missing:
             lines.append(f"not logged: {_who(missing, variants)}" if metric in present_metrics else "not logged by any run")
+        if inert:
+            lines.append(f"inert at \u03b2 = 0, not drawn: {_who(inert, variants)}")
         if lines:
             note = ax.text(
                 0.02,
@@ -722,6 +785,7 @@ def plot_curves(
                 notes.setdefault(metric, []).extend(lines)
         ax.set_title((titles or {}).get(metric, metric), fontsize=7.5)
         ax.set_xlabel("step", fontsize=7)
+        ax.set_ylabel(y_label(metric), fontsize=6.5)
         ax.tick_params(labelsize=6.5)
         ax.grid(alpha=0.3, lw=0.5)
     for ax in list(axes.flat)[len(metrics) :]:

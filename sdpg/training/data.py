@@ -4,13 +4,17 @@ A row is a dict with ``problem``, ``answer`` and optionally ``solution``. Rows f
 parquet (the SDPG authors' format) carry the two prompts already written: the user message is
 ``<student prompt>[TEACHER_CONTEXT_TOKEN]<context>``; the student sees the text before the sentinel,
 the teacher that text joined directly to the context (no separator, nothing stripped), both inside the
-same chat template; templates are then not applied again.
+same chat template; templates are then not applied again. With ``data.answer_format: boxed`` (the authors'
+setting) DAPO's "Answer:" instruction in such rows is first rewritten into the boxed one, as their dataset code
+does. Plain rows are rendered through a template (``data.prompt_template``); a question that ends with its own
+benchmark instruction loses it first when the template brings one (``data.problem_instruction``).
 """
 
 from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +36,24 @@ DEFAULT_CONTEXT_TEMPLATES = {
 }
 
 
-# The SDPG paper's prompts (Fig. 4), ``data.prompt_template: sdpg_fig4``. The teacher sees the student prompt
-# with the context appended on a new line. Without a worked solution in a row, the hint keeps the answer.
+# The answer-format instructions of the authors' data: DAPO-Math's ("Answer: $Answer" on the last line) and the
+# boxed one that replaces it when the answer format is boxed (``data.answer_format``), as their dataset code does.
+DAPO_INSTRUCTION = (
+    "The last line of your response should be of the form Answer: $Answer"
+    " (without quotes) where $Answer is the answer to the problem."
+)
+BOXED_INSTRUCTION = "Present your final answer inside \\boxed{}, for example \\boxed{42}."
+
+# The SDPG paper's prompts (Fig. 4), ``data.prompt_template: sdpg_fig4``: instruction, question and reminder are
+# paragraphs (``\n\n``), as in the authors' rows. A plain row is laid out as the authors' rows are, the user message
+# ``<student>\n[TEACHER_CONTEXT_TOKEN]\n\n<context>`` (the sentinel on the line after the reminder, ``[Hint]`` and
+# ``[Instruction]`` each a new paragraph), and split as theirs: the student sees the text before the sentinel
+# (so it ends with that line break), the teacher that text joined directly to the text after it. Without a
+# worked solution in a row, the hint keeps the answer.
 FIG4_STUDENT = (
-    "Solve the following math problem step by step. Present your final answer inside \\boxed{{}}, "
-    "for example \\boxed{{42}}.\n{problem}\nRemember to put your final answer inside \\boxed{{}}."
+    "Solve the following math problem step by step. "
+    + BOXED_INSTRUCTION.replace("{", "{{").replace("}", "}}")
+    + "\n\n{problem}\n\nRemember to put your final answer inside \\boxed{{}}."
 )
 FIG4_INSTRUCTION = (
     "[Instruction] If possible, derive the answer {answer} using an alternative, equally rigorous mathematical "
@@ -44,11 +61,12 @@ FIG4_INSTRUCTION = (
     "standard approach with exceptional clarity. Do NOT state that you were given the answer or reference."
 )
 FIG4_CONTEXT_TEMPLATES = {
-    "answer_solution": "[Hint] The correct answer is {answer}. A common way to solve this is:\n{solution}\n" + FIG4_INSTRUCTION,
-    "answer": "[Hint] The correct answer is {answer}.\n" + FIG4_INSTRUCTION,
+    "answer_solution": "[Hint] The correct answer is {answer}. A common way to solve this is:\n{solution}\n\n" + FIG4_INSTRUCTION,
+    "answer": "[Hint] The correct answer is {answer}.\n\n" + FIG4_INSTRUCTION,
     "solution": "[Hint] A common way to solve this is:\n{solution}",
 }
-FIG4_JOIN = "\n"  # between the student prompt and the context
+FIG4_BEFORE_SENTINEL = "\n"  # the sentinel's line follows the reminder: the student prompt's last character
+FIG4_AFTER_SENTINEL = "\n\n"  # [Hint] opens a new paragraph
 
 
 def _get(row: dict, dotted: str) -> Any:
@@ -67,7 +85,7 @@ def normalise_row(raw: dict, cfg: DataConfig, source: str, index: int) -> dict:
     """One input row as {problem, answer, solution, student_prompt?, teacher_prompt?}."""
     # verl format: prompt = [{role, content}], reward_model.ground_truth
     if "prompt" in raw and isinstance(raw["prompt"], (list, tuple)) and raw["prompt"] and "reward_model" in raw:
-        messages = list(raw["prompt"])
+        messages = [rewrite_answer_format(dict(msg), cfg) for msg in raw["prompt"]]
         user = next((i for i, msg in enumerate(messages) if TEACHER_SENTINEL in str(msg.get("content", ""))), len(messages) - 1)
         content = messages[user]["content"]
         gt = _get(raw, "reward_model.ground_truth")
@@ -93,7 +111,13 @@ def read_source(source: str, cfg: DataConfig, split: str = "train") -> list[dict
     from sdpg.training import embedded
 
     if embedded.task_of_source(source) is not None:
-        return embedded.rows_of(source, split)
+        rows = embedded.rows_of(source, split)
+        if split == "train" and cfg.solution_key != "solution":  # e.g. a negative control (CONTROL_SOLUTION_KEYS)
+            if cfg.solution_key not in rows[0]:
+                keys = ", ".join(k for k in rows[0] if k.startswith("solution"))
+                raise ConfigError(f"data.solution_key: {cfg.solution_key!r} is not a field of {source!r} (fields: {keys})")
+            rows = [{**r, "solution": r[cfg.solution_key]} for r in rows]
+        return rows
     if source.startswith("hf:"):
         parts = source[3:].split(":")
         try:
@@ -148,6 +172,42 @@ def _chat(text: str, tokenizer, cfg: DataConfig, prefix: list[dict] | None = Non
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **cfg.chat_template_kwargs)
 
 
+def rewrite_answer_format(message: dict, cfg: DataConfig) -> dict:
+    """A verl row's message with DAPO's answer instruction replaced (once) by the boxed one when
+    ``data.answer_format`` is ``boxed``, as the authors' dataset code does before splitting at the sentinel."""
+    content = message.get("content")
+    if cfg.answer_format == "boxed" and isinstance(content, str) and DAPO_INSTRUCTION in content:
+        message["content"] = content.replace(DAPO_INSTRUCTION, BOXED_INSTRUCTION, 1)
+    return message
+
+
+def strips_problem_instruction(cfg: DataConfig) -> bool:
+    """Whether a plain row's own trailing instruction (``data.problem_instructions``) is removed before the
+    template: ``auto`` does when the student template asks for ``\\boxed{}`` itself (``sdpg_fig4`` always does),
+    so the prompt carries one instruction, not two."""
+    if cfg.problem_instruction != "auto":
+        return cfg.problem_instruction == "strip"
+    return cfg.prompt_template == "sdpg_fig4" or "\\boxed" in cfg.student_template.replace("{problem}", "")
+
+
+def problem_text(row: dict, cfg: DataConfig) -> str:
+    """The question as the template receives it: without its own trailing instruction when that is stripped."""
+    problem = row["problem"]
+    if strips_problem_instruction(cfg):
+        end = problem.rstrip()
+        for instruction in cfg.problem_instructions:
+            if instruction and end.endswith(instruction):
+                return end[: -len(instruction)].rstrip()
+    return problem
+
+
+def fig4_message(problem: str, context: str) -> str:
+    """The user message of an authors'-format row with the Fig. 4 prompts: ``<student>\\n[TEACHER_CONTEXT_TOKEN]\\n\\n
+    <context>`` (no sentinel without a context). ``sdpg_fig4`` splits it as the authors' dataset code does."""
+    student = FIG4_STUDENT.format(problem=problem) + FIG4_BEFORE_SENTINEL
+    return student + TEACHER_SENTINEL + FIG4_AFTER_SENTINEL + context if context else student
+
+
 def build_prompts(row: dict, cfg: DataConfig, tokenizer) -> tuple[str, str]:
     """(student prompt x, teacher prompt: x with the privileged context c appended), as text ready to tokenize."""
     if "student_prompt" in row:
@@ -155,34 +215,74 @@ def build_prompts(row: dict, cfg: DataConfig, tokenizer) -> tuple[str, str]:
         if cfg.context == "none":
             teacher = student
     else:
+        problem = problem_text(row, cfg)
         ctx = render_context(row, cfg)
-        if cfg.prompt_template == "sdpg_fig4":
-            student = FIG4_STUDENT.format(problem=row["problem"])
-            teacher = student + FIG4_JOIN + ctx if ctx else student
+        if cfg.prompt_template == "sdpg_fig4":  # split as the authors' rows are
+            student, _, after = fig4_message(problem, ctx).partition(TEACHER_SENTINEL)
+            teacher = student + after
         else:
-            student = cfg.student_template.format(problem=row["problem"])
-            teacher = cfg.teacher_template.format(student=student, problem=row["problem"], context=ctx) if ctx else student
+            student = cfg.student_template.format(problem=problem)
+            teacher = cfg.teacher_template.format(student=student, problem=problem, context=ctx) if ctx else student
     prefix = row.get("chat_prefix")
     return _chat(student, tokenizer, cfg, prefix), _chat(teacher, tokenizer, cfg, prefix)
 
 
-def tokenize_prompts(rows: list[dict], cfg: DataConfig, tokenizer) -> tuple[list[list[int]], list[list[int]], int]:
-    """Token ids of every row's (student, teacher) prompts, cut at ``max_prompt_tokens``: the student's from
-    the left, the teacher's from the right (as the authors). Returns (student ids, teacher ids, number cut)."""
-    s_ids, t_ids, cut, limit = [], [], 0, cfg.max_prompt_tokens
-    for r in rows:
+@dataclass
+class PromptIds:
+    """Token ids of the prompts of a data set, and what ``data.max_prompt_tokens`` did to them."""
+
+    rows: list[dict]
+    """The rows kept: all, unless ``data.overlong_prompts`` is ``drop``."""
+    student: list[list[int]]
+    """Student prompt ids per kept row."""
+    teacher: list[list[int]]
+    """Teacher prompt ids per kept row, cut from the right at ``data.max_prompt_tokens`` (as the authors)."""
+    dropped: int = 0
+    """Rows left out because their student prompt is too long (``data.overlong_prompts: drop``)."""
+    student_cut: int = 0
+    """Student prompts cut from the left (``data.overlong_prompts: cut_left``)."""
+    teacher_cut: int = 0
+    """Teacher prompts cut from the right."""
+
+
+def tokenize_prompts(rows: list[dict], cfg: DataConfig, tokenizer, where: str = "data") -> PromptIds:
+    """Token ids of every row's (student, teacher) prompts. A teacher prompt longer than ``max_prompt_tokens`` is
+    cut from the right, as the authors'. A student prompt is never cut by default (the authors' is not): per
+    ``data.overlong_prompts`` a longer one is an error naming ``where`` (e.g. ``data.train=path``), is left out
+    with its row and counted, or is cut from the left."""
+    limit, mode = cfg.max_prompt_tokens, cfg.overlong_prompts
+    out = PromptIds([], [], [])
+    too_long: list[tuple[int, int]] = []  # (row index, student tokens)
+    for i, r in enumerate(rows):
         s, t = (tokenizer.encode(x, add_special_tokens=False) for x in build_prompts(r, cfg, tokenizer))
-        cut += (len(s) > limit) + (len(t) > limit)
-        s_ids.append(s[-limit:])
-        t_ids.append(t[:limit])
-    return s_ids, t_ids, cut
+        if len(s) > limit:
+            too_long.append((i, len(s)))
+            if mode == "drop":
+                out.dropped += 1
+                continue
+            out.student_cut += 1
+            s = s[-limit:]
+        out.teacher_cut += len(t) > limit
+        out.rows.append(r)
+        out.student.append(s)
+        out.teacher.append(t[:limit])
+    if too_long and mode == "error":
+        i, n = too_long[0]
+        raise ConfigError(
+            f"{where}: {len(too_long)} of {len(rows)} rows have a student prompt longer than "
+            f"data.max_prompt_tokens={limit} (row {i}: {n} tokens); student prompts are never cut unless asked: "
+            "raise data.max_prompt_tokens, or set data.overlong_prompts to drop (leave such rows out, counted) or cut_left"
+        )
+    return out
 
 
 class PromptSampler:
-    """Endless, seeded, resumable stream of training rows: shuffled each epoch."""
+    """Endless, seeded, resumable stream of training rows: shuffled each epoch. With ``drop_last`` (a draw
+    size k), an epoch ends when fewer than k of its rows are left, and they are skipped (a step never mixes
+    two epochs); without, a draw continues into the next epoch."""
 
-    def __init__(self, n_rows: int, seed: int, shuffle: bool = True):
-        self.n, self.seed, self.shuffle = n_rows, seed, shuffle
+    def __init__(self, n_rows: int, seed: int, shuffle: bool = True, drop_last: int | None = None):
+        self.n, self.seed, self.shuffle, self.drop_last = n_rows, seed, shuffle, drop_last
         self.epoch, self.pos = 0, 0
         self._order = self._make_order()
 
@@ -193,7 +293,10 @@ class PromptSampler:
         return order
 
     def next(self, k: int) -> list[int]:
-        out = []
+        out: list[int] = []
+        if self.drop_last is not None and self.pos + self.drop_last > self.n:
+            self.epoch, self.pos = self.epoch + 1, 0
+            self._order = self._make_order()
         while len(out) < k:
             if self.pos >= self.n:
                 self.epoch, self.pos = self.epoch + 1, 0

@@ -23,11 +23,17 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init(device: torch.device) -> tuple[int, int, bool]:
+def launched() -> bool:
+    """Whether a launcher (torchrun, submitit) set the rendezvous variables, even for a single rank."""
+    return all(k in os.environ for k in ("RANK", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def init(device: torch.device, single_rank_group: bool = False) -> tuple[int, int, bool]:
     """(rank, world size, whether this call created the process group); creates the default group
-    when WORLD_SIZE > 1 and none exists."""
+    when WORLD_SIZE > 1 and none exists, or for one launched rank when ``single_rank_group`` (FSDP2 on
+    one GPU: the code path a cluster runs, with a world of one)."""
     world = env_world_size()
-    if world <= 1:
+    if world <= 1 and not (single_rank_group and launched()):
         return 0, 1, False
     created = False
     if not dist.is_initialized():
@@ -39,6 +45,10 @@ def init(device: torch.device) -> tuple[int, int, bool]:
 
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 def active() -> bool:

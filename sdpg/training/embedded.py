@@ -99,6 +99,41 @@ def solve(operands: list[int]) -> str:
     return ";".join(steps) + f";#{acc}"
 
 
+def corrupt_solution(operands: list[int], rng: random.Random) -> str:
+    """The worked solution with exactly one intermediate running sum wrong by 1-9 (the wrong value carried
+    into the next step as its left operand, as a real slip would be), the final answer kept: the working no
+    longer supports the answer it states."""
+    sums = [operands[0]]
+    for x in operands[1:]:
+        sums.append(sums[-1] + x)  # sums[k]: the running sum after k additions; sums[-1] is the answer
+    wrong = list(sums)
+    i = rng.randrange(1, len(sums) - 1)  # an intermediate sum, never the first operand or the answer
+    wrong[i] += rng.choice([d for d in range(-9, 10) if d])
+    steps = [f"{wrong[k - 1]}+{x}={wrong[k]}" for k, x in enumerate(operands[1:], start=1)]
+    return ";".join(steps) + f";#{sums[-1]}"
+
+
+def add_control_contexts(rows: list[dict], seed: int) -> list[dict]:
+    """Every row gains the negative-control contexts of the context-type study, deterministic in ``seed``:
+    ``solution_corrupted`` (:func:`corrupt_solution`) and ``solution_shuffled`` (another row's reference
+    solution: the distinct problems along a seeded cycle, so no row gets its own problem's). Select one as the teacher's
+    solution with ``data.solution_key``."""
+    rng = random.Random(seed)
+    for r in rows:
+        r["solution_corrupted"] = corrupt_solution([int(x) for x in r["problem"].split("+")], rng)
+    problems = sorted({r["problem"] for r in rows})  # distinct problems (the training split repeats some)
+    rng.shuffle(problems)
+    solution_of = {r["problem"]: r["solution"] for r in rows}
+    after = dict(zip(problems, problems[1:] + problems[:1]))
+    for r in rows:
+        r["solution_shuffled"] = solution_of[after[r["problem"]]]
+    return rows
+
+
+CONTROL_SOLUTION_KEYS = ("solution_corrupted", "solution_shuffled")
+"""The negative-control fields of every built-in training and test row (:func:`add_control_contexts`)."""
+
+
 def make_row(rng: random.Random, terms: int = 3) -> dict:
     ops = [rng.randint(10, 99) for _ in range(terms)]
     return {"problem": "+".join(map(str, ops)), "answer": str(sum(ops)), "solution": solve(ops)}
@@ -120,7 +155,7 @@ def make_rows(n: int, split: str, task: str = "sum") -> list[dict]:
             continue
         seen.add(row["problem"])
         rows.append(row)
-    return rows
+    return add_control_contexts(rows, seeds[split] * 7919 + n) if n > 1 else rows
 
 
 def train_rows(n: int = 20000, task: str = "sum") -> list[dict]:

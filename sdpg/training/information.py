@@ -151,7 +151,8 @@ def measure_information(
     model.eval()
     source = source or next(iter(cfg.data.eval.values()))
     rows = read_source(source, cfg.data, "test")[:n_problems]
-    student, teacher, _ = tokenize_prompts(rows, cfg.data, tokenizer)
+    ids = tokenize_prompts(rows, cfg.data, tokenizer, f"source={source}")
+    rows, student, teacher = ids.rows, ids.student, ids.teacher
     kind = cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if task_of_source(cfg.data.train) else "math")
     verifier = Verifier(kind)
     engine = HFRollout(model, tokenizer, batch_size=batch_size)

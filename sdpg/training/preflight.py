@@ -17,6 +17,7 @@ import math
 import os
 import re
 import string
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -299,6 +300,12 @@ def check_data_file(cfg: TrainConfig, key: str, src: str, source: str, what: str
             n += 1
     if n == 0:
         raise ConfigError(f"{p}: is empty (no rows), named by {key}")
+    used = min(n, cfg.data.train_limit or n)
+    if what == "train" and cfg.run.max_epochs is not None and used < cfg.rollout.prompts_per_step:
+        raise ConfigError(
+            f"{p}: {used} training rows make no complete step of rollout.prompts_per_step={cfg.rollout.prompts_per_step}, "
+            f"and run.max_epochs={cfg.run.max_epochs} drops an epoch's incomplete step"
+        )
     if what == "train" and cfg.data.context in ("solution",) and rows_with_solution == 0:
         raise ConfigError(
             f"{p}: no row has a '{cfg.data.solution_key}' field, but data.context is "
@@ -306,15 +313,74 @@ def check_data_file(cfg: TrainConfig, key: str, src: str, source: str, what: str
         )
 
 
+VLLM_INSTALL = (
+    "in the sdpg checkout: pip install -e '.[vllm]' where the jobs run on GPUs; "
+    "on a CPU pip install -e '.[rehearse]' && python -m sdpg.environment --fix"
+)
+
+
+def _check_packages(source: str, cfg: TrainConfig) -> None:
+    """Packages the run imports that the base install does not bring. Jobs (local processes, submitit's SLURM
+    jobs) run with this Python, so what is missing here is missing there."""
+    import importlib.util
+
+    if cfg.rollout.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise _bad(
+            source,
+            "rollout.backend",
+            "vllm",
+            f"the vllm package is not installed for {sys.executable}, the Python the jobs run with "
+            f"({VLLM_INSTALL}), or set rollout.backend=hf",
+        )
+    if cfg.rollout.backend == "vllm":
+        from sdpg._media import MEDIA_PACKAGES, mismatch
+
+        stray = [why for n in MEDIA_PACKAGES if (why := mismatch(n))]
+        if stray:
+            raise _bad(
+                source,
+                "rollout.backend",
+                "vllm",
+                f"{stray[0]}, which stops vLLM's model check in its child process; "
+                f"python -m sdpg.environment --fix uninstalls {'it' if len(stray) == 1 else 'them'} (sdpg uses none)",
+            )
+
+
 def check_world(cfg: TrainConfig, source: str = "<config>", local: bool = True) -> None:
-    """Everything ``check_config`` checks, plus files, folders and devices (``local``: this machine runs it)."""
+    """Everything ``check_config`` checks, plus packages, files, folders and devices (``local``: this machine
+    runs it)."""
     check_config(cfg, source)
+    _check_packages(source, cfg)
     _check_device(source, cfg.model.device, local)
     _check_model_path(source, cfg.model.path)
     check_data_file(cfg, "data.train", cfg.data.train, source, "train")
     for name, src in cfg.data.eval.items():
         check_data_file(cfg, f"data.eval.{name}", src, source, "eval")
     _check_output_dir(source, cfg.run.output_dir)
+
+
+def world_warnings(cfg: TrainConfig, source: str = "<config>", local: bool = True) -> list[str]:
+    """What ``check_world`` would refuse on this machine, as warning sentences instead of an error:
+    ``--dry-run`` and ``--print-config`` plan anywhere (a laptop without vLLM or the data) and say what the
+    jobs will need where they run."""
+    checks = [
+        lambda: _check_packages(source, cfg),
+        lambda: _check_device(source, cfg.model.device, local),
+        lambda: _check_model_path(source, cfg.model.path),
+        lambda: check_data_file(cfg, "data.train", cfg.data.train, source, "train"),
+        *(
+            (lambda name=name, src=src: check_data_file(cfg, f"data.eval.{name}", src, source, "eval"))
+            for name, src in cfg.data.eval.items()
+        ),
+        lambda: _check_output_dir(source, cfg.run.output_dir),
+    ]
+    out = []
+    for check in checks:
+        try:
+            check()
+        except ConfigError as e:
+            out.append(" ".join(str(e).split()))
+    return out
 
 
 _METRIC_NAMES: set[str] | None = None

@@ -5,9 +5,10 @@
 parsed first). math-verify runs in a child process with a hard per-response deadline, so a
 pathological response cannot hang a training step, whichever process or thread calls it (its own
 timeouts rely on SIGALRM, which works only in a main thread). ``boxed`` is the SDPG authors' string
-match (their scripts' reward, reward +1 / -1 there): the last ``\\boxed{}`` in the response's last 500
-characters, else the last ``Answer:`` line there, normalised as Minerva does (Lewkowycz et al. 2022,
-app. D) and compared with the normalised gold answer as strings.
+match, their scripts' reward (+1 / -1 there), equal to their ``compute_score_boxed`` on every input: in the
+response's last 500 characters, the last ``\\boxed{}``, and when that is absent or wrong the last
+``Answer: X`` line, each normalised as Minerva does (Lewkowycz et al. 2022, app. D) and compared with the
+normalised gold answer as strings.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def last_boxed(text: str) -> str | None:
 # The authors' boxed scorer: Minerva's answer normalisation and string equality
 # --------------------------------------------------------------------------------------------
 
-# Minerva (arXiv 2206.14858, app. D): plain substitutions, then words and TeX fragments removed.
+# Minerva (arXiv 2206.14858, app. D): plain substitutions, then words and TeX fragments removed, in this order.
+# The removed words are the list as the authors' fork has it: ``ft`` is not among them (``204 ft`` is not 204).
 MINERVA_SUBSTITUTIONS = (
     ("an ", ""),
     ("a ", ""),
@@ -67,7 +69,6 @@ MINERVA_REMOVED = (
     "dollars",
     "mph",
     "inches",
-    "ft",
     "hours",
     "km",
     "units",
@@ -104,7 +105,9 @@ MINERVA_REMOVED = (
     '"',
     "\\dots",
 )
-_ANSWER_LINE = re.compile(r"(?i)Answer\s*:\s*([^\n]+)")
+# The ``Answer:`` fallback: case-insensitive, only spaces or tabs around the colon, the value on the same line
+# (an answer on the next line does not count).
+ANSWER_LINE = re.compile(r"(?i)Answer[ \t]*:[ \t]*([^\n]+)")
 
 
 def minerva_normalise(answer: str) -> str:
@@ -146,24 +149,30 @@ def last_boxed_strict(text: str) -> str | None:
     return None
 
 
-def boxed_extract(response: str, tail_chars: int = 500) -> str | None:
-    """What the authors' scorer reads from a response: the last ``\\boxed{}`` in its last ``tail_chars``
-    characters, else the last ``Answer: X`` line there; None when neither is there."""
+def boxed_judge(response: str, gold: str, tail_chars: int = 500) -> tuple[bool, str | None]:
+    """The authors' verdict on one response, and the normalised answer it was judged on (None: nothing found).
+
+    Only the last ``tail_chars`` characters are read. The last ``\\boxed{}`` there is tried first; whenever it
+    is absent or not correct, the last ``Answer: X`` line there is tried (asterisks around X stripped, so
+    ``**Answer:** 204`` counts): a wrong box followed by a correct ``Answer:`` line is correct."""
     tail = response[-tail_chars:]
+    want = minerva_normalise(str(gold))
     boxed = last_boxed_strict(tail)
-    if boxed is not None:
-        return boxed
-    lines = _ANSWER_LINE.findall(tail)
-    return lines[-1] if lines else None
+    got = None if boxed is None else minerva_normalise(boxed)
+    if got is not None and got == want:
+        return True, got
+    lines = ANSWER_LINE.findall(tail)
+    if lines:
+        line = minerva_normalise(lines[-1].strip().strip("*").strip())
+        if line == want:
+            return True, line
+    return False, got
 
 
 def boxed_reward(response: str, gold: str, tail_chars: int = 500) -> float:
-    """1.0 when the extracted answer, Minerva-normalised, equals the normalised gold answer; else 0.0
-    (the authors' -1: ``reward.incorrect_reward``)."""
-    got = boxed_extract(response, tail_chars)
-    if got is None:
-        return 0.0
-    return 1.0 if minerva_normalise(got) == minerva_normalise(str(gold)) else 0.0
+    """1.0 when :func:`boxed_judge` finds the response correct, else 0.0 (the authors' -1:
+    ``reward.incorrect_reward``)."""
+    return 1.0 if boxed_judge(response, gold, tail_chars)[0] else 0.0
 
 
 def exact_reward(response: str, answer: str) -> float:

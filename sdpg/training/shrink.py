@@ -103,7 +103,8 @@ def locate_source(path: str, stand_in: str | None = None, trust_remote_code: boo
     if not looks_like_hub_id:
         raise ModelSourceError(
             f"model.path {path!r}: no such folder here (it may exist on the cluster); "
-            f"rehearse with --rehearse-model PATH, a local folder with its config.json and tokenizer"
+            f"rehearse with --rehearse-model PATH, a local folder with its config.json and tokenizer, "
+            f"or --rehearse-model builtin (a Qwen3 stand-in made here)"
         )
     from huggingface_hub import snapshot_download
 
@@ -115,7 +116,8 @@ def locate_source(path: str, stand_in: str | None = None, trust_remote_code: boo
     if not hub_reachable():
         raise ModelSourceError(
             f"model.path {path!r} is a hub id and the hub cannot be reached from here; "
-            f"rehearse with --rehearse-model PATH, a local folder with its config.json and tokenizer"
+            f"rehearse with --rehearse-model PATH, a local folder with its config.json and tokenizer, "
+            f"or --rehearse-model builtin (a Qwen3 stand-in made here)"
         )
     try:
         return Path(snapshot_download(path, allow_patterns=patterns))

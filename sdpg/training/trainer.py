@@ -9,6 +9,7 @@
                             per-token advantages
         update              epochs x minibatches x micro-batches of
                             L = L_out + beta(k) L_OPD+ + alpha L_K                          (eq. 3.5)
+        (balance)           optim.minibatch_order=balanced: the step's rows re-dealt over the ranks by length
         reduce_metrics      loss statistics summed over micro-batches and ranks -> train/*
         evaluate, log, checkpoint
 
@@ -26,12 +27,17 @@ reference-settings, mapped setting by setting in docs/fidelity.md), each either 
     min(exp(log pi_old - log pi_engine), cap) between the trainer and the rollout engine (not in the paper).
  4. The L_OPD+ teacher is always the current policy on the privileged prompt; ``algo.teacher=frozen``
     changes only the RLSD / OPSD log-ratios.
- 5. The entropy bonus (OPSD) is aggregated with L_out's weights (with ``algo.pg_norm=gated``: the gated tokens).
-The authors' behaviour is the default elsewhere: fp32 parameters with ``model.dtype`` compute (autocast, or
-FSDP2 mixed precision), minibatches of ``optim.minibatch_prompts`` prompts clipped against the log-probs
-taken before the first update, the lr warm-up counted in RL steps with multiplier (k - 1)/W at RL step k,
-the KL clamp at 20 (``algo.opd_kl_clamp``), the distillation temperature on the student's logits only, the
-end-of-sequence position distilled, GRPO's KL in the reward (``algo.reward_kl_coef``).
+ 5. Every term is aggregated exactly over the whole minibatch on all ranks, and minibatches are whole groups in
+    sampling order, by default; the authors' per-micro-batch token-means over verl's token-budget micro-batches
+    and verl's balanced, length-ordered minibatches are settings (``optim.loss_aggregation``,
+    ``micro_batch_packing``, ``minibatch_order``), on in the paper config. The distillation KL's log-softmaxes
+    run in float32 unless ``algo.distill_dtype=bfloat16`` (the authors', also in the paper config).
+The authors' behaviour is the default elsewhere: the entropy bonus over all response tokens (OPSD), fp32
+parameters with ``model.dtype`` compute (autocast, or FSDP2 mixed precision), minibatches of
+``optim.minibatch_prompts`` prompts clipped against the log-probs taken before the first update, the lr warm-up
+counted in RL steps with multiplier (k - 1)/W at RL step k, the KL clamp at 20 (``algo.opd_kl_clamp``), the
+distillation temperature on the student's logits only, the end-of-sequence position distilled, GRPO's KL in the
+reward (``algo.reward_kl_coef``).
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ from sdpg.objective import (
     step_loss,
 )
 from sdpg.training import distributed as dist
+from sdpg.training.balance import balanced_rank_order, micro_batch_count, micro_batch_weights, token_budget_micro_batches
 from sdpg.training.checkpoint import (
     CheckpointError,
     checkpoint_dir,
@@ -76,7 +83,14 @@ from sdpg.training.checkpoint import (
     save_checkpoint,
     save_sharded_checkpoint,
 )
-from sdpg.training.config import SCORER_METRIC_NAMES, AlgoConfig, TrainConfig, build_config, load_config
+from sdpg.training.config import (
+    SCORER_METRIC_NAMES,
+    AlgoConfig,
+    ConfigError,
+    TrainConfig,
+    build_config,
+    load_config,
+)
 from sdpg.training.data import PromptSampler, read_source
 from sdpg.training.data import tokenize_prompts as tokenize_prompt_rows
 from sdpg.training.embedded import task_of_source, train_response_tokens
@@ -271,9 +285,9 @@ def train(
     exit, a raised exception included.
     """
     cfg = _as_config(config)
-    total = cfg.run.total_steps
     with contextlib.ExitStack() as resources:
         run = set_up(cfg, sinks, resources)
+        total = last_step(cfg, len(run.train_rows))
         status, step, metrics = "finished", run.start_step, {}
         if run.start_step == 0 and evaluation_due(run, 0):
             log_metrics(run, run_evaluation(run, 0), 0)
@@ -283,6 +297,8 @@ def train(
             batch = rollout(run, step, metrics)
             score(run, batch, metrics)
             logprobs(run, batch, step, metrics)
+            if cfg.optim.minibatch_order == "balanced":
+                balance(run, batch)
             loss_stats, beta_k, grad_norm = update(run, batch, step, metrics)
             reduce_metrics(run, batch, loss_stats, beta_k, grad_norm, metrics)
             if evaluation_due(run, step):
@@ -304,6 +320,20 @@ def train(
         if status == "finished":
             export_final_policy(run, step)
         return write_result(run, status, step, metrics)
+
+
+def last_step(cfg: TrainConfig, n_rows: int) -> int:
+    """The run's last RL step: ``run.total_steps``, or sooner the end of ``run.max_epochs`` passes over the
+    ``n_rows`` training rows, each epoch dropping its incomplete last step (the authors' ``drop_last``)."""
+    if cfg.run.max_epochs is None:
+        return cfg.run.total_steps
+    per_epoch = n_rows // cfg.rollout.prompts_per_step
+    if per_epoch == 0:
+        raise ValueError(
+            f"run.max_epochs={cfg.run.max_epochs}: {n_rows} training rows make no complete step of "
+            f"rollout.prompts_per_step={cfg.rollout.prompts_per_step}"
+        )
+    return min(cfg.run.total_steps, cfg.run.max_epochs * per_epoch)
 
 
 def stop_if_diverged(run: Run, step: int, metrics: dict[str, float]) -> None:
@@ -359,7 +389,7 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     device = resolve_device(cfg.model.device)
-    rank, world, owns_group = dist.init(device)
+    rank, world, owns_group = dist.init(device, single_rank_group=cfg.model.fsdp is True)
     if owns_group:
         resources.callback(dist.shutdown)
     if device.type == "cuda" and world > 1:
@@ -368,9 +398,6 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
     if cfg.rollout.prompts_per_step % world:
         raise ValueError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the {world} ranks")
     main_rank = rank == 0
-    if main_rank:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.resolved(), sort_keys=False))
     log = _stderr_log if main_rank else _no_log
     seed_everything(cfg.run.seed)
 
@@ -384,7 +411,9 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
     compute_dtype = getattr(torch, cfg.model.dtype)
     # frozen copies need no master weights: they hold the compute dtype
     reference = copy.deepcopy(policy).to(compute_dtype).eval().requires_grad_(False) if cfg.algo.needs_reference else None
-    use_fsdp = world > 1 and (cfg.model.fsdp is True or (cfg.model.fsdp == "auto" and device.type == "cuda"))
+    use_fsdp = (world > 1 and cfg.model.fsdp == "auto" and device.type == "cuda") or (
+        cfg.model.fsdp is True and dist.initialized()
+    )
     generator = None
     if use_fsdp:
         if cfg.rollout.backend == "hf":  # sampling runs on an unsharded copy: ranks stop generating at different times
@@ -394,12 +423,18 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
     # data: prompts tokenised once
     train_rows = read_source(cfg.data.train, cfg.data, "train")[: cfg.data.train_limit]
     warn_short_responses(cfg, log)
-    student_prompts, teacher_prompts = tokenize_prompts(train_rows, cfg, tokenizer, "training", log)
+    train_rows, student_prompts, teacher_prompts = tokenize_prompts(train_rows, cfg, tokenizer, "data.train", log)
     eval_sets = {}
     for name, source in cfg.data.eval.items():
         eval_rows = read_source(source, cfg.data, "test")[: cfg.data.eval_limit]
-        eval_sets[name] = (eval_rows, tokenize_prompts(eval_rows, cfg, tokenizer, name, log)[0])
-    sampler = PromptSampler(len(train_rows), cfg.run.seed, cfg.data.shuffle)
+        eval_rows, eval_prompts, _ = tokenize_prompts(eval_rows, cfg, tokenizer, f"data.eval.{name}", log)
+        eval_sets[name] = (eval_rows, eval_prompts)
+    # with an epoch limit, each epoch drops its incomplete last step (the authors' drop_last)
+    whole_steps = cfg.rollout.prompts_per_step if cfg.run.max_epochs is not None else None
+    sampler = PromptSampler(len(train_rows), cfg.run.seed, cfg.data.shuffle, whole_steps)
+    if main_rank:  # after the data are read: bad data (a missing file, an over-long prompt) leave nothing behind
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.resolved(), sort_keys=False))
 
     verifier_kind = (
         cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if task_of_source(cfg.data.train) else "math")
@@ -474,7 +509,7 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
             if hasattr(sink, "rewind"):
                 sink.rewind(kept_step)
     else:
-        run.sinks = default_sinks(out, kept_step, cfg.run.total_steps)
+        run.sinks = default_sinks(out, kept_step, last_step(cfg, len(train_rows)))
         for sink in run.sinks:
             resources.callback(sink.close)
     if run.start_step > 0:
@@ -508,17 +543,23 @@ def warn_short_responses(cfg: TrainConfig, log: Callable[[str], None]) -> float 
 
 
 def tokenize_prompts(
-    rows: list[dict], cfg: TrainConfig, tokenizer, what: str, log: Callable[[str], None]
-) -> tuple[list[list[int]], list[list[int]]]:
-    """Student and teacher prompt ids of every row, cut to ``data.max_prompt_tokens``: the student's from the
-    left, the teacher's from the right (as the authors)."""
-    student_ids, teacher_ids, n_cut = tokenize_prompt_rows(rows, cfg.data, tokenizer)
-    if n_cut:
-        log(
-            f"[sdpg] warning: {n_cut} {what} prompts (student and teacher views) longer than "
-            f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} were cut (student from the left, teacher from the right)"
-        )
-    return student_ids, teacher_ids
+    rows: list[dict], cfg: TrainConfig, tokenizer, key: str, log: Callable[[str], None]
+) -> tuple[list[dict], list[list[int]], list[list[int]]]:
+    """The rows kept, and their student and teacher prompt ids (``data.max_prompt_tokens``: the teacher's cut
+    from the right as the authors'; an over-long student prompt per ``data.overlong_prompts``, by default an error
+    naming ``key`` and its source)."""
+    source = cfg.data.train if key == "data.train" else cfg.data.eval.get(key.removeprefix("data.eval."), "")
+    ids = tokenize_prompt_rows(rows, cfg.data, tokenizer, f"{key}={source}")
+    limit = cfg.data.max_prompt_tokens
+    if ids.dropped:
+        log(f"[sdpg] warning: {key}: {ids.dropped} of {len(rows)} rows left out (student prompt over {limit} tokens)")
+    if ids.student_cut:
+        log(f"[sdpg] warning: {key}: {ids.student_cut} student prompts longer than {limit} tokens were cut from the left")
+    if ids.teacher_cut and key == "data.train" and (cfg.algo.needs_teacher_logprobs or cfg.algo.needs_distillation):
+        log(f"[sdpg] warning: {key}: {ids.teacher_cut} teacher prompts longer than {limit} tokens were cut from the right")
+    if not ids.rows and rows:
+        raise ConfigError(f"{key}={source}: every row's student prompt is longer than data.max_prompt_tokens={limit}")
+    return ids.rows, ids.student, ids.teacher
 
 
 def resume(run: Run) -> int:
@@ -771,6 +812,63 @@ def _policy_logp(run: Run, batch: Batch, seq: Tensor, attn: Tensor, prompt_len: 
 
 
 # --------------------------------------------------------------------------------------------
+# Balance (optim.minibatch_order=balanced): the authors' minibatch make-up
+# --------------------------------------------------------------------------------------------
+
+
+def balance(run: Run, batch: Batch) -> None:
+    """verl's ``_balance_batch``: the step's sequences of all ranks, in sampling order, are split into one
+    equal share per rank by length (groups split over ranks), each share ordered short -> long -> short
+    (``balanced_rank_order``); this rank's rows are replaced by its share, in that order, so that the update's
+    minibatches (consecutive slices) are the authors'. Every per-row tensor the update and the metrics read
+    travels with its row; under several ranks every rank briefly holds the whole step's rows."""
+    G, world = run.cfg.rollout.group_size, run.world
+    N = batch.responses.shape[0]
+    Ps, Pt = batch.student_prompt_len, batch.teacher_prompt_len
+    n_tokens = batch.student_attn[:, :Ps].sum(-1) + batch.mask.sum(-1)  # [N] prompt + response tokens
+    gathered = dist.all_gather_cat(n_tokens.long()).tolist()  # [N_all] rank order: rank r's row j at r N + j
+    # sampling order: the step's prompts were dealt out round-robin (prompt p to rank p % world), G rows each
+    to_sampling = [((q % N) // G * world + q // N) * G + (q % N) % G for q in range(len(gathered))]
+    to_rank_order = {s_: q for q, s_ in enumerate(to_sampling)}
+    by_sampling = [0] * len(gathered)
+    for q, s_ in enumerate(to_sampling):
+        by_sampling[s_] = int(gathered[q])
+    share = balanced_rank_order(by_sampling, world)[run.rank]
+    mine = torch.tensor([to_rank_order[s_] for s_ in share], device=run.device)
+
+    def take(x: Tensor | None, fill: float = 0, left: bool = False) -> Tensor | None:
+        """This rank's share of ``x`` [N, ...] (2-D: padded to the widest rank's width first)."""
+        if x is None:
+            return None
+        dtype = x.dtype
+        y = x.long() if dtype == torch.bool else x
+        if y.dim() == 2:
+            pad = int(dist.all_max(torch.tensor(float(y.shape[1]), device=run.device)).item()) - y.shape[1]
+            y = torch.nn.functional.pad(y, (pad, 0) if left else (0, pad), value=fill)
+        return dist.all_gather_cat(y)[mine].to(dtype)
+
+    pad_id = run.tokenizer.pad_token_id or 0
+
+    def take_seq(seq: Tensor, attn: Tensor, prompt_len: int) -> tuple[Tensor, Tensor, int]:
+        """[left-padded prompt | response] rows: the prompt part padded on the left, the response on the right."""
+        p_ids, p_attn = take(seq[:, :prompt_len], pad_id, left=True), take(attn[:, :prompt_len], 0, left=True)
+        r_ids, r_attn = take(seq[:, prompt_len:], pad_id), take(attn[:, prompt_len:], 0)
+        assert p_ids is not None and p_attn is not None and r_ids is not None and r_attn is not None
+        return torch.cat([p_ids, r_ids], 1), torch.cat([p_attn, r_attn], 1), p_ids.shape[1]
+
+    batch.student_seq, batch.student_attn, batch.student_prompt_len = take_seq(batch.student_seq, batch.student_attn, Ps)
+    batch.teacher_seq, batch.teacher_attn, batch.teacher_prompt_len = take_seq(batch.teacher_seq, batch.teacher_attn, Pt)
+    batch.responses = take(batch.responses, pad_id)  # type: ignore[assignment]
+    batch.mask = take(batch.mask)  # type: ignore[assignment]
+    batch.truncated = take(batch.truncated)  # type: ignore[assignment]
+    batch.engine_logp = take(batch.engine_logp)
+    batch.scores, batch.advantages = take(batch.scores), take(batch.advantages)
+    batch.old_logp, batch.ref_logp, batch.teacher_logp = take(batch.old_logp), take(batch.ref_logp), take(batch.teacher_logp)
+    batch.entropy, batch.token_advantages = take(batch.entropy), take(batch.token_advantages)
+    batch.keep = torch.arange(len(mine))
+
+
+# --------------------------------------------------------------------------------------------
 # Update
 # --------------------------------------------------------------------------------------------
 
@@ -793,7 +891,9 @@ def update(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> tupl
     n_nonfinite = 0
     run.policy.train()
     for epoch in range(optim.ppo_epochs if batch.n_kept_all else 0):
-        if optim.minibatch_prompts:  # consecutive whole groups; the same number of minibatches on every rank
+        if optim.minibatch_order == "balanced":  # consecutive slices of this rank's short -> long -> short share
+            parts = list(torch.tensor_split(batch.keep, batch.n_minibatches))
+        elif optim.minibatch_prompts:  # consecutive whole groups; the same number of minibatches on every rank
             groups = batch.keep.view(-1, cfg.rollout.group_size)  # [K/G, G]
             parts = [part.reshape(-1) for part in torch.tensor_split(groups, batch.n_minibatches)]
         else:
@@ -824,23 +924,35 @@ def optimizer_step(run: Run, batch: Batch, rows: Tensor, beta_k: float, loss_sta
     """One AdamW step on the minibatch ``rows`` [M], accumulated over micro-batches; returns the gradient norm
     and whether the step was applied: a non-finite loss (on any rank) or gradient norm skips it.
 
-    Aggregation weights are normalised over the whole minibatch on all ranks, so neither micro-batching
-    nor the number of ranks changes the update."""
+    Aggregation weights (``optim.loss_aggregation``) are normalised over the whole minibatch on all ranks, so
+    neither micro-batching nor the number of ranks changes the update; or, as the authors, per micro-batch."""
     algo, optim, device = run.cfg.algo, run.cfg.optim, run.device
     mask = batch.mask[rows]  # [M, T]
-    weights, opd_weights = minibatch_weights(
-        mask, batch.advantages[rows], batch.responses[rows], run.tokenizer.eos_token_id, algo, dist.all_sum
+    if optim.micro_batch_packing == "balanced" and optim.micro_batch_tokens:  # verl's dynamic batch size
+        n_tokens = (batch.student_attn[rows, : batch.student_prompt_len].sum(-1) + mask.sum(-1)).long().tolist()  # [M]
+        count = micro_batch_count(n_tokens, optim.micro_batch_tokens)
+        count = int(dist.all_max(torch.tensor(float(count), device=device)).item())  # the same on every rank
+        positions = [torch.tensor(g) for g in token_budget_micro_batches(n_tokens, count)]
+    else:
+        positions = micro_batches(mask.sum(-1), optim.micro_batch_size, optim.micro_batch_tokens, batch.student_prompt_len)
+    weights, opd_weights, entropy_weights = token_weights(
+        mask,
+        batch.advantages[rows],
+        batch.responses[rows],
+        run.tokenizer.eos_token_id,
+        algo,
+        dist.all_sum,
+        positions if optim.loss_aggregation == "micro_batch" else None,
+        run.world,
     )  # [M, T] each
     run.optimizer.zero_grad(set_to_none=True)
-    groups: list[Tensor | None] = list(
-        micro_batches(mask.sum(-1), optim.micro_batch_size, optim.micro_batch_tokens, batch.student_prompt_len)
-    )
+    groups: list[Tensor | None] = list(positions)
     if run.use_fsdp:  # every rank must run as many forwards: pad with zero-weight micro-batches
         n_most = int(dist.all_max(torch.tensor(float(len(groups)), device=device)).item())
         groups += [None] * (n_most - len(groups))
     finite_loss = True
-    for positions in groups:
-        finite_loss &= micro_batch_backward(run, batch, rows, positions, weights, opd_weights, beta_k, loss_stats)
+    for group in groups:
+        finite_loss &= micro_batch_backward(run, batch, rows, group, (weights, opd_weights, entropy_weights), beta_k, loss_stats)
     if not run.use_fsdp:  # FSDP has reduce-scattered the gradients already
         dist.all_reduce_grads(list(run.policy.parameters()))
     grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), optim.grad_clip if optim.grad_clip > 0 else float("inf"))
@@ -861,17 +973,47 @@ def minibatch_weights(
     algo: AlgoConfig,
     all_sum: Callable[[Tensor], Tensor] = lambda t: t,
 ) -> tuple[Tensor, Tensor]:
-    """Aggregation weights [M, T] of a minibatch's L_out (with L_K and the entropy bonus) and of L_OPD+,
-    normalised over the whole minibatch on all ranks (``all_sum`` sums the counts over ranks), so neither
-    micro-batching nor the number of ranks changes the update. ``mask`` [M, T], ``advantages`` [M], ``tokens`` [M, T].
+    """Aggregation weights [M, T] of a minibatch's L_out (with L_K) and of L_OPD+, normalised over the whole
+    minibatch on all ranks (``token_weights`` without micro-batches)."""
+    pg, opd, _ = token_weights(mask, advantages, tokens, eos_id, algo, all_sum)
+    return pg, opd
+
+
+def token_weights(
+    mask: Tensor,
+    advantages: Tensor,
+    tokens: Tensor,
+    eos_id: int | None,
+    algo: AlgoConfig,
+    all_sum: Callable[[Tensor], Tensor] = lambda t: t,
+    micro: list[Tensor] | None = None,
+    world: int = 1,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Aggregation weights [M, T] of a minibatch's L_out (with L_K), of L_OPD+ and of the entropy bonus.
+    ``mask`` [M, T], ``advantages`` [M], ``tokens`` [M, T].
+
+    ``micro`` None: normalised over the whole minibatch on all ranks (``all_sum`` sums the counts over ranks),
+    so neither micro-batching nor the number of ranks changes the update. ``micro`` the positions of each
+    micro-batch: the authors' aggregation (``micro_batch_weights``), each micro-batch normalised over its own
+    tokens, scaled by its share of the rank's sequences, over ``world`` ranks.
 
     L_out: over all response tokens, or (``algo.pg_norm`` gated, OPSD) over the tokens of sequences with A > 0.
     L_OPD+: the gated (and, with ``opd_exclude_stop``, non-EOS) tokens under the all-token weights, or
-    normalised over themselves (``opd_norm`` gated)."""
+    normalised over themselves (``opd_norm`` gated). Entropy: all response tokens, or L_out's
+    (``algo.entropy_tokens``)."""
     gated = gate_mask(advantages, mask, True)  # [M, T] tokens of sequences with A > 0
     distil = gate_mask(advantages, mask, algo.gate)  # [M, T] tokens L_OPD+ may use
     if algo.opd_exclude_stop and eos_id is not None:  # no distillation at the end-of-sequence position
         distil = distil * (tokens != eos_id).float()  # [M, T]
+    if micro is not None:  # the authors' per-micro-batch aggregation
+
+        def over(covered: Tensor) -> Tensor:
+            return micro_batch_weights(covered, micro, algo.loss_agg_mode, world)  # [M, T]
+
+        every = over(mask)  # [M, T]
+        pg_w = every if algo.pg_norm == "all" else over(gated)  # [M, T]
+        opd_w = every * distil if algo.opd_norm == "all" else over(distil)  # [M, T]
+        return pg_w, opd_w, every if algo.entropy_tokens == "all" else pg_w
     n_seq = torch.tensor(float(mask.shape[0]), device=mask.device)
     n_gated_seq = (advantages > 0).float().sum()
     counts = all_sum(torch.stack([mask.sum(), n_seq, distil.sum(), gated.sum(), n_gated_seq]))  # [5]
@@ -884,7 +1026,7 @@ def minibatch_weights(
         opd = everything * distil  # [M, T]
     else:
         opd = agg_weights(distil, algo.loss_agg_mode, n_tokens=counts[2], n_seqs=counts[1])  # [M, T]
-    return pg, opd
+    return pg, opd, everything if algo.entropy_tokens == "all" else pg
 
 
 def micro_batch_backward(
@@ -892,15 +1034,15 @@ def micro_batch_backward(
     batch: Batch,
     rows: Tensor,
     positions: Tensor | None,
-    weights: Tensor,
-    opd_weights: Tensor,
+    all_weights: tuple[Tensor, Tensor, Tensor],
     beta_k: float,
     loss_stats: LossStats | None,
 ) -> bool:
     """Forward and backward of the micro-batch at ``positions`` of the minibatch ``rows``; returns whether its
     loss was finite. ``positions`` None: a zero-weight forward/backward that only keeps FSDP's collectives in
-    step across ranks."""
+    step across ranks. ``all_weights``: the minibatch's L_out, L_OPD+ and entropy weights [M, T]."""
     cfg, algo, optim = run.cfg, run.cfg.algo, run.cfg.optim
+    weights, opd_weights, entropy_weights = all_weights
     padding = positions is None
     if positions is None:
         positions = torch.tensor([0])
@@ -943,6 +1085,7 @@ def micro_batch_backward(
         kl_teacher_temperature=1.0 if algo.distill_temperature_on == "student" else algo.distill_temperature,
         kl_clamp=algo.opd_kl_clamp,
         tis_cap=cfg.rollout.tis_cap,
+        distill_dtype=algo.distill_dtype,
     )
     # pi_old: on-policy (one epoch, one minibatch) it is SG[pi_theta] of this very forward, formed inside the loss
     loss, stats, per_token = step_loss(
@@ -960,6 +1103,7 @@ def micro_batch_backward(
         token_advantages=batch.token_advantages[seqs, :n_resp] if batch.token_advantages is not None else None,
         token_weights=weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
         opd_token_weights=opd_weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
+        entropy_token_weights=entropy_weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
         impl=optim.loss_impl,
         chunk_size=optim.loss_chunk_size,
     )
@@ -1030,7 +1174,8 @@ def reduce_metrics(
 
 def evaluation_due(run: Run, step: int) -> bool:
     every = run.cfg.eval.every
-    return every > 0 and bool(run.eval_sets) and (step % every == 0 or step == run.cfg.run.total_steps)
+    last = last_step(run.cfg, len(run.train_rows))
+    return every > 0 and bool(run.eval_sets) and (step % every == 0 or step == last)
 
 
 def run_evaluation(run: Run, step: int) -> dict[str, float]:

@@ -1,0 +1,3 @@
+from sdpg.cli import data_main
+
+raise SystemExit(data_main())
