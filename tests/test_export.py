@@ -60,7 +60,7 @@ def prompts_of(cfg, tok, n=8):
     from sdpg.training.data import read_source, tokenize_prompts
 
     rows = read_source("embedded:in_distribution", cfg.data, "test")[:n]
-    return tokenize_prompts(rows, cfg.data, tok)[0]
+    return tokenize_prompts(rows, cfg.data, tok).student
 
 
 def test_end_of_run_export_is_the_final_policy_and_generates_its_greedy_tokens(finished_run):

@@ -251,7 +251,8 @@ def evaluate_target(target: Target, benchmarks: dict[str, str], backend: str, on
     sets = {}
     for name, source in benchmarks.items():
         rows = read_source(source, cfg.data, "test")[: cfg.data.eval_limit]
-        sets[name] = (rows, tokenize_prompts(rows, cfg, tokenizer, name, _log)[0])
+        rows, prompts, _ = tokenize_prompts(rows, cfg, tokenizer, f"data.eval.{name}", _log)
+        sets[name] = (rows, prompts)
     kind = cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if task_of_source(cfg.data.train) else "math")
     with contextlib.ExitStack() as stack:
         verifier = Verifier(kind, cfg.reward.timeout_s, boxed_tail_chars=cfg.reward.boxed_tail_chars)
