@@ -160,7 +160,7 @@ def test_sigkill_during_a_save_resumes_from_the_last_complete_checkpoint(uninter
 
 
 @pytest.mark.slow
-def test_export_and_eval_of_a_sharded_run_read_its_shards(uninterrupted, tmp_path, capsys):
+def test_export_of_a_sharded_run_reads_its_shards(uninterrupted, tmp_path, capsys):
     """``sdpg-train export`` of the sharded checkpoint gives the weights the run exported at its end."""
     import torch
     from safetensors.torch import load_file
