@@ -32,18 +32,23 @@ def _one_line_argparse() -> None:
 
 def _guarded(fn, argv):
     """Run an entry point; input errors raised anywhere below become one line and exit code 2."""
+    from sdpg.fsio import LinkRefused, WriteRefused
     from sdpg.training.config import ConfigError
     from sdpg.training.locks import LockBusy
+    from sdpg.training.redact import redact_console
     from sdpg.training.safe_yaml import YamlInputError
 
     _one_line_argparse()
+    restore = redact_console()  # every line a command prints passes the redaction
     try:
         return fn(argv)
-    except (ConfigError, YamlInputError, LockBusy) as e:
+    except (ConfigError, YamlInputError, LockBusy, LinkRefused, WriteRefused) as e:
         return _fail(str(e))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        restore()
 
 
 def _export(argv: list[str]) -> int:
@@ -95,7 +100,12 @@ def _train(argv: list[str] | None) -> int:
         for w in world_warnings(cfg, str(path or "sdpg-train")):  # what training here would refuse
             print(f"warning: {w} (training here is refused)", file=sys.stderr)
         return 0
+    from sdpg.fsio import check_no_links
+    from sdpg.training.locks import RUN_LOCK
     from sdpg.training.preflight import check_world
+
+    # every file the run writes, checked before the first is written: a link there is refused, nothing changed
+    check_no_links(cfg.run.output_dir, ("config.yaml", "result.json", "metrics.jsonl", RUN_LOCK), ("checkpoints",))
 
     check_world(cfg, str(path or "sdpg-train") + (" + overrides" if overrides else ""), local=True)
     from sdpg.training.locks import run_folder_lock

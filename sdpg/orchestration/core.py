@@ -17,12 +17,12 @@ with an Optuna trial attached.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
+from sdpg import fsio
 from sdpg.orchestration.specs import SlurmProfile, load_profile
 from sdpg.paths import BUILTIN_CONFIGS
 from sdpg.training.config import ConfigError, Strict, TrainConfig, load_yaml
@@ -95,6 +95,10 @@ def check_name(value: Any, where: str) -> str:
 def check_writable_folder(folder: Path, where: str) -> None:
     """Refuse, before anything is created, a folder that cannot be made: a file on its path, or a
     first existing parent that is not writable."""
+    try:
+        fsio.check_writable_target(folder, allow_link=True)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
     probe = folder
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent
@@ -144,11 +148,19 @@ def check_experiment_name(name: str | None, where: str) -> None:
             f"{where}: key 'tracking.experiment' has bad value {short_repr(name)}: an experiment name "
             f"is one line of at most 200 printable characters"
         )
+    from sdpg.training.redact import contains_secret
+
+    if contains_secret(name):
+        raise ConfigError(
+            f"{where}: key 'tracking.experiment' has bad value {short_repr(name)}: an experiment name looks like a "
+            f"secret (a token or key): it is shown in MLflow and every console line"
+        )
 
 
 def output_folder(output_dir: str | None, name: str) -> Path:
-    """``output_dir`` or ``outputs/<name>``, absolute (relative to the current directory)."""
-    out = Path(output_dir) if output_dir else Path("outputs") / name
+    """``output_dir`` (``~`` and ``$VAR`` expanded; an unset variable refused) or ``outputs/<name>``,
+    absolute (relative to the current directory)."""
+    out = fsio.expand_path(output_dir, "output_dir") if output_dir else Path("outputs") / name
     return out if out.is_absolute() else Path.cwd() / out
 
 
@@ -186,7 +198,8 @@ class Experiment:
         from sdpg.orchestration import tracking
         from sdpg.training.locks import file_lock
 
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        tracking.check_server(self.uri, "tracking.uri")
+        fsio.ensure_dir(self.output_dir)
         # One creator at a time: two commands started together on a new store both ran MLflow's schema
         # migration (one died in alembic, leaving _alembic_tmp_runs) and could both create the parent run.
         with file_lock(self.output_dir / ".sdpg-store.lock", timeout=600):
@@ -332,6 +345,4 @@ def active_jobs(jobs_state: dict, hashes: list[str]) -> dict[str, str]:
 
 def write_jobs(state_file: Path, jobs_state: dict) -> None:
     """jobs.json replaced atomically (a reader never sees half a file)."""
-    tmp = state_file.with_name(state_file.name + ".tmp")
-    tmp.write_text(json.dumps(jobs_state, indent=1))
-    tmp.replace(state_file)
+    fsio.write_json(state_file, jobs_state, indent=1)

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from sdpg import fsio
+
 PACKAGES = ["slurmctld", "slurmd", "slurm-client"]
 
 
@@ -47,7 +49,7 @@ def install() -> None:
 def write_conf(cpus: int = 8, mem_mb: int = 16000) -> Path:
     b = base_dir()
     for sub in ("state", "spool", "log", "run"):
-        (b / sub).mkdir(parents=True, exist_ok=True)
+        fsio.ensure_dir(b / sub)
     conf = f"""ClusterName=sdpgdev
 SlurmctldHost=localhost(127.0.0.1)
 SlurmUser=root
@@ -79,7 +81,7 @@ MinJobAge=300
 NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 """
-    conf_path().write_text(conf)
+    fsio.write_text(conf_path(), conf, redact=False)
     return conf_path()
 
 

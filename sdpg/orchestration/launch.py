@@ -15,7 +15,9 @@ MLflow run ends.
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -23,6 +25,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Protocol
 
+from sdpg import fsio
 from sdpg.orchestration.core import EXECUTORS
 from sdpg.orchestration.specs import SlurmProfile
 
@@ -38,6 +41,82 @@ class TrialHook(Protocol):
     def end_status(self, result: dict) -> tuple[str, dict[str, str]]:
         """(MLflow status, tags) of a run that returned without preemption."""
         ...
+
+
+class _ReferencingPickler(pickle.Pickler):
+    """Pickles every string holding a secret as a reference (``redact.to_references``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._made: set[str] = set()
+
+    def persistent_id(self, obj: Any) -> Any:
+        if type(obj) is str and len(obj) >= 6 and obj not in self._made:
+            from sdpg.training.redact import find_secrets, to_references
+
+            if find_secrets(obj):
+                ref = to_references(obj)
+                self._made.add(ref)  # the reference itself is pickled as it is
+                return ("sdpg-ref", ref)
+        return None
+
+
+class _ResolvingUnpickler(pickle.Unpickler):
+    def persistent_load(self, pid: Any) -> Any:
+        from sdpg.training.redact import from_references
+
+        tag, text = pid
+        if tag != "sdpg-ref":
+            raise pickle.UnpicklingError(f"unknown reference {tag!r}")
+        return from_references(text)
+
+
+class SecretFreeJob:
+    """What sdpg hands to submitit: the job ``fn``, pickled so that every secret it holds (a token in a
+    template, a password in a URI, a secret environment value) is stored as a reference to an environment
+    variable the submitting process sets and the job inherits, never as its value. Submitit's job pickle
+    therefore holds no secret; the job resolves the references when it is loaded."""
+
+    def __init__(self, fn: Any):
+        self.fn = fn
+
+    def __getstate__(self) -> dict:
+        buf = io.BytesIO()
+        _ReferencingPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(self.fn)
+        return {"payload": buf.getvalue()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.fn = _ResolvingUnpickler(io.BytesIO(state["payload"])).load()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from sdpg.training.redact import redact, redact_console
+
+        restore = redact_console()  # what the job prints lands in submitit's logs
+        try:
+            return self.fn(*args, **kwargs)
+        except Exception as e:  # its message goes into the result pickle and the log: redacted
+            e.args = tuple(redact(a) if isinstance(a, str) else a for a in e.args)
+            raise
+        finally:
+            restore()
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        if not hasattr(self.fn, "checkpoint"):
+            return None
+        delayed = self.fn.checkpoint(*args, **kwargs)
+        if delayed is not None and not isinstance(delayed.function, SecretFreeJob):
+            delayed.function = SecretFreeJob(delayed.function)
+        return delayed
+
+
+def _secret_free_submits(ex: Any) -> Any:
+    submit = ex.submit
+
+    def wrapped(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return submit(SecretFreeJob(fn), *args, **kwargs)
+
+    ex.submit = wrapped
+    return ex
 
 
 class TrainJob:
@@ -83,7 +162,7 @@ class TrainJob:
         out_dir = Path(cfg.run.output_dir)
         run_lock = file_lock(out_dir / RUN_LOCK, timeout=self.lock_wait_s, info={"mlflow_run": self.run_id or ""})
         try:
-            out_dir.mkdir(parents=True, exist_ok=True)
+            fsio.ensure_dir(out_dir, root=out_dir.parent)  # the run folder itself is never a link
             run_lock.__enter__()
         except LockBusy as e:
             signal.signal(signal.SIGUSR2, previous if previous is not None else signal.SIG_DFL)
@@ -203,11 +282,11 @@ def make_executor(kind: str, folder: str | Path, profile: SlurmProfile | None, n
 
     if kind == "debug":
         ex = submitit.AutoExecutor(folder=folder, cluster="debug")
-        return ex
+        return _secret_free_submits(ex)
     if kind == "local":
         ex = submitit.AutoExecutor(folder=folder, cluster="local")
         ex.update_parameters(timeout_min=profile.timeout_min if profile else 24 * 60, tasks_per_node=1)
-        return ex
+        return _secret_free_submits(ex)
     p = profile or SlurmProfile()
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=p.max_num_timeout)
     params: dict[str, Any] = dict(
@@ -234,4 +313,4 @@ def make_executor(kind: str, folder: str | Path, profile: SlurmProfile | None, n
     if p.setup:
         params["slurm_setup"] = list(p.setup)
     ex.update_parameters(**params)
-    return ex
+    return _secret_free_submits(ex)

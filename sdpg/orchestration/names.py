@@ -41,6 +41,10 @@ def name_problem(name: Any) -> str | None:
         bad = sorted({c for c in name if not re.fullmatch(r"[A-Za-z0-9._-]", c)})
         shown = ", ".join(repr(c) for c in bad[:5])
         return f"may hold only letters, digits, '.', '_' and '-' (found {shown})"
+    from sdpg.training.redact import contains_secret
+
+    if contains_secret(name):
+        return "looks like a secret (a token or key): names become folders, job names and MLflow run names"
     return None
 
 
@@ -57,8 +61,15 @@ def value_hash(value: Any, n: int = 8) -> str:
 def sanitize(value: Any, max_len: int = 40) -> str:
     """A folder-safe word for any grid value: simple values keep their text (``0.1``, ``urkl``, ``true``);
     anything with other characters (a template, a path, a list) keeps its safe characters, cut to ``max_len``,
-    plus a hash of the exact value."""
+    plus a hash of the exact value. A secret in the value (a token in a template) is masked first: folder
+    names are never redacted later."""
+    from sdpg.training.redact import contains_secret, redact
+
     text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    if contains_secret(text):
+        text = redact(text).replace("***", "secret")
+        kept = re.sub(r"[^A-Za-z0-9._-]+|\.{2,}", "_", text).strip("._-")[: max_len - 9] or "v"
+        return f"{kept}-{value_hash(value)}"
     if isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdpg import fsio
 from sdpg.orchestration import standins
 from sdpg.training.config import ConfigError, TrainConfig, apply_layer, build_config
 from sdpg.training.embedded import SOURCE_TASK, task_of_source
@@ -313,17 +314,18 @@ def check_source(
             f"{key}: {len(empty)} of {len(rows)} rows of {source!r} have an empty answer (row {empty[0]} first): "
             f"they can never be rewarded"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    fsio.ensure_dir(out_dir)
     dest = out_dir / f"{index:02d}-{p.stem}{p.suffix}"
     if p.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        pq.write_table(pq.read_table(p).slice(0, n_keep), dest)
-    elif p.suffix == ".json" and p.read_text().lstrip().startswith("["):
-        dest.write_text(json.dumps(json.loads(p.read_text())[:n_keep]))
+        with fsio.atomic_open(dest, "wb") as f:
+            pq.write_table(pq.read_table(p).slice(0, n_keep), f)
+    elif p.suffix == ".json" and p.read_text().lstrip().startswith("["):  # a copy of the user's rows: not redacted
+        fsio.write_text(dest, json.dumps(json.loads(p.read_text())[:n_keep]), redact=False)
     else:
         lines = [ln for ln in p.read_text().splitlines() if ln.strip()][:n_keep]
-        dest.write_text("".join(ln + "\n" for ln in lines))
+        fsio.write_text(dest, "".join(ln + "\n" for ln in lines), redact=False)
     return SourceCheck(rows[:n_keep], str(dest), None, warnings, len(rows))
 
 
@@ -472,7 +474,7 @@ class RehearsalWorker:
             res = Path(self.results_dir) / f"{job['name']}.json"
             if res.is_file():
                 continue  # done by a worker before this one
-            res.write_text(json.dumps(rehearse_run(job)))
+            fsio.write_json(res, rehearse_run(job))
         return len(self.jobs)
 
 
@@ -547,8 +549,8 @@ def rehearse_run(job: dict) -> dict:
     except BaseException as e:
         if isinstance(e, KeyboardInterrupt):
             raise
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "traceback.txt").write_text(traceback.format_exc())
+        fsio.ensure_dir(out)
+        fsio.write_text(out / "traceback.txt", traceback.format_exc())
         return {
             "status": "fail",
             "error": f"{phase}: {one_sentence(e)}",
@@ -581,13 +583,14 @@ def default_folder(spec_name: str) -> Path:
 
 def prepare_folder(folder: Path) -> Path:
     """An empty rehearsal folder; an existing folder is emptied only if a rehearsal made it."""
+    fsio.check_writable_target(folder)
     folder = folder.resolve()
     if folder.exists() and any(folder.iterdir()):
         if not (folder / MARKER).is_file():
             raise ConfigError(f"--rehearse-dir {folder}: exists, is not empty and is not a rehearsal folder; choose another")
         shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / MARKER).write_text("made by an sdpg rehearsal; emptied by the next one\n")
+    fsio.ensure_dir(folder)
+    fsio.write_text(folder / MARKER, "made by an sdpg rehearsal; emptied by the next one\n", root=folder)
     return folder
 
 
@@ -784,7 +787,7 @@ def _run_all(runnable: list[tuple[RunItem, TrainConfig]], outcomes: dict[str, Ou
             }
         )
     results_dir = folder / "results"
-    results_dir.mkdir(exist_ok=True)
+    fsio.ensure_dir(results_dir, root=folder)
     ex = make_executor("local", folder / "submitit", None, f"{ctx.spec_name}-rehearsal", 1)
     pending = list(jobs)
     for _attempt in range(3):  # a worker that dies (a crash in native code) is replaced for the runs left
@@ -816,13 +819,14 @@ def _run_all(runnable: list[tuple[RunItem, TrainConfig]], outcomes: dict[str, Ou
         if not pending:
             break
         victim = pending[0]
-        (results_dir / f"{victim['name']}.json").write_text(
+        fsio.write_text(
+            results_dir / f"{victim['name']}.json",
             json.dumps(
                 {
                     "status": "fail",
                     "error": f"the worker process died during this run: {crash or 'no result'} (log: {job.paths.stderr})",
                 }
-            )
+            ),
         )
         pending = pending[1:]
         if not pending:
@@ -1017,7 +1021,7 @@ def write_report(outcomes: list[Outcome], ctx: Context, folder: Path, timing: di
         ),
     ]
     text = "\n".join(lines)
-    (folder / "report.md").write_text(_markdown(outcomes, ctx, seconds, text))
+    fsio.write_text(folder / "report.md", _markdown(outcomes, ctx, seconds, text), root=folder)
     payload = {
         "spec": str(ctx.spec_path),
         "tool": ctx.tool,
@@ -1030,7 +1034,7 @@ def write_report(outcomes: list[Outcome], ctx: Context, folder: Path, timing: di
         },
         "data": {k[0]: {"rows": v.n_rows, "rehearsal_copy": v.rehearsal_source, "error": v.error} for k, v in sources.items()},
     }
-    (folder / "report.json").write_text(json.dumps(payload, indent=1, default=str))
+    fsio.write_text(folder / "report.json", json.dumps(payload, indent=1, default=str), root=folder)
     return text
 
 

@@ -19,6 +19,8 @@ import string
 from pathlib import Path
 from typing import Any
 
+from sdpg import fsio
+
 BUILTIN = "builtin"
 """The value of ``--rehearse-model`` / ``--rehearse-data`` that asks for these stand-ins."""
 
@@ -77,7 +79,7 @@ def write_model(out: Path) -> Path:
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.pad_token_id,
     )
-    out.mkdir(parents=True, exist_ok=True)
+    fsio.ensure_dir(out)  # transformers writes the files inside: sdpg only makes the folder, refusing links
     cfg.save_pretrained(out)
     tok.save_pretrained(out)
     return out
@@ -131,17 +133,18 @@ def write_data(key: str, source: str, cfg, out_dir: Path, index: int) -> tuple[s
     rows, what = rows_for(key, source, cfg)
     name = Path(source).name
     dest = out_dir / f"standin-{index:02d}-{name}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    fsio.ensure_dir(out_dir)
     if dest.suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist(rows), dest)
+        with fsio.atomic_open(dest, "wb") as f:
+            pq.write_table(pa.Table.from_pylist(rows), f)
     elif dest.suffix == ".json":
-        dest.write_text(json.dumps(rows))
+        fsio.write_text(dest, json.dumps(rows))
     else:
         dest = dest.with_suffix(".jsonl") if dest.suffix != ".jsonl" else dest
-        dest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        fsio.write_text(dest, "".join(json.dumps(r) + "\n" for r in rows))
     note = (
         f"{key} {source!r} is not here (--rehearse-data builtin): rehearsed on {len(rows)} stand-in rows, {what}; "
         f"the real file was not read"

@@ -39,6 +39,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
+from sdpg import fsio
 from sdpg.orchestration.core import (
     NAME_PATTERN,
     Experiment,
@@ -81,6 +82,13 @@ class Param(Strict):
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("categorical parameter needs a non-empty 'choices'")
+            from sdpg.training.redact import contains_secret
+
+            if any(contains_secret(json.dumps(c, default=str)) for c in self.choices):
+                raise ValueError(
+                    "a choice looks like a secret (a token, a key, credentials): Optuna stores choices in plain "
+                    "text in its journal and database; put the secret in an environment variable instead"
+                )
             return self
         if self.low is None or self.high is None:
             raise ValueError(f"{self.type} parameter needs 'low' and 'high'")
@@ -428,10 +436,12 @@ def open_storage(url: str, heartbeat_s: float):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         path = url[len("journal:") :]
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fsio.ensure_dir(Path(path).parent)
+        fsio.check_writable_target(path)
         return JournalStorage(JournalFileBackend(path))
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        fsio.ensure_dir(Path(url[len("sqlite:///") :]).parent)
+        fsio.check_writable_target(url[len("sqlite:///") :])
     return optuna.storages.RDBStorage(
         url,
         heartbeat_interval=int(max(1, heartbeat_s)),
@@ -498,6 +508,30 @@ def load_study(sweep: Sweep, sampler_seed: int | None = None):
         sampler=make_sampler(sweep.spec, sampler_seed),
         pruner=make_pruner(sweep.spec),
     )
+
+
+def load_study_read_only(sweep: Sweep):
+    """The study for reading (``status``, ``export``): nothing is appended to the journal, no table or
+    migration is made in a database (sqlite is opened in SQLite's read-only mode)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = sweep.storage_url
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        storage: Any = JournalStorage(JournalFileBackend(url[len("journal:") :]))
+    elif url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///") :]).resolve()
+        storage = optuna.storages.RDBStorage(
+            f"sqlite:///file:{path}?mode=ro&uri=true", skip_table_creation=True, skip_compatibility_check=True
+        )
+    else:
+        storage = optuna.storages.RDBStorage(url, skip_table_creation=True, skip_compatibility_check=True)
+    try:
+        return optuna.load_study(study_name=sweep.spec.name, storage=storage)
+    except KeyError:
+        raise ConfigError(f"{sweep.path}: the storage holds no study named {sweep.spec.name!r}") from None
 
 
 FINISHED = ("COMPLETE", "PRUNED")
@@ -592,8 +626,8 @@ def _ask_lock(folder: Path):
     """One worker at a time proposes and claims a point (a file lock in the sweep's folder)."""
     import fcntl
 
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".ask.lock", "a") as f:
+    fsio.ensure_dir(folder)
+    with os.fdopen(fsio.open_lock(folder / ".ask.lock"), "r+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -903,6 +937,26 @@ def launch(sweep: Sweep, workers: int | None = None, wait: bool | None = None, l
     """Start the workers (enqueueing the spec's points into a new study); with ``wait``, follow
     the trials by state, then end every run left open and print the table."""
     check_writable_folder(sweep.output_dir, str(sweep.path))
+    from sdpg.orchestration.tracking import check_server
+
+    check_server(sweep.tracking_uri, "tracking.uri", str(sweep.path))
+    check_server(sweep.storage_url, "storage", str(sweep.path))
+    fsio.check_no_links_below(  # every file the launch writes, before the first write
+        sweep.output_dir,
+        [
+            sweep.output_dir / n
+            for n in (
+                ".sdpg-submit.lock",
+                ".sdpg-store.lock",
+                ".ask.lock",
+                "jobs.json",
+                "optuna.journal",
+                "optuna.db",
+                "mlflow.db",
+            )
+        ]
+        + [sweep.output_dir / "submitit", sweep.output_dir / "trials"],
+    )
     # Optuna's first study import stores an ImportError whose traceback keeps the calling frames
     # alive for the life of the process; made here, it pins this frame, which holds no jobs
     # (jobs pinned until exit print 'Exception ignored in LocalJob.__del__' at shutdown).
@@ -914,7 +968,7 @@ def _launch(sweep: Sweep, workers: int | None, wait: bool | None, log) -> dict:
     from sdpg.orchestration import tracking
     from sdpg.training.locks import LockBusy, file_lock
 
-    sweep.output_dir.mkdir(parents=True, exist_ok=True)
+    fsio.ensure_dir(sweep.output_dir)
     # One launcher at a time per spec: two launches at once both saw an empty study and enqueued the
     # spec's points twice, and both opened a new store.
     lock = file_lock(sweep.output_dir / ".sdpg-submit.lock", wait=False)
@@ -1048,7 +1102,7 @@ def status(sweep: Sweep) -> str:
     if not _storage_exists(sweep.storage_url):
         where = _dashboard_arg(sweep.storage_url)
         return f"{sweep.spec.name}: no study yet (nothing at {where}); start it with sdpg-sweep {sweep.path}"
-    study = load_study(sweep)
+    study = load_study_read_only(sweep)
     trials = [t for t in study.get_trials(deepcopy=False) if not is_duplicate(t)]
     keys = list(sweep.spec.space)
     rows = [["trial", "state", "value", *keys, "note"]]
@@ -1083,12 +1137,16 @@ def _fmt(v: Any) -> str:
 
 def export(sweep: Sweep, out: str | Path | None = None, seeds: list[int] | None = None) -> Path:
     """An ablation spec with the best trial's coefficients as a variant beside the base."""
-    study = load_study(sweep)
+    if out:
+        fsio.check_writable_target(fsio.expand_path(out, "--out"))
+    if not _storage_exists(sweep.storage_url):
+        raise ConfigError(f"{sweep.path}: no study yet (nothing at {_dashboard_arg(sweep.storage_url)}); nothing to export")
+    study = load_study_read_only(sweep)
     try:
         best = study.best_trial
     except ValueError:
         raise ConfigError(f"{sweep.path}: no complete trial yet; nothing to export") from None
-    out = Path(out) if out else Path("ablations") / f"{sweep.spec.name}_best.yaml"
+    out = fsio.expand_path(out, "--out") if out else Path("ablations") / f"{sweep.spec.name}_best.yaml"
     base = sweep.base
     same = (
         build_config(apply_layer(base, dict(best.params))).effective().config_hash()
@@ -1103,12 +1161,11 @@ def export(sweep: Sweep, out: str | Path | None = None, seeds: list[int] | None 
         "executor": sweep.spec.executor,
         **({"profile": sweep.spec.profile} if sweep.spec.profile else {}),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
     header = (
         f"# Exported by sdpg-sweep from {sweep.path}: best trial {best.number}, "
         f"{sweep.spec.objective.metric} ({sweep.spec.objective.reduce}) = {best.value:.4f}\n"
     )
-    out.write_text(header + yaml.safe_dump(spec, sort_keys=False))
+    fsio.write_text(out, header + yaml.safe_dump(spec, sort_keys=False))
     return out
 
 

@@ -27,6 +27,47 @@ def redact(text: Any) -> str:
     return _redact(text)
 
 
+SERVER_TIMEOUT_S = 10.0
+"""How long a tracking or storage server may take to answer a first connection before the command stops."""
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433}
+
+
+def check_server(uri: str | None, key: str, where: str = "", timeout: float = SERVER_TIMEOUT_S) -> None:
+    """For a server URI (``http(s)://``, ``postgresql://``, ``mysql://``...), one connection with a time limit:
+    a server that does not answer is a ``ConfigError`` naming ``key`` and the URI (credentials redacted),
+    instead of MLflow's or SQLAlchemy's retries waiting for minutes without a word. Files and SQLite are
+    not servers: nothing is done."""
+    import re
+    import socket
+
+    from sdpg.training.config import ConfigError
+
+    if not uri or "://" not in uri:
+        return
+    # the host is what follows the last '@' (a password may hold '#', '?' or '/', which urlsplit misreads)
+    m = re.match(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?:[^\s]*@)?(?P<host>\[[^\]]+\]|[^:/?#@\s]+)(?::(?P<port>\d+))?", uri)
+    if m is None:
+        return
+    scheme = m.group("scheme").split("+")[0].lower()
+    if scheme not in _DEFAULT_PORTS:
+        return
+    host = m.group("host").strip("[]")
+    port = int(m.group("port")) if m.group("port") else _DEFAULT_PORTS[scheme]
+    t0 = time.monotonic()
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as e:
+        took = time.monotonic() - t0
+        why = "no answer" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__).lower()
+        raise ConfigError(
+            f"{where + ': ' if where else ''}key '{key}' has bad value {redact(uri)}: the server does not answer "
+            f"({why} after {took:.1f} s, limit {timeout:.0f} s); "
+            f"start it or point {key} elsewhere"
+        ) from None
+
+
 def to_mlflow_key(name: str) -> str:
     """MLflow forbids '@' in metric names: ``eval/aime24/mean@32`` is stored as
     ``eval/aime24/mean_at_32``; ``from_mlflow_key`` maps it back."""

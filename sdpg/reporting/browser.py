@@ -17,6 +17,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from sdpg import fsio
+
 _PROBE = """
 <script>
 window.addEventListener("load", () => {
@@ -104,7 +106,8 @@ def screenshot(page: str | Path, png: str | Path, width: int = 1280, height: int
     page, png = Path(page).resolve(), Path(png).resolve()
     if height is None:
         height = min(16000, max(600, int(inspect_page(page, timeout)["height"]) + 20))
-    png.parent.mkdir(parents=True, exist_ok=True)
+    fsio.check_writable_target(png)
+    fsio.ensure_dir(png.parent)
     r = _run(
         [
             f"--window-size={width},{height}",

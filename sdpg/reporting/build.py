@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sdpg import fsio
 from sdpg.reporting import page, report, sweeps
 
 TRAIN_PANELS = [
@@ -233,7 +234,7 @@ def improvement_section(
             "P(improve)'s lies on the same side of 0.5 in all but borderline cases)."
         )
     text += "\n"
-    (out / "tables" / f"improvement{tag}.md").write_text(text)
+    fsio.write_text(out / "tables" / f"improvement{tag}.md", text)
     return text
 
 
@@ -256,7 +257,7 @@ def build_report(
     improvement are taken against: the ``baseline`` or the ``previous`` variant in order. ``include_evals`` (or
     a ``sdpg.kind=eval`` tag filter): ``sdpg-eval`` runs as rows of their own (a base model, a checkpoint), each
     one point at its step, after the spec's variants."""
-    out = Path(out)
+    out = fsio.expand_path(out, "--out")
     include_evals = include_evals or (tags or {}).get("sdpg.kind") == "eval"
     src = report.resolve(source)
     compare = compare or src.compare or "baseline"
@@ -305,8 +306,8 @@ def build_report(
     counts = _seed_counts(df, variants)
     benches = report.benchmark_metrics(df, src.benchmarks)
     log(f"[sdpg-report] {df.run_id.nunique()} runs, {len(variants)} variants, benchmarks: {', '.join(benches) or 'none'}")
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    (out / "tables").mkdir(parents=True, exist_ok=True)
+    fsio.ensure_dir(out / "figures", root=out)
+    fsio.ensure_dir(out / "tables", root=out)
     sections: list[tuple] = []  # (title, body) or (title, body, heading level)
 
     # a sweep's own sections first: what was tried, how it went, what mattered
@@ -414,9 +415,9 @@ def build_report(
             labels_b = {m: m.split("/")[1] for m in benches}
             v, cols, cells = report.table_matrix(lb, benches, complete, labels_b)
             seeds = [str(counts[x]) for x in v]
-            (out / "tables" / f"last_best{tag}.md").write_text(report.render_table(v, cols, cells, "markdown"))
-            (out / "tables" / f"last_best{tag}.tex").write_text(report.render_table(v, cols, cells, "latex"))
-            (out / "tables" / f"last_best{tag}.csv").write_text(report.render_table(v, cols, cells, "csv", seeds=seeds))
+            fsio.write_text(out / "tables" / f"last_best{tag}.md", report.render_table(v, cols, cells, "markdown"))
+            fsio.write_text(out / "tables" / f"last_best{tag}.tex", report.render_table(v, cols, cells, "latex"))
+            fsio.write_text(out / "tables" / f"last_best{tag}.csv", report.render_table(v, cols, cells, "csv", seeds=seeds))
             few = _too_few({x: counts[x] for x in v})
             marked = "best per column bold, second underlined (ties share a rank)"
             if few:
@@ -447,7 +448,7 @@ def build_report(
             ref = reference or (complete[0] if trials is None else None)
             if ref in complete and len(complete) > 1:
                 d = report.delta_table(lb, benches, ref, order=complete, labels=labels_b)
-                (out / "tables" / f"ablation_delta{tag}.md").write_text(d)
+                fsio.write_text(out / "tables" / f"ablation_delta{tag}.md", d)
                 caveat = (
                     f" With fewer than {report.MIN_SEEDS} seeds ({', '.join(few)}) a difference is one run's against "
                     "another's: it does not say which method is better (seed-to-seed spread is often as large)."
@@ -467,15 +468,15 @@ def build_report(
                         sections.append((f"Against {base}: IQM and probability of improvement", text))
 
         per_run, summary = report.stability(df, benches[0] if benches else None, threshold=threshold)
-        per_run.to_csv(out / "tables" / f"stability_runs{tag}.csv", index=False)
+        fsio.write_text(out / "tables" / f"stability_runs{tag}.csv", per_run.to_csv(index=False))
         if benches:  # every run's scores, from which the tables above are computed
-            report.run_scores(df, benches).to_csv(out / "tables" / f"scores_runs{tag}.csv", index=False)
+            fsio.write_text(out / "tables" / f"scores_runs{tag}.csv", report.run_scores(df, benches).to_csv(index=False))
         late_k = None
         if benches:
             n_evals = int(df[df.metric == benches[0]].groupby("run_id").step.nunique().min())
             late_k = max(1, int(round(0.25 * n_evals)))  # as report.stability(late_frac=0.25)
         stab = stability_section(per_run, summary, threshold, benches[0] if benches else None, variants, late_k, tag)
-        (out / "tables" / f"stability{tag}.md").write_text(stab)
+        fsio.write_text(out / "tables" / f"stability{tag}.md", stab)
         sections.append(("Stability", stab))
 
         return sections
@@ -505,8 +506,8 @@ def build_report(
     for title, body, *level in sections:
         md += [f"{'#' * (level[0] if level else 2)} {title}", "", body, ""]
     text = "\n".join(md)
-    (out / "index.md").write_text(text)
-    (out / "index.html").write_text(page.render_page(text, f"Report: {exp}", out))
+    fsio.write_text(out / "index.md", text)
+    fsio.write_text(out / "index.html", page.render_page(text, f"Report: {exp}", out))
     log(f"[sdpg-report] wrote {out / 'index.md'} and {out / 'index.html'}")
     return out / "index.md"
 
@@ -518,7 +519,7 @@ def render_folder(folder: str | Path) -> Path:
     if not md.is_file():
         raise ValueError(f"{folder}: no index.md in this folder")
     out = folder / "index.html"
-    out.write_text(page.render_page(md.read_text(), None, folder))
+    fsio.write_text(out, page.render_page(md.read_text(), None, folder))
     return out
 
 

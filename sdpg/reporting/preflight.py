@@ -9,6 +9,7 @@ import argparse
 import math
 from pathlib import Path
 
+from sdpg import fsio
 from sdpg.training.config import ConfigError
 
 
@@ -107,12 +108,16 @@ def check(argv: list[str]) -> None:
             raise ConfigError(f"{opt} {val}: expected a value in [{lo}, {hi})")
     if a.out is None:
         return  # the report's parser says --out is required
-    check_writable_folder(Path(a.out), "--out")
+    out = fsio.expand_path(a.out, "--out")
+    check_writable_folder(out, "--out")
+    # every file the report writes, before the first: a link there is one line, nothing written
+    fsio.check_no_links(out, ("index.md", "index.html"), ("tables", "figures"))
     uri, exp = resolve(a.source)
     if not _store_exists(uri):
         raise ConfigError(f"{a.source}: nothing to report yet: no MLflow store at {redact(uri)} (run the experiment first)")
     from sdpg.orchestration import tracking
 
+    tracking.check_server(uri, "tracking.uri", str(a.source))
     try:
         c = tracking.client(uri)
         e = c.get_experiment_by_name(exp)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sdpg import fsio
 from sdpg.orchestration import tracking
 from sdpg.orchestration.specs import COMPARE
 
@@ -95,8 +96,9 @@ def load_runs(
                 )
         df = pd.DataFrame(rows, columns=COLUMNS).drop_duplicates(["metric", "step"], keep="last")
         if cfile is not None and r.info.status == "FINISHED" and wanted is None:
-            cfile.parent.mkdir(parents=True, exist_ok=True)
-            df.to_parquet(cfile)
+            fsio.ensure_dir(cfile.parent)
+            with fsio.atomic_open(cfile, "wb") as f:
+                df.to_parquet(f)
         return df
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -799,9 +801,8 @@ def plot_curves(
     if handles:
         fig.legend(handles, labs, loc="outside lower center", ncol=legend_cols, fontsize=6.5, frameon=False)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out.with_suffix(".png"), dpi=200)
-    fig.savefig(out.with_suffix(".pdf"))
+    fsio.ensure_dir(out.parent)
+    fsio.save_figure(fig, out)
     if keep_figure:
         return out.with_suffix(".png"), fig
     plt.close(fig)

@@ -13,6 +13,8 @@ import math
 import warnings
 from pathlib import Path
 
+from sdpg import fsio
+
 STATE_ORDER = ["complete", "pruned", "fail", "running", "waiting"]
 
 
@@ -195,15 +197,14 @@ def trials_csv(trials, keys: list[str], path: Path) -> None:
             for r in trials.itertuples()
         ]
     )
-    flat.sort_values("trial").to_csv(path, index=False)
+    fsio.write_text(path, flat.sort_values("trial").to_csv(index=False))
 
 
 def _save(ax, out: Path) -> Path:
     fig = ax.figure
     fig.set_size_inches(6.4, 3.6)
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=200)
-    fig.savefig(out.with_suffix(".pdf"))
+    fsio.save_figure(fig, out)
     import matplotlib.pyplot as plt
 
     plt.close(fig)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from sdpg import fsio
+
 REQUIRED_KEYS = ("step", "model", "optimizer", "scheduler", "sampler", "rng", "config_hash")
 COMPLETE = "COMPLETE"
 """The completion mark of a sharded checkpoint folder, written after everything else."""
@@ -63,15 +65,10 @@ def step_of(path: Path) -> int:
 def save_checkpoint(out: Path, step: int, state: dict, keep: int) -> Path:
     """Write ``state`` as the checkpoint of ``step`` atomically; delete all but the newest ``keep``."""
     folder = checkpoint_dir(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    fsio.ensure_dir(folder, root=out)
     path = folder / f"step_{step:07d}.pt"
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
+    with fsio.atomic_open(path, "wb", root=out) as f:  # temporary file, fsync, rename, fsync of the folder
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(folder)
     remove_old(out, keep)
     return path
 

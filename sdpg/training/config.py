@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from sdpg.objective.terms import DistillDtype
 from sdpg.training.embedded import TASK_TARGET_ACCURACY, Task
@@ -563,7 +563,9 @@ class EvalConfig(Strict):
 
 class RunConfig(Strict):
     output_dir: str = "runs/default"
-    """Folder of the run: resolved config, metrics.jsonl, checkpoints."""
+    """Folder of the run: resolved config, metrics.jsonl, checkpoints. A leading ``~`` and ``$VAR`` /
+    ``${VAR}`` are expanded when the config is read; an unset variable is refused (never a folder named
+    ``$HOME``)."""
     seed: int = 0
     """Seed of everything random in the run."""
     total_steps: int = Field(400, gt=0)
@@ -583,6 +585,15 @@ class RunConfig(Strict):
     """torch CPU threads; None: torch's default."""
     log_samples: int = Field(2, ge=0)
     """Responses printed per eval/log step, for a look at what the model writes."""
+
+    @field_validator("output_dir")
+    @classmethod
+    def _expand_output_dir(cls, v: str) -> str:
+        from sdpg.fsio import check_writable_target, expand_path
+
+        p = expand_path(v, "run.output_dir")
+        check_writable_target(p, allow_link=True)
+        return str(p)
 
 
 class TrainConfig(Strict):

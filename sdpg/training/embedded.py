@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 from typing import Literal, get_args
 
+from sdpg import fsio
 from sdpg.paths import PACKAGE_ROOT, cache_root
 
 RECIPE_VERSION = 3
@@ -427,8 +428,8 @@ def sampled_accuracy(
 @contextlib.contextmanager
 def _file_lock(path: Path, on_wait=None):
     """An exclusive lock on ``path``; ``on_wait()`` is called once if another process holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
+    fsio.ensure_dir(path.parent)
+    with os.fdopen(fsio.open_lock(path), "r+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -491,7 +492,7 @@ def build_embedded_model(recipe, out: Path, log=print) -> dict:
         stats = _pretrain(model, tokenizer, recipe, log)
     finally:
         torch.set_num_threads(threads)
-    out.mkdir(parents=True, exist_ok=True)
+    fsio.ensure_dir(out)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     meta = {
@@ -501,7 +502,7 @@ def build_embedded_model(recipe, out: Path, log=print) -> dict:
         **stats,
         "build": build_environment(),
     }
-    (out / "sdpg_recipe.json").write_text(json.dumps(meta, indent=1))
+    fsio.write_json(out / "sdpg_recipe.json", meta, indent=1)
     return meta
 
 
@@ -582,11 +583,11 @@ def main(argv: list[str] | None = None) -> int:
     meta.setdefault("build", build_environment())
     dest = shipped_dir(a.task)
     shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
+    fsio.ensure_dir(dest)
     for name in sorted(os.listdir(src)):
         if name != "sdpg_recipe.json" and (src / name).is_file():
             shutil.copyfile(src / name, dest / name)
-    (dest / "sdpg_recipe.json").write_text(json.dumps(meta, indent=1) + "\n")
+    fsio.write_text(dest / "sdpg_recipe.json", json.dumps(meta, indent=1) + "\n")
     print(f"shipped recipe {h} from {src} into {dest}")
     return 0
 

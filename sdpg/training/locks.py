@@ -20,6 +20,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from sdpg import fsio
+
 RUN_LOCK = ".sdpg-run.lock"
 """Name of the lock file inside a run folder."""
 
@@ -57,7 +59,7 @@ def file_lock(
     ``with`` block. ``wait=False`` raises ``LockBusy`` at once when another process holds it; ``timeout``
     raises it after that many seconds of waiting."""
     p = Path(path)
-    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = fsio.open_lock(p)
     try:
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -83,7 +85,7 @@ def file_lock(
 def run_folder_lock(output_dir: str | Path, *, wait: bool = False, info: dict | None = None):
     """The one-writer lock of a run folder (``<output_dir>/.sdpg-run.lock``); the folder is created."""
     d = Path(output_dir)
-    d.mkdir(parents=True, exist_ok=True)
+    fsio.ensure_dir(d)
     return file_lock(d / RUN_LOCK, wait=wait, info=info)
 
 

@@ -35,7 +35,9 @@ SECRET_NAME = re.compile(
 _SAFE_ENV_NAMES = {"SSH_AUTH_SOCK", "GPG_AGENT_INFO", "XAUTHORITY", "TOKENIZERS_PARALLELISM", "PATH", "PWD", "OLDPWD"}
 """Secret-looking names that hold paths or sockets, not secrets (left alone, or every path would vanish)."""
 
-URI_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)(?P<cred>[^\s@?#'\"]+@)", re.IGNORECASE)
+URI_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)(?P<cred>[^\s'\"<>]+@)", re.IGNORECASE)
+"""Everything between ``scheme://`` and the last ``@`` of the URI: a password holding ``#``, ``?`` or ``/``
+(not percent-encoded, as people write them) is masked whole; a later ``@`` in the path masks more, never less."""
 QUERY_SECRET = re.compile(
     r"(?P<key>(?<![\w.-])[\w.-]*?(?:token|secret|passw(?:or)?d|pwd|api[_-]?key|apikey|access[_-]?key|private[_-]?key"
     r"|credentials?|client[_-]?secret|signature))(?P<sep>=|:[ \t]*)(?P<val>\"[^\"\n]*\"|'[^'\n]*'|[^\s&;,'\"}\])]+)",
@@ -44,10 +46,12 @@ QUERY_SECRET = re.compile(
 """``password=..`` / ``?token=..`` / ``secret: ..``: the key must end in the secret word (``max_prompt_tokens``
 is not a secret)."""
 TOKEN_SHAPES = re.compile(
-    r"\b(?:gh[pousr]_[A-Za-z0-9]{16,}|github_pat_[A-Za-z0-9_]{20,}|hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,}"
+    r"(?<![A-Za-z0-9])(?:gh[pousr]_[A-Za-z0-9]{16,}|github_pat_[A-Za-z0-9_]{20,}|hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,}"
     r"|(?:AKIA|ASIA)[A-Z0-9]{16}|xox[abposr]-[A-Za-z0-9-]{10,}|glpat-[A-Za-z0-9_-]{16,}"
     r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})"
 )
+"""Known token shapes, also right after ``_`` or ``-`` (``key_hf_...``): only a letter or digit before one
+means it is part of a longer word."""
 BEARER = re.compile(r"(?P<pre>\b(?:Bearer|Basic|token)\s+)[A-Za-z0-9._~+/=-]{12,}", re.IGNORECASE)
 
 
@@ -136,3 +140,104 @@ def holds_literal_secret(shell_line: str, env: Mapping[str, str] | None = None) 
     literal = SHELL_EXPANSION.sub("", shell_line)
     literal = re.sub(r"://:?@", "://", literal)  # credentials that were only expansions
     return contains_secret(literal, env)
+
+
+# --------------------------------------------------------------------------------------------
+# References instead of secrets (what a job pickle holds), and the console
+
+
+def find_secrets(text: str, env: Mapping[str, str] | None = None) -> list[str]:
+    """The secret substrings of ``text`` (the parts ``redact`` masks), longest first."""
+    s = REFERENCE.sub(" ", str(text))  # a reference is not a secret (nor is what surrounds it)
+    found = {v for v in secret_values(env) if v in s}
+    found |= {m.group("cred")[:-1] for m in URI_CREDENTIALS.finditer(s)}
+    found |= {m.group("val") for m in QUERY_SECRET.finditer(s)}
+    found |= {m.group(0) for m in TOKEN_SHAPES.finditer(s)}
+    found |= {m.group(0)[len(m.group("pre")) :] for m in BEARER.finditer(s)}
+    found = {f for f in found if f and not REFERENCE.fullmatch(f) and f != MASK}
+    return sorted(found, key=len, reverse=True)
+
+
+REFERENCE = re.compile(r"\$\{(SDPG_SECRET_[0-9a-f]{16})\}")
+"""How a secret is written where a job pickle would otherwise hold it: ``${SDPG_SECRET_<hash>}``, the name of
+an environment variable the submitting process sets and the job inherits (local processes inherit the
+environment; ``sbatch`` exports it by default)."""
+
+
+def to_references(text: str) -> str:
+    """``text`` with every secret replaced by a reference ``${SDPG_SECRET_<hash>}``; the value is put into
+    this process's environment under that name (so ``redact`` masks it too, by its secret-looking name)."""
+    import hashlib
+
+    s = str(text)
+    for secret in find_secrets(s):
+        name = "SDPG_SECRET_" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+        os.environ[name] = secret
+        s = s.replace(secret, "${" + name + "}")
+    return s
+
+
+def from_references(text: str) -> str:
+    """``text`` with every ``${SDPG_SECRET_<hash>}`` replaced by the environment's value; a reference whose
+    variable is missing (a job started without the submitter's environment) is a ``KeyError`` naming it."""
+
+    def value(m: re.Match) -> str:
+        try:
+            return os.environ[m.group(1)]
+        except KeyError:
+            raise KeyError(
+                f"{m.group(1)} is not in this job's environment (the job needs a secret its submitter had; "
+                f"submit with the environment exported)"
+            ) from None
+
+    return REFERENCE.sub(value, text) if "${SDPG_SECRET_" in text else text
+
+
+class RedactingStream:
+    """A text stream (``sys.stdout``, ``sys.stderr``, a log file) whose every ``write`` is redacted."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, s: str) -> int:
+        self._stream.write(redact(s) if isinstance(s, str) and s.strip() else s)
+        return len(s)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def redact_console() -> Any:
+    """Make ``sys.stdout``, ``sys.stderr`` and every logging handler writing to them redact what they write;
+    returns a function that puts them back. Idempotent: already redacting streams are left as they are."""
+    import logging
+    import sys
+
+    saved: list[tuple[Any, str, Any]] = []
+    originals = {}
+    for attr in ("stdout", "stderr"):
+        stream = getattr(sys, attr)
+        if stream is not None and not isinstance(stream, RedactingStream):
+            wrapped = RedactingStream(stream)
+            originals[id(stream)] = wrapped
+            saved.append((sys, attr, stream))
+            setattr(sys, attr, wrapped)
+    loggers = [logging.getLogger()] + [
+        lg for lg in list(logging.Logger.manager.loggerDict.values()) if isinstance(lg, logging.Logger)
+    ]
+    for lg in loggers:
+        for h in list(lg.handlers):
+            stream = getattr(h, "stream", None)
+            if isinstance(h, logging.StreamHandler) and stream is not None and id(stream) in originals:
+                saved.append((h, "stream", stream))
+                h.stream = originals[id(stream)]
+
+    def restore() -> None:
+        for obj, attr, value in reversed(saved):
+            setattr(obj, attr, value)
+
+    return restore

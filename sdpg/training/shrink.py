@@ -11,13 +11,14 @@ float32; the trainer loads them in ``model.dtype`` as it would the real ones.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sdpg import fsio
 
 # Sizes of a shrunk model.
 LAYERS, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTERMEDIATE, EXPERTS, EXPERTS_PER_TOKEN = 2, 64, 2, 1, 32, 128, 4, 2
@@ -192,7 +193,7 @@ def shrink_model(
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True)
+    fsio.ensure_dir(out)
     if source == "embedded" and not stand_in:
         from sdpg.training.config import EmbeddedModelConfig
         from sdpg.training.embedded import build_model, build_tokenizer
@@ -222,7 +223,7 @@ def shrink_model(
     kept_gen = gen.read_bytes() if gen.is_file() else None
     model.save_pretrained(out)
     if kept_gen is not None:  # the source's sampling defaults, not ones derived from the config
-        gen.write_bytes(kept_gen)
+        fsio.write_bytes(gen, kept_gen)
     tok.save_pretrained(out)
     info = ShrunkModel(
         path=out,
@@ -233,5 +234,5 @@ def shrink_model(
         params=params,
         max_positions=getattr(cfg, "max_position_embeddings", None),
     )
-    (out / "sdpg_shrunk.json").write_text(json.dumps({**info.__dict__, "path": str(out)}, indent=1))
+    fsio.write_json(out / "sdpg_shrunk.json", {**info.__dict__, "path": str(out)}, indent=1)
     return info

@@ -7,11 +7,12 @@ and the trainer imports none of them.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Protocol
+
+from sdpg import fsio
 
 
 class MetricSink(Protocol):
@@ -32,7 +33,7 @@ class JsonlSink:
 
     def __init__(self, path: str | Path, resume_step: int | None = 0):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fsio.ensure_dir(self.path.parent)
         self._f = None
         self._rows = self._read()
         if resume_step is not None:
@@ -56,12 +57,13 @@ class JsonlSink:
     def _open(self) -> None:
         if self._f is not None:
             self._f.close()
-        self._f = open(self.path, "a")
+        self._f = fsio.open_append(self.path)
 
     def _rewrite(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in self._rows))
-        os.replace(tmp, self.path)
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+        fsio.write_text(self.path, "".join(json.dumps(row) + "\n" for row in self._rows))
         self._open()
 
     def rewind(self, step: int) -> None:

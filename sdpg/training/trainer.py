@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import sys
 import time
@@ -57,6 +56,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from sdpg import fsio
 from sdpg.objective import (
     StepLossSettings,
     agg_weights,
@@ -363,7 +363,7 @@ def write_result(run: Run, status: str, step: int, metrics: dict[str, float], re
     if reason is not None:
         result["reason"] = reason
     if run.main_rank:
-        (run.out / "result.json").write_text(json.dumps(result, indent=1))
+        fsio.write_json(run.out / "result.json", result, root=run.out, indent=1)
     return result
 
 
@@ -433,8 +433,8 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
     whole_steps = cfg.rollout.prompts_per_step if cfg.run.max_epochs is not None else None
     sampler = PromptSampler(len(train_rows), cfg.run.seed, cfg.data.shuffle, whole_steps)
     if main_rank:  # after the data are read: bad data (a missing file, an over-long prompt) leave nothing behind
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.resolved(), sort_keys=False))
+        fsio.ensure_dir(out)
+        fsio.write_text(out / "config.yaml", yaml.safe_dump(cfg.resolved(), sort_keys=False), root=out)
 
     verifier_kind = (
         cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if task_of_source(cfg.data.train) else "math")

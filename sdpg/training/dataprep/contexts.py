@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sdpg import fsio
 from sdpg.training.config import ConfigError, DataConfig
 from sdpg.training.data import FIG4_CONTEXT_TEMPLATES, fig4_message, problem_text
 from sdpg.training.dataprep import text as T
@@ -259,7 +260,7 @@ def generate_contexts(o: ContextOptions) -> dict:
             shutil.rmtree(parts)
     if not mpath.is_file():
         shutil.rmtree(parts, ignore_errors=True)
-        parts.mkdir(parents=True)
+        fsio.ensure_dir(parts)
         write_atomic([(mpath, json.dumps(manifest, indent=1).encode())])
 
     shards = [rows[s : s + o.shard_size] for s in range(0, len(rows), o.shard_size)]

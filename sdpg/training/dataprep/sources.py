@@ -184,7 +184,13 @@ def check_output(out: Path, overwrite: bool, new_bytes: bytes | None = None, wha
 
 
 def write_atomic(files: list[tuple[Path, bytes]]) -> None:
-    """Write every file to a temporary name beside it, then rename each into place (data files last)."""
+    """Write every file to a temporary name beside it, then rename each into place (data files last). A link
+    at any of the paths is refused (``sdpg.fsio.LinkRefused``) before anything is written."""
+    from sdpg.fsio import LinkRefused
+
+    for path, _ in files:
+        if os.path.islink(path):
+            raise LinkRefused(path)
     tmps = []
     umask = os.umask(0)
     os.umask(umask)
