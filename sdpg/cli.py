@@ -72,6 +72,7 @@ def _export(argv: list[str]) -> int:
 def _train(argv: list[str] | None) -> int:
     import argparse
     import os
+    from pathlib import Path
 
     from sdpg.training.config import load_config
 
@@ -109,7 +110,12 @@ def _train(argv: list[str] | None) -> int:
 
     check_world(cfg, str(path or "sdpg-train") + (" + overrides" if overrides else ""), local=True)
     from sdpg.training.locks import run_folder_lock
-    from sdpg.training.trainer import TrainingFailed, train
+    from sdpg.training.trainer import TrainingFailed, check_newest_checkpoint, train
+
+    if cfg.run.resume:  # a refused resume (another config, no readable checkpoint) before the run folder is touched
+        check_newest_checkpoint(Path(cfg.run.output_dir), cfg)
+
+    from sdpg.training.records import WriteFailed
 
     rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0)
     try:
@@ -122,9 +128,33 @@ def _train(argv: list[str] | None) -> int:
         if rank == 0:
             print(f"error: {e.reason}", file=sys.stderr)
         return 1
+    except (WriteFailed, OSError) as e:  # a full disk, an unwritable folder or file
+        if rank == 0:
+            where = f"training stopped at step {e.step}: " if isinstance(e, WriteFailed) and e.step is not None else ""
+            what = str(e) if isinstance(e, WriteFailed) else f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+            _fail(
+                f"{where}{what}; {_resume_point(cfg.run.output_dir)}; free space or make it writable, then resume "
+                f"with the same command"
+            )
+        return 1
+    except KeyboardInterrupt:
+        if rank == 0:
+            print(f"interrupted: {_resume_point(cfg.run.output_dir)}; resume with the same command", file=sys.stderr)
+        return 130
     if result.get("rank", 0) == 0:
         print(f"[sdpg] {result['status']} at step {result['step']}; outputs in {result['output_dir']}", file=sys.stderr)
     return 0 if result["status"] in ("finished", "interrupted") else 1
+
+
+def _resume_point(output_dir: str) -> str:
+    """Where a stopped run resumes: its newest complete checkpoint (checkpoints are written aside and renamed,
+    so every ``step_*.pt`` on disk is whole)."""
+    from sdpg.training.checkpoint import checkpoints, step_of
+
+    found = checkpoints(output_dir)
+    if not found:
+        return f"no checkpoint in {output_dir} yet (a resume starts the run over)"
+    return f"the last complete checkpoint is {found[-1]} (step {step_of(found[-1])})"
 
 
 def train_main(argv: list[str] | None = None) -> int:

@@ -116,7 +116,7 @@ def _walk(path: Path, root: Path | None) -> int:
             except FileExistsError:
                 pass
             except OSError as e:
-                raise _refusal(here, e) from None
+                raise _refusal(here, e) from e
             nfd = _enter(fd, part, here)
             os.close(fd)
             fd = nfd
@@ -139,7 +139,7 @@ def _make_root(root: Path) -> None:
     except FileExistsError:
         pass
     except OSError as e:
-        raise _refusal(root, e) from None
+        raise _refusal(root, e) from e
 
 
 def _refusal(path: Path, e: OSError) -> WriteRefused:
@@ -196,7 +196,7 @@ def atomic_open(path: str | Path, mode: str = "w", *, root: str | Path | None = 
             except FileExistsError:
                 continue
             except OSError as e:
-                raise _refusal(p, e) from None
+                raise _refusal(p, e) from e
             tmp_name = cand
             break
         if tmp_name is None:
@@ -221,7 +221,7 @@ def atomic_open(path: str | Path, mode: str = "w", *, root: str | Path | None = 
         except OSError as e:
             if isinstance(e, (LinkRefused, WriteRefused)):
                 raise
-            raise _refusal(p, e) from None
+            raise _refusal(p, e) from e
         finally:
             if tmp_name is not None:
                 with contextlib.suppress(OSError):
@@ -267,7 +267,7 @@ def _open_nofollow(path: Path, flags: int, root: str | Path | None, perm: int = 
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise LinkRefused(path) from None
-            raise _refusal(path, e) from None
+            raise _refusal(path, e) from e
 
 
 class _RedactingAppend:

@@ -74,7 +74,9 @@ def test_resume_refuses_another_config(tiny_config):
     cfg = tiny_config("run.total_steps=2", out="x")
     train(cfg, stop_after_step=1)
     other = tiny_config("run.total_steps=2", "algo.beta=0.5", out="x")
-    with pytest.raises(RuntimeError, match="another config"):
+    from sdpg.training.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"cannot resume .* algo\.beta=0\.\d+ there, 0\.5 here"):
         train(other)
 
 

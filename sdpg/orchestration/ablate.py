@@ -43,11 +43,14 @@ from sdpg.orchestration.core import (
     TrackingSpec,
     active_jobs,
     check_experiment_name,
+    check_folder_kind,
+    check_sqlite_store,
     check_tracking_uri,
     check_writable_folder,
     job_error,
     job_history,
     output_folder,
+    read_jobs,
     resolve_base,
     resolve_executor,
     tracking_target,
@@ -63,6 +66,8 @@ from sdpg.orchestration.specs import (
 )
 from sdpg.training.config import (
     ConfigError,
+    FolderPath,
+    Seed,
     Strict,
     TrainConfig,
     apply_layer,
@@ -70,6 +75,7 @@ from sdpg.training.config import (
     deep_merge,
     expand_dotted,
 )
+from sdpg.training.records import jsonl_rows, read_json_object
 
 __all__ = [
     "NAME_PATTERN",
@@ -88,6 +94,18 @@ __all__ = [
 ]
 
 
+def _same_value(x: Any, y: Any) -> bool:
+    """Two grid values that configure the same thing: numbers equal as numbers (0.0 and -0.0, 1 and 1.0; a
+    boolean is not a number), anything else equal as JSON."""
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if number(x) and number(y):
+        return bool(x == y)
+    return json.dumps(x, sort_keys=True) == json.dumps(y, sort_keys=True)
+
+
 class AblationSpec(Strict):
     name: str
     """Name of the ablation: the MLflow experiment and the output folder (``[A-Za-z0-9._-]``, at most 100
@@ -103,15 +121,15 @@ class AblationSpec(Strict):
     """Axes that multiply with the variants: a dotted trainer key with a list of its values, or an axis name
     (a word, no dot) with a mapping of named groups, each a diff like a variant (``task: {sum: {}, chain:
     {data.train: embedded_chain}}``)."""
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    """One run per seed (``run.seed``)."""
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
+    """One run per seed (``run.seed``), each in [0, 2**32)."""
     executor: str = "local"
     """``local`` (processes here), ``debug`` (this process), ``slurm`` (with ``profile``) or a profile name."""
     profile: str | None = None
     """SLURM profile from ``slurm/`` (or $SDPG_SLURM_PROFILES)."""
     max_parallel: int = Field(4, gt=0)
     """Runs at a time (SLURM array parallelism)."""
-    output_dir: str | None = None
+    output_dir: FolderPath | None = None
     """Where runs, logs and the default MLflow store go; None: ``outputs/<name>``."""
     tracking: TrackingSpec = TrackingSpec()
     """MLflow settings."""
@@ -175,8 +193,10 @@ class AblationSpec(Strict):
                 )
             if not values:
                 raise ValueError(f"grid axis {axis!r} has no values")
-            if len({json.dumps(x, sort_keys=True) for x in values}) != len(values):
-                raise ValueError(f"grid axis {axis!r} repeats a value: {values}")
+            for i, x in enumerate(values):
+                same = [y for y in values[:i] if _same_value(x, y)]
+                if same:  # 0.0 and -0.0, 1 and 1.0: one value, which would train one run twice
+                    raise ValueError(f"grid axis {axis!r} repeats a value: {same[0]!r} and {x!r} are equal")
         return v
 
     def group_axes(self) -> list[str]:
@@ -310,6 +330,7 @@ def load_plan(
     check_experiment_name(spec.tracking.experiment, src)
     out = output_folder(spec.output_dir, spec.name)
     check_writable_folder(out, src)
+    check_folder_kind(out, "ablation", spec.name, src)
     filters = dict(f.split("=", 1) for f in (only or []))
     # runs: variant x grid point x seed
     axes = list(spec.grid)
@@ -369,6 +390,8 @@ def load_plan(
     if filters and not runs:
         raise ConfigError(f"--only {' --only '.join(only or [])}: matches no run of {src}")
     uri, experiment = tracking_target(spec.tracking, out, spec.name)
+    if check_world:  # a submission opens the store; status and dry runs only read run folders
+        check_sqlite_store(uri, "MLflow store")
     return Plan(
         spec=spec, path=path, output_dir=out, runs=runs, executor=kind, profile=prof, tracking_uri=uri, experiment=experiment
     )
@@ -412,18 +435,12 @@ def _matches(run: Run, key: str, value: str) -> bool:
 def run_state(run: Run) -> tuple[str, int, dict]:
     """(state, last step, last metrics) from the run's folder: new, partial, running?, finished."""
     out = Path(run.config.run.output_dir)
-    res = out / "result.json"
-    last, metrics = 0, {}
-    mfile = out / "metrics.jsonl"
-    if mfile.is_file():
-        lines = [ln for ln in mfile.read_text().splitlines() if ln.strip()]
-        if lines:
-            metrics = json.loads(lines[-1])
-            last = metrics.get("step", 0)
-    if res.is_file():
-        r = json.loads(res.read_text())
-        if r.get("status") == "finished" and r.get("step") == run.config.run.total_steps:
-            return "finished", last, metrics
+    rows = jsonl_rows(out / "metrics.jsonl")  # a last line cut by a kill is left out
+    metrics = rows[-1] if rows else {}
+    last = metrics.get("step", 0)
+    r, _ = read_json_object(out / "result.json")  # empty or cut short (killed while writing): not finished
+    if r is not None and r.get("status") == "finished" and r.get("step") == run.config.run.total_steps:
+        return "finished", last, metrics
     from sdpg.training.checkpoint import checkpoints
 
     if checkpoints(out):  # step_<k>.pt files or complete sharded folders
@@ -583,7 +600,7 @@ def submit(plan: Plan, max_parallel: int | None = None, wait: bool | None = None
             )
             stack.enter_context(file_lock(lock_path, wait=True))
         state_file = plan.output_dir / "jobs.json"
-        jobs_state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        jobs_state = read_jobs(state_file, log, set_aside=True)
         unfinished = [r for r in distinct if run_state(r)[0] != "finished"]
         attached = active_jobs(jobs_state, [r.hash for r in unfinished])
         todo = [r for r in unfinished if r.hash not in attached]
@@ -849,11 +866,11 @@ def watch(plan: Plan, jobs: list, runs: list[Run] | None = None, log=print, ever
 def status(plan: Plan) -> str:
     """Each run's state and last metrics, from its folder, the scheduler and MLflow."""
     state_file = plan.output_dir / "jobs.json"
-    jobs = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    sched = _scheduler_states([v["job_id"] for v in jobs.values() if v.get("executor") == "slurm"])
+    jobs = read_jobs(state_file, lambda m: print(m, file=sys.stderr))
+    sched = _scheduler_states([str(v.get("job_id")) for v in jobs.values() if v.get("executor") == "slurm"])
     extra = {}
     for h, v in jobs.items():
-        s = sched.get(v["job_id"])
+        s = sched.get(str(v.get("job_id")))
         if s and s not in ("COMPLETED",):
             extra[h] = f"{s.lower()} ({v['job_id']})"
     lines = [table(plan, extra), ""]
@@ -893,7 +910,7 @@ def cancel(plan: Plan, log=print) -> int:
     from sdpg.orchestration import tracking
 
     state_file = plan.output_dir / "jobs.json"
-    jobs = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    jobs = read_jobs(state_file, log)
     mine = {r.hash for r in plan.distinct}
     picked = {h: v for h, v in jobs.items() if h in mine and any(j.get("executor") == "slurm" for j in job_history(v))}
     if not picked:

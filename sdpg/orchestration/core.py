@@ -17,6 +17,7 @@ with an Optuna trial attached.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -138,6 +139,93 @@ def check_tracking_uri(uri: str | None, where: str) -> None:
             raise ConfigError(f"{where}: key 'tracking.uri' has bad value {short_repr(uri)}: no folder {db.parent} for the store")
 
 
+def check_journal(url: str) -> None:
+    """An Optuna journal file (``journal:PATH``) whose lines are JSON but for a last one cut by a kill (which
+    Optuna drops itself): a garbled line elsewhere is one line naming the file and what to do."""
+    if not url.startswith("journal:"):
+        return
+    path = Path(url[len("journal:") :])
+    if not path.is_file():
+        return
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as e:
+        raise ConfigError(f"{path}: the Optuna study cannot be read ({e.strerror or e})") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    for n, line in enumerate(lines[:-1], start=1):
+        try:
+            json.loads(line)
+        except ValueError:
+            raise ConfigError(
+                f"{path}: the Optuna study cannot be read (line {n} is not JSON); move it away to start a new study "
+                f"(what the trials trained stays in their folders)"
+            ) from None
+
+
+def check_sqlite_store(uri: str, what: str) -> None:
+    """An existing SQLite file behind ``uri`` (``sqlite:///PATH``; other URIs pass) opens as a database, checked
+    read-only before anything is written: a store cut short or overwritten is one line naming the file and
+    what to do, never a migration traceback after jobs were planned. ``what``: "MLflow store", "Optuna study"."""
+    import sqlite3
+
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri[len("sqlite:///") :])
+    if not db.is_file() or db.stat().st_size == 0:  # none yet (or empty: SQLite makes a new one)
+        return
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            bad = con.execute("PRAGMA quick_check").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        bad = (str(e),)
+    if bad and bad[0] != "ok":
+        raise ConfigError(
+            f"{db}: the {what} cannot be read ({' '.join(str(bad[0]).split())[:120]}); move it away to start a new one "
+            f"(what the runs trained stays in their folders)"
+        )
+
+
+KIND_MARK = ".sdpg-kind"
+"""A file in a spec's output folder naming what made it: ``ablation`` or ``sweep``."""
+
+
+def folder_kind(out: Path) -> str | None:
+    """What made the output folder ``out``: its mark, or for a folder made before marks, its contents (a
+    sweep's study and trials, an ablation's runs); None for a new or empty folder."""
+    mark = out / KIND_MARK
+    if mark.is_file():
+        try:
+            text = mark.read_text(errors="replace").strip()
+        except OSError:
+            text = ""
+        if text in ("ablation", "sweep"):
+            return text
+    if any((out / n).exists() for n in ("optuna.journal", "optuna.db", "trials")):
+        return "sweep"
+    if (out / "runs").is_dir():
+        return "ablation"
+    return None
+
+
+def check_folder_kind(out: Path, kind: str, name: str, where: str) -> None:
+    """An ablation and a sweep never share an output folder: one named like the other would read the other's
+    jobs.json as its own (a sweep once attached to an ablation's job as if it were its worker)."""
+    other = folder_kind(out)
+    if other is not None and other != kind:
+        raise ConfigError(f"{where}: {out} holds the {other} {name!r}, not a {kind}; give this {kind} another name or output_dir")
+
+
+def mark_folder_kind(out: Path, kind: str) -> None:
+    mark = out / KIND_MARK
+    if not mark.exists():
+        fsio.write_text(mark, kind + "\n")
+
+
 def check_experiment_name(name: str | None, where: str) -> None:
     from sdpg.orchestration.names import short_repr
 
@@ -200,6 +288,7 @@ class Experiment:
 
         tracking.check_server(self.uri, "tracking.uri")
         fsio.ensure_dir(self.output_dir)
+        mark_folder_kind(self.output_dir, self.kind)
         # One creator at a time: two commands started together on a new store both ran MLflow's schema
         # migration (one died in alembic, leaving _alembic_tmp_runs) and could both create the parent run.
         with file_lock(self.output_dir / ".sdpg-store.lock", timeout=600):
@@ -207,6 +296,15 @@ class Experiment:
             self.experiment_id = tracking.get_or_create_experiment(
                 c, self.name, tracking.artifact_location(self.uri, self.output_dir)
             )
+            # a store shared by several specs: an ablation and a sweep never share an experiment
+            exp_kind = tracking.retry(c.get_experiment, self.experiment_id).tags.get("sdpg.kind")
+            if exp_kind is None:
+                tracking.retry(c.set_experiment_tag, self.experiment_id, "sdpg.kind", self.kind)
+            elif exp_kind != self.kind:
+                raise ConfigError(
+                    f"{self.spec_path}: MLflow experiment {self.name!r} at {tracking.redact(self.uri)} holds a {exp_kind}, "
+                    f"not a {self.kind}; set tracking.experiment to another name"
+                )
             self.parent_id = tracking.ensure_parent_run(
                 c, self.experiment_id, self.spec_name, self.kind, {"sdpg.spec_file": str(self.spec_path)}
             )
@@ -341,6 +439,31 @@ def active_jobs(jobs_state: dict, hashes: list[str]) -> dict[str, str]:
                 out[h] = jid
                 break
     return out
+
+
+def read_jobs(state_file: Path, log=None, set_aside: bool = False) -> dict:
+    """jobs.json as {run key: entry}; {} when there is none. One that cannot be read (cut short, garbage, not
+    an object of objects) is reported in one line through ``log`` and read as {}; with ``set_aside`` (a
+    submission, which writes a new one) it is first renamed to ``jobs.json.corrupt`` so that nothing is lost.
+    The run folders' locks still keep one writer per run for jobs it named that are still running."""
+    from sdpg.training.records import read_json_object
+
+    if not state_file.exists():
+        return {}
+    jobs, why = read_json_object(state_file)
+    if why is None and jobs is not None and not all(isinstance(v, dict) for v in jobs.values()):
+        jobs, why = None, "its entries are not objects"
+    if why is None and jobs is not None:
+        return jobs
+    if set_aside:
+        kept = state_file.with_name(state_file.name + ".corrupt")
+        os.replace(state_file, kept)
+        what = f"set aside as {kept.name}; a new one is written"
+    else:
+        what = "its job ids are unknown, run folders shown alone"
+    if log is not None:
+        log(f"warning: {state_file} cannot be read ({why}); {what}")
+    return {}
 
 
 def write_jobs(state_file: Path, jobs_state: dict) -> None:

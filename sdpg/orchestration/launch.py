@@ -254,11 +254,11 @@ class TrainJob:
 
 def _finished_result(out: Path, total_steps: int) -> dict | None:
     """The run's result.json when it says the run finished all its steps."""
-    import json
 
-    try:
-        r = json.loads((out / "result.json").read_text())
-    except (OSError, ValueError):
+    from sdpg.training.records import read_json_object
+
+    r, _ = read_json_object(out / "result.json")
+    if r is None:  # none, or cut short by a kill: not finished
         return None
     return r if r.get("status") == "finished" and r.get("step") == total_steps else None
 

@@ -46,11 +46,15 @@ from sdpg.orchestration.core import (
     TrackingSpec,
     active_jobs,
     check_experiment_name,
+    check_folder_kind,
+    check_journal,
+    check_sqlite_store,
     check_tracking_uri,
     check_writable_folder,
     job_error,
     job_history,
     output_folder,
+    read_jobs,
     resolve_base,
     resolve_executor,
     tracking_target,
@@ -58,7 +62,7 @@ from sdpg.orchestration.core import (
 )
 from sdpg.orchestration.launch import TrainJob, export_distributed_env, make_executor
 from sdpg.orchestration.specs import SlurmProfile, read_yaml, subcommand_parser, validate
-from sdpg.training.config import ConfigError, Strict, apply_layer, build_config
+from sdpg.training.config import ConfigError, FolderPath, Seed, Strict, apply_layer, build_config
 
 NAME = NAME_PATTERN  # the former name
 
@@ -149,8 +153,8 @@ class Objective(Strict):
 class SamplerSpec(Strict):
     type: Literal["tpe", "gp", "cmaes", "grid", "random"] = "tpe"
     """Optuna sampler."""
-    seed: int = 0
-    """Sampler seed."""
+    seed: Seed = 0
+    """Sampler seed, in [0, 2**32)."""
 
 
 class PrunerSpec(Strict):
@@ -197,8 +201,8 @@ class SweepSpec(Strict):
     """Early stopping of hopeless trials."""
     n_trials: int = Field(gt=0)
     """Finished (complete or pruned) trials to collect."""
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    """Training seeds per trial; the objective is their mean."""
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
+    """Training seeds per trial (each in [0, 2**32)); the objective is their mean."""
     enqueue: list[dict[str, Any]] = Field(default_factory=list)
     """Parameter sets to try first (e.g. the paper's coefficients)."""
     storage: str = "journal"
@@ -212,7 +216,7 @@ class SweepSpec(Strict):
     """``local``, ``slurm`` (with ``profile``) or a profile name."""
     profile: str | None = None
     """SLURM profile."""
-    output_dir: str | None = None
+    output_dir: FolderPath | None = None
     """Default ``outputs/<name>``."""
     tracking: TrackingSpec = TrackingSpec()
     """``uri`` and ``experiment`` for MLflow (defaults: SQLite in the output folder, the sweep name)."""
@@ -297,6 +301,7 @@ class Sweep:
         check_tracking_uri(spec.tracking.uri, src)
         check_experiment_name(spec.tracking.experiment, src)
         check_writable_folder(self.output_dir, src)
+        check_folder_kind(self.output_dir, "sweep", spec.name, src)
         for i, e in enumerate(spec.enqueue):  # every enqueued point inside the space, before any study exists
             for k, v in e.items():
                 if k not in spec.space:
@@ -339,6 +344,10 @@ class Sweep:
         self.profile: SlurmProfile | None = prof
         self.storage_url = self._storage_url()
         self.tracking_uri, self.experiment = tracking_target(spec.tracking, self.output_dir, spec.name)
+        check_sqlite_store(self.storage_url, "Optuna study")  # status reads it too
+        check_journal(self.storage_url)
+        if check_world:
+            check_sqlite_store(self.tracking_uri, "MLflow store")
 
     def experiment_tracker(self) -> Experiment:
         return Experiment(self.tracking_uri, self.experiment, self.output_dir, "sweep", self.spec.name, self.path)
@@ -983,7 +992,7 @@ def _launch(sweep: Sweep, workers: int | None, wait: bool | None, log) -> dict:
         lock.__enter__()
     try:
         state_file = sweep.output_dir / "jobs.json"
-        jobs_state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        jobs_state = read_jobs(state_file, log, set_aside=True)
         live = active_jobs(jobs_state, list(jobs_state))
         attach = live
         if not live:

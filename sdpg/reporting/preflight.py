@@ -89,6 +89,9 @@ def check(argv: list[str]) -> None:
     bad = [t for t in a.tag if "=" not in t]
     if bad:
         raise ConfigError(f"--tag {short_repr(bad[0])}: expected KEY=VALUE")
+    quoted = [t for t in a.tag if any(q in t for q in "'\"`")]
+    if quoted:  # MLflow's filter language has no escape for them: the search would fail, not match
+        raise ConfigError(f"--tag {short_repr(quoted[0])}: a tag filter cannot hold quotes or backticks")
     from sdpg.orchestration.specs import COMPARE
 
     if a.compare is not None and a.compare not in COMPARE:

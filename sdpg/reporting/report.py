@@ -16,7 +16,10 @@
 
 from __future__ import annotations
 
+import io
+import json
 import math
+import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,6 +40,49 @@ MIN_SEEDS = 2
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
+
+
+def _cache_mark(cfile: Path) -> Path:
+    return cfile.with_name(cfile.name + ".done")
+
+
+def _digest(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_cached(cfile: Path, df) -> None:
+    """A cache entry: the parquet file (written aside, then renamed), then its completion mark holding its
+    size and hash, written last. A report killed anywhere in between leaves an entry without a valid mark."""
+    cfile.parent.mkdir(parents=True, exist_ok=True)
+    mark = _cache_mark(cfile)
+    mark.unlink(missing_ok=True)
+    tmp = cfile.with_name(f".{cfile.name}.{os.getpid()}.tmp")
+    df.to_parquet(tmp)
+    data = tmp.read_bytes()
+    os.replace(tmp, cfile)
+    mark_tmp = mark.with_name(f".{mark.name}.{os.getpid()}.tmp")
+    mark_tmp.write_text(json.dumps({"bytes": len(data), "sha256": _digest(data)}))
+    os.replace(mark_tmp, mark)
+
+
+def _read_cached(cfile: Path):
+    """The cached frame of a run, or None (then it is fetched again and the entry rewritten): an entry is
+    trusted only whole, its completion mark present and matching the file's size and hash."""
+    import pandas as pd
+
+    mark = _cache_mark(cfile)
+    try:
+        want = json.loads(mark.read_text())
+        data = cfile.read_bytes()
+        if not isinstance(want, dict) or want.get("bytes") != len(data) or want.get("sha256") != _digest(data):
+            raise ValueError("incomplete")
+        return pd.read_parquet(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 - any unreadable entry is rebuilt, never trusted
+        for p in (mark, cfile):
+            p.unlink(missing_ok=True)
+        return None
 
 
 def load_runs(
@@ -73,8 +119,8 @@ def load_runs(
     def fetch(r):
         keys = wanted if wanted is not None else sorted(r.data.metrics)
         cfile = cache / f"{r.info.run_id}.parquet" if cache else None
-        if cfile is not None and cfile.is_file() and r.info.status == "FINISHED":
-            df = pd.read_parquet(cfile)
+        df = _read_cached(cfile) if cfile is not None and r.info.status == "FINISHED" else None
+        if df is not None:
             if wanted is None or set(tracking.from_mlflow_key(k) for k in keys) <= set(df.metric):
                 return df[df.metric.isin([tracking.from_mlflow_key(k) for k in keys])]
         rows = []
@@ -96,9 +142,7 @@ def load_runs(
                 )
         df = pd.DataFrame(rows, columns=COLUMNS).drop_duplicates(["metric", "step"], keep="last")
         if cfile is not None and r.info.status == "FINISHED" and wanted is None:
-            fsio.ensure_dir(cfile.parent)
-            with fsio.atomic_open(cfile, "wb") as f:
-                df.to_parquet(f)
+            _write_cached(cfile, df)
         return df
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -158,10 +158,11 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict:
+def load_checkpoint(path: Path, map_location: torch.device | str = "cpu", mmap: bool = False) -> dict:
     """The state saved by ``save_checkpoint``; ``CheckpointError`` naming the file when it does not read
-    or lacks what a resume needs. For a sharded folder: its run state, with ``model`` and ``optimizer``
-    None (``load_sharded_state`` reads them) and ``sharded`` the folder."""
+    or lacks what a resume needs. ``mmap``: tensors stay on disk until touched (a cheap look at the rest).
+    For a sharded folder: its run state, with ``model`` and ``optimizer`` None (``load_sharded_state`` reads
+    them) and ``sharded`` the folder."""
     path = Path(path)
     sharded = path.is_dir()
     if sharded and not (path / COMPLETE).is_file():
@@ -169,7 +170,7 @@ def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dic
     if sharded and not (path / ".metadata").is_file():
         raise CheckpointError(f"checkpoint {path} lacks its shards' .metadata")
     try:
-        state = torch.load(path / RUN_STATE if sharded else path, map_location=map_location, weights_only=False)
+        state = torch.load(path / RUN_STATE if sharded else path, map_location=map_location, weights_only=False, mmap=mmap)
     except Exception as e:  # truncated or garbled files raise anything from RuntimeError to UnpicklingError
         reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {reason})") from e

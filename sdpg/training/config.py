@@ -12,9 +12,18 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from sdpg.objective.terms import DistillDtype
 from sdpg.training.embedded import TASK_TARGET_ACCURACY, Task
@@ -163,8 +172,87 @@ VerifierName = Literal["exact", "math", "boxed"]
 SCORER_METRIC_NAMES = {"exact": "exact", "math": "math_verify", "boxed": "boxed"}
 
 
+SEED_RANGE = 2**32
+"""Seeds lie in [0, 2**32): what NumPy's generators (and Optuna's samplers, built on them) accept."""
+Seed = Annotated[int, Field(ge=0, lt=SEED_RANGE)]
+"""A seed field: a whole number in [0, 2**32)."""
+
+
+def _expanded_path(path: str) -> str:
+    """A folder path as the user meant it: a leading ``~`` and ``$VAR`` / ``${VAR}`` expanded
+    (``sdpg.fsio.expand_path``); an unset variable is refused, so no folder is ever named ``$HOME`` or ``~``."""
+    from sdpg.fsio import WriteRefused, expand_path
+
+    try:
+        return str(expand_path(path, "path"))
+    except WriteRefused as e:
+        raise ValueError(str(e).split(": ", 2)[-1]) from None
+
+
+FolderPath = Annotated[str, AfterValidator(_expanded_path)]
+"""A folder named in a spec or config: ``~`` and ``$VAR`` expanded, an unset variable refused."""
+INT_LIMIT = 2**63
+"""Whole numbers beyond a signed 64-bit integer fit no tensor, array or SLURM field: refused everywhere."""
+
+
+def _accepts(annotation: Any, kind: type) -> bool:
+    """Whether a field's type admits values of ``kind`` itself (``bool`` is an ``int`` to Python, not to a spec)."""
+    import typing
+
+    if annotation is kind:
+        return True
+    if annotation is Any:
+        return True
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Literal:
+        return any(isinstance(a, kind) for a in args)
+    return any(_accepts(a, kind) for a in args if a is not type(None))
+
+
+def _kind_problem(value: Any, annotation: Any) -> str | None:
+    """Why ``value`` is of the wrong kind for ``annotation``: a boolean where no boolean is allowed, a whole
+    number beyond 64 bits, a float that is not finite. Looks into lists and mapping values."""
+    import math
+    import typing
+
+    if annotation is Any:  # free-form (overrides, kwargs): checked where the values land, under their own keys
+        return None
+    if isinstance(value, bool):
+        return None if _accepts(annotation, bool) else f"{str(value).lower()} is a boolean, not a number"
+    if isinstance(value, int) and abs(value) >= INT_LIMIT:
+        return f"{value} is beyond a 64-bit integer"
+    if isinstance(value, float) and not math.isfinite(value) and (_accepts(annotation, float) or _accepts(annotation, int)):
+        return f"{value} is not a finite number"
+    inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if isinstance(value, (list, tuple)) and origin in (list, tuple, set):
+        for v in value:
+            for a in inner or [Any]:
+                why = _kind_problem(v, a)
+                if why:
+                    return why
+    if isinstance(value, dict) and origin is dict and len(inner) == 2:
+        for v in value.values():
+            why = _kind_problem(v, inner[1])
+            if why:
+                return why
+    return None
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_kinds(cls, value: Any, info: Any) -> Any:
+        """No booleans as counts or numbers, no whole number beyond 64 bits, no infinite or NaN float: checked
+        before pydantic's coercion (which reads ``true`` as 1), in every spec and config model."""
+        field = cls.model_fields.get(info.field_name) if info.field_name else None
+        if field is not None:
+            why = _kind_problem(value, field.annotation)
+            if why:
+                raise ValueError(why)
+        return value
 
 
 class EmbeddedModelConfig(Strict):
@@ -301,6 +389,9 @@ class DataConfig(Strict):
     """Trailing instructions of questions that ``problem_instruction`` removes (exact text)."""
     train_limit: int | None = Field(None, gt=0)
     """Use only the first N training rows."""
+    max_row_bytes: int = Field(1_048_576, gt=0)
+    """Largest row of a data file, in bytes of its JSON line (1 MiB): a longer row is refused, naming its line,
+    before it is read whole (one 50 MB problem once took 12 GB of memory in the tokenizer)."""
     eval_limit: int | None = Field(None, gt=0)
     """Evaluate only the first N problems of each benchmark."""
     shuffle: bool = True
@@ -562,12 +653,12 @@ class EvalConfig(Strict):
 
 
 class RunConfig(Strict):
-    output_dir: str = "runs/default"
+    output_dir: FolderPath = "runs/default"
     """Folder of the run: resolved config, metrics.jsonl, checkpoints. A leading ``~`` and ``$VAR`` /
     ``${VAR}`` are expanded when the config is read; an unset variable is refused (never a folder named
     ``$HOME``)."""
-    seed: int = 0
-    """Seed of everything random in the run."""
+    seed: Seed = 0
+    """Seed of everything random in the run, in [0, 2**32)."""
     total_steps: int = Field(400, gt=0)
     """RL steps T (the paper: 400); also the length of the beta schedule, whatever ``max_epochs``."""
     max_epochs: int | None = Field(None, gt=0)
@@ -719,11 +810,83 @@ class TrainConfig(Strict):
             reset("model", ModelConfig, "embedded")
         return TrainConfig.model_validate(d)
 
+    def resume_identity(self) -> dict[str, Any]:
+        """What a checkpoint must share with the config that resumes it, as dotted key -> value: the effective
+        config less the execution settings (``EXECUTION_SETTINGS``: threads, logging, checkpoint cadence, the
+        output folder, and ``run.total_steps``, which ``resume_refusal`` checks on its own). Evaluation
+        settings are execution settings only with ``rollout.seed_per_prompt``: otherwise evaluations sample
+        from the training random stream, so their cadence and size change what is trained next."""
+        flat: dict[str, Any] = {}
+
+        def walk(d: Any, prefix: str) -> None:
+            if isinstance(d, dict) and d and prefix not in ("data.eval", "data.chat_template_kwargs"):
+                for k, v in d.items():
+                    walk(v, f"{prefix}.{k}" if prefix else str(k))
+            else:
+                flat[prefix] = d
+
+        walk(self.effective().resolved(), "")
+        drop = set(EXECUTION_SETTINGS)
+        if self.rollout.seed_per_prompt:
+            drop |= {k for k in flat if k.startswith("eval.")} | {"data.eval", "data.eval_limit"}
+        return {k: v for k, v in flat.items() if k not in drop}
+
     def config_hash(self, exclude_output: bool = True) -> str:
         d = self.resolved()
         if exclude_output:
             d["run"].pop("output_dir", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+EXECUTION_SETTINGS = (
+    "run.output_dir",
+    "run.threads",
+    "run.log_samples",
+    "run.checkpoint_every",
+    "run.keep_checkpoints",
+    "run.resume",
+    "run.total_steps",
+)
+"""Settings that cannot change what a run trains: a resume may change them (``run.total_steps`` within
+``resume_refusal``'s rule)."""
+
+
+def resume_refusal(saved: dict[str, Any], saved_total: int | None, step: int, cfg: TrainConfig) -> str | None:
+    """Why ``cfg`` cannot continue a checkpoint of ``step`` whose run had ``saved`` (``resume_identity``) and
+    ``saved_total`` steps, naming the settings that differ and both values; None when it can. Extending or
+    shortening a run (``run.total_steps``) is allowed down to the checkpoint's step, unless a schedule that
+    ends at ``run.total_steps`` (beta's decay window) moved for a step already trained, or the old last step's
+    evaluation drew from the training random stream where the longer run would not evaluate."""
+    mine = cfg.resume_identity()
+    differ = [k for k in sorted(set(saved) | set(mine)) if saved.get(k, "(unset)") != mine.get(k, "(unset)")]
+    if differ:
+        lead = ("eval.every", "algo.method")  # the setting a user changed, before those it switches on or off
+        first = [k for k in differ if k in lead] + [k for k in differ if k not in lead]
+        shown = "; ".join(
+            f"{k}={_short_value(saved.get(k, '(unset)'))} there, {_short_value(mine.get(k, '(unset)'))} here" for k in first[:3]
+        )
+        more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""
+        why = ""
+        if any(k.startswith(("eval.", "data.eval")) for k in first[:3]) and not cfg.rollout.seed_per_prompt:
+            why = " (evaluations sample from the training random stream unless rollout.seed_per_prompt=true)"
+        return f"{shown}{more}{why}"
+    total = cfg.run.total_steps
+    if total < step:
+        return f"run.total_steps={total} is below step {step} of the checkpoint"
+    if saved_total is not None and saved_total != total:
+        a = cfg.algo
+        if a.beta > 0 and a.beta_decay_steps > 0 and min(saved_total, total) - step < a.beta_decay_steps:
+            return (
+                f"run.total_steps={total} (was {saved_total}) moves beta's decay window (algo.beta_decay_steps="
+                f"{a.beta_decay_steps}) over steps already trained"
+            )
+        every = cfg.eval.every
+        if step == saved_total and every > 0 and saved_total % every and not cfg.rollout.seed_per_prompt:
+            return (
+                f"run.total_steps={total} (was {saved_total}): the old last step {saved_total} was evaluated (eval.every="
+                f"{every}), drawing from the training random stream (set rollout.seed_per_prompt=true in new runs)"
+            )
+    return None
 
 
 def method_settings(cfg: TrainConfig) -> dict[str, str]:

@@ -13,6 +13,8 @@ benchmark instruction loses it first when the template brings one (``data.proble
 from __future__ import annotations
 
 import json
+import math
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +71,123 @@ FIG4_BEFORE_SENTINEL = "\n"  # the sentinel's line follows the reminder: the stu
 FIG4_AFTER_SENTINEL = "\n\n"  # [Hint] opens a new paragraph
 
 
+def regular_file_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as a data file by its kind (checked before it is opened: opening a FIFO
+    waits for a writer; ``/dev/zero`` never ends), or None for a regular file (symlinks followed)."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = (
+        "a folder"
+        if stat.S_ISDIR(mode)
+        else "a FIFO"
+        if stat.S_ISFIFO(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "not a file"
+    )
+    return f"is not a regular file ({kind})"
+
+
+def jsonl_lines(path: Path, max_row_bytes: int):
+    """(line number, bytes) of each line of a JSON-lines file, each read with a bound: a line longer than
+    ``max_row_bytes`` raises ConfigError naming it and the setting before the rest of it is read."""
+    with open(path, "rb") as f:
+        n = 0
+        while True:
+            line = f.readline(max_row_bytes + 2)
+            if not line:
+                return
+            n += 1
+            if len(line.rstrip(b"\r\n")) > max_row_bytes:
+                raise ConfigError(
+                    f"{path}: line {n}: row longer than data.max_row_bytes={max_row_bytes} bytes; "
+                    f"shorten the row or raise data.max_row_bytes"
+                )
+            yield n, line
+
+
+def _text_problem(value: Any, what: str, empty_ok: bool = False) -> str | None:
+    if not isinstance(value, str):
+        return None
+    if not empty_ok and not value.strip():
+        return f"'{what}' is empty"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"'{what}' holds a lone UTF-16 surrogate (\\u{ord(value[_surrogate_at(value)]):04x}), not valid Unicode"
+    return None
+
+
+def _surrogate_at(value: str) -> int:
+    return next(i for i, ch in enumerate(value) if 0xD800 <= ord(ch) <= 0xDFFF)
+
+
+def _answer_problem(value: Any, what: str) -> str | None:
+    """A reference answer is text, or a finite number written as JSON (``42``); not a boolean, NaN or a list."""
+    if isinstance(value, bool):
+        return f"'{what}' is a boolean ({str(value).lower()}), expected text or a number"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"'{what}' is {value!r}, not a finite number"
+    if isinstance(value, (int, float)):
+        return None
+    if not isinstance(value, str):
+        return f"'{what}' is {_kind(value)}, expected text or a number"
+    return _text_problem(value, what)
+
+
+def _kind(value: Any) -> str:
+    return {list: "an array", dict: "an object", bool: "a boolean", type(None): "null", int: "a number", float: "a number"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def row_problem(raw: dict, cfg: DataConfig) -> str | None:
+    """Why a row (a JSON object) cannot be trained or scored on, or None: problem text that is not empty,
+    an answer that is text or a finite number, an optional solution that is text, no lone surrogates; a
+    verl row's prompt a list of messages with text content and a usable ground truth."""
+    if "prompt" in raw and "reward_model" in raw:  # verl format
+        prompt = raw["prompt"]
+        if not isinstance(prompt, (list, tuple)) or not prompt:
+            return f"verl 'prompt' is {_kind(prompt)}, expected a list of messages ({{role, content}})"
+        for msg in prompt:
+            if not isinstance(msg, dict) or not isinstance(msg.get("content"), str):
+                what = "a message without text content" if isinstance(msg, dict) else _kind(msg)
+                return f"verl 'prompt' holds {what}, expected messages {{role, content}}"
+            why = _text_problem(msg["content"], "prompt.content", empty_ok=True)
+            if why:
+                return why
+        rm = raw["reward_model"]
+        gt = rm.get("ground_truth") if isinstance(rm, dict) else None
+        if gt is None:
+            return "verl row without reward_model.ground_truth"
+        return _answer_problem(gt, "reward_model.ground_truth")
+    problem, answer = _get(raw, cfg.problem_key), _get(raw, cfg.answer_key)
+    if problem is not None:
+        if not isinstance(problem, str):
+            return f"'{cfg.problem_key}' is {_kind(problem)}, expected text"
+        why = _text_problem(problem, cfg.problem_key)
+        if why:
+            return why
+    if answer is not None:
+        why = _answer_problem(answer, cfg.answer_key)
+        if why:
+            return why
+    solution = _get(raw, cfg.solution_key)
+    if solution is not None:
+        if not isinstance(solution, str):
+            return f"'{cfg.solution_key}' is {_kind(solution)}, expected text"
+        return _text_problem(solution, cfg.solution_key, empty_ok=True)
+    return None
+
+
 def _get(row: dict, dotted: str) -> Any:
     cur: Any = row
     for part in dotted.split("."):
@@ -83,6 +202,9 @@ def _get(row: dict, dotted: str) -> Any:
 
 def normalise_row(raw: dict, cfg: DataConfig, source: str, index: int) -> dict:
     """One input row as {problem, answer, solution, student_prompt?, teacher_prompt?}."""
+    why = row_problem(raw, cfg) if isinstance(raw, dict) else f"is {_kind(raw)}, expected a JSON object"
+    if why:
+        raise ConfigError(f"{source}: row {index + 1}: {why}")
     # verl format: prompt = [{role, content}], reward_model.ground_truth
     if "prompt" in raw and isinstance(raw["prompt"], (list, tuple)) and raw["prompt"] and "reward_model" in raw:
         messages = [rewrite_answer_format(dict(msg), cfg) for msg in raw["prompt"]]
@@ -128,24 +250,25 @@ def read_source(source: str, cfg: DataConfig, split: str = "train") -> list[dict
         raws = [dict(r) for r in ds]
     else:
         p = Path(source)
-        if not p.is_file():
+        if not p.exists():
             raise ConfigError(f"data source {source!r}: no such file")
+        kind = regular_file_problem(p)
+        if kind:
+            raise ConfigError(f"data source {source!r}: {kind}")
         if p.suffix == ".parquet":
             import pyarrow.parquet as pq
 
             raws = pq.read_table(p).to_pylist()
+        elif p.suffix == ".json" and p.read_text().lstrip().startswith("["):
+            raws = json.loads(p.read_text())
         elif p.suffix in (".jsonl", ".json"):
-            text = p.read_text()
-            if p.suffix == ".json" and text.lstrip().startswith("["):
-                raws = json.loads(text)
-            else:
-                raws = []
-                for i, line in enumerate(text.splitlines()):
-                    if line.strip():
-                        try:
-                            raws.append(json.loads(line))
-                        except json.JSONDecodeError as e:
-                            raise ConfigError(f"{source}: line {i + 1} is not JSON: {e}") from None
+            raws = []
+            for n, line in jsonl_lines(p, cfg.max_row_bytes):
+                if line.strip():
+                    try:
+                        raws.append(json.loads(line))
+                    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                        raise ConfigError(f"{source}: line {n} is not JSON: {e}") from None
         else:
             raise ConfigError(f"data source {source!r}: expected .jsonl, .json or .parquet")
     return [normalise_row(r, cfg, source, i) for i, r in enumerate(raws)]

@@ -24,6 +24,7 @@ from typing import Any
 
 from sdpg.training import embedded
 from sdpg.training.config import ConfigError, TrainConfig
+from sdpg.training.data import jsonl_lines, regular_file_problem, row_problem
 from sdpg.training.redact import redact
 
 PLACEHOLDERS = {
@@ -227,9 +228,9 @@ def _check_row(file: str, line: int, raw: Any, cfg: TrainConfig, what: str) -> b
         )
         raise _row_error(file, line, f"is {kind}, expected a JSON object with '{d.problem_key}' and '{d.answer_key}'")
     if "prompt" in raw and "reward_model" in raw:  # verl format
-        gt = (raw.get("reward_model") or {}).get("ground_truth") if isinstance(raw.get("reward_model"), dict) else None
-        if gt is None:
-            raise _row_error(file, line, "verl row without reward_model.ground_truth")
+        why = row_problem(raw, d)
+        if why:
+            raise _row_error(file, line, why)
         return bool((raw.get("extra_info") or {}).get("solution")) if isinstance(raw.get("extra_info"), dict) else False
     for key_name, field in (("data.problem_key", d.problem_key), ("data.answer_key", d.answer_key)):
         cur: Any = raw
@@ -242,8 +243,19 @@ def _check_row(file: str, line: int, raw: Any, cfg: TrainConfig, what: str) -> b
             raise _row_error(file, line, f"'{field}' is null")
         if isinstance(cur, (dict, list)):
             raise _row_error(file, line, f"'{field}' is {type(cur).__name__}, expected text or a number")
+    why = row_problem(raw, d)
+    if why:
+        raise _row_error(file, line, why)
     sol = raw.get(d.solution_key)
     return bool(sol)
+
+
+def _named(key: str, check, *args) -> Any:
+    """``check(*args)``, its error ending with the setting that names the file (``data.eval.aime24``)."""
+    try:
+        return check(*args)
+    except ConfigError as e:
+        raise ConfigError(f"{e}, named by {key}") from None
 
 
 def check_data_file(cfg: TrainConfig, key: str, src: str, source: str, what: str = "train") -> None:
@@ -256,6 +268,9 @@ def check_data_file(cfg: TrainConfig, key: str, src: str, source: str, what: str
         raise _bad(source, key, src, "no such file")
     if p.is_dir():
         raise _bad(source, key, src, "is a folder; expected a .jsonl, .json or .parquet file")
+    kind = regular_file_problem(p)
+    if kind:  # checked by its kind, never opened: a FIFO waits for a writer, /dev/zero never ends
+        raise _bad(source, key, src, kind)
     if p.suffix not in DATA_SUFFIXES:
         raise _bad(source, key, src, "expected a .jsonl, .json or .parquet file")
     rows_with_solution, n = 0, 0
@@ -269,17 +284,24 @@ def check_data_file(cfg: TrainConfig, key: str, src: str, source: str, what: str
                 f"{p}: not a readable parquet file ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
             ) from None
         for i, r in enumerate(rows[:MAX_ROWS_CHECKED]):
-            rows_with_solution += _check_row(str(p), i + 1, r, cfg, what)
+            rows_with_solution += _named(key, _check_row, str(p), i + 1, r, cfg, what)
             n += 1
     else:
-        data = p.read_bytes()
-        if b"\x00" in data:
-            raise ConfigError(f"{p}: is binary, not JSON text (NUL byte at offset {data.index(0)}), named by {key}")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            line = data[: e.start].count(b"\n") + 1
-            raise ConfigError(f"{p}: is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}), named by {key}") from None
+        lines: list[str] = []
+        offset = 0
+        for ln, raw_line in jsonl_lines(p, cfg.data.max_row_bytes):
+            if b"\x00" in raw_line:
+                raise ConfigError(
+                    f"{p}: is binary, not JSON text (NUL byte at offset {offset + raw_line.index(0)}), named by {key}"
+                )
+            try:
+                lines.append(raw_line.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise ConfigError(
+                    f"{p}: is not UTF-8 text (byte 0x{raw_line[e.start]:02x} on line {ln}), named by {key}"
+                ) from None
+            offset += len(raw_line)
+        text = "".join(lines)
         if p.suffix == ".json" and text.lstrip().startswith("["):
             try:
                 rows = json.loads(text)
@@ -296,7 +318,7 @@ def check_data_file(cfg: TrainConfig, key: str, src: str, source: str, what: str
                 except json.JSONDecodeError as e:
                     raise _row_error(str(p), i + 1, f"not valid JSON ({e.msg} at column {e.colno})") from None
         for ln, r in items:
-            rows_with_solution += _check_row(str(p), ln, r, cfg, what)
+            rows_with_solution += _named(key, _check_row, str(p), ln, r, cfg, what)
             n += 1
     if n == 0:
         raise ConfigError(f"{p}: is empty (no rows), named by {key}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sdpg import fsio
+from sdpg.training.records import WriteFailed
 
 
 class MetricSink(Protocol):
@@ -63,8 +64,14 @@ class JsonlSink:
         if self._f is not None:
             self._f.close()
             self._f = None
-        fsio.write_text(self.path, "".join(json.dumps(row) + "\n" for row in self._rows))
-        self._open()
+        try:
+            fsio.write_text(self.path, "".join(json.dumps(row) + "\n" for row in self._rows))
+            self._open()
+        except (OSError, fsio.WriteRefused) as e:
+            cause = e if isinstance(e, OSError) else e.__cause__
+            if not isinstance(cause, OSError):
+                raise
+            raise WriteFailed(self.path, self._rows[-1]["step"] if self._rows else None, cause) from e
 
     def rewind(self, step: int) -> None:
         """Drop the rows after ``step`` (the run continues from there)."""
@@ -83,13 +90,19 @@ class JsonlSink:
             return
         row = {"step": step, **new}
         self._rows.append(row)
-        self._f.write(json.dumps(row) + "\n")
-        self._f.flush()
+        try:
+            self._f.write(json.dumps(row) + "\n")
+            self._f.flush()
+        except OSError as e:  # a full disk, a file made unwritable: the run stops, saying which file
+            raise WriteFailed(self.path, step, e) from e
 
     def close(self) -> None:
         if self._f is not None:
-            self._f.close()
-            self._f = None
+            f, self._f = self._f, None
+            try:
+                f.close()
+            except OSError:  # what a failed write left in the buffer; the failure itself was raised by log
+                pass
 
 
 class ConsoleSink:

@@ -90,6 +90,7 @@ from sdpg.training.config import (
     TrainConfig,
     build_config,
     load_config,
+    resume_refusal,
 )
 from sdpg.training.data import PromptSampler, read_source
 from sdpg.training.data import tokenize_prompts as tokenize_prompt_rows
@@ -108,6 +109,7 @@ from sdpg.training.model import (
     shard_fsdp,
 )
 from sdpg.training.randomness import derived_seed, rng_state, seed_everything, set_rng_state
+from sdpg.training.records import WriteFailed
 from sdpg.training.rewards import Verifier
 from sdpg.training.rollout import HFRollout, VLLMRollout, left_pad
 from sdpg.training.sinks import ConsoleSink, JsonlSink, MetricSink, default_sinks
@@ -398,6 +400,8 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
     if cfg.rollout.prompts_per_step % world:
         raise ValueError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the {world} ranks")
     main_rank = rank == 0
+    if cfg.run.resume:
+        check_newest_checkpoint(out, cfg)  # a refused resume costs seconds, and changes nothing
     log = _stderr_log if main_rank else _no_log
     seed_everything(cfg.run.seed)
 
@@ -433,8 +437,7 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
     whole_steps = cfg.rollout.prompts_per_step if cfg.run.max_epochs is not None else None
     sampler = PromptSampler(len(train_rows), cfg.run.seed, cfg.data.shuffle, whole_steps)
     if main_rank:  # after the data are read: bad data (a missing file, an over-long prompt) leave nothing behind
-        fsio.ensure_dir(out)
-        fsio.write_text(out / "config.yaml", yaml.safe_dump(cfg.resolved(), sort_keys=False), root=out)
+        fsio.ensure_dir(out)  # config.yaml: after the resume check, below
 
     verifier_kind = (
         cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if task_of_source(cfg.data.train) else "math")
@@ -500,6 +503,8 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
         eval_scorers=eval_scorers,
     )
     run.start_step = resume(run) if cfg.run.resume else 0
+    if main_rank:  # after the resume check: a refused resume leaves the config of the run it refused
+        fsio.write_text(out / "config.yaml", yaml.safe_dump(cfg.resolved(), sort_keys=False), root=out)
     kept_step = run.start_step if cfg.run.resume else -1  # what the sinks keep from an earlier attempt
     if not main_rank:
         run.sinks = []  # rank 0 logs for all
@@ -574,11 +579,7 @@ def resume(run: Run) -> int:
             run.log(f"[sdpg] warning: skipped {e}")
             skipped.append(path)
             continue
-        if state["config_hash"] != cfg.config_hash():
-            raise RuntimeError(
-                f"{path} was written by another config (hash {state['config_hash']} != {cfg.config_hash()}); "
-                f"use a new run.output_dir or run.resume=false"
-            )
+        check_resumable(path, state, cfg)
         if state.get("sharded") is not None:
             load_sharded_state(path, run.policy, run.optimizer)  # a collective; DCP reshards to this run's ranks
         else:
@@ -609,6 +610,45 @@ def resume(run: Run) -> int:
         for path in skipped:
             path.rename(path.with_name(path.name + ".corrupt"))
     return state["step"]
+
+
+def check_newest_checkpoint(out: Path, cfg: TrainConfig) -> None:
+    """Before anything is loaded or written: the newest checkpoint that reads (tensors left on disk) can be
+    resumed by ``cfg`` (``check_resumable``), and a folder whose every checkpoint is unreadable is one
+    ``ConfigError`` naming the folder and what to do, with nothing renamed."""
+    found = checkpoints(out)
+    reasons = []
+    for path in reversed(found):
+        try:
+            state = load_checkpoint(path, "cpu", mmap=True)
+        except CheckpointError as e:
+            cause = e.__cause__
+            reasons.append(f"{path.name}: {type(cause).__name__ if cause else 'CheckpointError'}")
+            continue
+        check_resumable(path, state, cfg)
+        return
+    if found:
+        raise ConfigError(
+            f"no checkpoint in {checkpoint_dir(out)} can be read ({', '.join(reasons[:3])}): move them away to start "
+            f"over, or set run.resume=false"
+        )
+
+
+def check_resumable(path: Path, state: dict, cfg: TrainConfig) -> None:
+    """A checkpoint continues only the run that wrote it: ``ConfigError`` naming the setting that differs
+    (execution settings may change; ``sdpg.training.config.resume_refusal``). Checkpoints written before the
+    identity was recorded are compared by their config hash."""
+    if "identity" in state:
+        why = resume_refusal(state["identity"], state.get("total_steps"), state["step"], cfg)
+    elif state["config_hash"] != cfg.config_hash():
+        why = f"an earlier config (hash {state['config_hash']}; this one {cfg.config_hash()})"
+    else:
+        why = None
+    if why:
+        raise ConfigError(
+            f"cannot resume {path} (step {state['step']}): {why}; "
+            f"set it back, use a new run.output_dir, or set run.resume=false to start over"
+        )
 
 
 def sync_rollout_weights(run: Run) -> float:
@@ -1221,6 +1261,27 @@ def export_final_policy(run: Run, step: int) -> Path:
     return dest
 
 
+@contextlib.contextmanager
+def _writing(path: Path, step: int):
+    """An ``OSError`` while writing ``path`` becomes ``WriteFailed`` naming it and the step; also one that
+    torch's zip writer turned into a ``RuntimeError`` while closing the cut file (its cause or context)."""
+    try:
+        yield
+    except OSError as e:
+        raise WriteFailed(path, step, e) from e
+    except fsio.WriteRefused as e:  # fsio's one sentence for an OSError (full disk, read-only folder)
+        if not isinstance(e.__cause__, OSError):
+            raise
+        raise WriteFailed(path, step, e.__cause__) from e
+    except RuntimeError as e:
+        cause = e.__cause__ or e.__context__
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise WriteFailed(path, step, cause) from e
+
+
 def save_run_state(run: Run, step: int) -> Path:
     """A resumable checkpoint of ``step``: a collective (every rank takes part), written by rank 0; under FSDP
     a sharded checkpoint every rank writes its shards of (``save_sharded_checkpoint``), no full state gathered."""
@@ -1252,19 +1313,22 @@ def save_run_state(run: Run, step: int) -> Path:
     model_state, optim_state = full_state(run.policy, run.optimizer)  # a collective under FSDP
     path = checkpoint_dir(run.out) / f"step_{step:07d}.pt"
     if run.main_rank:
-        path = save_checkpoint(
-            run.out,
-            step,
-            {
-                "step": step,
-                "model": model_state,
-                "optimizer": optim_state,
-                "scheduler": run.scheduler.state_dict(),
-                "sampler": run.sampler.state_dict(),
-                "rng": rngs if run.world > 1 else rngs[0],
-                "config_hash": run.cfg.config_hash(),
-            },
-            run.cfg.run.keep_checkpoints,
-        )
+        with _writing(path, step):
+            path = save_checkpoint(
+                run.out,
+                step,
+                {
+                    "step": step,
+                    "model": model_state,
+                    "optimizer": optim_state,
+                    "scheduler": run.scheduler.state_dict(),
+                    "sampler": run.sampler.state_dict(),
+                    "rng": rngs if run.world > 1 else rngs[0],
+                    "config_hash": run.cfg.config_hash(),
+                    "identity": run.cfg.resume_identity(),  # what a resume must share (execution settings aside)
+                    "total_steps": run.cfg.run.total_steps,
+                },
+                run.cfg.run.keep_checkpoints,
+            )
     dist.barrier()
     return path
