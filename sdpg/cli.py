@@ -52,12 +52,35 @@ def _guarded(fn, argv):
         restore()
 
 
+def _export(argv: list[str]) -> int:
+    import argparse
+
+    from sdpg.training.export import export_run
+
+    p = argparse.ArgumentParser(
+        prog="sdpg-train export",
+        description="Write the policy of a run's checkpoint as a Hugging Face folder (safetensors, tokenizer, "
+        "chat template, compute dtype; config hash and step in sdpg_export.json).",
+    )
+    p.add_argument("run_dir", help="the run folder (run.output_dir)")
+    p.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the newest complete one)")
+    p.add_argument("--out", required=True, help="the folder to create (must not exist, or be empty)")
+    a = p.parse_args(argv)
+    export_run(a.run_dir, a.out, a.step, log=lambda m: print(m, file=sys.stderr))
+    return 0
+
+
 def _train(argv: list[str] | None) -> int:
     import argparse
     import os
     from pathlib import Path
 
     from sdpg.training.config import load_config
+
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "export":
+        return _export(argv[1:])
 
     p = argparse.ArgumentParser(
         prog="sdpg-train",
@@ -136,7 +159,8 @@ def _resume_point(output_dir: str) -> str:
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    """sdpg-train [CONFIG.yaml] [key.path=value ...]: one training run."""
+    """sdpg-train [CONFIG.yaml] [key.path=value ...]: one training run.
+    sdpg-train export RUN_DIR [--step k] --out DIR: a checkpoint as a Hugging Face folder."""
     return _guarded(_train, argv)
 
 
@@ -148,6 +172,13 @@ def ablate_main(argv: list[str] | None = None) -> int:
 
 def sweep_main(argv: list[str] | None = None) -> int:
     from sdpg.orchestration.sweep import main
+
+    return _guarded(main, argv)
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """sdpg-eval MODEL [CONFIG.yaml] [key.path=value ...]: a model on benchmarks, logged to MLflow."""
+    from sdpg.orchestration.evaluation import main
 
     return _guarded(main, argv)
 

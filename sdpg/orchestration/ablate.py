@@ -443,7 +443,9 @@ def run_state(run: Run) -> tuple[str, int, dict]:
     r, _ = read_json_object(out / "result.json")  # empty or cut short (killed while writing): not finished
     if r is not None and r.get("status") == "finished" and r.get("step") == run.config.run.total_steps:
         return "finished", last, metrics
-    if any((out / "checkpoints").glob("*.pt")) if (out / "checkpoints").is_dir() else False:
+    from sdpg.training.checkpoint import checkpoints
+
+    if checkpoints(out):  # step_<k>.pt files or complete sharded folders
         return "partial", last, metrics
     return ("started" if last else "new"), last, metrics
 

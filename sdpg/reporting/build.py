@@ -238,6 +238,27 @@ def improvement_section(
     return text
 
 
+def _trials_as_variants(src, runs, df, order):
+    """A sweep's runs named by their trial (number and parameters): (df with those names as variants, the
+    study, its trials frame, the parameter keys, each name's trial state, the variants' order)."""
+    study = sweeps.load_study(src.storage_url, src.study_name)
+    trials = sweeps.trials_frame(study, runs)
+    keys = src.space or list(dict.fromkeys(k for p in trials.params for k in p))
+    names = sweeps.trial_names(trials, keys)
+    # a retried trial (its worker died) reuses the first attempt's runs: they belong to the last attempt
+    latest: dict[int, int] = {}
+    for t in trials.itertuples():
+        origin = int(t.retry_of) if t.retry_of is not None and not pd_isna(t.retry_of) else int(t.number)
+        latest[origin] = max(latest.get(origin, -1), int(t.number))
+    by_run = {
+        r.run_id: names.get(latest.get(int(r.trial), int(r.trial)), r.variant) for r in runs.itertuples() if not pd_isna(r.trial)
+    }
+    df = df.assign(variant=df.run_id.map(by_run).fillna(df.variant))
+    state = {names[int(t.number)]: t.state for t in trials.itertuples() if int(t.number) in names}
+    order = order or [names[n] for n in sorted(names) if names[n] in set(df.variant)]
+    return df, study, trials, keys, state, order
+
+
 def build_report(
     source: str,
     out: str | Path,
@@ -249,12 +270,16 @@ def build_report(
     threshold: float | None = None,
     log=print,
     compare: str | None = None,
+    include_evals: bool = False,
 ) -> Path:
     """The report of ``source`` in ``out``. Runs tagged with named grid groups (``grid.<axis>``, e.g.
     ``task=chain``) get one part each: curves, Last/Best, comparisons and stability per group. ``compare``
     (default: the spec's ``report.compare``, else ``baseline``) says what IQM differences and probabilities of
-    improvement are taken against: the ``baseline`` or the ``previous`` variant in order."""
+    improvement are taken against: the ``baseline`` or the ``previous`` variant in order. ``include_evals`` (or
+    a ``sdpg.kind=eval`` tag filter): ``sdpg-eval`` runs as rows of their own (a base model, a checkpoint), each
+    one point at its step, after the spec's variants."""
     out = fsio.expand_path(out, "--out")
+    include_evals = include_evals or (tags or {}).get("sdpg.kind") == "eval"
     src = report.resolve(source)
     compare = compare or src.compare or "baseline"
     if compare not in report.COMPARE:
@@ -268,8 +293,8 @@ def build_report(
         )
         raise ValueError(f"{source}: nothing to report yet: no MLflow store at {report.tracking.redact(uri)} ({how})")
     log(f"[sdpg-report] loading runs of {exp!r} from {report.tracking.redact(uri)}")
-    runs = report.run_table(uri, exp, tags)
-    df = report.load_runs(uri, exp, tags=tags, cache_dir=out / ".cache")
+    runs = report.run_table(uri, exp, tags, include_evals=include_evals)
+    df = report.load_runs(uri, exp, tags=tags, cache_dir=out / ".cache", include_evals=include_evals)
     if df.empty:
         raise ValueError(f"{source}: experiment {exp!r} has no runs with metrics yet")
     df = df.assign(group=df.run_id.map(dict(zip(runs.run_id, runs.group))).fillna(""))
@@ -280,23 +305,7 @@ def build_report(
     # a sweep: variants are trials, named by number and parameters; pruned and failed ones kept apart
     trials = None
     if src.kind == "sweep" or runs.trial.notna().any():
-        study = sweeps.load_study(src.storage_url, src.study_name)
-        trials = sweeps.trials_frame(study, runs)
-        keys = src.space or list(dict.fromkeys(k for p in trials.params for k in p))
-        names = sweeps.trial_names(trials, keys)
-        # a retried trial (its worker died) reuses the first attempt's runs: they belong to the last attempt
-        latest: dict[int, int] = {}
-        for t in trials.itertuples():
-            origin = int(t.retry_of) if t.retry_of is not None and not pd_isna(t.retry_of) else int(t.number)
-            latest[origin] = max(latest.get(origin, -1), int(t.number))
-        by_run = {
-            r.run_id: names.get(latest.get(int(r.trial), int(r.trial)), r.variant)
-            for r in runs.itertuples()
-            if not pd_isna(r.trial)
-        }
-        df = df.assign(variant=df.run_id.map(by_run).fillna(df.variant))
-        state = {names[int(t.number)]: t.state for t in trials.itertuples() if int(t.number) in names}
-        order = order or [names[n] for n in sorted(names) if names[n] in set(df.variant)]
+        df, study, trials, keys, state, order = _trials_as_variants(src, runs, df, order)
     variants = order or list(dict.fromkeys(df.variant))
     variants = [v for v in variants if v in set(df.variant)] or list(dict.fromkeys(df.variant))
     counts = _seed_counts(df, variants)
@@ -536,6 +545,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--order", nargs="+", help="variant order (legend, table rows)")
     p.add_argument("--threshold", type=float, help="accuracy threshold for steps-to-threshold")
     p.add_argument(
+        "--include-evals",
+        action="store_true",
+        help="also show sdpg-eval runs in the experiment (base models, checkpoints) as rows, one point at their step",
+    )
+    p.add_argument(
         "--screenshot",
         action="store_true",
         help="also save screenshot.png of index.html as headless Chromium renders it (needs chromium)",
@@ -575,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
             a.threshold,
             log=lambda m: print(m, file=sys.stderr, flush=True),
             compare=a.compare,
+            include_evals=a.include_evals,
         )
         if a.screenshot:
             from sdpg.reporting import browser

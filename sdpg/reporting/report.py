@@ -93,11 +93,13 @@ def load_runs(
     tags: dict[str, str] | None = None,
     cache_dir: str | Path | None = None,
     workers: int = 8,
+    include_evals: bool = False,
 ):
     """Long frame of every child run's metric histories (paper metric names, ``@`` restored).
 
     Finished runs are cached in ``cache_dir`` (one parquet per run), so a report over a large
-    experiment fetches each finished run once."""
+    experiment fetches each finished run once. Evaluation runs of ``sdpg-eval`` (tag ``sdpg.kind=eval``:
+    a base model or a checkpoint, one point at its step) only with ``include_evals``."""
     import pandas as pd
 
     c = tracking.client(uri)
@@ -110,7 +112,7 @@ def load_runs(
         for r in tracking.retry(
             c.search_runs, [exp.experiment_id], filter_string=flt, max_results=50000, order_by=["attributes.start_time ASC"]
         )
-        if "sdpg.run_hash" in r.data.tags
+        if "sdpg.run_hash" in r.data.tags and (include_evals or r.data.tags.get("sdpg.kind") != "eval")
     ]  # creation order: the spec's variant order
     wanted = [tracking.to_mlflow_key(m) for m in metrics] if metrics else None
     cache = Path(cache_dir) if cache_dir else None
@@ -250,10 +252,11 @@ def store_exists(uri: str) -> bool:
     return True
 
 
-def run_table(uri: str, experiment: str, tags: dict[str, str] | None = None):
+def run_table(uri: str, experiment: str, tags: dict[str, str] | None = None, include_evals: bool = False):
     """One row per child run: run_id, run_name, variant, seed, status, the sweep tags ``trial``
     (number), ``trial_state``, ``trial_params`` and ``pruned_at_step`` where present, and ``group``: the run's
-    named grid groups (``grid.<axis>`` tags, e.g. ``task=chain``; ``""`` for none)."""
+    named grid groups (``grid.<axis>`` tags, e.g. ``task=chain``; ``""`` for none). ``sdpg-eval`` runs only
+    with ``include_evals``."""
     import pandas as pd
 
     c = tracking.client(uri)
@@ -266,7 +269,7 @@ def run_table(uri: str, experiment: str, tags: dict[str, str] | None = None):
         c.search_runs, [exp.experiment_id], filter_string=flt, max_results=50000, order_by=["attributes.start_time ASC"]
     ):
         t = r.data.tags
-        if "sdpg.run_hash" not in t:
+        if "sdpg.run_hash" not in t or (t.get("sdpg.kind") == "eval" and not include_evals):
             continue
         rows.append(
             {

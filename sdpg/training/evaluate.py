@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -33,11 +34,16 @@ def evaluate(
     world: int = 1,
     device: torch.device | str = "cpu",
     extra_scorers: dict[str, Verifier] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    chunk: int = 16,
 ) -> dict[str, float]:
     """mean@k, unbiased pass@k and greedy accuracy per benchmark. Problems are split across ranks and
     the per-problem results gathered; with ``rollout.seed_per_prompt`` each problem's samples are
     seeded, so the numbers do not depend on the number of ranks. ``extra_scorers`` (metric name ->
-    scorer) score the same samples: ``eval/<bench>/<name>/mean@k`` beside the main scorer's."""
+    scorer) score the same samples: ``eval/<bench>/<name>/mean@k`` beside the main scorer's.
+
+    ``progress(benchmark, problems done, problems)``: called after every ``chunk`` problems, which are then
+    sampled chunk by chunk; with ``rollout.seed_per_prompt`` that changes no number."""
     settings = cfg.eval
     max_new = settings.max_new_tokens or cfg.rollout.max_new_tokens
     metrics: dict[str, float] = {}
@@ -45,18 +51,25 @@ def evaluate(
         k = settings.n_samples
         mine = list(range(rank, len(rows), world))
         seeds = [derived_seed(cfg.run.seed, step, "eval", name, i) for i in mine] if cfg.rollout.seed_per_prompt else None
-        samples = rollout.generate(
-            [prompt_ids[i] for i in mine],
-            k,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            max_new_tokens=max_new,
-            seeds=seeds,
-        )
-        texts = tokenizer.batch_decode(samples.responses, skip_special_tokens=True)
+        parts = [mine] if progress is None else [mine[s : s + chunk] for s in range(0, len(mine), chunk)] or [[]]
+        texts, length_parts, done = [], [], 0
+        for part in parts:
+            samples = rollout.generate(
+                [prompt_ids[i] for i in part],
+                k,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                max_new_tokens=max_new,
+                seeds=seeds[done : done + len(part)] if seeds is not None else None,
+            )
+            texts += tokenizer.batch_decode(samples.responses, skip_special_tokens=True)
+            length_parts.append(samples.mask.sum(-1))  # [n_part * k]
+            done += len(part)
+            if progress is not None:
+                progress(name, done, len(mine))
         answers = [rows[i]["answer"] for i in mine for _ in range(k)]
         correct = torch.tensor(verifier.correctness(texts, answers), device=device).view(len(mine), k)  # [n_local, k]
-        lengths = samples.mask.sum(-1).to(device).view(len(mine), k)  # [n_local, k]
+        lengths = torch.cat(length_parts).to(device).view(len(mine), k)  # [n_local, k]
         correct, lengths = dist.all_gather_cat(correct), dist.all_gather_cat(lengths)  # [n, k]
         metrics[names.mean_at(name, k)] = float(correct.mean())
         for scorer_name, scorer in (extra_scorers or {}).items():

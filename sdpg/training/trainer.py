@@ -75,9 +75,12 @@ from sdpg.training.checkpoint import (
     CheckpointError,
     checkpoint_dir,
     checkpoints,
+    disk_usage,
     latest_checkpoint,
     load_checkpoint,
+    load_sharded_state,
     save_checkpoint,
+    save_sharded_checkpoint,
 )
 from sdpg.training.config import (
     SCORER_METRIC_NAMES,
@@ -318,6 +321,8 @@ def train(
             if stop and step < total:
                 status = "interrupted"
                 break
+        if status == "finished":
+            export_final_policy(run, step)
         return write_result(run, status, step, metrics)
 
 
@@ -436,37 +441,8 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
     if main_rank:  # after the data are read: bad data (a missing file, an over-long prompt) leave nothing behind
         fsio.ensure_dir(out)  # config.yaml: after the resume check, below
 
-    verifier_kind = (
-        cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if task_of_source(cfg.data.train) else "math")
-    )
-    verifier = Verifier(
-        verifier_kind,
-        cfg.reward.timeout_s,
-        cfg.reward.overlong_buffer,
-        cfg.reward.overlong_penalty,
-        cfg.rollout.max_new_tokens,
-        cfg.reward.boxed_tail_chars,
-    )
-    resources.callback(verifier.close)
-    eval_scorers = {}
-    for kind in dict.fromkeys(cfg.eval.extra_scorers if cfg.eval.every > 0 else []):
-        name = SCORER_METRIC_NAMES[kind]
-        eval_scorers[name] = Verifier(kind, cfg.reward.timeout_s, boxed_tail_chars=cfg.reward.boxed_tail_chars)
-        resources.callback(eval_scorers[name].close)
-    if cfg.rollout.backend == "vllm":
-        max_len = cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
-        engine: HFRollout | VLLMRollout = VLLMRollout(
-            policy.sdpg_source_path,
-            tokenizer,
-            dtype=cfg.model.dtype,
-            max_model_len=min(getattr(policy.config, "max_position_embeddings", 1 << 30), max_len),
-            gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
-            seed=cfg.run.seed + rank,
-            cpu_memory_gb=cfg.rollout.vllm_cpu_memory_gb,
-        )
-        resources.callback(engine.close)
-    else:
-        engine = HFRollout(generator if generator is not None else policy, tokenizer, cfg.rollout.batch_size)
+    verifier, eval_scorers = make_verifiers(cfg, resources)
+    engine = make_rollout_engine(cfg, policy, generator, tokenizer, rank, resources)
 
     # optimizer: AdamW on the (fp32) parameters, linear warm-up then constant. The scheduler steps once per
     # optim.lr_schedule_unit; the k-th unit (from 1) runs at min(1, (k - 1) / warmup) x lr, as the authors'.
@@ -517,6 +493,47 @@ def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextl
     if run.start_step > 0:
         sync_rollout_weights(run)  # resumed weights differ from the folder the engine loaded
     return run
+
+
+def make_verifiers(cfg: TrainConfig, resources: contextlib.ExitStack) -> tuple[Verifier, dict[str, Verifier]]:
+    """The training reward's verifier and the extra evaluation scorers (by metric name), closed with ``resources``."""
+    verifier_kind = (
+        cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if task_of_source(cfg.data.train) else "math")
+    )
+    verifier = Verifier(
+        verifier_kind,
+        cfg.reward.timeout_s,
+        cfg.reward.overlong_buffer,
+        cfg.reward.overlong_penalty,
+        cfg.rollout.max_new_tokens,
+        cfg.reward.boxed_tail_chars,
+    )
+    resources.callback(verifier.close)
+    eval_scorers = {}
+    for kind in dict.fromkeys(cfg.eval.extra_scorers if cfg.eval.every > 0 else []):
+        name = SCORER_METRIC_NAMES[kind]
+        eval_scorers[name] = Verifier(kind, cfg.reward.timeout_s, boxed_tail_chars=cfg.reward.boxed_tail_chars)
+        resources.callback(eval_scorers[name].close)
+    return verifier, eval_scorers
+
+
+def make_rollout_engine(cfg: TrainConfig, policy, generator, tokenizer, rank: int, resources: contextlib.ExitStack):
+    """vLLM (its own copy of the weights, synced after each update) or transformers' generate on the policy
+    (or on its unsharded generation copy under FSDP)."""
+    if cfg.rollout.backend == "vllm":
+        max_len = cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
+        engine: HFRollout | VLLMRollout = VLLMRollout(
+            policy.sdpg_source_path,
+            tokenizer,
+            dtype=cfg.model.dtype,
+            max_model_len=min(getattr(policy.config, "max_position_embeddings", 1 << 30), max_len),
+            gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
+            seed=cfg.run.seed + rank,
+            cpu_memory_gb=cfg.rollout.vllm_cpu_memory_gb,
+        )
+        resources.callback(engine.close)
+        return engine
+    return HFRollout(generator if generator is not None else policy, tokenizer, cfg.rollout.batch_size)
 
 
 def _stderr_log(msg: str) -> None:
@@ -577,7 +594,10 @@ def resume(run: Run) -> int:
             skipped.append(path)
             continue
         check_resumable(path, state, cfg)
-        load_full_state(run.policy, run.optimizer, state["model"], state["optimizer"])
+        if state.get("sharded") is not None:
+            load_sharded_state(path, run.policy, run.optimizer)  # a collective; DCP reshards to this run's ranks
+        else:
+            load_full_state(run.policy, run.optimizer, state["model"], state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
         run.sampler.load_state_dict(state["sampler"])
         rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
@@ -585,6 +605,11 @@ def resume(run: Run) -> int:
             set_rng_state(rngs[run.rank])
         else:  # another world size: every rank starts a fresh stream derived from the step
             seed_everything(derived_seed(cfg.run.seed, state["step"], "resume", run.rank))
+            run.log(
+                f"[sdpg] warning: resharded {path.name} from {len(rngs)} ranks to {run.world}: the resume is not bitwise "
+                f"exact: each rank's random stream is new (derived from the step) and each rank now samples another "
+                f"share of every step's prompts, so sampling and the order of floating-point sums differ from the original run"
+            )
         run.log(f"[sdpg] resumed from {path} at step {state['step']}")
         break
     else:
@@ -1250,6 +1275,25 @@ def log_metrics(run: Run, metrics: dict[str, float], step: int) -> None:
         sink.log(metrics, step)
 
 
+def export_final_policy(run: Run, step: int) -> Path:
+    """The finished policy as a Hugging Face folder in ``<run>/hf`` (``sdpg.training.export``): a collective
+    under FSDP, written by rank 0."""
+    from sdpg.training.export import EXPORT_DIRNAME, write_hf_folder
+
+    started = time.perf_counter()
+    model_state, _ = full_state(run.policy)  # a collective under FSDP; the full state on rank 0
+    dest = run.out / EXPORT_DIRNAME
+    if run.main_rank:
+        write_hf_folder(
+            run.policy.config, run.tokenizer, model_state, run.cfg, step, dest, source=f"{run.out.resolve()} step {step}"
+        )
+        size = sum(f.stat().st_size for f in dest.iterdir()) / 2**20
+        seconds = time.perf_counter() - started
+        run.log(f"[sdpg] exported the policy of step {step} to {dest} ({run.cfg.model.dtype}, {size:.1f} MiB, {seconds:.1f} s)")
+    dist.barrier()
+    return dest
+
+
 @contextlib.contextmanager
 def _writing(path: Path, step: int):
     """An ``OSError`` while writing ``path`` becomes ``WriteFailed`` naming it and the step; also one that
@@ -1272,11 +1316,33 @@ def _writing(path: Path, step: int):
 
 
 def save_run_state(run: Run, step: int) -> Path:
-    """A resumable checkpoint of ``step``: a collective (every rank takes part), written by rank 0."""
+    """A resumable checkpoint of ``step``: a collective (every rank takes part), written by rank 0; under FSDP
+    a sharded checkpoint every rank writes its shards of (``save_sharded_checkpoint``), no full state gathered."""
     rngs: list[Any] = [rng_state()]
     if dist.active():
         rngs = [None] * run.world
         torch.distributed.all_gather_object(rngs, rng_state())
+    if run.use_fsdp:
+        started = time.perf_counter()
+        run_state = {
+            "step": step,
+            "scheduler": run.scheduler.state_dict(),
+            "sampler": run.sampler.state_dict(),
+            "rng": rngs,
+            "config_hash": run.cfg.config_hash(),
+            "world_size": run.world,
+        }
+        path = save_sharded_checkpoint(
+            run.out, step, run.policy, run.optimizer, run_state, run.cfg.run.keep_checkpoints, run.rank
+        )
+        if run.main_rank:
+            kept = checkpoints(run.out)
+            sizes = ", ".join(f"{p.name} {disk_usage(p) / 2**20:.1f} MiB" for p in kept)
+            run.log(
+                f"[sdpg] sharded checkpoint of step {step} by {run.world} ranks in {time.perf_counter() - started:.1f} s; "
+                f"kept {len(kept)} (run.keep_checkpoints={run.cfg.run.keep_checkpoints}): {sizes}"
+            )
+        return path
     model_state, optim_state = full_state(run.policy, run.optimizer)  # a collective under FSDP
     path = checkpoint_dir(run.out) / f"step_{step:07d}.pt"
     if run.main_rank:
