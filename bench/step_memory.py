@@ -87,7 +87,15 @@ def _reset_rss_peak() -> int:
 
 
 def run_loss(
-    loss_name: str, impl: str, T: int, H: int, V: int, dtype_name: str, device: str, chunk: int | None, grads_dir: str | None = None
+    loss_name: str,
+    impl: str,
+    T: int,
+    H: int,
+    V: int,
+    dtype_name: str,
+    device: str,
+    chunk: int | None,
+    grads_dir: str | None = None,
 ) -> dict:
     import torch
 
@@ -358,7 +366,16 @@ def main() -> None:
                 print(f"[step_memory] T={T} {loss_name} {impl} ...", file=sys.stderr, flush=True)
                 extra = ["--H", str(a.H), "--V", str(a.V), "--dtype", a.dtype, "--device", a.device]
                 r = _child(
-                    ["--one", loss_name, impl, str(T), *extra, "--grads-dir", grads_dir, *(["--chunk", str(a.chunk)] if a.chunk else [])]
+                    [
+                        "--one",
+                        loss_name,
+                        impl,
+                        str(T),
+                        *extra,
+                        "--grads-dir",
+                        grads_dir,
+                        *(["--chunk", str(a.chunk)] if a.chunk else []),
+                    ]
                 )
                 rows.append(r)
                 last_peak[key] = (r["inputs_mb"] + r["peak_above_inputs_mb"]) * 2**20

@@ -631,7 +631,7 @@ def _fused_step(
     if ht is not None:
         g = gate_mask(advantages, m, st.gate)  # [B, T]
         opd_w = opd_weights(w, g, st.opd_norm, st.loss_agg_mode) if opd_token_weights is None else opd_token_weights
-    chunks = chunk_sizes(W.shape[0], B * T, hs.device, *chunks, compiled=compiled)
+    chunks = chunk_sizes(W.shape[0], B * T, hs.device, chunks[0], chunks[1], compiled=compiled)
     plan = _Plan(
         st,
         tokens,

@@ -476,11 +476,13 @@ class OptimConfig(Strict):
     micro_batch_tokens: int | None = Field(None, gt=0)
     """Pack micro-batches by a token budget instead: sequences sorted by length, each micro-batch holding
     as many as fit rows x (prompt + its longest response) <= budget, trimmed to its longest response."""
-    loss_impl: Literal["fused", "materialised"] = "fused"
+    loss_impl: Literal["fused", "fused_compiled", "materialised"] = "fused"
     """How the update's loss and the no-grad log-prob passes go from last hidden states through the output head:
     ``fused`` chunk by chunk with gradients formed in the forward, never holding a [B, T, V] tensor
-    (``sdpg.objective.step_loss``); ``materialised`` the logits [B, T, V] under autograd, the reference the
-    tests compare against. Same values and gradients up to float32 round-off (docs/objective.md)."""
+    (``sdpg.objective.step_loss``); ``fused_compiled`` the same with each chunk's softmax arithmetic through
+    torch.compile (a one-time build per process, needs a C++ compiler on CPU / Triton on GPUs);
+    ``materialised`` the logits [B, T, V] under autograd, the reference the tests compare against. Same values
+    and gradients up to float32 round-off (docs/objective.md)."""
     loss_chunk_size: int | None = Field(None, gt=0)
     """Positions per chunk of the fused loss; None: the largest power of two whose [chunk, V] float32 buffer
     stays within 48 MiB on CPU (64 at V = 151,936) or 320 MiB on GPUs (512), with rows that need no teacher
