@@ -434,6 +434,21 @@ def test_student_groups_bound_the_largest_tensor():
 # torch.compile builds its kernels once per process (tens of seconds on a loaded CPU): slow tests only.
 
 
+@pytest.fixture(scope="module")
+def inductor_cache_in_tmp(tmp_path_factory):
+    """The build's on-disk cache in the test's tmp folder, not a /tmp directory shared with other processes
+    (two processes building the same kernel there can read each other's half-written library)."""
+    import os
+
+    old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("inductor"))
+    yield
+    if old is None:
+        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    else:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+
+
 def compare_compiled(d, st, chunk, rel=1e-6, student_chunk=None, **kw):
     """fused_compiled against the eager fused path on the same inputs: loss, statistics, per-token outputs
     and gradients to float32 round-off."""
@@ -459,6 +474,7 @@ def compare_compiled(d, st, chunk, rel=1e-6, student_chunk=None, **kw):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("inductor_cache_in_tmp")
 @pytest.mark.parametrize(
     "method,over,chunk,student_chunk",
     [
@@ -478,6 +494,7 @@ def test_compiled_equals_eager(method, over, chunk, student_chunk):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("inductor_cache_in_tmp")
 def test_compiled_bf16_writes_bf16_gradients_within_tolerance():
     """bf16 logits read as float32 inside the kernels, dL/dz written back over them in bf16: against float64
     arithmetic on the same bf16 values, as the eager path is held to."""

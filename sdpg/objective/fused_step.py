@@ -595,6 +595,7 @@ class _FusedStep(torch.autograd.Function):
                 gh = _accumulate_grads(z, h, W, grad_w, None)  # [G, H]
                 if grad_hs is not None:
                     grad_hs[r] = gh.to(hs.dtype)
+            del z  # before the next group's logits exist: one [G, V] buffer at a time, not two
         ctx.grads = (grad_hs, grad_w, grad_b.to(b.dtype) if grad_b is not None else None)
         ctx.mark_non_differentiable(logp, ent, kl)
         return total.float(), logp, ent, kl
