@@ -30,8 +30,38 @@ import sys
 import tempfile
 import time
 
-IMPLS = ("materialised", "kl_fused_only", "fused")  # kl_fused_only: the trainer's path before the fused step
+IMPLS = ("materialised", "kl_fused_only", "fused", "fused_compiled", "verl", "cce")  # kl_fused_only: the trainer's old path
+PEERS = ("verl", "cce")  # other projects' fused log-prob heads (the ``bench`` extra); GRPO's loss only: no KL
 LOSSES = ("sdpg", "grpo")
+
+
+def _verl_fused_linear():
+    """verl's pure-PyTorch ``FusedLinearForPPO`` (log-probs and entropy, chunked, backward recomputes), read
+    from the installed ``verl`` package without running its ``__init__`` (which needs ray and more)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("verl")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("verl is not installed (pip install verl --no-deps)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "utils", "experimental", "torch_functional.py")
+    mod_spec = importlib.util.spec_from_file_location("_verl_torch_functional", path)
+    if mod_spec is None or mod_spec.loader is None:
+        raise ImportError(f"verl has no {path}")
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    return mod.FusedLinearForPPO
+
+
+def peer_missing(impl: str) -> str | None:
+    """Why a peer cannot run here (None: it can)."""
+    try:
+        if impl == "verl":
+            _verl_fused_linear()
+        elif impl == "cce":
+            import cut_cross_entropy  # noqa: F401
+    except Exception as e:  # an import error of any kind: the row says what it was
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def _status_bytes(field: str) -> int:
@@ -56,7 +86,17 @@ def _reset_rss_peak() -> int:
     return _status_bytes("VmRSS")
 
 
-def run_loss(loss_name: str, impl: str, T: int, H: int, V: int, dtype_name: str, device: str, chunk: int | None) -> dict:
+def run_loss(
+    loss_name: str,
+    impl: str,
+    T: int,
+    H: int,
+    V: int,
+    dtype_name: str,
+    device: str,
+    chunk: int | None,
+    grads_dir: str | None = None,
+) -> dict:
     import torch
 
     from sdpg.objective import (
@@ -105,7 +145,18 @@ def run_loss(loss_name: str, impl: str, T: int, H: int, V: int, dtype_name: str,
         noise = torch.randn(1, T_, device=device, generator=g)  # [1, T]
         return hs, ht, W, tokens, mask, adv, cur + 0.1 * noise, cur + 0.5 * noise
 
+    verl_head = _verl_fused_linear()() if impl == "verl" else None  # its default chunk: 512 positions
+
     def step(hs, ht, W, tokens, mask, adv, old, ref):
+        if impl in PEERS:  # log pi(y_t) from the peer's fused head, then the same policy term as the others
+            if impl == "verl":
+                logp, _ent = verl_head(hs, W, tokens)  # [1, T] each; its entropy is computed, not differentiated
+            else:
+                from cut_cross_entropy import linear_cross_entropy
+
+                logp = -linear_cross_entropy(hs, W, tokens, reduction="none", impl="torch_compile")  # [1, T]; no entropy
+            loss, _ = sdpg_loss(logp, old, adv, mask, ref_logp=ref, **st.sdpg_kwargs())
+            return loss
         if impl == "kl_fused_only":  # logits [B, T, V] for log pi(y_t) and the entropy, the KL from hidden states
             logits = torch.nn.functional.linear(hs, W)  # [1, T, V]
             logp = token_logprobs(logits, tokens)  # [1, T]
@@ -120,10 +171,13 @@ def run_loss(loss_name: str, impl: str, T: int, H: int, V: int, dtype_name: str,
         )
         return loss
 
-    # warm-up on 8 positions: loads the kernels' code pages, which would otherwise count as memory
+    # warm-up on 8 positions: loads the kernels' code pages, which would otherwise count as memory, and builds
+    # the compiled kernels (fused_compiled, cce: dynamic shapes, so the build is not repeated at T)
+    tw = time.perf_counter()
     warm = make(8)
     step(*warm).backward()
     del warm
+    warmup_s = time.perf_counter() - tw
     inputs = make(T)
     hs, W = inputs[0], inputs[2]
     grad_buffer = V * H * W.element_size()
@@ -152,8 +206,14 @@ def run_loss(loss_name: str, impl: str, T: int, H: int, V: int, dtype_name: str,
     t2, c2 = time.perf_counter(), time.process_time()
     bwd_peak = peak()
     # the fused path forms the head's gradient [V, H] in the forward; the materialised one in the backward
-    fwd_act = fwd_peak - base - (grad_buffer if impl != "materialised" else 0)
+    fwd_act = fwd_peak - base - (grad_buffer if impl not in ("materialised", "verl", "cce") else 0)
     bwd_act = bwd_peak - base - grad_buffer
+    if grads_dir:  # for the agreement between impls: the loss, dL/dh and a fixed sample of dL/dW's rows
+        rows = torch.randperm(V, generator=torch.Generator().manual_seed(1))[:2048].to(device)  # [2048]
+        torch.save(
+            {"loss": loss.detach().double().cpu(), "grad_h": hs.grad.double().cpu(), "grad_w": W.grad[rows].double().cpu()},
+            os.path.join(grads_dir, f"{loss_name}_{impl}_{T}.pt"),
+        )
     return {
         "loss_name": loss_name,
         "impl": impl,
@@ -176,8 +236,24 @@ def run_loss(loss_name: str, impl: str, T: int, H: int, V: int, dtype_name: str,
         "backward_activation_mb": bwd_act / 2**20,
         "peak_above_inputs_mb": (max(fwd_peak, bwd_peak) - base) / 2**20,
         "inputs_mb": base / 2**20,
+        "warmup_s": warmup_s,
         "loadavg_1m": os.getloadavg()[0],
     }
+
+
+def agreement(grads_dir: str, loss_name: str, impl: str, T: int) -> dict:
+    """Relative errors against the materialised run on the same inputs: |loss - ref| / |ref|, and
+    max |g - g_ref| / max |g_ref| for dL/dh and the sampled rows of dL/dW (empty if either is missing)."""
+    import torch
+
+    a, b = (os.path.join(grads_dir, f"{loss_name}_{i}_{T}.pt") for i in (impl, "materialised"))
+    if not (os.path.exists(a) and os.path.exists(b)):
+        return {}
+    got, ref = torch.load(a), torch.load(b)
+    out = {"loss_rel_err": float((got["loss"] - ref["loss"]).abs() / ref["loss"].abs().clamp_min(1e-30))}
+    for k in ("grad_h", "grad_w"):
+        out[k + "_rel_err"] = float((got[k] - ref[k]).abs().max() / ref[k].abs().max().clamp_min(1e-30))
+    return out
 
 
 class _PeakRSSSink:
@@ -248,21 +324,30 @@ def main() -> None:
     p.add_argument("--trainer-steps", type=int, default=6, help="steps of each trainer run; 0 skips part 2")
     p.add_argument("--trainer-overrides", nargs="*", default=[], help="key=value for the trainer runs")
     p.add_argument("--out", default="bench/results/step_memory.json")
+    p.add_argument("--grads-dir", help=argparse.SUPPRESS)  # where a child leaves its loss and gradients
     p.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # loss impl T
     p.add_argument("--trainer-one", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one:
-        print(json.dumps(run_loss(a.one[0], a.one[1], int(a.one[2]), a.H, a.V, a.dtype, a.device, a.chunk)))
+        print(json.dumps(run_loss(a.one[0], a.one[1], int(a.one[2]), a.H, a.V, a.dtype, a.device, a.chunk, a.grads_dir)))
         return
     if a.trainer_one:
         print(json.dumps(run_trainer(a.trainer_one, a.trainer_steps, a.trainer_overrides)))
         return
     rows, skipped, last_peak = [], [], {}
+    grads_dir = tempfile.mkdtemp(prefix="step_memory_grads_")
+    missing = {impl: peer_missing(impl) for impl in PEERS if impl in a.impls}
     for T in sorted(a.T):
         for loss_name in a.losses:
             for impl in a.impls:
                 if impl == "kl_fused_only" and loss_name != "sdpg":
                     continue  # without a teacher it is the materialised path
+                if impl in PEERS and loss_name != "grpo":
+                    continue  # the peers compute log-probs (and entropy), not a KL to a teacher
+                if missing.get(impl):
+                    skipped.append({"loss_name": loss_name, "impl": impl, "T": T, "reason": f"not installed ({missing[impl]})"})
+                    print(f"[step_memory] T={T} {loss_name} {impl}: not installed: {missing[impl]}", file=sys.stderr, flush=True)
+                    continue
                 key = (loss_name, impl)
                 # the previous T's whole peak scaled to this T (an over-estimate: the inputs do not all scale)
                 need = last_peak[key] * T / last_peak[key + ("T",)] if key in last_peak else 0
@@ -280,7 +365,18 @@ def main() -> None:
                     continue
                 print(f"[step_memory] T={T} {loss_name} {impl} ...", file=sys.stderr, flush=True)
                 extra = ["--H", str(a.H), "--V", str(a.V), "--dtype", a.dtype, "--device", a.device]
-                r = _child(["--one", loss_name, impl, str(T), *extra, *(["--chunk", str(a.chunk)] if a.chunk else [])])
+                r = _child(
+                    [
+                        "--one",
+                        loss_name,
+                        impl,
+                        str(T),
+                        *extra,
+                        "--grads-dir",
+                        grads_dir,
+                        *(["--chunk", str(a.chunk)] if a.chunk else []),
+                    ]
+                )
                 rows.append(r)
                 last_peak[key] = (r["inputs_mb"] + r["peak_above_inputs_mb"]) * 2**20
                 last_peak[key + ("T",)] = T
@@ -290,6 +386,11 @@ def main() -> None:
                     file=sys.stderr,
                     flush=True,
                 )
+    for r in rows:  # every impl against the materialised run on the same inputs
+        r.update(agreement(grads_dir, r["loss_name"], r["impl"], r["T"]) if r["impl"] != "materialised" else {})
+    for f in os.listdir(grads_dir):
+        os.remove(os.path.join(grads_dir, f))
+    os.rmdir(grads_dir)
     trainer = []
     if a.trainer_steps > 0:
         for impl in ("materialised", "fused"):
@@ -310,10 +411,15 @@ def markdown(rows: list[dict], skipped: list[dict], trainer: list[dict]) -> str:
     lines = [
         (
             "| loss | B x T | impl | forward s | backward s | total s | activation MB | peak above inputs MB "
-            "| memory vs materialised | wall time vs materialised | CPU s | CPU time vs materialised |"
+            "| memory vs materialised | wall time vs materialised | CPU s | CPU time vs materialised "
+            "| loss rel. err | dL/dh rel. err | dL/dW rel. err | warm-up s | load |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def err(r: dict, k: str) -> str:
+        return f"{r[k]:.1e}" if k in r else ""
+
     for loss_name in LOSSES:
         for T in sorted({r["T"] for r in rows} | {s["T"] for s in skipped}):
             m = by.get((loss_name, T, "materialised"))
@@ -322,10 +428,10 @@ def markdown(rows: list[dict], skipped: list[dict], trainer: list[dict]) -> str:
                 if r is None:
                     s = next((s for s in skipped if (s["loss_name"], s["T"], s["impl"]) == (loss_name, T, impl)), None)
                     if s is not None:
-                        lines.append(
-                            f"| {loss_name} | 1 x {T} | {impl} | not run: needs ~{s['need_mb'] / 1024:.1f} GiB, "
-                            f"{s['available_mb'] / 1024:.1f} GiB available | | | | | | | | |"
+                        why = s.get("reason") or (
+                            f"not run: needs ~{s['need_mb'] / 1024:.1f} GiB, {s['available_mb'] / 1024:.1f} GiB available"
                         )
+                        lines.append(f"| {loss_name} | 1 x {T} | {impl} | {why} |" + " |" * 14)
                     continue
                 fused = impl != "materialised" and m is not None
                 mem = (
@@ -338,7 +444,8 @@ def markdown(rows: list[dict], skipped: list[dict], trainer: list[dict]) -> str:
                 lines.append(
                     f"| {loss_name} | 1 x {T} | {impl} | {r['forward_s']:.2f} | {r['backward_s']:.2f} | "
                     f"{r['total_s']:.2f} | {r['activation_mb']:.0f} | {r['peak_above_inputs_mb']:.0f} | {mem} | {tim} | "
-                    f"{r['cpu_s']:.2f} | {cpu} |"
+                    f"{r['cpu_s']:.2f} | {cpu} | {err(r, 'loss_rel_err')} | {err(r, 'grad_h_rel_err')} | "
+                    f"{err(r, 'grad_w_rel_err')} | {r.get('warmup_s', 0):.1f} | {r['loadavg_1m']:.1f} |"
                 )
     if trainer:
         lines += ["", "| trainer (embedded task) | step peak RSS MB | update s | log-probs s | step s |", "|---|---|---|---|---|"]

@@ -227,6 +227,9 @@ def test_chunk_sizes_per_path():
     assert chunk_sizes(V, 4096, "cpu", chunk_size=8, student_chunk_size=30) == (8, 30)
     assert chunk_sizes(V, 4096, "cpu", chunk_size=8, student_chunk_size=3) == (8, 8)  # at least a softmax block
     assert chunk_sizes(V, 20, "cpu", chunk_size=8, student_chunk_size=30) == (8, 20)
+    # compiled: no softmax temporaries, so the student-only GEMMs get 8 chunks' rows; an explicit chunk caps as before
+    assert chunk_sizes(V, 4096, "cpu", compiled=True) == (64, 512)
+    assert chunk_sizes(V, 4096, "cpu", chunk_size=8, compiled=True) == (8, 16)
 
 
 @pytest.mark.parametrize("method", ["grpo", "grpo_k3", "sdpg_urkl"])
@@ -425,3 +428,87 @@ def test_student_groups_bound_the_largest_tensor():
         )
         loss.backward()
     assert 16 * V < probe.largest <= 24 * V
+
+
+# ------------------------------------------------------------------ the compiled per-chunk arithmetic
+# torch.compile builds its kernels once per process (tens of seconds on a loaded CPU): slow tests only.
+
+
+@pytest.fixture(scope="module")
+def inductor_cache_in_tmp(tmp_path_factory):
+    """The build's on-disk cache in the test's tmp folder, not a /tmp directory shared with other processes
+    (two processes building the same kernel there can read each other's half-written library)."""
+    import os
+
+    old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("inductor"))
+    yield
+    if old is None:
+        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    else:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+
+
+def compare_compiled(d, st, chunk, rel=1e-5, student_chunk=None, **kw):
+    """fused_compiled against the eager fused path on the same inputs: loss, statistics, per-token outputs
+    and gradients to float32 round-off (measured up to 2.2e-6 relative on dL/dh: another summation order)."""
+    want = run(d, st, "fused", chunk=chunk, student_chunk=student_chunk, **kw)
+    got = run(d, st, "fused_compiled", chunk=chunk, student_chunk=student_chunk, **kw)
+    assert_rel_close(got[0], want[0], rel, "loss", scale=d["adv"].abs().max().item())
+    assert set(got[1]) == set(want[1])
+    m = d["mask"] > 0
+    for k in want[1]:
+        floor = want[2].logp[m].abs().max().item() if k in ("ppo_kl", "ref_kl") else d["adv"].abs().max().item()
+        assert_rel_close(got[1][k], want[1][k], rel, k, scale=floor)
+    assert_rel_close(got[2].logp, want[2].logp, rel, "logp")
+    assert_rel_close(got[2].entropy, want[2].entropy, rel, "entropy")
+    assert (got[2].opd_kl is None) == (want[2].opd_kl is None)
+    if want[2].opd_kl is not None:
+        assert_rel_close(got[2].opd_kl, want[2].opd_kl, rel, "opd_kl")
+    for name, g, w in zip("hWb", got[3], want[3]):
+        assert (g is None) == (w is None)
+        if w is not None:
+            assert g.dtype == w.dtype
+            assert_rel_close(g, w, rel, f"grad {name}")
+    return got
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("inductor_cache_in_tmp")
+@pytest.mark.parametrize(
+    "method,over,chunk,student_chunk",
+    [
+        ("grpo", {}, None, None),  # auto chunks: every student-only group in one softmax block
+        ("sdpg_urkl", {}, 3, 7),  # distilled and gated-off rows, groups not a multiple of the chunk
+        ("sdpg_urkl", {"entropy_coef": 0.01, "kl_clamp": 0.3, "temperature": 0.7, "kl_student_temperature": 1.3}, 4, None),
+        ("opcd", {"tis_cap": 2.0, "kl_teacher_temperature": 0.9}, 2, 5),
+    ],
+)
+def test_compiled_equals_eager(method, over, chunk, student_chunk):
+    d = make_batch(method=method, seed=zlib.crc32(f"compiled{method}{chunk}".encode()) % 1000, B=5, T=9)
+    st = settings_for(method, **over)
+    _, _, out, grads = compare_compiled(d, st, chunk, student_chunk=student_chunk, tis=st.tis_cap is not None)
+    assert grads[0].abs().sum() > 0 and grads[1].abs().sum() > 0  # the comparison saw real gradients
+    if st.kl_clamp is not None:
+        assert (out.opd_kl >= st.kl_clamp).any()  # the clamp binds: clamped rows' zero gradient is compared too
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("inductor_cache_in_tmp")
+def test_compiled_bf16_writes_bf16_gradients_within_tolerance():
+    """bf16 logits read as float32 inside the kernels, dL/dz written back over them in bf16: against float64
+    arithmetic on the same bf16 values, as the eager path is held to."""
+    d = make_batch(seed=101, dtype=torch.bfloat16, teacher=True, B=3, T=9, H=32, V=257)
+    st = settings_for("sdpg_urkl", beta=1.0, alpha=1.0, entropy_coef=0.01, kl_clamp=20.0)
+    loss, _, out, grads = run(d, st, "fused_compiled", chunk=4)
+    assert all(g.dtype == torch.bfloat16 for g in grads)
+    d64 = {
+        k: (v.detach().double().requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+        for k, v in d.items()
+    }
+    ref_loss, _, ref_out, ref_grads = run(d64, st, "materialised")
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=2e-2, atol=2e-3)
+    m = d["mask"] > 0
+    torch.testing.assert_close(out.logp[m].double(), ref_out.logp[m], rtol=2e-2, atol=2e-2)
+    for got, want in zip(grads, ref_grads):
+        assert (got.double() - want).norm() / want.norm() < 2e-2

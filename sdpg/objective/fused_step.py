@@ -60,13 +60,18 @@ from sdpg.objective.terms import (
     token_logprobs,
 )
 
-StepLossImpl = Literal["fused", "materialised"]
-STEP_LOSS_IMPLS: tuple[str, ...] = ("fused", "materialised")
+StepLossImpl = Literal["fused", "fused_compiled", "materialised"]
+STEP_LOSS_IMPLS: tuple[str, ...] = ("fused", "fused_compiled", "materialised")
 
 # Student-only positions per head GEMM, as a multiple of the auto chunk: their logits [4c, V] plus one [c, V]
 # softmax temporary are about what a distilled chunk holds (student and teacher logits [2c, V], p and
 # logsumexp's temporary [c, V] each), since they need no teacher logits.
 _AUTO_STUDENT_CHUNKS = 4
+# The compiled softmax arithmetic holds one [c, V] temporary instead of two (the dL/dz kernel's output before it
+# lands on the logits), so about the same budget holds 8 chunks' rows: half the passes of the [V, H] head and of
+# its gradient. (The whole group in one softmax block would double the group's memory: 9.3x less than
+# materialised instead of >= 10x at T = 2,048, measured.)
+_AUTO_STUDENT_CHUNKS_COMPILED = 8
 
 
 def chunk_sizes(
@@ -75,16 +80,17 @@ def chunk_sizes(
     device: str | torch.device = "cpu",
     chunk_size: int | None = None,
     student_chunk_size: int | None = None,
+    compiled: bool = False,
 ) -> tuple[int, int]:
     """(c, G): positions per distilled chunk and per softmax block, and student-only positions per head GEMM.
 
-    ``chunk_size`` None: c = ``auto_chunk_size`` (64 on CPU, 512 on CUDA at V = 151,936) and G = 4c, the
-    rows a memory budget allows each path. ``chunk_size`` given: it caps every [., V] tensor at 2c rows, so
-    G = 2c (the head-GEMM rows of a distilled chunk: c student + c teacher). ``student_chunk_size`` sets G
-    explicitly (at least c)."""
+    ``chunk_size`` None: c = ``auto_chunk_size`` (64 on CPU, 512 on CUDA at V = 151,936) and G = 4c (8c when
+    ``compiled``: one softmax temporary instead of two), the rows a memory budget allows each path. ``chunk_size`` given: it
+    caps every [., V] tensor at 2c rows, so G = 2c (the head-GEMM rows of a distilled chunk: c student + c
+    teacher). ``student_chunk_size`` sets G explicitly (at least c)."""
     if chunk_size is None:
         c_full = auto_chunk_size(vocab_size, 1 << 30, device)
-        c, G = min(c_full, n_rows), _AUTO_STUDENT_CHUNKS * c_full
+        c, G = min(c_full, n_rows), (_AUTO_STUDENT_CHUNKS_COMPILED if compiled else _AUTO_STUDENT_CHUNKS) * c_full
     else:
         c, G = int(chunk_size), 2 * int(chunk_size)
     if student_chunk_size is not None:
@@ -190,7 +196,9 @@ def step_loss(
         rollout_logp: the rollout engine's log-probs [B, T], for TIS (``settings.tis_cap``).
         token_advantages, token_weights, opd_token_weights: as in ``sdpg_loss``.
         entropy_token_weights: aggregation weights of the entropy bonus [B, T]; None: ``token_weights``.
-        impl: "fused" (chunked, the default) or "materialised" (the reference).
+        impl: "fused" (chunked, the default), "fused_compiled" (the same with its per-chunk softmax arithmetic
+            through ``torch.compile``: a one-time build per process, then fewer passes over each chunk's logits)
+            or "materialised" (the reference).
         chunk_size: positions per chunk (fused); None: by a memory budget (``chunk_sizes``).
         student_chunk_size: positions per dL/dh and dL/dW GEMM, and student-only positions per logits GEMM
             (fused); None: ``chunk_sizes``.
@@ -204,7 +212,7 @@ def step_loss(
             f"student and teacher hidden states must have one shape, got {tuple(student_hidden.shape)} "
             f"and {tuple(teacher_hidden.shape)}"
         )
-    run = _fused_step if impl == "fused" else _materialised_step
+    run = _materialised_step if impl == "materialised" else _fused_step
     return run(
         student_hidden,
         lm_head_weight,
@@ -222,6 +230,7 @@ def step_loss(
         opd_token_weights,
         entropy_token_weights,
         (chunk_size, student_chunk_size),
+        impl == "fused_compiled",
     )
 
 
@@ -247,6 +256,7 @@ def _materialised_step(
     opd_token_weights,
     entropy_token_weights,
     chunks,
+    compiled=False,
 ):
     logits = F.linear(hs, W, b)  # [B, T, V]
     logp = token_logprobs(logits, tokens, st.temperature)  # [B, T]
@@ -293,9 +303,25 @@ def _materialised_step(
 class _Plan:
     """Everything per token, flattened to [N], that the chunks read; and the per-chunk dL/dlog p."""
 
-    def __init__(self, st, tokens, advantages, mask, old_logp, ref_logp, rollout_logp, token_advantages, w, opd_w, ent_w, chunks):
+    def __init__(
+        self,
+        st,
+        tokens,
+        advantages,
+        mask,
+        old_logp,
+        ref_logp,
+        rollout_logp,
+        token_advantages,
+        w,
+        opd_w,
+        ent_w,
+        chunks,
+        compiled=False,
+    ):
         N = tokens.numel()
         self.st = st
+        self.compiled = compiled  # the softmax arithmetic through torch.compile (``_chunk_terms_compiled``)
         self.chunk_size, self.student_chunk_size = chunks  # positions per distilled chunk / student-only GEMM
         self.y = tokens.reshape(N).long()  # [N]
         self.m = mask.reshape(N).float()  # [N]
@@ -431,6 +457,116 @@ def _chunk_terms(z: Tensor, r: Tensor, plan: _Plan, need_grad: bool, teacher: bo
     return logp, ent, kl, value, dz
 
 
+# --------------------------------------------------------------------------------------------
+# The same per-chunk arithmetic through torch.compile (impl="fused_compiled")
+# --------------------------------------------------------------------------------------------
+# Eager, each step above is one pass over [c, V] (logsumexp alone is several) with its own temporary; compiled,
+# the statistics are one fused reduction over the logits and dL/dz one fused elementwise pass written over
+# them, in any input dtype (upcast to float32 inside the kernel). Same formulas, another summation order:
+# equal to the eager path to float32 round-off (tests/test_fused_step.py). g_t = dL/dlog p_t(y_t) stays eager
+# (autograd through ``policy_loss`` on [c] scalars) between the two kernels.
+
+
+def _stats_student(z: Tensor, y: Tensor, tau: float) -> tuple[Tensor, Tensor, Tensor]:
+    """log p(y) [c], H [c], logsumexp [c] of softmax(z / tau), z [c, V] in any dtype."""
+    zs = z.float() / tau  # [c, V]
+    lse = torch.logsumexp(zs, dim=-1)  # [c]
+    ls = zs - lse[:, None]  # [c, V]
+    logp = ls.gather(1, y[:, None]).squeeze(1)  # [c]
+    ent = -(ls.exp() * ls).sum(dim=-1)  # [c]
+    return logp, ent, lse
+
+
+def _stats_teacher(
+    zs_raw: Tensor, zt_raw: Tensor, y: Tensor, tau: float, tau_s: float, tau_t: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """As ``_stats_student`` on the student's logits [c, V], plus KL(p_tau_s || q_tau_t) [c] and the
+    logsumexps [c] of the KL's student and teacher softmax."""
+    logp, ent, lse = _stats_student(zs_raw, y, tau)
+    zk = zs_raw.float() / tau_s  # [c, V]
+    lse_k = torch.logsumexp(zk, dim=-1)  # [c]
+    zq = zt_raw.float() / tau_t  # [c, V]
+    lse_q = torch.logsumexp(zq, dim=-1)  # [c]
+    lk = zk - lse_k[:, None]  # [c, V]
+    kl = (lk.exp() * (lk - (zq - lse_q[:, None]))).sum(dim=-1)  # [c]
+    return logp, ent, lse, kl, lse_k, lse_q
+
+
+def _dz_student_(out: Tensor, z: Tensor, lse: Tensor, g: Tensor, e: Tensor, ent: Tensor, tau: float) -> None:
+    """out [c, V] <- p (-e (log p + H) - g) / tau, without the onehot term; ``out`` may be ``z`` itself."""
+    ls = z.float() / tau - lse[:, None]  # [c, V]
+    out.copy_(ls.exp() * (-e[:, None] * (ls + ent[:, None]) - g[:, None]) / tau)
+
+
+def _dz_teacher_(
+    out: Tensor,
+    zs_raw: Tensor,
+    zt_raw: Tensor,
+    lse: Tensor,
+    lse_k: Tensor,
+    lse_q: Tensor,
+    g: Tensor,
+    e: Tensor,
+    ent: Tensor,
+    k: Tensor,
+    kl: Tensor,
+    tau: float,
+    tau_s: float,
+    tau_t: float,
+) -> None:
+    """out [c, V] <- the student terms of ``_dz_student_`` + k p_tau_s (log p_tau_s - log q - KL) / tau_s."""
+    ls = zs_raw.float() / tau - lse[:, None]  # [c, V]
+    lk = zs_raw.float() / tau_s - lse_k[:, None]  # [c, V]
+    lq = zt_raw.float() / tau_t - lse_q[:, None]  # [c, V]
+    student = ls.exp() * (-e[:, None] * (ls + ent[:, None]) - g[:, None]) / tau  # [c, V]
+    out.copy_(student + lk.exp() * (k[:, None] * (lk - lq - kl[:, None])) / tau_s)
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def _compiled(fn):
+    """``fn`` through torch.compile, built once per process with dynamic shapes (any chunk's rows, any V)."""
+    if fn.__name__ not in _COMPILED:
+        _COMPILED[fn.__name__] = torch.compile(fn, dynamic=True)
+    return _COMPILED[fn.__name__]
+
+
+def _chunk_terms_compiled(z: Tensor, r: Tensor, plan: _Plan, need_grad: bool, teacher: bool, out: Tensor | None):
+    """``_chunk_terms`` through compiled kernels: z [c, V] (student rows ``r``) or [2c, V] (then their
+    teacher rows) in the head's dtype, read as float32 inside the kernels. dL/dz (onehot term included) is
+    written into ``out`` [c, V] (``z`` itself on student rows only) and returned; None without ``need_grad``."""
+    st = plan.st
+    c, tau, tau_s, tau_t = r.shape[0], st.temperature, st.kl_student_temperature, st.kl_teacher_temperature
+    y = plan.y[r]  # [c]
+    kl = lse_k = lse_q = None
+    if teacher:
+        logp, ent, lse, kl, lse_k, lse_q = _compiled(_stats_teacher)(z[:c], z[c:], y, tau, tau_s, tau_t)  # [c] each
+    else:
+        logp, ent, lse = _compiled(_stats_student)(z, y, tau)  # [c] each
+    val, g = plan.token_terms(r, logp)  # [c], [c]
+    e = plan.e[r]  # [c]
+    value = val.sum(dtype=torch.float64) + (e * ent).sum(dtype=torch.float64)  # []
+    k = None
+    if kl is not None:
+        assert plan.k is not None  # a teacher chunk comes with its KL weights
+        k = plan.k[r]  # [c]
+        kl_used = kl if st.kl_clamp is None else kl.clamp(max=st.kl_clamp)  # [c]
+        value = value + (k * kl_used).sum(dtype=torch.float64)
+        if st.kl_clamp is not None:
+            k = k * (kl <= st.kl_clamp).float()  # [c] clamped positions: no gradient
+    if not need_grad:
+        return logp, ent, kl, value, None
+    assert out is not None
+    if teacher:
+        assert k is not None and kl is not None and lse_k is not None and lse_q is not None
+        _compiled(_dz_teacher_)(out, z[:c], z[c:], lse, lse_k, lse_q, g, e, ent, k, kl, tau, tau_s, tau_t)
+    else:
+        _compiled(_dz_student_)(out, z, lse, g, e, ent, tau)
+    out.scatter_add_(1, y[:, None], (g / tau).to(out.dtype)[:, None])
+    return logp, ent, kl, value, out
+
+
 class _FusedStep(torch.autograd.Function):
     """Loss [] with dL/dh, dL/dW, dL/db formed in the forward, chunk by chunk; per-token outputs."""
 
@@ -454,18 +590,25 @@ class _FusedStep(torch.autograd.Function):
             dzg = None  # [G, V] in the head's dtype
             for j in range(0, rg.numel(), c):
                 r, h = rg[j : j + c], hg[j : j + c]  # [c], [c, H]
-                z = F.linear(torch.cat([h, ht[r]]), W, b).float()  # [2c, V]
-                lp, en, kl_c, value, dz = _chunk_terms(z, r, plan, need_grad, teacher=True)
+                z = F.linear(torch.cat([h, ht[r]]), W, b)  # [2c, V] input dtype
+                if plan.compiled and plan.st.distill_dtype == "float32":  # the bf16 KL (authors') stays eager
+                    if need_grad and dzg is None:
+                        dzg = torch.empty(rg.numel(), W.shape[0], dtype=W.dtype, device=W.device)  # [G, V]
+                    out = dzg[j : j + c] if dzg is not None else None  # [c, V]
+                    lp, en, kl_c, value, dz = _chunk_terms_compiled(z, r, plan, need_grad, True, out)
+                else:
+                    lp, en, kl_c, value, dz = _chunk_terms(z.float(), r, plan, need_grad, teacher=True)
                 logp[r], ent[r] = lp, en
                 assert kl_c is not None  # a teacher chunk has its KL
                 kl[r] = kl_c if plan.st.kl_clamp is None else kl_c.clamp(max=plan.st.kl_clamp)
                 total += value
                 if dz is not None:
                     if grad_b is not None:
-                        grad_b += dz.sum(dim=0)  # [V]
+                        grad_b += dz.sum(dim=0, dtype=torch.float32)  # [V]
                     if dzg is None:
                         dzg = torch.empty(rg.numel(), W.shape[0], dtype=W.dtype, device=W.device)  # [G, V]
-                    dzg[j : j + c] = dz
+                    if dz.data_ptr() != dzg[j : j + c].data_ptr():  # eager: a float32 buffer of its own
+                        dzg[j : j + c] = dz
                 del z, dz
             if dzg is not None:
                 gh = _accumulate_grads(dzg, hg, W, grad_w, None)  # [G, H]
@@ -476,20 +619,25 @@ class _FusedStep(torch.autograd.Function):
             r = plan.rows_s[s : s + G]  # [G]
             h = hs[r]  # [G, H]
             z = F.linear(h, W, b)  # [G, V] input dtype: the logits, then dL/dz
-            for j in range(0, r.numel(), c):
-                zj = z[j : j + c]  # [c, V]
-                lp, en, _, value, dz = _chunk_terms(zj.float(), r[j : j + c], plan, need_grad, teacher=False)
-                logp[r[j : j + c]], ent[r[j : j + c]] = lp, en
+            cb = c  # softmax rows per block: the compiled kernels' one temporary is [cb, V] too
+            for j in range(0, r.numel(), cb):
+                zj = z[j : j + cb]  # [cb, V]
+                if plan.compiled:
+                    lp, en, _, value, dz = _chunk_terms_compiled(zj, r[j : j + cb], plan, need_grad, False, zj)
+                else:
+                    lp, en, _, value, dz = _chunk_terms(zj.float(), r[j : j + cb], plan, need_grad, teacher=False)
+                logp[r[j : j + cb]], ent[r[j : j + cb]] = lp, en
                 total += value
                 if dz is not None:
                     if grad_b is not None:
-                        grad_b += dz.sum(dim=0)  # [V]
+                        grad_b += dz.sum(dim=0, dtype=torch.float32)  # [V]
                     if dz.data_ptr() != zj.data_ptr():  # a float32 copy (bf16 logits): back in the GEMM's dtype
                         zj.copy_(dz)
             if need_grad:
                 gh = _accumulate_grads(z, h, W, grad_w, None)  # [G, H]
                 if grad_hs is not None:
                     grad_hs[r] = gh.to(hs.dtype)
+            del z  # before the next group's logits exist: one [G, V] buffer at a time, not two
         ctx.grads = (grad_hs, grad_w, grad_b.to(b.dtype) if grad_b is not None else None)
         ctx.mark_non_differentiable(logp, ent, kl)
         return total.float(), logp, ent, kl
@@ -520,6 +668,7 @@ def _fused_step(
     opd_token_weights,
     entropy_token_weights,
     chunks,
+    compiled=False,
 ):
     B, T, H = hs.shape
     m = mask.float()  # [B, T]
@@ -529,7 +678,7 @@ def _fused_step(
         g = gate_mask(advantages, m, st.gate)  # [B, T]
         opd_w = opd_weights(w, g, st.opd_norm, st.loss_agg_mode) if opd_token_weights is None else opd_token_weights
     ent_w = w if entropy_token_weights is None else entropy_token_weights  # [B, T]
-    chunks = chunk_sizes(W.shape[0], B * T, hs.device, *chunks)
+    chunks = chunk_sizes(W.shape[0], B * T, hs.device, chunks[0], chunks[1], compiled=compiled)
     plan = _Plan(
         st,
         tokens,
@@ -543,6 +692,7 @@ def _fused_step(
         opd_w.detach() if opd_w is not None else None,
         ent_w.detach(),
         chunks,
+        compiled,
     )
     ht_flat = ht.detach().reshape(B * T, H) if ht is not None else None  # [N, H]
     loss, logp, ent, kl = _FusedStep.apply(hs.reshape(B * T, H), W, b, ht_flat, plan)

@@ -383,11 +383,13 @@ class OptimConfig(Strict):
     ``balanced``: verl's ``_balance_batch`` as the authors: the step's sequences split over the ranks by
     length (groups split), each rank's share short -> long -> short, minibatches consecutive slices of it
     (sdpg.training.balance). Not with ``algo.filter_groups``."""
-    loss_impl: Literal["fused", "materialised"] = "fused"
+    loss_impl: Literal["fused", "fused_compiled", "materialised"] = "fused"
     """How the update's loss and the no-grad log-prob passes go from last hidden states through the output head:
     ``fused`` chunk by chunk with gradients formed in the forward, never holding a [B, T, V] tensor
-    (``sdpg.objective.step_loss``); ``materialised`` the logits [B, T, V] under autograd, the reference the
-    tests compare against. Same values and gradients up to float32 round-off (docs/objective.md)."""
+    (``sdpg.objective.step_loss``); ``fused_compiled`` the same with each chunk's softmax arithmetic through
+    torch.compile (a one-time build per process, needs a C++ compiler on CPU / Triton on GPUs);
+    ``materialised`` the logits [B, T, V] under autograd, the reference the tests compare against. Same values
+    and gradients up to float32 round-off (docs/objective.md)."""
     loss_chunk_size: int | None = Field(None, gt=0)
     """Positions per chunk of the fused loss; None: the largest power of two whose [chunk, V] float32 buffer
     stays within 48 MiB on CPU (64 at V = 151,936) or 320 MiB on GPUs (512), with rows that need no teacher

@@ -194,7 +194,7 @@ def _head_stats(
     hidden, weight, bias, attn, prompt_len, tokens, temperature, logprobs, entropy, keep_logits, impl, chunk_size
 ) -> TokenStats:
     """The head part of ``sampled_token_stats``, outside autocast: hidden states and head in one dtype."""
-    if impl == "fused" and not keep_logits and not torch.is_grad_enabled():  # chunked: no [b, T, V] tensor
+    if impl != "materialised" and not keep_logits and not torch.is_grad_enabled():  # chunked: no [b, T, V] tensor
         response_mask = attn[:, prompt_len : prompt_len + tokens.shape[1]]  # [b, T] padding is skipped, reads 0
         logp, ent = hidden_token_logprobs(
             hidden, weight, bias, tokens, temperature, mask=response_mask, with_entropy=entropy, chunk_size=chunk_size
