@@ -22,11 +22,13 @@ def main() -> None:
     p.add_argument("--experiment", default="toy_reproduction")
     p.add_argument("--out", default="docs/figures")
     p.add_argument("--name", default="toy_reproduction", help="file name of the figure (without .png)")
+    p.add_argument("--variants", nargs="+", help="only these (e.g. leave out one whose runs have not finished)")
     a = p.parse_args()
     eval_key = "eval/embedded/mean@4"
     metrics = [eval_key, "train/accuracy", "train/opd_kl", "train/entropy", "train/response_length", "train/ref_kl"]
     df = load_runs(a.uri, a.experiment, metrics)
-    order = [v for v in ("grpo", "sdpg_urkl", "sdpg_ufkl") if v in set(df.variant)]
+    order = [v for v in ("grpo", "sdpg_urkl", "sdpg_ufkl") if v in set(df.variant) and (not a.variants or v in a.variants)]
+    df = df[df.variant.isin(order)]
     png = plot_curves(
         df,
         metrics,
@@ -46,8 +48,11 @@ def main() -> None:
     g = ev["grpo"]
     target = float(np.mean(g["mean"][-3:]))
     print(f"\nGRPO final held-out accuracy (mean of last 3 evals, over seeds): {target:.3f}\n")
-    print("| method | seeds | start | final (last 3 evals) | best | steps to GRPO's final, per seed | median | vs GRPO |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| method | seeds | start | final (last 3 evals) | final per seed | range of the final over seeds | best | "
+        "steps to GRPO's final, per seed | median | vs GRPO |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     ref = None
     for v in order:
         c = ev[v]
@@ -56,8 +61,10 @@ def main() -> None:
         if v == "grpo":
             ref = med
         ratio = f"{med / ref:.2f}x" if ref and not np.isnan(med) else "-"
+        finals = c["per_seed"][-3:, :].mean(axis=0)  # [seeds]: each seed's mean of its last 3 evaluations
         print(
-            f"| {v} | {len(c['seeds'])} | {c['mean'][0]:.3f} | {np.mean(c['mean'][-3:]):.3f} | {np.max(c['mean']):.3f} | "
+            f"| {v} | {len(c['seeds'])} | {c['mean'][0]:.3f} | {np.mean(c['mean'][-3:]):.3f} | "
+            f"{', '.join(f'{x:.3f}' for x in finals)} | {finals.min():.3f}–{finals.max():.3f} | {np.max(c['mean']):.3f} | "
             f"{', '.join('never' if np.isnan(x) else str(int(x)) for x in per_seed)} | {med:.0f} | {ratio} |"
         )
     tr = seed_curves(df, "train/opd_kl")
