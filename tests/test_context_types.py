@@ -102,7 +102,19 @@ def _scores() -> dict[str, np.ndarray]:
     return out
 
 
-def test_iqm_and_probability_of_improvement_equal_rliable():
+@pytest.fixture
+def forget_new_modules():
+    """rliable imports arch, and arch numba and llvmlite, whose objects break vLLM's scan of ``sys.modules``
+    (tests/test_vllm.py runs later in the same process): every module these tests import is forgotten after."""
+    import sys
+
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+
+
+def test_iqm_and_probability_of_improvement_equal_rliable(forget_new_modules):
     metrics = pytest.importorskip("rliable.metrics")
     from sdpg.reporting.report import _iqm, _prob_improvement
 
@@ -114,7 +126,7 @@ def test_iqm_and_probability_of_improvement_equal_rliable():
 
 
 @pytest.fixture
-def rliable_library(monkeypatch):
+def rliable_library(monkeypatch, forget_new_modules):
     """rliable.library. rliable 1.2 passes ``random_state=`` to arch's bootstrap, which arch 8 (the one that
     imports beside pandas 3) names ``seed``: the keyword is renamed on its way in, nothing else changes."""
     rly = pytest.importorskip("rliable.library")

@@ -154,6 +154,7 @@ def test_secrets_appear_nowhere(tmp_path, small_model):
             "eval.every": 0,
             # config values holding secrets: a token shape, an environment secret's value
             "data.student_template": f"Q:{{problem}} {s['hf_token']} {s['env_plain']}\nA:",
+            "data.max_prompt_tokens": 256,  # the secrets lengthen the prompt; student prompts are never cut
         },
         "variants": {"a": {}},
         "seeds": [0],

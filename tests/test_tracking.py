@@ -148,20 +148,22 @@ def test_failed_run_has_error_tag_traceback_artifact_and_ends_its_parent(tmp_pat
     (out / "runs" / "r").write_text("a file where the run's folder should be\n")
     rid = exp.child(cfg.effective().config_hash(), "r", cfg, {"variant": "v"})
     job = TrainJob(cfg.resolved(), exp.uri, rid, exp.parent_id)
+    from sdpg.fsio import WriteRefused
+
     try:
         job()
-    except FileExistsError:
+    except WriteRefused:  # the file where the run's folder should be, refused in one sentence
         pass
     else:
         raise AssertionError("the job should have raised")
     c = exp.client
     run = c.get_run(rid)
     assert run.info.status == "FAILED"
-    assert run.data.tags["sdpg.error"].startswith("FileExistsError")
+    assert run.data.tags["sdpg.error"].startswith("WriteRefused")
     art = Path(run.info.artifact_uri.removeprefix("file://"))
     assert art.is_relative_to(out), art  # beside the spec's mlflow.db
     text = (art / "error.txt").read_text()
-    assert "Traceback" in text and "FileExistsError" in text
+    assert "Traceback" in text and "WriteRefused" in text
     assert (art / "config.yaml").is_file() and not (tmp_path / "mlruns").exists()
     assert c.get_run(exp.parent_id).info.status == "FAILED"
     assert c.get_run(exp.parent_id).info.end_time is not None

@@ -610,7 +610,8 @@ class TrainConfig(Strict):
         drop = set(EXECUTION_SETTINGS)
         if self.rollout.seed_per_prompt:
             drop |= {k for k in flat if k.startswith("eval.")} | {"data.eval", "data.eval_limit"}
-        return {k: v for k, v in flat.items() if k not in drop}
+        # secrets masked: a checkpoint holds this, and a rotated token does not change what is trained
+        return {k: _masked(v) for k, v in flat.items() if k not in drop}
 
     def config_hash(self, exclude_output: bool = True) -> str:
         d = self.resolved()
@@ -630,6 +631,19 @@ EXECUTION_SETTINGS = (
 )
 """Settings that cannot change what a run trains: a resume may change them (``run.total_steps`` within
 ``resume_refusal``'s rule)."""
+
+
+def _masked(value: Any) -> Any:
+    """``value`` with the secrets in its text masked (``sdpg.training.redact``), lists and mappings included."""
+    from sdpg.training.redact import redact
+
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    return value
 
 
 def resume_refusal(saved: dict[str, Any], saved_total: int | None, step: int, cfg: TrainConfig) -> str | None:

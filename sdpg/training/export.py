@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import yaml
 
+from sdpg import fsio
 from sdpg.training.config import ConfigError, TrainConfig
 
 EXPORT_DIRNAME = "hf"
@@ -83,7 +84,7 @@ def write_hf_folder(
     conf = copy.deepcopy(model_config)
     conf.dtype = dtype
     conf.sdpg = {k: meta[k] for k in ("config_hash", "step", "dtype")}
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    fsio.ensure_dir(dest.parent)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -91,8 +92,8 @@ def write_hf_folder(
             skeleton = AutoModelForCausalLM.from_config(conf, trust_remote_code=cfg.model.trust_remote_code)
         skeleton.save_pretrained(tmp, state_dict=_cast_state(state, dtype))
         tokenizer.save_pretrained(tmp)  # the chat template travels with it
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(cfg.resolved(), sort_keys=False))
+        fsio.write_text(tmp / META_FILE, json.dumps(meta, indent=1))  # redacted, never through a link
+        fsio.write_text(tmp / CONFIG_FILE, yaml.safe_dump(cfg.resolved(), sort_keys=False))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
