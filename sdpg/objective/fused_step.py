@@ -375,6 +375,24 @@ def _rowdot(a: Tensor, b: Tensor) -> Tensor:
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)  # [c]
 
 
+def _chunk_value(plan: _Plan, r: Tensor, logp: Tensor, ent: Tensor, kl: Tensor | None):
+    """One chunk's loss value [] and the per-row factors of its dL/dz, shared by the eager and compiled paths:
+    g = dL/dlog p(y) [c], e = dL/dH [c], k = dL/dKL [c] (0 where the clamp binds; None without a teacher)."""
+    st = plan.st
+    val, g = plan.token_terms(r, logp)  # [c], [c]
+    e = plan.e[r]  # [c]
+    value = val.sum(dtype=torch.float64) + (e * ent).sum(dtype=torch.float64)  # []
+    k = None
+    if kl is not None:
+        assert plan.k is not None  # a teacher chunk comes with its KL weights
+        k = plan.k[r]  # [c]
+        kl_used = kl if st.kl_clamp is None else kl.clamp(max=st.kl_clamp)  # [c]
+        value = value + (k * kl_used).sum(dtype=torch.float64)
+        if st.kl_clamp is not None:
+            k = k * (kl <= st.kl_clamp).float()  # [c] clamped positions: no gradient
+    return value, g, e, k
+
+
 def _chunk_terms(z: Tensor, r: Tensor, plan: _Plan, need_grad: bool, teacher: bool):
     """One chunk's softmax arithmetic on its float32 logits ``z`` [c, V] (student rows ``r`` only) or
     [2c, V] (student rows, then their teacher rows), overwritten: log p(y) [c], H [c], KL [c] | None,
@@ -413,17 +431,7 @@ def _chunk_terms(z: Tensor, r: Tensor, plan: _Plan, need_grad: bool, teacher: bo
             ls_for_kl, p_kl = ls_kl, ls_kl.exp()  # [c, V] each
         diff = torch.sub(ls_for_kl, lq, out=lq)  # [c, V] log p - log q
         kl = _rowdot(p_kl, diff)  # [c]
-    val, g = plan.token_terms(r, logp)  # [c], [c]
-    e = plan.e[r]  # [c]
-    value = val.sum(dtype=torch.float64) + (e * ent).sum(dtype=torch.float64)  # []
-    k = None
-    if kl is not None:
-        assert plan.k is not None  # a teacher chunk comes with its KL weights
-        k = plan.k[r]  # [c]
-        kl_used = kl if st.kl_clamp is None else kl.clamp(max=st.kl_clamp)  # [c]
-        value = value + (k * kl_used).sum(dtype=torch.float64)
-        if st.kl_clamp is not None:
-            k = k * (kl <= st.kl_clamp).float()  # [c] clamped positions: no gradient
+    value, g, e, k = _chunk_value(plan, r, logp, ent, kl)
     if not need_grad:
         return logp, ent, kl, value, None
     has_e = st.entropy_coef != 0.0
@@ -544,17 +552,7 @@ def _chunk_terms_compiled(z: Tensor, r: Tensor, plan: _Plan, need_grad: bool, te
         logp, ent, lse, kl, lse_k, lse_q = _compiled(_stats_teacher)(z[:c], z[c:], y, tau, tau_s, tau_t)  # [c] each
     else:
         logp, ent, lse = _compiled(_stats_student)(z, y, tau)  # [c] each
-    val, g = plan.token_terms(r, logp)  # [c], [c]
-    e = plan.e[r]  # [c]
-    value = val.sum(dtype=torch.float64) + (e * ent).sum(dtype=torch.float64)  # []
-    k = None
-    if kl is not None:
-        assert plan.k is not None  # a teacher chunk comes with its KL weights
-        k = plan.k[r]  # [c]
-        kl_used = kl if st.kl_clamp is None else kl.clamp(max=st.kl_clamp)  # [c]
-        value = value + (k * kl_used).sum(dtype=torch.float64)
-        if st.kl_clamp is not None:
-            k = k * (kl <= st.kl_clamp).float()  # [c] clamped positions: no gradient
+    value, g, e, k = _chunk_value(plan, r, logp, ent, kl)
     if not need_grad:
         return logp, ent, kl, value, None
     assert out is not None
