@@ -17,7 +17,6 @@ LAYERS = ["objective", "training", "orchestration", "reporting", "cli"]  # lowes
 # Functions over 120 lines, each to be split when its file is next restructured. Nothing may join the list,
 # and a listed one may not grow.
 LONG_FUNCTIONS = {
-    "reporting/build.py:build_report": 268,
     "orchestration/rehearse.py:rehearse": 169,
     "orchestration/ablate.py:main": 126,
     "training/trainer.py:set_up": 135,

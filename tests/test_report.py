@@ -414,6 +414,21 @@ def test_report_on_missing_experiment_creates_nothing(experiment, tmp_path):
     assert not (d / "outputs").exists() and not (d / "reports").exists() and not (d / "mlruns").exists()
 
 
+def test_rlvr_baselines_are_the_presets_without_teacher_or_distillation():
+    """The presets' declared RLVR baselines (the report's default comparison) are exactly the methods whose
+    settings have a verifier term and neither a distillation term nor a teacher-dependent advantage."""
+    import sdpg.objective.terms  # noqa: F401  (registers the advantage estimators)
+    from sdpg.objective.registry import ADVANTAGE_ESTIMATORS
+    from sdpg.training.methods import METHOD_PRESETS, RLVR_BASELINES
+
+    derived = {
+        name
+        for name, s in METHOD_PRESETS.items()
+        if s["beta"] == 0 and s["pg_coef"] > 0 and not ADVANTAGE_ESTIMATORS[s["advantage"]].needs_teacher
+    }
+    assert RLVR_BASELINES == derived == {"grpo", "grpo_k3", "dapo", "dr_grpo"}
+
+
 def test_many_variants_get_distinct_colours_and_styles():
     names = [f"t{i}" for i in range(45)]
     colours, styles = report.colours_for(names), report.styles_for(names)

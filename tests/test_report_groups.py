@@ -188,3 +188,37 @@ def test_benchmark_panels_follow_the_spec_order():
     src = report.resolve(str(Path(__file__).resolve().parents[1] / "ablations" / "decompose.yaml"))
     assert src.benchmarks == ["embedded", "more_terms", "larger_numbers"] and src.compare == "previous"
     assert src.variants[0] == "grpo" and src.variants[-1] == "opd_no_gate"
+
+
+def test_default_baseline_is_the_first_variant_named_after_an_rlvr_preset(ablation, tmp_path):
+    """Which variant the comparisons are taken against comes from the method presets: the first variant named
+    after a method declared an RLVR baseline, else the first variant; ``--baseline`` overrides. The real
+    report's loading and comparison section, on the grouped ablation's runs (variants a, b, c)."""
+    from sdpg.reporting import build, sections
+    from sdpg.training.methods import METHOD_PRESETS, register_method, unregister_method
+
+    spec, _ = ablation
+    src = report.resolve(str(spec))
+    runs, df = build.load(str(spec), src, tmp_path, None, False, lambda m: None)
+    part, trials = build.whole(src, runs, df, None)
+    assert trials is None and part.variants == VARIANTS
+    (tmp_path / "tables").mkdir()
+    lb = report.last_best(part.df, part.benches)
+
+    def against(**options) -> str:
+        ctx = sections.Context(tmp_path, src.benchmarks, sections.Options(**options))
+        found = sections.comparison_section(ctx, part, lb)
+        assert found is not None
+        return found.title.split(":")[0]
+
+    assert against() == "Against a"  # no variant is named after a baseline method: the first
+    register_method("b", METHOD_PRESETS["grpo"], rlvr_baseline=True)
+    try:
+        assert against() == "Against b"
+        assert against(baseline="c") == "Against c"
+        register_method("b", METHOD_PRESETS["grpo"], replace=True)  # the same settings, not declared a baseline
+        assert against() == "Against a"
+    finally:
+        unregister_method("b")
+    assert sections.default_baseline(["sdpg_urkl", "dr_grpo", "grpo"], sweep=False) == "dr_grpo"
+    assert sections.default_baseline(["t0 beta=0.1", "t1 beta=0.2"], sweep=True) is None  # trials have no baseline

@@ -139,14 +139,27 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
+RLVR_BASELINES: set[str] = {"grpo", "grpo_k3", "dapo", "dr_grpo"}
+"""Methods that are RLVR baselines: a verifier reward only, no teacher and no distillation term (beta 0, an
+advantage that needs no teacher). A report compares its variants against the first one named after one of
+these (``sdpg-report --baseline`` overrides)."""
+
 # Optimizer settings a method brings along, applied unless the config writes the key itself
 # (OPSD's script trains at lr 5e-7, half the others' 1e-6).
 OPTIM_PRESETS: dict[str, dict[str, Any]] = {"opsd": {"lr": 5e-7}}
 
 
-def register_method(name: str, settings: dict[str, Any], optim: dict[str, Any] | None = None, *, replace: bool = False) -> None:
+def register_method(
+    name: str,
+    settings: dict[str, Any],
+    optim: dict[str, Any] | None = None,
+    *,
+    replace: bool = False,
+    rlvr_baseline: bool = False,
+) -> None:
     """Add method ``name``: ``settings`` are AlgoConfig fields (unnamed ones keep their defaults), ``optim``
-    optimizer settings it brings along (applied unless the config writes them)."""
+    optimizer settings it brings along (applied unless the config writes them); ``rlvr_baseline``: it is one of
+    ``RLVR_BASELINES``."""
     if not name or not isinstance(name, str):
         raise ValueError(f"a method needs a non-empty name, got {name!r}")
     if name in METHOD_PRESETS and not replace:
@@ -156,9 +169,14 @@ def register_method(name: str, settings: dict[str, Any], optim: dict[str, Any] |
         OPTIM_PRESETS[name] = dict(optim)
     else:
         OPTIM_PRESETS.pop(name, None)
+    if rlvr_baseline:
+        RLVR_BASELINES.add(name)
+    else:
+        RLVR_BASELINES.discard(name)
 
 
 def unregister_method(name: str) -> None:
     """Remove method ``name`` (tests that registered their own clean up with this)."""
     METHOD_PRESETS.pop(name, None)
     OPTIM_PRESETS.pop(name, None)
+    RLVR_BASELINES.discard(name)
