@@ -4,6 +4,7 @@ bootstrap band, optional EMA; the paper's grid of benchmark and training curves.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,80 @@ def _beta_zero(df, variants: list[str]) -> set[str]:
     return {v for v in variants if len(rows[rows.variant == v]) and not np.any(rows[rows.variant == v].value.to_numpy())}
 
 
+@dataclass(frozen=True)
+class _Look:
+    """How each variant is drawn, the same in every panel of a figure."""
+
+    variants: list[str]
+    colours: dict[str, str]
+    styles: dict[str, object]
+    labels: dict[str, str]
+    dashed: set[str]
+
+
+def _draw_series(ax, df, metric: str, curves: dict, look: _Look, no_beta: set[str]) -> list[str]:
+    """One panel's lines (mean over seeds, band where a variant has at least MIN_SEEDS seeds); returns the
+    panel's note lines: series identically 0, variants that did not log the metric, inert gates not drawn."""
+    zero, missing, inert = [], [], []
+    for v in look.variants:
+        if metric in INERT_AT_ZERO_BETA and v in no_beta and v in curves:
+            inert.append(v)  # computed, but gates a term with weight 0: a curve would read as a finding
+            continue
+        if v not in curves or not len(curves[v]["step"]):
+            if v in set(df.variant):
+                missing.append(v)
+            continue
+        c = curves[v]
+        ls = (0, (4, 2)) if v in look.dashed else look.styles[v]
+        n = len(c["seeds"])
+        label = f"{look.labels.get(v, v)} (n={n})"
+        marker = "o" if len(c["step"]) < 3 else None  # a run stopped after a step or two is a point, not nothing
+        if not np.any(c["per_seed"]):
+            ax.plot(c["step"], c["mean"], color=look.colours[v], lw=0.9, ls=(0, (1, 1.5)), label=label, marker=marker, ms=2)
+            zero.append(v)
+            continue
+        ax.plot(c["step"], c["mean"], color=look.colours[v], lw=1.3, ls=ls, label=label, marker=marker, ms=2.5)
+        if n >= MIN_SEEDS:
+            ax.fill_between(c["step"], c["lo"], c["hi"], color=look.colours[v], alpha=0.2, lw=0)
+    lines = []
+    if zero:
+        lines.append(f"\u2261 0 (dotted): {_who(zero, look.variants)}")
+    if missing:
+        lines.append(f"not logged: {_who(missing, look.variants)}" if metric in set(df.metric) else "not logged by any run")
+    if inert:
+        lines.append(f"inert at \u03b2 = 0, not drawn: {_who(inert, look.variants)}")
+    return lines
+
+
+def _note(ax, lines: list[str]) -> None:
+    """The panel's note in its top-left corner, outside the layout (a long note must not squeeze the panels)."""
+    note = ax.text(
+        0.02,
+        0.97,
+        "\n".join(lines),
+        ha="left",
+        va="top",
+        transform=ax.transAxes,
+        fontsize=5.8,
+        color="0.35",
+        bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.85", "alpha": 0.85},
+        wrap=True,
+    )
+    note.set_in_layout(False)
+
+
+def _legend(fig, axes, legend_cols: int) -> None:
+    """One legend below the panels, each series once."""
+    handles, labs = [], []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labs:
+                handles.append(h)
+                labs.append(lab)
+    if handles:
+        fig.legend(handles, labs, loc="outside lower center", ncol=legend_cols, fontsize=6.5, frameon=False)
+
+
 def plot_curves(
     df,
     metrics: Sequence[str | None],
@@ -126,67 +201,25 @@ def plot_curves(
     import matplotlib.pyplot as plt
 
     variants = order or list(dict.fromkeys(df.variant))
-    colours, styles = colours_for(variants), styles_for(variants)
-    dashed = set(dashed)
+    look = _Look(variants, colours_for(variants), styles_for(variants), labels or {}, set(dashed))
     ncols = max(1, min(ncols, len(metrics)))
     nrows = int(np.ceil(len(metrics) / ncols))
     # legend below the panels, in as many columns as fit; the figure is widened if one entry is wider
-    legend_text = [(labels or {}).get(v, v) for v in variants]
+    legend_text = [look.labels.get(v, v) for v in variants]
     entry_w = (max((len(t) for t in legend_text), default=10) + 7) * 3.3 / 72 + 0.35  # inches at 6.5 pt
     width = max(panel_w * ncols, entry_w + 0.2)
     legend_cols = max(1, min(len(variants), int(width / entry_w)))
     legend_h = 0.15 * int(np.ceil(len(variants) / legend_cols)) + 0.15
     plt.rcParams.update({"font.size": 7})
     fig, axes = plt.subplots(nrows, ncols, figsize=(width, panel_h * nrows + legend_h), squeeze=False, layout="constrained")
-    present_metrics = set(df.metric)
     no_beta = _beta_zero(df, variants)
     for ax, metric in zip(axes.flat, metrics):
         if metric is None:  # a blank cell of the grid
             ax.axis("off")
             continue
-        curves = seed_curves(df, metric, ema)
-        zero, missing, inert = [], [], []
-        for v in variants:
-            if metric in INERT_AT_ZERO_BETA and v in no_beta and v in curves:
-                inert.append(v)  # computed, but gates a term with weight 0: a curve would read as a finding
-                continue
-            if v not in curves or not len(curves[v]["step"]):
-                if v in set(df.variant):
-                    missing.append(v)
-                continue
-            c = curves[v]
-            ls = (0, (4, 2)) if v in dashed else styles[v]
-            n = len(c["seeds"])
-            label = f"{(labels or {}).get(v, v)} (n={n})"
-            marker = "o" if len(c["step"]) < 3 else None  # a run stopped after a step or two is a point, not nothing
-            if not np.any(c["per_seed"]):
-                ax.plot(c["step"], c["mean"], color=colours[v], lw=0.9, ls=(0, (1, 1.5)), label=label, marker=marker, ms=2)
-                zero.append(v)
-                continue
-            ax.plot(c["step"], c["mean"], color=colours[v], lw=1.3, ls=ls, label=label, marker=marker, ms=2.5)
-            if n >= MIN_SEEDS:
-                ax.fill_between(c["step"], c["lo"], c["hi"], color=colours[v], alpha=0.2, lw=0)
-        lines = []
-        if zero:
-            lines.append(f"\u2261 0 (dotted): {_who(zero, variants)}")
-        if missing:
-            lines.append(f"not logged: {_who(missing, variants)}" if metric in present_metrics else "not logged by any run")
-        if inert:
-            lines.append(f"inert at \u03b2 = 0, not drawn: {_who(inert, variants)}")
+        lines = _draw_series(ax, df, metric, seed_curves(df, metric, ema), look, no_beta)
         if lines:
-            note = ax.text(
-                0.02,
-                0.97,
-                "\n".join(lines),
-                ha="left",
-                va="top",
-                transform=ax.transAxes,
-                fontsize=5.8,
-                color="0.35",
-                bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.85", "alpha": 0.85},
-                wrap=True,
-            )
-            note.set_in_layout(False)  # a long note must not squeeze the panels
+            _note(ax, lines)
             if notes is not None:
                 notes.setdefault(metric, []).extend(lines)
         ax.set_title((titles or {}).get(metric, metric), fontsize=7.5)
@@ -196,14 +229,7 @@ def plot_curves(
         ax.grid(alpha=0.3, lw=0.5)
     for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
-    handles, labs = [], []
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labs:
-                handles.append(h)
-                labs.append(lab)
-    if handles:
-        fig.legend(handles, labs, loc="outside lower center", ncol=legend_cols, fontsize=6.5, frameon=False)
+    _legend(fig, axes, legend_cols)
     out = Path(out)
     fsio.ensure_dir(out.parent)
     fsio.save_figure(fig, out)
