@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sdpg.orchestration.ablate import load_plan, main
+from sdpg.commands.ablate import main
+from sdpg.orchestration.ablate import load_plan
 from sdpg.training.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
