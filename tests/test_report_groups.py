@@ -33,7 +33,8 @@ FIRST = 0.05  # every run's evaluation at step 0; Best = max(FIRST, Last) = Last
 def ablation(tmp_path_factory):
     from mlflow.tracking import MlflowClient
 
-    from sdpg.orchestration.ablate import _child_runs, _experiment, load_plan
+    from sdpg.orchestration.ablate import load_plan
+    from sdpg.orchestration.ablate.submit import _child_runs, _experiment
 
     d = tmp_path_factory.mktemp("groups")
     spec = {
