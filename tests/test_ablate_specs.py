@@ -116,7 +116,7 @@ def test_group_tags_let_reports_group_runs(tmp_path, monkeypatch):
     import mlflow
 
     monkeypatch.chdir(tmp_path)
-    from sdpg.orchestration.ablate.submit import _child_runs, _experiment
+    from sdpg.orchestration.ablate.submission import _child_runs, _experiment
 
     plan = load_plan(write(tmp_path, GROUPS.replace("seeds: [0, 1]", "seeds: [0]").replace("  algo.alpha: [0.001, 0.01]\n", "")))
     exp = _experiment(plan).open()

@@ -34,7 +34,7 @@ def ablation(tmp_path_factory):
     from mlflow.tracking import MlflowClient
 
     from sdpg.orchestration.ablate import load_plan
-    from sdpg.orchestration.ablate.submit import _child_runs, _experiment
+    from sdpg.orchestration.ablate.submission import _child_runs, _experiment
 
     d = tmp_path_factory.mktemp("groups")
     spec = {

@@ -22,15 +22,15 @@ applied like any other layer, so the run's identity is its effective config, nev
 Resubmitting skips finished runs, resumes unfinished ones from their checkpoints, and reuses each hash's
 MLflow run.
 
-Modules: ``plan`` (the spec and its runs), ``status`` (each run's state; cancelling), ``submit`` (the runs
+Modules: ``plan`` (the spec and its runs), ``states`` (each run's state; cancelling), ``submission`` (the runs
 submitted and watched), ``dry_run`` (what ``--dry-run`` adds). The names below are the package's interface;
 ``sdpg-ablate`` (``sdpg.commands.ablate``) reads the command line.
 """
 
 from sdpg.orchestration.ablate.dry_run import dry_run_warnings, settings_table, variant_steps
 from sdpg.orchestration.ablate.plan import AblationSpec, Plan, Run, duplicates_note, load_plan
-from sdpg.orchestration.ablate.status import cancel, run_state, status, table
-from sdpg.orchestration.ablate.submit import Progress, submit, watch
+from sdpg.orchestration.ablate.states import cancel, run_state, status, table
+from sdpg.orchestration.ablate.submission import Progress, submit, watch
 from sdpg.orchestration.core import NAME_PATTERN, TrackingSpec
 
 __all__ = [

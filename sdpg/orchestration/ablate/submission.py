@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sdpg import fsio
 from sdpg.orchestration.ablate.plan import Plan, Run
-from sdpg.orchestration.ablate.status import run_state, status
+from sdpg.orchestration.ablate.states import run_state, status
 from sdpg.orchestration.core import Experiment, active_jobs, check_writable_folder, job_error, job_history, read_jobs, write_jobs
 from sdpg.orchestration.launch import TrainJob, make_executor
 
