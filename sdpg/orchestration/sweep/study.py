@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import threading
 import time
 from pathlib import Path
@@ -215,12 +214,8 @@ class _Heartbeat:
 @contextlib.contextmanager
 def _ask_lock(folder: Path):
     """One worker at a time proposes and claims a point (a file lock in the sweep's folder)."""
-    import fcntl
+    from sdpg.training.locks import file_lock
 
     fsio.ensure_dir(folder)
-    with os.fdopen(fsio.open_lock(folder / ".ask.lock"), "r+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(folder / ".ask.lock"):
+        yield
