@@ -48,7 +48,7 @@ def data_main(argv: list[str] | None = None) -> int:
 
 def report_main(argv: list[str] | None = None) -> int:
     def run(args: list[str] | None) -> int:
-        from sdpg.reporting.build import main
+        from sdpg.commands.report import main
         from sdpg.reporting.preflight import check
 
         check(list(sys.argv[1:] if args is None else args))  # before the report writes anything
