@@ -20,7 +20,6 @@ LONG_FUNCTIONS = {
     "reporting/build.py:build_report": 268,
     "orchestration/rehearse.py:rehearse": 169,
     "orchestration/ablate.py:main": 126,
-    "training/trainer.py:set_up": 135,
 }
 
 
