@@ -4,15 +4,19 @@
                             rollout engine, AdamW, sinks; resume from the newest checkpoint
                             (``sdpg.training.setup``)
     for each step k:
-        rollout             P prompts, G responses each, y ~ pi_theta(.|x)
-        score               R = verifier(y) (+ overlong penalty), group advantages A       (eq. 2.1)
-        logprobs            no gradient: log pi_old(y_t), log pi_ref(y_t), log q(y_t|c, x); RLSD/OPSD
-                            per-token advantages
-        update              epochs x minibatches x micro-batches of
-                            L = L_out + beta(k) L_OPD+ + alpha L_K                          (eq. 3.5)
-        (balance)           optim.minibatch_order=balanced: the step's rows re-dealt over the ranks by length
-        reduce_metrics      loss statistics summed over micro-batches and ranks -> train/*
+        rollout     -> Sampled      P prompts, G responses each, y ~ pi_theta(.|x)
+        score       -> Scored       R = verifier(y) (+ overlong penalty), group advantages A   (eq. 2.1)
+        plan_update -> UpdatePlan   minibatches over the kept rows; on-policy (pi_old from the update) or not
+        logprobs    -> LogProbs     no gradient: log pi_old(y_t), log pi_ref(y_t), log q(y_t|c, x)
+        advantages  -> Advantages   A of the KL-penalised reward (algo.reward_kl_coef); RLSD/OPSD per-token A
+        (balance)                   optim.minibatch_order=balanced: the step's rows re-dealt over the ranks by length
+        update      -> Updated      epochs x minibatches x micro-batches of
+                                    L = L_out + beta(k) L_OPD+ + alpha L_K                      (eq. 3.5)
+        reduce_metrics              loss statistics summed over micro-batches and ranks -> train/*
         evaluate, log, checkpoint
+
+Each phase returns a complete, immutable value that the later phases take as arguments; only ``Run`` (weights,
+optimizer, sampler, sinks) changes from step to step.
 
 Every method (GRPO, DAPO, Dr.GRPO, SDPG, RLSD, OPSD, OPCD) is a configuration of this loop; the terms of
 the loss are pure functions in ``sdpg.objective``. Metrics leave through ``MetricSink`` objects (JSONL and
@@ -47,7 +51,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,21 +132,15 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def _unset() -> Tensor:
-    """A Batch tensor before the phase that computes it."""
-    return torch.empty(0)
-
-
-@dataclass
-class Batch:
-    """One step's rollouts on this rank (N = prompts x G sequences, T response positions) and what the
-    phases derive from them."""
+@dataclass(frozen=True)
+class Sampled:
+    """``rollout``: one step's sequences on this rank (N = prompts x G, T response positions)."""
 
     prompt_ids: list[int]  # indices into the training rows
     texts: list[str]
     responses: Tensor  # [N, T]
     mask: Tensor  # [N, T] 1 on response tokens
-    engine_logp: Tensor | None  # [N, T] log-probs under the rollout engine (vLLM)
+    engine_logp: Tensor | None  # [N, T] log-probs under the rollout engine; None: it reports none (HF)
     truncated: Tensor  # [N] hit max_new_tokens
     student_seq: Tensor  # [N, Ps+T] left-padded x, then y
     student_attn: Tensor  # [N, Ps+T]
@@ -150,20 +148,56 @@ class Batch:
     teacher_seq: Tensor  # [N, Pt+T] left-padded (c, x), then y
     teacher_attn: Tensor  # [N, Pt+T]
     teacher_prompt_len: int  # Pt
-    # score (tensors set by their phase; empty until then)
-    scores: Tensor = field(default_factory=_unset)  # [N] verifier score (1 or reward.incorrect_reward) plus the overlong penalty
-    advantages: Tensor = field(default_factory=_unset)  # [N]
-    all_advantages: Tensor = field(default_factory=_unset)  # [N_all] every rank's, for global statistics
-    keep: Tensor = field(default_factory=_unset)  # [K] rows the update trains on (all, or DAPO's informative groups)
-    # logprobs
-    n_kept_all: int = 0  # kept sequences over all ranks
-    n_minibatches: int = 0
-    on_policy: bool = True  # one epoch, one minibatch: pi_old = pi_theta, taken in the update's forward
-    old_logp: Tensor = field(default_factory=_unset)  # [N, T]
-    ref_logp: Tensor | None = None  # [N, T] when there is a reference (L_K, KL in the reward, frozen teacher)
-    teacher_logp: Tensor | None = None  # [N, T] when the advantage needs the teacher
-    entropy: Tensor = field(default_factory=_unset)  # [N, T]
-    token_advantages: Tensor | None = None  # [N, T] RLSD / OPSD
+
+
+@dataclass(frozen=True)
+class Scored:
+    """``score``: what the verifier says of each sequence, and the rows the update trains on."""
+
+    scores: Tensor  # [N] verifier score (1 or reward.incorrect_reward) plus the overlong penalty
+    advantages: Tensor  # [N] group advantages of the scores
+    all_advantages: Tensor  # [N_all] every rank's, for global statistics
+    keep: Tensor  # [K] rows the update trains on (all, or DAPO's informative groups)
+
+
+@dataclass(frozen=True)
+class UpdatePlan:
+    """``plan_update``: how the update walks the kept rows, the same on every rank."""
+
+    n_kept_all: int  # kept sequences over all ranks
+    n_minibatches: int  # optimizer steps per epoch (0: nothing kept)
+    on_policy: bool  # one epoch, one minibatch: pi_old = pi_theta, taken in the update's own forward
+
+
+@dataclass(frozen=True)
+class LogProbs:
+    """``logprobs``: the no-gradient passes before the update."""
+
+    old_logp: Tensor | None  # [N, T] log pi_old; None on-policy, where the update's forward gives it
+    ref_logp: Tensor | None  # [N, T] when there is a reference (L_K, KL in the reward)
+    teacher_logp: Tensor | None  # [N, T] when the advantage needs the teacher (RLSD, OPSD)
+    entropy: Tensor  # [N, T] every row's; on-policy only the rows the update skips (it measures the others)
+
+
+@dataclass(frozen=True)
+class Advantages:
+    """``advantages``: what the policy-gradient term weighs each sequence (and token) by."""
+
+    sequence: Tensor  # [N] A_i (with the KL in the reward: of the penalised rewards)
+    all: Tensor  # [N_all] every rank's, for global statistics
+    token: Tensor | None  # [N, T] per-token advantages (RLSD, OPSD); None for sequence-level estimators
+
+
+@dataclass(frozen=True)
+class Updated:
+    """``update``: the first epoch's loss statistics, beta(k), the last gradient norm, and pi_old and the
+    entropy of every row as the step measured them (on-policy: in the update's forward)."""
+
+    loss_stats: LossStats
+    beta: float
+    grad_norm: Tensor  # []
+    old_logp: Tensor  # [N, T]
+    entropy: Tensor  # [N, T]
 
 
 class LossStats:
@@ -247,16 +281,18 @@ def train(
         for step in range(run.start_step + 1, total + 1):
             started = time.perf_counter()
             metrics = {}
-            batch = rollout(run, step, metrics)
-            score(run, batch, metrics)
-            logprobs(run, batch, step, metrics)
+            sampled = rollout(run, step, metrics)
+            scored = score(run, sampled, metrics)
+            plan = plan_update(run, scored)
+            logp = logprobs(run, sampled, scored, plan, metrics)
+            adv = advantages(run, step, sampled, scored, logp, metrics)
             if cfg.optim.minibatch_order == "balanced":
-                balance(run, batch)
-            loss_stats, beta_k, grad_norm = update(run, batch, step, metrics)
-            reduce_metrics(run, batch, loss_stats, beta_k, grad_norm, metrics)
+                sampled, scored, logp, adv = balance(run, sampled, scored, logp, adv)
+            updated = update(run, step, sampled, scored, plan, logp, adv, metrics)
+            reduce_metrics(run, sampled, plan, adv, updated, metrics)
             if evaluation_due(run, step):
                 metrics.update(run_evaluation(run, step))
-                for text in batch.texts[: cfg.run.log_samples]:
+                for text in sampled.texts[: cfg.run.log_samples]:
                     run.log(f"[sdpg] sample @ {step}: {text[:200]!r}")
             metrics["timing/step"] = time.perf_counter() - started
             log_metrics(run, metrics, step)
@@ -319,7 +355,7 @@ def _as_config(config: TrainConfig | dict | str | Path) -> TrainConfig:
 # --------------------------------------------------------------------------------------------
 
 
-def rollout(run: Run, step: int, metrics: dict[str, float]) -> Batch:
+def rollout(run: Run, step: int, metrics: dict[str, float]) -> Sampled:
     """G responses for each of this rank's prompts; the sequences [prompt | response] the forwards read."""
     cfg, device, G = run.cfg, run.device, run.cfg.rollout.group_size
     prompt_ids = run.sampler.next(cfg.rollout.prompts_per_step)[run.rank :: run.world]  # one global draw, split
@@ -340,7 +376,7 @@ def rollout(run: Run, step: int, metrics: dict[str, float]) -> Batch:
     pad = run.tokenizer.pad_token_id
     student_ids, student_attn = left_pad([run.student_prompts[i] for i in prompt_ids for _ in range(G)], pad)  # [N, Ps]
     teacher_ids, teacher_attn = left_pad([run.teacher_prompts[i] for i in prompt_ids for _ in range(G)], pad)  # [N, Pt]
-    return Batch(
+    return Sampled(
         prompt_ids=prompt_ids,
         texts=run.tokenizer.batch_decode(samples.responses, skip_special_tokens=True),
         responses=responses,
@@ -361,23 +397,22 @@ def rollout(run: Run, step: int, metrics: dict[str, float]) -> Batch:
 # --------------------------------------------------------------------------------------------
 
 
-def score(run: Run, batch: Batch, metrics: dict[str, float]) -> None:
+def score(run: Run, sampled: Sampled, metrics: dict[str, float]) -> Scored:
     """Scores (1 correct, ``reward.incorrect_reward`` otherwise, plus DAPO's overlong penalty), group
     advantages, reward statistics over all ranks; DAPO's filter of uninformative groups. With the KL in the
-    reward (``algo.reward_kl_coef``) ``logprobs`` recomputes the advantages once log pi_old is known."""
+    reward (``algo.reward_kl_coef``) ``advantages`` recomputes the advantages once log pi_old is known."""
     algo, device, G = run.cfg.algo, run.device, run.cfg.rollout.group_size
     started = time.perf_counter()
-    answers = [run.train_rows[i]["answer"] for i in batch.prompt_ids for _ in range(G)]
-    correct = torch.tensor(run.verifier.correctness(batch.texts, answers))  # [N]
-    lengths = batch.mask.sum(-1)  # [N]
+    answers = [run.train_rows[i]["answer"] for i in sampled.prompt_ids for _ in range(G)]
+    correct = torch.tensor(run.verifier.correctness(sampled.texts, answers))  # [N]
+    lengths = sampled.mask.sum(-1)  # [N]
     wrong = run.cfg.reward.incorrect_reward
     rewards = correct + wrong * (1.0 - correct) + torch.tensor(run.verifier.overlong(lengths.long().tolist()))  # [N]
-    batch.scores = rewards.to(device)  # [N]
-    batch.advantages = group_advantages(rewards, G, std_norm=algo.std_norm).to(device)  # [N]
+    advantages = group_advantages(rewards, G, std_norm=algo.std_norm).to(device)  # [N]
     metrics["timing/reward"] = time.perf_counter() - started
     all_rewards, all_correct = dist.all_gather_cat(rewards.to(device)), dist.all_gather_cat(correct.to(device))  # [N_all]
-    all_lengths, all_truncated = dist.all_gather_cat(lengths.float()), dist.all_gather_cat(batch.truncated.float())
-    batch.all_advantages = dist.all_gather_cat(batch.advantages)  # [N_all]
+    all_lengths, all_truncated = dist.all_gather_cat(lengths.float()), dist.all_gather_cat(sampled.truncated.float())
+    all_advantages = dist.all_gather_cat(advantages)  # [N_all]
     metrics.update(
         {
             "train/reward": float(all_rewards.mean()),
@@ -389,12 +424,29 @@ def score(run: Run, batch: Batch, metrics: dict[str, float]) -> None:
         }
     )
     N = len(rewards)
-    batch.keep = torch.arange(N)
+    keep = torch.arange(N)  # [K]
     if algo.filter_groups:  # DAPO dynamic sampling: only groups with a learning signal
         by_group = rewards.view(-1, G)  # [N/G, G]
         informative = (by_group.max(-1).values != by_group.min(-1).values).repeat_interleave(G)  # [N]
-        batch.keep = informative.nonzero().view(-1)
+        keep = informative.nonzero().view(-1)  # [K]
         metrics["train/kept_fraction"] = float(dist.all_sum(informative.float().sum()) / (N * run.world))
+    return Scored(scores=rewards.to(device), advantages=advantages, all_advantages=all_advantages, keep=keep)
+
+
+def plan_update(run: Run, scored: Scored) -> UpdatePlan:
+    """The number of minibatches over the kept rows of all ranks (``optim.minibatch_prompts`` whole groups, or
+    ``optim.minibatch_size`` sequences), and whether the update is on-policy: one epoch of one minibatch, where
+    pi_old is read from the update's own forward (not with the KL in the reward: its advantages need pi_old first)."""
+    cfg, optim = run.cfg, run.cfg.optim
+    n_kept_all = int(dist.all_sum(torch.tensor(float(len(scored.keep)))).item())
+    if optim.minibatch_prompts:  # global prompts per optimizer step, their groups kept whole
+        n_groups = n_kept_all // cfg.rollout.group_size
+        n_minibatches = max(1, math.ceil(n_groups / optim.minibatch_prompts)) if n_groups else 0
+    else:
+        minibatch = optim.minibatch_size or max(1, n_kept_all)  # global sequences per optimizer step
+        n_minibatches = max(1, math.ceil(n_kept_all / minibatch)) if n_kept_all else 0
+    on_policy = optim.ppo_epochs == 1 and n_minibatches <= 1 and cfg.algo.reward_kl_coef == 0
+    return UpdatePlan(n_kept_all=n_kept_all, n_minibatches=n_minibatches, on_policy=on_policy)
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,87 +454,91 @@ def score(run: Run, batch: Batch, metrics: dict[str, float]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> None:
-    """Before the update: log pi_old (unless on-policy, where the update's own forward gives it), log pi_ref
-    for L_K, the teacher's log q(y_t | c, x) for RLSD / OPSD, the entropy of rows the update skips; then the
-    per-token advantages of RLSD / OPSD."""
+def logprobs(run: Run, sampled: Sampled, scored: Scored, plan: UpdatePlan, metrics: dict[str, float]) -> LogProbs:
+    """Before the update, no gradient: log pi_old (unless on-policy, where the update's own forward gives it),
+    log pi_ref for L_K and the KL in the reward, the teacher's log q(y_t | c, x) for RLSD / OPSD, the entropy of
+    rows the update skips."""
     cfg, algo, optim, device = run.cfg, run.cfg.algo, run.cfg.optim, run.device
     temperature, size = cfg.rollout.temperature, optim.micro_batch_size
     head: dict[str, Any] = {
         "impl": optim.loss_impl,
         "chunk_size": optim.loss_chunk_size,
     }  # chunked (no [b, T, V]) unless materialised
-    N, T = batch.responses.shape
+    N, T = sampled.responses.shape
     started = time.perf_counter()
-    batch.n_kept_all = int(dist.all_sum(torch.tensor(float(len(batch.keep)))).item())
-    if optim.minibatch_prompts:  # global prompts per optimizer step, their groups kept whole
-        n_groups = batch.n_kept_all // cfg.rollout.group_size
-        batch.n_minibatches = max(1, math.ceil(n_groups / optim.minibatch_prompts)) if n_groups else 0
-    else:
-        minibatch = optim.minibatch_size or max(1, batch.n_kept_all)  # global sequences per optimizer step
-        batch.n_minibatches = max(1, math.ceil(batch.n_kept_all / minibatch)) if batch.n_kept_all else 0
-    # on-policy: pi_old is read from the update's own forward. Not when the KL enters the reward: the
-    # advantages need pi_old before the update
-    batch.on_policy = optim.ppo_epochs == 1 and batch.n_minibatches <= 1 and algo.reward_kl_coef == 0
-    batch.old_logp = torch.zeros(N, T, device=device)  # [N, T]
+    old_logp = torch.zeros(N, T, device=device) if not plan.on_policy else None  # [N, T]
     need_ref = algo.alpha > 0 or algo.reward_kl_coef > 0
-    batch.ref_logp = torch.zeros(N, T, device=device) if need_ref else None  # [N, T]
-    batch.teacher_logp = torch.zeros(N, T, device=device) if algo.needs_teacher_logprobs else None  # [N, T]
-    batch.entropy = torch.zeros(N, T, device=device)  # [N, T]
+    ref_logp = torch.zeros(N, T, device=device) if need_ref else None  # [N, T]
+    teacher_logp = torch.zeros(N, T, device=device) if algo.needs_teacher_logprobs else None  # [N, T]
+    entropy = torch.zeros(N, T, device=device)  # [N, T]
     skipped = torch.ones(N, dtype=torch.bool)
-    skipped[batch.keep] = False  # rows the update does not see (filter_groups): their entropy comes from here
+    skipped[scored.keep] = False  # rows the update does not see (filter_groups): their entropy comes from here
     # one decision for all ranks (under FSDP every rank must run the same forwards)
-    entropy_pass = batch.on_policy and dist.any_true(bool(skipped.any()), device)
+    entropy_pass = plan.on_policy and dist.any_true(bool(skipped.any()), device)
     teacher = run.reference if algo.teacher == "frozen" else run.policy  # the privileged view's weights
-    student_view = (batch.student_seq, batch.student_attn, batch.student_prompt_len)
     with torch.no_grad(), run.compute():
         for first in range(0, N, size):
             rows = slice(first, first + size)
-            tokens = batch.responses[rows]  # [b, T]
-            seq, attn, prompt_len = batch.student_seq[rows], batch.student_attn[rows], batch.student_prompt_len
+            tokens = sampled.responses[rows]  # [b, T]
+            seq, attn, prompt_len = sampled.student_seq[rows], sampled.student_attn[rows], sampled.student_prompt_len
             if entropy_pass and (run.use_fsdp or skipped[rows].any()):
-                batch.entropy[rows] = _asked(
+                entropy[rows] = _asked(
                     sampled_token_stats(
                         run.policy, seq, attn, prompt_len, tokens, temperature, logprobs=False, entropy=True, **head
                     ).entropy
                 )
-            if not batch.on_policy:
+            if old_logp is not None:
                 stats = sampled_token_stats(run.policy, seq, attn, prompt_len, tokens, temperature, entropy=True, **head)
-                batch.old_logp[rows], batch.entropy[rows] = _asked(stats.logp), _asked(stats.entropy)
-            if batch.ref_logp is not None:
-                batch.ref_logp[rows] = _asked(
+                old_logp[rows], entropy[rows] = _asked(stats.logp), _asked(stats.entropy)
+            if ref_logp is not None:
+                ref_logp[rows] = _asked(
                     sampled_token_stats(run.reference, seq, attn, prompt_len, tokens, temperature, **head).logp
                 )
-            if batch.teacher_logp is not None:
-                batch.teacher_logp[rows] = _asked(
+            if teacher_logp is not None:
+                teacher_logp[rows] = _asked(
                     sampled_token_stats(
                         teacher,
-                        batch.teacher_seq[rows],
-                        batch.teacher_attn[rows],
-                        batch.teacher_prompt_len,
+                        sampled.teacher_seq[rows],
+                        sampled.teacher_attn[rows],
+                        sampled.teacher_prompt_len,
                         tokens,
                         temperature,
                         **head,
                     ).logp
                 )
+    metrics["timing/logprobs"] = time.perf_counter() - started
+    return LogProbs(old_logp=old_logp, ref_logp=ref_logp, teacher_logp=teacher_logp, entropy=entropy)
+
+
+def advantages(run: Run, step: int, sampled: Sampled, scored: Scored, logp: LogProbs, metrics: dict[str, float]) -> Advantages:
+    """The advantages the update uses: the score's group advantages, or with the KL in the reward
+    (``algo.reward_kl_coef``, GRPO as Table 1) those of score - coef * sum_t k_t; then the per-token advantages
+    of RLSD / OPSD (on-policy, their pi_old is one more no-gradient pass of the policy, counted in
+    ``timing/logprobs``)."""
+    cfg, algo = run.cfg, run.cfg.algo
+    started = time.perf_counter()
+    sequence, all_advantages = scored.advantages, scored.all_advantages  # [N], [N_all]
+    token = None
+    with torch.no_grad(), run.compute():
         if algo.reward_kl_coef > 0:  # the KL in the reward (GRPO as Table 1): score - coef * sum_t k_t
-            assert batch.ref_logp is not None
+            assert logp.old_logp is not None and logp.ref_logp is not None  # never on-policy; a reference is loaded
             rewards = kl_penalised_rewards(
-                batch.scores, batch.old_logp, batch.ref_logp, batch.mask, algo.reward_kl_coef, algo.reward_kl_estimator
+                scored.scores, logp.old_logp, logp.ref_logp, sampled.mask, algo.reward_kl_coef, algo.reward_kl_estimator
             )  # [N]
-            batch.advantages = group_advantages(rewards, cfg.rollout.group_size, std_norm=algo.std_norm)  # [N]
-            batch.all_advantages = dist.all_gather_cat(batch.advantages)  # [N_all]
-            penalty = reward_kl_penalty(batch.old_logp, batch.ref_logp, batch.mask, algo.reward_kl_estimator)  # [N]
+            sequence = group_advantages(rewards, cfg.rollout.group_size, std_norm=algo.std_norm)  # [N]
+            all_advantages = dist.all_gather_cat(sequence)  # [N_all]
+            penalty = reward_kl_penalty(logp.old_logp, logp.ref_logp, sampled.mask, algo.reward_kl_estimator)  # [N]
             metrics["train/reward_kl"] = float(dist.all_gather_cat(penalty).mean())
             metrics["train/score"] = metrics["train/reward"]
             metrics["train/reward"] = float(dist.all_gather_cat(rewards).mean())
         estimator = ADVANTAGE_ESTIMATORS[algo.advantage]
         if estimator.token_advantages is not None:  # per-token advantages (RLSD, OPSD)
-            behaviour_logp = batch.old_logp if not batch.on_policy else _policy_logp(run, batch, *student_view)  # [N, T]
-            inputs = AdvantageInputs(batch.advantages, batch.teacher_logp, behaviour_logp, step, algo.model_dump())
-            batch.token_advantages, extra = estimator.token_advantages(inputs)  # [N, T]
+            behaviour_logp = logp.old_logp if logp.old_logp is not None else _policy_logp(run, sampled)  # [N, T]
+            inputs = AdvantageInputs(sequence, logp.teacher_logp, behaviour_logp, step, algo.model_dump())
+            token, extra = estimator.token_advantages(inputs)  # [N, T]
             metrics.update({f"train/{k}": v for k, v in extra.items()})
-    metrics["timing/logprobs"] = time.perf_counter() - started
+    metrics["timing/logprobs"] += time.perf_counter() - started
+    return Advantages(sequence=sequence, all=all_advantages, token=token)
 
 
 def _asked(x: Tensor | None) -> Tensor:
@@ -491,10 +547,11 @@ def _asked(x: Tensor | None) -> Tensor:
     return x
 
 
-def _policy_logp(run: Run, batch: Batch, seq: Tensor, attn: Tensor, prompt_len: int) -> Tensor:
+def _policy_logp(run: Run, sampled: Sampled) -> Tensor:
     """log pi_theta(y_t) [N, T] of every row, in micro-batches (the on-policy pi_old, before the update)."""
     optim, temperature = run.cfg.optim, run.cfg.rollout.temperature
     size = optim.micro_batch_size
+    seq, attn, prompt_len = sampled.student_seq, sampled.student_attn, sampled.student_prompt_len
     with run.compute():
         parts = [
             _asked(
@@ -503,7 +560,7 @@ def _policy_logp(run: Run, batch: Batch, seq: Tensor, attn: Tensor, prompt_len: 
                     seq[s : s + size],
                     attn[s : s + size],
                     prompt_len,
-                    batch.responses[s : s + size],
+                    sampled.responses[s : s + size],
                     temperature,
                     impl=optim.loss_impl,
                     chunk_size=optim.loss_chunk_size,
@@ -519,16 +576,19 @@ def _policy_logp(run: Run, batch: Batch, seq: Tensor, attn: Tensor, prompt_len: 
 # --------------------------------------------------------------------------------------------
 
 
-def balance(run: Run, batch: Batch) -> None:
+def balance(
+    run: Run, sampled: Sampled, scored: Scored, logp: LogProbs, adv: Advantages
+) -> tuple[Sampled, Scored, LogProbs, Advantages]:
     """verl's ``_balance_batch``: the step's sequences of all ranks, in sampling order, are split into one
     equal share per rank by length (groups split over ranks), each share ordered short -> long -> short
     (``balanced_rank_order``); this rank's rows are replaced by its share, in that order, so that the update's
     minibatches (consecutive slices) are the authors'. Every per-row tensor the update and the metrics read
-    travels with its row; under several ranks every rank briefly holds the whole step's rows."""
+    travels with its row (the kept rows: all of them, in the new order); under several ranks every rank briefly
+    holds the whole step's rows."""
     G, world = run.cfg.rollout.group_size, run.world
-    N = batch.responses.shape[0]
-    Ps, Pt = batch.student_prompt_len, batch.teacher_prompt_len
-    n_tokens = batch.student_attn[:, :Ps].sum(-1) + batch.mask.sum(-1)  # [N] prompt + response tokens
+    N = sampled.responses.shape[0]
+    Ps, Pt = sampled.student_prompt_len, sampled.teacher_prompt_len
+    n_tokens = sampled.student_attn[:, :Ps].sum(-1) + sampled.mask.sum(-1)  # [N] prompt + response tokens
     gathered = dist.all_gather_cat(n_tokens.long()).tolist()  # [N_all] rank order: rank r's row j at r N + j
     # sampling order: the step's prompts were dealt out round-robin (prompt p to rank p % world), G rows each
     to_sampling = [((q % N) // G * world + q // N) * G + (q % N) % G for q in range(len(gathered))]
@@ -559,20 +619,38 @@ def balance(run: Run, batch: Batch) -> None:
         r_ids, r_attn = take(seq[:, prompt_len:], pad_id), take(attn[:, prompt_len:], 0)
         return torch.cat([p_ids, r_ids], 1), torch.cat([p_attn, r_attn], 1), p_ids.shape[1]
 
-    batch.student_seq, batch.student_attn, batch.student_prompt_len = take_seq(batch.student_seq, batch.student_attn, Ps)
-    batch.teacher_seq, batch.teacher_attn, batch.teacher_prompt_len = take_seq(batch.teacher_seq, batch.teacher_attn, Pt)
-    batch.responses = take(batch.responses, pad_id)
-    batch.mask = take(batch.mask)
-    batch.truncated = take(batch.truncated)
-    batch.engine_logp = take_if(batch.engine_logp)
-    batch.scores, batch.advantages = take(batch.scores), take(batch.advantages)
-    batch.old_logp, batch.ref_logp, batch.teacher_logp = (
-        take(batch.old_logp),
-        take_if(batch.ref_logp),
-        take_if(batch.teacher_logp),
+    student_seq, student_attn, student_prompt_len = take_seq(sampled.student_seq, sampled.student_attn, Ps)
+    teacher_seq, teacher_attn, teacher_prompt_len = take_seq(sampled.teacher_seq, sampled.teacher_attn, Pt)
+    balanced = Sampled(
+        prompt_ids=sampled.prompt_ids,  # this rank's draw (the logged samples), not the rows it now holds
+        texts=sampled.texts,
+        responses=take(sampled.responses, pad_id),
+        mask=take(sampled.mask),
+        engine_logp=take_if(sampled.engine_logp),
+        truncated=take(sampled.truncated),
+        student_seq=student_seq,
+        student_attn=student_attn,
+        student_prompt_len=student_prompt_len,
+        teacher_seq=teacher_seq,
+        teacher_attn=teacher_attn,
+        teacher_prompt_len=teacher_prompt_len,
     )
-    batch.entropy, batch.token_advantages = take(batch.entropy), take_if(batch.token_advantages)
-    batch.keep = torch.arange(len(mine))
+    return (
+        balanced,
+        Scored(
+            scores=take(scored.scores),
+            advantages=take(scored.advantages),
+            all_advantages=scored.all_advantages,
+            keep=torch.arange(len(mine)),
+        ),
+        LogProbs(
+            old_logp=take_if(logp.old_logp),
+            ref_logp=take_if(logp.ref_logp),
+            teacher_logp=take_if(logp.teacher_logp),
+            entropy=take(logp.entropy),
+        ),
+        Advantages(sequence=take(adv.sequence), all=adv.all, token=take_if(adv.token)),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -580,35 +658,52 @@ def balance(run: Run, batch: Batch) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def update(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> tuple[LossStats, float, Tensor]:
+def update(
+    run: Run,
+    step: int,
+    sampled: Sampled,
+    scored: Scored,
+    plan: UpdatePlan,
+    logp: LogProbs,
+    adv: Advantages,
+    metrics: dict[str, float],
+) -> Updated:
     """ppo_epochs passes over the kept rows, one optimizer step per minibatch (``optim.minibatch_prompts``:
     whole groups, in order, as the authors; ``optim.minibatch_size``: sequences drawn at random); the lr
     schedule steps per optimizer step or once per RL step (``optim.lr_schedule_unit``); then the rollout
-    engine takes the new weights. Returns the first epoch's loss statistics, beta(k) and the last gradient norm."""
+    engine takes the new weights. On-policy the forward of the one minibatch also gives pi_old and the entropy
+    of the rows it trains on."""
     cfg, optim = run.cfg, run.cfg.optim
+    if logp.old_logp is not None:
+        old_logp, entropy, measured = logp.old_logp, logp.entropy, None
+    else:  # on-policy: written by the update's forward, row by row
+        old_logp, entropy = torch.zeros_like(logp.entropy), logp.entropy.clone()  # [N, T], [N, T]
+        measured = (old_logp, entropy)
     if isinstance(run.rollout, VLLMRollout):
         run.rollout.sleep()  # GPU: free the engine's KV cache while training
     started = time.perf_counter()
     beta_k = beta_at(step, cfg.run.total_steps, cfg.algo.beta, cfg.algo.beta_warmup_steps, cfg.algo.beta_decay_steps)
     loss_stats = LossStats()
     grad_norm = torch.zeros(())
-    metrics["train/skipped_update"] = float(batch.n_kept_all == 0)  # every group uninformative (filter_groups)
+    metrics["train/skipped_update"] = float(plan.n_kept_all == 0)  # every group uninformative (filter_groups)
     metrics["train/lr"] = float(run.scheduler.get_last_lr()[0])  # the lr of this step's (first) update
     per_update = optim.lr_schedule_unit == "optimizer_step"
     n_nonfinite = 0
     run.policy.train()
-    for epoch in range(optim.ppo_epochs if batch.n_kept_all else 0):
+    keep = scored.keep  # [K]
+    for epoch in range(optim.ppo_epochs if plan.n_kept_all else 0):
         if optim.minibatch_order == "balanced":  # consecutive slices of this rank's short -> long -> short share
-            parts = list(torch.tensor_split(batch.keep, batch.n_minibatches))
+            parts = list(torch.tensor_split(keep, plan.n_minibatches))
         elif optim.minibatch_prompts:  # consecutive whole groups; the same number of minibatches on every rank
-            groups = batch.keep.view(-1, cfg.rollout.group_size)  # [K/G, G]
-            parts = [part.reshape(-1) for part in torch.tensor_split(groups, batch.n_minibatches)]
+            groups = keep.view(-1, cfg.rollout.group_size)  # [K/G, G]
+            parts = [part.reshape(-1) for part in torch.tensor_split(groups, plan.n_minibatches)]
         else:
-            shuffle = batch.n_minibatches > 1 or optim.ppo_epochs > 1
-            order = batch.keep[torch.randperm(len(batch.keep))] if shuffle else batch.keep
-            parts = list(torch.tensor_split(order, batch.n_minibatches))  # the same number of minibatches on every rank
+            shuffle = plan.n_minibatches > 1 or optim.ppo_epochs > 1
+            order = keep[torch.randperm(len(keep))] if shuffle else keep
+            parts = list(torch.tensor_split(order, plan.n_minibatches))  # the same number of minibatches on every rank
         for rows in parts:
-            grad_norm, applied = optimizer_step(run, batch, rows.to(run.device), beta_k, loss_stats if epoch == 0 else None)
+            step_stats = loss_stats if epoch == 0 else None
+            grad_norm, applied = optimizer_step(run, sampled, logp, adv, measured, rows.to(run.device), beta_k, step_stats)
             if per_update:
                 run.scheduler.step()
             n_nonfinite += not applied
@@ -624,28 +719,38 @@ def update(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> tupl
     metrics["timing/update"] = time.perf_counter() - started
     if run.separate_engine:
         metrics["timing/weight_sync"] = sync_rollout_weights(run)
-    return loss_stats, beta_k, grad_norm
+    return Updated(loss_stats=loss_stats, beta=beta_k, grad_norm=grad_norm, old_logp=old_logp, entropy=entropy)
 
 
-def optimizer_step(run: Run, batch: Batch, rows: Tensor, beta_k: float, loss_stats: LossStats | None) -> tuple[Tensor, bool]:
+def optimizer_step(
+    run: Run,
+    sampled: Sampled,
+    logp: LogProbs,
+    adv: Advantages,
+    measured: tuple[Tensor, Tensor] | None,
+    rows: Tensor,
+    beta_k: float,
+    loss_stats: LossStats | None,
+) -> tuple[Tensor, bool]:
     """One AdamW step on the minibatch ``rows`` [M], accumulated over micro-batches; returns the gradient norm
-    and whether the step was applied: a non-finite loss (on any rank) or gradient norm skips it.
+    and whether the step was applied: a non-finite loss (on any rank) or gradient norm skips it. ``measured``
+    (on-policy): the [N, T] pi_old and entropy the forwards write.
 
     Aggregation weights (``optim.loss_aggregation``) are normalised over the whole minibatch on all ranks, so
     neither micro-batching nor the number of ranks changes the update; or, as the authors, per micro-batch."""
     algo, optim, device = run.cfg.algo, run.cfg.optim, run.device
-    mask = batch.mask[rows]  # [M, T]
+    mask = sampled.mask[rows]  # [M, T]
     if optim.micro_batch_packing == "balanced" and optim.micro_batch_tokens:  # verl's dynamic batch size
-        n_tokens = (batch.student_attn[rows, : batch.student_prompt_len].sum(-1) + mask.sum(-1)).long().tolist()  # [M]
+        n_tokens = (sampled.student_attn[rows, : sampled.student_prompt_len].sum(-1) + mask.sum(-1)).long().tolist()  # [M]
         count = micro_batch_count(n_tokens, optim.micro_batch_tokens)
         count = int(dist.all_max(torch.tensor(float(count), device=device)).item())  # the same on every rank
         positions = [torch.tensor(g) for g in token_budget_micro_batches(n_tokens, count)]
     else:
-        positions = micro_batches(mask.sum(-1), optim.micro_batch_size, optim.micro_batch_tokens, batch.student_prompt_len)
+        positions = micro_batches(mask.sum(-1), optim.micro_batch_size, optim.micro_batch_tokens, sampled.student_prompt_len)
     weights, opd_weights, entropy_weights = token_weights(
         mask,
-        batch.advantages[rows],
-        batch.responses[rows],
+        adv.sequence[rows],
+        sampled.responses[rows],
         run.tokenizer.eos_token_id,
         algo,
         dist.all_sum,
@@ -658,8 +763,9 @@ def optimizer_step(run: Run, batch: Batch, rows: Tensor, beta_k: float, loss_sta
         n_most = int(dist.all_max(torch.tensor(float(len(groups)), device=device)).item())
         groups += [None] * (n_most - len(groups))
     finite_loss = True
+    all_weights = (weights, opd_weights, entropy_weights)
     for group in groups:
-        finite_loss &= micro_batch_backward(run, batch, rows, group, (weights, opd_weights, entropy_weights), beta_k, loss_stats)
+        finite_loss &= micro_batch_backward(run, sampled, logp, adv, measured, rows, group, all_weights, beta_k, loss_stats)
     if not run.use_fsdp:  # FSDP has reduce-scattered the gradients already
         dist.all_reduce_grads(list(run.policy.parameters()))
     grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), optim.grad_clip if optim.grad_clip > 0 else float("inf"))
@@ -738,7 +844,10 @@ def token_weights(
 
 def micro_batch_backward(
     run: Run,
-    batch: Batch,
+    sampled: Sampled,
+    logp: LogProbs,
+    adv: Advantages,
+    measured: tuple[Tensor, Tensor] | None,
     rows: Tensor,
     positions: Tensor | None,
     all_weights: tuple[Tensor, Tensor, Tensor],
@@ -747,25 +856,30 @@ def micro_batch_backward(
 ) -> bool:
     """Forward and backward of the micro-batch at ``positions`` of the minibatch ``rows``; returns whether its
     loss was finite. ``positions`` None: a zero-weight forward/backward that only keeps FSDP's collectives in
-    step across ranks. ``all_weights``: the minibatch's L_out, L_OPD+ and entropy weights [M, T]."""
+    step across ranks. ``all_weights``: the minibatch's L_out, L_OPD+ and entropy weights [M, T]. ``measured``
+    (on-policy): pi_old and the entropy [N, T], which this forward's pi_theta gives."""
     cfg, algo, optim = run.cfg, run.cfg.algo, run.cfg.optim
     weights, opd_weights, entropy_weights = all_weights
     padding = positions is None
     if positions is None:
         positions = torch.tensor([0])
     seqs = rows[positions] if len(rows) else torch.tensor([0], device=run.device)  # [b]
-    n_resp = max(1, int(batch.mask[seqs].sum(-1).max()))  # the longest response here; beyond it, padding
-    tokens, mask = batch.responses[seqs, :n_resp], batch.mask[seqs, :n_resp]  # [b, tb]
-    Ps, Pt = batch.student_prompt_len, batch.teacher_prompt_len
+    n_resp = max(1, int(sampled.mask[seqs].sum(-1).max()))  # the longest response here; beyond it, padding
+    tokens, mask = sampled.responses[seqs, :n_resp], sampled.mask[seqs, :n_resp]  # [b, tb]
+    Ps, Pt = sampled.student_prompt_len, sampled.teacher_prompt_len
     with run.compute():  # the network in the compute dtype over the fp32 parameters
         hidden = response_hidden(
-            run.policy, batch.student_seq[seqs, : Ps + n_resp], batch.student_attn[seqs, : Ps + n_resp], Ps, n_resp
+            run.policy, sampled.student_seq[seqs, : Ps + n_resp], sampled.student_attn[seqs, : Ps + n_resp], Ps, n_resp
         )  # [b, tb, H]
         teacher_hidden = None
         if algo.needs_distillation and (run.use_fsdp or bool(opd_weights[positions].any())):
             with torch.no_grad():  # the teacher: the current policy on the privileged prompt (c, x)
                 teacher_hidden = response_hidden(
-                    run.policy, batch.teacher_seq[seqs, : Pt + n_resp], batch.teacher_attn[seqs, : Pt + n_resp], Pt, n_resp
+                    run.policy,
+                    sampled.teacher_seq[seqs, : Pt + n_resp],
+                    sampled.teacher_attn[seqs, : Pt + n_resp],
+                    Pt,
+                    n_resp,
                 )  # [b, tb, H]
     head_weight, head_bias = head_of(run.policy)  # after the forward: under FSDP the gathered head
     # the loss runs its own GEMMs outside autocast: hidden states and head in the compute dtype
@@ -800,23 +914,24 @@ def micro_batch_backward(
         head_weight,
         head_bias,
         tokens,
-        batch.advantages[seqs],
+        adv.sequence[seqs],
         mask,
         settings,
         teacher_hidden=teacher_hidden,
-        old_logp=None if batch.on_policy else batch.old_logp[seqs, :n_resp],
-        ref_logp=batch.ref_logp[seqs, :n_resp] if batch.ref_logp is not None else None,
-        rollout_logp=batch.engine_logp[seqs, :n_resp] if batch.engine_logp is not None else None,
-        token_advantages=batch.token_advantages[seqs, :n_resp] if batch.token_advantages is not None else None,
+        old_logp=logp.old_logp[seqs, :n_resp] if logp.old_logp is not None else None,
+        ref_logp=logp.ref_logp[seqs, :n_resp] if logp.ref_logp is not None else None,
+        rollout_logp=sampled.engine_logp[seqs, :n_resp] if sampled.engine_logp is not None else None,
+        token_advantages=adv.token[seqs, :n_resp] if adv.token is not None else None,
         token_weights=weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
         opd_token_weights=opd_weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
         entropy_token_weights=entropy_weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
         impl=optim.loss_impl,
         chunk_size=optim.loss_chunk_size,
     )
-    if batch.on_policy and not padding:  # pi_old is this forward's pi_theta
-        batch.entropy[seqs, :n_resp] = per_token.entropy
-        batch.old_logp[seqs, :n_resp] = per_token.logp
+    if measured is not None and not padding:  # pi_old is this forward's pi_theta
+        old_logp, entropy = measured  # [N, T], [N, T]
+        entropy[seqs, :n_resp] = per_token.entropy
+        old_logp[seqs, :n_resp] = per_token.logp
     if padding:
         loss = loss * 0.0
     elif run.use_fsdp:
@@ -856,24 +971,24 @@ def micro_batches(lengths: Tensor, size: int, token_budget: int | None, prompt_l
 
 
 def reduce_metrics(
-    run: Run, batch: Batch, loss_stats: LossStats, beta_k: float, grad_norm: Tensor, metrics: dict[str, float]
+    run: Run, sampled: Sampled, plan: UpdatePlan, adv: Advantages, updated: Updated, metrics: dict[str, float]
 ) -> None:
     """train/* metrics of the step, over all ranks."""
-    mask = batch.mask
-    if batch.engine_logp is not None:  # trainer vs rollout engine on the sampled tokens (before this update)
-        gap = batch.old_logp - batch.engine_logp  # [N, T]
+    mask = sampled.mask
+    if sampled.engine_logp is not None:  # trainer vs rollout engine on the sampled tokens (before this update)
+        gap = updated.old_logp - sampled.engine_logp  # [N, T]
         sums = dist.all_sum(
             torch.stack([(gap * mask).sum(), (gap.abs() * mask).sum(), (torch.exp(gap.clamp(-20, 20)) * mask).sum(), mask.sum()])
         )
         metrics["train/rollout_logprob_diff"] = float(sums[1] / sums[3].clamp(min=1))
         metrics["train/rollout_is_ratio"] = float(sums[2] / sums[3].clamp(min=1))
-    loss_stats.all_reduce(run.device)
-    metrics.update(loss_stats.metrics(batch.n_minibatches))
-    metrics["train/beta"] = beta_k
-    metrics["train/gate_fraction"] = float((batch.all_advantages > 0).float().mean()) if run.cfg.algo.gate else 1.0
-    entropy = dist.all_sum(torch.stack([(batch.entropy * mask).sum(), mask.sum()]))
+    updated.loss_stats.all_reduce(run.device)
+    metrics.update(updated.loss_stats.metrics(plan.n_minibatches))
+    metrics["train/beta"] = updated.beta
+    metrics["train/gate_fraction"] = float((adv.all > 0).float().mean()) if run.cfg.algo.gate else 1.0
+    entropy = dist.all_sum(torch.stack([(updated.entropy * mask).sum(), mask.sum()]))
     metrics["train/entropy"] = float(entropy[0] / entropy[1].clamp(min=1.0))
-    metrics["train/grad_norm"] = float(grad_norm)
+    metrics["train/grad_norm"] = float(updated.grad_norm)
 
 
 # --------------------------------------------------------------------------------------------
