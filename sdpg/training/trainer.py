@@ -15,8 +15,8 @@
         reduce_metrics              loss statistics summed over micro-batches and ranks -> train/*
         evaluate, log, checkpoint
 
-Each phase returns a complete, immutable value that the later phases take as arguments; only ``Run`` (weights,
-optimizer, sampler, sinks) changes from step to step.
+Each phase returns a complete value (a frozen dataclass, every field set when it is built) that the later phases
+take as arguments; only ``Run`` (weights, optimizer, sampler, sinks) changes from step to step.
 
 Every method (GRPO, DAPO, Dr.GRPO, SDPG, RLSD, OPSD, OPCD) is a configuration of this loop; the terms of
 the loss are pure functions in ``sdpg.objective``. Metrics leave through ``MetricSink`` objects (JSONL and
