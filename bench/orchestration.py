@@ -58,7 +58,7 @@ class Steps:
 
 
 def bench_dry_run() -> float:
-    from sdpg.orchestration.ablate import main
+    from sdpg.commands.ablate import main
 
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "bench100.yaml"

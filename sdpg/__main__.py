@@ -3,14 +3,14 @@
 
 import sys
 
-from sdpg import cli
+from sdpg import commands
 
 COMMANDS = {
-    "train": cli.train_main,
-    "ablate": cli.ablate_main,
-    "sweep": cli.sweep_main,
-    "report": cli.report_main,
-    "eval": cli.eval_main,
+    "train": commands.train_main,
+    "ablate": commands.ablate_main,
+    "sweep": commands.sweep_main,
+    "report": commands.report_main,
+    "eval": commands.eval_main,
 }
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sdpg.orchestration.ablate import load_plan, main
+from sdpg.commands.ablate import main
+from sdpg.orchestration.ablate import load_plan
 from sdpg.training.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +116,7 @@ def test_group_tags_let_reports_group_runs(tmp_path, monkeypatch):
     import mlflow
 
     monkeypatch.chdir(tmp_path)
-    from sdpg.orchestration.ablate import _child_runs, _experiment
+    from sdpg.orchestration.ablate.submission import _child_runs, _experiment
 
     plan = load_plan(write(tmp_path, GROUPS.replace("seeds: [0, 1]", "seeds: [0]").replace("  algo.alpha: [0.001, 0.01]\n", "")))
     exp = _experiment(plan).open()

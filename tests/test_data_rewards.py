@@ -213,7 +213,7 @@ def test_method_switch_starts_algo_afresh_but_toggles_stay():
 
 
 def test_cli_bad_config_exits_nonzero(tmp_path, capsys):
-    from sdpg.cli import train_main
+    from sdpg.commands import train_main
 
     p = tmp_path / "c.yaml"
     p.write_text("algo:\n  bta: 1\n")

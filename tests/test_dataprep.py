@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import BENCH
 
-from sdpg.cli import data_main
+from sdpg.commands import data_main
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
 
@@ -333,7 +333,7 @@ def test_contexts_verified_resumable_and_trainable(tmp_path):
 
     for data in (whole, whole.with_suffix(".parquet")):
         out = tmp_path / f"run-{data.suffix[1:]}"
-        cmd = [sys.executable, "-c", "import sys; from sdpg.cli import train_main; sys.exit(train_main(sys.argv[1:]))",
+        cmd = [sys.executable, "-c", "import sys; from sdpg.commands import train_main; sys.exit(train_main(sys.argv[1:]))",
                *TINY, f"data.train={data}", "run.total_steps=2", "eval.every=0", f"run.output_dir={out}",
                "data.overlong_prompts=cut_left"]  # fmt: skip  # Fig. 4 prompts exceed the tiny model's 64 tokens
         r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
@@ -358,7 +358,7 @@ def test_contexts_with_vllm_on_cpu(tmp_path):
 
 def test_console_script_in_a_real_process(tmp_path):
     """The entry as a user runs it: --help lists the subcommands; bad input is one line, exit 2, nothing written."""
-    cmd = [sys.executable, "-c", "import sys; from sdpg.cli import data_main; sys.exit(data_main())"]
+    cmd = [sys.executable, "-c", "import sys; from sdpg.commands import data_main; sys.exit(data_main())"]
     h = subprocess.run([*cmd, "--help"], env=ENV, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert h.returncode == 0 and all(c in h.stdout for c in ("prepare", "contexts", "check"))
     (tmp_path / "x.parquet").write_bytes(b"\x00\x01binary" * 100)

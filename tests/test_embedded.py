@@ -150,7 +150,8 @@ def test_a_wheel_of_the_package_carries_the_shipped_model(tmp_path):
 
 def test_sdpg_ablate_says_a_run_waits_for_a_build_only_when_one_is_needed(tmp_path, monkeypatch):
     """The default recipe is copied, never built: its runs are not shown as waiting for a build."""
-    from sdpg.orchestration.ablate import _base_model_pending, load_plan
+    from sdpg.orchestration.ablate import load_plan
+    from sdpg.orchestration.ablate.submission import _base_model_pending
 
     monkeypatch.setenv("SDPG_CACHE", str(tmp_path / "empty-cache"))
     spec = tmp_path / "spec.yaml"

@@ -9,7 +9,7 @@ import os
 import pytest
 from conftest import TINY
 
-from sdpg.cli import eval_main
+from sdpg.commands import eval_main
 from sdpg.orchestration import tracking
 from sdpg.training.config import load_config
 from sdpg.training.trainer import train
@@ -151,7 +151,7 @@ def test_report_shows_eval_runs_as_rows_with_include_evals(tmp_path, capsys, tin
     import yaml
     from conftest import tiny_overrides_dict
 
-    from sdpg.cli import report_main
+    from sdpg.commands import report_main
     from sdpg.orchestration.ablate import load_plan, submit
 
     overrides = {

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY
 from safetensors.torch import load_file
 
-from sdpg.cli import train_main
+from sdpg.commands import train_main
 from sdpg.training.checkpoint import checkpoints, load_checkpoint
 from sdpg.training.config import load_config
 from sdpg.training.export import META_FILE

@@ -207,7 +207,7 @@ def test_student_prompts_are_never_cut_by_default(qwen3_like_tokenizer):
 
 
 def test_over_long_student_prompt_stops_training_in_one_sentence(tmp_path, capsys):
-    from sdpg.cli import train_main
+    from sdpg.commands import train_main
 
     out = tmp_path / "run"
     args = [f"run.output_dir={out}", "data.max_prompt_tokens=4", "run.total_steps=1", "run.threads=1", "eval.every=0"]
@@ -574,7 +574,7 @@ def test_grpo_k3_keeps_the_deepseekmath_form():
 def test_missing_vllm_is_refused_by_the_world_check_not_the_schema(monkeypatch, tmp_path, capsys):
     """A laptop without vLLM plans (dry run, printed config, a warning naming what the jobs need); training or
     submitting there is refused in one line, exit 2, before anything exists."""
-    from sdpg.cli import ablate_main, train_main
+    from sdpg.commands import ablate_main, train_main
     from sdpg.training.preflight import check_world
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # as on a machine without the package

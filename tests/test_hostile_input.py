@@ -67,7 +67,7 @@ ENTRY = {"sdpg-train": "train_main", "sdpg-ablate": "ablate_main", "sdpg-sweep":
 
 def _script(tool: str) -> list[str]:
     entry = ENTRY[tool]
-    return [sys.executable, "-c", f"import sys; from sdpg.cli import {entry}; sys.exit({entry}())"]
+    return [sys.executable, "-c", f"import sys; from sdpg.commands import {entry}; sys.exit({entry}())"]
 
 
 def run_cli(tool: str, args: list[str], cwd: Path, env: dict | None = None, timeout: float = 300):
@@ -124,7 +124,7 @@ def run_in_process(capfd, tool: str, args: list[str], cwd: Path, env: dict | Non
     prints its traceback to stderr with exit code 1, as the interpreter would. Afterwards the working
     directory, environment, argv, argparse (the entry points patch its error method), signal handlers, root
     logger, torch's thread count and MLflow's store cache are as they were."""
-    from sdpg import cli
+    from sdpg import commands as cli
 
     args = [str(a) for a in args]
     saved_env = dict(os.environ)

@@ -1,7 +1,7 @@
 """The package's structure, read from its own import statements (those inside functions included; type-only
 imports under ``typing.TYPE_CHECKING`` and script entry points (``__main__`` modules, ``if __name__ ==
 "__main__"`` blocks) left out of the layers): imports point down the layers objective -> training ->
-orchestration -> reporting -> cli, and no module imports itself through others."""
+orchestration -> reporting -> commands, and no module imports itself through others."""
 
 from __future__ import annotations
 
@@ -11,15 +11,13 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "sdpg"
-LAYERS = ["objective", "training", "orchestration", "reporting", "cli"]  # lowest first; other root modules
+LAYERS = ["objective", "training", "orchestration", "reporting", "commands"]  # lowest first; other root modules
 # (sdpg.paths, sdpg._media: where files live, what is installed) lie below them all
 
 # Functions over 120 lines, each to be split when its file is next restructured. Nothing may join the list,
 # and a listed one may not grow.
 LONG_FUNCTIONS = {
     "reporting/build.py:build_report": 268,
-    "orchestration/rehearse.py:rehearse": 169,
-    "orchestration/ablate.py:main": 126,
 }
 
 

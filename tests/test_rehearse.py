@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import BENCH
 
-from sdpg.cli import ablate_main
+from sdpg.commands import ablate_main
 from sdpg.orchestration import standins
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,7 +188,7 @@ def test_hub_id_without_a_hub_says_so_in_one_line(workdir, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_sweep_rehearses_its_first_trials_and_objective(workdir, stand_in, capsys):
-    from sdpg.cli import sweep_main
+    from sdpg.commands import sweep_main
 
     rc = sweep_main(
         [

@@ -81,7 +81,7 @@ def test_report_on_real_runs(experiment, tmp_path):
 @pytest.mark.slow
 def test_sdpg_report_command_writes_index_figures_tables(experiment, tmp_path):
     spec, _ = experiment
-    from sdpg.cli import report_main
+    from sdpg.commands import report_main
 
     assert report_main([str(spec), "--out", str(tmp_path / "out"), "--order", *VARIANTS]) == 0
     out = tmp_path / "out"
@@ -220,7 +220,7 @@ def test_index_html_is_a_real_page_in_headless_chromium(experiment, tmp_path):
     browser = _chromium()
     from matplotlib.image import imread
 
-    from sdpg.cli import report_main
+    from sdpg.commands import report_main
 
     spec, _ = experiment
     out = tmp_path / "out"
@@ -270,7 +270,7 @@ def test_index_html_is_a_real_page_in_headless_chromium(experiment, tmp_path):
 
 @pytest.mark.slow
 def test_one_seed_has_no_intervals_and_says_why_two_seeds_have_both(experiment, tmp_path):
-    from sdpg.cli import report_main
+    from sdpg.commands import report_main
 
     spec, _ = experiment
     assert report_main([str(spec), "--out", str(tmp_path / "one"), "--order", *VARIANTS, "--tag", "seed=0"]) == 0
@@ -360,7 +360,7 @@ def test_curves_have_no_empty_panel_and_zero_series_are_named(experiment, tmp_pa
 
 @pytest.mark.slow
 def test_steps_to_threshold_only_with_a_threshold(experiment, tmp_path):
-    from sdpg.cli import report_main
+    from sdpg.commands import report_main
 
     spec, _ = experiment
     assert report_main([str(spec), "--out", str(tmp_path / "a")]) == 0
@@ -401,7 +401,12 @@ def test_report_on_missing_experiment_creates_nothing(experiment, tmp_path):
     before, store_before = _tree(d), _tree(store.parent)
     for args in cases:
         r = subprocess.run(
-            [sys.executable, "-c", "import sys; from sdpg.cli import report_main; sys.exit(report_main(sys.argv[1:]))", *args],
+            [
+                sys.executable,
+                "-c",
+                "import sys; from sdpg.commands import report_main; sys.exit(report_main(sys.argv[1:]))",
+                *args,
+            ],
             cwd=d,
             capture_output=True,
             text=True,

@@ -33,7 +33,8 @@ FIRST = 0.05  # every run's evaluation at step 0; Best = max(FIRST, Last) = Last
 def ablation(tmp_path_factory):
     from mlflow.tracking import MlflowClient
 
-    from sdpg.orchestration.ablate import _child_runs, _experiment, load_plan
+    from sdpg.orchestration.ablate import load_plan
+    from sdpg.orchestration.ablate.submission import _child_runs, _experiment
 
     d = tmp_path_factory.mktemp("groups")
     spec = {
@@ -79,7 +80,7 @@ def _table(index: str, title: str) -> dict[str, list[str]]:
 
 @pytest.mark.slow  # two full reports with their figures: ~20 s of CPU
 def test_each_group_gets_its_tables_and_each_step_is_compared_with_the_previous(ablation, tmp_path):
-    from sdpg.cli import report_main
+    from sdpg.commands import report_main
 
     spec, _ = ablation
     out = tmp_path / "rep"
@@ -157,7 +158,7 @@ def test_step_over_previous_by_hand():
 def test_grouped_report_in_headless_chromium(ablation, tmp_path):
     from matplotlib.image import imread
 
-    from sdpg.cli import report_main
+    from sdpg.commands import report_main
     from sdpg.reporting import browser
 
     if browser.find_chromium() is None:

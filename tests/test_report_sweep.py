@@ -52,7 +52,7 @@ def sweep_spec(tmp_path_factory, tiny_model_built):
 
 @pytest.mark.slow
 def test_sweep_report_names_trials_marks_pruned_and_plots_the_study(sweep_spec, tmp_path):
-    from sdpg.cli import report_main
+    from sdpg.commands import report_main
     from sdpg.reporting import browser
 
     out = tmp_path / "rep"

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from conftest import tiny_overrides_dict
 
+from sdpg.commands import ablate as ablate_command
 from sdpg.orchestration import ablate, scheduler
 from sdpg.orchestration.core import active_jobs
 
@@ -67,7 +68,7 @@ def test_status_with_a_scheduler_that_cannot_be_asked_fails_in_one_line(tmp_path
     spec, _ = plan_with_slurm_jobs
     plant(tmp_path / "bin", "squeue", stderr=DOWN, code=1)
     _path_with(monkeypatch, tmp_path / "bin")
-    assert ablate.main(["status", str(spec)]) == 1
+    assert ablate_command.main(["status", str(spec)]) == 1
     out, err = capsys.readouterr()
     assert out == ""  # no table of states made up from an empty answer
     lines = err.strip().splitlines()
@@ -80,7 +81,7 @@ def test_status_without_squeue_fails_in_one_line(tmp_path, monkeypatch, capsys, 
     spec, _ = plan_with_slurm_jobs
     (tmp_path / "empty").mkdir()
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    assert ablate.main(["status", str(spec)]) == 1
+    assert ablate_command.main(["status", str(spec)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0, err
     assert err.startswith("error: cannot ask SLURM (squeue) about jobs 4242_0, 4242_1: no squeue command"), err
@@ -90,7 +91,7 @@ def test_status_shows_the_states_the_scheduler_gives(tmp_path, monkeypatch, caps
     spec, _ = plan_with_slurm_jobs
     plant(tmp_path / "bin", "squeue", stdout="4242_0 RUNNING\n4242_1 PENDING\n")
     _path_with(monkeypatch, tmp_path / "bin")
-    assert ablate.main(["status", str(spec)]) == 0
+    assert ablate_command.main(["status", str(spec)]) == 0
     out = capsys.readouterr().out
     assert "running (4242_0)" in out and "pending (4242_1)" in out
     args = (tmp_path / "bin" / "squeue.args").read_text().split()
@@ -101,7 +102,7 @@ def test_jobs_the_scheduler_no_longer_knows_are_an_answer(tmp_path, monkeypatch,
     spec, _ = plan_with_slurm_jobs
     plant(tmp_path / "bin", "squeue", stderr="slurm_load_jobs error: Invalid job id specified", code=1)
     _path_with(monkeypatch, tmp_path / "bin")
-    assert ablate.main(["status", str(spec)]) == 0
+    assert ablate_command.main(["status", str(spec)]) == 0
     out = capsys.readouterr().out
     assert out.count(" new ") == 2 and "running" not in out  # nothing ran: no run claimed running
     assert scheduler.slurm_active(["4242_0"]) == set()
@@ -111,7 +112,7 @@ def test_cancel_refused_by_the_scheduler_marks_nothing(tmp_path, monkeypatch, ca
     spec, plan = plan_with_slurm_jobs
     plant(tmp_path / "bin", "scancel", stderr="scancel: error: Unable to contact slurm controller", code=1)
     _path_with(monkeypatch, tmp_path / "bin")
-    assert ablate.main(["cancel", str(spec)]) == 1
+    assert ablate_command.main(["cancel", str(spec)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error: cannot cancel SLURM jobs 4242_0, 4242_1 (scancel)")
     assert not (plan.output_dir / "mlflow.db").exists()  # no MLflow run was marked KILLED
@@ -152,7 +153,7 @@ def test_status_and_cancel_on_the_dev_cluster(dev_cluster, tmp_path, monkeypatch
     deadline = time.time() + 60
     while len(scheduler.slurm_states([f"{job}_0", f"{job}_1"])) < 2 and time.time() < deadline:
         time.sleep(0.5)
-    assert ablate.main(["status", str(spec)]) == 0
+    assert ablate_command.main(["status", str(spec)]) == 0
     out = capsys.readouterr().out
     assert re.search(rf"(running|pending) \({job}_0\)", out) and re.search(rf"(running|pending) \({job}_1\)", out), out
     assert set(active_jobs(jobs, list(jobs)).values()) == {f"{job}_0", f"{job}_1"}
@@ -162,12 +163,12 @@ def test_status_and_cancel_on_the_dev_cluster(dev_cluster, tmp_path, monkeypatch
     broken = tmp_path / "slurm.conf"
     broken.write_text(re.sub(r"(?m)^SlurmctldPort=.*$", "", conf) + "\nSlurmctldPort=1\n")
     monkeypatch.setenv("SLURM_CONF", str(broken))
-    assert ablate.main(["status", str(spec)]) == 1
+    assert ablate_command.main(["status", str(spec)]) == 1
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and err.startswith("error: cannot ask SLURM (squeue) about jobs"), err
 
     monkeypatch.setenv("SLURM_CONF", dev_cluster["SLURM_CONF"])
-    assert ablate.main(["cancel", str(spec)]) == 0
+    assert ablate_command.main(["cancel", str(spec)]) == 0
     deadline = time.time() + 60
     while scheduler.slurm_active([f"{job}_0", f"{job}_1"]) and time.time() < deadline:
         time.sleep(0.5)

@@ -165,7 +165,7 @@ def test_export_of_a_sharded_run_reads_its_shards(uninterrupted, tmp_path, capsy
     import torch
     from safetensors.torch import load_file
 
-    from sdpg.cli import train_main
+    from sdpg.commands import train_main
 
     full, _ = uninterrupted
     assert train_main(["export", str(full), "--out", str(tmp_path / "x")]) == 0

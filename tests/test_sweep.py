@@ -16,7 +16,8 @@ import pytest
 import yaml
 from conftest import tiny_overrides_dict
 
-from sdpg.orchestration.sweep import Sweep, export, finished_count, launch, load_study, main, status
+from sdpg.commands.sweep import main
+from sdpg.orchestration.sweep import Sweep, export, finished_count, launch, load_study, status
 from sdpg.training.config import ConfigError
 
 GOOD = {

@@ -323,7 +323,7 @@ def test_sweep_status_and_export_do_not_write_the_journal(tmp_path, capfd):
 
 
 def test_sweep_ask_lock_refuses_a_link(tmp_path):
-    from sdpg.orchestration.sweep import _ask_lock
+    from sdpg.orchestration.sweep.study import _ask_lock
 
     victim = _victim(tmp_path)
     link = _plant(tmp_path / "o" / ".ask.lock", victim)

@@ -23,7 +23,6 @@ written: a bad one is one line and exit code 2.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
@@ -298,44 +297,33 @@ def evaluate_target(target: Target, benchmarks: dict[str, str], backend: str, on
             on_benchmark(name, metrics)
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="sdpg-eval",
-        description="Evaluate a model (the built-in one, a folder, a hub id, a run folder or an exported run) on "
-        "benchmarks with the trainer's evaluation, logged as an MLflow run of its own.",
-    )
-    p.add_argument("model", help="embedded | MODEL_FOLDER | HUB_ID | RUN_FOLDER | EXPORTED_FOLDER")
-    p.add_argument("args", nargs="*", help="CONFIG.yaml first (optional; not with a run folder), then key.path=value overrides")
-    p.add_argument("--step", type=int, default=None, help="a run folder's checkpoint (default: newest); else the step logged (0)")
-    p.add_argument("--benchmarks", nargs="+", metavar="[NAME=]SOURCE", help="data sources (default: the config's data.eval)")
-    p.add_argument("--into", help="URI#EXPERIMENT or a folder with mlflow.db (an ablation's output); default: evals/")
-    p.add_argument("--experiment", help="the experiment in --into (default: its only one, or sdpg-eval)")
-    p.add_argument("--name", help="the row name (MLflow tag variant; default from the model)")
-    p.add_argument(
-        "--backend",
-        choices=["config", "hf", "vllm", "auto"],
-        default="config",
-        help="sampling engine: the config's rollout.backend (default), hf, vllm, or auto (vllm where installed)",
-    )
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
+def evaluate_model(
+    model: str,
+    args: list[str],
+    step: int | None = None,
+    sources: list[str] | None = None,
+    into: str | None = None,
+    experiment: str | None = None,
+    name: str | None = None,
+    backend: str = "config",
+) -> int:
+    """``sdpg-eval``'s work: ``model`` (see the module's docstring) with ``args`` (CONFIG.yaml first, optional,
+    then key.path=value overrides) on ``sources`` ([NAME=]SOURCE; default the config's ``data.eval``), logged
+    into ``into`` / ``experiment`` as row ``name``; prints the logged metrics as one JSON line."""
     import importlib.util
 
-    a = parse(argv)
-    if a.step is not None and a.step < 0:
-        raise ConfigError(f"--step {a.step} must be >= 0")
-    config = a.args[0] if a.args and "=" not in a.args[0] else None
-    overrides = [x for x in a.args if x is not config]
-    target = resolve_target(a.model, config, overrides, a.step)
-    benchmarks = benchmarks_of(target.cfg, a.benchmarks)
-    backend = target.cfg.rollout.backend if a.backend == "config" else a.backend
+    if step is not None and step < 0:
+        raise ConfigError(f"--step {step} must be >= 0")
+    config = args[0] if args and "=" not in args[0] else None
+    overrides = [x for x in args if x is not config]
+    target = resolve_target(model, config, overrides, step)
+    benchmarks = benchmarks_of(target.cfg, sources)
+    backend = target.cfg.rollout.backend if backend == "config" else backend
     if backend == "auto":
         backend = "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
-    uri, experiment, folder = destination(a.into, a.experiment)
+    uri, experiment, folder = destination(into, experiment)
     h = eval_hash(target)
-    label = a.name or target.label
+    label = name or target.label
 
     # everything checked: from here on the evaluation writes
     if folder is not None:
@@ -361,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             "variant": label,
             "method": "eval",
             "seed": str(target.cfg.run.seed),
-            "sdpg.eval.model": tracking.redact(a.model),
+            "sdpg.eval.model": tracking.redact(model),
             "sdpg.eval.step": str(target.step),
             "sdpg.eval.target": target.kind,
             "sdpg.git_commit": tracking.git_commit(),

@@ -93,52 +93,6 @@ class SlurmProfile(Strict):
         return lines
 
 
-def subcommand_parser(
-    prog: str,
-    subcommands: dict[str, str] | tuple[str, ...],
-    description: str,
-    argv: list[str] | None,
-    run_help: str = "submit the spec's runs",
-):
-    """(subcommand, remaining argv, parser with SPEC and --profile) for ``prog [SUB] SPEC ...``;
-    the subcommand is ``run`` when the first word is none of ``subcommands`` (name -> one line of
-    help, listed in ``--help``)."""
-    import argparse
-    import sys
-
-    helps = subcommands if isinstance(subcommands, dict) else dict.fromkeys(subcommands, "")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    sub = argv[0] if argv and argv[0] in helps else "run"
-    if sub != "run":
-        argv = argv[1:]
-    width = max(len(k) for k in ("run", *helps))
-    epilog = (
-        "commands:\n"
-        + "\n".join(f"  {prog} {k.ljust(width)} SPEC  {h}" for k, h in {"[run]": run_help, **helps}.items())
-        + f"\n\n{prog} SUBCOMMAND --help shows the options of each."
-    )
-    if sub != "run":  # a subcommand's help is its own: its line and its options
-        description, epilog = f"{prog} {sub} SPEC: {helps[sub]}.", f"{prog} --help lists the other commands."
-    p = argparse.ArgumentParser(
-        prog=f"{prog}{'' if sub == 'run' else ' ' + sub}",
-        description=description,
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("spec", help="the spec file (YAML)")
-    p.set_defaults(profile=None, profile_file=None)
-    if sub == "run":  # where the runs go: only submitting asks
-        p.add_argument(
-            "--profile", metavar="NAME", help="SLURM profile slurm/NAME.yaml (or in $SDPG_SLURM_PROFILES), replacing the spec's"
-        )
-        p.add_argument(
-            "--profile-file",
-            metavar="PATH",
-            help="a SLURM profile outside the profile folders, by path (replaces --profile and the spec's)",
-        )
-    return sub, argv, p
-
-
 def profile_dirs() -> list[Path]:
     import os
 

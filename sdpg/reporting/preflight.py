@@ -32,15 +32,6 @@ def _args(argv: list[str]) -> argparse.Namespace | None:
     return a
 
 
-def resolve(source: str) -> tuple[str, str]:
-    """(tracking URI, experiment) of a spec, an output folder or ``URI#EXPERIMENT``, without creating anything
-    (``sdpg.reporting.report.resolve``)."""
-    from sdpg.reporting.report import resolve as resolve_source
-
-    s = resolve_source(source)
-    return s.uri, s.experiment
-
-
 def check(argv: list[str]) -> None:
     """Raise ConfigError for a report that cannot be made; nothing is created either way."""
     from sdpg.orchestration.core import check_writable_folder
@@ -79,8 +70,9 @@ def check(argv: list[str]) -> None:
     check_writable_folder(out, "--out")
     # every file the report writes, before the first: a link there is one line, nothing written
     fsio.check_no_links(out, ("index.md", "index.html"), ("tables", "figures"))
-    uri, exp = resolve(a.source)
-    from sdpg.reporting.report import store_exists
+    from sdpg.reporting.report import resolve_source, store_exists
+
+    uri, exp = resolve_source(a.source)  # the report's own resolver: reads only, creates nothing
 
     if not store_exists(uri):
         raise ConfigError(f"{a.source}: nothing to report yet: no MLflow store at {redact(uri)} (run the experiment first)")

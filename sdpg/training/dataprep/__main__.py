@@ -1,3 +1,3 @@
-from sdpg.cli import data_main
+from sdpg.commands import data_main
 
 raise SystemExit(data_main())

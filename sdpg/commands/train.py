@@ -1,58 +1,15 @@
-"""Console entry points. Each one parses its arguments and hands over to its module.
-
-Every entry point answers bad input the same way: one line on stderr naming the file, the key and the value
-(secrets redacted), exit code 2, and nothing created. argparse's own errors are cut to one line too.
-"""
+"""``sdpg-train [CONFIG.yaml] [key.path=value ...]``: one training run, checked before the run folder is touched;
+``sdpg-train export RUN_DIR [--step k] --out DIR``: a checkpoint as a Hugging Face folder."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-
-def _fail(msg: str) -> int:
-    from sdpg.training.redact import redact
-
-    text = " ".join(redact(str(msg)).split())
-    if len(text) > 500:
-        text = text[:497] + "..."
-    print(f"error: {text}", file=sys.stderr)
-    return 2
+from sdpg.commands.common import fail
 
 
-def _one_line_argparse() -> None:
-    """argparse prints its usage block and the error; a user needs the error (and --help for the rest)."""
-    import argparse
-
-    def error(self, message):
-        _fail(f"{self.prog}: {message} (see {self.prog.split()[0]} --help)")
-        raise SystemExit(2)
-
-    argparse.ArgumentParser.error = error  # type: ignore[method-assign]
-
-
-def _guarded(fn, argv):
-    """Run an entry point; input errors raised anywhere below become one line and exit code 2."""
-    from sdpg.fsio import LinkRefused, WriteRefused
-    from sdpg.training.config import ConfigError
-    from sdpg.training.locks import LockBusy
-    from sdpg.training.redact import redact_console
-    from sdpg.training.safe_yaml import YamlInputError
-
-    _one_line_argparse()
-    restore = redact_console()  # every line a command prints passes the redaction
-    try:
-        return fn(argv)
-    except (ConfigError, YamlInputError, LockBusy, LinkRefused, WriteRefused) as e:
-        return _fail(str(e))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        restore()
-
-
-def _export(argv: list[str]) -> int:
+def export(argv: list[str]) -> int:
     import argparse
 
     from sdpg.training.export import export_run
@@ -70,7 +27,8 @@ def _export(argv: list[str]) -> int:
     return 0
 
 
-def _train(argv: list[str] | None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """The command without the entry point's guard (``sdpg.commands.train_main`` adds it)."""
     import argparse
     import os
     from pathlib import Path
@@ -80,7 +38,7 @@ def _train(argv: list[str] | None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     if argv and argv[0] == "export":
-        return _export(argv[1:])
+        return export(argv[1:])
 
     p = argparse.ArgumentParser(
         prog="sdpg-train",
@@ -133,7 +91,7 @@ def _train(argv: list[str] | None) -> int:
         if rank == 0:
             where = f"training stopped at step {e.step}: " if isinstance(e, WriteFailed) and e.step is not None else ""
             what = str(e) if isinstance(e, WriteFailed) else f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
-            _fail(
+            fail(
                 f"{where}{what}; {_resume_point(cfg.run.output_dir)}; free space or make it writable, then resume "
                 f"with the same command"
             )
@@ -156,46 +114,3 @@ def _resume_point(output_dir: str) -> str:
     if not found:
         return f"no checkpoint in {output_dir} yet (a resume starts the run over)"
     return f"the last complete checkpoint is {found[-1]} (step {step_of(found[-1])})"
-
-
-def train_main(argv: list[str] | None = None) -> int:
-    """sdpg-train [CONFIG.yaml] [key.path=value ...]: one training run.
-    sdpg-train export RUN_DIR [--step k] --out DIR: a checkpoint as a Hugging Face folder."""
-    return _guarded(_train, argv)
-
-
-def ablate_main(argv: list[str] | None = None) -> int:
-    from sdpg.orchestration.ablate import main
-
-    return _guarded(main, argv)
-
-
-def sweep_main(argv: list[str] | None = None) -> int:
-    from sdpg.orchestration.sweep import main
-
-    return _guarded(main, argv)
-
-
-def eval_main(argv: list[str] | None = None) -> int:
-    """sdpg-eval MODEL [CONFIG.yaml] [key.path=value ...]: a model on benchmarks, logged to MLflow."""
-    from sdpg.orchestration.evaluation import main
-
-    return _guarded(main, argv)
-
-
-def data_main(argv: list[str] | None = None) -> int:
-    """sdpg-data {prepare,contexts,check}: make training data (docs/data.md)."""
-    from sdpg.training.dataprep.main import main
-
-    return _guarded(main, argv)
-
-
-def report_main(argv: list[str] | None = None) -> int:
-    def run(args: list[str] | None) -> int:
-        from sdpg.reporting.build import main
-        from sdpg.reporting.preflight import check
-
-        check(list(sys.argv[1:] if args is None else args))  # before the report writes anything
-        return main(args)
-
-    return _guarded(run, argv)

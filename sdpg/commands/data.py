@@ -1,4 +1,4 @@
-"""The ``sdpg-data`` command line: ``prepare``, ``contexts``, ``check`` (see docs/data.md)."""
+"""``sdpg-data {prepare,contexts,check}``: its options; the work is ``sdpg.training.dataprep`` (see docs/data.md)."""
 
 from __future__ import annotations
 
@@ -107,9 +107,3 @@ def main(argv: list[str] | None = None) -> int:
         benches[name] = path
     check(CheckOptions(train=a.train, benchmarks=benches, ngram=a.ngram, drop=a.drop, report=a.report, overwrite=a.overwrite))
     return 0
-
-
-if __name__ == "__main__":
-    from sdpg.cli import data_main
-
-    raise SystemExit(data_main())
