@@ -184,13 +184,17 @@ def _balance_worker(rank: int, init: str, out: str) -> None:
         seq = torch.cat([(ids + 1) * p_attn, (ids + 1000) * mask.long()], 1)
         attn = torch.cat([p_attn, mask.long()], 1)
         per_token = ids.float() * mask
-        batch = tr.Batch(
+        sampled = tr.Sampled(
             prompt_ids=[], texts=[], responses=(ids + 1000) * mask.long(), mask=mask, engine_logp=None,
             truncated=torch.tensor(rows) % 3 == 0, student_seq=seq, student_attn=attn, student_prompt_len=P,
             teacher_seq=seq.clone(), teacher_attn=attn.clone(), teacher_prompt_len=P,
-            scores=ids.float().view(-1), advantages=ids.float().view(-1), old_logp=per_token.clone(),
-            ref_logp=None, teacher_logp=per_token.clone(), entropy=per_token.clone(), token_advantages=per_token.clone(),
         )  # fmt: skip
+        scored = tr.Scored(
+            scores=ids.float().view(-1), advantages=ids.float().view(-1), all_advantages=ids.float().view(-1),
+            keep=torch.arange(len(rows)),
+        )  # fmt: skip
+        logp = tr.LogProbs(old_logp=per_token.clone(), ref_logp=None, teacher_logp=per_token.clone(), entropy=per_token.clone())
+        adv = tr.Advantages(sequence=ids.float().view(-1), all=ids.float().view(-1), token=per_token.clone())
         run = SimpleNamespace(
             cfg=SimpleNamespace(rollout=SimpleNamespace(group_size=G)),
             world=world,
@@ -198,10 +202,11 @@ def _balance_worker(rank: int, init: str, out: str) -> None:
             device=torch.device("cpu"),
             tokenizer=SimpleNamespace(pad_token_id=0),
         )
-        tr.balance(run, batch)
+        batch, scored, logp, adv = tr.balance(run, sampled, scored, logp, adv)
+        assert logp.old_logp is not None and adv.token is not None
         got = []
-        for i in range(len(batch.advantages)):
-            s = int(batch.advantages[i])
+        for i in range(len(adv.sequence)):
+            s = int(adv.sequence[i])
             Ps = batch.student_prompt_len
             n_prompt, n_resp = int(batch.student_attn[i, :Ps].sum()), int(batch.mask[i].sum())
             ok = (
@@ -213,12 +218,13 @@ def _balance_worker(rank: int, init: str, out: str) -> None:
                 and bool((batch.responses[i, :n_resp] == s + 1000).all())
                 and bool((batch.teacher_seq[i] == batch.student_seq[i]).all())
                 and bool(batch.truncated[i]) == (s % 3 == 0)
-                and float(batch.scores[i]) == s
-                and all(bool((t[i, :n_resp] == s).all()) for t in (batch.old_logp, batch.entropy, batch.token_advantages))
+                and float(scored.scores[i]) == s
+                and float(scored.advantages[i]) == s
+                and all(bool((t[i, :n_resp] == s).all()) for t in (logp.old_logp, logp.entropy, adv.token))
             )
             got.append((s, ok))
         Path(f"{out}{rank}.json").write_text(
-            json.dumps({"rows": got, "keep": batch.keep.tolist(), "ref": batch.ref_logp is None})
+            json.dumps({"rows": got, "keep": scored.keep.tolist(), "ref": logp.ref_logp is None})
         )
     finally:
         torch.distributed.destroy_process_group()

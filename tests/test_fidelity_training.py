@@ -1,12 +1,13 @@
 """Paper fidelity of the training loop on the tiny built-in model: mixed precision with fp32 master weights,
 the authors' minibatch structure and lr schedule, KL in the reward, RLSD's lambda, OPSD's normaliser, and
-evaluation with two scorers. The trainer's own phases (set_up, rollout, score, logprobs, update) are called
-directly where two runs must see the same rollouts."""
+evaluation with two scorers. The trainer's own phases (set_up, rollout, score, plan_update, logprobs, advantages,
+update) are called directly where two runs must see the same rollouts."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -41,26 +42,28 @@ def _rollout_batch(run, step=1):
     return batch
 
 
-def _informative_first(run, batch):
+def _informative_first(run, scored):
     """Reorder the kept rows so that the first minibatch holds a group with a learning signal (rewards not all
     equal): the tests compare gradients, which a group of equal rewards would leave at zero."""
     G = run.cfg.rollout.group_size
-    groups = batch.keep.view(-1, G)  # [P, G]
-    spread = batch.advantages.view(-1, G).abs().sum(-1)  # [P]
+    groups = scored.keep.view(-1, G)  # [P, G]
+    spread = scored.advantages.view(-1, G).abs().sum(-1)  # [P]
     first = int(torch.argmax((spread > 0).float()))
     assert spread[first] > 0, "no group with a learning signal in this batch"
     order = [first] + [i for i in range(len(groups)) if i != first]
-    batch.keep = groups[order].reshape(-1)
+    return dataclasses.replace(scored, keep=groups[order].reshape(-1))
 
 
 def _train_on(run, batch, step=1, informative_first=False):
     metrics: dict = {}
-    tr.score(run, batch, metrics)
+    scored = tr.score(run, batch, metrics)
     if informative_first:
-        _informative_first(run, batch)
-    tr.logprobs(run, batch, step, metrics)
-    stats, beta_k, grad_norm = tr.update(run, batch, step, metrics)
-    tr.reduce_metrics(run, batch, stats, beta_k, grad_norm, metrics)
+        scored = _informative_first(run, scored)
+    plan = tr.plan_update(run, scored)
+    logp = tr.logprobs(run, batch, scored, plan, metrics)
+    adv = tr.advantages(run, step, batch, scored, logp, metrics)
+    updated = tr.update(run, step, batch, scored, plan, logp, adv, metrics)
+    tr.reduce_metrics(run, batch, plan, adv, updated, metrics)
     return metrics
 
 
@@ -151,12 +154,13 @@ def test_first_minibatch_gradient_is_the_on_policy_gradient(tiny_config):
     with _phases(cfg1) as run, _StepRecorder() as rec1:
         b = copy.deepcopy(batch)
         metrics: dict = {}
-        tr.score(run, b, metrics)
-        _informative_first(run, b)
-        b.keep = b.keep[: cfg.rollout.group_size]  # the first group alone: what the first minibatch held
-        tr.logprobs(run, b, 1, metrics)
-        assert b.on_policy  # one minibatch, one epoch: pi_old is the update's own forward
-        tr.update(run, b, 1, metrics)
+        scored = _informative_first(run, tr.score(run, b, metrics))
+        scored = dataclasses.replace(scored, keep=scored.keep[: cfg.rollout.group_size])  # what the first minibatch held
+        plan = tr.plan_update(run, scored)
+        logp = tr.logprobs(run, b, scored, plan, metrics)
+        assert plan.on_policy  # one minibatch, one epoch: pi_old is the update's own forward
+        adv = tr.advantages(run, 1, b, scored, logp, metrics)
+        tr.update(run, 1, b, scored, plan, logp, adv, metrics)
     (on_policy,) = rec1.grads
     num = sum(((a - c) ** 2).sum() for a, c in zip(first, on_policy)) ** 0.5
     den = sum((c**2).sum() for c in on_policy) ** 0.5
@@ -214,14 +218,18 @@ def test_kl_in_reward_enters_the_group_advantage(tiny_config):
         _train_on(run, _rollout_batch(run, 1), 1)
         batch = _rollout_batch(run, 2)
         metrics: dict = {}
-        tr.score(run, batch, metrics)
-        tr.logprobs(run, batch, 2, metrics)
-    scores = batch.scores  # [N] the verifier's +1 / 0 (reward.incorrect_reward 0 here)
-    k1 = ((batch.old_logp - batch.ref_logp) * batch.mask).sum(-1)  # [N] by hand
+        scored = tr.score(run, batch, metrics)
+        plan = tr.plan_update(run, scored)
+        logp = tr.logprobs(run, batch, scored, plan, metrics)
+        adv = tr.advantages(run, 2, batch, scored, logp, metrics)
+    scores = scored.scores  # [N] the verifier's +1 / 0 (reward.incorrect_reward 0 here)
+    old_logp, ref_logp = logp.old_logp, logp.ref_logp  # [N, T] each
+    assert old_logp is not None and ref_logp is not None  # off-policy (the KL in the reward), with a reference
+    k1 = ((old_logp - ref_logp) * batch.mask).sum(-1)  # [N] by hand
     assert k1.abs().max() > 1e-3  # the policy has moved from the reference
     expected = group_advantages(scores - 0.05 * k1, cfg.rollout.group_size, std_norm=True)
-    torch.testing.assert_close(batch.advantages, expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(kl_penalised_rewards(scores, batch.old_logp, batch.ref_logp, batch.mask, 0.05), scores - 0.05 * k1)
+    torch.testing.assert_close(adv.sequence, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(kl_penalised_rewards(scores, old_logp, ref_logp, batch.mask, 0.05), scores - 0.05 * k1)
     assert metrics["train/reward_kl"] == pytest.approx(float(k1.mean()), rel=1e-5)
     assert metrics["train/reward"] == pytest.approx(float((scores - 0.05 * k1).mean()), rel=1e-5, abs=1e-7)
 

@@ -14,11 +14,8 @@ PKG = Path(__file__).resolve().parents[1] / "sdpg"
 LAYERS = ["objective", "training", "orchestration", "reporting", "commands"]  # lowest first; other root modules
 # (sdpg.paths, sdpg._media: where files live, what is installed) lie below them all
 
-# Functions over 120 lines, each to be split when its file is next restructured. Nothing may join the list,
-# and a listed one may not grow.
-LONG_FUNCTIONS = {
-    "training/trainer.py:set_up": 135,
-}
+# Functions over 120 lines allowed (name -> lines): none. A function that must grow past it is split instead.
+LONG_FUNCTIONS: dict[str, int] = {}
 
 
 def _module(path: Path) -> str:

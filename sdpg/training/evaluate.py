@@ -13,6 +13,7 @@ from sdpg.training import metrics as names
 from sdpg.training.config import TrainConfig
 from sdpg.training.randomness import derived_seed
 from sdpg.training.rewards import Verifier
+from sdpg.training.rollout import RolloutEngine
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -24,7 +25,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 @torch.no_grad()
 def evaluate(
-    rollout,
+    rollout: RolloutEngine,
     tokenizer,
     verifier: Verifier,
     eval_sets: dict,

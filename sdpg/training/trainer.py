@@ -2,16 +2,21 @@
 
     set_up                  ranks, policy (also the teacher), frozen reference, prompts, verifier,
                             rollout engine, AdamW, sinks; resume from the newest checkpoint
+                            (``sdpg.training.setup``)
     for each step k:
-        rollout             P prompts, G responses each, y ~ pi_theta(.|x)
-        score               R = verifier(y) (+ overlong penalty), group advantages A       (eq. 2.1)
-        logprobs            no gradient: log pi_old(y_t), log pi_ref(y_t), log q(y_t|c, x); RLSD/OPSD
-                            per-token advantages
-        update              epochs x minibatches x micro-batches of
-                            L = L_out + beta(k) L_OPD+ + alpha L_K                          (eq. 3.5)
-        (balance)           optim.minibatch_order=balanced: the step's rows re-dealt over the ranks by length
-        reduce_metrics      loss statistics summed over micro-batches and ranks -> train/*
+        rollout     -> Sampled      P prompts, G responses each, y ~ pi_theta(.|x)
+        score       -> Scored       R = verifier(y) (+ overlong penalty), group advantages A   (eq. 2.1)
+        plan_update -> UpdatePlan   minibatches over the kept rows; on-policy (pi_old from the update) or not
+        logprobs    -> LogProbs     no gradient: log pi_old(y_t), log pi_ref(y_t), log q(y_t|c, x)
+        advantages  -> Advantages   A of the KL-penalised reward (algo.reward_kl_coef); RLSD/OPSD per-token A
+        (balance)                   optim.minibatch_order=balanced: the step's rows re-dealt over the ranks by length
+        update      -> Updated      epochs x minibatches x micro-batches of
+                                    L = L_out + beta(k) L_OPD+ + alpha L_K                      (eq. 3.5)
+        reduce_metrics              loss statistics summed over micro-batches and ranks -> train/*
         evaluate, log, checkpoint
+
+Each phase returns a complete value (a frozen dataclass, every field set when it is built) that the later phases
+take as arguments; only ``Run`` (weights, optimizer, sampler, sinks) changes from step to step.
 
 Every method (GRPO, DAPO, Dr.GRPO, SDPG, RLSD, OPSD, OPCD) is a configuration of this loop; the terms of
 the loss are pure functions in ``sdpg.objective``. Metrics leave through ``MetricSink`` objects (JSONL and
@@ -43,17 +48,14 @@ reward (``algo.reward_kl_coef``).
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor
 
 from sdpg import fsio
@@ -72,61 +74,56 @@ from sdpg.objective import (
 from sdpg.training import distributed as dist
 from sdpg.training.balance import balanced_rank_order, micro_batch_count, micro_batch_weights, token_budget_micro_batches
 from sdpg.training.checkpoint import (
-    CheckpointError,
     checkpoint_dir,
     checkpoints,
     disk_usage,
     latest_checkpoint,
-    load_checkpoint,
-    load_sharded_state,
     save_checkpoint,
     save_sharded_checkpoint,
 )
-from sdpg.training.config import (
-    SCORER_METRIC_NAMES,
-    AlgoConfig,
-    ConfigError,
-    TrainConfig,
-    build_config,
-    load_config,
-    resume_refusal,
-)
-from sdpg.training.data import PromptSampler, read_source
-from sdpg.training.data import tokenize_prompts as tokenize_prompt_rows
-from sdpg.training.embedded import task_of_source, train_response_tokens
+from sdpg.training.config import AlgoConfig, TrainConfig, build_config, load_config
 from sdpg.training.evaluate import evaluate, pass_at_k
 from sdpg.training.metrics import ADDITIVE_STATS, LOSS_STATS
 from sdpg.training.model import (
-    compute,
     full_state,
     head_of,
     in_compute_dtype,
-    load_full_state,
     load_policy,
-    resolve_device,
     response_hidden,
     sampled_token_stats,
-    shard_fsdp,
 )
-from sdpg.training.randomness import derived_seed, rng_state, seed_everything, set_rng_state
+from sdpg.training.randomness import derived_seed, rng_state
 from sdpg.training.records import WriteFailed
-from sdpg.training.rewards import Verifier
 from sdpg.training.rollout import HFRollout, VLLMRollout, left_pad
+from sdpg.training.setup import (
+    Run,
+    check_newest_checkpoint,
+    last_step,
+    set_up,
+    sync_rollout_weights,
+    tokenize_prompts,
+    warn_short_responses,
+)
 from sdpg.training.sinks import ConsoleSink, JsonlSink, MetricSink, default_sinks
 
 __all__ = [
     "ConsoleSink",
+    "check_newest_checkpoint",
     "JsonlSink",
     "MetricSink",
     "default_sinks",
     "latest_checkpoint",
     "load_policy",
+    "Run",
     "TrainingFailed",
+    "last_step",
     "micro_batches",
     "pass_at_k",
     "response_hidden",
     "sampled_token_stats",
+    "tokenize_prompts",
     "train",
+    "warn_short_responses",
 ]
 
 
@@ -135,65 +132,15 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Run:
-    """Everything a run holds from set-up to its end."""
-
-    cfg: TrainConfig
-    out: Path
-    device: torch.device
-    rank: int
-    world: int
-    log: Callable[[str], None]
-    tokenizer: Any
-    policy: torch.nn.Module  # pi_theta; also the teacher (same weights, privileged prompt)
-    reference: torch.nn.Module | None  # frozen initial weights: pi_ref of L_K, OPSD's frozen teacher
-    generator: torch.nn.Module | None  # under FSDP with HF sampling: an unsharded copy that samples
-    use_fsdp: bool
-    train_rows: list[dict]
-    student_prompts: list[list[int]]  # token ids of x
-    teacher_prompts: list[list[int]]  # token ids of (c, x)
-    eval_sets: dict[str, tuple[list[dict], list[list[int]]]]
-    sampler: PromptSampler
-    verifier: Verifier
-    rollout: HFRollout | VLLMRollout
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    sinks: list[MetricSink] = field(default_factory=list)
-    start_step: int = 0
-    nonfinite_in_a_row: int = 0  # consecutive optimizer steps skipped for a non-finite loss or gradient norm
-    eval_scorers: dict[str, Verifier] = field(default_factory=dict)  # eval.extra_scorers: metric name -> scorer
-
-    def compute(self):
-        """The context forwards run in: autocast to ``model.dtype`` over fp32 parameters (not under FSDP,
-        whose mixed-precision policy casts)."""
-        return compute(self.cfg, self.device, self.use_fsdp)
-
-    @property
-    def main_rank(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def separate_engine(self) -> bool:
-        """Whether sampling runs on weights other than ``policy``'s (vLLM, or the unsharded copy)."""
-        return isinstance(self.rollout, VLLMRollout) or self.generator is not None
-
-
-def _unset() -> Tensor:
-    """A Batch tensor before the phase that computes it."""
-    return torch.empty(0)
-
-
-@dataclass
-class Batch:
-    """One step's rollouts on this rank (N = prompts x G sequences, T response positions) and what the
-    phases derive from them."""
+@dataclass(frozen=True)
+class Sampled:
+    """``rollout``: one step's sequences on this rank (N = prompts x G, T response positions)."""
 
     prompt_ids: list[int]  # indices into the training rows
     texts: list[str]
     responses: Tensor  # [N, T]
     mask: Tensor  # [N, T] 1 on response tokens
-    engine_logp: Tensor | None  # [N, T] log-probs under the rollout engine (vLLM)
+    engine_logp: Tensor | None  # [N, T] log-probs under the rollout engine; None: it reports none (HF)
     truncated: Tensor  # [N] hit max_new_tokens
     student_seq: Tensor  # [N, Ps+T] left-padded x, then y
     student_attn: Tensor  # [N, Ps+T]
@@ -201,20 +148,56 @@ class Batch:
     teacher_seq: Tensor  # [N, Pt+T] left-padded (c, x), then y
     teacher_attn: Tensor  # [N, Pt+T]
     teacher_prompt_len: int  # Pt
-    # score (tensors set by their phase; empty until then)
-    scores: Tensor = field(default_factory=_unset)  # [N] verifier score (1 or reward.incorrect_reward) plus the overlong penalty
-    advantages: Tensor = field(default_factory=_unset)  # [N]
-    all_advantages: Tensor = field(default_factory=_unset)  # [N_all] every rank's, for global statistics
-    keep: Tensor = field(default_factory=_unset)  # [K] rows the update trains on (all, or DAPO's informative groups)
-    # logprobs
-    n_kept_all: int = 0  # kept sequences over all ranks
-    n_minibatches: int = 0
-    on_policy: bool = True  # one epoch, one minibatch: pi_old = pi_theta, taken in the update's forward
-    old_logp: Tensor = field(default_factory=_unset)  # [N, T]
-    ref_logp: Tensor | None = None  # [N, T] when there is a reference (L_K, KL in the reward, frozen teacher)
-    teacher_logp: Tensor | None = None  # [N, T] when the advantage needs the teacher
-    entropy: Tensor = field(default_factory=_unset)  # [N, T]
-    token_advantages: Tensor | None = None  # [N, T] RLSD / OPSD
+
+
+@dataclass(frozen=True)
+class Scored:
+    """``score``: what the verifier says of each sequence, and the rows the update trains on."""
+
+    scores: Tensor  # [N] verifier score (1 or reward.incorrect_reward) plus the overlong penalty
+    advantages: Tensor  # [N] group advantages of the scores
+    all_advantages: Tensor  # [N_all] every rank's, for global statistics
+    keep: Tensor  # [K] rows the update trains on (all, or DAPO's informative groups)
+
+
+@dataclass(frozen=True)
+class UpdatePlan:
+    """``plan_update``: how the update walks the kept rows, the same on every rank."""
+
+    n_kept_all: int  # kept sequences over all ranks
+    n_minibatches: int  # optimizer steps per epoch (0: nothing kept)
+    on_policy: bool  # one epoch, one minibatch: pi_old = pi_theta, taken in the update's own forward
+
+
+@dataclass(frozen=True)
+class LogProbs:
+    """``logprobs``: the no-gradient passes before the update."""
+
+    old_logp: Tensor | None  # [N, T] log pi_old; None on-policy, where the update's forward gives it
+    ref_logp: Tensor | None  # [N, T] when there is a reference (L_K, KL in the reward)
+    teacher_logp: Tensor | None  # [N, T] when the advantage needs the teacher (RLSD, OPSD)
+    entropy: Tensor  # [N, T] every row's; on-policy only the rows the update skips (it measures the others)
+
+
+@dataclass(frozen=True)
+class Advantages:
+    """``advantages``: what the policy-gradient term weighs each sequence (and token) by."""
+
+    sequence: Tensor  # [N] A_i (with the KL in the reward: of the penalised rewards)
+    all: Tensor  # [N_all] every rank's, for global statistics
+    token: Tensor | None  # [N, T] per-token advantages (RLSD, OPSD); None for sequence-level estimators
+
+
+@dataclass(frozen=True)
+class Updated:
+    """``update``: the first epoch's loss statistics, beta(k), the last gradient norm, and pi_old and the
+    entropy of every row as the step measured them (on-policy: in the update's forward)."""
+
+    loss_stats: LossStats
+    beta: float
+    grad_norm: Tensor  # []
+    old_logp: Tensor  # [N, T]
+    entropy: Tensor  # [N, T]
 
 
 class LossStats:
@@ -298,16 +281,18 @@ def train(
         for step in range(run.start_step + 1, total + 1):
             started = time.perf_counter()
             metrics = {}
-            batch = rollout(run, step, metrics)
-            score(run, batch, metrics)
-            logprobs(run, batch, step, metrics)
+            sampled = rollout(run, step, metrics)
+            scored = score(run, sampled, metrics)
+            plan = plan_update(run, scored)
+            logp = logprobs(run, sampled, scored, plan, metrics)
+            adv = advantages(run, step, sampled, scored, logp, metrics)
             if cfg.optim.minibatch_order == "balanced":
-                balance(run, batch)
-            loss_stats, beta_k, grad_norm = update(run, batch, step, metrics)
-            reduce_metrics(run, batch, loss_stats, beta_k, grad_norm, metrics)
+                sampled, scored, logp, adv = balance(run, sampled, scored, logp, adv)
+            updated = update(run, step, sampled, scored, plan, logp, adv, metrics)
+            reduce_metrics(run, sampled, plan, adv, updated, metrics)
             if evaluation_due(run, step):
                 metrics.update(run_evaluation(run, step))
-                for text in batch.texts[: cfg.run.log_samples]:
+                for text in sampled.texts[: cfg.run.log_samples]:
                     run.log(f"[sdpg] sample @ {step}: {text[:200]!r}")
             metrics["timing/step"] = time.perf_counter() - started
             log_metrics(run, metrics, step)
@@ -324,20 +309,6 @@ def train(
         if status == "finished":
             export_final_policy(run, step)
         return write_result(run, status, step, metrics)
-
-
-def last_step(cfg: TrainConfig, n_rows: int) -> int:
-    """The run's last RL step: ``run.total_steps``, or sooner the end of ``run.max_epochs`` passes over the
-    ``n_rows`` training rows, each epoch dropping its incomplete last step (the authors' ``drop_last``)."""
-    if cfg.run.max_epochs is None:
-        return cfg.run.total_steps
-    per_epoch = n_rows // cfg.rollout.prompts_per_step
-    if per_epoch == 0:
-        raise ValueError(
-            f"run.max_epochs={cfg.run.max_epochs}: {n_rows} training rows make no complete step of "
-            f"rollout.prompts_per_step={cfg.rollout.prompts_per_step}"
-        )
-    return min(cfg.run.total_steps, cfg.run.max_epochs * per_epoch)
 
 
 def stop_if_diverged(run: Run, step: int, metrics: dict[str, float]) -> None:
@@ -380,310 +351,11 @@ def _as_config(config: TrainConfig | dict | str | Path) -> TrainConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# Set-up
-# --------------------------------------------------------------------------------------------
-
-
-def set_up(cfg: TrainConfig, sinks: list[MetricSink] | None, resources: contextlib.ExitStack) -> Run:
-    """Ranks, models, data, verifier, rollout engine, optimizer, resume, sinks. Everything that must be
-    closed is registered on ``resources`` as soon as it exists."""
-    for sink in sinks or []:
-        resources.callback(sink.close)
-    out = Path(cfg.run.output_dir)
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    device = resolve_device(cfg.model.device)
-    rank, world, owns_group = dist.init(device, single_rank_group=cfg.model.fsdp is True)
-    if owns_group:
-        resources.callback(dist.shutdown)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", dist.local_rank())
-        torch.cuda.set_device(device)
-    if cfg.rollout.prompts_per_step % world:
-        raise ValueError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the {world} ranks")
-    main_rank = rank == 0
-    if cfg.run.resume:
-        check_newest_checkpoint(out, cfg)  # a refused resume costs seconds, and changes nothing
-    log = _stderr_log if main_rank else _no_log
-    seed_everything(cfg.run.seed)
-
-    # policy (also the teacher: same weights), frozen reference when L_K or a frozen teacher needs one
-    if main_rank:  # one rank builds the embedded model; the others find it in the cache
-        tokenizer, policy = load_policy(cfg, device, log)
-    dist.barrier()
-    if not main_rank:
-        tokenizer, policy = load_policy(cfg, device, log)
-    seed_everything(cfg.run.seed + 1_000_003 * rank)  # model loading may draw random numbers; ranks sample differently
-    compute_dtype = getattr(torch, cfg.model.dtype)
-    # frozen copies need no master weights: they hold the compute dtype
-    reference = copy.deepcopy(policy).to(compute_dtype).eval().requires_grad_(False) if cfg.algo.needs_reference else None
-    use_fsdp = (world > 1 and cfg.model.fsdp == "auto" and device.type == "cuda") or (
-        cfg.model.fsdp is True and dist.initialized()
-    )
-    generator = None
-    if use_fsdp:
-        if cfg.rollout.backend == "hf":  # sampling runs on an unsharded copy: ranks stop generating at different times
-            generator = copy.deepcopy(policy).to(compute_dtype).eval().requires_grad_(False)
-        shard_fsdp(policy, compute_dtype)
-
-    # data: prompts tokenised once
-    train_rows = read_source(cfg.data.train, cfg.data, "train")[: cfg.data.train_limit]
-    warn_short_responses(cfg, log)
-    train_rows, student_prompts, teacher_prompts = tokenize_prompts(train_rows, cfg, tokenizer, "data.train", log)
-    eval_sets = {}
-    for name, source in cfg.data.eval.items():
-        eval_rows = read_source(source, cfg.data, "test")[: cfg.data.eval_limit]
-        eval_rows, eval_prompts, _ = tokenize_prompts(eval_rows, cfg, tokenizer, f"data.eval.{name}", log)
-        eval_sets[name] = (eval_rows, eval_prompts)
-    # with an epoch limit, each epoch drops its incomplete last step (the authors' drop_last)
-    whole_steps = cfg.rollout.prompts_per_step if cfg.run.max_epochs is not None else None
-    sampler = PromptSampler(len(train_rows), cfg.run.seed, cfg.data.shuffle, whole_steps)
-    if main_rank:  # after the data are read: bad data (a missing file, an over-long prompt) leave nothing behind
-        fsio.ensure_dir(out)  # config.yaml: after the resume check, below
-
-    verifier, eval_scorers = make_verifiers(cfg, resources)
-    engine = make_rollout_engine(cfg, policy, generator, tokenizer, rank, resources)
-
-    # optimizer: AdamW on the (fp32) parameters, linear warm-up then constant. The scheduler steps once per
-    # optim.lr_schedule_unit; the k-th unit (from 1) runs at min(1, (k - 1) / warmup) x lr, as the authors'.
-    optim = cfg.optim
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, s / optim.warmup_steps) if optim.warmup_steps else 1.0
-    )
-
-    run = Run(
-        cfg=cfg,
-        out=out,
-        device=device,
-        rank=rank,
-        world=world,
-        log=log,
-        tokenizer=tokenizer,
-        policy=policy,
-        reference=reference,
-        generator=generator,
-        use_fsdp=use_fsdp,
-        train_rows=train_rows,
-        student_prompts=student_prompts,
-        teacher_prompts=teacher_prompts,
-        eval_sets=eval_sets,
-        sampler=sampler,
-        verifier=verifier,
-        rollout=engine,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        eval_scorers=eval_scorers,
-    )
-    run.start_step = resume(run) if cfg.run.resume else 0
-    if main_rank:  # after the resume check: a refused resume leaves the config of the run it refused
-        fsio.write_text(out / "config.yaml", yaml.safe_dump(cfg.resolved(), sort_keys=False), root=out)
-    kept_step = run.start_step if cfg.run.resume else -1  # what the sinks keep from an earlier attempt
-    if not main_rank:
-        run.sinks = []  # rank 0 logs for all
-    elif sinks is not None:
-        run.sinks = sinks
-        for sink in sinks:  # whatever they hold after the resume step is replayed
-            if hasattr(sink, "rewind"):
-                sink.rewind(kept_step)
-    else:
-        run.sinks = default_sinks(out, kept_step, last_step(cfg, len(train_rows)))
-        for sink in run.sinks:
-            resources.callback(sink.close)
-    if run.start_step > 0:
-        sync_rollout_weights(run)  # resumed weights differ from the folder the engine loaded
-    return run
-
-
-def make_verifiers(cfg: TrainConfig, resources: contextlib.ExitStack) -> tuple[Verifier, dict[str, Verifier]]:
-    """The training reward's verifier and the extra evaluation scorers (by metric name), closed with ``resources``."""
-    verifier_kind = (
-        cfg.reward.verifier if cfg.reward.verifier != "auto" else ("exact" if task_of_source(cfg.data.train) else "math")
-    )
-    verifier = Verifier(
-        verifier_kind,
-        cfg.reward.timeout_s,
-        cfg.reward.overlong_buffer,
-        cfg.reward.overlong_penalty,
-        cfg.rollout.max_new_tokens,
-        cfg.reward.boxed_tail_chars,
-    )
-    resources.callback(verifier.close)
-    eval_scorers = {}
-    for kind in dict.fromkeys(cfg.eval.extra_scorers if cfg.eval.every > 0 else []):
-        name = SCORER_METRIC_NAMES[kind]
-        eval_scorers[name] = Verifier(kind, cfg.reward.timeout_s, boxed_tail_chars=cfg.reward.boxed_tail_chars)
-        resources.callback(eval_scorers[name].close)
-    return verifier, eval_scorers
-
-
-def make_rollout_engine(cfg: TrainConfig, policy, generator, tokenizer, rank: int, resources: contextlib.ExitStack):
-    """vLLM (its own copy of the weights, synced after each update) or transformers' generate on the policy
-    (or on its unsharded generation copy under FSDP)."""
-    if cfg.rollout.backend == "vllm":
-        max_len = cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
-        engine: HFRollout | VLLMRollout = VLLMRollout(
-            policy.sdpg_source_path,
-            tokenizer,
-            dtype=cfg.model.dtype,
-            max_model_len=min(getattr(policy.config, "max_position_embeddings", 1 << 30), max_len),
-            gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
-            seed=cfg.run.seed + rank,
-            cpu_memory_gb=cfg.rollout.vllm_cpu_memory_gb,
-        )
-        resources.callback(engine.close)
-        return engine
-    return HFRollout(generator if generator is not None else policy, tokenizer, cfg.rollout.batch_size)
-
-
-def _stderr_log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _no_log(msg: str) -> None:
-    pass
-
-
-def warn_short_responses(cfg: TrainConfig, log: Callable[[str], None]) -> float | None:
-    """On a built-in task, the share of its training solutions that fit in ``rollout.max_new_tokens`` with the
-    stop token; a warning when under a quarter do (e.g. the chain task under the sum task's 32: 1%), where almost
-    every sample is cut before its answer. A short cap stays allowed (smoke tests use one)."""
-    task = task_of_source(cfg.data.train)
-    if task is None:
-        return None
-    lengths = train_response_tokens(task)
-    fit = sum(n <= cfg.rollout.max_new_tokens for n in lengths) / len(lengths)
-    if fit < 0.25:
-        log(
-            f"[sdpg] warning: rollout.max_new_tokens={cfg.rollout.max_new_tokens} fits only {fit:.0%} of the reference "
-            f"solutions of data.train={cfg.data.train} (all fit in {lengths[-1]}): most samples are cut before their answer"
-        )
-    return fit
-
-
-def tokenize_prompts(
-    rows: list[dict], cfg: TrainConfig, tokenizer, key: str, log: Callable[[str], None]
-) -> tuple[list[dict], list[list[int]], list[list[int]]]:
-    """The rows kept, and their student and teacher prompt ids (``data.max_prompt_tokens``: the teacher's cut
-    from the right as the authors'; an over-long student prompt per ``data.overlong_prompts``, by default an error
-    naming ``key`` and its source)."""
-    source = cfg.data.train if key == "data.train" else cfg.data.eval.get(key.removeprefix("data.eval."), "")
-    ids = tokenize_prompt_rows(rows, cfg.data, tokenizer, f"{key}={source}")
-    limit = cfg.data.max_prompt_tokens
-    if ids.dropped:
-        log(f"[sdpg] warning: {key}: {ids.dropped} of {len(rows)} rows left out (student prompt over {limit} tokens)")
-    if ids.student_cut:
-        log(f"[sdpg] warning: {key}: {ids.student_cut} student prompts longer than {limit} tokens were cut from the left")
-    if ids.teacher_cut and key == "data.train" and (cfg.algo.needs_teacher_logprobs or cfg.algo.needs_distillation):
-        log(f"[sdpg] warning: {key}: {ids.teacher_cut} teacher prompts longer than {limit} tokens were cut from the right")
-    if not ids.rows and rows:
-        raise ConfigError(f"{key}={source}: every row's student prompt is longer than data.max_prompt_tokens={limit}")
-    return ids.rows, ids.student, ids.teacher
-
-
-def resume(run: Run) -> int:
-    """Load the newest checkpoint that reads; returns the step to continue from (0: none). A checkpoint that
-    does not read is skipped with a warning naming it and renamed to ``*.pt.corrupt``; when none reads,
-    the run stops rather than start over."""
-    cfg, skipped = run.cfg, []
-    for path in reversed(checkpoints(run.out)):
-        try:
-            state = load_checkpoint(path, run.device)
-        except CheckpointError as e:
-            run.log(f"[sdpg] warning: skipped {e}")
-            skipped.append(path)
-            continue
-        check_resumable(path, state, cfg)
-        if state.get("sharded") is not None:
-            load_sharded_state(path, run.policy, run.optimizer)  # a collective; DCP reshards to this run's ranks
-        else:
-            load_full_state(run.policy, run.optimizer, state["model"], state["optimizer"])
-        run.scheduler.load_state_dict(state["scheduler"])
-        run.sampler.load_state_dict(state["sampler"])
-        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
-        if len(rngs) == run.world:
-            set_rng_state(rngs[run.rank])
-        else:  # another world size: every rank starts a fresh stream derived from the step
-            seed_everything(derived_seed(cfg.run.seed, state["step"], "resume", run.rank))
-            run.log(
-                f"[sdpg] warning: resharded {path.name} from {len(rngs)} ranks to {run.world}: the resume is not bitwise "
-                f"exact: each rank's random stream is new (derived from the step) and each rank now samples another "
-                f"share of every step's prompts, so sampling and the order of floating-point sums differ from the original run"
-            )
-        run.log(f"[sdpg] resumed from {path} at step {state['step']}")
-        break
-    else:
-        state = {"step": 0}
-        if skipped:
-            raise CheckpointError(
-                f"no checkpoint in {checkpoint_dir(run.out)} can be read (see the warnings above); "
-                f"move them away, or set run.resume=false to start over"
-            )
-    dist.barrier()  # every rank has read the files before they are renamed
-    if run.main_rank:
-        for path in skipped:
-            path.rename(path.with_name(path.name + ".corrupt"))
-    return state["step"]
-
-
-def check_newest_checkpoint(out: Path, cfg: TrainConfig) -> None:
-    """Before anything is loaded or written: the newest checkpoint that reads (tensors left on disk) can be
-    resumed by ``cfg`` (``check_resumable``), and a folder whose every checkpoint is unreadable is one
-    ``ConfigError`` naming the folder and what to do, with nothing renamed."""
-    found = checkpoints(out)
-    reasons = []
-    for path in reversed(found):
-        try:
-            state = load_checkpoint(path, "cpu", mmap=True)
-        except CheckpointError as e:
-            cause = e.__cause__
-            reasons.append(f"{path.name}: {type(cause).__name__ if cause else 'CheckpointError'}")
-            continue
-        check_resumable(path, state, cfg)
-        return
-    if found:
-        raise ConfigError(
-            f"no checkpoint in {checkpoint_dir(out)} can be read ({', '.join(reasons[:3])}): move them away to start "
-            f"over, or set run.resume=false"
-        )
-
-
-def check_resumable(path: Path, state: dict, cfg: TrainConfig) -> None:
-    """A checkpoint continues only the run that wrote it: ``ConfigError`` naming the setting that differs
-    (execution settings may change; ``sdpg.training.config.resume_refusal``). Checkpoints written before the
-    identity was recorded are compared by their config hash."""
-    if "identity" in state:
-        why = resume_refusal(state["identity"], state.get("total_steps"), state["step"], cfg)
-    elif state["config_hash"] != cfg.config_hash():
-        why = f"an earlier config (hash {state['config_hash']}; this one {cfg.config_hash()})"
-    else:
-        why = None
-    if why:
-        raise ConfigError(
-            f"cannot resume {path} (step {state['step']}): {why}; "
-            f"set it back, use a new run.output_dir, or set run.resume=false to start over"
-        )
-
-
-def sync_rollout_weights(run: Run) -> float:
-    """The rollout engine (vLLM, or the unsharded copy under FSDP) takes the policy's weights; seconds taken."""
-    started = time.perf_counter()
-    if run.separate_engine:
-        state, _ = full_state(run.policy, all_ranks=True)
-        if isinstance(run.rollout, VLLMRollout):
-            run.rollout.sync_weights(state)
-        else:
-            assert run.generator is not None  # separate_engine: vLLM or the generation copy
-            run.generator.load_state_dict(state)
-    return time.perf_counter() - started
-
-
-# --------------------------------------------------------------------------------------------
 # Rollout
 # --------------------------------------------------------------------------------------------
 
 
-def rollout(run: Run, step: int, metrics: dict[str, float]) -> Batch:
+def rollout(run: Run, step: int, metrics: dict[str, float]) -> Sampled:
     """G responses for each of this rank's prompts; the sequences [prompt | response] the forwards read."""
     cfg, device, G = run.cfg, run.device, run.cfg.rollout.group_size
     prompt_ids = run.sampler.next(cfg.rollout.prompts_per_step)[run.rank :: run.world]  # one global draw, split
@@ -704,7 +376,7 @@ def rollout(run: Run, step: int, metrics: dict[str, float]) -> Batch:
     pad = run.tokenizer.pad_token_id
     student_ids, student_attn = left_pad([run.student_prompts[i] for i in prompt_ids for _ in range(G)], pad)  # [N, Ps]
     teacher_ids, teacher_attn = left_pad([run.teacher_prompts[i] for i in prompt_ids for _ in range(G)], pad)  # [N, Pt]
-    return Batch(
+    return Sampled(
         prompt_ids=prompt_ids,
         texts=run.tokenizer.batch_decode(samples.responses, skip_special_tokens=True),
         responses=responses,
@@ -725,23 +397,22 @@ def rollout(run: Run, step: int, metrics: dict[str, float]) -> Batch:
 # --------------------------------------------------------------------------------------------
 
 
-def score(run: Run, batch: Batch, metrics: dict[str, float]) -> None:
+def score(run: Run, sampled: Sampled, metrics: dict[str, float]) -> Scored:
     """Scores (1 correct, ``reward.incorrect_reward`` otherwise, plus DAPO's overlong penalty), group
     advantages, reward statistics over all ranks; DAPO's filter of uninformative groups. With the KL in the
-    reward (``algo.reward_kl_coef``) ``logprobs`` recomputes the advantages once log pi_old is known."""
+    reward (``algo.reward_kl_coef``) ``advantages`` recomputes the advantages once log pi_old is known."""
     algo, device, G = run.cfg.algo, run.device, run.cfg.rollout.group_size
     started = time.perf_counter()
-    answers = [run.train_rows[i]["answer"] for i in batch.prompt_ids for _ in range(G)]
-    correct = torch.tensor(run.verifier.correctness(batch.texts, answers))  # [N]
-    lengths = batch.mask.sum(-1)  # [N]
+    answers = [run.train_rows[i]["answer"] for i in sampled.prompt_ids for _ in range(G)]
+    correct = torch.tensor(run.verifier.correctness(sampled.texts, answers))  # [N]
+    lengths = sampled.mask.sum(-1)  # [N]
     wrong = run.cfg.reward.incorrect_reward
     rewards = correct + wrong * (1.0 - correct) + torch.tensor(run.verifier.overlong(lengths.long().tolist()))  # [N]
-    batch.scores = rewards.to(device)  # [N]
-    batch.advantages = group_advantages(rewards, G, std_norm=algo.std_norm).to(device)  # [N]
+    advantages = group_advantages(rewards, G, std_norm=algo.std_norm).to(device)  # [N]
     metrics["timing/reward"] = time.perf_counter() - started
     all_rewards, all_correct = dist.all_gather_cat(rewards.to(device)), dist.all_gather_cat(correct.to(device))  # [N_all]
-    all_lengths, all_truncated = dist.all_gather_cat(lengths.float()), dist.all_gather_cat(batch.truncated.float())
-    batch.all_advantages = dist.all_gather_cat(batch.advantages)  # [N_all]
+    all_lengths, all_truncated = dist.all_gather_cat(lengths.float()), dist.all_gather_cat(sampled.truncated.float())
+    all_advantages = dist.all_gather_cat(advantages)  # [N_all]
     metrics.update(
         {
             "train/reward": float(all_rewards.mean()),
@@ -753,12 +424,29 @@ def score(run: Run, batch: Batch, metrics: dict[str, float]) -> None:
         }
     )
     N = len(rewards)
-    batch.keep = torch.arange(N)
+    keep = torch.arange(N)  # [K]
     if algo.filter_groups:  # DAPO dynamic sampling: only groups with a learning signal
         by_group = rewards.view(-1, G)  # [N/G, G]
         informative = (by_group.max(-1).values != by_group.min(-1).values).repeat_interleave(G)  # [N]
-        batch.keep = informative.nonzero().view(-1)
+        keep = informative.nonzero().view(-1)  # [K]
         metrics["train/kept_fraction"] = float(dist.all_sum(informative.float().sum()) / (N * run.world))
+    return Scored(scores=rewards.to(device), advantages=advantages, all_advantages=all_advantages, keep=keep)
+
+
+def plan_update(run: Run, scored: Scored) -> UpdatePlan:
+    """The number of minibatches over the kept rows of all ranks (``optim.minibatch_prompts`` whole groups, or
+    ``optim.minibatch_size`` sequences), and whether the update is on-policy: one epoch of one minibatch, where
+    pi_old is read from the update's own forward (not with the KL in the reward: its advantages need pi_old first)."""
+    cfg, optim = run.cfg, run.cfg.optim
+    n_kept_all = int(dist.all_sum(torch.tensor(float(len(scored.keep)))).item())
+    if optim.minibatch_prompts:  # global prompts per optimizer step, their groups kept whole
+        n_groups = n_kept_all // cfg.rollout.group_size
+        n_minibatches = max(1, math.ceil(n_groups / optim.minibatch_prompts)) if n_groups else 0
+    else:
+        minibatch = optim.minibatch_size or max(1, n_kept_all)  # global sequences per optimizer step
+        n_minibatches = max(1, math.ceil(n_kept_all / minibatch)) if n_kept_all else 0
+    on_policy = optim.ppo_epochs == 1 and n_minibatches <= 1 and cfg.algo.reward_kl_coef == 0
+    return UpdatePlan(n_kept_all=n_kept_all, n_minibatches=n_minibatches, on_policy=on_policy)
 
 
 # --------------------------------------------------------------------------------------------
@@ -766,87 +454,91 @@ def score(run: Run, batch: Batch, metrics: dict[str, float]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def logprobs(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> None:
-    """Before the update: log pi_old (unless on-policy, where the update's own forward gives it), log pi_ref
-    for L_K, the teacher's log q(y_t | c, x) for RLSD / OPSD, the entropy of rows the update skips; then the
-    per-token advantages of RLSD / OPSD."""
+def logprobs(run: Run, sampled: Sampled, scored: Scored, plan: UpdatePlan, metrics: dict[str, float]) -> LogProbs:
+    """Before the update, no gradient: log pi_old (unless on-policy, where the update's own forward gives it),
+    log pi_ref for L_K and the KL in the reward, the teacher's log q(y_t | c, x) for RLSD / OPSD, the entropy of
+    rows the update skips."""
     cfg, algo, optim, device = run.cfg, run.cfg.algo, run.cfg.optim, run.device
     temperature, size = cfg.rollout.temperature, optim.micro_batch_size
     head: dict[str, Any] = {
         "impl": optim.loss_impl,
         "chunk_size": optim.loss_chunk_size,
     }  # chunked (no [b, T, V]) unless materialised
-    N, T = batch.responses.shape
+    N, T = sampled.responses.shape
     started = time.perf_counter()
-    batch.n_kept_all = int(dist.all_sum(torch.tensor(float(len(batch.keep)))).item())
-    if optim.minibatch_prompts:  # global prompts per optimizer step, their groups kept whole
-        n_groups = batch.n_kept_all // cfg.rollout.group_size
-        batch.n_minibatches = max(1, math.ceil(n_groups / optim.minibatch_prompts)) if n_groups else 0
-    else:
-        minibatch = optim.minibatch_size or max(1, batch.n_kept_all)  # global sequences per optimizer step
-        batch.n_minibatches = max(1, math.ceil(batch.n_kept_all / minibatch)) if batch.n_kept_all else 0
-    # on-policy: pi_old is read from the update's own forward. Not when the KL enters the reward: the
-    # advantages need pi_old before the update
-    batch.on_policy = optim.ppo_epochs == 1 and batch.n_minibatches <= 1 and algo.reward_kl_coef == 0
-    batch.old_logp = torch.zeros(N, T, device=device)  # [N, T]
+    old_logp = torch.zeros(N, T, device=device) if not plan.on_policy else None  # [N, T]
     need_ref = algo.alpha > 0 or algo.reward_kl_coef > 0
-    batch.ref_logp = torch.zeros(N, T, device=device) if need_ref else None  # [N, T]
-    batch.teacher_logp = torch.zeros(N, T, device=device) if algo.needs_teacher_logprobs else None  # [N, T]
-    batch.entropy = torch.zeros(N, T, device=device)  # [N, T]
+    ref_logp = torch.zeros(N, T, device=device) if need_ref else None  # [N, T]
+    teacher_logp = torch.zeros(N, T, device=device) if algo.needs_teacher_logprobs else None  # [N, T]
+    entropy = torch.zeros(N, T, device=device)  # [N, T]
     skipped = torch.ones(N, dtype=torch.bool)
-    skipped[batch.keep] = False  # rows the update does not see (filter_groups): their entropy comes from here
+    skipped[scored.keep] = False  # rows the update does not see (filter_groups): their entropy comes from here
     # one decision for all ranks (under FSDP every rank must run the same forwards)
-    entropy_pass = batch.on_policy and dist.any_true(bool(skipped.any()), device)
+    entropy_pass = plan.on_policy and dist.any_true(bool(skipped.any()), device)
     teacher = run.reference if algo.teacher == "frozen" else run.policy  # the privileged view's weights
-    student_view = (batch.student_seq, batch.student_attn, batch.student_prompt_len)
     with torch.no_grad(), run.compute():
         for first in range(0, N, size):
             rows = slice(first, first + size)
-            tokens = batch.responses[rows]  # [b, T]
-            seq, attn, prompt_len = batch.student_seq[rows], batch.student_attn[rows], batch.student_prompt_len
+            tokens = sampled.responses[rows]  # [b, T]
+            seq, attn, prompt_len = sampled.student_seq[rows], sampled.student_attn[rows], sampled.student_prompt_len
             if entropy_pass and (run.use_fsdp or skipped[rows].any()):
-                batch.entropy[rows] = _asked(
+                entropy[rows] = _asked(
                     sampled_token_stats(
                         run.policy, seq, attn, prompt_len, tokens, temperature, logprobs=False, entropy=True, **head
                     ).entropy
                 )
-            if not batch.on_policy:
+            if old_logp is not None:
                 stats = sampled_token_stats(run.policy, seq, attn, prompt_len, tokens, temperature, entropy=True, **head)
-                batch.old_logp[rows], batch.entropy[rows] = _asked(stats.logp), _asked(stats.entropy)
-            if batch.ref_logp is not None:
-                batch.ref_logp[rows] = _asked(
+                old_logp[rows], entropy[rows] = _asked(stats.logp), _asked(stats.entropy)
+            if ref_logp is not None:
+                ref_logp[rows] = _asked(
                     sampled_token_stats(run.reference, seq, attn, prompt_len, tokens, temperature, **head).logp
                 )
-            if batch.teacher_logp is not None:
-                batch.teacher_logp[rows] = _asked(
+            if teacher_logp is not None:
+                teacher_logp[rows] = _asked(
                     sampled_token_stats(
                         teacher,
-                        batch.teacher_seq[rows],
-                        batch.teacher_attn[rows],
-                        batch.teacher_prompt_len,
+                        sampled.teacher_seq[rows],
+                        sampled.teacher_attn[rows],
+                        sampled.teacher_prompt_len,
                         tokens,
                         temperature,
                         **head,
                     ).logp
                 )
+    metrics["timing/logprobs"] = time.perf_counter() - started
+    return LogProbs(old_logp=old_logp, ref_logp=ref_logp, teacher_logp=teacher_logp, entropy=entropy)
+
+
+def advantages(run: Run, step: int, sampled: Sampled, scored: Scored, logp: LogProbs, metrics: dict[str, float]) -> Advantages:
+    """The advantages the update uses: the score's group advantages, or with the KL in the reward
+    (``algo.reward_kl_coef``, GRPO as Table 1) those of score - coef * sum_t k_t; then the per-token advantages
+    of RLSD / OPSD (on-policy, their pi_old is one more no-gradient pass of the policy, counted in
+    ``timing/logprobs``)."""
+    cfg, algo = run.cfg, run.cfg.algo
+    started = time.perf_counter()
+    sequence, all_advantages = scored.advantages, scored.all_advantages  # [N], [N_all]
+    token = None
+    with torch.no_grad(), run.compute():
         if algo.reward_kl_coef > 0:  # the KL in the reward (GRPO as Table 1): score - coef * sum_t k_t
-            assert batch.ref_logp is not None
+            assert logp.old_logp is not None and logp.ref_logp is not None  # never on-policy; a reference is loaded
             rewards = kl_penalised_rewards(
-                batch.scores, batch.old_logp, batch.ref_logp, batch.mask, algo.reward_kl_coef, algo.reward_kl_estimator
+                scored.scores, logp.old_logp, logp.ref_logp, sampled.mask, algo.reward_kl_coef, algo.reward_kl_estimator
             )  # [N]
-            batch.advantages = group_advantages(rewards, cfg.rollout.group_size, std_norm=algo.std_norm)  # [N]
-            batch.all_advantages = dist.all_gather_cat(batch.advantages)  # [N_all]
-            penalty = reward_kl_penalty(batch.old_logp, batch.ref_logp, batch.mask, algo.reward_kl_estimator)  # [N]
+            sequence = group_advantages(rewards, cfg.rollout.group_size, std_norm=algo.std_norm)  # [N]
+            all_advantages = dist.all_gather_cat(sequence)  # [N_all]
+            penalty = reward_kl_penalty(logp.old_logp, logp.ref_logp, sampled.mask, algo.reward_kl_estimator)  # [N]
             metrics["train/reward_kl"] = float(dist.all_gather_cat(penalty).mean())
             metrics["train/score"] = metrics["train/reward"]
             metrics["train/reward"] = float(dist.all_gather_cat(rewards).mean())
         estimator = ADVANTAGE_ESTIMATORS[algo.advantage]
         if estimator.token_advantages is not None:  # per-token advantages (RLSD, OPSD)
-            behaviour_logp = batch.old_logp if not batch.on_policy else _policy_logp(run, batch, *student_view)  # [N, T]
-            inputs = AdvantageInputs(batch.advantages, batch.teacher_logp, behaviour_logp, step, algo.model_dump())
-            batch.token_advantages, extra = estimator.token_advantages(inputs)  # [N, T]
+            behaviour_logp = logp.old_logp if logp.old_logp is not None else _policy_logp(run, sampled)  # [N, T]
+            inputs = AdvantageInputs(sequence, logp.teacher_logp, behaviour_logp, step, algo.model_dump())
+            token, extra = estimator.token_advantages(inputs)  # [N, T]
             metrics.update({f"train/{k}": v for k, v in extra.items()})
-    metrics["timing/logprobs"] = time.perf_counter() - started
+    metrics["timing/logprobs"] += time.perf_counter() - started
+    return Advantages(sequence=sequence, all=all_advantages, token=token)
 
 
 def _asked(x: Tensor | None) -> Tensor:
@@ -855,10 +547,11 @@ def _asked(x: Tensor | None) -> Tensor:
     return x
 
 
-def _policy_logp(run: Run, batch: Batch, seq: Tensor, attn: Tensor, prompt_len: int) -> Tensor:
+def _policy_logp(run: Run, sampled: Sampled) -> Tensor:
     """log pi_theta(y_t) [N, T] of every row, in micro-batches (the on-policy pi_old, before the update)."""
     optim, temperature = run.cfg.optim, run.cfg.rollout.temperature
     size = optim.micro_batch_size
+    seq, attn, prompt_len = sampled.student_seq, sampled.student_attn, sampled.student_prompt_len
     with run.compute():
         parts = [
             _asked(
@@ -867,7 +560,7 @@ def _policy_logp(run: Run, batch: Batch, seq: Tensor, attn: Tensor, prompt_len: 
                     seq[s : s + size],
                     attn[s : s + size],
                     prompt_len,
-                    batch.responses[s : s + size],
+                    sampled.responses[s : s + size],
                     temperature,
                     impl=optim.loss_impl,
                     chunk_size=optim.loss_chunk_size,
@@ -883,16 +576,19 @@ def _policy_logp(run: Run, batch: Batch, seq: Tensor, attn: Tensor, prompt_len: 
 # --------------------------------------------------------------------------------------------
 
 
-def balance(run: Run, batch: Batch) -> None:
+def balance(
+    run: Run, sampled: Sampled, scored: Scored, logp: LogProbs, adv: Advantages
+) -> tuple[Sampled, Scored, LogProbs, Advantages]:
     """verl's ``_balance_batch``: the step's sequences of all ranks, in sampling order, are split into one
     equal share per rank by length (groups split over ranks), each share ordered short -> long -> short
     (``balanced_rank_order``); this rank's rows are replaced by its share, in that order, so that the update's
     minibatches (consecutive slices) are the authors'. Every per-row tensor the update and the metrics read
-    travels with its row; under several ranks every rank briefly holds the whole step's rows."""
+    travels with its row (the kept rows: all of them, in the new order); under several ranks every rank briefly
+    holds the whole step's rows."""
     G, world = run.cfg.rollout.group_size, run.world
-    N = batch.responses.shape[0]
-    Ps, Pt = batch.student_prompt_len, batch.teacher_prompt_len
-    n_tokens = batch.student_attn[:, :Ps].sum(-1) + batch.mask.sum(-1)  # [N] prompt + response tokens
+    N = sampled.responses.shape[0]
+    Ps, Pt = sampled.student_prompt_len, sampled.teacher_prompt_len
+    n_tokens = sampled.student_attn[:, :Ps].sum(-1) + sampled.mask.sum(-1)  # [N] prompt + response tokens
     gathered = dist.all_gather_cat(n_tokens.long()).tolist()  # [N_all] rank order: rank r's row j at r N + j
     # sampling order: the step's prompts were dealt out round-robin (prompt p to rank p % world), G rows each
     to_sampling = [((q % N) // G * world + q // N) * G + (q % N) % G for q in range(len(gathered))]
@@ -923,20 +619,38 @@ def balance(run: Run, batch: Batch) -> None:
         r_ids, r_attn = take(seq[:, prompt_len:], pad_id), take(attn[:, prompt_len:], 0)
         return torch.cat([p_ids, r_ids], 1), torch.cat([p_attn, r_attn], 1), p_ids.shape[1]
 
-    batch.student_seq, batch.student_attn, batch.student_prompt_len = take_seq(batch.student_seq, batch.student_attn, Ps)
-    batch.teacher_seq, batch.teacher_attn, batch.teacher_prompt_len = take_seq(batch.teacher_seq, batch.teacher_attn, Pt)
-    batch.responses = take(batch.responses, pad_id)
-    batch.mask = take(batch.mask)
-    batch.truncated = take(batch.truncated)
-    batch.engine_logp = take_if(batch.engine_logp)
-    batch.scores, batch.advantages = take(batch.scores), take(batch.advantages)
-    batch.old_logp, batch.ref_logp, batch.teacher_logp = (
-        take(batch.old_logp),
-        take_if(batch.ref_logp),
-        take_if(batch.teacher_logp),
+    student_seq, student_attn, student_prompt_len = take_seq(sampled.student_seq, sampled.student_attn, Ps)
+    teacher_seq, teacher_attn, teacher_prompt_len = take_seq(sampled.teacher_seq, sampled.teacher_attn, Pt)
+    balanced = Sampled(
+        prompt_ids=sampled.prompt_ids,  # this rank's draw (the logged samples), not the rows it now holds
+        texts=sampled.texts,
+        responses=take(sampled.responses, pad_id),
+        mask=take(sampled.mask),
+        engine_logp=take_if(sampled.engine_logp),
+        truncated=take(sampled.truncated),
+        student_seq=student_seq,
+        student_attn=student_attn,
+        student_prompt_len=student_prompt_len,
+        teacher_seq=teacher_seq,
+        teacher_attn=teacher_attn,
+        teacher_prompt_len=teacher_prompt_len,
     )
-    batch.entropy, batch.token_advantages = take(batch.entropy), take_if(batch.token_advantages)
-    batch.keep = torch.arange(len(mine))
+    return (
+        balanced,
+        Scored(
+            scores=take(scored.scores),
+            advantages=take(scored.advantages),
+            all_advantages=scored.all_advantages,
+            keep=torch.arange(len(mine)),
+        ),
+        LogProbs(
+            old_logp=take_if(logp.old_logp),
+            ref_logp=take_if(logp.ref_logp),
+            teacher_logp=take_if(logp.teacher_logp),
+            entropy=take(logp.entropy),
+        ),
+        Advantages(sequence=take(adv.sequence), all=adv.all, token=take_if(adv.token)),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -944,35 +658,52 @@ def balance(run: Run, batch: Batch) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def update(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> tuple[LossStats, float, Tensor]:
+def update(
+    run: Run,
+    step: int,
+    sampled: Sampled,
+    scored: Scored,
+    plan: UpdatePlan,
+    logp: LogProbs,
+    adv: Advantages,
+    metrics: dict[str, float],
+) -> Updated:
     """ppo_epochs passes over the kept rows, one optimizer step per minibatch (``optim.minibatch_prompts``:
     whole groups, in order, as the authors; ``optim.minibatch_size``: sequences drawn at random); the lr
     schedule steps per optimizer step or once per RL step (``optim.lr_schedule_unit``); then the rollout
-    engine takes the new weights. Returns the first epoch's loss statistics, beta(k) and the last gradient norm."""
+    engine takes the new weights. On-policy the forward of the one minibatch also gives pi_old and the entropy
+    of the rows it trains on."""
     cfg, optim = run.cfg, run.cfg.optim
+    if logp.old_logp is not None:
+        old_logp, entropy, measured = logp.old_logp, logp.entropy, None
+    else:  # on-policy: written by the update's forward, row by row
+        old_logp, entropy = torch.zeros_like(logp.entropy), logp.entropy.clone()  # [N, T], [N, T]
+        measured = (old_logp, entropy)
     if isinstance(run.rollout, VLLMRollout):
         run.rollout.sleep()  # GPU: free the engine's KV cache while training
     started = time.perf_counter()
     beta_k = beta_at(step, cfg.run.total_steps, cfg.algo.beta, cfg.algo.beta_warmup_steps, cfg.algo.beta_decay_steps)
     loss_stats = LossStats()
     grad_norm = torch.zeros(())
-    metrics["train/skipped_update"] = float(batch.n_kept_all == 0)  # every group uninformative (filter_groups)
+    metrics["train/skipped_update"] = float(plan.n_kept_all == 0)  # every group uninformative (filter_groups)
     metrics["train/lr"] = float(run.scheduler.get_last_lr()[0])  # the lr of this step's (first) update
     per_update = optim.lr_schedule_unit == "optimizer_step"
     n_nonfinite = 0
     run.policy.train()
-    for epoch in range(optim.ppo_epochs if batch.n_kept_all else 0):
+    keep = scored.keep  # [K]
+    for epoch in range(optim.ppo_epochs if plan.n_kept_all else 0):
         if optim.minibatch_order == "balanced":  # consecutive slices of this rank's short -> long -> short share
-            parts = list(torch.tensor_split(batch.keep, batch.n_minibatches))
+            parts = list(torch.tensor_split(keep, plan.n_minibatches))
         elif optim.minibatch_prompts:  # consecutive whole groups; the same number of minibatches on every rank
-            groups = batch.keep.view(-1, cfg.rollout.group_size)  # [K/G, G]
-            parts = [part.reshape(-1) for part in torch.tensor_split(groups, batch.n_minibatches)]
+            groups = keep.view(-1, cfg.rollout.group_size)  # [K/G, G]
+            parts = [part.reshape(-1) for part in torch.tensor_split(groups, plan.n_minibatches)]
         else:
-            shuffle = batch.n_minibatches > 1 or optim.ppo_epochs > 1
-            order = batch.keep[torch.randperm(len(batch.keep))] if shuffle else batch.keep
-            parts = list(torch.tensor_split(order, batch.n_minibatches))  # the same number of minibatches on every rank
+            shuffle = plan.n_minibatches > 1 or optim.ppo_epochs > 1
+            order = keep[torch.randperm(len(keep))] if shuffle else keep
+            parts = list(torch.tensor_split(order, plan.n_minibatches))  # the same number of minibatches on every rank
         for rows in parts:
-            grad_norm, applied = optimizer_step(run, batch, rows.to(run.device), beta_k, loss_stats if epoch == 0 else None)
+            step_stats = loss_stats if epoch == 0 else None
+            grad_norm, applied = optimizer_step(run, sampled, logp, adv, measured, rows.to(run.device), beta_k, step_stats)
             if per_update:
                 run.scheduler.step()
             n_nonfinite += not applied
@@ -988,28 +719,38 @@ def update(run: Run, batch: Batch, step: int, metrics: dict[str, float]) -> tupl
     metrics["timing/update"] = time.perf_counter() - started
     if run.separate_engine:
         metrics["timing/weight_sync"] = sync_rollout_weights(run)
-    return loss_stats, beta_k, grad_norm
+    return Updated(loss_stats=loss_stats, beta=beta_k, grad_norm=grad_norm, old_logp=old_logp, entropy=entropy)
 
 
-def optimizer_step(run: Run, batch: Batch, rows: Tensor, beta_k: float, loss_stats: LossStats | None) -> tuple[Tensor, bool]:
+def optimizer_step(
+    run: Run,
+    sampled: Sampled,
+    logp: LogProbs,
+    adv: Advantages,
+    measured: tuple[Tensor, Tensor] | None,
+    rows: Tensor,
+    beta_k: float,
+    loss_stats: LossStats | None,
+) -> tuple[Tensor, bool]:
     """One AdamW step on the minibatch ``rows`` [M], accumulated over micro-batches; returns the gradient norm
-    and whether the step was applied: a non-finite loss (on any rank) or gradient norm skips it.
+    and whether the step was applied: a non-finite loss (on any rank) or gradient norm skips it. ``measured``
+    (on-policy): the [N, T] pi_old and entropy the forwards write.
 
     Aggregation weights (``optim.loss_aggregation``) are normalised over the whole minibatch on all ranks, so
     neither micro-batching nor the number of ranks changes the update; or, as the authors, per micro-batch."""
     algo, optim, device = run.cfg.algo, run.cfg.optim, run.device
-    mask = batch.mask[rows]  # [M, T]
+    mask = sampled.mask[rows]  # [M, T]
     if optim.micro_batch_packing == "balanced" and optim.micro_batch_tokens:  # verl's dynamic batch size
-        n_tokens = (batch.student_attn[rows, : batch.student_prompt_len].sum(-1) + mask.sum(-1)).long().tolist()  # [M]
+        n_tokens = (sampled.student_attn[rows, : sampled.student_prompt_len].sum(-1) + mask.sum(-1)).long().tolist()  # [M]
         count = micro_batch_count(n_tokens, optim.micro_batch_tokens)
         count = int(dist.all_max(torch.tensor(float(count), device=device)).item())  # the same on every rank
         positions = [torch.tensor(g) for g in token_budget_micro_batches(n_tokens, count)]
     else:
-        positions = micro_batches(mask.sum(-1), optim.micro_batch_size, optim.micro_batch_tokens, batch.student_prompt_len)
+        positions = micro_batches(mask.sum(-1), optim.micro_batch_size, optim.micro_batch_tokens, sampled.student_prompt_len)
     weights, opd_weights, entropy_weights = token_weights(
         mask,
-        batch.advantages[rows],
-        batch.responses[rows],
+        adv.sequence[rows],
+        sampled.responses[rows],
         run.tokenizer.eos_token_id,
         algo,
         dist.all_sum,
@@ -1022,8 +763,9 @@ def optimizer_step(run: Run, batch: Batch, rows: Tensor, beta_k: float, loss_sta
         n_most = int(dist.all_max(torch.tensor(float(len(groups)), device=device)).item())
         groups += [None] * (n_most - len(groups))
     finite_loss = True
+    all_weights = (weights, opd_weights, entropy_weights)
     for group in groups:
-        finite_loss &= micro_batch_backward(run, batch, rows, group, (weights, opd_weights, entropy_weights), beta_k, loss_stats)
+        finite_loss &= micro_batch_backward(run, sampled, logp, adv, measured, rows, group, all_weights, beta_k, loss_stats)
     if not run.use_fsdp:  # FSDP has reduce-scattered the gradients already
         dist.all_reduce_grads(list(run.policy.parameters()))
     grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.parameters(), optim.grad_clip if optim.grad_clip > 0 else float("inf"))
@@ -1102,7 +844,10 @@ def token_weights(
 
 def micro_batch_backward(
     run: Run,
-    batch: Batch,
+    sampled: Sampled,
+    logp: LogProbs,
+    adv: Advantages,
+    measured: tuple[Tensor, Tensor] | None,
     rows: Tensor,
     positions: Tensor | None,
     all_weights: tuple[Tensor, Tensor, Tensor],
@@ -1111,25 +856,30 @@ def micro_batch_backward(
 ) -> bool:
     """Forward and backward of the micro-batch at ``positions`` of the minibatch ``rows``; returns whether its
     loss was finite. ``positions`` None: a zero-weight forward/backward that only keeps FSDP's collectives in
-    step across ranks. ``all_weights``: the minibatch's L_out, L_OPD+ and entropy weights [M, T]."""
+    step across ranks. ``all_weights``: the minibatch's L_out, L_OPD+ and entropy weights [M, T]. ``measured``
+    (on-policy): pi_old and the entropy [N, T], which this forward's pi_theta gives."""
     cfg, algo, optim = run.cfg, run.cfg.algo, run.cfg.optim
     weights, opd_weights, entropy_weights = all_weights
     padding = positions is None
     if positions is None:
         positions = torch.tensor([0])
     seqs = rows[positions] if len(rows) else torch.tensor([0], device=run.device)  # [b]
-    n_resp = max(1, int(batch.mask[seqs].sum(-1).max()))  # the longest response here; beyond it, padding
-    tokens, mask = batch.responses[seqs, :n_resp], batch.mask[seqs, :n_resp]  # [b, tb]
-    Ps, Pt = batch.student_prompt_len, batch.teacher_prompt_len
+    n_resp = max(1, int(sampled.mask[seqs].sum(-1).max()))  # the longest response here; beyond it, padding
+    tokens, mask = sampled.responses[seqs, :n_resp], sampled.mask[seqs, :n_resp]  # [b, tb]
+    Ps, Pt = sampled.student_prompt_len, sampled.teacher_prompt_len
     with run.compute():  # the network in the compute dtype over the fp32 parameters
         hidden = response_hidden(
-            run.policy, batch.student_seq[seqs, : Ps + n_resp], batch.student_attn[seqs, : Ps + n_resp], Ps, n_resp
+            run.policy, sampled.student_seq[seqs, : Ps + n_resp], sampled.student_attn[seqs, : Ps + n_resp], Ps, n_resp
         )  # [b, tb, H]
         teacher_hidden = None
         if algo.needs_distillation and (run.use_fsdp or bool(opd_weights[positions].any())):
             with torch.no_grad():  # the teacher: the current policy on the privileged prompt (c, x)
                 teacher_hidden = response_hidden(
-                    run.policy, batch.teacher_seq[seqs, : Pt + n_resp], batch.teacher_attn[seqs, : Pt + n_resp], Pt, n_resp
+                    run.policy,
+                    sampled.teacher_seq[seqs, : Pt + n_resp],
+                    sampled.teacher_attn[seqs, : Pt + n_resp],
+                    Pt,
+                    n_resp,
                 )  # [b, tb, H]
     head_weight, head_bias = head_of(run.policy)  # after the forward: under FSDP the gathered head
     # the loss runs its own GEMMs outside autocast: hidden states and head in the compute dtype
@@ -1164,23 +914,24 @@ def micro_batch_backward(
         head_weight,
         head_bias,
         tokens,
-        batch.advantages[seqs],
+        adv.sequence[seqs],
         mask,
         settings,
         teacher_hidden=teacher_hidden,
-        old_logp=None if batch.on_policy else batch.old_logp[seqs, :n_resp],
-        ref_logp=batch.ref_logp[seqs, :n_resp] if batch.ref_logp is not None else None,
-        rollout_logp=batch.engine_logp[seqs, :n_resp] if batch.engine_logp is not None else None,
-        token_advantages=batch.token_advantages[seqs, :n_resp] if batch.token_advantages is not None else None,
+        old_logp=logp.old_logp[seqs, :n_resp] if logp.old_logp is not None else None,
+        ref_logp=logp.ref_logp[seqs, :n_resp] if logp.ref_logp is not None else None,
+        rollout_logp=sampled.engine_logp[seqs, :n_resp] if sampled.engine_logp is not None else None,
+        token_advantages=adv.token[seqs, :n_resp] if adv.token is not None else None,
         token_weights=weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
         opd_token_weights=opd_weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
         entropy_token_weights=entropy_weights[positions, :n_resp] if not padding else torch.zeros_like(mask),
         impl=optim.loss_impl,
         chunk_size=optim.loss_chunk_size,
     )
-    if batch.on_policy and not padding:  # pi_old is this forward's pi_theta
-        batch.entropy[seqs, :n_resp] = per_token.entropy
-        batch.old_logp[seqs, :n_resp] = per_token.logp
+    if measured is not None and not padding:  # pi_old is this forward's pi_theta
+        old_logp, entropy = measured  # [N, T], [N, T]
+        entropy[seqs, :n_resp] = per_token.entropy
+        old_logp[seqs, :n_resp] = per_token.logp
     if padding:
         loss = loss * 0.0
     elif run.use_fsdp:
@@ -1220,24 +971,24 @@ def micro_batches(lengths: Tensor, size: int, token_budget: int | None, prompt_l
 
 
 def reduce_metrics(
-    run: Run, batch: Batch, loss_stats: LossStats, beta_k: float, grad_norm: Tensor, metrics: dict[str, float]
+    run: Run, sampled: Sampled, plan: UpdatePlan, adv: Advantages, updated: Updated, metrics: dict[str, float]
 ) -> None:
     """train/* metrics of the step, over all ranks."""
-    mask = batch.mask
-    if batch.engine_logp is not None:  # trainer vs rollout engine on the sampled tokens (before this update)
-        gap = batch.old_logp - batch.engine_logp  # [N, T]
+    mask = sampled.mask
+    if sampled.engine_logp is not None:  # trainer vs rollout engine on the sampled tokens (before this update)
+        gap = updated.old_logp - sampled.engine_logp  # [N, T]
         sums = dist.all_sum(
             torch.stack([(gap * mask).sum(), (gap.abs() * mask).sum(), (torch.exp(gap.clamp(-20, 20)) * mask).sum(), mask.sum()])
         )
         metrics["train/rollout_logprob_diff"] = float(sums[1] / sums[3].clamp(min=1))
         metrics["train/rollout_is_ratio"] = float(sums[2] / sums[3].clamp(min=1))
-    loss_stats.all_reduce(run.device)
-    metrics.update(loss_stats.metrics(batch.n_minibatches))
-    metrics["train/beta"] = beta_k
-    metrics["train/gate_fraction"] = float((batch.all_advantages > 0).float().mean()) if run.cfg.algo.gate else 1.0
-    entropy = dist.all_sum(torch.stack([(batch.entropy * mask).sum(), mask.sum()]))
+    updated.loss_stats.all_reduce(run.device)
+    metrics.update(updated.loss_stats.metrics(plan.n_minibatches))
+    metrics["train/beta"] = updated.beta
+    metrics["train/gate_fraction"] = float((adv.all > 0).float().mean()) if run.cfg.algo.gate else 1.0
+    entropy = dist.all_sum(torch.stack([(updated.entropy * mask).sum(), mask.sum()]))
     metrics["train/entropy"] = float(entropy[0] / entropy[1].clamp(min=1.0))
-    metrics["train/grad_norm"] = float(grad_norm)
+    metrics["train/grad_norm"] = float(updated.grad_norm)
 
 
 # --------------------------------------------------------------------------------------------
