@@ -371,6 +371,40 @@ def test_console_script_in_a_real_process(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.parquet"]
 
 
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_default_tokenizer_without_the_hub_is_one_line_at_once(tmp_path):
+    """The default ``--tokenizer Qwen/Qwen3-4B`` on a machine that cannot reach the hub (here: an endpoint that
+    refuses connections), and with HF_HUB_OFFLINE set: one line saying so, no retry lines (huggingface_hub used to
+    retry every file five times, about 30 s of 'Retrying in 8s' lines), nothing written."""
+    cmd = [sys.executable, "-m", "sdpg.training.dataprep", "prepare", str(BENCH / "amc23.jsonl"), "--out", "o.jsonl"]
+    base = {k: v for k, v in ENV.items() if not k.lower().endswith("_proxy") and k not in ("HF_HUB_OFFLINE", "HF_TOKEN")}
+    cases = {
+        "unreachable": {"HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}"},
+        "offline": {"HF_HUB_OFFLINE": "1"},
+    }
+    procs = {}
+    for name, extra in cases.items():
+        (tmp_path / name).mkdir()
+        env = {**base, "HF_HOME": str(tmp_path / name / ".hf"), **extra}  # an empty cache: nothing of Qwen3 there
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        procs[name] = subprocess.Popen(cmd, env=env, cwd=tmp_path / name, text=True, **pipes)
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        lines = err.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and out == "", (name, err[-3000:])
+        assert lines[0].startswith("error: --tokenizer 'Qwen/Qwen3-4B': cannot load it (not in the local Hugging Face cache")
+        want = "HF_HUB_OFFLINE is set" if name == "offline" else "127.0.0.1"
+        assert want in lines[0] and "'embedded'" in lines[0], lines[0]
+        assert sorted(p.name for p in (tmp_path / name).iterdir() if p.name != ".hf") == []
+
+
 def test_contexts_refuses_before_loading_a_teacher(tmp_path, capsys):
     """Outputs that hold something else, a half-done run with other settings, bad paths: refused, nothing touched."""
     rows = tmp_path / "rows.jsonl"
