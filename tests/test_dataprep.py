@@ -301,7 +301,7 @@ def _kill_when(cmd: list[str], ready, timeout: float = 300) -> None:
 
 
 @pytest.mark.slow
-def test_contexts_verified_resumable_and_trainable(tmp_path):
+def test_contexts_verified_resumable_and_trainable(tmp_path, capfd):
     from sdpg.training.rewards import exact_reward
 
     rows = _prepared(tmp_path)
@@ -328,15 +328,15 @@ def test_contexts_verified_resumable_and_trainable(tmp_path):
     assert not parts.exists()
     again = subprocess.run(_contexts_cmd(rows, cut), env=ENV, check=True, timeout=600, capture_output=True, text=True)
     assert "already holds this run's output" in again.stderr and (cut.parent / "ctx.jsonl").read_bytes() == whole.read_bytes()
-    # both formats train with sdpg-train
+    # both formats train with sdpg-train (its main function here: a process of its own adds only its start-up)
     from conftest import TINY
+    from test_hostile_input import run_in_process
 
     for data in (whole, whole.with_suffix(".parquet")):
         out = tmp_path / f"run-{data.suffix[1:]}"
-        cmd = [sys.executable, "-c", "import sys; from sdpg.cli import train_main; sys.exit(train_main(sys.argv[1:]))",
-               *TINY, f"data.train={data}", "run.total_steps=2", "eval.every=0", f"run.output_dir={out}",
-               "data.overlong_prompts=cut_left"]  # fmt: skip  # Fig. 4 prompts exceed the tiny model's 64 tokens
-        r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+        args = [*TINY, f"data.train={data}", "run.total_steps=2", "eval.every=0", f"run.output_dir={out}",
+                "data.overlong_prompts=cut_left"]  # fmt: skip  # Fig. 4 prompts exceed the tiny model's 64 tokens
+        r = run_in_process(capfd, "sdpg-train", args, tmp_path, env={"OMP_NUM_THREADS": "1"})
         assert r.returncode == 0, r.stderr[-2000:]
         assert "finished at step 2" in r.stderr
 
