@@ -301,7 +301,7 @@ def _kill_when(cmd: list[str], ready, timeout: float = 300) -> None:
 
 
 @pytest.mark.slow
-def test_contexts_verified_resumable_and_trainable(tmp_path):
+def test_contexts_verified_resumable_and_trainable(tmp_path, capfd):
     from sdpg.training.rewards import exact_reward
 
     rows = _prepared(tmp_path)
@@ -328,15 +328,15 @@ def test_contexts_verified_resumable_and_trainable(tmp_path):
     assert not parts.exists()
     again = subprocess.run(_contexts_cmd(rows, cut), env=ENV, check=True, timeout=600, capture_output=True, text=True)
     assert "already holds this run's output" in again.stderr and (cut.parent / "ctx.jsonl").read_bytes() == whole.read_bytes()
-    # both formats train with sdpg-train
+    # both formats train with sdpg-train (its main function here: a process of its own adds only its start-up)
     from conftest import TINY
+    from test_hostile_input import run_in_process
 
     for data in (whole, whole.with_suffix(".parquet")):
         out = tmp_path / f"run-{data.suffix[1:]}"
-        cmd = [sys.executable, "-c", "import sys; from sdpg.commands import train_main; sys.exit(train_main(sys.argv[1:]))",
-               *TINY, f"data.train={data}", "run.total_steps=2", "eval.every=0", f"run.output_dir={out}",
-               "data.overlong_prompts=cut_left"]  # fmt: skip  # Fig. 4 prompts exceed the tiny model's 64 tokens
-        r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+        args = [*TINY, f"data.train={data}", "run.total_steps=2", "eval.every=0", f"run.output_dir={out}",
+                "data.overlong_prompts=cut_left"]  # fmt: skip  # Fig. 4 prompts exceed the tiny model's 64 tokens
+        r = run_in_process(capfd, "sdpg-train", args, tmp_path, env={"OMP_NUM_THREADS": "1"})
         assert r.returncode == 0, r.stderr[-2000:]
         assert "finished at step 2" in r.stderr
 
@@ -369,6 +369,40 @@ def test_console_script_in_a_real_process(tmp_path):
     r = subprocess.run([*cmd, "prepare"], env=ENV, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--out" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.parquet"]
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_default_tokenizer_without_the_hub_is_one_line_at_once(tmp_path):
+    """The default ``--tokenizer Qwen/Qwen3-4B`` on a machine that cannot reach the hub (here: an endpoint that
+    refuses connections), and with HF_HUB_OFFLINE set: one line saying so, no retry lines (huggingface_hub used to
+    retry every file five times, about 30 s of 'Retrying in 8s' lines), nothing written."""
+    cmd = [sys.executable, "-m", "sdpg.training.dataprep", "prepare", str(BENCH / "amc23.jsonl"), "--out", "o.jsonl"]
+    base = {k: v for k, v in ENV.items() if not k.lower().endswith("_proxy") and k not in ("HF_HUB_OFFLINE", "HF_TOKEN")}
+    cases = {
+        "unreachable": {"HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}"},
+        "offline": {"HF_HUB_OFFLINE": "1"},
+    }
+    procs = {}
+    for name, extra in cases.items():
+        (tmp_path / name).mkdir()
+        env = {**base, "HF_HOME": str(tmp_path / name / ".hf"), **extra}  # an empty cache: nothing of Qwen3 there
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        procs[name] = subprocess.Popen(cmd, env=env, cwd=tmp_path / name, text=True, **pipes)
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        lines = err.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and out == "", (name, err[-3000:])
+        assert lines[0].startswith("error: --tokenizer 'Qwen/Qwen3-4B': cannot load it (not in the local Hugging Face cache")
+        want = "HF_HUB_OFFLINE is set" if name == "offline" else "127.0.0.1"
+        assert want in lines[0] and "'embedded'" in lines[0], lines[0]
+        assert sorted(p.name for p in (tmp_path / name).iterdir() if p.name != ".hf") == []
 
 
 def test_contexts_refuses_before_loading_a_teacher(tmp_path, capsys):

@@ -871,7 +871,8 @@ def test_a_resubmission_recovers_from_every_cut_bookkeeping_file(tmp_path, cli, 
     """A finished ablation whose jobs.json is garbage, one run's result.json empty (killed while writing it) and
     its metrics.jsonl's last line cut: the resubmission says so in one line, sets jobs.json aside, and ends with
     every run finished and every step logged once."""
-    write(tmp_path, {"spec.yaml": SPEC})
+    # the two runs side by side, each on 256 training rows (tokenizing all 20,000 was 2 s of CPU per job)
+    write(tmp_path, {"spec.yaml": {**SPEC, "max_parallel": 2, "overrides": {**SPEC["overrides"], "data.train_limit": 256}}})
     first = cli(IN, "sdpg-ablate", ["spec.yaml"], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     runs = _plan_runs(tmp_path)

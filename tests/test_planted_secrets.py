@@ -5,7 +5,9 @@ header, a URI password holding ``#``, a ``password=`` parameter, a token right a
 secret-named environment variables that appear nowhere else by name) are planted in templates of a spec's
 base, in a variant's override (a grid value, so it reaches folder names), in a sweep's base and in the
 environment. Then the real commands run as a user runs them: a local submission, its status, a rehearsal, a
-report, a sweep with a local worker, its status and export. Every byte under the outputs (run folders,
+report, a sweep with a local worker, its status and export (the two that train as real processes; the others as
+their main functions in this process, with the console captured as tests/test_hostile_input.py's in-process runner
+does: a fresh interpreter each adds only its start-up). Every byte under the outputs (run folders,
 checkpoints, the MLflow store and its artifacts, the Optuna journal, submitit's pickles and logs, the
 rehearsal and the report) and every captured console line is searched: zero hits. The specs themselves, the
 user's own files, are kept outside the searched folder.
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_hostile_input import TINY, run_cli
+from test_hostile_input import TINY, run_cli, run_in_process
 
 ENV_SECRETS = {
     "HF_TOKEN": "zq8VtT3wLr7Kp2Xn5Ma9",  # no known shape: found only because the variable's name says secret
@@ -70,11 +72,13 @@ def _search(root: Path, console: str) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_no_planted_secret_is_written_or_printed(tmp_path, tiny_model_built):
+def test_no_planted_secret_is_written_or_printed(tmp_path, tiny_model_built, capfd):
     specs, work = tmp_path / "specs", tmp_path / "work"
     specs.mkdir()
     work.mkdir()
-    overrides = {**TINY, "run.total_steps": 2, "run.checkpoint_every": 1}
+    # one step makes a checkpoint and an evaluation; 16 rows carry the templates as all 20,000 do (each of those
+    # rows' teacher prompts, long with the secrets, was tokenized and cut: over a minute of every run's start-up)
+    overrides = {**TINY, "run.total_steps": 1, "run.checkpoint_every": 1, "data.train_limit": 16}
     abl = {
         "name": "sec",
         "base": "embedded",
@@ -82,7 +86,7 @@ def test_no_planted_secret_is_written_or_printed(tmp_path, tiny_model_built):
         "variants": {"plain": {}, "templated": {"data.context_templates.answer_solution": _template("variant")}},
         "seeds": [0],
         "executor": "local",
-        "max_parallel": 1,
+        "max_parallel": 2,
         "output_dir": str(work / "outputs" / "sec"),
     }
     (specs / "sec.yaml").write_text(yaml.safe_dump(abl, sort_keys=False))
@@ -101,18 +105,21 @@ def test_no_planted_secret_is_written_or_printed(tmp_path, tiny_model_built):
     env = dict(ENV_SECRETS)
     console = []
 
-    def run(tool, *args, code=0):
-        r = run_cli(tool, list(args), work, env=env, timeout=600)
+    def run(tool, *args, code=0, process=False):
+        if process:
+            r = run_cli(tool, list(args), work, env=env, timeout=600)
+        else:
+            r = run_in_process(capfd, tool, list(args), work, env=env)
         console.append(r.stdout + r.stderr)
         assert r.returncode == code, (tool, args, r.stderr[-4000:])
         return r
 
     run("sdpg-ablate", specs / "sec.yaml", "--dry-run")
-    run("sdpg-ablate", specs / "sec.yaml")
+    run("sdpg-ablate", specs / "sec.yaml", process=True)
     run("sdpg-ablate", "status", specs / "sec.yaml")
     run("sdpg-ablate", specs / "sec.yaml", "--rehearse", "--rehearse-dir", work / "rehearsal")
     run("sdpg-report", specs / "sec.yaml", "--out", work / "report")
-    run("sdpg-sweep", specs / "secsweep.yaml")
+    run("sdpg-sweep", specs / "secsweep.yaml", process=True)
     run("sdpg-sweep", "status", specs / "secsweep.yaml")
     run("sdpg-sweep", "export", specs / "secsweep.yaml", "--out", work / "best.yaml")
     run("sdpg-train", f"run.output_dir={work / 'direct'}", f"data.context_templates.answer={_template('x')}", "--print-config")

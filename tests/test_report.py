@@ -20,12 +20,13 @@ VARIANTS = ["grpo", "sdpg_urkl", "sdpg_ufkl"]
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory, tiny_model_built):
-    """3 variants x 2 seeds of the embedded task, 4 steps each, through sdpg-ablate and MLflow."""
+    """3 variants x 2 seeds of the embedded task, 2 steps each with an evaluation at steps 0, 1 and 2 (Last and
+    Best differ in what they read), through sdpg-ablate and MLflow."""
     d = tmp_path_factory.mktemp("report")
     spec = {
         "name": "rep",
         "base": "embedded",
-        "overrides": {**tiny_overrides_dict(), "run.total_steps": 4, "eval.every": 2},
+        "overrides": {**tiny_overrides_dict(), "run.total_steps": 2, "eval.every": 1, "data.train_limit": 256},
         "variants": {"grpo": {"algo.method": "grpo"}, "sdpg_urkl": {}, "sdpg_ufkl": {"algo.kl_mode": "ufkl"}},
         "seeds": [0, 1],
         "executor": "local",
@@ -37,6 +38,18 @@ def experiment(tmp_path_factory, tiny_model_built):
     plan = load_plan(p)
     submit(plan, wait=True, log=lambda m: None)
     return p, plan
+
+
+@pytest.fixture(scope="module")
+def report_of_two_seeds(experiment, tmp_path_factory) -> Path:
+    """``sdpg-report SPEC --order grpo sdpg_urkl sdpg_ufkl``, written once for the tests that read its files, its
+    page and its tables (each report is some 10 s of figures)."""
+    from sdpg.commands import report_main
+
+    spec, _ = experiment
+    out = tmp_path_factory.mktemp("two-seeds") / "out"
+    assert report_main([str(spec), "--out", str(out), "--order", *VARIANTS]) == 0
+    return out
 
 
 @pytest.mark.slow
@@ -79,12 +92,10 @@ def test_report_on_real_runs(experiment, tmp_path):
 
 
 @pytest.mark.slow
-def test_sdpg_report_command_writes_index_figures_tables(experiment, tmp_path):
-    spec, _ = experiment
+def test_sdpg_report_command_writes_index_figures_tables(report_of_two_seeds, tmp_path):
     from sdpg.commands import report_main
 
-    assert report_main([str(spec), "--out", str(tmp_path / "out"), "--order", *VARIANTS]) == 0
-    out = tmp_path / "out"
+    out = report_of_two_seeds
     index = (out / "index.md").read_text()
     for f in (
         "figures/curves.png",
@@ -214,17 +225,13 @@ def _improvement_rows(index: str) -> dict[str, list[str]]:
 
 
 @pytest.mark.slow
-def test_index_html_is_a_real_page_in_headless_chromium(experiment, tmp_path):
+def test_index_html_is_a_real_page_in_headless_chromium(report_of_two_seeds, tmp_path):
     """The page opened in Chromium: tables are tables, every figure loads once, links reach files, the
-    underlines are underlines; the screenshot beside the report shows something."""
+    underlines are underlines; the screenshot shows something."""
     browser = _chromium()
     from matplotlib.image import imread
 
-    from sdpg.commands import report_main
-
-    spec, _ = experiment
-    out = tmp_path / "out"
-    assert report_main([str(spec), "--out", str(out), "--order", *VARIANTS]) == 0
+    out = report_of_two_seeds
     index_md = (out / "index.md").read_text()
     dom = browser.inspect_page(out / "index.html")
 
@@ -256,8 +263,8 @@ def test_index_html_is_a_real_page_in_headless_chromium(experiment, tmp_path):
     for h in hrefs:
         assert (out / h).is_file(), h
 
-    shot = browser.screenshot(out / "index.html", out / "screenshot.png")
-    assert shot == (out / "screenshot.png").resolve()
+    shot = browser.screenshot(out / "index.html", tmp_path / "screenshot.png")
+    assert shot == (tmp_path / "screenshot.png").resolve()
     px = imread(shot)[..., :3]  # [H, W, 3] in [0, 1]
     assert px.shape[1] == 1280 and px.shape[0] >= dom["height"]
     assert px.std() > 0.05  # not a blank page
@@ -269,13 +276,12 @@ def test_index_html_is_a_real_page_in_headless_chromium(experiment, tmp_path):
 
 
 @pytest.mark.slow
-def test_one_seed_has_no_intervals_and_says_why_two_seeds_have_both(experiment, tmp_path):
+def test_one_seed_has_no_intervals_and_says_why_two_seeds_have_both(experiment, report_of_two_seeds, tmp_path):
     from sdpg.commands import report_main
 
     spec, _ = experiment
     assert report_main([str(spec), "--out", str(tmp_path / "one"), "--order", *VARIANTS, "--tag", "seed=0"]) == 0
-    assert report_main([str(spec), "--out", str(tmp_path / "two"), "--order", *VARIANTS]) == 0
-    one, two = (tmp_path / "one" / "index.md").read_text(), (tmp_path / "two" / "index.md").read_text()
+    one, two = (tmp_path / "one" / "index.md").read_text(), (report_of_two_seeds / "index.md").read_text()
 
     # one seed: IQM point values only, no interval, no P(improve), and the page says why
     rows = _improvement_rows(one)
@@ -359,15 +365,14 @@ def test_curves_have_no_empty_panel_and_zero_series_are_named(experiment, tmp_pa
 
 
 @pytest.mark.slow
-def test_steps_to_threshold_only_with_a_threshold(experiment, tmp_path):
+def test_steps_to_threshold_only_with_a_threshold(experiment, report_of_two_seeds, tmp_path):
     from sdpg.commands import report_main
 
     spec, _ = experiment
-    assert report_main([str(spec), "--out", str(tmp_path / "a")]) == 0
     assert report_main([str(spec), "--out", str(tmp_path / "b"), "--threshold", "0.0"]) == 0
-    a, b = (tmp_path / "a" / "index.md").read_text(), (tmp_path / "b" / "index.md").read_text()
+    a, b = (report_of_two_seeds / "index.md").read_text(), (tmp_path / "b" / "index.md").read_text()
     assert "Steps to threshold" not in a and "not computed; give `--threshold X`" in a
-    assert "steps_to_threshold" not in (tmp_path / "a" / "tables" / "stability_runs.csv").read_text()
+    assert "steps_to_threshold" not in (report_of_two_seeds / "tables" / "stability_runs.csv").read_text()
     assert "Steps to threshold (0)" in b and "not computed" not in b
     runs = pd.read_csv(tmp_path / "b" / "tables" / "stability_runs.csv")
     assert (runs.steps_to_threshold == runs.steps_to_threshold.min()).all()  # every run reaches 0 at its first eval

@@ -155,8 +155,9 @@ def slurm_spec(tmp_path, name, n_trials, workers, extra=None):
         "base": "embedded",
         "overrides": {
             **tiny_overrides_dict(),
-            "run.total_steps": 6,
+            "run.total_steps": 4,  # evaluations at steps 0, 2 and 4: a report to prune at, and one after it
             "eval.every": 2,
+            "data.train_limit": 256,  # plenty for these trials; all 20,000 rows were tokenized in every trial
             "eval.n_samples": 2,
             "data.eval_limit": 16,
             "optim.warmup_steps": 0,
@@ -218,12 +219,13 @@ def test_killed_worker_and_rerun_complete_the_study(tmp_path, dev_cluster, tiny_
     p = slurm_spec(
         tmp_path,
         "swk",
-        n_trials=3,
+        n_trials=2,  # the killed trial's retry and one more: the budget met with the retry counted once
         workers=1,
         extra={
             "overrides": {
                 **tiny_overrides_dict(),
-                "run.total_steps": 40,
+                "run.total_steps": 24,  # still running when killed: the kill follows its step-2 checkpoint at once
+                "data.train_limit": 256,
                 "eval.every": 0,
                 "optim.warmup_steps": 0,
                 "run.checkpoint_every": 2,
@@ -264,7 +266,7 @@ def test_killed_worker_and_rerun_complete_the_study(tmp_path, dev_cluster, tiny_
     assert trials[0].state.name == "FAIL"
     retries = [t for t in finished if t.user_attrs.get("sdpg.retry_of") == 0]
     assert len(retries) == 1 and retries[0].params == trials[0].params  # re-run once, not lost
-    assert len(finished) == 3
+    assert len(finished) == 2
     log = "\n".join(x.read_text() for x in (sweep.output_dir / "submitit").glob("*_log.err"))
     assert "resumed from" in log  # the retry continued the dead trial's checkpoint
 
@@ -332,8 +334,9 @@ def test_two_local_workers_eight_distinct_trials_every_run_ended(tmp_path, tiny_
             "base": "embedded",
             "overrides": {
                 **tiny_overrides_dict(),
-                "run.total_steps": 4,
+                "run.total_steps": 2,  # evaluations at steps 0 and 2: the pruner's one report after its warm-up
                 "eval.every": 2,
+                "data.train_limit": 256,
                 "eval.n_samples": 2,
                 "data.eval_limit": 16,
                 "optim.warmup_steps": 0,

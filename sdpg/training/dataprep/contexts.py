@@ -30,6 +30,7 @@ from sdpg.training.config import ConfigError, DataConfig
 from sdpg.training.data import FIG4_CONTEXT_TEMPLATES, fig4_message, problem_text
 from sdpg.training.dataprep import text as T
 from sdpg.training.dataprep.card import card_files, load_card, new_card
+from sdpg.training.dataprep.prepare import load_hf_tokenizer
 from sdpg.training.dataprep.sources import check_output, content_sha256, read_source, rows_bytes, write_atomic
 
 if TYPE_CHECKING:
@@ -143,14 +144,7 @@ class Teacher:
         if backend == "auto":
             backend = "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
         self.backend, self.path, self.o = backend, path, o
-        try:
-            from transformers import AutoTokenizer
-
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-        except Exception as e:
-            raise ConfigError(
-                f"--teacher {o.teacher!r}: cannot load its tokenizer ({type(e).__name__}: {str(e)[:200]})"
-            ) from None
+        self.tokenizer = load_hf_tokenizer(path, "--teacher")
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if backend == "vllm":

@@ -3,10 +3,14 @@ data card. Rows keep the source's order; the first of a group of duplicates is k
 
 from __future__ import annotations
 
+import functools
+import os
+import socket
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sdpg.training.config import ConfigError
 from sdpg.training.data import TEACHER_SENTINEL, _get
@@ -69,20 +73,78 @@ def _percentiles(xs: list[int]) -> dict:
     }
 
 
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_answers(timeout_s: float = 3.0) -> bool:
+    """Whether the hub (``HF_ENDPOINT``, default huggingface.co) accepts a TCP connection, asked once. Behind a
+    proxy (``HTTPS_PROXY`` and the like) a direct probe says nothing, so the hub is taken to answer there."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        port = url.port or (80 if url.scheme == "http" else 443)
+        socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout_s).close()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def load_hf_tokenizer(name: str, flag: str):
+    """A transformers tokenizer from a folder or a hub id, failing in one sentence (``flag`` names the option).
+
+    A hub id is read from the local cache first; only when it is not there is the hub asked, and only after one
+    quick probe says the hub answers. Without it, huggingface_hub retries each file about five times over some
+    30 s, printing a line per try, before the same error (the case of every machine without hub access)."""
+
+    def fail(why: str) -> ConfigError:
+        return ConfigError(f"{flag} {name!r}: cannot load it ({why})")
+
+    def load(source: str, **kw):
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(source, **kw)
+        except Exception as e:
+            raise fail(f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
+
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return load(str(local))
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        raise fail("no such folder, and not a hub id of the form org/name")
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = isinstance(try_to_load_from_cache(name, "tokenizer_config.json"), str)
+    except Exception:  # a name the hub's id rules refuse
+        cached = False
+    if cached:
+        try:
+            return load(name, local_files_only=True)
+        except ConfigError:  # an incomplete cached copy: the hub may complete it
+            pass
+    if _offline():
+        raise fail("not in the local Hugging Face cache, and HF_HUB_OFFLINE is set; give a tokenizer folder or 'embedded'")
+    if not hub_answers():
+        host = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").netloc
+        raise fail(
+            f"not in the local Hugging Face cache, and the hub ({host}) cannot be reached from here; "
+            "give a tokenizer folder or 'embedded'"
+        )
+    return load(name)
+
+
+@functools.lru_cache(maxsize=4)
 def load_tokenizer(name: str):
-    """A tokenizer by hub id or folder; ``embedded`` is the built-in task's character tokenizer."""
+    """A tokenizer by hub id or folder; ``embedded`` is the built-in task's character tokenizer. Kept once per
+    name: ``prepare`` loads it before cleaning the rows, and uses it after."""
     if name == "embedded":
         from sdpg.training.embedded import build_tokenizer
 
         return build_tokenizer()
-    try:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(name)
-    except Exception as e:
-        raise ConfigError(
-            f"--tokenizer {name!r}: cannot load it ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
-        ) from None
+    return load_hf_tokenizer(name, "--tokenizer")
 
 
 def token_lengths(tokenizer, texts: list[str]) -> list[int]:
@@ -246,6 +308,7 @@ def prepare(o: PrepareOptions) -> dict:
     """Read, clean and write; returns the card."""
     check_output(o.out, o.overwrite)  # before the (possibly long) read: refuse early
     src = read_source(o.source, o.split, o.revision, o.name)
+    load_tokenizer(o.tokenizer)  # a tokenizer that cannot be had (no hub from here): before the cleaning
     if o.limit is not None:
         src.raws = src.raws[: o.limit]
         src.meta["limit"] = o.limit
