@@ -227,8 +227,9 @@ def test_chunk_sizes_per_path():
     assert chunk_sizes(V, 4096, "cpu", chunk_size=8, student_chunk_size=30) == (8, 30)
     assert chunk_sizes(V, 4096, "cpu", chunk_size=8, student_chunk_size=3) == (8, 8)  # at least a softmax block
     assert chunk_sizes(V, 20, "cpu", chunk_size=8, student_chunk_size=30) == (8, 20)
-    # compiled: no softmax temporaries, so the student-only GEMMs get 8 chunks' rows; an explicit chunk caps as before
-    assert chunk_sizes(V, 4096, "cpu", compiled=True) == (64, 512)
+    # compiled: no softmax temporaries, so the student-only GEMMs get 8 chunks' rows and a distilled chunk 2 chunks'
+    # positions; an explicit chunk caps as before
+    assert chunk_sizes(V, 4096, "cpu", compiled=True) == (128, 512)
     assert chunk_sizes(V, 4096, "cpu", chunk_size=8, compiled=True) == (8, 16)
 
 
@@ -512,3 +513,19 @@ def test_compiled_bf16_writes_bf16_gradients_within_tolerance():
     torch.testing.assert_close(out.logp[m].double(), ref_out.logp[m], rtol=2e-2, atol=2e-2)
     for got, want in zip(grads, ref_grads):
         assert (got.double() - want).norm() / want.norm() < 2e-2
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("inductor_cache_in_tmp")
+def test_compiled_kernels_are_built_once_for_any_group():
+    """After the first steps (every kernel at a generic row count and at one row), other batch shapes, chunk
+    offsets and group sizes reuse the built kernels. A chunk's rows handed to dynamo as a view of the group's
+    buffer made it guard on the buffer's size: a rebuild for every new group size, inside the step's time and
+    memory (and eager kernels once dynamo's recompile limit is reached)."""
+    st = settings_for("sdpg_urkl")
+    for chunk, student_chunk in [(2, 4), (3, 7)]:  # (3, 7): 1-row blocks, which dynamo specialises once
+        run(make_batch(method="sdpg_urkl", seed=11, B=5, T=9), st, "fused_compiled", chunk=chunk, student_chunk=student_chunk)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for seed, T, chunk, student_chunk in [(12, 9, 4, 12), (13, 13, 5, 10), (14, 6, 2, 6)]:
+            d = make_batch(method="sdpg_urkl", seed=seed, B=5, T=T)
+            compare_compiled(d, st, chunk, student_chunk=student_chunk)
