@@ -575,7 +575,7 @@ def _chunk_terms_compiled(z: Tensor, r: Tensor, plan: _Plan, need_grad: bool, te
     rows) in the head's dtype, read as float32 inside the kernels. dL/dz (onehot term included) is written over
     ``z`` (student rows only) or into ``out`` [c, V] (with a teacher) and returned; None without ``need_grad``."""
     st = plan.st
-    c, tau, tau_s, tau_t = r.shape[0], st.temperature, st.kl_student_temperature, st.kl_teacher_temperature
+    tau, tau_s, tau_t = st.temperature, st.kl_student_temperature, st.kl_teacher_temperature
     y = plan.y[r]  # [c]
     z = z.detach()  # [c, V] or [2c, V]: not a view to dynamo (see above)
     kl = lse_k = lse_q = None
