@@ -689,9 +689,7 @@ class _FusedStep(torch.autograd.Function):
             kl=hs.new_zeros(N, dtype=torch.float32),
             grad_hs=torch.zeros_like(hs) if hs.requires_grad else None,
             grad_w=torch.zeros_like(W) if W.requires_grad else None,
-            grad_b=torch.zeros(W.shape[0], dtype=torch.float32, device=W.device)
-            if b is not None and b.requires_grad
-            else None,
+            grad_b=torch.zeros(W.shape[0], dtype=torch.float32, device=W.device) if b is not None and b.requires_grad else None,
         )
         total = torch.zeros((), dtype=torch.float64, device=hs.device)
         G = plan.student_chunk_size
