@@ -227,8 +227,9 @@ def test_chunk_sizes_per_path():
     assert chunk_sizes(V, 4096, "cpu", chunk_size=8, student_chunk_size=30) == (8, 30)
     assert chunk_sizes(V, 4096, "cpu", chunk_size=8, student_chunk_size=3) == (8, 8)  # at least a softmax block
     assert chunk_sizes(V, 20, "cpu", chunk_size=8, student_chunk_size=30) == (8, 20)
-    # compiled: no softmax temporaries, so the student-only GEMMs get 8 chunks' rows; an explicit chunk caps as before
-    assert chunk_sizes(V, 4096, "cpu", compiled=True) == (64, 512)
+    # compiled: no softmax temporaries, so the student-only GEMMs get 8 chunks' rows and a distilled chunk 2 chunks'
+    # positions; an explicit chunk caps as before
+    assert chunk_sizes(V, 4096, "cpu", compiled=True) == (128, 512)
     assert chunk_sizes(V, 4096, "cpu", chunk_size=8, compiled=True) == (8, 16)
 
 
@@ -512,3 +513,50 @@ def test_compiled_bf16_writes_bf16_gradients_within_tolerance():
     torch.testing.assert_close(out.logp[m].double(), ref_out.logp[m], rtol=2e-2, atol=2e-2)
     for got, want in zip(grads, ref_grads):
         assert (got.double() - want).norm() / want.norm() < 2e-2
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("inductor_cache_in_tmp")
+def test_compiled_kernels_are_built_once_for_any_group():
+    """After first steps whose every block is its whole group (as a short warm-up's are; at a generic row
+    count and at one row, which dynamo specialises once), other batch shapes, chunk offsets and group sizes reuse
+    the built kernels. A chunk's rows handed to dynamo as a view of the group's buffer made it guard on the
+    buffer's size: a rebuild at the first real-sized group, inside the step's time and memory."""
+    st = settings_for("sdpg_urkl")
+    for chunk, student_chunk in [(4, 4), (1, 1)]:
+        run(make_batch(method="sdpg_urkl", seed=11, B=5, T=9), st, "fused_compiled", chunk=chunk, student_chunk=student_chunk)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for seed, T, chunk, student_chunk in [(12, 9, 4, 12), (13, 13, 5, 10), (14, 6, 2, 6)]:
+            d = make_batch(method="sdpg_urkl", seed=seed, B=5, T=T)
+            compare_compiled(d, st, chunk, student_chunk=student_chunk)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("inductor_cache_in_tmp")
+@pytest.mark.parametrize("same_tau", [True, False])
+def test_compiled_kernels_by_hand(same_tau):
+    """The compiled statistics and dL/dz on a 3-token vocabulary: student logits 7 + log(1, 2, 1) (p = 1/4, 1/2,
+    1/4), teacher logits all -3 (q = 1/3), y = 1. log p(y) = -log 2, H = 1.5 log 2, KL = 0.5 log(9/8); with
+    g = 0.5, e = -0.1, k = 2: dL/dz_v = p_v (k (log p_v - log q_v - KL) - e (log p_v + H) - g), + g at y. The
+    logits' offsets check the max shift; ``same_tau`` False takes the KL's own softmax branch (tau_s = tau = 1)."""
+    from sdpg.objective.fused_step import _compiled, _dz_student_, _dz_teacher_, _stats_student, _stats_teacher
+
+    ln2, ln3 = math.log(2.0), math.log(3.0)
+    z = torch.tensor([[7.0, 7.0 + ln2, 7.0], [-3.0, -3.0, -3.0]])  # [2c, V], c = 1
+    y = torch.tensor([1])
+    logp, ent, lse, kl, lse_k, lse_q = _compiled(_stats_teacher)(z.clone(), y, 1.0, 1.0, 1.0, same_tau)
+    H, KL = 1.5 * ln2, 0.5 * math.log(9 / 8)
+    for got, want in [(logp, -ln2), (ent, H), (lse, 7 + 2 * ln2), (kl, KL), (lse_k, 7 + 2 * ln2), (lse_q, -3 + ln3)]:
+        assert abs(got.item() - want) < 1e-6, (got, want)
+    s_logp, s_ent, s_lse = _compiled(_stats_student)(z[:1].clone(), y, 1.0)
+    assert abs(s_logp.item() + ln2) < 1e-6 and abs(s_ent.item() - H) < 1e-6 and abs(s_lse.item() - 7 - 2 * ln2) < 1e-6
+    g, e, k = torch.tensor([0.5]), torch.tensor([-0.1]), torch.tensor([2.0])
+    p = [0.25, 0.5, 0.25]
+    student = [pv * (-e.item() * (math.log(pv) + H) - 0.5) for pv in p]
+    with_kl = [sv + pv * 2.0 * (math.log(pv) + ln3 - KL) for sv, pv in zip(student, p)]
+    out = torch.empty(1, 3)
+    _compiled(_dz_teacher_)(out, z.clone(), lse, lse_k, lse_q, g, e, ent, k, kl, 1.0, 1.0, 1.0)
+    torch.testing.assert_close(out[0], torch.tensor(with_kl), rtol=0, atol=1e-6)
+    zs = z[:1].clone()
+    _compiled(_dz_student_)(zs, lse, g, e, ent, 1.0)  # over the logits themselves
+    torch.testing.assert_close(zs[0], torch.tensor(student), rtol=0, atol=1e-6)

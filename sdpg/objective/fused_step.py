@@ -67,11 +67,12 @@ STEP_LOSS_IMPLS: tuple[str, ...] = ("fused", "fused_compiled", "materialised")
 # softmax temporary are about what a distilled chunk holds (student and teacher logits [2c, V], p and
 # logsumexp's temporary [c, V] each), since they need no teacher logits.
 _AUTO_STUDENT_CHUNKS = 4
-# The compiled softmax arithmetic holds one [c, V] temporary instead of two (the dL/dz kernel's output before it
-# lands on the logits), so about the same budget holds 8 chunks' rows: half the passes of the [V, H] head and of
-# its gradient. (The whole group in one softmax block would double the group's memory: 9.3x less than
-# materialised instead of >= 10x at T = 2,048, measured.)
+# The compiled softmax arithmetic holds no [c, V] temporary (statistics and dL/dz are fused kernels over the
+# logits), so about the same budget holds 8 chunks' rows: half the passes of the [V, H] head and of its gradient;
+# and a distilled chunk of 2 chunks' positions (c student + c teacher rows per logits GEMM: 256 at V = 151,936 on
+# CPU, where 128-row GEMMs ran about 12 % slower).
 _AUTO_STUDENT_CHUNKS_COMPILED = 8
+_AUTO_DISTILLED_CHUNKS_COMPILED = 2
 
 
 def chunk_sizes(
@@ -84,13 +85,14 @@ def chunk_sizes(
 ) -> tuple[int, int]:
     """(c, G): positions per distilled chunk and per softmax block, and student-only positions per head GEMM.
 
-    ``chunk_size`` None: c = ``auto_chunk_size`` (64 on CPU, 512 on CUDA at V = 151,936) and G = 4c (8c when
-    ``compiled``: one softmax temporary instead of two), the rows a memory budget allows each path. ``chunk_size`` given: it
+    ``chunk_size`` None: c = ``auto_chunk_size`` (64 on CPU, 512 on CUDA at V = 151,936) and G = 4c; when
+    ``compiled`` (no softmax temporaries) 2c and 8c of that c, the rows a memory budget allows each path. ``chunk_size`` given: it
     caps every [., V] tensor at 2c rows, so G = 2c (the head-GEMM rows of a distilled chunk: c student + c
     teacher). ``student_chunk_size`` sets G explicitly (at least c)."""
     if chunk_size is None:
         c_full = auto_chunk_size(vocab_size, 1 << 30, device)
-        c, G = min(c_full, n_rows), (_AUTO_STUDENT_CHUNKS_COMPILED if compiled else _AUTO_STUDENT_CHUNKS) * c_full
+        c = min((_AUTO_DISTILLED_CHUNKS_COMPILED if compiled else 1) * c_full, n_rows)
+        G = (_AUTO_STUDENT_CHUNKS_COMPILED if compiled else _AUTO_STUDENT_CHUNKS) * c_full
     else:
         c, G = int(chunk_size), 2 * int(chunk_size)
     if student_chunk_size is not None:
@@ -468,48 +470,74 @@ def _chunk_terms(z: Tensor, r: Tensor, plan: _Plan, need_grad: bool, teacher: bo
 # --------------------------------------------------------------------------------------------
 # The same per-chunk arithmetic through torch.compile (impl="fused_compiled")
 # --------------------------------------------------------------------------------------------
-# Eager, each step above is one pass over [c, V] (logsumexp alone is several) with its own temporary; compiled,
-# the statistics are one fused reduction over the logits and dL/dz one fused elementwise pass written over
-# them, in any input dtype (upcast to float32 inside the kernel). Same formulas, another summation order:
-# equal to the eager path to float32 round-off (tests/test_fused_step.py). g_t = dL/dlog p_t(y_t) stays eager
-# (autograd through ``policy_loss`` on [c] scalars) between the two kernels.
+# Eager, each step above is one pass over [c, V] (logsumexp alone is several) with its own temporary. Compiled,
+# the statistics take two passes over the logits (the row maxima, then every sum at once: exp(z - max) is
+# computed once and serves the softmax's normaliser, the entropy and the KL) and dL/dz one elementwise pass,
+# written over the logits (student rows) or into the group's dL/dz buffer (distilled rows); no [c, V]
+# temporary, in any input dtype (upcast to float32 inside the kernels). With z~ = z/tau - max:
+#
+#     log Z = log sum exp(z~),   log p(y) = z~_y - log Z,   H = log Z - sum exp(z~) z~ / Z,
+#     KL(p || q) = sum exp(z~_p) (z~_p - z~_q) / Z_p - log Z_p + log Z_q.
+#
+# Same values, another summation order: equal to the eager path to float32 round-off (tests/test_fused_step.py).
+# g_t = dL/dlog p_t(y_t) stays eager (autograd through ``policy_loss`` on [c] scalars) between the kernels.
+# The kernels take ``detach()``-ed aliases of the chunk's rows: a slice passed as a view makes dynamo guard on
+# its base's size, i.e. recompile for every group size.
+
+
+def _shifted(z: Tensor, tau: Tensor | float) -> tuple[Tensor, Tensor]:
+    """z / tau - rowmax [c, V] (float32) and the row maxima [c]."""
+    zs = z.float() / tau  # [c, V]
+    m = zs.amax(dim=-1)  # [c]
+    return zs - m[:, None], m
 
 
 def _stats_student(z: Tensor, y: Tensor, tau: float) -> tuple[Tensor, Tensor, Tensor]:
-    """log p(y) [c], H [c], logsumexp [c] of softmax(z / tau), z [c, V] in any dtype."""
-    zs = z.float() / tau  # [c, V]
-    lse = torch.logsumexp(zs, dim=-1)  # [c]
-    ls = zs - lse[:, None]  # [c, V]
-    logp = ls.gather(1, y[:, None]).squeeze(1)  # [c]
-    ent = -(ls.exp() * ls).sum(dim=-1)  # [c]
-    return logp, ent, lse
+    """log p(y) [c], H [c], log Z [c] (the logsumexp of z / tau) of softmax(z / tau), z [c, V] in any dtype."""
+    d, m = _shifted(z, tau)  # [c, V], [c]
+    ex = d.exp()  # [c, V]
+    s = ex.sum(dim=-1)  # [c]
+    log_s = s.log()  # [c]
+    ent = log_s - (ex * d).sum(dim=-1) / s  # [c]
+    logp = d.gather(1, y[:, None]).squeeze(1) - log_s  # [c]
+    return logp, ent, m + log_s
 
 
 def _stats_teacher(
-    zs_raw: Tensor, zt_raw: Tensor, y: Tensor, tau: float, tau_s: float, tau_t: float
+    z: Tensor, y: Tensor, tau: float, tau_s: float, tau_t: float, same_tau: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """As ``_stats_student`` on the student's logits [c, V], plus KL(p_tau_s || q_tau_t) [c] and the
-    logsumexps [c] of the KL's student and teacher softmax."""
-    logp, ent, lse = _stats_student(zs_raw, y, tau)
-    zk = zs_raw.float() / tau_s  # [c, V]
-    lse_k = torch.logsumexp(zk, dim=-1)  # [c]
-    zq = zt_raw.float() / tau_t  # [c, V]
-    lse_q = torch.logsumexp(zq, dim=-1)  # [c]
-    lk = zk - lse_k[:, None]  # [c, V]
-    kl = (lk.exp() * (lk - (zq - lse_q[:, None]))).sum(dim=-1)  # [c]
-    return logp, ent, lse, kl, lse_k, lse_q
+    """As ``_stats_student`` on the student's logits z[:c] (z [2c, V]: student rows, then their teacher rows),
+    plus KL(p_tau_s || q_tau_t) [c] and the logsumexps [c] of the KL's student and teacher softmax.
+    ``same_tau`` (tau_s == tau): the KL reuses the student's exp."""
+    c = z.shape[0] // 2
+    d, m = _shifted(z[:c], tau)  # [c, V], [c]
+    ex = d.exp()  # [c, V]
+    s = ex.sum(dim=-1)  # [c]
+    log_s = s.log()  # [c]
+    ent = log_s - (ex * d).sum(dim=-1) / s  # [c]
+    logp = d.gather(1, y[:, None]).squeeze(1) - log_s  # [c]
+    dq, mq = _shifted(z[c:], tau_t)  # [c, V], [c]
+    log_sq = dq.exp().sum(dim=-1).log()  # [c]
+    if same_tau:
+        dk, mk, exk, sk = d, m, ex, s  # [c, V], [c], [c, V], [c]
+    else:
+        dk, mk = _shifted(z[:c], tau_s)  # [c, V], [c]
+        exk = dk.exp()  # [c, V]
+        sk = exk.sum(dim=-1)  # [c]
+    log_sk = sk.log()  # [c]
+    kl = (exk * (dk - dq)).sum(dim=-1) / sk - log_sk + log_sq  # [c]
+    return logp, ent, m + log_s, kl, mk + log_sk, mq + log_sq
 
 
-def _dz_student_(out: Tensor, z: Tensor, lse: Tensor, g: Tensor, e: Tensor, ent: Tensor, tau: float) -> None:
-    """out [c, V] <- p (-e (log p + H) - g) / tau, without the onehot term; ``out`` may be ``z`` itself."""
+def _dz_student_(z: Tensor, lse: Tensor, g: Tensor, e: Tensor, ent: Tensor, tau: float) -> None:
+    """z [c, V] <- p (-e (log p + H) - g) / tau, in place, without the onehot term."""
     ls = z.float() / tau - lse[:, None]  # [c, V]
-    out.copy_(ls.exp() * (-e[:, None] * (ls + ent[:, None]) - g[:, None]) / tau)
+    z.copy_(ls.exp() * (-e[:, None] * (ls + ent[:, None]) - g[:, None]) / tau)
 
 
 def _dz_teacher_(
     out: Tensor,
-    zs_raw: Tensor,
-    zt_raw: Tensor,
+    z: Tensor,
     lse: Tensor,
     lse_k: Tensor,
     lse_q: Tensor,
@@ -522,10 +550,12 @@ def _dz_teacher_(
     tau_s: float,
     tau_t: float,
 ) -> None:
-    """out [c, V] <- the student terms of ``_dz_student_`` + k p_tau_s (log p_tau_s - log q - KL) / tau_s."""
-    ls = zs_raw.float() / tau - lse[:, None]  # [c, V]
-    lk = zs_raw.float() / tau_s - lse_k[:, None]  # [c, V]
-    lq = zt_raw.float() / tau_t - lse_q[:, None]  # [c, V]
+    """out [c, V] <- the student terms of ``_dz_student_`` + k p_tau_s (log p_tau_s - log q - KL) / tau_s, from
+    z [2c, V] (student rows, then teacher rows)."""
+    c = z.shape[0] // 2
+    ls = z[:c].float() / tau - lse[:, None]  # [c, V]
+    lk = z[:c].float() / tau_s - lse_k[:, None]  # [c, V]
+    lq = z[c:].float() / tau_t - lse_q[:, None]  # [c, V]
     student = ls.exp() * (-e[:, None] * (ls + ent[:, None]) - g[:, None]) / tau  # [c, V]
     out.copy_(student + lk.exp() * (k[:, None] * (lk - lq - kl[:, None])) / tau_s)
 
@@ -541,104 +571,136 @@ def _compiled(fn):
 
 
 def _chunk_terms_compiled(z: Tensor, r: Tensor, plan: _Plan, need_grad: bool, teacher: bool, out: Tensor | None):
-    """``_chunk_terms`` through compiled kernels: z [c, V] (student rows ``r``) or [2c, V] (then their
-    teacher rows) in the head's dtype, read as float32 inside the kernels. dL/dz (onehot term included) is
-    written into ``out`` [c, V] (``z`` itself on student rows only) and returned; None without ``need_grad``."""
+    """``_chunk_terms`` through compiled kernels: z [c, V] (student rows ``r``) or [2c, V] (then their teacher
+    rows) in the head's dtype, read as float32 inside the kernels. dL/dz (onehot term included) is written over
+    ``z`` (student rows only) or into ``out`` [c, V] (with a teacher) and returned; None without ``need_grad``."""
     st = plan.st
-    c, tau, tau_s, tau_t = r.shape[0], st.temperature, st.kl_student_temperature, st.kl_teacher_temperature
+    tau, tau_s, tau_t = st.temperature, st.kl_student_temperature, st.kl_teacher_temperature
     y = plan.y[r]  # [c]
+    z = z.detach()  # [c, V] or [2c, V]: not a view to dynamo (see above)
     kl = lse_k = lse_q = None
     if teacher:
-        logp, ent, lse, kl, lse_k, lse_q = _compiled(_stats_teacher)(z[:c], z[c:], y, tau, tau_s, tau_t)  # [c] each
+        logp, ent, lse, kl, lse_k, lse_q = _compiled(_stats_teacher)(z, y, tau, tau_s, tau_t, tau_s == tau)  # [c] each
     else:
         logp, ent, lse = _compiled(_stats_student)(z, y, tau)  # [c] each
     value, g, e, k = _chunk_value(plan, r, logp, ent, kl)
     if not need_grad:
         return logp, ent, kl, value, None
-    assert out is not None
     if teacher:
-        assert k is not None and kl is not None and lse_k is not None and lse_q is not None
-        _compiled(_dz_teacher_)(out, z[:c], z[c:], lse, lse_k, lse_q, g, e, ent, k, kl, tau, tau_s, tau_t)
+        assert out is not None and k is not None and kl is not None and lse_k is not None and lse_q is not None
+        dz = out.detach()  # [c, V]
+        _compiled(_dz_teacher_)(dz, z, lse, lse_k, lse_q, g, e, ent, k, kl, tau, tau_s, tau_t)
     else:
-        _compiled(_dz_student_)(out, z, lse, g, e, ent, tau)
-    out.scatter_add_(1, y[:, None], (g / tau).to(out.dtype)[:, None])
-    return logp, ent, kl, value, out
+        dz = z  # [c, V]
+        _compiled(_dz_student_)(dz, lse, g, e, ent, tau)
+    dz.scatter_add_(1, y[:, None], (g / tau).to(dz.dtype)[:, None])
+    return logp, ent, kl, value, dz
+
+
+class _Acc(NamedTuple):
+    """The forward's outputs, filled group by group: per-token values [N] and the gradients (None: not needed)."""
+
+    logp: Tensor  # [N]
+    ent: Tensor  # [N]
+    kl: Tensor  # [N]
+    grad_hs: Tensor | None  # [N, H]
+    grad_w: Tensor | None  # [V, H]
+    grad_b: Tensor | None  # [V] float32
+
+
+def _backprop_group(dz: Tensor, rows: Tensor, h: Tensor, W: Tensor, acc: _Acc) -> None:
+    """One group's dL/dz [G, V] (head dtype) into dL/dh (rows ``rows``) and the dL/dW accumulator."""
+    gh = _accumulate_grads(dz, h, W, acc.grad_w, None)  # [G, H]
+    if acc.grad_hs is not None:
+        acc.grad_hs[rows] = gh.to(acc.grad_hs.dtype)
+
+
+def _distilled_group(rg: Tensor, hs: Tensor, ht: Tensor, W: Tensor, b: Tensor | None, plan: _Plan, acc: _Acc) -> Tensor:
+    """Distilled rows ``rg`` [G]: c student + c teacher rows per logits GEMM, dL/dz of all G rows gathered into one
+    [G, V] buffer for one dL/dh and one dL/dW GEMM. Returns the rows' loss value []. Every view of a [., V] buffer
+    is local, so each is freed on return, before the next group's exists."""
+    c, st = plan.chunk_size, plan.st
+    need_grad = acc.grad_hs is not None or acc.grad_w is not None or acc.grad_b is not None
+    compiled = plan.compiled and st.distill_dtype == "float32"  # the bf16 KL (authors') stays eager
+    hg = hs[rg]  # [G, H]
+    dzg = torch.empty(rg.numel(), W.shape[0], dtype=W.dtype, device=W.device) if need_grad else None  # [G, V]
+    total = torch.zeros((), dtype=torch.float64, device=hs.device)
+    for j in range(0, rg.numel(), c):
+        r = rg[j : j + c]  # [c]
+        z = F.linear(torch.cat([hg[j : j + c], ht[r]]), W, b)  # [2c, V] input dtype
+        if compiled:
+            out = dzg[j : j + c] if dzg is not None else None  # [c, V]
+            lp, en, kl_c, value, dz = _chunk_terms_compiled(z, r, plan, need_grad, True, out)
+        else:
+            lp, en, kl_c, value, dz = _chunk_terms(z.float(), r, plan, need_grad, teacher=True)
+        acc.logp[r], acc.ent[r] = lp, en
+        assert kl_c is not None  # a teacher chunk has its KL
+        acc.kl[r] = kl_c if st.kl_clamp is None else kl_c.clamp(max=st.kl_clamp)
+        total += value
+        if dz is not None:
+            assert dzg is not None
+            if acc.grad_b is not None:
+                acc.grad_b.add_(dz.sum(dim=0, dtype=torch.float32))  # [V]
+            if dz.data_ptr() != dzg[j : j + c].data_ptr():  # eager: a float32 buffer of its own
+                dzg[j : j + c] = dz
+        del z, dz  # the chunk's logits before the next chunk's
+    if dzg is not None:
+        _backprop_group(dzg, rg, hg, W, acc)
+    return total
+
+
+def _student_group(r: Tensor, hs: Tensor, W: Tensor, b: Tensor | None, plan: _Plan, acc: _Acc) -> Tensor:
+    """Student-only rows ``r`` [G]: one logits GEMM [G, V] whose buffer receives dL/dz in place, softmax
+    arithmetic ``chunk_size`` rows at a time (the compiled kernels' one temporary is that size too), one dL/dh
+    and one dL/dW GEMM. Returns the rows' loss value []; the [G, V] buffer is freed on return."""
+    c = plan.chunk_size
+    need_grad = acc.grad_hs is not None or acc.grad_w is not None or acc.grad_b is not None
+    h = hs[r]  # [G, H]
+    z = F.linear(h, W, b)  # [G, V] input dtype: the logits, then dL/dz
+    total = torch.zeros((), dtype=torch.float64, device=hs.device)
+    for j in range(0, r.numel(), c):
+        zj, rj = z[j : j + c], r[j : j + c]  # [c, V], [c]
+        if plan.compiled:
+            lp, en, _, value, dz = _chunk_terms_compiled(zj, rj, plan, need_grad, False, None)
+        else:
+            lp, en, _, value, dz = _chunk_terms(zj.float(), rj, plan, need_grad, teacher=False)
+        acc.logp[rj], acc.ent[rj] = lp, en
+        total += value
+        if dz is not None:
+            if acc.grad_b is not None:
+                acc.grad_b.add_(dz.sum(dim=0, dtype=torch.float32))  # [V]
+            if dz.data_ptr() != zj.data_ptr():  # a float32 copy (bf16 logits): back in the GEMM's dtype
+                zj.copy_(dz)
+        del zj, dz  # the float32 copy of a bf16 block before the next block's
+    if need_grad:
+        _backprop_group(z, r, h, W, acc)
+    return total
 
 
 class _FusedStep(torch.autograd.Function):
-    """Loss [] with dL/dh, dL/dW, dL/db formed in the forward, chunk by chunk; per-token outputs."""
+    """Loss [] with dL/dh, dL/dW, dL/db formed in the forward, group by group; per-token outputs."""
 
     @staticmethod
     def forward(ctx, hs, W, b, ht, plan: _Plan):  # hs, ht [N, H]; W [V, H]; b [V]
         N = hs.shape[0]
-        need_h, need_w = hs.requires_grad, W.requires_grad
-        need_b = b is not None and b.requires_grad
-        need_grad = need_h or need_w or need_b
-        logp = hs.new_zeros(N, dtype=torch.float32)  # [N]
-        ent = hs.new_zeros(N, dtype=torch.float32)  # [N]
-        kl = hs.new_zeros(N, dtype=torch.float32)  # [N]
-        grad_hs = torch.zeros_like(hs) if need_h else None  # [N, H]
-        grad_w = torch.zeros_like(W) if need_w else None  # [V, H]
-        grad_b = torch.zeros(W.shape[0], dtype=torch.float32, device=W.device) if need_b else None  # [V]
+        acc = _Acc(
+            logp=hs.new_zeros(N, dtype=torch.float32),
+            ent=hs.new_zeros(N, dtype=torch.float32),
+            kl=hs.new_zeros(N, dtype=torch.float32),
+            grad_hs=torch.zeros_like(hs) if hs.requires_grad else None,
+            grad_w=torch.zeros_like(W) if W.requires_grad else None,
+            grad_b=torch.zeros(W.shape[0], dtype=torch.float32, device=W.device) if b is not None and b.requires_grad else None,
+        )
         total = torch.zeros((), dtype=torch.float64, device=hs.device)
-        c, G = plan.chunk_size, plan.student_chunk_size
-        for s in range(0, plan.rows_d.numel(), G):  # distilled: c student + c teacher rows per logits GEMM,
-            rg = plan.rows_d[s : s + G]  # [G]       dL/dz of G rows gathered for one dL/dh and one dL/dW GEMM
-            hg = hs[rg]  # [G, H]
-            dzg = None  # [G, V] in the head's dtype
-            for j in range(0, rg.numel(), c):
-                r, h = rg[j : j + c], hg[j : j + c]  # [c], [c, H]
-                z = F.linear(torch.cat([h, ht[r]]), W, b)  # [2c, V] input dtype
-                if plan.compiled and plan.st.distill_dtype == "float32":  # the bf16 KL (authors') stays eager
-                    if need_grad and dzg is None:
-                        dzg = torch.empty(rg.numel(), W.shape[0], dtype=W.dtype, device=W.device)  # [G, V]
-                    out = dzg[j : j + c] if dzg is not None else None  # [c, V]
-                    lp, en, kl_c, value, dz = _chunk_terms_compiled(z, r, plan, need_grad, True, out)
-                else:
-                    lp, en, kl_c, value, dz = _chunk_terms(z.float(), r, plan, need_grad, teacher=True)
-                logp[r], ent[r] = lp, en
-                assert kl_c is not None  # a teacher chunk has its KL
-                kl[r] = kl_c if plan.st.kl_clamp is None else kl_c.clamp(max=plan.st.kl_clamp)
-                total += value
-                if dz is not None:
-                    if grad_b is not None:
-                        grad_b += dz.sum(dim=0, dtype=torch.float32)  # [V]
-                    if dzg is None:
-                        dzg = torch.empty(rg.numel(), W.shape[0], dtype=W.dtype, device=W.device)  # [G, V]
-                    if dz.data_ptr() != dzg[j : j + c].data_ptr():  # eager: a float32 buffer of its own
-                        dzg[j : j + c] = dz
-                del z, dz
-            if dzg is not None:
-                gh = _accumulate_grads(dzg, hg, W, grad_w, None)  # [G, H]
-                if grad_hs is not None:
-                    grad_hs[rg] = gh.to(hs.dtype)
         G = plan.student_chunk_size
-        for s in range(0, plan.rows_s.numel(), G):  # student rows only: G per head GEMM, softmax c at a time
-            r = plan.rows_s[s : s + G]  # [G]
-            h = hs[r]  # [G, H]
-            z = F.linear(h, W, b)  # [G, V] input dtype: the logits, then dL/dz
-            cb = c  # softmax rows per block: the compiled kernels' one temporary is [cb, V] too
-            for j in range(0, r.numel(), cb):
-                zj = z[j : j + cb]  # [cb, V]
-                if plan.compiled:
-                    lp, en, _, value, dz = _chunk_terms_compiled(zj, r[j : j + cb], plan, need_grad, False, zj)
-                else:
-                    lp, en, _, value, dz = _chunk_terms(zj.float(), r[j : j + cb], plan, need_grad, teacher=False)
-                logp[r[j : j + cb]], ent[r[j : j + cb]] = lp, en
-                total += value
-                if dz is not None:
-                    if grad_b is not None:
-                        grad_b += dz.sum(dim=0, dtype=torch.float32)  # [V]
-                    if dz.data_ptr() != zj.data_ptr():  # a float32 copy (bf16 logits): back in the GEMM's dtype
-                        zj.copy_(dz)
-            if need_grad:
-                gh = _accumulate_grads(z, h, W, grad_w, None)  # [G, H]
-                if grad_hs is not None:
-                    grad_hs[r] = gh.to(hs.dtype)
-            del z  # before the next group's logits exist: one [G, V] buffer at a time, not two
-        ctx.grads = (grad_hs, grad_w, grad_b.to(b.dtype) if grad_b is not None else None)
-        ctx.mark_non_differentiable(logp, ent, kl)
-        return total.float(), logp, ent, kl
+        for s in range(0, plan.rows_d.numel(), G):
+            total += _distilled_group(plan.rows_d[s : s + G], hs, ht, W, b, plan, acc)
+        for s in range(0, plan.rows_s.numel(), G):
+            total += _student_group(plan.rows_s[s : s + G], hs, W, b, plan, acc)
+        grad_b = acc.grad_b.to(b.dtype) if acc.grad_b is not None else None
+        ctx.grads = (acc.grad_hs, acc.grad_w, grad_b)
+        ctx.mark_non_differentiable(acc.logp, acc.ent, acc.kl)
+        return total.float(), acc.logp, acc.ent, acc.kl
 
     @staticmethod
     def backward(ctx, grad_loss, _g_logp, _g_ent, _g_kl):
@@ -753,4 +815,5 @@ def hidden_token_logprobs(
             logp[r] = ls.gather(1, y[r][:, None]).squeeze(1)
             if ent is not None:
                 ent[r] = -_rowdot(ls.exp(), ls)
+        del z, ls  # both hold the group's [G, V] buffer (ls is a view): freed before the next group's exists
     return logp.view(B, T), (ent.view(B, T) if ent is not None else None)
