@@ -152,11 +152,14 @@ def test_hostile_export_one_line_exit_2_nothing_created(finished_run, tmp_path, 
 
 
 VLLM_GREEDY = """
-import json, sys
+import json, os, sys
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 folder, prompts, max_new = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
-llm = LLM(model=folder, dtype="float32", max_model_len=128, enforce_eager=True, seed=0)
+# on the CPU backend this fraction is of the machine's memory (default 0.92: refused beside other work); 1 GiB
+total_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+llm = LLM(model=folder, dtype="float32", max_model_len=128, enforce_eager=True, seed=0,
+          gpu_memory_utilization=min(0.9, 1.0 / total_gb))
 outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], SamplingParams(temperature=0.0, max_tokens=max_new))
 print("TOKENS" + json.dumps([list(o.outputs[0].token_ids) for o in outs]))
 """
