@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sdpg.commands.common import subcommand_parser
+from sdpg.commands.common import add_rehearse_options, subcommand_parser
 from sdpg.orchestration import scheduler
 from sdpg.orchestration.ablate import (
     cancel,
@@ -62,23 +62,7 @@ def _parser(argv: list[str] | None) -> tuple[str, list[str], argparse.ArgumentPa
             metavar="N",
             help="runs at a time (SLURM array parallelism; default: the spec's max_parallel)",
         )
-        p.add_argument(
-            "--rehearse",
-            action="store_true",
-            help="run every run here for 2 steps on a shrunk model with its own MLflow store; submit nothing",
-        )
-        p.add_argument(
-            "--rehearse-model",
-            metavar="PATH",
-            help="with --rehearse: a local folder (config.json and tokenizer) standing in for model.path, "
-            "or builtin: a Qwen3 stand-in made here (no hub)",
-        )
-        p.add_argument(
-            "--rehearse-data",
-            choices=["builtin"],
-            help="with --rehearse: data files not found here are replaced by stand-in rows in their format (no data)",
-        )
-        p.add_argument("--rehearse-dir", metavar="DIR", help="with --rehearse: its folder (default rehearsals/NAME)")
+        add_rehearse_options(p, "run every run here for 2 steps on a shrunk model with its own MLflow store; submit nothing")
         p.add_argument(
             "--wait",
             action=argparse.BooleanOptionalAction,

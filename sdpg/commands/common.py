@@ -91,3 +91,20 @@ def subcommand_parser(
             help="a SLURM profile outside the profile folders, by path (replaces --profile and the spec's)",
         )
     return sub, argv, p
+
+
+def add_rehearse_options(p: argparse.ArgumentParser, what: str) -> None:
+    """``--rehearse`` and its three options, shared by ``sdpg-ablate`` and ``sdpg-sweep``; ``what``: what it runs."""
+    p.add_argument("--rehearse", action="store_true", help=what)
+    p.add_argument(
+        "--rehearse-model",
+        metavar="PATH",
+        help="with --rehearse: a local folder (config.json and tokenizer) standing in for model.path, "
+        "or builtin: a Qwen3 stand-in made here (no hub)",
+    )
+    p.add_argument(
+        "--rehearse-data",
+        choices=["builtin"],
+        help="with --rehearse: data files not found here are replaced by stand-in rows in their format (no data)",
+    )
+    p.add_argument("--rehearse-dir", metavar="DIR", help="with --rehearse: its folder (default rehearsals/NAME)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sdpg.commands.common import subcommand_parser
+from sdpg.commands.common import add_rehearse_options, subcommand_parser
 from sdpg.orchestration.sweep import Sweep, export, launch, status
 from sdpg.orchestration.tracking import redact
 from sdpg.training.config import ConfigError
@@ -43,23 +43,9 @@ def _parser(argv: list[str] | None) -> tuple[str, list[str], argparse.ArgumentPa
             default=None,
             help="wait for the workers and print the trials (default: yes for local, no for slurm)",
         )
-        p.add_argument(
-            "--rehearse",
-            action="store_true",
-            help="run the enqueued trials and the corners of the space here for 2 steps on a shrunk model; start nothing",
+        add_rehearse_options(
+            p, "run the enqueued trials and the corners of the space here for 2 steps on a shrunk model; start nothing"
         )
-        p.add_argument(
-            "--rehearse-model",
-            metavar="PATH",
-            help="with --rehearse: a local folder (config.json and tokenizer) standing in for model.path, "
-            "or builtin: a Qwen3 stand-in made here (no hub)",
-        )
-        p.add_argument(
-            "--rehearse-data",
-            choices=["builtin"],
-            help="with --rehearse: data files not found here are replaced by stand-in rows in their format (no data)",
-        )
-        p.add_argument("--rehearse-dir", metavar="DIR", help="with --rehearse: its folder (default rehearsals/NAME)")
     if sub == "export":
         p.add_argument("--out", metavar="PATH", help="where to write the ablation spec (default: ablations/<name>_best.yaml)")
     return sub, argv, p
