@@ -379,6 +379,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two real processes, each probing an endpoint
 def test_default_tokenizer_without_the_hub_is_one_line_at_once(tmp_path):
     """The default ``--tokenizer Qwen/Qwen3-4B`` on a machine that cannot reach the hub (here: an endpoint that
     refuses connections), and with HF_HUB_OFFLINE set: one line saying so, no retry lines (huggingface_hub used to

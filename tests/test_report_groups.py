@@ -191,6 +191,7 @@ def test_benchmark_panels_follow_the_spec_order():
     assert src.variants[0] == "grpo" and src.variants[-1] == "opd_no_gate"
 
 
+@pytest.mark.slow  # its fixture trains real runs
 def test_default_baseline_is_the_first_variant_named_after_an_rlvr_preset(ablation, tmp_path):
     """Which variant the comparisons are taken against comes from the method presets: the first variant named
     after a method declared an RLVR baseline, else the first variant; ``--baseline`` overrides. The real
