@@ -17,7 +17,9 @@ import json
 import math
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
 
 NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
 MAX_NAME = 100
@@ -83,3 +85,15 @@ def sanitize(value: Any, max_len: int = 40) -> str:
 def grid_size(axes: Iterable[Iterable[Any] | int]) -> int:
     """Product of the axis lengths (an int per axis or the axis itself), without expanding anything."""
     return math.prod(a if isinstance(a, int) else len(list(a)) for a in axes)
+
+
+def checked_name(v: str) -> str:
+    """A spec's ``name`` as its validator: refused with :func:`name_problem`'s reason."""
+    why = name_problem(v)
+    if why is not None:
+        raise ValueError(f"a name {why}")
+    return v
+
+
+SpecName = Annotated[str, AfterValidator(checked_name)]
+"""The ``name`` of an ablation or sweep spec: an MLflow experiment and a folder name."""

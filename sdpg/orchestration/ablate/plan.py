@@ -23,6 +23,7 @@ from sdpg.orchestration.core import (
     resolve_executor,
     tracking_target,
 )
+from sdpg.orchestration.names import SpecName
 from sdpg.orchestration.specs import ReportOptions, SlurmProfile, read_yaml, validate
 from sdpg.training.config import (
     ConfigError,
@@ -50,7 +51,7 @@ def _same_value(x: Any, y: Any) -> bool:
 
 
 class AblationSpec(Strict):
-    name: str
+    name: SpecName
     """Name of the ablation: the MLflow experiment and the output folder (``[A-Za-z0-9._-]``, at most 100
     characters, no leading dot)."""
     base: str | dict[str, Any] = "embedded"
@@ -78,16 +79,6 @@ class AblationSpec(Strict):
     """MLflow settings."""
     report: ReportOptions = ReportOptions()
     """How ``sdpg-report`` reads this ablation (``compare: previous`` for a chain of one-piece steps)."""
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, v):
-        from sdpg.orchestration.names import name_problem
-
-        why = name_problem(v)
-        if why is not None:
-            raise ValueError(f"a name {why}")
-        return v
 
     @field_validator("variants")
     @classmethod

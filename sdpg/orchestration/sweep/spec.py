@@ -7,9 +7,10 @@ import json
 import math
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from sdpg.orchestration.core import NAME_PATTERN, TrackingSpec
+from sdpg.orchestration.names import SpecName
 from sdpg.training.config import FolderPath, Seed, Strict
 
 NAME = NAME_PATTERN  # the former name
@@ -127,7 +128,7 @@ class PrunerSpec(Strict):
 
 
 class SweepSpec(Strict):
-    name: str
+    name: SpecName
     """Study name, MLflow experiment and output folder (``outputs/<name>``): ``[A-Za-z0-9._-]``, at most 100
     characters, no leading dot."""
     base: str | dict[str, Any] = "embedded"
@@ -170,16 +171,6 @@ class SweepSpec(Strict):
     """Default ``outputs/<name>``."""
     tracking: TrackingSpec = TrackingSpec()
     """``uri`` and ``experiment`` for MLflow (defaults: SQLite in the output folder, the sweep name)."""
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, v):
-        from sdpg.orchestration.names import name_problem
-
-        why = name_problem(v)
-        if why is not None:
-            raise ValueError(f"a name {why}")
-        return v
 
     @model_validator(mode="after")
     def _check(self):
