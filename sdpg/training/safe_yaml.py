@@ -184,7 +184,8 @@ def read_text(path: str | Path, what: str = "file", max_bytes: int = MAX_BYTES) 
     except OSError as e:
         raise YamlInputError(f"{p}: cannot be read ({e.strerror or e})") from None
     if b"\x00" in data:
-        raise YamlInputError(f"{p}: is binary, not a {what} (NUL byte at offset {data.index(0)})")
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise YamlInputError(f"{p}: is binary, not {article} {what} (NUL byte at offset {data.index(0)})")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
