@@ -13,7 +13,7 @@ from sdpg.training import embedded
 from sdpg.training.config import ConfigError, EmbeddedModelConfig, load_config
 from sdpg.training.rewards import Verifier
 
-SUM_HASH = "fdbd3d0af6"  # the hash the sum model shipped with before the chain task existed
+SUM_HASH = "a07fa7d446"  # recipe version 4: the stop rule reads its own split
 
 
 def _ops(row: dict) -> list[int]:
