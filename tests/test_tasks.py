@@ -13,7 +13,7 @@ from sdpg.training import embedded
 from sdpg.training.config import ConfigError, EmbeddedModelConfig, load_config
 from sdpg.training.rewards import Verifier
 
-SUM_HASH = "fdbd3d0af6"  # the hash the sum model shipped with before the chain task existed
+SUM_HASH = "a07fa7d446"  # recipe version 4: the stop rule reads its own split
 
 
 def _ops(row: dict) -> list[int]:
@@ -184,3 +184,16 @@ def test_the_chain_base_config_trains_two_steps_from_its_shipped_model(tmp_path,
     for key in ("in_distribution", "more_terms", "larger_numbers"):
         assert 0.0 <= last[f"eval/{key}/mean@2"] <= 1.0
     assert any("train/reward" in r for r in rows)
+
+
+def test_the_build_stop_rule_reads_a_split_of_its_own():
+    """The start point is not chosen on the evaluation problems: the stop rule's problems share none with any
+    evaluation set of either task, and they are the problems the build's check samples."""
+    for task in embedded.TASKS:
+        stop = embedded.stop_rows(task=task)
+        problems = {r["problem"] for r in stop}
+        assert len(stop) == embedded.STOP_PROBLEMS == len(problems)
+        for name in embedded.TASK_EVAL_SETS[task]:
+            assert problems.isdisjoint(r["problem"] for r in embedded.eval_rows(name, task=task)), (task, name)
+        assert stop == embedded.stop_rows(task=task)  # deterministic
+        assert stop[0]["problem"].count("+") == embedded.TASK_TERMS[task] - 1  # shaped as the training rows

@@ -49,7 +49,8 @@ from sdpg.training.recipe import TASK_TARGET_ACCURACY, TASKS, EmbeddedModelConfi
 
 __all__ = ["TASKS", "TASK_TARGET_ACCURACY", "Task"]  # the task facts live in sdpg.training.recipe
 
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
+"""4: the build's stop rule reads a split of its own (:func:`stop_rows`), not the evaluation problems."""
 BUILD_THREADS = 1
 """Intra-op threads of every build. The thread count changes the order of floating-point sums
 (a 40-step build gives different weights on 1, 2 and 3 threads), so it is fixed, not taken from the
@@ -75,7 +76,10 @@ TASK_CHECK_EVERY = {"sum": 50, "chain": 25}
 TASK_TEACHER_TARGET = {"sum": None, "chain": 0.9}
 """``chain`` also waits, at each check, for the teacher prompt with the reference solution to reach
 this sampled pass@1: its premise is a teacher that knows the steps the student gets wrong."""
-_SPLIT_SEEDS = {"sum": {"train": 11, "test": 22, "pretrain": 33}, "chain": {"train": 111, "test": 122, "pretrain": 133}}
+_SPLIT_SEEDS = {
+    "sum": {"train": 11, "test": 22, "pretrain": 33, "stop": 66},
+    "chain": {"train": 111, "test": 122, "pretrain": 133, "stop": 166},
+}
 
 
 def task_of_source(source: str) -> str | None:
@@ -163,6 +167,18 @@ def train_rows(n: int = 20000, task: str = "sum") -> list[dict]:
 
 def test_rows(n: int = 200, task: str = "sum") -> list[dict]:
     return make_rows(n, "test", task)
+
+
+STOP_PROBLEMS = 64
+"""Problems of the build's stop rule (each sampled 4 times)."""
+
+
+def stop_rows(n: int = STOP_PROBLEMS, task: str = "sum") -> list[dict]:
+    """The problems the base-model build's stop rule checks: a split of their own, shaped as the
+    in-distribution set but sharing no problem with any evaluation set, so that the start accuracy of RL is
+    not chosen on the problems RL's evaluation reports (a build that stops when a noisy check first reaches
+    its target sits on a favourable draw of exactly those problems; later evaluations then regress)."""
+    return make_rows(n, "stop", task)
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,22 +402,34 @@ def _pretrain(model, tokenizer, recipe, log=print) -> dict:
     model.eval()
     acc = student_accuracy(model, tokenizer, task=task)
     out = {"pretrain_loss": last, "pretrain_seconds": time.time() - t0, "pretrain_steps_done": step + 1, "student_accuracy": acc}
+    # for the documentation only: the same check on the evaluation set's first problems (never a stop criterion)
+    out["eval_accuracy"] = student_accuracy(model, tokenizer, task=task, split="test")
     if task != "sum":  # recorded for the task's documentation; the sum model's record stays as shipped
         out["teacher_accuracy"] = sampled_accuracy(model, tokenizer, task, "solution")
     return out
 
 
-def student_accuracy(model, tokenizer, n_problems: int = 64, samples: int = 4, task: str = "sum") -> float:
-    """Sampled (temperature 1) pass@1 of the student prompt on held-out problems of ``task``, with its
-    own seeded generator state so that checking does not perturb the build."""
-    return sampled_accuracy(model, tokenizer, task, None, n_problems, samples)
+def student_accuracy(
+    model, tokenizer, n_problems: int = STOP_PROBLEMS, samples: int = 4, task: str = "sum", split: str = "stop"
+) -> float:
+    """Sampled (temperature 1) pass@1 of the student prompt on the stop rule's problems of ``task`` (``split``
+    "test": the first problems of the in-distribution evaluation set instead), with its own seeded generator
+    state so that checking does not perturb the build."""
+    return sampled_accuracy(model, tokenizer, task, None, n_problems, samples, split)
 
 
 def sampled_accuracy(
-    model, tokenizer, task: str = "sum", context: str | None = None, n_problems: int = 64, samples: int = 4
+    model,
+    tokenizer,
+    task: str = "sum",
+    context: str | None = None,
+    n_problems: int = STOP_PROBLEMS,
+    samples: int = 4,
+    split: str = "stop",
 ) -> float:
-    """Sampled (temperature 1) pass@1 on the first ``n_problems`` held-out problems of ``task``: of the
-    student prompt (``context`` None) or of the teacher prompt with a kind of :data:`CONTEXT_TEMPLATES`.
+    """Sampled (temperature 1) pass@1 on the first ``n_problems`` problems of ``task``'s ``split`` ("stop":
+    :func:`stop_rows`; "test": the in-distribution evaluation set): of the student prompt (``context`` None)
+    or of the teacher prompt with a kind of :data:`CONTEXT_TEMPLATES`.
     Seeded (0) and restoring the global generator state, so that checking does not perturb a build."""
     import torch
 
@@ -409,7 +437,7 @@ def sampled_accuracy(
 
     state = torch.get_rng_state()
     torch.manual_seed(0)
-    rows = test_rows(n_problems, task)
+    rows = stop_rows(n_problems, task) if split == "stop" else test_rows(n_problems, task)
     if context is None:
         texts_in = [STUDENT_TEMPLATE.format(**r) for r in rows]
     else:
