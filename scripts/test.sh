@@ -39,8 +39,9 @@ tree_state() {
     | grep -v -E '(__pycache__/|\.pytest_cache/|\.mypy_cache/|\.ruff_cache/|\.egg-info/)' || true
 }
 before="$(tree_state)"
-# --durations: where the suite's time goes (the 25 slowest set-ups, calls and teardowns)
-SDPG_REQUIRE_VLLM=1 python -m pytest -q --durations=25
+# two workers (tests/conftest.py groups them: one module, or every SLURM test, per group); --durations: where
+# the suite's time goes (the 25 slowest set-ups, calls and teardowns)
+SDPG_REQUIRE_VLLM=1 python -m pytest -q -n 2 --dist loadgroup --durations=25
 after="$(tree_state)"
 if [ "$before" != "$after" ]; then
   echo "test.sh: the tests wrote into the working tree (a test must write under its tmp_path):" >&2

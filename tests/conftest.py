@@ -3,7 +3,11 @@
 Nothing one-time runs inside a test's time limit (pytest-timeout counts fixture set-up): the built-in
 model is put into the cache in ``pytest_sessionstart``, before any test starts (a copy of the model
 shipped with the package; a build only if the default recipe was changed without shipping it), and
-scripts/test.sh installs SLURM and imports vLLM once before pytest."""
+scripts/test.sh installs SLURM and imports vLLM once before pytest.
+
+The suite runs on two pytest-xdist workers (``-n 2 --dist loadgroup`` in scripts/test.sh): each module is one
+group, so a module-scoped fixture is built once, and every test that uses the SLURM dev cluster is in one group,
+since the cluster (its daemons, ports and job list) is one per machine."""
 
 from __future__ import annotations
 
@@ -21,6 +25,14 @@ BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
 
 # ChatML turns and a thinking switch, as Qwen3's chat template (the rehearsal's built-in stand-in uses it too)
 QWEN3_CHAT_TEMPLATE = QWEN3_STYLE_CHAT_TEMPLATE
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """One xdist group per module, and one for every test on the SLURM dev cluster (before xdist reads the marks)."""
+    for item in items:
+        group = "slurm-dev-cluster" if "dev_cluster" in item.fixturenames else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="module")

@@ -439,11 +439,14 @@ def test_authors_aggregation_in_the_trainer_equals_exact_with_one_micro_batch(ti
 
 def test_the_authors_settings_train_on_the_builtin_task(tiny_config):
     """One RL step of the paper's make-up at tiny size: 2 minibatches of 2 prompts, balanced order, verl's token-budget
-    micro-batches and per-micro-batch aggregation, bf16 distillation; the update is applied and finite."""
+    micro-batches and per-micro-batch aggregation, bf16 distillation; the update is applied and finite. The A > 0
+    gate is off so that the gradient cannot be zero by the draw (a step whose groups all score alike has no policy
+    signal and, gated, nothing to distill)."""
     cfg = tiny_config(
         "run.total_steps=1",
         "eval.every=0",
         "algo.beta=1.0",
+        "algo.gate=false",
         "algo.distill_dtype=bfloat16",
         "optim.minibatch_prompts=2",
         "optim.minibatch_order=balanced",

@@ -895,3 +895,14 @@ def test_a_resubmission_recovers_from_every_cut_bookkeeping_file(tmp_path, cli, 
     status = cli(IN, "sdpg-ablate", ["status", "spec.yaml"], tmp_path)
     assert status.returncode == 0 and status.stderr.strip() == "", status.stderr
     assert sum("finished" in ln for ln in status.stdout.splitlines()) == 2, status.stdout
+
+
+def test_a_long_value_is_cut_in_its_middle_so_its_file_name_stays():
+    """A FIFO deep in a long temporary folder was named '.../in/...' (the end cut off): the end is what names it."""
+    from sdpg.training.errors import short_repr, shorten
+
+    path = "/tmp/" + "d" * 200 + "/in/pipe.jsonl"
+    cut = shorten(path, 80)
+    assert len(cut) == 80 and cut.startswith("/tmp/ddd") and cut.endswith("/in/pipe.jsonl") and cut.count("...") == 1
+    assert shorten("short", 80) == "short" and shorten("x" * 80, 80) == "x" * 80
+    assert short_repr("hf_" + "A" * 40, 80) != repr("hf_" + "A" * 40)  # a token is masked before it is cut

@@ -21,6 +21,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator
 
+from sdpg.training import errors
+
 NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
 MAX_NAME = 100
 MAX_RUNS = 10_000
@@ -52,8 +54,7 @@ def name_problem(name: Any) -> str | None:
 
 def short_repr(value: Any, limit: int = 60) -> str:
     """``repr`` cut to ``limit`` characters, for error messages about values that may be huge."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 5] + "...'" if text[:1] in "'\"" else text[: limit - 3] + "..."
+    return errors.short_repr(value, limit, redacted=False)
 
 
 def value_hash(value: Any, n: int = 8) -> str:

@@ -27,7 +27,7 @@ from pydantic import (
 from sdpg.objective.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES, REF_KL_MODES
 from sdpg.objective.terms import DistillDtype
 from sdpg.training.contexts import context_types, templated_contexts
-from sdpg.training.errors import ConfigError
+from sdpg.training.errors import ConfigError, short_repr
 from sdpg.training.methods import DEFAULT_METHOD, METHOD_PRESETS, OPTIM_PRESETS
 from sdpg.training.recipe import EmbeddedModelConfig, Strict
 
@@ -809,10 +809,7 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def _short_value(value: Any, limit: int = 80) -> str:
-    from sdpg.training.redact import redact
-
-    text = redact(repr(value))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return short_repr(value, limit)
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdpg.training import embedded
-from sdpg.training.errors import ConfigError
+from sdpg.training.errors import ConfigError, short_repr
 
 if TYPE_CHECKING:  # types only: the configuration calls these checks
     from sdpg.training.config import TrainConfig
-from sdpg.training.redact import redact
 from sdpg.training.rows import jsonl_lines, regular_file_problem, row_problem
 
 PLACEHOLDERS = {
@@ -40,8 +39,7 @@ MAX_ROWS_CHECKED = 1_000_000
 
 
 def _v(value: Any, limit: int = 80) -> str:
-    text = redact(repr(value))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return short_repr(value, limit)
 
 
 def _bad(source: str, key: str, value: Any, why: str) -> ConfigError:

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from sdpg.training.errors import short_repr
+
 MAX_BYTES = 4 * 1024 * 1024
 """Largest YAML file read (a spec or config is a few KB; the largest shipped is under 10 KB)."""
 MAX_DEPTH = 64
@@ -98,8 +100,7 @@ _SafeLoader.add_implicit_resolver(
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return short_repr(value, limit, redacted=False)
 
 
 def _expanded_size(node: yaml.Node, limit: int) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 from sdpg import fsio
 from sdpg.training.config import ConfigError, TrainConfig
 from sdpg.training.embedded import SOURCE_TASK, task_of_source
+from sdpg.training.errors import shorten
 
 STEPS = 2
 """RL steps per rehearsed run (the first ends in a checkpoint and a requeue)."""
@@ -190,7 +191,7 @@ def _fmt(v: Any) -> str:
 
 
 def _clip(s: str, n: int) -> str:
-    return s if len(s) <= n else s[: n - 3] + "..."
+    return shorten(s, n)
 
 
 def _missing_file(src: str) -> bool:
