@@ -116,7 +116,8 @@ def forget_new_modules():
 
 def test_iqm_and_probability_of_improvement_equal_rliable(forget_new_modules):
     metrics = pytest.importorskip("rliable.metrics")
-    from sdpg.reporting.report import _iqm, _prob_improvement
+    from sdpg.reporting.report import _prob_improvement
+    from sdpg.reporting.report import iqm as _iqm
 
     s = _scores()
     for v, m in s.items():
@@ -177,3 +178,40 @@ def test_stratified_bootstrap_intervals_equal_rliable_to_bootstrap_noise(rliable
         assert ours.loc[v, "d_lo"] == pytest.approx(dlo, abs=0.01) and ours.loc[v, "d_hi"] == pytest.approx(dhi, abs=0.01)
     # the intervals are not degenerate: the check compares real spreads
     assert ours.loc["distill", "d_hi"] - ours.loc["distill", "d_lo"] > 0.005
+
+
+# ------------------------------------------------------------------------------- the study's corrected family
+def test_holm_adjusted_p_values_by_hand():
+    from sdpg.reporting.stats import holm
+
+    # sorted: 0.005 x4 = 0.02, 0.01 x3 = 0.03, 0.03 x2 = 0.06, 0.04 x1 = 0.04 -> kept non-decreasing: 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    sm = pytest.importorskip("statsmodels.stats.multitest")
+    p = np.random.default_rng(3).uniform(0, 0.1, size=11)
+    assert holm(p) == pytest.approx(sm.multipletests(p, method="holm")[1])
+
+
+def test_family_p_values_intervals_and_holm_levels():
+    """Separated arms get the smallest p a Monte Carlo test can give and the first Holm step's level; identical
+    arms get p near 1; the 95% interval equals the report's (``improvement``) to the bootstrap's noise."""
+    from sdpg.reporting.stats import family, improvement
+
+    s = _scores()
+    s["same"] = s["grpo"].copy()
+    s["far"] = np.clip(s["grpo"] + 0.5, 0, 1)
+    out = family(s, [("distill", "grpo"), ("same", "grpo"), ("far", "grpo")], n_boot=4000, seed=0).set_index("variant")
+    assert out.loc["far", "p"] == pytest.approx(2 / 4001)  # no draw on the other side of 0
+    assert sorted(out.holm_level) == pytest.approx([0.95, 1 - 0.05 / 2, 1 - 0.05 / 3])  # one step each
+    assert out.loc["far", "p_holm"] == pytest.approx(3 * 2 / 4001) and bool(out.loc["far", "separated"])
+    assert out.loc["same", "p"] > 0.5 and out.loc["same", "d_iqm"] == 0 and not out.loc["same", "separated"]
+    assert out.loc["same", "holm_level"] == pytest.approx(0.95)  # the largest p is tested last, at alpha itself
+    ref = improvement({"grpo": s["grpo"], "distill": s["distill"]}, baseline="grpo", n_boot=4000, seed=5)
+    ref = ref.set_index("variant").loc["distill"]
+    assert out.loc["distill", "d_lo"] == pytest.approx(ref.d_lo, abs=0.01)
+    assert out.loc["distill", "d_hi"] == pytest.approx(ref.d_hi, abs=0.01)
+    # the corrected interval is wider than the 95% one and contains it
+    d = out.loc["distill"]
+    assert d.h_lo <= d.d_lo and d.h_hi >= d.d_hi and (d.h_hi - d.h_lo) > (d.d_hi - d.d_lo)
+    with pytest.raises(ValueError, match="fewer than 2 seeds"):
+        family({"a": s["grpo"][:1], "b": s["grpo"]}, [("a", "b")])

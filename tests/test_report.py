@@ -198,7 +198,7 @@ def test_iqm_and_probability_of_improvement_by_hand():
     y = np.array([[0.1, 0.7], [0.3, 0.7]])
     # benchmark 0: x beats y in 3 of 4 pairs (0.2 > 0.1; 0.4 > 0.1, 0.3); benchmark 1: 2 of 4 (0.8 > both)
     assert report._prob_improvement(x, y) == pytest.approx((3 / 4 + 2 / 4) / 2)
-    assert report._iqm(np.arange(8.0)) == pytest.approx(np.mean([2, 3, 4, 5]))
+    assert report.iqm(np.arange(8.0)) == pytest.approx(np.mean([2, 3, 4, 5]))
     imp = report.improvement({"y": y, "x": x}, "y", n_boot=200)
     row = imp[imp.variant == "x"].iloc[0]
     assert row.p_improve == pytest.approx(0.625) and row.p_lo <= row.p_improve <= row.p_hi

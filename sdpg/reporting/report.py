@@ -40,10 +40,10 @@ from sdpg.reporting.runs import (
 )
 from sdpg.reporting.stats import (
     MIN_SEEDS,
-    _iqm,
     _prob_improvement,
     bootstrap_ci,
     improvement,
+    iqm,
     last_best,
     run_scores,
     seed_curves,
@@ -61,7 +61,7 @@ __all__ = [
     "PALETTE",
     "Y_LABELS",
     "Source",
-    "_iqm",
+    "iqm",
     "_prob_improvement",
     "benchmark_metrics",
     "bootstrap_ci",
