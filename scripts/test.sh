@@ -41,7 +41,7 @@ tree_state() {
 before="$(tree_state)"
 # two workers (tests/conftest.py groups them: one module, or every SLURM test, per group); --durations: where
 # the suite's time goes (the 25 slowest set-ups, calls and teardowns)
-SDPG_REQUIRE_VLLM=1 python -m pytest -q -n 2 --dist loadgroup --durations=25
+SDPG_REQUIRE_VLLM=1 python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder -p no:benchmark --durations=25
 after="$(tree_state)"
 if [ "$before" != "$after" ]; then
   echo "test.sh: the tests wrote into the working tree (a test must write under its tmp_path):" >&2

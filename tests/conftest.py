@@ -29,10 +29,18 @@ QWEN3_CHAT_TEMPLATE = QWEN3_STYLE_CHAT_TEMPLATE
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """One xdist group per module, and one for every test on the SLURM dev cluster (before xdist reads the marks)."""
+    """One xdist group per module, and one for every test on the SLURM dev cluster (before xdist reads the marks),
+    the groups with the most slow tests first."""
+    groups = {}
     for item in items:
-        group = "slurm-dev-cluster" if "dev_cluster" in item.fixturenames else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
+        groups[item] = "slurm-dev-cluster" if "dev_cluster" in item.fixturenames else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(groups[item]))
+    # Groups with the most end-to-end tests first (scripts/test.sh passes --no-loadscope-reorder), so that the long
+    # ones do not end the run on one worker while the other waits; within a group the order is the file's.
+    slow: dict[str, int] = {}
+    for item in items:
+        slow[groups[item]] = slow.get(groups[item], 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda it: -slow[groups[it]])
 
 
 @pytest.fixture(scope="module")
