@@ -215,3 +215,39 @@ def test_family_p_values_intervals_and_holm_levels():
     assert d.h_lo <= d.d_lo and d.h_hi >= d.d_hi and (d.h_hi - d.h_lo) > (d.d_hi - d.d_lo)
     with pytest.raises(ValueError, match="fewer than 2 seeds"):
         family({"a": s["grpo"][:1], "b": s["grpo"]}, [("a", "b")])
+
+
+def test_the_study_recipe_uses_complete_seed_blocks_and_the_planned_family(tmp_path, capsys):
+    """analysis/context_types.py on a scores file as sdpg-report writes it: a seed missing one variant is left out
+    (the amendment's complete blocks), the family is the plan's 11 comparisons, a large gain is separated."""
+    import runpy
+    from pathlib import Path
+
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    variants = ["beta0", "none", "answer", "solution", "answer_solution", "corrupted", "shuffled"]
+    rows = []
+    for seed in range(200, 206):
+        for v in variants:
+            if seed == 205 and v == "shuffled":
+                continue  # an incomplete block
+            value = 0.25 + (0.3 if v == "solution" else 0.0) + rng.normal(0, 0.01)
+            rows.append({"run_id": f"{v}-{seed}", "variant": v, "seed": seed, "eval/in_distribution/mean@4 Last": value})
+    scores = tmp_path / "scores_runs.csv"
+    pd.DataFrame(rows).to_csv(scores, index=False)
+    script = str(Path(__file__).resolve().parents[1] / "analysis" / "context_types.py")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.argv", ["context_types.py", str(scores), "--n-boot", "2000", "--csv", str(tmp_path / "f.csv")])
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(script, run_name="__main__")
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "5 complete seed blocks (200-204) of 6" in out
+    table = pd.read_csv(tmp_path / "f.csv")
+    fam = table[table.family]
+    assert len(fam) == 11 and len(table) == 15
+    assert set(zip(fam.variant, fam.against)) >= {("none", "beta0"), ("shuffled", "beta0"), ("solution", "none")}
+    sol = fam[(fam.variant == "solution") & (fam.against == "beta0")].iloc[0]
+    assert sol.separated and sol.d_iqm == pytest.approx(0.3, abs=0.03)
+    assert not fam[(fam.variant == "none") & (fam.against == "beta0")].iloc[0].separated
