@@ -61,6 +61,7 @@ TINY = [
     "eval.n_samples=2",
     "eval.every=2",
     "data.eval_limit=6",
+    "data.train_limit=256",  # a run tokenizes its training rows up front: 256, not all 20,000 (2 s of each run)
     "optim.micro_batch_size=8",
     "run.threads=1",
     "run.checkpoint_every=0",
