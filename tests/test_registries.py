@@ -4,6 +4,8 @@ and a method preset defined here (not in the package) are accepted by the config
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -15,6 +17,8 @@ from sdpg.objective.registry import (
     REF_KL_MODES,
     AdvantageEstimator,
     AdvantageInputs,
+    Deferred,
+    lookup,
     register_advantage,
     register_ref_kl,
     unregister,
@@ -62,6 +66,32 @@ def test_builtin_choices_come_from_the_registries():
     assert [k for k, e in ADVANTAGE_ESTIMATORS.items() if e.needs_teacher] == ["rlsd", "opsd"]
     with pytest.raises(ValueError, match="already registered"):
         register_ref_kl("urkl")(lambda w: w)
+
+
+def test_every_builtin_is_a_function_of_terms():
+    from sdpg.objective import terms
+
+    for kind, table in (("ref_kl mode", REF_KL_MODES), ("policy loss", POLICY_LOSSES)):
+        for name in table:
+            fn = lookup(table, kind, name)
+            assert not isinstance(fn, Deferred) and fn.__module__ == terms.__name__, (name, fn)
+    for e in ADVANTAGE_ESTIMATORS.values():
+        if e.token_advantages is not None:
+            assert isinstance(e.token_advantages, Deferred) and e.token_advantages.resolve().__module__ == terms.__name__
+
+
+def test_validating_a_config_imports_no_torch():
+    """Every console script validates its input before anything else: the choice lists come from the registries
+    without importing torch (a refusal takes a fraction of a second, not the 1.5 s of torch's import)."""
+    code = (
+        "import sys; from sdpg.training.config import load_config; "
+        "c = load_config(None, ['algo.method=rlsd', 'algo.kl_mode=ufkl']); "
+        "from sdpg.orchestration.ablate import load_plan; from sdpg.commands import report, sweep; "
+        "print(c.algo.needs_teacher_logprobs, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "False"]
 
 
 def test_unregistered_names_are_refused_with_the_registered_list():

@@ -10,18 +10,27 @@ Three registries, each a name -> implementation table that the config's choice l
   alone, or per-token advantages computed from them and the privileged teacher's log-probs.
 
 A new piece is a function and its registration; tests may register their own (the config accepts any
-registered name at validation time). This module imports nothing else of the package.
+registered name at validation time). The built-in pieces are listed here, each by the function in
+``sdpg.objective.terms`` that implements it, imported on first use (``Deferred``): a config is validated, and a
+console script answers bad input, without importing torch (about 1.5 s of every command). This module imports
+nothing else of the package.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
 
-RefKLFn = Callable[[Tensor], Tensor]
+    RefKLFn = Callable[[Tensor], Tensor]
+    TokenAdvantageFn = Callable[["AdvantageInputs"], tuple[Tensor, dict[str, float]]]
+
+DistillDtype = Literal["float32", "bfloat16"]
+"""The dtype of the full-vocabulary KL's two log-softmaxes (``algo.distill_dtype``)."""
 
 
 class PolicyLossFn(Protocol):
@@ -48,9 +57,6 @@ class AdvantageInputs:
     settings: Mapping[str, Any] = field(default_factory=dict)  # the algorithm's scalar settings by name
 
 
-TokenAdvantageFn = Callable[[AdvantageInputs], tuple[Tensor, dict[str, float]]]
-
-
 @dataclass(frozen=True)
 class AdvantageEstimator:
     """An advantage for L_out. ``token_advantages`` None: the group advantages [N] themselves;
@@ -62,9 +68,45 @@ class AdvantageEstimator:
     token_advantages: TokenAdvantageFn | None = None
 
 
-REF_KL_MODES: dict[str, RefKLFn] = {}
-POLICY_LOSSES: dict[str, PolicyLossFn] = {}
-ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
+class Deferred:
+    """A built-in piece named by where it lives (``"module:function"``), imported on its first use."""
+
+    def __init__(self, target: str):
+        self.target = target
+        self._fn: Callable[..., Any] | None = None
+
+    def resolve(self) -> Callable[..., Any]:
+        if self._fn is None:
+            module, _, name = self.target.partition(":")
+            self._fn = getattr(importlib.import_module(module), name)
+        return self._fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Deferred({self.target!r})"
+
+
+def _terms(name: str) -> Any:
+    return Deferred(f"sdpg.objective.terms:{name}")
+
+
+REF_KL_MODES: dict[str, RefKLFn] = {
+    "urkl": _terms("_urkl"),  # 1/2 log^2 w
+    "ufkl": _terms("_ufkl"),  # 1/w + log w
+    "rkl": _terms("_rkl"),  # 1/2 (log w + 1)^2
+    "fkl": _terms("_fkl"),  # 1/w
+    "k1": _terms("_k1"),
+    "k2": _terms("_k2"),
+    "k3": _terms("_k3"),
+}
+POLICY_LOSSES: dict[str, PolicyLossFn] = {"dapo": _terms("dapo_loss"), "reinforce": _terms("reinforce_loss")}
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {
+    "group": AdvantageEstimator("group"),
+    "rlsd": AdvantageEstimator("rlsd", needs_teacher=True, token_advantages=_terms("_rlsd_estimator")),
+    "opsd": AdvantageEstimator("opsd", needs_teacher=True, token_advantages=_terms("_opsd_estimator")),
+}
 
 F = TypeVar("F")
 
@@ -111,6 +153,7 @@ def unregister(table: dict[str, Any], name: str) -> None:
 def lookup(table: Mapping[str, F], kind: str, name: str) -> F:
     """``table[name]``, or a ValueError naming the registered choices."""
     try:
-        return table[name]
+        value = table[name]
     except KeyError:
         raise ValueError(f"unknown {kind} {name!r}; expected one of {', '.join(table)}") from None
+    return value.resolve() if isinstance(value, Deferred) else value

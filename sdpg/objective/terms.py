@@ -15,22 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sdpg.objective.registry import (
-    POLICY_LOSSES,
-    REF_KL_MODES,
-    AdvantageEstimator,
-    AdvantageInputs,
-    lookup,
-    register_advantage,
-    register_policy_loss,
-    register_ref_kl,
-)
+from sdpg.objective.registry import POLICY_LOSSES, REF_KL_MODES, AdvantageInputs, DistillDtype, lookup
 
 LossAggMode = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"]
 RefKLMode = str  # a name registered in REF_KL_MODES (urkl, ufkl, rkl, fkl, k1, k2, k3 built in)
 RewardKLEstimator = Literal["k1", "k2", "k3", "abs"]
 PolicyLossMode = str  # a name registered in POLICY_LOSSES (dapo, reinforce built in)
-DistillDtype = Literal["float32", "bfloat16"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,7 +123,6 @@ def policy_loss(
     return fn(logp, old_logp, adv, mask.float(), clip_low, clip_high, clip_c)
 
 
-@register_policy_loss("dapo")
 def dapo_loss(
     logp: Tensor, old_logp: Tensor, adv: Tensor, m: Tensor, clip_low: float, clip_high: float, clip_c: float | None
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -159,7 +148,6 @@ def dapo_loss(
     return loss * m, stats
 
 
-@register_policy_loss("reinforce")
 def reinforce_loss(
     logp: Tensor, old_logp: Tensor, adv: Tensor, m: Tensor, clip_low: float, clip_high: float, clip_c: float | None
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -190,37 +178,30 @@ def ref_kl(logp: Tensor, ref_logp: Tensor, mode: RefKLMode) -> Tensor:
     return fn(log_w)  # [B, T]
 
 
-@register_ref_kl("urkl")
 def _urkl(log_w: Tensor) -> Tensor:
     return 0.5 * log_w**2  # [B, T]
 
 
-@register_ref_kl("ufkl")
 def _ufkl(log_w: Tensor) -> Tensor:
     return torch.exp(-log_w) + log_w  # [B, T]
 
 
-@register_ref_kl("rkl")
 def _rkl(log_w: Tensor) -> Tensor:
     return 0.5 * (log_w + 1.0) ** 2  # [B, T]
 
 
-@register_ref_kl("fkl")
 def _fkl(log_w: Tensor) -> Tensor:
     return torch.exp(-log_w)  # [B, T]
 
 
-@register_ref_kl("k1")
 def _k1(log_w: Tensor) -> Tensor:
     return log_w  # [B, T]
 
 
-@register_ref_kl("k2")
 def _k2(log_w: Tensor) -> Tensor:
     return 0.5 * log_w**2  # [B, T]
 
 
-@register_ref_kl("k3")
 def _k3(log_w: Tensor) -> Tensor:
     return torch.exp(-log_w) - 1.0 + log_w  # [B, T]
 
@@ -372,8 +353,3 @@ def _rlsd_estimator(x: AdvantageInputs) -> tuple[Tensor, dict[str, float]]:
 def _opsd_estimator(x: AdvantageInputs) -> tuple[Tensor, dict[str, float]]:
     assert x.teacher_logp is not None
     return opsd_token_weights(x.teacher_logp, x.behaviour_logp, x.advantages, x.settings["opsd_max_weight"]), {}
-
-
-register_advantage(AdvantageEstimator("group"))
-register_advantage(AdvantageEstimator("rlsd", needs_teacher=True, token_advantages=_rlsd_estimator))
-register_advantage(AdvantageEstimator("opsd", needs_teacher=True, token_advantages=_opsd_estimator))

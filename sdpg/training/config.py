@@ -24,8 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from sdpg.objective.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES, REF_KL_MODES
-from sdpg.objective.terms import DistillDtype
+from sdpg.objective.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES, REF_KL_MODES, DistillDtype
 from sdpg.training.contexts import context_types, templated_contexts
 from sdpg.training.errors import ConfigError, short_repr
 from sdpg.training.methods import DEFAULT_METHOD, METHOD_PRESETS, OPTIM_PRESETS
