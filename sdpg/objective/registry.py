@@ -156,4 +156,4 @@ def lookup(table: Mapping[str, F], kind: str, name: str) -> F:
         value = table[name]
     except KeyError:
         raise ValueError(f"unknown {kind} {name!r}; expected one of {', '.join(table)}") from None
-    return value.resolve() if isinstance(value, Deferred) else value
+    return value.resolve() if isinstance(value, Deferred) else value  # type: ignore[return-value]
