@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -156,4 +156,4 @@ def lookup(table: Mapping[str, F], kind: str, name: str) -> F:
         value = table[name]
     except KeyError:
         raise ValueError(f"unknown {kind} {name!r}; expected one of {', '.join(table)}") from None
-    return value.resolve() if isinstance(value, Deferred) else value  # type: ignore[return-value]
+    return cast(F, value.resolve()) if isinstance(value, Deferred) else value
