@@ -143,7 +143,13 @@ def make_row(rng: random.Random, terms: int = 3) -> dict:
 
 def make_rows(n: int, split: str, task: str = "sum") -> list[dict]:
     """``n`` problems of a split of ``task``; the train (and pretrain) splits share no problem with the
-    first 500 of the test split."""
+    first 500 of the test split. Each call gets rows of its own (made once per process: a run reads its
+    training rows twice, for the data and for the length check)."""
+    return [dict(r) for r in _made_rows(n, split, task)]
+
+
+@functools.cache
+def _made_rows(n: int, split: str, task: str) -> tuple[dict, ...]:
     seeds, terms = _SPLIT_SEEDS[task], TASK_TERMS[task]
     rng = random.Random(seeds[split])
     test = set()
@@ -158,7 +164,7 @@ def make_rows(n: int, split: str, task: str = "sum") -> list[dict]:
             continue
         seen.add(row["problem"])
         rows.append(row)
-    return add_control_contexts(rows, seeds[split] * 7919 + n) if n > 1 else rows
+    return tuple(add_control_contexts(rows, seeds[split] * 7919 + n) if n > 1 else rows)
 
 
 def train_rows(n: int = 20000, task: str = "sum") -> list[dict]:
