@@ -28,7 +28,10 @@ def test_sixteen_concurrent_writers_lose_no_metric(tmp_path):
     run_ids = [
         tracking.ensure_child_run(c, exp, parent, f"h{i}", f"r{i}", {"seed": i}, {"a.b": i}, "x: 1\n")[0] for i in range(16)
     ]
-    ctx = mp.get_context("spawn")
+    # fresh processes forked from a server that imported MLflow once: the 16 writers start together (more overlap
+    # than 16 spawned interpreters, each 2 s into its imports) and no engine or connection is inherited
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["sdpg.orchestration.tracking", "mlflow"])
     procs = [ctx.Process(target=_writer, args=(uri, rid, i)) for i, rid in enumerate(run_ids)]
     for p in procs:
         p.start()
