@@ -416,7 +416,9 @@ def test_max_epochs_stops_the_builtin_task_after_two_passes(tiny_config):
 def test_authors_aggregation_in_the_trainer_equals_exact_with_one_micro_batch(tiny_config):
     """Same rollouts, one update (the gradient read from Adam's first moment): with one micro-batch holding the
     whole minibatch (a huge budget) the authors' aggregation is the exact token-mean; with a small budget
-    (several micro-batches of responses of different lengths: 48 tokens let most samples end) it is not."""
+    (several micro-batches of responses of different lengths: 48 tokens let most samples end) it is not. Every
+    sample is distilled (no A > 0 gate), so that the gradient does not depend on which groups the draw leaves with
+    a learning signal."""
     moments = []
     for name, over in (
         ("exact", []),
@@ -425,8 +427,8 @@ def test_authors_aggregation_in_the_trainer_equals_exact_with_one_micro_batch(ti
     ):
         authors = ["optim.micro_batch_packing=balanced", "optim.loss_aggregation=micro_batch"] if over else []
         cfg = tiny_config(
-            "run.total_steps=1", "eval.every=0", "algo.beta=1.0", "run.checkpoint_every=1", "rollout.max_new_tokens=48",
-            *over, *authors, out=name,
+            "run.total_steps=1", "eval.every=0", "algo.beta=1.0", "algo.gate=false", "run.checkpoint_every=1",
+            "rollout.max_new_tokens=48", *over, *authors, out=name,
         )  # fmt: skip
         tr.train(cfg)
         ck = torch.load(sorted((Path(cfg.run.output_dir) / "checkpoints").glob("*.pt"))[-1], weights_only=False)
@@ -434,7 +436,7 @@ def test_authors_aggregation_in_the_trainer_equals_exact_with_one_micro_batch(ti
     exact, one, several = moments
     scale = exact.abs().max().item()
     assert (one - exact).abs().max().item() <= 1e-4 * scale
-    assert (several - exact).abs().max().item() > 1e-2 * scale
+    assert (several - exact).abs().max().item() > 1e-3 * scale  # ten times the bound that "one" meets
 
 
 def test_the_authors_settings_train_on_the_builtin_task(tiny_config):
