@@ -4,6 +4,10 @@
    seeds): wall time of ``sdpg-ablate SPEC --dry-run`` in-process (target < 5 s).
 2. Tracking overhead per training step: the embedded default trains with an MLflow sink (SQLite);
    the time spent inside the sink's ``log`` over the step's time (target < 2%).
+3. A refused input: the CPU seconds of a fresh ``sdpg-ablate`` that refuses a spec with a bad override value
+   (the whole spec and its configs validated first), against those of a fresh interpreter that only imports
+   torch, medians of 5 each in the same run (target: below half of torch's import; every console script
+   validates its input before it imports torch).
 
     python bench/orchestration.py
 """
@@ -12,7 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -67,7 +74,8 @@ def bench_dry_run() -> float:
         with contextlib.redirect_stdout(io.StringIO()) as out:
             rc = main([str(p), "--dry-run"])
         dt = time.perf_counter() - t0
-        assert rc == 0 and out.getvalue().count("-s9") == 10, out.getvalue()[:500]
+        rows = [ln.split()[0] for ln in out.getvalue().splitlines() if ln and not ln.startswith(" ")]
+        assert rc == 0 and sum(r.endswith("-s9") for r in rows) == 10, out.getvalue()[:500]  # a row per run
     return dt
 
 
@@ -89,6 +97,31 @@ def bench_tracking(steps: int = 8) -> tuple[float, float, int]:
     return statistics.mean(sink.times), statistics.mean(st.t), n_keys
 
 
+def _child_cpu(cmd: list[str], cwd: str) -> tuple[float, subprocess.CompletedProcess]:
+    """CPU seconds (user + system) of one fresh process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), r
+
+
+def bench_refusal(n: int = 5) -> tuple[float, float]:
+    """Median CPU seconds of a refused spec and of ``import torch``, each in a fresh process."""
+    bad = SPEC.replace("alpha0: {algo.alpha: 0.0}", "alpha0: {algo.alpha: -1}")
+    refusal, torch_import = [], []
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "bad.yaml"
+        p.write_text(bad)
+        for _ in range(n):
+            cpu, r = _child_cpu([sys.executable, "-m", "sdpg", "ablate", str(p), "--dry-run"], d)
+            assert r.returncode == 2 and "algo.alpha" in r.stderr and r.stderr.count("\n") == 1, r.stderr[-500:]
+            refusal.append(cpu)
+            cpu, r = _child_cpu([sys.executable, "-c", "import torch"], d)
+            assert r.returncode == 0, r.stderr[-500:]
+            torch_import.append(cpu)
+    return statistics.median(refusal), statistics.median(torch_import)
+
+
 def main() -> None:
     dry = bench_dry_run()
     log_s, step_s, n_keys = bench_tracking()
@@ -97,6 +130,10 @@ def main() -> None:
     print(f"| MLflow sink per step ({n_keys} metrics, SQLite) | {log_s * 1000:.1f} ms | |")
     print(f"| training step (embedded default) | {step_s * 1000:.0f} ms | |")
     print(f"| tracking overhead per step | {100 * log_s / step_s:.2f}% | < 2% |")
+    refused, torch_s = bench_refusal()
+    print(f"| a refused spec, fresh `sdpg-ablate` (CPU) | {refused:.2f} s | |")
+    print(f"| `import torch` alone, fresh interpreter (CPU) | {torch_s:.2f} s | |")
+    print(f"| refusal / torch's import | {refused / torch_s:.2f} | < 0.5 |")
 
 
 if __name__ == "__main__":
