@@ -7,8 +7,6 @@ Every entry point answers bad input the same way: one line on stderr naming the 
 
 from __future__ import annotations
 
-import sys
-
 from sdpg.commands.common import guarded
 
 
@@ -47,11 +45,6 @@ def data_main(argv: list[str] | None = None) -> int:
 
 
 def report_main(argv: list[str] | None = None) -> int:
-    def run(args: list[str] | None) -> int:
-        from sdpg.commands.report import main
-        from sdpg.reporting.preflight import check
+    from sdpg.commands.report import main
 
-        check(list(sys.argv[1:] if args is None else args))  # before the report writes anything
-        return main(args)
-
-    return guarded(run, argv)
+    return guarded(main, argv)

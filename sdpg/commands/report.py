@@ -10,7 +10,7 @@ from sdpg.reporting.build import build_report, render_folder
 from sdpg.reporting.report import COMPARE
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sdpg-report", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="ablation spec, sweep spec, output folder with mlflow.db, or URI#EXPERIMENT")
     p.add_argument("--out", help="folder for index.md, index.html, figures/ and tables/ (required unless --page-only)")
@@ -44,9 +44,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="SOURCE is a report folder: render its index.html again from its index.md (e.g. after editing it)",
     )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The options parsed once, checked before anything is written (``sdpg.reporting.preflight``), then the report."""
+    from sdpg.reporting.preflight import check
+
+    p = parser()
     a = p.parse_args(argv)
     if a.out is None and not a.page_only:
         p.error("the following arguments are required: --out")
+    check(a)
     try:
         if a.page_only:
             index = render_folder(a.source)
@@ -55,13 +64,6 @@ def main(argv: list[str] | None = None) -> int:
 
                 print(f"[sdpg-report] wrote {browser.screenshot(index, index.parent / 'screenshot.png')}", file=sys.stderr)
             return 0
-        bad = [t for t in a.tag if "=" not in t]
-        if bad:
-            raise ValueError(f"--tag {bad[0]!r}: expected KEY=VALUE")
-        if not 0 <= a.ema < 1:
-            raise ValueError(f"--ema {a.ema}: expected a value in [0, 1)")
-        if a.baseline is not None and a.compare == "previous":
-            raise ValueError(f"--baseline {a.baseline!r}: each variant is compared with the previous one (--compare previous)")
         tags = dict(t.split("=", 1) for t in a.tag)
         index = build_report(
             a.source,

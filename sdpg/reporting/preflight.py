@@ -12,60 +12,28 @@ from sdpg import fsio
 from sdpg.training.config import ConfigError
 
 
-def _args(argv: list[str]) -> argparse.Namespace | None:
-    """The options this check needs, read leniently (the report's own parser reports malformed ones)."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("source", nargs="?")
-    p.add_argument("--out")
-    p.add_argument("--tag", action="append", default=[])
-    p.add_argument("--reference")
-    p.add_argument("--baseline")
-    p.add_argument("--compare")
-    p.add_argument("--ema")
-    p.add_argument("--order", nargs="+")
-    p.add_argument("--threshold")
-    p.add_argument("--page-only", action="store_true")
-    try:
-        a, _ = p.parse_known_args(argv)
-    except SystemExit:
-        return None
-    return a
-
-
-def check(argv: list[str]) -> None:
-    """Raise ConfigError for a report that cannot be made; nothing is created either way."""
+def check(a: argparse.Namespace) -> None:
+    """Raise ConfigError for a report that cannot be made, from sdpg-report's parsed options (their types and
+    choices already checked by its parser); nothing is created either way."""
     from sdpg.orchestration.core import check_writable_folder
     from sdpg.orchestration.names import short_repr
     from sdpg.orchestration.tracking import redact
 
-    a = _args(argv)
-    if a is None or a.page_only or a.source is None:
-        return
+    if a.page_only:
+        return  # a report folder rendered again: nothing to check against a store
     bad = [t for t in a.tag if "=" not in t]
     if bad:
         raise ConfigError(f"--tag {short_repr(bad[0])}: expected KEY=VALUE")
     quoted = [t for t in a.tag if any(q in t for q in "'\"`")]
     if quoted:  # MLflow's filter language has no escape for them: the search would fail, not match
         raise ConfigError(f"--tag {short_repr(quoted[0])}: a tag filter cannot hold quotes or backticks")
-    from sdpg.orchestration.specs import COMPARE
-
-    if a.compare is not None and a.compare not in COMPARE:
-        raise ConfigError(f"--compare {short_repr(a.compare)}: expected one of {', '.join(COMPARE)}")
     if a.compare == "previous" and a.baseline is not None:
         raise ConfigError(
             f"--baseline {short_repr(a.baseline)}: each variant is compared with the previous one (--compare previous)"
         )
-    for opt, val, lo, hi in (("--ema", a.ema, 0.0, 1.0), ("--threshold", a.threshold, -math.inf, math.inf)):
-        if val is None:
-            continue
-        try:
-            x = float(val)
-        except ValueError:
-            raise ConfigError(f"{opt} {short_repr(val)}: expected a number") from None
-        if not (math.isfinite(x) and lo <= x and (x < hi or hi == math.inf)):
-            raise ConfigError(f"{opt} {val}: expected a value in [{lo}, {hi})")
-    if a.out is None:
-        return  # the report's parser says --out is required
+    for opt, x, lo, hi in (("--ema", a.ema, 0.0, 1.0), ("--threshold", a.threshold, -math.inf, math.inf)):
+        if x is not None and not (math.isfinite(x) and lo <= x and (x < hi or hi == math.inf)):
+            raise ConfigError(f"{opt} {x:g}: expected a value in [{lo}, {hi})")
     out = fsio.expand_path(a.out, "--out")
     check_writable_folder(out, "--out")
     # every file the report writes, before the first: a link there is one line, nothing written
